@@ -1,0 +1,102 @@
+//! One validated description of a run, built from the command line, the environment
+//! defaults of upstream generations A/B and generation C's `--config` JSON.
+
+mod cli;
+mod json;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use cli::{parse_args, USAGE_EXIT_CODE};
+
+/// What kind of machine a start script starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineKind {
+    /// A QEMU VM (`run-<name>-vm`).
+    Qemu,
+    /// A systemd-nspawn container (`run-<name>-nspawn`).
+    Nspawn,
+}
+
+/// One machine of the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineConfig {
+    /// The machine's name (not yet pythonized).
+    pub name: String,
+    /// The start script.
+    pub start_script: PathBuf,
+    /// VM or container.
+    pub kind: MachineKind,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Machines, in the order given.
+    pub machines: Vec<MachineConfig>,
+    /// VLAN numbers, deduplicated, in the order first given.
+    pub vlans: Vec<u32>,
+    /// Limit for the whole test.
+    pub global_timeout: Duration,
+    /// Limit for a machine to print the backdoor handshake after its start.
+    pub boot_timeout: Option<Duration>,
+    /// Where screenshots, copied files and reports go.
+    pub out_dir: PathBuf,
+    /// Reuse state directories from a previous run.
+    pub keep_machine_state: bool,
+    /// Open a REPL instead of running the script.
+    pub interactive: bool,
+    /// JUnit XML file, relative to `out_dir`.
+    pub junit_xml: Option<PathBuf>,
+    /// The test script.
+    pub test_script: Option<PathBuf>,
+    /// `--debug-hook-attach` command.
+    pub debug_hook_attach: Option<String>,
+    /// `--dump-vsocks` offset.
+    pub dump_vsocks: Option<u32>,
+    /// Generation C's `enable_ssh_backdoor`.
+    pub enable_ssh_backdoor: bool,
+    /// `--log-level`.
+    pub log_level: LogLevel,
+    /// Warnings found while building the config (deprecated flags, unknown keys).
+    pub warnings: Vec<String>,
+}
+
+/// Generation C's log levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum LogLevel {
+    /// Everything.
+    Debug,
+    /// The default.
+    Info,
+    /// Warnings and errors.
+    Warning,
+    /// Errors only.
+    Error,
+}
+
+/// Upstream's default when neither the flag nor `globalTimeout` is set: 7 days.
+pub const DEFAULT_GLOBAL_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default limit for a boot to reach the handshake.
+pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            machines: Vec::new(),
+            vlans: Vec::new(),
+            global_timeout: DEFAULT_GLOBAL_TIMEOUT,
+            boot_timeout: Some(DEFAULT_BOOT_TIMEOUT),
+            out_dir: PathBuf::from("."),
+            keep_machine_state: false,
+            interactive: false,
+            junit_xml: None,
+            test_script: None,
+            debug_hook_attach: None,
+            dump_vsocks: None,
+            enable_ssh_backdoor: false,
+            log_level: LogLevel::Info,
+            warnings: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! The driver: owns the VLANs and machines of a run, the global timeout and cleanup.
+//!
+//! ```text
+//! Driver::new: tmp dir → VLANs (vde_switch) → machine objects (nothing started)
+//! script:      start_all / machine.start / execute ... (Python side)
+//! end:         sync_all → cleanup (release machines, stop VLANs)
+//! timeout:     timer thread → release all machines → interrupt flag + SIGTERM to self
+//! ```
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::{Config, MachineConfig, MachineKind};
+use crate::error::{Error, Result};
+use crate::interrupt::{self, Cancel, Reason};
+use crate::log::Logger;
+use crate::machine::{ExecOptions, Machine, MachineInfo};
+use crate::qemu::QemuBackend;
+use crate::vlan::Vlan;
+
+/// The driver of one run.
+pub struct Driver {
+    config: Config,
+    logger: Arc<Logger>,
+    tmp_dir: PathBuf,
+    shared_dir: PathBuf,
+    vlans: Mutex<Vec<Vlan>>,
+    vlan_env: Vec<(String, String)>,
+    machines: Vec<Arc<Machine>>,
+    timer: Mutex<Option<Cancel>>,
+}
+
+/// Upstream's tmp dir: `$XDG_RUNTIME_DIR`, else Python's `tempfile.gettempdir()` order.
+pub fn tmp_dir() -> Result<PathBuf> {
+    let candidates = ["XDG_RUNTIME_DIR", "TMPDIR", "TEMP", "TMP"]
+        .iter()
+        .filter_map(|k| std::env::var_os(k))
+        .map(PathBuf::from)
+        .chain(["/tmp", "/var/tmp", "/usr/tmp"].iter().map(PathBuf::from));
+    for dir in candidates {
+        if dir.as_os_str().is_empty() {
+            continue;
+        }
+        let _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir);
+        if dir.is_dir() && writable(&dir) {
+            return Ok(dir);
+        }
+    }
+    Err(Error::Config(
+        "no writable directory in XDG_RUNTIME_DIR, TMPDIR, TEMP, TMP or /tmp".to_string(),
+    ))
+}
+
+fn writable(p: &Path) -> bool {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap_or_default();
+    // SAFETY: access(2) on a NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+impl Driver {
+    /// Creates the tmp dirs, starts the VLANs and builds (without starting) the machines.
+    pub fn new(config: Config, logger: Arc<Logger>) -> Result<Driver> {
+        let tmp_dir = tmp_dir()?;
+        let shared_dir = tmp_dir.join("shared-xchg");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&shared_dir)
+            .map_err(|e| Error::io(format!("creating {}", shared_dir.display()), e))?;
+
+        let block = logger.nested("start all VLans", None);
+        let mut vlans = Vec::new();
+        for &nr in &config.vlans {
+            vlans.push(Vlan::start(nr, &tmp_dir, &logger)?);
+        }
+        block.finish();
+        let vlan_env = vlans
+            .iter()
+            .map(|v| {
+                (
+                    format!("QEMU_VDE_SOCKET_{}", v.nr()),
+                    v.socket_dir().display().to_string(),
+                )
+            })
+            .collect();
+
+        let mut driver = Driver {
+            config,
+            logger,
+            tmp_dir,
+            shared_dir,
+            vlans: Mutex::new(vlans),
+            vlan_env,
+            machines: Vec::new(),
+            timer: Mutex::new(None),
+        };
+        let specs = driver.config.machines.clone();
+        for spec in &specs {
+            let m = driver.build_machine(spec, driver.config.keep_machine_state)?;
+            driver.machines.push(Arc::new(m));
+        }
+        // Upstream sorts machines by name (containers share the numbering).
+        driver.machines.sort_by(|a, b| a.name().cmp(b.name()));
+        Ok(driver)
+    }
+
+    fn build_machine(&self, spec: &MachineConfig, keep_state: bool) -> Result<Machine> {
+        if spec.kind == MachineKind::Nspawn {
+            return Err(Error::Config(format!(
+                "machine `{}`: systemd-nspawn containers are not supported yet",
+                spec.name
+            )));
+        }
+        let info = MachineInfo {
+            name: spec.name.clone(),
+            logger: self.logger.clone(),
+            state_dir: self.tmp_dir.join(format!("vm-state-{}", spec.name)),
+            shared_dir: self.shared_dir.clone(),
+            out_dir: self.config.out_dir.clone(),
+            boot_timeout: self.config.boot_timeout,
+            env: self.vlan_env.clone(),
+        };
+        let backend = QemuBackend::new(spec.start_script.display().to_string());
+        Machine::new(info, Box::new(backend), keep_state)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The log.
+    pub fn logger(&self) -> &Arc<Logger> {
+        &self.logger
+    }
+
+    /// The machines, sorted by name.
+    pub fn machines(&self) -> &[Arc<Machine>] {
+        &self.machines
+    }
+
+    /// `(number, pid, socket dir)` of each VLAN.
+    pub fn vlans(&self) -> Vec<(u32, u32, PathBuf)> {
+        self.vlans
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|v| (v.nr(), v.pid(), v.socket_dir().to_path_buf()))
+            .collect()
+    }
+
+    /// The environment start scripts get for the VLANs (`QEMU_VDE_SOCKET_<n>`).
+    pub fn vlan_env(&self) -> &[(String, String)] {
+        &self.vlan_env
+    }
+
+    /// The driver's tmp dir.
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp_dir
+    }
+
+    /// A machine that is not registered with the driver (upstream's `create_machine`):
+    /// no polling conditions, not started by `start_all`, not released by cleanup.
+    pub fn create_machine(
+        &self,
+        start_command: &str,
+        name: Option<&str>,
+        keep_state: bool,
+    ) -> Result<Machine> {
+        let name = name
+            .map(str::to_string)
+            .unwrap_or_else(|| crate::names::from_start_script(start_command.trim(), "-vm"));
+        let spec = MachineConfig {
+            name,
+            start_script: PathBuf::from(start_command),
+            kind: MachineKind::Qemu,
+        };
+        self.build_machine(&spec, keep_state)
+    }
+
+    /// Starts every machine, in parallel; reports every machine that failed.
+    pub fn start_all(&self) -> Result<()> {
+        let block = self.logger.nested("start all VMs", None);
+        let failures: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .machines
+                .iter()
+                .map(|m| s.spawn(move || m.start(false).map_err(|e| format!("{}: {e}", m.name()))))
+                .collect();
+            handles
+                .into_iter()
+                .filter_map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("panicked".to_string()))
+                        .err()
+                })
+                .collect()
+        });
+        if failures.is_empty() {
+            block.finish();
+            Ok(())
+        } else {
+            interrupt::check()?;
+            Err(Error::Guest {
+                machine: "start_all".to_string(),
+                message: format!(
+                    "Failed to start the following machines:\n{}",
+                    failures.join("\n")
+                ),
+                console_tail: Vec::new(),
+            })
+        }
+    }
+
+    /// Waits until every machine has stopped, then cancels the global timer.
+    pub fn join_all(&self) -> Result<()> {
+        let block = self.logger.nested("wait for all VMs to finish", None);
+        for m in &self.machines {
+            m.wait_for_shutdown()?;
+        }
+        self.cancel_timer();
+        block.finish();
+        Ok(())
+    }
+
+    /// Runs `sync` on every machine that is up (the end of upstream's `run_tests`).
+    pub fn sync_all(&self) -> Result<()> {
+        for m in &self.machines {
+            if m.is_up() {
+                m.execute("sync", ExecOptions::default())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the global timer: when it fires, every machine is killed and the process gets
+    /// SIGTERM, as upstream's `terminate_test`.
+    pub fn start_timer(&self) {
+        let timeout = self.config.global_timeout;
+        self.logger.log(
+            &format!(
+                "Test will time out and terminate in {} seconds",
+                fmt_secs(timeout)
+            ),
+            None,
+        );
+        let cancel = Cancel::default();
+        *self.timer.lock().unwrap() = Some(cancel.clone());
+        let machines = self.machines.clone();
+        let logger = self.logger.clone();
+        std::thread::Builder::new()
+            .name("ntng-global-timer".into())
+            .spawn(move || {
+                if cancel.wait(timeout) {
+                    return;
+                }
+                let block = logger.nested("timeout reached; test terminating...", None);
+                logger.test_error(&format!(
+                    "global timeout of {} seconds reached",
+                    fmt_secs(timeout)
+                ));
+                interrupt::raise(Reason::GlobalTimeout);
+                for m in &machines {
+                    m.release();
+                }
+                block.finish();
+                // SAFETY: signalling our own process.
+                unsafe {
+                    libc::kill(libc::getpid(), libc::SIGTERM);
+                }
+            })
+            .expect("cannot start the global timer thread");
+    }
+
+    /// Cancels the global timer.
+    pub fn cancel_timer(&self) {
+        if let Some(c) = self.timer.lock().unwrap().take() {
+            c.cancel();
+        }
+    }
+
+    /// Releases every machine and stops every VLAN (upstream's "cleanup" block).
+    pub fn cleanup(&self) {
+        let block = self.logger.nested("cleanup", None);
+        self.cancel_timer();
+        for m in &self.machines {
+            m.release();
+        }
+        for v in self.vlans.lock().unwrap().drain(..) {
+            self.logger
+                .log(&format!("kill vlan (pid {})", v.pid()), None);
+            v.stop();
+        }
+        block.finish();
+    }
+}
+
+fn fmt_secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{}", s as u64)
+    } else {
+        format!("{s}")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.cancel_timer();
+        for m in &self.machines {
+            m.release();
+        }
+    }
+}

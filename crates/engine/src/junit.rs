@@ -1,0 +1,185 @@
+//! JUnit XML: one test case per subtest (or a single `main` case when the script has no
+//! subtests), each with its own status, time, failure message and captured output.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+
+use crate::log::Event;
+
+struct Case {
+    name: String,
+    output: String,
+    failure: Option<String>,
+    started: Instant,
+    nested: Duration,
+    time: Duration,
+}
+
+impl Case {
+    fn new(name: &str) -> Self {
+        Case {
+            name: name.to_string(),
+            output: String::new(),
+            failure: None,
+            started: Instant::now(),
+            nested: Duration::ZERO,
+            time: Duration::ZERO,
+        }
+    }
+}
+
+/// Collects test cases from log events.
+pub struct JunitCollector {
+    main: Case,
+    done: Vec<Case>,
+    active: Vec<Case>,
+}
+
+impl Default for JunitCollector {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl JunitCollector {
+    /// An empty collector; the `main` case starts now.
+    pub fn new() -> Self {
+        JunitCollector {
+            main: Case::new("main"),
+            done: Vec::new(),
+            active: Vec::new(),
+        }
+    }
+
+    fn current(&mut self) -> &mut Case {
+        self.active.last_mut().unwrap_or(&mut self.main)
+    }
+
+    /// Records one event.
+    pub fn event(&mut self, event: &Event<'_>) {
+        let text = match *event {
+            Event::Line { machine, msg } | Event::BlockStart { machine, msg } => match machine {
+                Some(m) => format!("{m}: {msg}"),
+                None => msg.to_string(),
+            },
+            Event::BlockEnd { .. } => return,
+            Event::Serial { machine, line } => format!("{machine} # {line}"),
+            Event::Warning { msg } => format!("warning: {msg}"),
+            Event::TestError { msg } => {
+                let case = self.current();
+                let failure = case.failure.get_or_insert_with(String::new);
+                if !failure.is_empty() {
+                    failure.push('\n');
+                }
+                failure.push_str(msg);
+                self.main.failure.get_or_insert_with(String::new);
+                format!("!!! {msg}")
+            }
+            Event::SubtestStart { name } => {
+                self.active.push(Case::new(name));
+                return;
+            }
+            Event::SubtestEnd { name, failure } => {
+                if let Some(mut case) = self.active.pop() {
+                    debug_assert_eq!(case.name, name);
+                    if let Some(f) = failure {
+                        case.failure.get_or_insert_with(|| f.to_string());
+                    }
+                    let total = case.started.elapsed();
+                    case.time = total.saturating_sub(case.nested);
+                    if let Some(parent) = self.active.last_mut() {
+                        parent.nested += total;
+                    } else {
+                        self.main.nested += total;
+                    }
+                    self.done.push(case);
+                }
+                return;
+            }
+        };
+        let case = self.current();
+        case.output.push_str(&text);
+        case.output.push('\n');
+    }
+
+    /// Renders the report as upstream names it: suite "NixOS integration test".
+    pub fn render(&self) -> String {
+        let mut suite = TestSuite::new("NixOS integration test");
+        let mut cases: Vec<&Case> = self.done.iter().collect();
+        cases.extend(self.active.iter());
+        let main_time;
+        if cases.is_empty() {
+            main_time = self.main.started.elapsed();
+            cases.push(&self.main);
+        } else {
+            main_time = Duration::ZERO;
+        }
+        for case in cases {
+            let status = match &case.failure {
+                Some(msg) => {
+                    let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                    s.set_message(msg.lines().last().unwrap_or(msg).to_string());
+                    s.set_description(msg.clone());
+                    s
+                }
+                None => TestCaseStatus::success(),
+            };
+            let mut tc = TestCase::new(case.name.clone(), status);
+            let time = if case.name == "main" && std::ptr::eq(case, &self.main) {
+                main_time
+            } else {
+                case.time
+            };
+            tc.set_time(time);
+            tc.set_system_out(case.output.clone());
+            suite.add_test_case(tc);
+        }
+        let mut report = Report::new("nixos-test-ng");
+        report.add_test_suite(suite);
+        report.to_string().unwrap_or_default()
+    }
+
+    /// Writes the report to `path`.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::write(path, self.render())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_case_per_subtest_with_status() {
+        let mut j = JunitCollector::new();
+        j.event(&Event::SubtestStart { name: "a" });
+        j.event(&Event::Line {
+            machine: Some("m"),
+            msg: "hello",
+        });
+        j.event(&Event::SubtestEnd {
+            name: "a",
+            failure: None,
+        });
+        j.event(&Event::SubtestStart { name: "b" });
+        j.event(&Event::TestError { msg: "boom" });
+        j.event(&Event::SubtestEnd {
+            name: "b",
+            failure: Some("boom"),
+        });
+        let xml = j.render();
+        assert!(xml.contains("name=\"a\""), "{xml}");
+        assert!(xml.contains("name=\"b\""), "{xml}");
+        assert!(!xml.contains("name=\"main\""), "{xml}");
+        assert!(xml.contains("m: hello"), "{xml}");
+        assert_eq!(xml.matches("<failure").count(), 1, "{xml}");
+    }
+
+    #[test]
+    fn main_case_without_subtests() {
+        let j = JunitCollector::new();
+        assert!(j.render().contains("name=\"main\""));
+    }
+}

@@ -1,0 +1,26 @@
+//! The engine of nixos-test-ng: configuration, machines and their backends, transports,
+//! VLANs, logging and reports. It knows nothing about Python; `crates/python` wraps it.
+//!
+//! Data flow: [`config::Config`] → [`driver::Driver`] (VLANs, machines, global timeout,
+//! cleanup) → [`machine::Machine`] = backend ([`qemu`]) + transport ([`transport::shell`]);
+//! everything that happens is reported through [`log::Logger`].
+
+#![warn(missing_docs)]
+#![allow(missing_docs)] // struct fields of error variants are self-describing
+
+pub mod config;
+pub mod console;
+pub mod driver;
+pub mod error;
+pub mod interrupt;
+pub mod junit;
+pub mod log;
+pub mod machine;
+pub mod names;
+pub mod process;
+pub mod qemu;
+pub mod retry;
+pub mod transport;
+pub mod vlan;
+
+pub use error::{Error, Result};

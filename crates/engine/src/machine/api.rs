@@ -1,0 +1,273 @@
+//! The shell part of the Machine API, written once for every backend.
+
+use std::time::Duration;
+
+use super::Machine;
+use crate::error::{Error, Result};
+use crate::interrupt::Deadline;
+use crate::retry::{self, Backoff};
+use crate::transport::shell::Reply;
+
+/// Options of [`Machine::execute`], with upstream's defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecOptions {
+    /// Wait for and return the exit status.
+    pub check_return: bool,
+    /// Wait for and return the output.
+    pub check_output: bool,
+    /// Guest-side `timeout` for the command (upstream default 900 s).
+    pub timeout: Option<Duration>,
+}
+
+impl Default for ExecOptions {
+    fn default() -> Self {
+        ExecOptions {
+            check_return: true,
+            check_output: true,
+            timeout: Some(Duration::from_secs(900)),
+        }
+    }
+}
+
+impl ExecOptions {
+    /// Defaults with another timeout.
+    pub fn with_timeout(timeout: Option<Duration>) -> Self {
+        ExecOptions {
+            timeout,
+            ..Default::default()
+        }
+    }
+}
+
+/// How long the host waits beyond the guest-side timeout before it gives up on an answer.
+const HOST_GRACE: Duration = Duration::from_secs(60);
+
+impl Machine {
+    /// Runs `command` in the guest: `(exit status, stdout)`. Upstream semantics: status -1
+    /// when `check_return` is off, -2 (and no output) when `check_output` is off.
+    pub fn execute(&self, command: &str, opts: ExecOptions) -> Result<(i32, String)> {
+        self.run_hook()?;
+        self.execute_unhooked(command, opts)
+    }
+
+    pub(crate) fn execute_unhooked(
+        &self,
+        command: &str,
+        opts: ExecOptions,
+    ) -> Result<(i32, String)> {
+        self.connect()?;
+        let reply = match (opts.check_output, opts.check_return) {
+            (false, _) => Reply::Nothing,
+            (true, false) => Reply::OutputOnly,
+            (true, true) => Reply::Full,
+        };
+        let deadline = Deadline::after(opts.timeout.map(|t| t + HOST_GRACE));
+        let (status, out) =
+            self.backend
+                .execute(&self.info, command, opts.timeout, reply, deadline)?;
+        Ok((status, String::from_utf8_lossy(&out).into_owned()))
+    }
+
+    /// Runs each command; fails on the first non-zero exit. Returns the joined outputs.
+    pub fn succeed(&self, commands: &[String], timeout: Option<Duration>) -> Result<String> {
+        let mut output = String::new();
+        for command in commands {
+            let block = self.nested(&format!("must succeed: {command}"));
+            let (status, out) = self.execute(command, ExecOptions::with_timeout(timeout))?;
+            if status != 0 {
+                self.log(&format!("output: {out}"));
+                return Err(Error::CommandFailed {
+                    machine: self.name().to_string(),
+                    command: command.clone(),
+                    status,
+                    output: out,
+                });
+            }
+            block.finish();
+            output.push_str(&out);
+        }
+        Ok(output)
+    }
+
+    /// Runs each command; fails on the first zero exit. Returns the joined outputs.
+    pub fn fail(&self, commands: &[String], timeout: Option<Duration>) -> Result<String> {
+        let mut output = String::new();
+        for command in commands {
+            let block = self.nested(&format!("must fail: {command}"));
+            let (status, out) = self.execute(command, ExecOptions::with_timeout(timeout))?;
+            if status == 0 {
+                return Err(Error::UnexpectedSuccess {
+                    machine: self.name().to_string(),
+                    command: command.clone(),
+                });
+            }
+            block.finish();
+            output.push_str(&out);
+        }
+        Ok(output)
+    }
+
+    /// Retries `check` (on the command's status) until it holds; the shared loop of the
+    /// `wait_*` methods.
+    fn wait_for_status(
+        &self,
+        what: &str,
+        command: &str,
+        timeout: Option<Duration>,
+        attempt_timeout: Option<Duration>,
+        want_success: bool,
+    ) -> Result<String> {
+        let block = self.nested(what);
+        let opts = ExecOptions::with_timeout(attempt_timeout.or(timeout));
+        let outcome = retry::until(timeout, Backoff::default(), |_| {
+            let (status, out) = self.execute(command, opts)?;
+            Ok(((status == 0) == want_success).then_some(out))
+        })?;
+        match outcome {
+            Ok(out) => {
+                block.finish();
+                Ok(out)
+            }
+            Err(elapsed) => Err(Error::WaitTimedOut {
+                machine: self.name().to_string(),
+                what: what.to_string(),
+                elapsed,
+                timeout: timeout.unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// Retries `command` until it succeeds; returns its output.
+    pub fn wait_until_succeeds(
+        &self,
+        command: &str,
+        timeout: Option<Duration>,
+        attempt_timeout: Option<Duration>,
+    ) -> Result<String> {
+        self.wait_for_status(
+            &format!("waiting for success: {command}"),
+            command,
+            timeout,
+            attempt_timeout,
+            true,
+        )
+    }
+
+    /// Retries `command` until it fails; returns its output.
+    pub fn wait_until_fails(
+        &self,
+        command: &str,
+        timeout: Option<Duration>,
+        attempt_timeout: Option<Duration>,
+    ) -> Result<String> {
+        self.wait_for_status(
+            &format!("waiting for failure: {command}"),
+            command,
+            timeout,
+            attempt_timeout,
+            false,
+        )
+    }
+
+    /// Waits until `filename` exists in the guest (not quoted, as upstream).
+    pub fn wait_for_file(&self, filename: &str, timeout: Option<Duration>) -> Result<()> {
+        self.wait_for_status(
+            &format!("waiting for file '{filename}'"),
+            &format!("test -e {filename}"),
+            timeout,
+            None,
+            true,
+        )
+        .map(drop)
+    }
+
+    /// Waits until something listens on TCP `port` at `addr`, seen from the guest.
+    pub fn wait_for_open_port(
+        &self,
+        port: u16,
+        addr: &str,
+        timeout: Option<Duration>,
+    ) -> Result<()> {
+        self.wait_for_status(
+            &format!("waiting for TCP port {port} on {addr}"),
+            &format!("nc -z {addr} {port}"),
+            timeout,
+            None,
+            true,
+        )
+        .map(drop)
+    }
+
+    /// Waits until nothing listens on TCP `port` at `addr`.
+    pub fn wait_for_closed_port(
+        &self,
+        port: u16,
+        addr: &str,
+        timeout: Option<Duration>,
+    ) -> Result<()> {
+        self.wait_for_status(
+            &format!("waiting for TCP port {port} on {addr} to be closed"),
+            &format!("nc -z {addr} {port}"),
+            timeout,
+            None,
+            false,
+        )
+        .map(drop)
+    }
+
+    /// Waits until a UNIX socket at `addr` accepts connections.
+    pub fn wait_for_open_unix_socket(
+        &self,
+        addr: &str,
+        is_datagram: bool,
+        timeout: Option<Duration>,
+    ) -> Result<()> {
+        let (kind, flags) = if is_datagram {
+            ("datagram", "-uU")
+        } else {
+            ("stream", "-U")
+        };
+        self.wait_for_status(
+            &format!("waiting for UNIX-domain {kind} on '{addr}'"),
+            &format!("nc -z {flags} {addr}"),
+            timeout,
+            None,
+            true,
+        )
+        .map(drop)
+    }
+
+    /// Sleeps `secs` seconds of guest time.
+    pub fn sleep(&self, secs: f64) -> Result<()> {
+        let shown = if secs.fract() == 0.0 {
+            format!("{}", secs as i64)
+        } else {
+            format!("{secs}")
+        };
+        self.succeed(&[format!("sleep {shown}")], None).map(drop)
+    }
+
+    /// Waits until the console has printed text that `matches` accepts.
+    pub fn wait_for_console_text(
+        &self,
+        what: &str,
+        timeout: Option<Duration>,
+        matches: &mut dyn FnMut(&str) -> Result<bool>,
+    ) -> Result<()> {
+        let block = self.nested(&format!("waiting for {what} to appear on console"));
+        let start = std::time::Instant::now();
+        let outcome = self
+            .console()
+            .wait_for_text(Deadline::after(timeout), matches)?;
+        crate::console::require_match(
+            outcome,
+            self.name(),
+            &format!("waiting for {what} to appear on console"),
+            start.elapsed().as_secs_f64(),
+            timeout,
+            self.console(),
+        )?;
+        block.finish();
+        Ok(())
+    }
+}

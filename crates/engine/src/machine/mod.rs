@@ -1,0 +1,222 @@
+//! A machine of a test: a [`Backend`] (how it runs) plus everything written once for all
+//! backends (logging, polling-condition hooks, `succeed`, the `wait_*` family, systemd).
+
+mod api;
+mod systemd;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::config::MachineKind;
+use crate::console::Console;
+use crate::error::Result;
+use crate::interrupt::Deadline;
+use crate::log::Logger;
+use crate::qemu::QemuBackend;
+use crate::transport::shell::Reply;
+
+pub use api::ExecOptions;
+
+/// A hook run before every command and monitor command (upstream's polling conditions).
+pub type Hook = Arc<dyn Fn() -> Result<()> + Send + Sync>;
+
+/// What every backend knows about its machine.
+pub struct MachineInfo {
+    /// The name as given (`run-<name>-vm`).
+    pub name: String,
+    /// The run's log.
+    pub logger: Arc<Logger>,
+    /// `<tmp>/vm-state-<name>`.
+    pub state_dir: PathBuf,
+    /// `<tmp>/shared-xchg`, the host side of `/tmp/shared`.
+    pub shared_dir: PathBuf,
+    /// The output directory.
+    pub out_dir: PathBuf,
+    /// Limit from start to handshake.
+    pub boot_timeout: Option<Duration>,
+    /// Extra environment for the start script (`QEMU_VDE_SOCKET_<n>`).
+    pub env: Vec<(String, String)>,
+}
+
+impl MachineInfo {
+    /// Logs a line attributed to the machine.
+    pub fn log(&self, msg: &str) {
+        self.logger.log(msg, Some(&self.name));
+    }
+}
+
+/// How a machine runs: QEMU, systemd-nspawn, ...
+pub trait Backend: Send + Sync {
+    /// VM or container.
+    fn kind(&self) -> MachineKind;
+    /// Starts the machine without waiting for it to boot. Does nothing when running.
+    fn start(&self, info: &MachineInfo, allow_reboot: bool) -> Result<()>;
+    /// Waits until commands can run (the backdoor handshake).
+    fn connect(&self, info: &MachineInfo) -> Result<()>;
+    /// True once started and until stopped.
+    fn is_booted(&self) -> bool;
+    /// True once commands can run.
+    fn is_connected(&self) -> bool;
+    /// The pid of the machine's process.
+    fn pid(&self) -> Option<u32>;
+    /// Runs one command.
+    fn execute(
+        &self,
+        info: &MachineInfo,
+        command: &str,
+        timeout: Option<Duration>,
+        reply: Reply,
+        deadline: Deadline,
+    ) -> Result<(i32, Vec<u8>)>;
+    /// Asks the guest to power off and waits for it.
+    fn shutdown(&self, info: &MachineInfo) -> Result<()>;
+    /// Waits until the machine's process has exited.
+    fn wait_for_shutdown(&self, info: &MachineInfo) -> Result<()>;
+    /// Kills the machine and frees everything it holds.
+    fn release(&self, info: &MachineInfo);
+    /// The console (serial port or journal).
+    fn console(&self) -> &Arc<Console>;
+    /// The QEMU backend, for QEMU-only operations.
+    fn as_qemu(&self) -> Option<&QemuBackend> {
+        None
+    }
+}
+
+/// One machine.
+pub struct Machine {
+    info: MachineInfo,
+    backend: Box<dyn Backend>,
+    hook: RwLock<Option<Hook>>,
+}
+
+impl Machine {
+    /// Builds a machine; prepares its state directory (deleted first unless `keep_state`).
+    pub fn new(info: MachineInfo, backend: Box<dyn Backend>, keep_state: bool) -> Result<Self> {
+        prepare_state_dir(&info, keep_state)?;
+        Ok(Machine {
+            info,
+            backend,
+            hook: RwLock::new(None),
+        })
+    }
+
+    /// The machine's name.
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    /// Shared facts (dirs, logger).
+    pub fn info(&self) -> &MachineInfo {
+        &self.info
+    }
+
+    /// VM or container.
+    pub fn kind(&self) -> MachineKind {
+        self.backend.kind()
+    }
+
+    /// The QEMU backend, when this is a VM.
+    pub fn qemu(&self) -> Option<&QemuBackend> {
+        self.backend.as_qemu()
+    }
+
+    /// Sets the hook run before every command (polling conditions).
+    pub fn set_hook(&self, hook: Option<Hook>) {
+        *self.hook.write().unwrap() = hook;
+    }
+
+    pub(crate) fn run_hook(&self) -> Result<()> {
+        let hook = self.hook.read().unwrap().clone();
+        match hook {
+            Some(h) => h(),
+            None => Ok(()),
+        }
+    }
+
+    /// Logs a line attributed to the machine.
+    pub fn log(&self, msg: &str) {
+        self.info.log(msg);
+    }
+
+    /// Opens a nested log block attributed to the machine.
+    pub fn nested(&self, msg: &str) -> crate::log::Block<'_> {
+        self.info.logger.nested(msg, Some(&self.info.name))
+    }
+
+    /// Starts the machine (returns before it has booted).
+    pub fn start(&self, allow_reboot: bool) -> Result<()> {
+        self.backend.start(&self.info, allow_reboot)
+    }
+
+    /// Waits for the backdoor.
+    pub fn connect(&self) -> Result<()> {
+        self.backend.connect(&self.info)
+    }
+
+    /// Started and connected.
+    pub fn is_up(&self) -> bool {
+        self.backend.is_booted() && self.backend.is_connected()
+    }
+
+    /// Started.
+    pub fn booted(&self) -> bool {
+        self.backend.is_booted()
+    }
+
+    /// Connected.
+    pub fn connected(&self) -> bool {
+        self.backend.is_connected()
+    }
+
+    /// The machine process's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.backend.pid()
+    }
+
+    /// Powers off and waits.
+    pub fn shutdown(&self) -> Result<()> {
+        self.backend.shutdown(&self.info)
+    }
+
+    /// Waits until the machine has stopped.
+    pub fn wait_for_shutdown(&self) -> Result<()> {
+        self.backend.wait_for_shutdown(&self.info)
+    }
+
+    /// Kills the machine.
+    pub fn release(&self) {
+        self.backend.release(&self.info)
+    }
+
+    /// The console log since the last start.
+    pub fn console_log(&self) -> String {
+        self.backend.console().text()
+    }
+
+    /// The console.
+    pub fn console(&self) -> &Arc<Console> {
+        self.backend.console()
+    }
+}
+
+fn prepare_state_dir(info: &MachineInfo, keep_state: bool) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir: &Path = &info.state_dir;
+    if !keep_state && dir.exists() {
+        info.logger.log(
+            &format!(
+                "deleting machine state directory {} if you want to keep the machine state, pass --keep-machine-state",
+                dir.display()
+            ),
+            None,
+        );
+        std::fs::remove_dir_all(dir)
+            .map_err(|e| crate::error::Error::io(format!("deleting {}", dir.display()), e))?;
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| crate::error::Error::io(format!("creating {}", dir.display()), e))
+}

@@ -1,0 +1,480 @@
+//! The QEMU backend: a start script following the upstream `run-<name>-vm` contract,
+//! the shell backdoor on a virtconsole, the HMP monitor and QMP.
+
+mod monitor;
+mod ops;
+mod qmp;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub use monitor::Monitor;
+pub use qmp::Qmp;
+
+use crate::config::MachineKind;
+use crate::console::Console;
+use crate::error::{Error, Result};
+use crate::interrupt::{self, Deadline};
+use crate::machine::{Backend, MachineInfo};
+use crate::process::{self, ChildProcess};
+use crate::transport::shell::{Reply, Shell, ShellError};
+
+/// How long QEMU may take to connect to the driver's sockets after the start script runs.
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(300);
+const CONSOLE_TAIL: usize = 20;
+
+/// A running QEMU process and its control channels.
+pub struct Running {
+    process: ChildProcess,
+    monitor: Mutex<Monitor>,
+    qmp: Qmp,
+    console_reader: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Running {
+    /// The QMP session.
+    pub fn qmp(&self) -> &Qmp {
+        &self.qmp
+    }
+}
+
+/// A QEMU VM.
+pub struct QemuBackend {
+    start_command: String,
+    console: Arc<Console>,
+    running: Mutex<Option<Arc<Running>>>,
+    shell: Mutex<Option<Shell>>,
+    /// A second handle on the shell socket, so `release` can wake a blocked reader.
+    shell_socket: Mutex<Option<UnixStream>>,
+    connected: AtomicBool,
+    started_at: Mutex<Option<Instant>>,
+}
+
+impl QemuBackend {
+    /// A VM started by `start_command` (a start-script path, or a shell command line).
+    pub fn new(start_command: impl Into<String>) -> Self {
+        QemuBackend {
+            start_command: start_command.into(),
+            console: Arc::default(),
+            running: Mutex::new(None),
+            shell: Mutex::new(None),
+            shell_socket: Mutex::new(None),
+            connected: AtomicBool::new(false),
+            started_at: Mutex::new(None),
+        }
+    }
+
+    /// The start command.
+    pub fn start_command(&self) -> &str {
+        &self.start_command
+    }
+
+    /// The running QEMU, or an error naming the machine.
+    pub fn running(&self, info: &MachineInfo) -> Result<Arc<Running>> {
+        self.running
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or_else(|| Error::InvalidState {
+                machine: info.name.clone(),
+                message: "the machine is not running (call start() first)".to_string(),
+            })
+    }
+
+    /// The arguments the driver appends to the start script, in upstream's order.
+    pub fn appended_args(state_dir: &Path, allow_reboot: bool, graphical: bool) -> Vec<String> {
+        let p = |n: &str| state_dir.join(n).display().to_string();
+        let mut args: Vec<String> = vec![
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", p("qmp")),
+            "-monitor".into(),
+            format!("unix:{}", p("monitor")),
+            "-chardev".into(),
+            format!("socket,id=shell,path={}", p("shell")),
+            "-device".into(),
+            "virtio-serial".into(),
+            "-device".into(),
+            "virtconsole,chardev=shell".into(),
+            "-device".into(),
+            "virtio-rng-pci".into(),
+            "-serial".into(),
+            "stdio".into(),
+        ];
+        if !allow_reboot {
+            args.push("-no-reboot".into());
+        }
+        if !graphical {
+            args.push("-nographic".into());
+        }
+        args
+    }
+
+    fn command(&self, info: &MachineInfo, allow_reboot: bool) -> Command {
+        let graphical =
+            std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+        let args = Self::appended_args(&info.state_dir, allow_reboot, graphical);
+        let mut cmd = if Path::new(&self.start_command).is_file() {
+            let mut c = Command::new(&self.start_command);
+            c.args(&args);
+            c
+        } else {
+            // A command line (create_machine with a string): run it as upstream does, but
+            // exec'd, so no intermediate shell survives a kill.
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c")
+                .arg(format!("exec {} \"$@\"", self.start_command))
+                .arg("sh")
+                .args(&args);
+            c
+        };
+        cmd.current_dir(&info.state_dir)
+            .env("TMPDIR", &info.state_dir)
+            .env("SHARED_DIR", &info.shared_dir)
+            .env("USE_TMPDIR", "1")
+            .envs(info.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        cmd
+    }
+
+    fn guest_error(&self, info: &MachineInfo, message: String) -> Error {
+        Error::Guest {
+            machine: info.name.clone(),
+            message,
+            console_tail: self.console.tail(CONSOLE_TAIL),
+        }
+    }
+
+    /// Describes how the QEMU process ended, waiting briefly for it to do so.
+    fn exit_note(&self) -> String {
+        let run = self.running.lock().unwrap().clone();
+        match run.and_then(|r| {
+            r.process
+                .wait(Deadline::after(Some(Duration::from_secs(2))))
+        }) {
+            Some(status) => format!(" (QEMU {status})"),
+            None => String::new(),
+        }
+    }
+
+    fn accept(
+        &self,
+        info: &MachineInfo,
+        listener: &UnixListener,
+        what: &str,
+        process: &ChildProcess,
+    ) -> Result<UnixStream> {
+        let deadline = Deadline::after(Some(SOCKET_TIMEOUT));
+        loop {
+            let mut fds = [libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, deadline.slice().as_millis() as i32) };
+            if n > 0 {
+                let (stream, _) = listener.accept().map_err(|e| {
+                    Error::io(format!("{}: accepting the {what} socket", info.name), e)
+                })?;
+                return Ok(stream);
+            }
+            if let Some(status) = process.exit_status() {
+                // Let the console reader catch the last lines before reporting them.
+                std::thread::sleep(Duration::from_millis(50));
+                return Err(self.guest_error(
+                    info,
+                    format!(
+                        "start script `{}` exited ({status}) before QEMU connected to the {what} socket",
+                        self.start_command
+                    ),
+                ));
+            }
+            interrupt::check()?;
+            if deadline.expired() {
+                return Err(self.guest_error(
+                    info,
+                    format!(
+                        "QEMU did not connect to the {what} socket within {} s",
+                        SOCKET_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+        }
+    }
+
+    fn listen(info: &MachineInfo, name: &str) -> Result<(UnixListener, PathBuf)> {
+        let path = info.state_dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        let l = UnixListener::bind(&path)
+            .map_err(|e| Error::io(format!("{}: binding {}", info.name, path.display()), e))?;
+        Ok((l, path))
+    }
+
+    fn do_start(&self, info: &MachineInfo, allow_reboot: bool) -> Result<()> {
+        info.log("starting vm");
+        let (monitor_l, _) = Self::listen(info, "monitor")?;
+        let (shell_l, _) = Self::listen(info, "shell")?;
+        let qmp_path = info.state_dir.join("qmp");
+        let _ = std::fs::remove_file(&qmp_path);
+        std::fs::create_dir_all(&info.shared_dir)
+            .map_err(|e| Error::io(format!("creating {}", info.shared_dir.display()), e))?;
+
+        self.console.reset();
+        *self.started_at.lock().unwrap() = Some(Instant::now());
+        let cmd = self.command(info, allow_reboot);
+        let process = process::spawn(cmd).map_err(|e| {
+            Error::Config(format!(
+                "cannot run start script `{}` of machine `{}`: {e}",
+                self.start_command, info.name
+            ))
+        })?;
+        let stdout = process.take_stdout().expect("stdout is piped");
+        let reader = self
+            .console
+            .spawn_reader(stdout, info.name.clone(), info.logger.clone());
+
+        let result = (|| {
+            let monitor = self.accept(info, &monitor_l, "monitor", &process)?;
+            let shell = self.accept(info, &shell_l, "shell", &process)?;
+            let qmp = Qmp::connect(&qmp_path, Deadline::after(Some(Duration::from_secs(30))))
+                .map_err(|e| self.guest_error(info, format!("cannot connect to QMP: {e}")))?;
+            let mut monitor = Monitor::new(monitor);
+            monitor
+                .wait_for_prompt(Deadline::after(Some(Duration::from_secs(60))))
+                .map_err(|e| self.guest_error(info, format!("no QEMU monitor prompt: {e}")))?;
+            Ok((monitor, shell, qmp))
+        })();
+        let (monitor, shell, qmp) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                process.kill();
+                let _ = reader.join();
+                return Err(e);
+            }
+        };
+        let pid = process.pid();
+        *self.shell_socket.lock().unwrap() = shell.try_clone().ok();
+        *self.shell.lock().unwrap() = Some(Shell::new(shell));
+        self.connected.store(false, Ordering::SeqCst);
+        *self.running.lock().unwrap() = Some(Arc::new(Running {
+            process,
+            monitor: Mutex::new(monitor),
+            qmp,
+            console_reader: Mutex::new(Some(reader)),
+        }));
+        info.log(&format!("QEMU running (pid {pid})"));
+        Ok(())
+    }
+
+    fn handshake(&self, info: &MachineInfo) -> Result<()> {
+        let started = self.started_at.lock().unwrap().unwrap_or_else(Instant::now);
+        let deadline = match info.boot_timeout {
+            Some(t) => Deadline::after(Some(t.saturating_sub(started.elapsed()))),
+            None => Deadline::NEVER,
+        };
+        let tic = Instant::now();
+        let mut last_note = Instant::now();
+        let mut guard = self.shell.lock().unwrap();
+        let shell = guard.as_mut().ok_or_else(|| Error::InvalidState {
+            machine: info.name.clone(),
+            message: "the machine has no shell connection".to_string(),
+        })?;
+        let r = shell.wait_for_handshake(deadline, &mut || {
+            if last_note.elapsed() >= Duration::from_secs(30) {
+                last_note = Instant::now();
+                info.log("Guest root shell did not produce any data yet...");
+                info.log("  To debug, enter the VM and run 'systemctl status backdoor.service'.");
+            }
+            !deadline.expired()
+        });
+        drop(guard);
+        match r {
+            Ok(()) => {}
+            Err(ShellError::Interrupted) => return Err(Error::Interrupted),
+            Err(ShellError::TimedOut) => {
+                let secs = info.boot_timeout.unwrap_or_default().as_secs_f64();
+                return Err(self.guest_error(
+                    info,
+                    format!(
+                        "no backdoor handshake within {secs:.0} s of the start: the guest never printed `Spawning backdoor root shell...` (raise --boot-timeout if it is just slow)"
+                    ),
+                ));
+            }
+            Err(ShellError::Disconnected) => {
+                let note = self.exit_note();
+                return Err(self.guest_error(
+                    info,
+                    format!("the machine stopped before the backdoor handshake{note}"),
+                ));
+            }
+            Err(e) => return Err(self.guest_error(info, format!("waiting for the handshake: {e}"))),
+        }
+        info.log("connected to guest root shell");
+        info.log(&format!(
+            "(connecting took {:.2} seconds)",
+            tic.elapsed().as_secs_f64()
+        ));
+        self.connected.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Forgets the running process after it exited or was killed.
+    fn clear(&self) {
+        if let Some(sock) = self.shell_socket.lock().unwrap().take() {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        }
+        let run = self.running.lock().unwrap().take();
+        *self.shell.lock().unwrap() = None;
+        self.connected.store(false, Ordering::SeqCst);
+        if let Some(run) = run {
+            if let Some(reader) = run.console_reader.lock().unwrap().take() {
+                let _ = reader.join();
+            }
+        }
+    }
+
+    /// Sends raw bytes on the shell (upstream's `poweroff`).
+    fn send_raw(&self, info: &MachineInfo, data: &[u8]) -> Result<()> {
+        let mut guard = self.shell.lock().unwrap();
+        match guard.as_mut() {
+            Some(shell) => shell
+                .send_raw(data)
+                .map_err(|e| self.guest_error(info, format!("writing to the shell: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Marks the shell as needing a new handshake (after a reboot).
+    pub fn disconnect(&self) {
+        self.connected.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Backend for QemuBackend {
+    fn kind(&self) -> MachineKind {
+        MachineKind::Qemu
+    }
+
+    fn start(&self, info: &MachineInfo, allow_reboot: bool) -> Result<()> {
+        if self.is_booted() {
+            return Ok(());
+        }
+        self.do_start(info, allow_reboot)
+    }
+
+    fn connect(&self, info: &MachineInfo) -> Result<()> {
+        if self.is_connected() {
+            return Ok(());
+        }
+        let block = info
+            .logger
+            .nested("waiting for the VM to finish booting", Some(&info.name));
+        self.start(info, false)?;
+        self.handshake(info)?;
+        block.finish();
+        Ok(())
+    }
+
+    fn is_booted(&self) -> bool {
+        self.running.lock().unwrap().is_some()
+    }
+
+    fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.running
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|r| r.process.pid())
+    }
+
+    fn execute(
+        &self,
+        info: &MachineInfo,
+        command: &str,
+        timeout: Option<Duration>,
+        reply: Reply,
+        deadline: Deadline,
+    ) -> Result<(i32, Vec<u8>)> {
+        let mut guard = self.shell.lock().unwrap();
+        let shell = guard.as_mut().ok_or_else(|| Error::InvalidState {
+            machine: info.name.clone(),
+            message: format!("cannot run `{command}`: the machine is not running"),
+        })?;
+        match shell.execute(command, timeout, reply, deadline) {
+            Ok(v) => Ok(v),
+            Err(ShellError::Interrupted) => Err(Error::Interrupted),
+            Err(ShellError::Disconnected) => {
+                drop(guard);
+                self.connected.store(false, Ordering::SeqCst);
+                let note = self.exit_note();
+                Err(self.guest_error(
+                    info,
+                    format!("the machine stopped while running `{command}`{note}"),
+                ))
+            }
+            Err(ShellError::TimedOut) => Err(self.guest_error(
+                info,
+                format!("no answer from the guest to `{command}` in time (the command's timeout plus 60 s)"),
+            )),
+            Err(e) => Err(self.guest_error(info, format!("running `{command}`: {e}"))),
+        }
+    }
+
+    fn shutdown(&self, info: &MachineInfo) -> Result<()> {
+        if !self.is_booted() {
+            return Ok(());
+        }
+        self.send_raw(info, b"poweroff\n")?;
+        self.wait_for_shutdown(info)
+    }
+
+    fn wait_for_shutdown(&self, info: &MachineInfo) -> Result<()> {
+        let Some(run) = self.running.lock().unwrap().clone() else {
+            return Ok(());
+        };
+        let block = info
+            .logger
+            .nested("waiting for the VM to power off", Some(&info.name));
+        loop {
+            if run.process.wait(Deadline::NEVER).is_some() {
+                break;
+            }
+            interrupt::check()?;
+        }
+        self.clear();
+        block.finish();
+        Ok(())
+    }
+
+    fn release(&self, info: &MachineInfo) {
+        let Some(run) = self.running.lock().unwrap().clone() else {
+            return;
+        };
+        info.logger.log(
+            &format!("kill QemuMachine (pid {})", run.process.pid()),
+            None,
+        );
+        run.process.kill();
+        self.clear();
+    }
+
+    fn console(&self) -> &Arc<Console> {
+        &self.console
+    }
+
+    fn as_qemu(&self) -> Option<&QemuBackend> {
+        Some(self)
+    }
+}

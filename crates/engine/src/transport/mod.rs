@@ -1,0 +1,3 @@
+//! Transports: how commands reach a guest.
+
+pub mod shell;

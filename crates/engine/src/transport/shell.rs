@@ -1,0 +1,384 @@
+//! The NixOS shell backdoor: a bash reading commands from a virtio console.
+//!
+//! Framing is the stock one (`bash -c '<cmd>' | (base64 -w 0; echo)` then
+//! `echo ${PIPESTATUS[0]}`), sent as one line so each command costs one round trip: bash
+//! parses the whole line before running it, so the guest sees exactly what upstream sends.
+//! The output is base64, so anything the command prints (binary, framing look-alikes) is safe.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use base64::Engine as _;
+
+use crate::interrupt::{self, Deadline};
+
+/// The line the guest prints when its root shell is ready.
+pub const HANDSHAKE: &[u8] = b"Spawning backdoor root shell...";
+
+/// How a transport failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShellError {
+    /// The guest closed the connection (it died, or QEMU exited).
+    #[error("the guest's shell disconnected")]
+    Disconnected,
+    /// No answer before the deadline.
+    #[error("no answer from the guest's shell in time")]
+    TimedOut,
+    /// SIGINT/SIGTERM/global timeout while waiting.
+    #[error("interrupted")]
+    Interrupted,
+    /// The guest answered something that is not the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A socket error.
+    #[error("shell socket: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// What `execute` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// Output and exit status.
+    Full,
+    /// Output only (for commands that take the guest down).
+    OutputOnly,
+    /// Nothing: send and return.
+    Nothing,
+}
+
+/// Quotes `s` for a POSIX shell exactly as Python's `shlex.quote` does.
+pub fn shell_quote(s: &str) -> String {
+    if s.is_empty() {
+        return "''".to_string();
+    }
+    let safe = s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c));
+    if safe {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', "'\"'\"'"))
+}
+
+/// Formats a timeout for coreutils/busybox `timeout`.
+fn timeout_arg(t: Duration) -> String {
+    let s = t.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{}", s as u64)
+    } else {
+        format!("{s:.3}")
+    }
+}
+
+/// Builds the line sent for one command.
+pub fn command_line(command: &str, timeout: Option<Duration>, reply: Reply) -> String {
+    let prefix = timeout
+        .map(|t| format!("timeout {}", timeout_arg(t)))
+        .unwrap_or_default();
+    let script = shell_quote(&format!("set -euo pipefail; {command}"));
+    let status = if reply == Reply::Full {
+        "; echo ${PIPESTATUS[0]}"
+    } else {
+        ""
+    };
+    format!("{prefix} bash -c {script} | (base64 -w 0; echo){status}\n")
+}
+
+/// A connected backdoor shell.
+pub struct Shell {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    scratch: Box<[u8]>,
+    /// Reply lines of an abandoned command (interrupted or timed out) still to be skipped,
+    /// so the next command reads its own answer.
+    owed_lines: usize,
+}
+
+impl Shell {
+    /// Wraps a connected stream.
+    pub fn new(stream: UnixStream) -> Self {
+        Shell {
+            stream,
+            buf: Vec::new(),
+            scratch: vec![0u8; 256 * 1024].into_boxed_slice(),
+            owed_lines: 0,
+        }
+    }
+
+    /// Reads until the handshake line; `on_data` sees every chunk (for the log).
+    pub fn wait_for_handshake(
+        &mut self,
+        deadline: Deadline,
+        on_idle: &mut dyn FnMut() -> bool,
+    ) -> Result<(), ShellError> {
+        loop {
+            if find(&self.buf, HANDSHAKE).is_some() {
+                // Nothing is printed after the handshake but its newline; drop whatever is.
+                self.buf.clear();
+                self.owed_lines = 0;
+                return Ok(());
+            }
+            if !self.fill(deadline)? && !on_idle() {
+                return Err(ShellError::TimedOut);
+            }
+        }
+    }
+
+    /// Sends raw bytes (e.g. `poweroff\n`).
+    pub fn send_raw(&mut self, data: &[u8]) -> Result<(), ShellError> {
+        self.stream.write_all(data).map_err(map_write_err)
+    }
+
+    /// Runs `command`, returning its exit status (or -1/-2 as upstream when not waited for)
+    /// and its stdout.
+    pub fn execute(
+        &mut self,
+        command: &str,
+        timeout: Option<Duration>,
+        reply: Reply,
+        deadline: Deadline,
+    ) -> Result<(i32, Vec<u8>), ShellError> {
+        while self.owed_lines > 0 {
+            self.read_line(deadline)?;
+            self.owed_lines -= 1;
+        }
+        self.send_raw(command_line(command, timeout, reply).as_bytes())?;
+        self.owed_lines = match reply {
+            Reply::Nothing => return Ok((-2, Vec::new())),
+            Reply::OutputOnly => 1,
+            Reply::Full => 2,
+        };
+        let encoded = self.read_line(deadline)?;
+        self.owed_lines -= 1;
+        let output = decode(&encoded)?;
+        if reply == Reply::OutputOnly {
+            return Ok((-1, output));
+        }
+        let status_line = self.read_line(deadline)?;
+        self.owed_lines -= 1;
+        let text = String::from_utf8_lossy(&status_line);
+        let status = text.trim().parse::<i32>().map_err(|_| {
+            ShellError::Protocol(format!("expected an exit status, got {:?}", text.trim()))
+        })?;
+        Ok((status, output))
+    }
+
+    /// Reads one `\n`-terminated line (without the newline).
+    fn read_line(&mut self, deadline: Deadline) -> Result<Vec<u8>, ShellError> {
+        let mut scanned = 0;
+        loop {
+            if let Some(i) = memchr(b'\n', &self.buf[scanned..]) {
+                let end = scanned + i;
+                let rest = self.buf.split_off(end + 1);
+                let mut line = std::mem::replace(&mut self.buf, rest);
+                line.truncate(end);
+                return Ok(line);
+            }
+            scanned = self.buf.len();
+            if !self.fill(deadline)? && deadline.expired() {
+                return Err(ShellError::TimedOut);
+            }
+        }
+    }
+
+    /// One read into the buffer. `Ok(false)` when the slice passed without data.
+    fn fill(&mut self, deadline: Deadline) -> Result<bool, ShellError> {
+        if interrupt::pending().is_some() {
+            return Err(ShellError::Interrupted);
+        }
+        if deadline.expired() {
+            return Ok(false);
+        }
+        self.stream.set_read_timeout(Some(deadline.slice()))?;
+        match self.stream.read(&mut self.scratch) {
+            Ok(0) => Err(ShellError::Disconnected),
+            Ok(n) => {
+                self.buf.extend_from_slice(&self.scratch[..n]);
+                Ok(true)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(ShellError::Disconnected),
+            Err(e) => Err(ShellError::Io(e)),
+        }
+    }
+
+    /// The underlying stream (for `shell_interact`).
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+}
+
+fn map_write_err(e: io::Error) -> ShellError {
+    match e.kind() {
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => ShellError::Disconnected,
+        _ => ShellError::Io(e),
+    }
+}
+
+fn decode(encoded: &[u8]) -> Result<Vec<u8>, ShellError> {
+    let trimmed = encoded.trim_ascii();
+    base64::engine::general_purpose::STANDARD
+        .decode(trimmed)
+        .map_err(|e| {
+            let shown = String::from_utf8_lossy(&trimmed[..trimmed.len().min(200)]).into_owned();
+            ShellError::Protocol(format!("output is not base64 ({e}): {shown:?}"))
+        })
+}
+
+fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&b| b == needle)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    /// A fake guest: a local bash serving the backdoor protocol on a socket pair.
+    pub fn fake_guest() -> (Shell, crate::process::ChildProcess) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let stdout = theirs.try_clone().unwrap();
+        let mut cmd = Command::new("bash");
+        cmd.args([
+            "--norc",
+            "-c",
+            "cd /tmp; echo 'connecting to host...' >&2; echo 'Spawning backdoor root shell...'; PS1= exec bash --norc",
+        ])
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stdout(Stdio::from(std::os::fd::OwnedFd::from(stdout)))
+        .stderr(Stdio::null());
+        let child = crate::process::spawn(cmd).unwrap();
+        let mut shell = Shell::new(ours);
+        let deadline = Deadline::after(Some(Duration::from_secs(10)));
+        shell.wait_for_handshake(deadline, &mut || true).unwrap();
+        (shell, child)
+    }
+
+    fn run(shell: &mut Shell, cmd: &str) -> (i32, Vec<u8>) {
+        shell
+            .execute(
+                cmd,
+                None,
+                Reply::Full,
+                Deadline::after(Some(Duration::from_secs(30))),
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn quote_matches_python_shlex() {
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("abc/d-e.f"), "abc/d-e.f");
+        assert_eq!(shell_quote("it's"), "'it'\"'\"'s'");
+        assert_eq!(shell_quote("a b"), "'a b'");
+    }
+
+    #[test]
+    fn line_is_upstream_framing_plus_status() {
+        assert_eq!(
+            command_line("true", None, Reply::Full),
+            " bash -c 'set -euo pipefail; true' | (base64 -w 0; echo); echo ${PIPESTATUS[0]}\n"
+        );
+        assert_eq!(
+            command_line("true", Some(Duration::from_secs(900)), Reply::OutputOnly),
+            "timeout 900 bash -c 'set -euo pipefail; true' | (base64 -w 0; echo)\n"
+        );
+    }
+
+    #[test]
+    fn status_output_and_nasty_bytes() {
+        let (mut shell, _child) = fake_guest();
+        assert_eq!(run(&mut shell, "echo hi"), (0, b"hi\n".to_vec()));
+        assert_eq!(run(&mut shell, "exit 42").0, 42);
+        assert_eq!(run(&mut shell, "false; echo not reached").0, 1);
+        let (rc, out) = run(
+            &mut shell,
+            "printf '\\xff\\x00\\n0\\necho ${PIPESTATUS[0]}\\n'",
+        );
+        assert_eq!(rc, 0);
+        assert_eq!(out, b"\xff\x00\n0\necho ${PIPESTATUS[0]}\n");
+        assert_eq!(
+            run(&mut shell, "echo \"it's\" 'a \"b\"'").1,
+            b"it's a \"b\"\n"
+        );
+        // stdin-free state does not leak between commands
+        run(&mut shell, "cd /; X=1");
+        assert_eq!(run(&mut shell, "pwd; echo ${X:-unset}").1, b"/tmp\nunset\n");
+    }
+
+    #[test]
+    fn large_output() {
+        let (mut shell, _child) = fake_guest();
+        let (rc, out) = run(&mut shell, "head -c 20000000 /dev/zero | tr '\\0' a");
+        assert_eq!(rc, 0);
+        assert_eq!(out.len(), 20_000_000);
+        assert!(out.iter().all(|&b| b == b'a'));
+    }
+
+    #[test]
+    fn guest_dying_mid_command_is_disconnected() {
+        let (mut shell, child) = fake_guest();
+        let pid = child.pid();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            // SAFETY: kills our own test child group.
+            unsafe { libc::killpg(pid as i32, libc::SIGKILL) };
+        });
+        let r = shell.execute("sleep 30", None, Reply::Full, Deadline::NEVER);
+        assert!(matches!(r, Err(ShellError::Disconnected)), "{r:?}");
+    }
+
+    #[test]
+    fn deadline_is_honoured() {
+        let (mut shell, _child) = fake_guest();
+        let t = std::time::Instant::now();
+        let r = shell.execute(
+            "sleep 5",
+            None,
+            Reply::Full,
+            Deadline::after(Some(Duration::from_millis(300))),
+        );
+        assert!(matches!(r, Err(ShellError::TimedOut)), "{r:?}");
+        assert!(t.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn an_abandoned_command_does_not_desync_the_next() {
+        let (mut shell, _child) = fake_guest();
+        let r = shell.execute(
+            "sleep 0.5; echo late",
+            None,
+            Reply::Full,
+            Deadline::after(Some(Duration::from_millis(100))),
+        );
+        assert!(matches!(r, Err(ShellError::TimedOut)), "{r:?}");
+        assert_eq!(run(&mut shell, "echo mine"), (0, b"mine\n".to_vec()));
+    }
+
+    #[test]
+    fn guest_timeout_gives_status() {
+        let (mut shell, _child) = fake_guest();
+        let (rc, _) = shell
+            .execute(
+                "sleep 10",
+                Some(Duration::from_secs(1)),
+                Reply::Full,
+                Deadline::NEVER,
+            )
+            .unwrap();
+        assert_eq!(rc, 124);
+    }
+}
