@@ -36,7 +36,7 @@ pub struct Driver {
 pub fn tmp_dir() -> Result<PathBuf> {
     let candidates = ["XDG_RUNTIME_DIR", "TMPDIR", "TEMP", "TMP"]
         .iter()
-        .filter_map(|k| std::env::var_os(k))
+        .filter_map(std::env::var_os)
         .map(PathBuf::from)
         .chain(["/tmp", "/var/tmp", "/usr/tmp"].iter().map(PathBuf::from));
     for dir in candidates {

@@ -241,6 +241,35 @@ impl Logger {
     }
 }
 
+/// An open nested block that owns its data (for callers that cannot hold a borrow, like
+/// a Python `with` statement). Close it with [`Logger::close`].
+pub struct OwnedBlock {
+    msg: String,
+    machine: Option<String>,
+    start: Instant,
+}
+
+impl Logger {
+    /// Opens a nested block.
+    pub fn open(&self, msg: &str, machine: Option<&str>) -> OwnedBlock {
+        self.emit(Event::BlockStart { machine, msg });
+        OwnedBlock {
+            msg: msg.to_string(),
+            machine: machine.map(str::to_string),
+            start: Instant::now(),
+        }
+    }
+
+    /// Closes a block normally (prints its "(finished: ...)" line).
+    pub fn close(&self, block: &OwnedBlock) {
+        self.emit(Event::BlockEnd {
+            machine: block.machine.as_deref(),
+            msg: &block.msg,
+            seconds: block.start.elapsed().as_secs_f64(),
+        });
+    }
+}
+
 /// An open nested block.
 pub struct Block<'a> {
     logger: &'a Logger,

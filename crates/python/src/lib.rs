@@ -1,5 +1,81 @@
+//! Python bindings of the nixos-test-ng engine: conversions and GIL handling only.
+
+mod config;
+mod convert;
+mod driver;
+mod errors;
+mod logger;
+mod machine;
+
+use std::collections::HashMap;
+
 use pyo3::prelude::*;
+
+/// Parses the `nixos-test-driver` command line. Returns a `Config`, or the help text.
+#[pyfunction]
+fn parse_args(
+    py: Python<'_>,
+    argv: Vec<String>,
+    env: HashMap<String, String>,
+) -> PyResult<Py<PyAny>> {
+    match ntng_engine::config::parse_args(&argv, &env).map_err(errors::to_pyerr)? {
+        ntng_engine::config::Parsed::Run(c) => {
+            Ok(Py::new(py, config::Config::from(*c))?.into_any())
+        }
+        ntng_engine::config::Parsed::Print(text) => Ok(text.into_pyobject(py)?.into_any().unbind()),
+    }
+}
+
+/// Makes SIGINT/SIGTERM interrupt blocking engine calls (Python's handlers still run).
+#[pyfunction]
+fn install_signal_handlers() -> PyResult<()> {
+    ntng_engine::interrupt::install_signal_handlers().map_err(Into::into)
+}
+
+/// Why the run was interrupted: "interrupt", "terminate", "timeout" or None.
+#[pyfunction]
+fn interrupt_reason() -> Option<&'static str> {
+    use ntng_engine::interrupt::Reason;
+    ntng_engine::interrupt::pending().map(|r| match r {
+        Reason::Interrupt => "interrupt",
+        Reason::Terminate => "terminate",
+        Reason::GlobalTimeout => "timeout",
+    })
+}
+
+/// Clears the interruption flag.
+#[pyfunction]
+fn clear_interrupt() {
+    ntng_engine::interrupt::clear();
+}
+
+/// Upstream's `pythonize_name`.
+#[pyfunction]
+fn pythonize_name(name: &str) -> String {
+    ntng_engine::names::pythonize(name)
+}
+
+/// The QEMU key name for a character (upstream's `CHAR_TO_KEY`), or None.
+#[pyfunction]
+fn char_to_key(c: &str) -> Option<&'static str> {
+    ntng_engine::qemu::char_to_key(c)
+}
+
 #[pymodule]
-fn _native(_m: &Bound<PyModule>) -> PyResult<()> {
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(parse_args, m)?)?;
+    m.add_function(wrap_pyfunction!(install_signal_handlers, m)?)?;
+    m.add_function(wrap_pyfunction!(interrupt_reason, m)?)?;
+    m.add_function(wrap_pyfunction!(clear_interrupt, m)?)?;
+    m.add_function(wrap_pyfunction!(pythonize_name, m)?)?;
+    m.add_function(wrap_pyfunction!(char_to_key, m)?)?;
+    m.add_class::<config::Config>()?;
+    m.add_class::<logger::Logger>()?;
+    m.add_class::<logger::LogBlock>()?;
+    m.add_class::<driver::Driver>()?;
+    m.add_class::<driver::VLan>()?;
+    m.add_class::<machine::MachineHandle>()?;
+    m.add_class::<machine::Machine>()?;
+    errors::register(m)?;
     Ok(())
 }

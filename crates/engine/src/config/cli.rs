@@ -368,6 +368,12 @@ fn writable_dir(p: &Path) -> Result<PathBuf> {
 
 fn validate_machines(cfg: &mut Config) -> Result<()> {
     let mut seen: HashMap<String, String> = HashMap::new();
+    for m in cfg.machines.iter_mut() {
+        // Machines run with their state dir as cwd, so relative paths must be resolved now.
+        if let Ok(abs) = std::path::absolute(&m.start_script) {
+            m.start_script = abs;
+        }
+    }
     for m in &cfg.machines {
         let script = &m.start_script;
         let shown = script.display();

@@ -7,7 +7,7 @@ mod json;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use cli::{parse_args, USAGE_EXIT_CODE};
+pub use cli::{parse_args, Parsed, USAGE_EXIT_CODE};
 
 /// What kind of machine a start script starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

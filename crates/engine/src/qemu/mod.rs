@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use monitor::Monitor;
+pub use ops::char_to_key;
 pub use qmp::Qmp;
 
 use crate::config::MachineKind;
@@ -59,8 +60,14 @@ pub struct QemuBackend {
 impl QemuBackend {
     /// A VM started by `start_command` (a start-script path, or a shell command line).
     pub fn new(start_command: impl Into<String>) -> Self {
+        let mut start_command = start_command.into();
+        if Path::new(&start_command).is_file() {
+            if let Ok(abs) = std::path::absolute(&start_command) {
+                start_command = abs.display().to_string();
+            }
+        }
         QemuBackend {
-            start_command: start_command.into(),
+            start_command,
             console: Arc::default(),
             running: Mutex::new(None),
             shell: Mutex::new(None),

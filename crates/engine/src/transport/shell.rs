@@ -71,18 +71,51 @@ fn timeout_arg(t: Duration) -> String {
     }
 }
 
-/// Builds the line sent for one command.
-pub fn command_line(command: &str, timeout: Option<Duration>, reply: Reply) -> String {
-    let prefix = timeout
-        .map(|t| format!("timeout {}", timeout_arg(t)))
-        .unwrap_or_default();
+/// How a command is wrapped for the guest's bash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// A subshell of the backdoor bash (`( eval '…' )`) when no timeout is asked for, and
+    /// the exit status on the output's line: half the guest work of upstream's line.
+    Fast,
+    /// Upstream's exact line: `bash -c '…' | (base64 -w 0; echo)`, status on its own line.
+    Upstream,
+}
+
+impl Framing {
+    /// `NIXOS_TEST_NG_SHELL_FRAMING=upstream` selects upstream's exact framing.
+    pub fn from_env() -> Framing {
+        match std::env::var("NIXOS_TEST_NG_SHELL_FRAMING").as_deref() {
+            Ok("upstream") => Framing::Upstream,
+            _ => Framing::Fast,
+        }
+    }
+}
+
+/// Builds the line sent for one command, and how many reply lines it produces.
+pub fn command_line(
+    command: &str,
+    timeout: Option<Duration>,
+    reply: Reply,
+    framing: Framing,
+) -> (String, usize) {
     let script = shell_quote(&format!("set -euo pipefail; {command}"));
-    let status = if reply == Reply::Full {
-        "; echo ${PIPESTATUS[0]}"
-    } else {
-        ""
+    let run = match (timeout, framing) {
+        (Some(t), _) => format!("timeout {} bash -c {script}", timeout_arg(t)),
+        (None, Framing::Upstream) => format!(" bash -c {script}"),
+        (None, Framing::Fast) => format!("( eval {script} )"),
     };
-    format!("{prefix} bash -c {script} | (base64 -w 0; echo){status}\n")
+    match (framing, reply) {
+        (Framing::Upstream, Reply::Full) => (
+            format!("{run} | (base64 -w 0; echo); echo ${{PIPESTATUS[0]}}\n"),
+            2,
+        ),
+        (Framing::Upstream, _) => (format!("{run} | (base64 -w 0; echo)\n"), 1),
+        (Framing::Fast, Reply::Full) => (
+            format!("{run} | base64 -w 0; echo \" ${{PIPESTATUS[0]}}\"\n"),
+            1,
+        ),
+        (Framing::Fast, _) => (format!("{run} | base64 -w 0; echo\n"), 1),
+    }
 }
 
 /// A connected backdoor shell.
@@ -90,6 +123,7 @@ pub struct Shell {
     stream: UnixStream,
     buf: Vec<u8>,
     scratch: Box<[u8]>,
+    framing: Framing,
     /// Reply lines of an abandoned command (interrupted or timed out) still to be skipped,
     /// so the next command reads its own answer.
     owed_lines: usize,
@@ -98,7 +132,13 @@ pub struct Shell {
 impl Shell {
     /// Wraps a connected stream.
     pub fn new(stream: UnixStream) -> Self {
+        Shell::with_framing(stream, Framing::from_env())
+    }
+
+    /// Wraps a connected stream, with the given framing.
+    pub fn with_framing(stream: UnixStream, framing: Framing) -> Self {
         Shell {
+            framing,
             stream,
             buf: Vec::new(),
             scratch: vec![0u8; 256 * 1024].into_boxed_slice(),
@@ -143,20 +183,36 @@ impl Shell {
             self.read_line(deadline)?;
             self.owed_lines -= 1;
         }
-        self.send_raw(command_line(command, timeout, reply).as_bytes())?;
-        self.owed_lines = match reply {
-            Reply::Nothing => return Ok((-2, Vec::new())),
-            Reply::OutputOnly => 1,
-            Reply::Full => 2,
-        };
-        let encoded = self.read_line(deadline)?;
-        self.owed_lines -= 1;
-        let output = decode(&encoded)?;
-        if reply == Reply::OutputOnly {
-            return Ok((-1, output));
+        let (line, lines) = command_line(command, timeout, reply, self.framing);
+        self.send_raw(line.as_bytes())?;
+        if reply == Reply::Nothing {
+            self.owed_lines = lines;
+            return Ok((-2, Vec::new()));
         }
-        let status_line = self.read_line(deadline)?;
+        self.owed_lines = lines;
+        let first = self.read_line(deadline)?;
         self.owed_lines -= 1;
+        let (encoded, status_text) = match (reply, self.framing) {
+            (Reply::OutputOnly, _) => (first, None),
+            (_, Framing::Upstream) => {
+                let status = self.read_line(deadline)?;
+                self.owed_lines -= 1;
+                (first, Some(status))
+            }
+            (_, Framing::Fast) => match first.iter().rposition(|&b| b == b' ') {
+                Some(i) => (first[..i].to_vec(), Some(first[i + 1..].to_vec())),
+                None => {
+                    return Err(ShellError::Protocol(format!(
+                        "expected `<base64> <status>`, got {:?}",
+                        String::from_utf8_lossy(&first[..first.len().min(200)])
+                    )))
+                }
+            },
+        };
+        let output = decode(&encoded)?;
+        let Some(status_line) = status_text else {
+            return Ok((-1, output));
+        };
         let text = String::from_utf8_lossy(&status_line);
         let status = text.trim().parse::<i32>().map_err(|_| {
             ShellError::Protocol(format!("expected an exit status, got {:?}", text.trim()))
@@ -267,6 +323,14 @@ pub(crate) mod tests {
         (shell, child)
     }
 
+    fn both_framings(check: impl Fn(&mut Shell)) {
+        for framing in [Framing::Fast, Framing::Upstream] {
+            let (mut shell, _child) = fake_guest();
+            shell.framing = framing;
+            check(&mut shell);
+        }
+    }
+
     fn run(shell: &mut Shell, cmd: &str) -> (i32, Vec<u8>) {
         shell
             .execute(
@@ -287,42 +351,68 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn line_is_upstream_framing_plus_status() {
+    fn lines_sent_for_each_framing() {
         assert_eq!(
-            command_line("true", None, Reply::Full),
+            command_line("true", None, Reply::Full, Framing::Upstream).0,
             " bash -c 'set -euo pipefail; true' | (base64 -w 0; echo); echo ${PIPESTATUS[0]}\n"
         );
         assert_eq!(
-            command_line("true", Some(Duration::from_secs(900)), Reply::OutputOnly),
+            command_line(
+                "true",
+                Some(Duration::from_secs(900)),
+                Reply::OutputOnly,
+                Framing::Upstream
+            )
+            .0,
             "timeout 900 bash -c 'set -euo pipefail; true' | (base64 -w 0; echo)\n"
+        );
+        assert_eq!(
+            command_line("true", None, Reply::Full, Framing::Fast),
+            (
+                "( eval 'set -euo pipefail; true' ) | base64 -w 0; echo \" ${PIPESTATUS[0]}\"\n"
+                    .to_string(),
+                1
+            )
+        );
+        assert_eq!(
+            command_line("x", Some(Duration::from_millis(1500)), Reply::Full, Framing::Fast).0,
+            "timeout 1.500 bash -c 'set -euo pipefail; x' | base64 -w 0; echo \" ${PIPESTATUS[0]}\"\n"
         );
     }
 
     #[test]
     fn status_output_and_nasty_bytes() {
-        let (mut shell, _child) = fake_guest();
-        assert_eq!(run(&mut shell, "echo hi"), (0, b"hi\n".to_vec()));
-        assert_eq!(run(&mut shell, "exit 42").0, 42);
-        assert_eq!(run(&mut shell, "false; echo not reached").0, 1);
-        let (rc, out) = run(
-            &mut shell,
-            "printf '\\xff\\x00\\n0\\necho ${PIPESTATUS[0]}\\n'",
-        );
+        both_framings(status_output_and_nasty_bytes_with);
+    }
+
+    fn status_output_and_nasty_bytes_with(shell: &mut Shell) {
+        assert_eq!(run(shell, "echo hi"), (0, b"hi\n".to_vec()));
+        assert_eq!(run(shell, "exit 42").0, 42);
+        assert_eq!(run(shell, "false; echo not reached").0, 1);
+        let (rc, out) = run(shell, "printf '\\xff\\x00\\n0\\necho ${PIPESTATUS[0]}\\n'");
         assert_eq!(rc, 0);
         assert_eq!(out, b"\xff\x00\n0\necho ${PIPESTATUS[0]}\n");
-        assert_eq!(
-            run(&mut shell, "echo \"it's\" 'a \"b\"'").1,
-            b"it's a \"b\"\n"
-        );
-        // stdin-free state does not leak between commands
-        run(&mut shell, "cd /; X=1");
-        assert_eq!(run(&mut shell, "pwd; echo ${X:-unset}").1, b"/tmp\nunset\n");
+        assert_eq!(run(shell, "echo \"it's\" 'a \"b\"'").1, b"it's a \"b\"\n");
+        // no state leaks between commands; $$ stays a number
+        run(shell, "cd /; X=1");
+        assert_eq!(run(shell, "pwd; echo ${X:-unset}").1, b"/tmp\nunset\n");
+        assert!(String::from_utf8(run(shell, "echo $$").1)
+            .unwrap()
+            .trim()
+            .parse::<u32>()
+            .is_ok());
+        // a syntax error is the command's failure, not a protocol error
+        assert_eq!(run(shell, "if then").0, 2);
+        assert_eq!(run(shell, "echo after").1, b"after\n");
     }
 
     #[test]
     fn large_output() {
-        let (mut shell, _child) = fake_guest();
-        let (rc, out) = run(&mut shell, "head -c 20000000 /dev/zero | tr '\\0' a");
+        both_framings(large_output_with);
+    }
+
+    fn large_output_with(shell: &mut Shell) {
+        let (rc, out) = run(shell, "head -c 20000000 /dev/zero | tr '\\0' a");
         assert_eq!(rc, 0);
         assert_eq!(out.len(), 20_000_000);
         assert!(out.iter().all(|&b| b == b'a'));

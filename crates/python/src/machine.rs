@@ -1,0 +1,534 @@
+//! `Machine`: one machine of the test. Python subclasses (`QemuMachine`, `NspawnMachine`)
+//! are constructed from a `MachineHandle` handed out by the driver.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use ntng_engine::machine::{ExecOptions, Machine as EngineMachine};
+use ntng_engine::Result as EngineResult;
+
+use crate::convert::duration;
+use crate::errors::{from_pyerr, to_pyerr};
+use crate::logger::LogBlock;
+
+/// An opaque reference to an engine machine.
+#[pyclass(frozen, module = "nixos_test_ng._native")]
+#[derive(Clone)]
+pub struct MachineHandle {
+    pub inner: Arc<EngineMachine>,
+}
+
+#[pymethods]
+impl MachineHandle {
+    /// "qemu" or "nspawn".
+    #[getter]
+    fn kind(&self) -> &'static str {
+        match self.inner.kind() {
+            ntng_engine::config::MachineKind::Qemu => "qemu",
+            ntng_engine::config::MachineKind::Nspawn => "nspawn",
+        }
+    }
+}
+
+#[pyclass(frozen, subclass, module = "nixos_test_ng._native")]
+pub struct Machine {
+    inner: Arc<EngineMachine>,
+}
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(900);
+
+fn timeout_or(
+    value: Option<&Bound<'_, PyAny>>,
+    default: Option<Duration>,
+) -> PyResult<Option<Duration>> {
+    match value {
+        None => Ok(default),
+        Some(v) => duration(Some(v)),
+    }
+}
+
+impl Machine {
+    /// Runs `f` on the engine machine with the GIL released.
+    fn call<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&EngineMachine) -> EngineResult<T> + Send,
+    ) -> PyResult<T> {
+        let m = self.inner.clone();
+        py.detach(move || f(&m)).map_err(to_pyerr)
+    }
+}
+
+#[pymethods]
+impl Machine {
+    #[new]
+    fn new(handle: &MachineHandle) -> Self {
+        Machine {
+            inner: handle.inner.clone(),
+        }
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let class = slf.get_type().name()?;
+        Ok(format!("<{class} '{}'>", slf.get().inner.name()))
+    }
+
+    /// The machine's name.
+    #[getter]
+    fn name(&self) -> String {
+        self.inner.name().to_string()
+    }
+
+    /// True once started (the process runs).
+    #[getter]
+    fn booted(&self) -> bool {
+        self.inner.booted()
+    }
+
+    /// True once the backdoor shell answered.
+    #[getter]
+    fn connected(&self) -> bool {
+        self.inner.connected()
+    }
+
+    /// The pid of the machine's process (QEMU), or None.
+    #[getter]
+    fn pid(&self) -> Option<u32> {
+        self.inner.pid()
+    }
+
+    /// `<tmp>/vm-state-<name>`.
+    #[getter]
+    fn state_dir(&self) -> String {
+        self.inner.info().state_dir.display().to_string()
+    }
+
+    /// The host side of the guest's `/tmp/shared`.
+    #[getter]
+    fn shared_dir(&self) -> String {
+        self.inner.info().shared_dir.display().to_string()
+    }
+
+    /// The output directory.
+    #[getter]
+    fn out_dir(&self) -> String {
+        self.inner.info().out_dir.display().to_string()
+    }
+
+    /// The start script or command.
+    #[getter]
+    fn start_command(&self) -> Option<String> {
+        self.inner.start_command().map(str::to_string)
+    }
+
+    /// Every console line since the last start.
+    #[getter]
+    fn full_console_log(&self) -> Vec<String> {
+        self.inner
+            .console_log()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Sets (or clears) the callable run before every command (polling conditions).
+    fn _set_hook(&self, hook: Option<Py<PyAny>>) {
+        let hook = hook.map(|h| {
+            let h: ntng_engine::machine::Hook =
+                Arc::new(move || Python::attach(|py| h.call0(py).map(drop).map_err(from_pyerr)));
+            h
+        });
+        self.inner.set_hook(hook);
+    }
+
+    /// Logs a message prefixed with the machine's name.
+    fn log(&self, msg: &str) {
+        self.inner.log(msg);
+    }
+
+    /// A nested log block prefixed with the machine's name.
+    #[pyo3(signature = (msg, attrs=None))]
+    fn nested(&self, msg: &str, attrs: Option<&Bound<'_, PyDict>>) -> PyResult<LogBlock> {
+        let _ = attrs;
+        Ok(LogBlock::for_machine(
+            self.inner.info().logger.clone(),
+            msg,
+            self.inner.name(),
+        ))
+    }
+
+    /// Starts the machine; returns before it has booted.
+    #[pyo3(signature = (allow_reboot=false))]
+    fn start(&self, py: Python<'_>, allow_reboot: bool) -> PyResult<()> {
+        self.call(py, move |m| m.start(allow_reboot))
+    }
+
+    /// Waits until the guest's root shell is reachable.
+    fn connect(&self, py: Python<'_>) -> PyResult<()> {
+        self.call(py, |m| m.connect())
+    }
+
+    /// True when started and connected.
+    fn is_up(&self) -> bool {
+        self.inner.is_up()
+    }
+
+    /// Runs a command; returns `(status, stdout)`.
+    #[pyo3(signature = (command, check_return=true, check_output=true, timeout=None))]
+    fn execute(
+        &self,
+        py: Python<'_>,
+        command: String,
+        check_return: bool,
+        check_output: bool,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<(i32, String)> {
+        let opts = ExecOptions {
+            check_return,
+            check_output,
+            timeout: timeout_or(timeout, Some(DEFAULT_TIMEOUT))?,
+        };
+        self.call(py, move |m| m.execute(&command, opts))
+    }
+
+    /// Runs each command; raises when one fails. Returns the joined output.
+    #[pyo3(signature = (*commands, timeout=None))]
+    fn succeed(
+        &self,
+        py: Python<'_>,
+        commands: Vec<String>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<String> {
+        let t = duration(timeout)?;
+        self.call(py, move |m| m.succeed(&commands, t))
+    }
+
+    /// Runs each command; raises when one succeeds.
+    #[pyo3(signature = (*commands, timeout=None))]
+    fn fail(
+        &self,
+        py: Python<'_>,
+        commands: Vec<String>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<String> {
+        let t = duration(timeout)?;
+        self.call(py, move |m| m.fail(&commands, t))
+    }
+
+    /// Retries `command` until it succeeds.
+    #[pyo3(signature = (command, timeout=None, attempt_timeout=None))]
+    fn wait_until_succeeds(
+        &self,
+        py: Python<'_>,
+        command: String,
+        timeout: Option<&Bound<'_, PyAny>>,
+        attempt_timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<String> {
+        let t = timeout_or(timeout, Some(DEFAULT_TIMEOUT))?;
+        let a = duration(attempt_timeout)?;
+        self.call(py, move |m| m.wait_until_succeeds(&command, t, a))
+    }
+
+    /// Retries `command` until it fails.
+    #[pyo3(signature = (command, timeout=None, attempt_timeout=None))]
+    fn wait_until_fails(
+        &self,
+        py: Python<'_>,
+        command: String,
+        timeout: Option<&Bound<'_, PyAny>>,
+        attempt_timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<String> {
+        let t = timeout_or(timeout, Some(DEFAULT_TIMEOUT))?;
+        let a = duration(attempt_timeout)?;
+        self.call(py, move |m| m.wait_until_fails(&command, t, a))
+    }
+
+    /// Waits until a file exists in the guest.
+    #[pyo3(signature = (filename, timeout=None))]
+    fn wait_for_file(
+        &self,
+        py: Python<'_>,
+        filename: String,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let t = timeout_or(timeout, Some(DEFAULT_TIMEOUT))?;
+        self.call(py, move |m| m.wait_for_file(&filename, t))
+    }
+
+    /// Waits until a TCP port is open (seen from the guest).
+    #[pyo3(signature = (port, addr="localhost".to_string(), timeout=None))]
+    fn wait_for_open_port(
+        &self,
+        py: Python<'_>,
+        port: u16,
+        addr: String,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let t = timeout_or(timeout, Some(DEFAULT_TIMEOUT))?;
+        self.call(py, move |m| m.wait_for_open_port(port, &addr, t))
+    }
+
+    /// Waits until a TCP port is closed.
+    #[pyo3(signature = (port, addr="localhost".to_string(), timeout=None))]
+    fn wait_for_closed_port(
+        &self,
+        py: Python<'_>,
+        port: u16,
+        addr: String,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let t = timeout_or(timeout, Some(DEFAULT_TIMEOUT))?;
+        self.call(py, move |m| m.wait_for_closed_port(port, &addr, t))
+    }
+
+    /// Waits until a UNIX socket accepts connections.
+    #[pyo3(signature = (addr, is_datagram=false, timeout=None))]
+    fn wait_for_open_unix_socket(
+        &self,
+        py: Python<'_>,
+        addr: String,
+        is_datagram: bool,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let t = timeout_or(timeout, Some(DEFAULT_TIMEOUT))?;
+        self.call(py, move |m| {
+            m.wait_for_open_unix_socket(&addr, is_datagram, t)
+        })
+    }
+
+    /// Sleeps in guest time.
+    fn sleep(&self, py: Python<'_>, secs: f64) -> PyResult<()> {
+        self.call(py, move |m| m.sleep(secs))
+    }
+
+    /// Powers the guest off and waits for the machine to stop.
+    fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
+        self.call(py, |m| m.shutdown())
+    }
+
+    /// Kills QEMU through the monitor and waits.
+    fn crash(&self, py: Python<'_>) -> PyResult<()> {
+        self.call(py, |m| m.crash())
+    }
+
+    /// Presses Ctrl-Alt-Delete (needs `start(allow_reboot=True)`).
+    fn reboot(&self, py: Python<'_>) -> PyResult<()> {
+        self.call(py, |m| m.reboot())
+    }
+
+    /// Waits until the machine has stopped.
+    fn wait_for_shutdown(&self, py: Python<'_>) -> PyResult<()> {
+        self.call(py, |m| m.wait_for_shutdown())
+    }
+
+    /// Kills the machine.
+    fn release(&self, py: Python<'_>) {
+        let m = self.inner.clone();
+        py.detach(move || m.release());
+    }
+
+    /// Sends a command to the QEMU monitor; returns its answer.
+    fn send_monitor_command(&self, py: Python<'_>, command: String) -> PyResult<String> {
+        self.call(py, move |m| m.send_monitor_command(&command))
+    }
+
+    /// Runs a QMP command; returns its result.
+    #[pyo3(signature = (command, arguments=None))]
+    fn qmp(
+        &self,
+        py: Python<'_>,
+        command: String,
+        arguments: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let args = match arguments {
+            Some(a) if !a.is_none() => Some(to_json(a)?),
+            _ => None,
+        };
+        let v = self.call(py, move |m| m.qmp_execute(&command, args))?;
+        from_json(py, &v)
+    }
+
+    /// Waits for a QMP event for which `event_filter(event)` is true.
+    #[pyo3(signature = (event_filter, timeout=None))]
+    fn wait_for_qmp_event(
+        &self,
+        py: Python<'_>,
+        event_filter: Py<PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let t = timeout_or(timeout, Some(Duration::from_secs(600)))?;
+        let m = self.inner.clone();
+        let v = py
+            .detach(move || {
+                m.wait_for_qmp_event(t, &mut |event| {
+                    Python::attach(|py| {
+                        let e = from_json(py, event)?;
+                        event_filter.call1(py, (e,))?.bind(py).is_truthy()
+                    })
+                    .map_err(from_pyerr)
+                })
+            })
+            .map_err(to_pyerr)?;
+        from_json(py, &v)
+    }
+
+    /// Waits until `matcher(accumulated_console_text)` is true; `what` names it in the log.
+    #[pyo3(signature = (what, matcher, timeout=None))]
+    fn _wait_for_console_text(
+        &self,
+        py: Python<'_>,
+        what: String,
+        matcher: Py<PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let t = duration(timeout)?;
+        let m = self.inner.clone();
+        py.detach(move || {
+            m.wait_for_console_text(&what, t, &mut |text: &str| {
+                Python::attach(|py| matcher.call1(py, (text,))?.bind(py).is_truthy())
+                    .map_err(from_pyerr)
+            })
+        })
+        .map_err(to_pyerr)
+    }
+
+    /// The console output since the last start.
+    fn get_console_log(&self) -> String {
+        self.inner.console_log()
+    }
+
+    /// Cuts the first VLAN NIC.
+    fn block(&self, py: Python<'_>) -> PyResult<()> {
+        self.call(py, |m| m.block())
+    }
+
+    /// Restores the first VLAN NIC.
+    fn unblock(&self, py: Python<'_>) -> PyResult<()> {
+        self.call(py, |m| m.unblock())
+    }
+
+    /// Forwards host TCP `host_port` to guest `guest_port`.
+    #[pyo3(signature = (host_port=8080, guest_port=80))]
+    fn forward_port(&self, py: Python<'_>, host_port: u16, guest_port: u16) -> PyResult<()> {
+        self.call(py, move |m| m.forward_port(host_port, guest_port))
+    }
+
+    /// Presses a key.
+    #[pyo3(signature = (key, delay=Some(0.01), log=true))]
+    fn send_key(&self, py: Python<'_>, key: String, delay: Option<f64>, log: bool) -> PyResult<()> {
+        let d = delay.map(Duration::from_secs_f64);
+        self.call(py, move |m| m.send_key(&key, d, log))
+    }
+
+    /// Types characters.
+    #[pyo3(signature = (chars, delay=Some(0.01)))]
+    fn send_chars(&self, py: Python<'_>, chars: String, delay: Option<f64>) -> PyResult<()> {
+        let d = delay.map(Duration::from_secs_f64);
+        self.call(py, move |m| m.send_chars(&chars, d))
+    }
+
+    /// Writes to the serial console.
+    fn send_console(&self, py: Python<'_>, chars: String) -> PyResult<()> {
+        self.call(py, move |m| m.send_console(chars.as_bytes()))
+    }
+
+    /// `systemctl <q>` (as `user` when given); returns `(status, output)`.
+    #[pyo3(signature = (q, user=None))]
+    fn systemctl(
+        &self,
+        py: Python<'_>,
+        q: String,
+        user: Option<String>,
+    ) -> PyResult<(i32, String)> {
+        self.call(py, move |m| m.systemctl(&q, user.as_deref()))
+    }
+
+    /// `systemctl start <jobname>`.
+    #[pyo3(signature = (jobname, user=None))]
+    fn start_job(
+        &self,
+        py: Python<'_>,
+        jobname: String,
+        user: Option<String>,
+    ) -> PyResult<(i32, String)> {
+        self.call(py, move |m| {
+            m.systemctl(&format!("start {jobname}"), user.as_deref())
+        })
+    }
+
+    /// `systemctl stop <jobname>`.
+    #[pyo3(signature = (jobname, user=None))]
+    fn stop_job(
+        &self,
+        py: Python<'_>,
+        jobname: String,
+        user: Option<String>,
+    ) -> PyResult<(i32, String)> {
+        self.call(py, move |m| {
+            m.systemctl(&format!("stop {jobname}"), user.as_deref())
+        })
+    }
+
+    /// All properties of a unit.
+    #[pyo3(signature = (unit, user=None))]
+    fn get_unit_info(
+        &self,
+        py: Python<'_>,
+        unit: String,
+        user: Option<String>,
+    ) -> PyResult<std::collections::BTreeMap<String, String>> {
+        self.call(py, move |m| m.get_unit_info(&unit, user.as_deref()))
+    }
+
+    /// One property of a unit.
+    #[pyo3(signature = (unit, property, user=None))]
+    fn get_unit_property(
+        &self,
+        py: Python<'_>,
+        unit: String,
+        property: String,
+        user: Option<String>,
+    ) -> PyResult<String> {
+        self.call(py, move |m| {
+            m.get_unit_property(&unit, &property, user.as_deref())
+        })
+    }
+
+    /// Waits until a unit is active.
+    #[pyo3(signature = (unit, user=None, timeout=None))]
+    fn wait_for_unit(
+        &self,
+        py: Python<'_>,
+        unit: String,
+        user: Option<String>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let t = timeout_or(timeout, Some(DEFAULT_TIMEOUT))?;
+        self.call(py, move |m| m.wait_for_unit(&unit, user.as_deref(), t))
+    }
+
+    /// Fails unless a unit is in `require_state`.
+    #[pyo3(signature = (unit, require_state="active".to_string()))]
+    fn require_unit_state(
+        &self,
+        py: Python<'_>,
+        unit: String,
+        require_state: String,
+    ) -> PyResult<()> {
+        self.call(py, move |m| m.require_unit_state(&unit, &require_state))
+    }
+}
+
+fn to_json(v: &Bound<'_, PyAny>) -> PyResult<serde_json::Value> {
+    let json = v.py().import("json")?;
+    let text: String = json.call_method1("dumps", (v,))?.extract()?;
+    serde_json::from_str(&text).map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
+}
+
+fn from_json(py: Python<'_>, v: &serde_json::Value) -> PyResult<Py<PyAny>> {
+    let json = py.import("json")?;
+    Ok(json.call_method1("loads", (v.to_string(),))?.unbind())
+}

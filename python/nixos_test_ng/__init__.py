@@ -1,0 +1,28 @@
+"""nixos-test-ng: a NixOS integration-test driver with a Rust engine.
+
+`nixos-test-driver` runs existing nixpkgs test scripts unchanged; this package is also the
+library behind it (machine classes, the script namespace, the exceptions).
+"""
+
+from nixos_test_ng.errors import (
+    ConfigError,
+    MachineError,
+    PollingConditionError,
+    QMPAPIError,
+    RequestedAssertionFailed,
+    TestScriptError,
+)
+from nixos_test_ng.machine import BaseMachine, Machine, NspawnMachine, QemuMachine
+
+__all__ = [
+    "BaseMachine",
+    "ConfigError",
+    "Machine",
+    "MachineError",
+    "NspawnMachine",
+    "PollingConditionError",
+    "QMPAPIError",
+    "QemuMachine",
+    "RequestedAssertionFailed",
+    "TestScriptError",
+]

@@ -1,0 +1,174 @@
+"""Entry points: `nixos-test-driver` (the drop-in driver) and `nixos-test-ng` (everything else).
+
+Exit statuses: 0 the test passed; 1 the test failed (an assertion, a machine error, the global
+timeout); 2 bad command line, configuration or script; 130 interrupted (SIGINT); 143 SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from nixos_test_ng import _native
+from nixos_test_ng.errors import ConfigError, GlobalTimeout, Terminated
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+def _on_sigterm(_signum: int, _frame: Any) -> None:
+    if _native.interrupt_reason() == "timeout":
+        raise GlobalTimeout("the global timeout expired")
+    raise Terminated("received SIGTERM")
+
+
+def _install_signal_handlers() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    # After Python's handlers, so the engine's flag handler chains to them.
+    _native.install_signal_handlers()
+
+
+def _usage_error(message: str) -> int:
+    print(f"nixos-test-driver: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def run_driver(argv: list[str]) -> int:
+    """`nixos-test-driver ARGS`; returns the exit status."""
+    try:
+        parsed = _native.parse_args(argv, dict(os.environ))
+    except ConfigError as e:
+        return _usage_error(str(e))
+    if isinstance(parsed, str):
+        print(parsed, end="")
+        return EXIT_OK
+    config = parsed
+
+    script = ""
+    if config.test_script is not None:
+        try:
+            with open(config.test_script, encoding="utf-8") as f:
+                script = f.read()
+            compile(script, config.test_script, "exec")
+        except OSError as e:
+            return _usage_error(f"cannot read test script: {e}")
+        except SyntaxError as e:
+            where = f"{e.filename}:{e.lineno}:{e.offset or 0}"
+            return _usage_error(f"{where}: syntax error in the test script: {e.msg}")
+
+    logger = _native.Logger(color=sys.stderr.isatty() and "NO_COLOR" not in os.environ)
+    for w in config.warnings:
+        logger.warning(w)
+    if config.junit_xml:
+        logger.enable_junit()
+    if not config.keep_machine_state:
+        logger.log("Machine state will be reset. To keep it, pass --keep-machine-state")
+
+    _install_signal_handlers()
+    from nixos_test_ng.driver import Driver
+
+    status = EXIT_OK
+    driver = None
+    try:
+        driver = Driver(config, logger, script)
+        if config.dump_vsocks is not None:
+            driver.dump_machine_ssh(config.dump_vsocks)
+        if config.interactive:
+            from nixos_test_ng.repl import interact
+
+            interact(driver)
+        else:
+            tic = time.monotonic()
+            try:
+                driver.run_tests()
+            finally:
+                logger.log(f"test script finished in {time.monotonic() - tic:.2f}s")
+    except ConfigError as e:
+        logger.log_test_error(str(e))
+        status = EXIT_USAGE
+    except GlobalTimeout:
+        logger.log_test_error("the global timeout expired; the test was terminated")
+        status = EXIT_FAILED
+    except Terminated:
+        logger.log_test_error("received SIGTERM; cleaning up")
+        status = EXIT_TERMINATED
+    except KeyboardInterrupt:
+        logger.log_test_error("interrupted; cleaning up")
+        status = EXIT_INTERRUPTED
+    except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else EXIT_FAILED
+    except BaseException as e:  # noqa: BLE001 - every failure of the script ends here
+        if driver is not None:
+            driver.report_failure(e)
+        else:
+            logger.log_test_error(f"{type(e).__name__}: {e}")
+        status = EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            if driver is not None:
+                driver.cleanup()
+            if config.junit_xml:
+                logger.write_junit(config.junit_xml)
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if status == EXIT_OK and logger.failed:
+        status = EXIT_FAILED
+    return status
+
+
+def driver_main() -> None:
+    """The `nixos-test-driver` command."""
+    sys.exit(run_driver(sys.argv[1:]))
+
+
+NG_USAGE = """\
+usage: nixos-test-ng COMMAND ...
+
+commands:
+  run SCRIPT [--machine NAME[:VLAN,...]]... [-- DRIVER-ARGS...]
+                      run a test script on the built-in Debian guests (no Nix needed)
+  guest build|scripts  build the default guest, or write run-<name>-vm start scripts
+  driver ARGS...       the same as nixos-test-driver ARGS...
+  version              print the version
+"""
+
+
+def run_ng(argv: list[str]) -> int:
+    """`nixos-test-ng ARGS`; returns the exit status."""
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(NG_USAGE, end="")
+        return EXIT_OK if argv else EXIT_USAGE
+    command, rest = argv[0], argv[1:]
+    if command == "guest":
+        from nixos_test_ng.guest.cli import main as guest_main
+
+        return guest_main(rest)
+    if command == "run":
+        from nixos_test_ng.run import main as run_main
+
+        return run_main(rest)
+    if command == "driver":
+        return run_driver(rest)
+    if command == "version":
+        from importlib.metadata import version
+
+        print(f"nixos-test-ng {version('nixos-test-ng')}")
+        return EXIT_OK
+    print(
+        f"nixos-test-ng: error: unknown command `{command}`\n\n{NG_USAGE}", file=sys.stderr, end=""
+    )
+    return EXIT_USAGE
+
+
+def ng_main() -> None:
+    """The `nixos-test-ng` command."""
+    sys.exit(run_ng(sys.argv[1:]))

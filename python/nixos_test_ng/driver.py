@@ -1,0 +1,198 @@
+"""The script-facing driver: machines as Python objects, the namespace of a test script,
+and running it with upstream's error reporting."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from nixos_test_ng import _native
+from nixos_test_ng.errors import MachineError, RequestedAssertionFailed
+from nixos_test_ng.machine import BaseMachine, Machine, NspawnMachine, QemuMachine, wrap
+from nixos_test_ng.retry import AssertionTester, Poll, PollingCondition, retry
+
+
+class DebugNop:
+    """`debug` when no debug hook is configured: `debug.breakpoint()` does nothing."""
+
+    def breakpoint(self, *_: Any, **__: Any) -> None:
+        pass
+
+
+class Driver:
+    """A test run: its machines, VLANs, polling conditions and script."""
+
+    def __init__(self, config: _native.Config, logger: _native.Logger, script: str = "") -> None:
+        self.config = config
+        self.logger = logger
+        self.tests = script
+        self.script_path = config.test_script or "<string>"
+        self.polling_conditions: list[PollingCondition] = []
+        self.debug: Any = DebugNop()
+        self._native = _native.Driver(config, logger)
+        for key, value in self._native.vlan_env():
+            os.environ[key] = value
+        self.machines: list[BaseMachine] = [wrap(h) for h in self._native.machine_handles()]
+        for m in self.machines:
+            m._set_hook(self.check_polling_conditions)
+        self.vlans = self._native.vlans()
+
+    # -- machines -----------------------------------------------------------------------
+
+    @property
+    def machines_qemu(self) -> list[QemuMachine]:
+        return [m for m in self.machines if isinstance(m, QemuMachine)]
+
+    @property
+    def machines_nspawn(self) -> list[NspawnMachine]:
+        return [m for m in self.machines if isinstance(m, NspawnMachine)]
+
+    def start_all(self) -> None:
+        """Start every machine (in parallel); returns before they have booted."""
+        self._native.start_all()
+
+    def join_all(self) -> None:
+        """Wait until every machine has shut down."""
+        self._native.join_all()
+
+    def create_machine(
+        self,
+        start_command: str,
+        *,
+        name: str | None = None,
+        keep_machine_state: bool = False,
+        keep_vm_state: bool = False,
+    ) -> QemuMachine:
+        """A machine not managed by the driver (no polling conditions, no cleanup)."""
+        handle = self._native.create_machine(
+            start_command, name, keep_machine_state or keep_vm_state
+        )
+        return QemuMachine(handle)
+
+    def check_polling_conditions(self) -> None:
+        for condition in self.polling_conditions:
+            condition.maybe_raise()
+
+    def polling_condition(
+        self,
+        fun_: Callable[[], Any] | None = None,
+        *,
+        seconds_interval: float = 2.0,
+        description: str | None = None,
+    ) -> Any:
+        """Decorator: the condition is checked before every command while `with` it."""
+
+        def wrapper(fun: Callable[[], Any]) -> Poll:
+            return Poll(PollingCondition(fun, self, seconds_interval, description))
+
+        return wrapper if fun_ is None else wrapper(fun_)
+
+    def serial_stdout_on(self) -> None:
+        self.logger.print_serial_logs(True)
+
+    def serial_stdout_off(self) -> None:
+        self.logger.print_serial_logs(False)
+
+    def dump_machine_ssh(self, offset: int = 2) -> None:
+        """Print how to reach each machine through the vsock SSH backdoor."""
+        print("SSH backdoor enabled, the machines can be accessed like this:")
+        print(
+            "Note: vsocks require systemd-ssh-proxy(1) to be enabled"
+            " (default on NixOS 25.05 and newer)."
+        )
+        width = max((len(m.name) for m in self.machines), default=0)
+        for index, m in enumerate(self.machines, start=offset + 1):
+            pad = " " * (width - len(m.name) + 2)
+            print(f"    {m.name}:{pad}ssh -o User=root vsock/{index}")
+
+    @contextlib.contextmanager
+    def subtest(self, name: str) -> Iterator[None]:
+        """Group steps; the log and JUnit show each subtest with its own status."""
+        with self.logger.subtest(name):
+            yield
+
+    # -- the namespace ---------------------------------------------------------------------
+
+    def test_symbols(self) -> dict[str, Any]:
+        """The globals of a test script (upstream's `test_symbols`)."""
+        general: dict[str, Any] = {
+            "start_all": self.start_all,
+            "test_script": self.test_script,
+            "machines": self.machines,
+            "machines_qemu": self.machines_qemu,
+            "machines_nspawn": self.machines_nspawn,
+            "vlans": self.vlans,
+            "driver": self,
+            "log": self.logger,
+            "os": os,
+            "create_machine": self.create_machine,
+            "subtest": self.subtest,
+            "run_tests": self.run_tests,
+            "join_all": self.join_all,
+            "retry": retry,
+            "serial_stdout_off": self.serial_stdout_off,
+            "serial_stdout_on": self.serial_stdout_on,
+            "polling_condition": self.polling_condition,
+            "Machine": Machine,
+            "BaseMachine": BaseMachine,
+            "QemuMachine": QemuMachine,
+            "NspawnMachine": NspawnMachine,
+            "t": AssertionTester(),
+            "debug": self.debug,
+            "dump_machine_ssh": self.dump_machine_ssh,
+        }
+        machine_symbols = {_native.pythonize_name(m.name): m for m in self.machines}
+        if len(self.machines) == 1:
+            machine_symbols["machine"] = self.machines[0]
+        vlan_symbols = {f"vlan{v.nr}": v for v in self.vlans}
+        print(
+            "additionally exposed symbols:\n    "
+            + ", ".join(m.name for m in self.machines)
+            + ",\n    "
+            + ", ".join(vlan_symbols)
+            + ",\n    "
+            + ", ".join(general)
+        )
+        return {**general, **machine_symbols, **vlan_symbols}
+
+    # -- running ---------------------------------------------------------------------------
+
+    def test_script(self) -> None:
+        """Run the test script."""
+        with self.logger.nested("run the VM test script"):
+            symbols = self.test_symbols()
+            code = compile(self.tests, self.script_path, "exec")
+            exec(code, symbols, None)
+
+    def run_tests(self) -> None:
+        """Run the script under the global timeout, then `sync` every running machine."""
+        self._native.start_timer()
+        self.test_script()
+        self._native.sync_all()
+
+    def cleanup(self) -> None:
+        """Kill every machine and VLAN."""
+        self._native.cleanup()
+
+    def report_failure(self, exc: BaseException) -> None:
+        """Print a failure as upstream does: only the script's frames, `!!! ` prefixed."""
+        log = self.logger
+        tb = exc.__traceback__
+        frames = [f for f in traceback.extract_tb(tb) if f.filename == self.script_path]
+        if isinstance(exc, RequestedAssertionFailed | MachineError) or frames:
+            log.log_test_error("Traceback (most recent call last):")
+            lines = self.tests.splitlines()
+            for frame, text in zip(frames, traceback.format_list(frames), strict=True):
+                log.log_test_error(text.splitlines()[0].rstrip())
+                if frame.lineno and 0 < frame.lineno <= len(lines):
+                    log.log_test_error(f"    {lines[frame.lineno - 1].strip()}")
+            log.log_test_error("")
+            for line in f"{type(exc).__name__}: {exc}".splitlines():
+                log.log_test_error(line)
+        else:
+            for chunk in traceback.format_exception(exc):
+                for line in chunk.rstrip("\n").splitlines():
+                    log.log_test_error(line)

@@ -1,0 +1,42 @@
+"""Machine classes of the script namespace: thin names over the native machine.
+
+`BaseMachine` is what every machine is; `QemuMachine` a VM; `NspawnMachine` a container.
+`Machine` is the generation-A name, kept for scripts that annotate with it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from nixos_test_ng import _native
+
+
+class BaseMachine(_native.Machine):
+    """A machine of the test: a QEMU VM or a systemd-nspawn container."""
+
+    def wait_for_console_text(self, regex: str, timeout: float | None = None) -> None:
+        """Wait until the console (serial port) printed text matching `regex`.
+
+        Lines are consumed as upstream does: each call starts with an empty buffer and
+        reads the lines not consumed by earlier calls, one at a time, concatenated as
+        they arrive; the wait is woken by new output instead of polling once a second.
+        """
+        pattern = re.compile(regex)
+        self._wait_for_console_text(regex, lambda text: pattern.search(text) is not None, timeout)
+
+
+class QemuMachine(BaseMachine):
+    """A QEMU VM started by a `run-<name>-vm` script."""
+
+
+class NspawnMachine(BaseMachine):
+    """A systemd-nspawn container started by a `run-<name>-nspawn` script."""
+
+
+Machine = BaseMachine
+
+
+def wrap(handle: _native.MachineHandle) -> BaseMachine:
+    """The Python object for a machine the driver built."""
+    cls = NspawnMachine if handle.kind == "nspawn" else QemuMachine
+    return cls(handle)
