@@ -1,0 +1,47 @@
+# The two commands of the README: `make demo` and `make test`. Each does all the setup.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip --disable-pip-version-check -q
+export NIXOS_TEST_NG_GUEST_DIR ?= $(CURDIR)/build/guest
+PYTEST_ARGS ?=
+
+.PHONY: all setup install guest demo test lint test-rust test-python bench clean
+
+all: install
+
+## System packages (apt) and the Python build/test tools.
+setup:
+	./scripts/setup-system.sh
+	$(PIP) install -r requirements-dev.txt
+
+## Build and install the package (Rust engine + Python), as `pip install .` does.
+install: setup
+	$(PIP) install .
+
+## Build the default busybox guest (cached; rebuilt only when its inputs change).
+guest: install
+	nixos-test-ng guest build
+
+## Run the example test: two VMs on a VLAN, a server and a client, with subtests.
+demo: guest
+	nixos-test-ng run examples/vlan_echo.py --machine server:1 --machine client:1
+
+lint: setup
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	ruff check .
+	ruff format --check .
+
+test-rust:
+	cargo test --workspace
+
+test-python: guest
+	$(PYTHON) -m pytest -ra $(PYTEST_ARGS)
+
+## Everything CI runs.
+test: guest lint test-rust test-python
+
+bench: guest
+	$(PYTHON) benches/run.py
+
+clean:
+	rm -rf build target dist

@@ -1,0 +1,111 @@
+"""VM end-to-end tests: real QEMU (TCG) on the busybox guest, driven by nixos-test-driver."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="session")
+def guest_dir() -> Path:
+    from nixos_test_ng.guest import ensure_built
+
+    return ensure_built()
+
+
+@pytest.fixture
+def vm_env(tmp_path: Path, guest_dir: Path):
+    """Runs nixos-test-driver on start scripts for the busybox guest, isolated in tmp_path."""
+    from nixos_test_ng.guest import write_start_scripts
+
+    started: list[subprocess.Popen] = []
+
+    class Env:
+        root = tmp_path
+        out = tmp_path / "out"
+
+        def scripts(self, nodes: dict[str, list[int]]) -> list[str]:
+            paths = write_start_scripts(tmp_path / "scripts", nodes, guest_dir=guest_dir)
+            return [str(p) for p in paths.values()]
+
+        def environ(self) -> dict[str, str]:
+            env = dict(os.environ)
+            env["XDG_RUNTIME_DIR"] = str(tmp_path / "xdg")
+            env.pop("DISPLAY", None)
+            env.pop("WAYLAND_DISPLAY", None)
+            return env
+
+        def spawn(self, nodes: dict[str, list[int]], script: str, *extra: str) -> subprocess.Popen:
+            (tmp_path / "xdg").mkdir(exist_ok=True)
+            self.out.mkdir(exist_ok=True)
+            test = tmp_path / "test.py"
+            test.write_text(script)
+            vlans = sorted({v for vs in nodes.values() for v in vs})
+            args = ["nixos-test-driver", "-o", str(self.out), "--vm-start-scripts"]
+            args += self.scripts(nodes)
+            if vlans:
+                args += ["--vlans", *map(str, vlans)]
+            args += [*extra, "--", str(test)]
+            p = subprocess.Popen(
+                args,
+                env=self.environ(),
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+            )
+            started.append(p)
+            return p
+
+        def run(self, nodes: dict[str, list[int]], script: str, *extra: str, timeout=300) -> Run:
+            p = self.spawn(nodes, script, *extra)
+            out, err = p.communicate(timeout=timeout)
+            return Run(p.returncode, out, err)
+
+    yield Env()
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert not leftover_processes(tmp_path), "processes survived the test"
+
+
+def leftover_processes(marker: Path, wait: float = 3.0) -> list[str]:
+    """Processes whose command line mentions `marker` (QEMU, vde_switch of this test)."""
+    deadline = time.monotonic() + wait
+    while True:
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if str(marker) in cmdline and state != "Z" and int(proc.name) != os.getpid():
+                found.append(f"{proc.name}: {cmdline[:200]}")
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def kill_group_on_timeout(p: subprocess.Popen) -> None:
+    try:
+        os.kill(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

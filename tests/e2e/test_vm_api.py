@@ -1,0 +1,225 @@
+"""The shell part of the Machine API and the script namespace, on real TCG VMs.
+
+Each test is one driver run (a boot costs ~5 s of a core), asserting inside the script
+and on the driver's exit status and log.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from .conftest import leftover_processes
+
+pytestmark = pytest.mark.vm
+
+TWO_MACHINES = {"client": [1], "server": [1]}
+
+API_SCRIPT = r'''
+import socket
+from datetime import timedelta
+
+start_all()
+assert server.booted
+server.connect()
+assert server.is_up() and server.connected
+assert isinstance(server.pid, int) and server.pid > 0
+assert server.state_dir.endswith("vm-state-server"), server.state_dir
+assert os.path.isdir(server.shared_dir)
+assert repr(server) == "<QemuMachine 'server'>", repr(server)
+assert isinstance(server, QemuMachine) and isinstance(server, BaseMachine)
+assert isinstance(server, Machine)
+assert [m.name for m in machines] == ["client", "server"]
+assert vlans[0].nr == 1 and vlan1 is vlans[0]
+assert "machine" not in globals()
+assert driver.machines == machines
+
+with subtest("execute"):
+    assert server.execute("echo hi; exit 3") == (3, "hi\n")
+    assert server.execute("echo x", check_return=False) == (-1, "x\n")
+    assert server.execute("echo ignored", check_output=False) == (-2, "")
+    server.succeed("true")  # the reply of the unread command above is skipped
+    rc, _ = server.execute("sleep 10", timeout=1)
+    assert rc in (124, 143), rc
+    assert server.execute("printf '\\xff\\xfeok'")[1] == "\ufffd\ufffdok"
+
+with subtest("succeed and fail"):
+    assert server.succeed("echo a", "echo b") == "a\nb\n"
+    assert server.fail("false", "exit 4") == ""
+    try:
+        server.succeed("exit 7")
+    except AssertionError as e:
+        assert "exit code 7" in str(e), e
+    else:
+        raise SystemExit("succeed did not raise")
+    try:
+        server.fail("true")
+    except AssertionError as e:
+        assert "unexpectedly succeeded" in str(e), e
+    else:
+        raise SystemExit("fail did not raise")
+
+with subtest("waits"):
+    server.succeed("(sleep 2; touch /tmp/ready) >/dev/null 2>&1 &")
+    server.wait_for_file("/tmp/ready", timeout=30)
+    assert server.wait_until_succeeds("test -e /tmp/ready && echo ok", timeout=10) == "ok\n"
+    server.wait_until_fails("test -e /tmp/nope", timeout=timedelta(seconds=10))
+    start = time.monotonic()
+    try:
+        server.wait_until_succeeds("false", timeout=2)
+    except AssertionError as e:
+        assert "timed out" in str(e), e
+    else:
+        raise SystemExit("wait_until_succeeds did not time out")
+    assert time.monotonic() - start < 10
+    server.sleep(1)
+
+with subtest("ports and sockets"):
+    server.succeed("(while true; do echo pong | nc -l -p 8000 -q 1; done) >/dev/null 2>&1 &")
+    server.wait_for_open_port(8000)
+    server.wait_for_closed_port(8001)
+    server.succeed("(nc -lkU /tmp/sock </dev/null >/dev/null 2>&1 &)")
+    server.wait_for_open_unix_socket("/tmp/sock")
+
+with subtest("networking over the VLAN"):
+    client.wait_until_succeeds("ping -c 1 -W 1 server", timeout=60)
+    client.wait_for_open_port(8000, addr="server", timeout=60)
+    assert "pong" in client.succeed("nc -N server 8000 </dev/null")
+    client.block()
+    client.fail("ping -c 1 -W 1 server")
+    client.unblock()
+    client.wait_until_succeeds("ping -c 1 -W 1 server", timeout=30)
+
+with subtest("monitor, QMP and port forwarding"):
+    assert "running" in server.send_monitor_command("info status")
+    server.send_monitor_command("stop")
+    event = server.wait_for_qmp_event(lambda e: e["event"] == "STOP", timeout=10)
+    assert event["event"] == "STOP"
+    server.send_monitor_command("cont")
+    server.forward_port(18123, 8000)
+    with socket.create_connection(("127.0.0.1", 18123), timeout=30) as s:
+        assert b"pong" in s.recv(100)
+
+with subtest("console"):
+    server.succeed("echo console-marker-42 > /dev/ttyS0")
+    server.wait_for_console_text("console-marker-4[0-9]", timeout=30)
+    assert "console-marker-42" in server.get_console_log()
+    assert any("console-marker-42" in line for line in server.full_console_log)
+
+with subtest("logging"):
+    server.log("a line from the script")
+    with server.nested("a nested block"):
+        pass
+    log.info("driver log info")
+    serial_stdout_off()
+    server.succeed("echo hidden-serial-line > /dev/ttyS0")
+    server.wait_for_console_text("hidden-serial-line", timeout=30)
+    serial_stdout_on()
+
+with subtest("retry and polling conditions"):
+    tries = []
+    retry(lambda last: tries.append(last) or len(tries) >= 2, timeout=5)
+    retry(lambda last: True, timeout_seconds=1)
+    retry(lambda last: True, timedelta(seconds=1))
+
+    @polling_condition
+    def server_is_alive():
+        server.succeed("true")
+
+    with server_is_alive:
+        client.succeed("true")
+'''
+
+
+def test_shell_api_and_namespace(vm_env):
+    r = vm_env.run(TWO_MACHINES, API_SCRIPT, "--junit-xml", "junit.xml")
+    assert r.returncode == 0, r.stderr[-6000:]
+    err = r.stderr
+    for needle in [
+        "server: must succeed: echo a",
+        "(finished: subtest: execute, in ",
+        "server: waiting for file '/tmp/ready'",
+        "server: waiting for TCP port 8000 on localhost",
+        "server: a line from the script",
+        "server: (finished: a nested block, in ",
+        "driver log info",
+        "server # console-marker-42",
+        "Checking polling condition 'server_is_alive'",
+        "kill QemuMachine (pid ",
+        "kill vlan (pid ",
+    ]:
+        assert needle in err, needle
+    assert "hidden-serial-line" not in err.replace("waiting for hidden-serial-line", "")
+    assert "additionally exposed symbols:" in r.stdout
+    junit = (vm_env.out / "junit.xml").read_text()
+    for name in ["execute", "succeed and fail", "waits", "console", "retry and polling conditions"]:
+        assert f'name="{name}"' in junit, name
+    assert "<failure" not in junit
+
+
+LIFECYCLE_SCRIPT = r'''
+machine.start(allow_reboot=True)
+machine.succeed("true")
+with subtest("reboot"):
+    machine.succeed("touch /tmp/before-reboot")
+    machine.reboot()
+    machine.succeed("test ! -e /tmp/before-reboot")  # a fresh initramfs after the reboot
+with subtest("shutdown"):
+    machine.shutdown()
+    assert not machine.booted and not machine.connected and machine.pid is None
+with subtest("crash"):
+    machine.start()
+    machine.succeed("true")
+    machine.crash()
+    assert not machine.booted
+with subtest("wait_for_shutdown"):
+    machine.start()
+    machine.execute("poweroff -f", check_return=False, check_output=False)
+    machine.wait_for_shutdown()
+    assert not machine.is_up()
+with subtest("create_machine and release"):
+    extra = create_machine(machine.start_command, name="extra")
+    assert extra not in machines
+    extra.start()
+    assert extra.succeed("hostname").strip() == "machine"
+    extra.release()
+    assert not extra.booted
+join_all()
+'''
+
+
+def test_lifecycle(vm_env):
+    r = vm_env.run({"machine": []}, LIFECYCLE_SCRIPT)
+    assert r.returncode == 0, r.stderr[-6000:]
+    assert "machine: sending key 'ctrl-alt-delete'" in r.stderr
+    assert "machine: forced crash" in r.stderr
+    assert "machine: waiting for the VM to power off" in r.stderr
+    assert "kill QemuMachine (pid " in r.stderr
+
+
+def test_failure_report_and_cleanup(vm_env):
+    script = 'machine.start()\nmachine.succeed("echo before")\nmachine.succeed("exit 5")\n'
+    r = vm_env.run({"machine": []}, script)
+    assert r.returncode == 1
+    assert "!!! Traceback (most recent call last):" in r.stderr
+    assert 'machine.succeed("exit 5")' in r.stderr
+    assert "RequestedAssertionFailed: command `exit 5` failed (exit code 5)" in r.stderr
+    assert r.stderr.index("test script finished") < r.stderr.index("cleanup")
+
+
+def test_sigkill_of_the_driver_takes_qemu_and_vde_along(vm_env):
+    p = vm_env.spawn(
+        {"machine": [1]}, 'machine.succeed("true")\nprint("ready", flush=True)\nimport time\ntime.sleep(600)\n'
+    )
+    deadline = time.monotonic() + 120
+    line = ""
+    while "ready" not in line and time.monotonic() < deadline:
+        line = p.stdout.readline()
+    assert "ready" in line
+    assert leftover_processes(vm_env.root, wait=0), "QEMU should be running"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not leftover_processes(vm_env.root, wait=5)
