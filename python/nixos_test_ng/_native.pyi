@@ -1,0 +1,244 @@
+"""The native (Rust) core of nixos-test-ng. Use it through `nixos_test_ng`."""
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, final
+
+Timeout = float | timedelta | None
+
+class MachineError(RuntimeError):
+    """A failure that is not the test's fault: the machine or its tooling broke."""
+
+class TestScriptError(AssertionError):
+    """A failure of the test script; only the script's frames are shown."""
+
+class RequestedAssertionFailed(TestScriptError):
+    """A check the script asked for failed (`succeed`, `wait_*`, `t.assert*`)."""
+
+class ConfigError(ValueError):
+    """The command line or configuration is invalid."""
+
+class QMPAPIError(MachineError):
+    """QEMU's QMP returned an error."""
+
+def parse_args(argv: list[str], env: dict[str, str]) -> Config | str:
+    """Parse the `nixos-test-driver` command line; returns the help text for `--help`."""
+
+def install_signal_handlers() -> None:
+    """Make SIGINT/SIGTERM interrupt blocking engine calls (Python's handlers still run)."""
+
+def interrupt_reason() -> str | None:
+    """Why the run was interrupted: "interrupt", "terminate", "timeout" or None."""
+
+def clear_interrupt() -> None:
+    """Clear the interruption flag."""
+
+def pythonize_name(name: str) -> str:
+    """Upstream's `pythonize_name`: `my-box` → `my_box`, `1node` → `_node`."""
+
+def char_to_key(c: str) -> str | None:
+    """The QEMU key name for a character (upstream's `CHAR_TO_KEY`), or None."""
+
+@final
+class Config:
+    """A validated run description."""
+
+    @property
+    def machines(self) -> list[tuple[str, str, str]]:
+        """`(name, start_script, kind)` per machine; kind is "qemu" or "nspawn"."""
+    @property
+    def vlans(self) -> list[int]: ...
+    @property
+    def global_timeout(self) -> float: ...
+    @property
+    def out_dir(self) -> str: ...
+    @property
+    def keep_machine_state(self) -> bool: ...
+    @property
+    def interactive(self) -> bool: ...
+    @property
+    def junit_xml(self) -> str | None: ...
+    @property
+    def test_script(self) -> str | None: ...
+    @property
+    def debug_hook_attach(self) -> str | None: ...
+    @property
+    def dump_vsocks(self) -> int | None: ...
+    @property
+    def log_level(self) -> str: ...
+    @property
+    def warnings(self) -> list[str]: ...
+
+@final
+class LogBlock:
+    """A nested log block (or a subtest); use it with `with`."""
+
+    def __enter__(self) -> None: ...
+    def __exit__(self, exc_type: object = None, exc: object = None, _tb: object = None) -> bool: ...
+
+@final
+class Logger:
+    """The run's log (the `log` symbol of a test script)."""
+
+    def __init__(self, color: bool = False) -> None: ...
+    def enable_junit(self) -> None: ...
+    def write_junit(self, path: str) -> None: ...
+    def log(self, message: str, attributes: dict[str, Any] | None = None) -> None:
+        """Log a message; `attributes["machine"]` prefixes it with the machine's name."""
+    def info(self, *args: str, **kwargs: Any) -> None: ...
+    def warning(self, *args: str, **kwargs: Any) -> None: ...
+    def error(self, *args: str, **kwargs: Any) -> None:
+        """Log an error and mark the run failed (unlike upstream, it does not exit)."""
+    def log_test_error(self, *args: str, **kwargs: Any) -> None:
+        """Log a test error with the red `!!! ` prefix."""
+    def log_serial(self, message: str, machine: str) -> None: ...
+    def print_serial_logs(self, enable: bool) -> None: ...
+    @property
+    def failed(self) -> bool: ...
+    def nested(self, message: str, attributes: dict[str, Any] | None = None) -> LogBlock:
+        """A nested block: `with log.nested("msg"): ...`."""
+    def subtest(self, name: str) -> LogBlock: ...
+
+@final
+class VLan:
+    """A running VLAN (a `vde_switch`)."""
+
+    @property
+    def nr(self) -> int: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def socket_dir(self) -> str: ...
+
+@final
+class MachineHandle:
+    """An opaque reference to a machine of the engine."""
+
+    @property
+    def kind(self) -> str: ...
+
+@final
+class Driver:
+    """VLANs, machines, the global timer and cleanup of one run."""
+
+    def __init__(self, config: Config, logger: Logger) -> None: ...
+    def machine_handles(self) -> list[MachineHandle]: ...
+    def vlans(self) -> list[VLan]: ...
+    def vlan_env(self) -> list[tuple[str, str]]: ...
+    @property
+    def tmp_dir(self) -> str: ...
+    def start_all(self) -> None: ...
+    def join_all(self) -> None: ...
+    def sync_all(self) -> None: ...
+    def start_timer(self) -> None: ...
+    def cancel_timer(self) -> None: ...
+    def cleanup(self) -> None: ...
+    def create_machine(
+        self, start_command: str, name: str | None = None, keep_machine_state: bool = False
+    ) -> MachineHandle: ...
+
+class Machine:
+    """A machine of the test (subclassed as `QemuMachine` and `NspawnMachine`)."""
+
+    def __init__(self, handle: MachineHandle) -> None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def booted(self) -> bool: ...
+    @property
+    def connected(self) -> bool: ...
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def state_dir(self) -> str: ...
+    @property
+    def shared_dir(self) -> str: ...
+    @property
+    def out_dir(self) -> str: ...
+    @property
+    def start_command(self) -> str | None: ...
+    @property
+    def full_console_log(self) -> list[str]: ...
+    def _set_hook(self, hook: Callable[[], object] | None) -> None: ...
+    def log(self, msg: str) -> None:
+        """Log a message prefixed with the machine's name."""
+    def nested(self, msg: str, attrs: dict[str, Any] | None = None) -> LogBlock: ...
+    def start(self, allow_reboot: bool = False) -> None:
+        """Start the machine; returns before it has booted."""
+    def connect(self) -> None:
+        """Wait until the guest's root shell answers (the backdoor handshake)."""
+    def is_up(self) -> bool: ...
+    def execute(
+        self,
+        command: str,
+        check_return: bool = True,
+        check_output: bool = True,
+        timeout: Timeout = 900,
+    ) -> tuple[int, str]:
+        """Run a command in the guest; returns `(status, stdout)`.
+
+        `timeout` runs the command under the guest's `timeout` (status 124 when it expires).
+        Only stdout is captured; stderr goes to the console log."""
+    def succeed(self, *commands: str, timeout: Timeout = None) -> str:
+        """Run each command; raise `RequestedAssertionFailed` when one fails. Returns the
+        concatenated output."""
+    def fail(self, *commands: str, timeout: Timeout = None) -> str:
+        """Run each command; raise `RequestedAssertionFailed` when one succeeds."""
+    def wait_until_succeeds(
+        self, command: str, timeout: Timeout = 900, attempt_timeout: Timeout = None
+    ) -> str:
+        """Retry `command` until it succeeds (default limit 900 s); returns its output."""
+    def wait_until_fails(
+        self, command: str, timeout: Timeout = 900, attempt_timeout: Timeout = None
+    ) -> str:
+        """Retry `command` until it fails."""
+    def wait_for_file(self, filename: str, timeout: Timeout = 900) -> None: ...
+    def wait_for_open_port(
+        self, port: int, addr: str = "localhost", timeout: Timeout = 900
+    ) -> None:
+        """Wait until something listens on TCP `port` at `addr`, seen from the guest."""
+    def wait_for_closed_port(
+        self, port: int, addr: str = "localhost", timeout: Timeout = 900
+    ) -> None: ...
+    def wait_for_open_unix_socket(
+        self, addr: str, is_datagram: bool = False, timeout: Timeout = 900
+    ) -> None: ...
+    def sleep(self, secs: float) -> None:
+        """Sleep `secs` seconds of guest time."""
+    def shutdown(self) -> None:
+        """Power the guest off and wait until the machine has stopped."""
+    def crash(self) -> None:
+        """Kill QEMU through the monitor (`quit`) and wait."""
+    def reboot(self) -> None:
+        """Press Ctrl-Alt-Delete; needs `start(allow_reboot=True)`."""
+    def wait_for_shutdown(self) -> None: ...
+    def release(self) -> None:
+        """Kill the machine."""
+    def send_monitor_command(self, command: str) -> str:
+        """Send a command to the QEMU monitor; returns its answer (echo included)."""
+    def qmp(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """Run a QMP command; returns its `return` value."""
+    def wait_for_qmp_event(
+        self, event_filter: Callable[[dict[str, Any]], bool], timeout: Timeout = 600
+    ) -> dict[str, Any]: ...
+    def _wait_for_console_text(
+        self, what: str, matcher: Callable[[str], bool], timeout: Timeout = None
+    ) -> None: ...
+    def get_console_log(self) -> str:
+        """The console output since the last start."""
+    def block(self) -> None:
+        """Cut the first VLAN NIC (`set_link virtio-net-pci.1 off`)."""
+    def unblock(self) -> None: ...
+    def forward_port(self, host_port: int = 8080, guest_port: int = 80) -> None: ...
+    def send_key(self, key: str, delay: float | None = 0.01, log: bool = True) -> None: ...
+    def send_chars(self, chars: str, delay: float | None = 0.01) -> None: ...
+    def send_console(self, chars: str) -> None: ...
+    def systemctl(self, q: str, user: str | None = None) -> tuple[int, str]: ...
+    def start_job(self, jobname: str, user: str | None = None) -> tuple[int, str]: ...
+    def stop_job(self, jobname: str, user: str | None = None) -> tuple[int, str]: ...
+    def get_unit_info(self, unit: str, user: str | None = None) -> dict[str, str]: ...
+    def get_unit_property(self, unit: str, property: str, user: str | None = None) -> str: ...
+    def wait_for_unit(self, unit: str, user: str | None = None, timeout: Timeout = 900) -> None:
+        """Wait until `unit` is active; fail early when it failed or is inactive with no
+        pending jobs (the error includes its status and journal tail)."""
+    def require_unit_state(self, unit: str, require_state: str = "active") -> None: ...
