@@ -1,0 +1,123 @@
+"""`nixos-test-ng guest`: build the default test guest and write start scripts for it.
+
+Exit statuses: 0 success, 1 the build failed or no guest is built, 2 bad arguments or nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .builder import DEFAULT_FLAVOUR, KERNEL_META, BuildError, GuestError, build, default_guest_dir
+from .scripts import DEFAULT_MEMORY, MAX_NODES, LayoutError, parse_node_spec, write_start_scripts
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nixos-test-ng guest",
+        description="Build the default busybox test guest from Debian packages and write "
+        "NixOS-style start scripts.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    b = sub.add_parser(
+        "build",
+        help="build the guest (kernel + initramfs) unless the cached build has the same inputs",
+        description="Download the kernel, busybox-static and bash-static .debs (apt-get download, "
+        "no install) and build the guest; a second build with unchanged inputs does nothing.",
+    )
+    b.add_argument(
+        "--out",
+        metavar="DIR",
+        type=Path,
+        help="guest directory (default: $NIXOS_TEST_NG_GUEST_DIR, else "
+        f"$XDG_CACHE_HOME/nixos-test-ng/guest; now {default_guest_dir()})",
+    )
+    b.add_argument(
+        "--kernel",
+        choices=sorted(KERNEL_META),
+        default=DEFAULT_FLAVOUR,
+        help=f"Debian kernel flavour (default: {DEFAULT_FLAVOUR}; `cloud` has no 9p, so no "
+        "shared directories)",
+    )
+    b.add_argument(
+        "--force", action="store_true", help="rebuild even if the cached build is up to date"
+    )
+
+    s = sub.add_parser(
+        "scripts",
+        help="write run-<node>-vm start scripts",
+        description="Write one executable DIR/run-<node>-vm per node. Nodes are numbered by "
+        "sorted name; VLAN v gives node n the NIC address 192.168.v.n/24.",
+    )
+    s.add_argument(
+        "-o",
+        "--out",
+        dest="out_dir",
+        metavar="DIR",
+        type=Path,
+        required=True,
+        help="output directory",
+    )
+    s.add_argument(
+        "--guest-dir",
+        metavar="G",
+        type=Path,
+        help="built guest directory (default: as for `build`)",
+    )
+    s.add_argument(
+        "--memory",
+        metavar="MB",
+        type=int,
+        default=DEFAULT_MEMORY,
+        help=f"guest RAM (default {DEFAULT_MEMORY})",
+    )
+    s.add_argument(
+        "nodes",
+        metavar="NODE[:VLAN[,VLAN...]]",
+        nargs="+",
+        help="a node and its VLANs in NIC order (eth1, eth2, ...); a bare NODE is on VLAN 1, "
+        f"`NODE:` on none; at most {MAX_NODES} nodes",
+    )
+    return parser
+
+
+def _scripts(args: argparse.Namespace) -> int:
+    nodes: dict[str, list[int]] = {}
+    for spec in args.nodes:
+        name, vlans = parse_node_spec(spec)
+        if name in nodes:
+            raise LayoutError(f"node `{name}` is given twice")
+        nodes[name] = vlans
+    written = write_start_scripts(args.out_dir, nodes, args.guest_dir, args.memory)
+    for path in written.values():
+        print(path)
+    return EXIT_OK
+
+
+def main(argv: list[str]) -> int:
+    """Run `nixos-test-ng guest` with `argv` (without the program name); returns the exit status."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits on --help (0) and on usage errors (2)
+        return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
+    try:
+        if args.command == "build":
+            result = build(args.out, flavour=args.kernel, force=args.force)
+            print(result.guest_dir)
+            return EXIT_OK
+        return _scripts(args)
+    except LayoutError as e:
+        print(f"nixos-test-ng guest: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (BuildError, GuestError, OSError) as e:
+        print(f"nixos-test-ng guest: error: {e}", file=sys.stderr)
+        return EXIT_FAILED

@@ -1,0 +1,270 @@
+"""Start scripts (`run-<node>-vm`) for the busybox guest, following NixOS's start-script contract.
+
+What the test driver relies on (nixos/modules/virtualisation/qemu-vm.nix, test-driver machine
+code), all reproduced here:
+
+- a bash script that ends in `exec qemu-system-x86_64 ...`, so the driver's kill reaches QEMU;
+- `$QEMU_OPTS` (word-split) and then the script's own arguments (`"$@"`: the driver's `-qmp`,
+  `-monitor`, `-chardev`, `-device virtconsole`, `-serial stdio`, ...) come last;
+- `TMPDIR` is used when `USE_TMPDIR` is also set, else a fresh `mktemp -d nix-vm.XXXXXXXXXX`;
+  `$TMPDIR/xchg` is created and shared over 9p as tag `xchg`, and `${SHARED_DIR:-$TMPDIR/xchg}`
+  as tag `shared`;
+- eth0 is a user-mode NIC (`$QEMU_NET_OPTS` appended to its netdev), and VLAN `i` of the node
+  (1-based, in order) adds `-device virtio-net-pci,netdev=vlan<i>,mac=52:54:00:12:<vlan>:<node>`
+  and `-netdev vde,id=vlan<i>,sock="$QEMU_VDE_SOCKET_<vlan>"`, without device ids, so QEMU names
+  the first VLAN NIC `virtio-net-pci.1` (the driver's `block()` uses that name);
+- nodes are numbered from 1 by sorted name (nixpkgs' network.nix), VLAN NIC addresses are
+  `192.168.<vlan>.<node>/24`, and `/etc/hosts` lists every node's first address;
+- `$QEMU_KERNEL_PARAMS` is appended to the kernel command line, and
+  `NIXPKGS_QEMU_KERNEL_<node>` (`-` as `_`) replaces the kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .builder import INITRD_FILE, GuestError, default_guest_dir, load_manifest
+
+__all__ = [
+    "LayoutError",
+    "Node",
+    "layout",
+    "parse_node_spec",
+    "render_start_script",
+    "write_start_scripts",
+]
+
+MAX_NODES = 254
+MAX_VLAN = 255
+DEFAULT_MEMORY = 256
+#: Kernel parameters of every node (NixOS test VMs: consoles, panic=1, clocksource=acpi_pm).
+BASE_KERNEL_PARAMS = "console=tty0 console=ttyS0 panic=1 clocksource=acpi_pm loglevel=4"
+#: Above this many bytes of generated kernel command line, the host list moves from the command
+#: line (at most 2047 bytes on x86, shared with $QEMU_KERNEL_PARAMS) to a QEMU fw_cfg file.
+HOSTS_INLINE_LIMIT = 1024
+FW_CFG_HOSTS = "opt/nixos-test-ng/hosts"
+
+_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?")
+
+
+class LayoutError(GuestError, ValueError):
+    """Invalid nodes, VLANs or memory size for the start scripts."""
+
+
+@dataclass(frozen=True)
+class Node:
+    """One machine of the network: `number` is its 1-based index among the sorted names."""
+
+    name: str
+    number: int
+    vlans: tuple[int, ...]
+
+    def mac(self, vlan: int) -> str:
+        return f"52:54:00:12:{vlan:02x}:{self.number:02x}"
+
+    def address(self, vlan: int) -> str:
+        return f"192.168.{vlan}.{self.number}"
+
+
+def parse_node_spec(spec: str) -> tuple[str, list[int]]:
+    """`NODE[:VLAN[,VLAN...]]` -> (name, vlans). A bare `NODE` is on VLAN 1 (NixOS's default
+    `virtualisation.vlans = [ 1 ]`); `NODE:` is on no VLAN."""
+    name, sep, rest = spec.partition(":")
+    if not sep:
+        return name, [1]
+    vlans = []
+    for item in rest.split(",") if rest else []:
+        try:
+            vlans.append(int(item, 10))
+        except ValueError:
+            raise LayoutError(
+                f"node `{name}`: VLAN `{item}` is not a number (in `{spec}`)"
+            ) from None
+    return name, vlans
+
+
+def layout(nodes: Mapping[str, Sequence[int]]) -> list[Node]:
+    """Validate the nodes and number them by sorted name, as nixpkgs' network.nix does."""
+    if not nodes:
+        raise LayoutError("no nodes given")
+    if len(nodes) > MAX_NODES:
+        raise LayoutError(
+            f"{len(nodes)} nodes given; at most {MAX_NODES} fit in one 192.168.<vlan>.0/24 network"
+        )
+    out = []
+    for number, name in enumerate(sorted(nodes), start=1):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise LayoutError(
+                f"invalid node name `{name}`\n"
+                "(a host name: letters, digits, `-` and `_`, starting and ending with a letter "
+                "or digit, at most 63)"
+            )
+        vlans = list(nodes[name])
+        for v in vlans:
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_VLAN:
+                raise LayoutError(f"node `{name}`: VLAN `{v}` is outside 1..{MAX_VLAN}")
+        if len(set(vlans)) != len(vlans):
+            raise LayoutError(f"node `{name}`: a VLAN is listed twice in {vlans}")
+        out.append(Node(name, number, tuple(vlans)))
+    return out
+
+
+def _kernel_params(node: Node, hosts: str, hosts_inline: bool) -> str:
+    params = [BASE_KERNEL_PARAMS, f"ntng.hostname={node.name}"]
+    params += [
+        f"ntng.if=eth{i},{node.mac(v)},{node.address(v)}/24"
+        for i, v in enumerate(node.vlans, start=1)
+    ]
+    if hosts:
+        params.append(
+            f"ntng.hosts={hosts.replace(' ', ',')}" if hosts_inline else "ntng.hosts=fw_cfg"
+        )
+    return " ".join(params)
+
+
+def _hosts(nodes: Sequence[Node]) -> str:
+    """Every node's first address: `IP=NAME IP=NAME ...`."""
+    return " ".join(f"{n.address(n.vlans[0])}={n.name}" for n in nodes if n.vlans)
+
+
+def render_start_script(
+    node: Node,
+    nodes: Sequence[Node],
+    *,
+    kernel: Path,
+    initrd: Path,
+    accel: str = "tcg",
+    memory: int = DEFAULT_MEMORY,
+    hosts_inline_limit: int = HOSTS_INLINE_LIMIT,
+) -> str:
+    """The text of `run-<node>-vm` for `node` of the network `nodes`."""
+    hosts = _hosts(nodes)
+    params = _kernel_params(node, hosts, True)
+    hosts_inline = len(params) <= hosts_inline_limit
+    if not hosts_inline:
+        params = _kernel_params(node, hosts, False)
+    kernel_var = "NIXPKGS_QEMU_KERNEL_" + node.name.replace("-", "_")
+
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# run-{node.name}-vm: start the nixos-test-ng busybox guest as node `{node.name}`",
+        f"# (node number {node.number}; VLANs: {', '.join(map(str, node.vlans)) or 'none'}).",
+        "# Written by `nixos-test-ng guest scripts`; follows NixOS's run-<name>-vm contract.",
+        "# Environment: TMPDIR + USE_TMPDIR, SHARED_DIR, QEMU_OPTS, QEMU_NET_OPTS,",
+        "# QEMU_KERNEL_PARAMS,"
+        f" QEMU_VDE_SOCKET_<vlan>, NIXOS_TEST_NG_ACCEL (default {accel}), {kernel_var}.",
+        "set -e",
+        "",
+        f"kernel=${{{kernel_var}:-{shlex.quote(str(kernel))}}}",
+        f"initrd={shlex.quote(str(initrd))}",
+        f"accel=${{NIXOS_TEST_NG_ACCEL:-{accel}}}",
+        "",
+        "# a directory for the VM's temporary data, as NixOS does",
+        'if [ -z "$TMPDIR" ] || [ -z "$USE_TMPDIR" ]; then',
+        "    TMPDIR=$(mktemp -d nix-vm.XXXXXXXXXX --tmpdir)",
+        "fi",
+        "# the directory for exchanging data with the VM",
+        'mkdir -p "$TMPDIR/xchg"',
+        'cd "$TMPDIR"',
+        "",
+        'xchg_dir="$TMPDIR/xchg"',
+        'shared_dir="${SHARED_DIR:-$TMPDIR/xchg}"',
+        'net_opts="${QEMU_NET_OPTS#,}"',
+        "cpu=()",
+        'case "$accel" in kvm*) cpu=(-cpu max) ;; esac',
+    ]
+    for v in sorted(set(node.vlans)):
+        lines += [
+            f'if [ -z "${{QEMU_VDE_SOCKET_{v}+set}}" ]; then',
+            f'    echo "run-{node.name}-vm: QEMU_VDE_SOCKET_{v} is not set (the test driver sets'
+            f' it to the vde_switch socket of VLAN {v})" >&2',
+            "    exit 1",
+            "fi",
+        ]
+    qemu = [
+        "exec qemu-system-x86_64",
+        f"-name {shlex.quote(node.name)}",
+        '-accel "$accel" "${cpu[@]}"',
+        f"-m {memory}",
+        "-smp 1",
+        "-vga std",
+        '-kernel "$kernel"',
+        '-initrd "$initrd"',
+        f'-append "{params} $QEMU_KERNEL_PARAMS"',
+        "-net nic,netdev=user.0,model=virtio",
+        '-netdev "user,id=user.0${net_opts:+,$net_opts}"',
+    ]
+    for i, v in enumerate(node.vlans, start=1):
+        qemu.append(f"-device virtio-net-pci,netdev=vlan{i},mac={node.mac(v)}")
+        qemu.append(f'-netdev vde,id=vlan{i},sock="${{QEMU_VDE_SOCKET_{v}//,/,,}}"')
+    qemu += [
+        '-virtfs "local,path=${xchg_dir//,/,,},security_model=none,mount_tag=xchg"',
+        '-virtfs "local,path=${shared_dir//,/,,},security_model=none,mount_tag=shared"',
+    ]
+    if not hosts_inline:
+        qemu.append(f'-fw_cfg "name={FW_CFG_HOSTS},string={hosts}"')
+    qemu += ["$QEMU_OPTS", '"$@"']
+    lines += [
+        "",
+        "# ${var//,/,,}: QEMU option lists escape a comma by doubling it",
+        "# shellcheck disable=SC2086  # QEMU_OPTS is word-split on purpose, as in NixOS",
+    ]
+    lines.append(" \\\n    ".join(qemu))
+    return "\n".join(lines) + "\n"
+
+
+def write_start_scripts(
+    out_dir: Path | str,
+    nodes: Mapping[str, Sequence[int]],
+    guest_dir: Path | str | None = None,
+    memory: int = DEFAULT_MEMORY,
+    *,
+    hosts_inline_limit: int = HOSTS_INLINE_LIMIT,
+) -> dict[str, Path]:
+    """Write one executable `out_dir/run-<node>-vm` per node and return them by node name.
+
+    `nodes` maps node names to their VLAN numbers (in NIC order). `guest_dir` is a built guest
+    (default: `default_guest_dir()`); its manifest decides the kernel file and whether KVM is
+    used by default. Raises `LayoutError` for invalid input and `GuestError` when no guest is
+    built there."""
+    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 64:
+        raise LayoutError(f"memory must be at least 64 (MiB), got `{memory}`")
+    network = layout(nodes)
+    gdir = Path(guest_dir).absolute() if guest_dir is not None else default_guest_dir()
+    manifest = load_manifest(gdir)
+    if manifest is None or "kernel_file" not in manifest:
+        raise GuestError(
+            f"no guest built in `{gdir}`\n(run `nixos-test-ng guest build --out {gdir}` first)"
+        )
+    kernel, initrd = gdir / str(manifest["kernel_file"]), gdir / INITRD_FILE
+    for artifact in (kernel, initrd):
+        if not artifact.is_file():
+            raise GuestError(
+                f"`{artifact}` is missing\n(rebuild: `nixos-test-ng guest build --out {gdir}`)"
+            )
+    accel = "kvm" if (manifest.get("kvm") or {}).get("usable") is True else "tcg"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for node in network:
+        text = render_start_script(
+            node,
+            network,
+            kernel=kernel,
+            initrd=initrd,
+            accel=accel,
+            memory=memory,
+            hosts_inline_limit=hosts_inline_limit,
+        )
+        path = out / f"run-{node.name}-vm"
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o755)
+        os.replace(tmp, path)
+        written[node.name] = path
+    return written

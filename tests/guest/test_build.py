@@ -1,0 +1,192 @@
+"""The guest build and its cache. Needs apt's package lists and the Debian mirror (or a cached
+build); the first test builds the guest in the default guest directory if needed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from nixos_test_ng.guest import BuildError, build, load_manifest
+from nixos_test_ng.guest import builder as builder_mod
+from nixos_test_ng.guest.builder import Package
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def guest_copy(built_guest: Path, tmp_path: Path) -> Path:
+    """A copy of the built guest, hard-linked where the file system allows (the builder
+    replaces files, never edits them)."""
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    dest = tmp_path / "guest"
+    ignore = shutil.ignore_patterns(".lock", ".work-*", ".download-*")
+    shutil.copytree(built_guest, dest, copy_function=link_or_copy, ignore=ignore)
+    return dest
+
+
+def run_cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nixos_test_ng.guest", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
+
+
+def test_built_guest_artifacts(built_guest: Path) -> None:
+    m = load_manifest(built_guest)
+    assert m is not None
+    # the generic kernel, decompressed for PVH boot (see kernel.py)
+    assert m["inputs"]["flavour"] == "generic"
+    assert m["kernel_file"] == "vmlinux" and m["kernel_boot"] == "pvh"
+    for name, art in m["artifacts"].items():
+        assert sha256(built_guest / name) == art["sha256"]
+    for deb in m["inputs"]["debs"]:
+        assert sha256(built_guest / "debs" / deb["file"]) == deb["sha256"]
+    assert [d["package"] for d in m["inputs"]["debs"]][1:] == ["busybox-static", "bash-static"]
+    assert isinstance(m["kvm"]["usable"], bool) and m["kvm"]["detail"]
+    listing = subprocess.run(
+        f"zcat {built_guest / 'initrd.img'} | cpio -it --quiet",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    kv = m["kernel_version"]
+    for path in (
+        "init",
+        "bin/bash",
+        "bin/busybox",
+        "sbin/modprobe",
+        "dev/console",
+        "etc/passwd",
+        "etc/profile",
+        "lib/nixos-test-ng/backdoor",
+        f"lib/modules/{kv}/modules.dep",
+        f"lib/modules/{kv}/modules.alias",
+        f"lib/modules/{kv}/kernel/fs/9p/9p.ko",
+        f"lib/modules/{kv}/kernel/net/9p/9pnet_virtio.ko",
+        f"lib/modules/{kv}/kernel/drivers/char/virtio_console.ko",
+        f"lib/modules/{kv}/kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko",
+    ):
+        assert path in listing, path
+    assert listing == sorted(listing)
+    assert len([p for p in listing if p.endswith(".ko")]) == len(m["modules_included"])
+
+
+def test_second_build_is_cached(guest_copy: Path) -> None:
+    before = {p.name: p.stat().st_mtime_ns for p in guest_copy.iterdir() if p.is_file()}
+    res = run_cli(["build", "--out", str(guest_copy)])
+    assert res.returncode == 0, res.stderr
+    assert "cached: inputs unchanged" in res.stderr
+    assert "downloading" not in res.stderr and "probing KVM" not in res.stderr
+    assert res.stdout.strip() == str(guest_copy)
+    after = {
+        p.name: p.stat().st_mtime_ns
+        for p in guest_copy.iterdir()
+        if p.is_file() and p.name != ".lock"
+    }
+    assert after == {k: v for k, v in before.items() if k != ".lock"}
+
+
+def test_changed_input_rebuilds_from_cached_debs_reproducibly(guest_copy: Path) -> None:
+    original = load_manifest(guest_copy)
+    assert original is not None
+    epoch = str(original["inputs"]["source_date_epoch"])
+
+    res = run_cli(["build", "--out", str(guest_copy)], {"SOURCE_DATE_EPOCH": str(int(epoch) + 1)})
+    assert res.returncode == 0, res.stderr
+    assert "built in" in res.stderr
+    # the .debs and the KVM probe result are reused
+    assert "downloading" not in res.stderr and "probing KVM" not in res.stderr
+    changed = load_manifest(guest_copy)
+    assert changed is not None and changed["input_hash"] != original["input_hash"]
+    assert (
+        changed["artifacts"]["initrd.img"]["sha256"]
+        != original["artifacts"]["initrd.img"]["sha256"]
+    )
+    assert changed["artifacts"]["vmlinux"]["sha256"] == original["artifacts"]["vmlinux"]["sha256"]
+
+    # back to the original inputs: a bit-identical initramfs
+    res = run_cli(["build", "--out", str(guest_copy)], {"SOURCE_DATE_EPOCH": epoch})
+    assert res.returncode == 0, res.stderr
+    assert "built in" in res.stderr
+    restored = load_manifest(guest_copy)
+    assert restored is not None and restored["input_hash"] == original["input_hash"]
+    assert sha256(guest_copy / "initrd.img") == original["artifacts"]["initrd.img"]["sha256"]
+
+
+def test_corrupted_artifact_rebuilds(guest_copy: Path) -> None:
+    initrd = guest_copy / "initrd.img"
+    data = initrd.read_bytes()
+    initrd.unlink()  # break the hard link before writing
+    initrd.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    result = build(guest_copy, log=lambda _msg: None)
+    assert result.built
+    assert sha256(initrd) == hashlib.sha256(data).hexdigest()
+
+
+def fake_failing_apt(tmp_path: Path) -> dict[str, str]:
+    bindir = tmp_path / "noapt"
+    bindir.mkdir()
+    for tool in ("apt-cache", "apt-get"):
+        (bindir / tool).write_text("#!/bin/sh\necho 'E: mirror unreachable (fake)' >&2\nexit 100\n")
+        (bindir / tool).chmod(0o755)
+    return {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_unusable_apt_falls_back_to_the_cached_build(guest_copy: Path, tmp_path: Path) -> None:
+    res = run_cli(["build", "--out", str(guest_copy)], fake_failing_apt(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert "warning: apt is unusable; using the cached guest" in res.stderr
+
+
+def test_unusable_apt_without_a_cache_fails_clearly(tmp_path: Path) -> None:
+    res = run_cli(["build", "--out", str(tmp_path / "empty")], fake_failing_apt(tmp_path))
+    assert res.returncode == 1
+    assert res.stderr.startswith("nixos-test-ng guest: error: apt-cache knows no candidate")
+
+
+def test_input_hash_covers_scripts_modules_and_debs(monkeypatch: pytest.MonkeyPatch) -> None:
+    pkgs = [
+        Package("linux-image-x", "1", "amd64", "00", 1),
+        Package("busybox-static", "1:2", "amd64", "11", 1),
+    ]
+    base = builder_mod._hash_inputs(builder_mod._inputs(pkgs, "generic"))
+    assert pkgs[1].file == "busybox-static_1%3a2_amd64.deb"
+    other_deb = [pkgs[0], Package("busybox-static", "1:2", "amd64", "12", 1)]
+    assert builder_mod._hash_inputs(builder_mod._inputs(other_deb, "generic")) != base
+    assert builder_mod._hash_inputs(builder_mod._inputs(pkgs, "cloud")) != base
+    monkeypatch.setattr(builder_mod, "MODULES", (*builder_mod.MODULES, "extra"))
+    assert builder_mod._hash_inputs(builder_mod._inputs(pkgs, "generic")) != base
+    monkeypatch.undo()
+    real = builder_mod._data_file
+    monkeypatch.setattr(
+        builder_mod, "_data_file", lambda n: real(n) + (b"#" if n == "init.sh" else b"")
+    )
+    assert builder_mod._hash_inputs(builder_mod._inputs(pkgs, "generic")) != base
+
+
+def test_unknown_flavour_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(BuildError, match="unknown kernel flavour"):
+        build(tmp_path, flavour="rt")
+
+
+def test_manifest_is_json_with_the_input_hash(built_guest: Path) -> None:
+    m = json.loads((built_guest / "manifest.json").read_text())
+    assert m["input_hash"] == builder_mod._hash_inputs(m["inputs"])
