@@ -12,7 +12,7 @@ from typing import Any
 from nixos_test_ng import _native
 from nixos_test_ng.errors import MachineError, RequestedAssertionFailed
 from nixos_test_ng.machine import BaseMachine, Machine, NspawnMachine, QemuMachine, wrap
-from nixos_test_ng.retry import AssertionTester, Poll, PollingCondition, retry
+from nixos_test_ng.retry import LazyAssertionTester, Poll, PollingCondition, retry
 
 
 class DebugNop:
@@ -140,7 +140,7 @@ class Driver:
             "BaseMachine": BaseMachine,
             "QemuMachine": QemuMachine,
             "NspawnMachine": NspawnMachine,
-            "t": AssertionTester(),
+            "t": LazyAssertionTester(),
             "debug": self.debug,
             "dump_machine_ssh": self.dump_machine_ssh,
         }
