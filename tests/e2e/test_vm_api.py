@@ -18,7 +18,7 @@ pytestmark = pytest.mark.vm
 
 TWO_MACHINES = {"client": [1], "server": [1]}
 
-API_SCRIPT = r'''
+API_SCRIPT = r"""
 import socket
 from datetime import timedelta
 
@@ -131,7 +131,7 @@ with subtest("retry and polling conditions"):
 
     with server_is_alive:
         client.succeed("true")
-'''
+"""
 
 
 def test_shell_api_and_namespace(vm_env):
@@ -160,7 +160,7 @@ def test_shell_api_and_namespace(vm_env):
     assert "<failure" not in junit
 
 
-LIFECYCLE_SCRIPT = r'''
+LIFECYCLE_SCRIPT = r"""
 machine.start(allow_reboot=True)
 machine.succeed("true")
 with subtest("reboot"):
@@ -188,7 +188,7 @@ with subtest("create_machine and release"):
     extra.release()
     assert not extra.booted
 join_all()
-'''
+"""
 
 
 def test_lifecycle(vm_env):
@@ -211,9 +211,8 @@ def test_failure_report_and_cleanup(vm_env):
 
 
 def test_sigkill_of_the_driver_takes_qemu_and_vde_along(vm_env):
-    p = vm_env.spawn(
-        {"machine": [1]}, 'machine.succeed("true")\nprint("ready", flush=True)\nimport time\ntime.sleep(600)\n'
-    )
+    script = 'machine.succeed("true")\nprint("ready", flush=True)\nimport time\ntime.sleep(600)\n'
+    p = vm_env.spawn({"machine": [1]}, script)
     deadline = time.monotonic() + 120
     line = ""
     while "ready" not in line and time.monotonic() < deadline:

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 
 static FLAG: AtomicBool = AtomicBool::new(false);
+/// Set once the global timeout fired; survives [`clear`] so the edge can report it.
+static TIMED_OUT: AtomicBool = AtomicBool::new(false);
 static REASON: AtomicU8 = AtomicU8::new(0);
 static INSTALLED: std::sync::Once = std::sync::Once::new();
 
@@ -44,10 +46,20 @@ pub fn install_signal_handlers() -> std::io::Result<()> {
     result
 }
 
-/// Sets the flag.
+/// Sets the flag. The global timeout's own SIGTERM does not turn it into a plain SIGTERM.
 pub fn raise(reason: Reason) {
-    REASON.store(reason as u8 + 1, Ordering::SeqCst);
+    if reason == Reason::GlobalTimeout {
+        TIMED_OUT.store(true, Ordering::SeqCst);
+    }
+    if !TIMED_OUT.load(Ordering::SeqCst) || reason == Reason::GlobalTimeout {
+        REASON.store(reason as u8 + 1, Ordering::SeqCst);
+    }
     FLAG.store(true, Ordering::SeqCst);
+}
+
+/// True once the global timeout fired (even after [`clear`]).
+pub fn timed_out() -> bool {
+    TIMED_OUT.load(Ordering::SeqCst)
 }
 
 /// Clears the flag, once the interruption has been reported to the caller.

@@ -33,6 +33,10 @@ impl Case {
 /// Collects test cases from log events.
 pub struct JunitCollector {
     main: Case,
+    /// A failure outside every subtest: `main` is then reported beside the subtests.
+    main_failed_itself: bool,
+    /// The subtest that just failed: the traceback printed after it closed belongs to it.
+    just_failed: Option<usize>,
     done: Vec<Case>,
     active: Vec<Case>,
 }
@@ -48,6 +52,8 @@ impl JunitCollector {
     pub fn new() -> Self {
         JunitCollector {
             main: Case::new("main"),
+            main_failed_itself: false,
+            just_failed: None,
             done: Vec::new(),
             active: Vec::new(),
         }
@@ -59,6 +65,9 @@ impl JunitCollector {
 
     /// Records one event.
     pub fn event(&mut self, event: &Event<'_>) {
+        if matches!(event, Event::BlockStart { .. }) && self.active.is_empty() {
+            self.just_failed = None;
+        }
         let text = match *event {
             Event::Line { machine, msg } | Event::BlockStart { machine, msg } => match machine {
                 Some(m) => format!("{m}: {msg}"),
@@ -68,7 +77,14 @@ impl JunitCollector {
             Event::Serial { machine, line } => format!("{machine} # {line}"),
             Event::Warning { msg } => format!("warning: {msg}"),
             Event::TestError { msg } => {
-                let case = self.current();
+                let case = match (self.active.is_empty(), self.just_failed) {
+                    (true, Some(i)) => &mut self.done[i],
+                    (true, None) => {
+                        self.main_failed_itself = true;
+                        &mut self.main
+                    }
+                    (false, _) => self.active.last_mut().expect("an active subtest"),
+                };
                 let failure = case.failure.get_or_insert_with(String::new);
                 if !failure.is_empty() {
                     failure.push('\n');
@@ -78,6 +94,7 @@ impl JunitCollector {
                 format!("!!! {msg}")
             }
             Event::SubtestStart { name } => {
+                self.just_failed = None;
                 self.active.push(Case::new(name));
                 return;
             }
@@ -94,6 +111,7 @@ impl JunitCollector {
                     } else {
                         self.main.nested += total;
                     }
+                    self.just_failed = case.failure.is_some().then_some(self.done.len());
                     self.done.push(case);
                 }
                 return;
@@ -109,12 +127,9 @@ impl JunitCollector {
         let mut suite = TestSuite::new("NixOS integration test");
         let mut cases: Vec<&Case> = self.done.iter().collect();
         cases.extend(self.active.iter());
-        let main_time;
-        if cases.is_empty() {
-            main_time = self.main.started.elapsed();
+        let main_time = self.main.started.elapsed().saturating_sub(self.main.nested);
+        if cases.is_empty() || self.main_failed_itself {
             cases.push(&self.main);
-        } else {
-            main_time = Duration::ZERO;
         }
         for case in cases {
             let status = match &case.failure {
@@ -175,6 +190,41 @@ mod tests {
         assert!(!xml.contains("name=\"main\""), "{xml}");
         assert!(xml.contains("m: hello"), "{xml}");
         assert_eq!(xml.matches("<failure").count(), 1, "{xml}");
+    }
+
+    #[test]
+    fn a_failure_outside_subtests_is_reported() {
+        let mut j = JunitCollector::new();
+        j.event(&Event::SubtestStart { name: "a" });
+        j.event(&Event::SubtestEnd {
+            name: "a",
+            failure: None,
+        });
+        j.event(&Event::TestError { msg: "later" });
+        let xml = j.render();
+        assert!(xml.contains("name=\"main\""), "{xml}");
+        assert_eq!(xml.matches("<failure").count(), 1, "{xml}");
+    }
+
+    #[test]
+    fn the_traceback_after_a_failed_subtest_belongs_to_it() {
+        let mut j = JunitCollector::new();
+        j.event(&Event::SubtestStart { name: "a" });
+        j.event(&Event::TestError {
+            msg: "Test \"a\" failed",
+        });
+        j.event(&Event::SubtestEnd {
+            name: "a",
+            failure: Some("x"),
+        });
+        j.event(&Event::Line {
+            machine: None,
+            msg: "test script finished",
+        });
+        j.event(&Event::TestError { msg: "Traceback" });
+        let xml = j.render();
+        assert!(!xml.contains("name=\"main\""), "{xml}");
+        assert!(xml.contains("Traceback"), "{xml}");
     }
 
     #[test]

@@ -36,6 +36,9 @@ fn install_signal_handlers() -> PyResult<()> {
 #[pyfunction]
 fn interrupt_reason() -> Option<&'static str> {
     use ntng_engine::interrupt::Reason;
+    if ntng_engine::interrupt::timed_out() {
+        return Some("timeout");
+    }
     ntng_engine::interrupt::pending().map(|r| match r {
         Reason::Interrupt => "interrupt",
         Reason::Terminate => "terminate",

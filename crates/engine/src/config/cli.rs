@@ -57,11 +57,15 @@ struct Args {
     #[arg(long = "vlans", num_args = 0.., value_name = "VLAN")]
     vlans: Option<Vec<String>>,
     /// Seconds for the whole test; env `globalTimeout` (default 7 days).
-    #[arg(long = "global-timeout", value_name = "N")]
+    #[arg(
+        long = "global-timeout",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
     global_timeout: Option<String>,
     /// Seconds a machine may take from start to its backdoor handshake (default 600;
     /// env `NIXOS_TEST_NG_BOOT_TIMEOUT`; 0 for no limit).
-    #[arg(long = "boot-timeout", value_name = "N")]
+    #[arg(long = "boot-timeout", value_name = "N", allow_negative_numbers = true)]
     boot_timeout: Option<String>,
     /// Existing, writable directory for screenshots, copied files and reports (default: cwd).
     #[arg(
@@ -113,7 +117,14 @@ pub fn parse_args(argv: &[String], env: &HashMap<String, String>) -> Result<Pars
                 ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
                     Ok(Parsed::Print(e.render().to_string()))
                 }
-                _ => Err(Error::Config(e.render().to_string().trim_end().to_string())),
+                _ => {
+                    let text = e.render().to_string();
+                    let text = text
+                        .trim_end()
+                        .strip_prefix("error: ")
+                        .unwrap_or(text.trim_end());
+                    Err(Error::Config(text.to_string()))
+                }
             };
         }
     };

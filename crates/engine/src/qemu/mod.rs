@@ -131,11 +131,11 @@ impl QemuBackend {
             c.args(&args);
             c
         } else {
-            // A command line (create_machine with a string): run it as upstream does, but
-            // exec'd, so no intermediate shell survives a kill.
+            // A command line (create_machine with a string): run through a shell as upstream
+            // does; the process-group kill takes the shell and QEMU alike.
             let mut c = Command::new("/bin/sh");
             c.arg("-c")
-                .arg(format!("exec {} \"$@\"", self.start_command))
+                .arg(format!("{} \"$@\"", self.start_command))
                 .arg("sh")
                 .args(&args);
             c
