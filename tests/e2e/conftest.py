@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -104,8 +103,7 @@ def leftover_processes(marker: Path, wait: float = 3.0) -> list[str]:
         time.sleep(0.1)
 
 
-def kill_group_on_timeout(p: subprocess.Popen) -> None:
-    try:
-        os.kill(p.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+@pytest.fixture
+def leftovers():
+    """`leftovers(marker, wait)`: processes still running whose command line names `marker`."""
+    return leftover_processes

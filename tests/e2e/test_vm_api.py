@@ -12,8 +12,6 @@ import time
 
 import pytest
 
-from .conftest import leftover_processes
-
 pytestmark = pytest.mark.vm
 
 TWO_MACHINES = {"client": [1], "server": [1]}
@@ -210,7 +208,7 @@ def test_failure_report_and_cleanup(vm_env):
     assert r.stderr.index("test script finished") < r.stderr.index("cleanup")
 
 
-def test_sigkill_of_the_driver_takes_qemu_and_vde_along(vm_env):
+def test_sigkill_of_the_driver_takes_qemu_and_vde_along(vm_env, leftovers):
     script = 'machine.succeed("true")\nprint("ready", flush=True)\nimport time\ntime.sleep(600)\n'
     p = vm_env.spawn({"machine": [1]}, script)
     deadline = time.monotonic() + 120
@@ -218,7 +216,7 @@ def test_sigkill_of_the_driver_takes_qemu_and_vde_along(vm_env):
     while "ready" not in line and time.monotonic() < deadline:
         line = p.stdout.readline()
     assert "ready" in line
-    assert leftover_processes(vm_env.root, wait=0), "QEMU should be running"
+    assert leftovers(vm_env.root, wait=0), "QEMU should be running"
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
-    assert not leftover_processes(vm_env.root, wait=5)
+    assert not leftovers(vm_env.root, wait=5)

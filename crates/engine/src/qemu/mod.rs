@@ -30,18 +30,59 @@ use crate::transport::shell::{Reply, Shell, ShellError};
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(300);
 const CONSOLE_TAIL: usize = 20;
 
+/// QEMU's control channels: the HMP monitor and QMP.
+pub struct Control {
+    monitor: Mutex<Monitor>,
+    qmp: Qmp,
+}
+
+impl Control {
+    /// The QMP session.
+    pub fn qmp(&self) -> &Qmp {
+        &self.qmp
+    }
+}
+
+/// The control channels are set up in the background: QEMU answers on them only once its
+/// main loop runs (after loading kernel and initrd), and `start()` need not wait for that.
+enum ControlState {
+    Pending(JoinHandle<Result<Control>>),
+    Ready(Arc<Control>),
+    Failed(String),
+}
+
 /// A running QEMU process and its control channels.
 pub struct Running {
     process: ChildProcess,
-    monitor: Mutex<Monitor>,
-    qmp: Qmp,
+    control: Mutex<ControlState>,
     console_reader: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Running {
-    /// The QMP session.
-    pub fn qmp(&self) -> &Qmp {
-        &self.qmp
+    /// The monitor and QMP, once QEMU answers on them (waits for that on first use).
+    pub fn control(&self, info: &MachineInfo) -> Result<Arc<Control>> {
+        let mut state = self.control.lock().unwrap();
+        if let ControlState::Pending(_) = &*state {
+            let ControlState::Pending(handle) =
+                std::mem::replace(&mut *state, ControlState::Failed(String::new()))
+            else {
+                unreachable!()
+            };
+            *state = match handle.join() {
+                Ok(Ok(control)) => ControlState::Ready(Arc::new(control)),
+                Ok(Err(e)) => ControlState::Failed(e.to_string()),
+                Err(_) => ControlState::Failed("the control-channel thread panicked".to_string()),
+            };
+        }
+        match &*state {
+            ControlState::Ready(c) => Ok(c.clone()),
+            ControlState::Failed(msg) => Err(Error::Guest {
+                machine: info.name.clone(),
+                message: format!("QEMU's monitor/QMP is not available: {msg}"),
+                console_tail: Vec::new(),
+            }),
+            ControlState::Pending(_) => unreachable!(),
+        }
     }
 }
 
@@ -251,15 +292,9 @@ impl QemuBackend {
         let result = (|| {
             let monitor = self.accept(info, &monitor_l, "monitor", &process)?;
             let shell = self.accept(info, &shell_l, "shell", &process)?;
-            let qmp = Qmp::connect(&qmp_path, Deadline::after(Some(Duration::from_secs(30))))
-                .map_err(|e| self.guest_error(info, format!("cannot connect to QMP: {e}")))?;
-            let mut monitor = Monitor::new(monitor);
-            monitor
-                .wait_for_prompt(Deadline::after(Some(Duration::from_secs(60))))
-                .map_err(|e| self.guest_error(info, format!("no QEMU monitor prompt: {e}")))?;
-            Ok((monitor, shell, qmp))
+            Ok((monitor, shell))
         })();
-        let (monitor, shell, qmp) = match result {
+        let (monitor, shell) = match result {
             Ok(v) => v,
             Err(e) => {
                 process.kill();
@@ -271,10 +306,21 @@ impl QemuBackend {
         *self.shell_socket.lock().unwrap() = shell.try_clone().ok();
         *self.shell.lock().unwrap() = Some(Shell::new(shell));
         self.connected.store(false, Ordering::SeqCst);
+        let control = std::thread::Builder::new()
+            .name(format!("ntng-control-{}", info.name))
+            .spawn(move || {
+                let qmp = Qmp::connect(&qmp_path, Deadline::after(Some(Duration::from_secs(60))))?;
+                let mut monitor = Monitor::new(monitor);
+                monitor.wait_for_prompt(Deadline::after(Some(Duration::from_secs(120))))?;
+                Ok(Control {
+                    monitor: Mutex::new(monitor),
+                    qmp,
+                })
+            })
+            .expect("cannot start a control-channel thread");
         *self.running.lock().unwrap() = Some(Arc::new(Running {
             process,
-            monitor: Mutex::new(monitor),
-            qmp,
+            control: Mutex::new(ControlState::Pending(control)),
             console_reader: Mutex::new(Some(reader)),
         }));
         info.log(&format!("QEMU running (pid {pid})"));

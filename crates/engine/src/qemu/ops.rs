@@ -90,8 +90,8 @@ impl Machine {
     pub fn send_monitor_command(&self, command: &str) -> Result<String> {
         self.run_hook()?;
         let qemu = self.qemu_or_err("send_monitor_command")?;
-        let run = qemu.running(self.info())?;
-        let mut monitor = run.monitor.lock().unwrap();
+        let control = qemu.running(self.info())?.control(self.info())?;
+        let mut monitor = control.monitor.lock().unwrap();
         monitor.send(command, Deadline::after(Some(MONITOR_TIMEOUT)))
     }
 
@@ -102,8 +102,11 @@ impl Machine {
             machine: self.name().to_string(),
             message: "QMP API is not ready yet, is the VM ready?".to_string(),
         })?;
-        run.qmp()
-            .execute(command, arguments, Deadline::after(Some(MONITOR_TIMEOUT)))
+        run.control(self.info())?.qmp().execute(
+            command,
+            arguments,
+            Deadline::after(Some(MONITOR_TIMEOUT)),
+        )
     }
 
     /// Waits for a QMP event that `accept` takes; `None` timeout waits forever.
@@ -117,9 +120,10 @@ impl Machine {
             machine: self.name().to_string(),
             message: "QMP API is not ready yet, is the VM ready?".to_string(),
         })?;
+        let control = run.control(self.info())?;
         let deadline = Deadline::after(timeout);
         loop {
-            match run.qmp().next_event(deadline)? {
+            match control.qmp().next_event(deadline)? {
                 Some(event) if accept(&event)? => return Ok(event),
                 Some(_) => {}
                 None => {
