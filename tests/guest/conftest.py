@@ -133,9 +133,10 @@ def fake_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 # the driver's side of a real VM
 
 
-def driver_args(state: Path) -> list[str]:
-    """The arguments the upstream driver appends to a start script, in its order."""
-    return [
+def driver_args(state: Path, allow_reboot: bool = False) -> list[str]:
+    """The arguments the upstream driver appends to a start script, in its order (without
+    `-no-reboot` for a machine with `allow_reboot = true`)."""
+    args = [
         "-qmp", f"unix:{state}/qmp,server=on,wait=off",
         "-monitor", f"unix:{state}/monitor",
         "-chardev", f"socket,id=shell,path={state}/shell",
@@ -146,6 +147,7 @@ def driver_args(state: Path) -> list[str]:
         "-no-reboot",
         "-nographic",
     ]  # fmt: skip
+    return [a for a in args if a != "-no-reboot"] if allow_reboot else args
 
 
 class VM:
@@ -160,6 +162,7 @@ class VM:
         state: Path,
         shared: Path,
         env: dict[str, str] | None = None,
+        allow_reboot: bool = False,
     ):
         self.state = state
         state.mkdir(parents=True, exist_ok=True)
@@ -179,7 +182,7 @@ class VM:
             "SHARED_DIR": str(shared),
             "USE_TMPDIR": "1",
         }
-        cmd = " ".join(shlex.quote(a) for a in [str(script), *driver_args(state)])
+        cmd = " ".join(shlex.quote(a) for a in [str(script), *driver_args(state, allow_reboot)])
         self.serial_log = state / "serial.log"
         self.started = time.monotonic()
         with open(self.serial_log, "wb") as log:
@@ -212,7 +215,14 @@ class VM:
             self._wait_readable(self.listeners[name], deadline)
             conn, _ = self.listeners[name].accept()
             setattr(self, name, conn)
+        self.wait_for_handshake(deadline - time.monotonic())
+        return time.monotonic() - self.started
+
+    def wait_for_handshake(self, timeout: float = 120) -> None:
+        """Read the shell socket up to the backdoor's handshake line, as upstream's connect()
+        does (also after a reboot, on the same socket: the driver's reboot())."""
         assert self.shell is not None
+        deadline = time.monotonic() + timeout
         while HANDSHAKE not in self.buf:
             self._wait_readable(self.shell, deadline)
             chunk = self.shell.recv(4096)
@@ -222,7 +232,6 @@ class VM:
         # upstream: nothing may follow the handshake line
         self.buf = self.buf[self.buf.index(HANDSHAKE) + len(HANDSHAKE) :].lstrip(b"\n")
         assert self.buf == b""
-        return time.monotonic() - self.started
 
     def _line(self, timeout: float) -> bytes:
         assert self.shell is not None
@@ -291,10 +300,17 @@ def upstream_driver_args() -> Callable[[Path], list[str]]:
 
 @pytest.fixture
 def vm_factory(reaper: Reaper) -> Callable[..., VM]:
-    """`vm_factory(script, state, shared, env=None)` -> a started `VM`, killed at teardown."""
+    """`vm_factory(script, state, shared, env=None, allow_reboot=False)` -> a started `VM`,
+    killed at teardown."""
 
-    def make(script: Path, state: Path, shared: Path, env: dict[str, str] | None = None) -> VM:
-        return VM(reaper, script, state, shared, env)
+    def make(
+        script: Path,
+        state: Path,
+        shared: Path,
+        env: dict[str, str] | None = None,
+        allow_reboot: bool = False,
+    ) -> VM:
+        return VM(reaper, script, state, shared, env, allow_reboot)
 
     return make
 

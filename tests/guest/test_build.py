@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from nixos_test_ng.guest import BuildError, build, load_manifest
+from nixos_test_ng.guest import BuildError, build, elf, load_manifest
 from nixos_test_ng.guest import builder as builder_mod
 from nixos_test_ng.guest.builder import Package
 
@@ -58,7 +58,14 @@ def test_built_guest_artifacts(built_guest: Path) -> None:
         assert sha256(built_guest / name) == art["sha256"]
     for deb in m["inputs"]["debs"]:
         assert sha256(built_guest / "debs" / deb["file"]) == deb["sha256"]
-    assert [d["package"] for d in m["inputs"]["debs"]][1:] == ["busybox-static", "bash-static"]
+    assert [d["package"] for d in m["inputs"]["debs"]][1:] == [
+        "busybox-static",
+        "bash-static",
+        "netcat-openbsd",
+        "libbsd0",
+        "libmd0",
+        "libc6",
+    ]
     assert isinstance(m["kvm"]["usable"], bool) and m["kvm"]["detail"]
     listing = subprocess.run(
         f"zcat {built_guest / 'initrd.img'} | cpio -it --quiet",
@@ -83,10 +90,68 @@ def test_built_guest_artifacts(built_guest: Path) -> None:
         f"lib/modules/{kv}/kernel/net/9p/9pnet_virtio.ko",
         f"lib/modules/{kv}/kernel/drivers/char/virtio_console.ko",
         f"lib/modules/{kv}/kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko",
+        "bin/nc",
+        "lib64/ld-linux-x86-64.so.2",
+        "etc/nsswitch.conf",
     ):
         assert path in listing, path
     assert listing == sorted(listing)
     assert len([p for p in listing if p.endswith(".ko")]) == len(m["modules_included"])
+    # OpenBSD netcat's loader and library closure, and nothing else of libc6
+    assert m["libraries_included"] == [
+        "ld-linux-x86-64.so.2",
+        "libbsd.so.0",
+        "libc.so.6",
+        "libmd.so.0",
+        "libresolv.so.2",
+    ]
+    assert [p for p in listing if p.startswith(("lib/x86_64-linux-gnu/", "lib64/"))] == [
+        *(f"lib/x86_64-linux-gnu/{lib}" for lib in m["libraries_included"]),
+        "lib64/ld-linux-x86-64.so.2",
+    ]
+    assert "usr/bin/nc" not in listing  # busybox's nc applet is not linked (`busybox nc` is)
+
+
+def test_initramfs_netcat_runs_with_only_its_own_libraries(
+    built_guest: Path, tmp_path: Path
+) -> None:
+    """The loader of the unpacked initramfs, run on the host with the initramfs as its root (a
+    chroot, so root only), resolves every library of /bin/nc inside it; and the closure read by
+    elf.py matches `objdump -p` where binutils is installed."""
+    root = tmp_path / "root"
+    root.mkdir()
+    subprocess.run(
+        f"zcat {built_guest / 'initrd.img'} | cpio -id --quiet --no-absolute-filenames",
+        shell=True,
+        cwd=root,
+        check=True,
+    )
+    link = root / "lib64/ld-linux-x86-64.so.2"
+    assert os.readlink(link) == "../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+    libdir = root / "lib/x86_64-linux-gnu"
+    if shutil.which("objdump"):
+        for f in [root / "bin/nc", *sorted(libdir.iterdir())]:
+            dump = subprocess.run(
+                ["objdump", "-p", str(f)], capture_output=True, text=True, check=True
+            ).stdout
+            want = [line.split()[1] for line in dump.splitlines() if "NEEDED" in line]
+            assert list(elf.dynamic_info(f.read_bytes()).needed) == want, f.name
+    closure = elf.library_closure(root, root / "bin/nc")
+    assert closure.interpreter == ("/lib64/ld-linux-x86-64.so.2", libdir / "ld-linux-x86-64.so.2")
+    assert sorted(closure.libraries) == sorted(p.name for p in libdir.iterdir())
+    if os.geteuid() != 0:
+        pytest.skip("chroot needs root")
+    res = subprocess.run(
+        ["chroot", str(root), "/lib64/ld-linux-x86-64.so.2", "--list", "/bin/nc"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "not found" not in res.stdout
+    for lib in ("libbsd.so.0", "libmd.so.0", "libc.so.6", "libresolv.so.2"):
+        assert f"{lib} => /lib/x86_64-linux-gnu/{lib}" in res.stdout
+    res = subprocess.run(["chroot", str(root), "/bin/nc", "-h"], capture_output=True, text=True)
+    assert "OpenBSD netcat" in res.stderr
 
 
 def test_second_build_is_cached(guest_copy: Path) -> None:
@@ -162,7 +227,9 @@ def test_unusable_apt_without_a_cache_fails_clearly(tmp_path: Path) -> None:
     assert res.stderr.startswith("nixos-test-ng guest: error: apt-cache knows no candidate")
 
 
-def test_input_hash_covers_scripts_modules_and_debs(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_input_hash_covers_scripts_modules_programs_and_debs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     pkgs = [
         Package("linux-image-x", "1", "amd64", "00", 1),
         Package("busybox-static", "1:2", "amd64", "11", 1),
@@ -173,6 +240,9 @@ def test_input_hash_covers_scripts_modules_and_debs(monkeypatch: pytest.MonkeyPa
     assert builder_mod._hash_inputs(builder_mod._inputs(other_deb, "generic")) != base
     assert builder_mod._hash_inputs(builder_mod._inputs(pkgs, "cloud")) != base
     monkeypatch.setattr(builder_mod, "MODULES", (*builder_mod.MODULES, "extra"))
+    assert builder_mod._hash_inputs(builder_mod._inputs(pkgs, "generic")) != base
+    monkeypatch.undo()
+    monkeypatch.setattr(builder_mod, "DYNAMIC_PROGRAMS", {"bin/nc": "bin/nc.traditional"})
     assert builder_mod._hash_inputs(builder_mod._inputs(pkgs, "generic")) != base
     monkeypatch.undo()
     real = builder_mod._data_file

@@ -8,7 +8,8 @@ Guest directory layout (see docs/guests.md):
 
     vmlinux          the kernel: the uncompressed ELF, booted through PVH (see kernel.py);
                      `vmlinuz` (the bzImage) instead when the payload cannot be PVH-booted
-    initrd.img       gzip-compressed newc initramfs (busybox, bash, modules, /init, backdoor)
+    initrd.img       gzip-compressed newc initramfs (busybox, bash, OpenBSD netcat and its shared
+                     libraries, modules, /init, backdoor)
     manifest.json    inputs, their hash, artifact hashes, kernel version, KVM probe result
     debs/            the downloaded .deb files (the download cache)
     .lock            serialises concurrent builds
@@ -21,6 +22,7 @@ import gzip
 import hashlib
 import json
 import os
+import posixpath
 import re
 import select
 import shutil
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from . import cpio
+from .elf import ElfError, library_closure
 from .kernel import kernel_for_qemu
 from .modules import ModuleError, read_module, resolve_modules
 
@@ -53,7 +56,7 @@ __all__ = [
 ]
 
 #: Bumped whenever the builder's output changes for the same inputs.
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 MANIFEST_FORMAT = 1
 
 INITRD_FILE = "initrd.img"
@@ -63,7 +66,18 @@ DEBS_DIR = "debs"
 #: Debian meta-package whose dependency is the kernel image, per kernel flavour.
 KERNEL_META = {"generic": "linux-image-amd64", "cloud": "linux-image-cloud-amd64"}
 DEFAULT_FLAVOUR = "generic"
-USERLAND_PACKAGES = ("busybox-static", "bash-static")
+#: Debian's OpenBSD netcat (the driver's wait_for_open_port and wait_for_open_unix_socket run
+#: `nc -z`, `nc -z -U`, which busybox's nc lacks) and the packages of its shared libraries; which
+#: files of theirs go into the initramfs is read from the binary (see elf.py).
+NETCAT_PACKAGES = ("netcat-openbsd", "libbsd0", "libmd0", "libc6")
+USERLAND_PACKAGES = ("busybox-static", "bash-static", *NETCAT_PACKAGES)
+#: Dynamically linked programs: guest path -> path in the unpacked packages. Their loader and
+#: library closure are copied in too.
+DYNAMIC_PROGRAMS = {"bin/nc": "bin/nc.openbsd"}
+#: busybox applets not linked because a real program replaces them (`busybox nc` still works).
+REPLACED_APPLETS = frozenset({"nc"})
+#: Where the libraries go: the first directory of the loader's default search path.
+LIBRARY_DIR = "lib/x86_64-linux-gnu"
 ARCH = "amd64"
 
 #: Kernel modules shipped in the initramfs (with their dependencies). /init loads virtio_pci and
@@ -83,6 +97,8 @@ MODULES = (
 )
 #: Modules a flavour's kernel does not have (Debian's cloud kernel has no 9p).
 MISSING_MODULES: dict[str, tuple[str, ...]] = {"generic": (), "cloud": ("9pnet_virtio", "9p")}
+
+NSSWITCH_CONF = b"passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"
 
 DEFAULT_SOURCE_DATE_EPOCH = 1700000000
 KVM_PROBE_SECONDS = 8.0
@@ -195,8 +211,8 @@ def _package(stanza: dict[str, str]) -> Package:
 
 
 def resolve_packages(flavour: str, known: Sequence[Package] = ()) -> list[Package]:
-    """The kernel image behind the flavour's meta-package, plus busybox-static and bash-static,
-    in the versions apt would download now (kernel first).
+    """The kernel image behind the flavour's meta-package, plus the userland packages
+    (`USERLAND_PACKAGES`), in the versions apt would download now (kernel first).
 
     apt-cache is slow here (about 0.4 s a call, no binary cache), so when the meta-package pins
     the same kernel name and version as one in `known`, that one is reused (a Debian package
@@ -227,7 +243,8 @@ def _fetch(pkgs: list[Package], debs: Path, log: Log) -> dict[str, Path]:
         if dest.exists() and _sha256(dest) == p.sha256:
             out[p.name] = dest
             continue
-        log(f"downloading {p.name} {p.version} ({p.size / 1e6:.1f} MB)")
+        size = f"{p.size / 1e6:.1f} MB" if p.size >= 100_000 else f"{p.size / 1e3:.0f} kB"
+        log(f"downloading {p.name} {p.version} ({size})")
         with tempfile.TemporaryDirectory(dir=debs, prefix=".download-") as tmp:
             cmd = ["apt-get", "download", "-q"]
             if os.geteuid() == 0:  # the cache dir is not readable by apt's sandbox user
@@ -277,6 +294,7 @@ def _inputs(pkgs: list[Package], flavour: str) -> dict[str, Any]:
         "backdoor_sha256": hashlib.sha256(_data_file("backdoor.sh")).hexdigest(),
         "profile_sha256": hashlib.sha256(_data_file("profile.sh")).hexdigest(),
         "modules": _modules(flavour),
+        "programs": dict(DYNAMIC_PROGRAMS),
         "source_date_epoch": _source_date_epoch(),
     }
 
@@ -351,12 +369,43 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     path.chmod(mode)
 
 
+def _install_dynamic(unpacked: Path, root: Path) -> list[str]:
+    """Copy each of `DYNAMIC_PROGRAMS` from the unpacked packages into the initramfs tree, with
+    its loader and the `DT_NEEDED` closure of its libraries (only those files), into
+    `LIBRARY_DIR` under their `DT_NEEDED` names. Returns the library file names."""
+    libraries: dict[str, Path] = {}
+    loaders: dict[str, str] = {}
+    for dest, src in DYNAMIC_PROGRAMS.items():
+        program = unpacked / src
+        if not program.is_file():
+            names = ", ".join(NETCAT_PACKAGES)
+            raise BuildError(f"{src} is not in the unpacked packages ({names})")
+        try:
+            closure = library_closure(unpacked, program)
+        except ElfError as e:
+            raise BuildError(f"{src}: {e}") from e
+        _write(root / dest, program.read_bytes(), 0o755)
+        libraries.update(closure.libraries)
+        interp_path, interp_file = closure.interpreter
+        libraries.setdefault(posixpath.basename(interp_path), interp_file)
+        loaders[interp_path.lstrip("/")] = posixpath.basename(interp_path)
+    for name, path in sorted(libraries.items()):
+        _write(root / LIBRARY_DIR / name, path.read_bytes(), path.stat().st_mode & 0o755)
+    for link, name in sorted(loaders.items()):
+        if link != f"{LIBRARY_DIR}/{name}":  # /lib64/ld-linux-x86-64.so.2, as in Debian
+            target = root / link
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(os.path.relpath(root / LIBRARY_DIR / name, target.parent))
+    return sorted(libraries)
+
+
 def _assemble(
     work: Path, debs: dict[str, Path], kernel_pkg: str, modules: list[str], log: Log
-) -> tuple[str, Path, list[str]]:
+) -> tuple[str, Path, list[str], list[str]]:
     """Unpack the packages under `work` and lay out the initramfs tree at `work/root`.
 
-    Returns the kernel version, the vmlinuz path and the names of the modules included."""
+    Returns the kernel version, the vmlinuz path and the names of the modules and shared
+    libraries included."""
     kx, ux, root = work / "kernel", work / "userland", work / "root"
     for d in (kx, ux, root):
         d.mkdir()
@@ -388,10 +437,13 @@ def _assemble(
         (root / d).mkdir(parents=True, exist_ok=True)
     (root / "root").mkdir(mode=0o700)
     (root / "tmp").chmod(0o1777)
+    libraries = _install_dynamic(ux, root)
     busybox = ux / "bin/busybox"
     _write(root / "bin/busybox", busybox.read_bytes(), 0o755)
     for applet in _busybox_applets(busybox):
         link = root / applet
+        if posixpath.basename(applet) in REPLACED_APPLETS:
+            continue
         if not link.exists() and not link.is_symlink() and applet != "bin/bash":
             link.symlink_to(os.path.relpath(root / "bin/busybox", link.parent))
     _write(root / "bin/bash", (ux / "bin/bash-static").read_bytes(), 0o755)
@@ -403,6 +455,8 @@ def _assemble(
     _write(root / "etc/passwd", b"root:x:0:0:root:/root:/bin/bash\n", 0o644)
     _write(root / "etc/shadow", b"root::1::::::\n", 0o600)  # empty root password, as in NixOS tests
     _write(root / "etc/group", b"root:x:0:\ntty:x:5:\n", 0o644)
+    # glibc (netcat's) asks DNS before /etc/hosts when this file is missing
+    _write(root / "etc/nsswitch.conf", NSSWITCH_CONF, 0o644)
 
     try:
         chosen = resolve_modules(kmods, modules)
@@ -419,8 +473,8 @@ def _assemble(
     res = _run(["depmod", "-b", str(root), kv])
     if res.returncode != 0:
         raise BuildError(f"`depmod` failed: {res.stderr.strip()}")
-    log(f"initramfs tree: kernel {kv}, {len(chosen)} modules")
-    return kv, vmlinuz, sorted(chosen)
+    log(f"initramfs tree: kernel {kv}, {len(chosen)} modules, {len(libraries)} shared libraries")
+    return kv, vmlinuz, sorted(chosen), libraries
 
 
 def _initramfs(root: Path, mtime: int) -> bytes:
@@ -605,7 +659,9 @@ def _build_locked(guest_dir: Path, flavour: str, force: bool, log: Log) -> Build
         return fallback(err)
 
     with tempfile.TemporaryDirectory(dir=guest_dir, prefix=".work-") as tmp:
-        kv, vmlinuz, included = _assemble(Path(tmp), debs, pkgs[0].name, inputs["modules"], log)
+        kv, vmlinuz, included, libraries = _assemble(
+            Path(tmp), debs, pkgs[0].name, inputs["modules"], log
+        )
         initrd = _initramfs(Path(tmp) / "root", inputs["source_date_epoch"])
         kernel_file, kernel_bytes = kernel_for_qemu(vmlinuz.read_bytes())
     for stale in ("vmlinux", "vmlinuz"):
@@ -630,6 +686,7 @@ def _build_locked(guest_dir: Path, flavour: str, force: bool, log: Log) -> Build
         "kernel_file": kernel_file,
         "kernel_boot": "pvh" if kernel_file == "vmlinux" else "bzimage",
         "modules_included": included,
+        "libraries_included": libraries,
         "artifacts": artifacts,
         "kvm": kvm,
         "build_seconds": round(time.monotonic() - start, 2),

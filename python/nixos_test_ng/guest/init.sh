@@ -122,8 +122,10 @@ for tag in xchg shared; do
 		log "no 9p share $tag"
 done
 
-# busybox halt/poweroff/reboot signal PID 1 with USR1/USR2/TERM; the kernel sends INT on
-# ctrl-alt-delete when that is not handled by the kernel itself.
+# busybox halt/poweroff/reboot signal PID 1 with USR1/USR2/TERM. ctrl-alt-delete (the driver's
+# reboot()) makes the kernel restart at once unless kernel.ctrl-alt-del is 0; then it sends INT
+# to PID 1 instead, so it takes the same clean path as `reboot` (systemd turns it off too).
+echo 0 >/proc/sys/kernel/ctrl-alt-del
 finish() {
 	log "$1"
 	sync
