@@ -4,13 +4,13 @@ start_all()
 
 with subtest("the server listens on port 8000"):
     server.succeed(
-        "(while true; do echo hello-from-server | nc -l -p 8000; done) >/dev/null 2>&1 &"
+        "(while true; do echo hello-from-server | nc -l -p 8000 -q 1; done) >/dev/null 2>&1 &"
     )
     server.wait_for_open_port(8000)
 
 with subtest("the client reaches the server over the VLAN"):
     client.wait_until_succeeds("ping -c 1 -W 1 server", timeout=30)
-    reply = client.succeed("nc server 8000 </dev/null")
+    reply = client.wait_until_succeeds("nc -N server 8000 </dev/null", timeout=30)
     t.assertIn("hello-from-server", reply)
 
 with subtest("blocking the client's VLAN link cuts it off"):
