@@ -10,7 +10,9 @@ with subtest("the server listens on port 8000"):
 
 with subtest("the client reaches the server over the VLAN"):
     client.wait_until_succeeds("ping -c 1 -W 1 server", timeout=30)
-    reply = client.wait_until_succeeds("nc -N server 8000 </dev/null", timeout=30)
+    reply = client.wait_until_succeeds(
+        "nc -w 5 server 8000 </dev/null | grep hello-from-server", timeout=30
+    )
     t.assertIn("hello-from-server", reply)
 
 with subtest("blocking the client's VLAN link cuts it off"):

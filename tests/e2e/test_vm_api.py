@@ -86,7 +86,7 @@ with subtest("ports and sockets"):
 with subtest("networking over the VLAN"):
     client.wait_until_succeeds("ping -c 1 -W 1 server", timeout=60)
     client.wait_for_open_port(8000, addr="server", timeout=60)
-    reply = client.wait_until_succeeds("nc -N server 8000 </dev/null | grep pong", timeout=30)
+    reply = client.wait_until_succeeds("nc -w 5 server 8000 </dev/null | grep pong", timeout=30)
     assert reply == "pong\n", reply
     client.block()
     client.fail("ping -c 1 -W 1 server")
