@@ -97,6 +97,17 @@ impl Console {
         machine: String,
         logger: Arc<Logger>,
     ) -> std::thread::JoinHandle<()> {
+        self.spawn_reader_with(stream, machine, logger, |_| {})
+    }
+
+    /// [`Console::spawn_reader`], also showing every line to `on_line`.
+    pub fn spawn_reader_with(
+        self: &Arc<Self>,
+        stream: impl Read + Send + 'static,
+        machine: String,
+        logger: Arc<Logger>,
+        on_line: impl Fn(&str) + Send + 'static,
+    ) -> std::thread::JoinHandle<()> {
         let console = self.clone();
         std::thread::Builder::new()
             .name(format!("ntng-console-{machine}"))
@@ -111,6 +122,7 @@ impl Console {
                             raw.retain(|&b| b != b'\r');
                             let text = String::from_utf8_lossy(&raw);
                             let line = text.trim_end().to_string();
+                            on_line(&line);
                             logger.serial(&machine, &line);
                             console.push(line);
                         }

@@ -65,6 +65,18 @@ fn writable(p: &Path) -> bool {
 impl Driver {
     /// Creates the tmp dirs, starts the VLANs and builds (without starting) the machines.
     pub fn new(config: Config, logger: Arc<Logger>) -> Result<Driver> {
+        // SAFETY: plain getter.
+        let uid = unsafe { libc::geteuid() };
+        if uid != 0
+            && config
+                .machines
+                .iter()
+                .any(|m| m.kind == MachineKind::Nspawn)
+        {
+            return Err(Error::Config(format!(
+                "systemd-nspawn requires root to work. You are {uid}"
+            )));
+        }
         let tmp_dir = tmp_dir()?;
         let shared_dir = tmp_dir.join("shared-xchg");
         std::fs::DirBuilder::new()
@@ -110,12 +122,6 @@ impl Driver {
     }
 
     fn build_machine(&self, spec: &MachineConfig, keep_state: bool) -> Result<Machine> {
-        if spec.kind == MachineKind::Nspawn {
-            return Err(Error::Config(format!(
-                "machine `{}`: systemd-nspawn containers are not supported yet",
-                spec.name
-            )));
-        }
         let info = MachineInfo {
             name: spec.name.clone(),
             logger: self.logger.clone(),
@@ -125,8 +131,12 @@ impl Driver {
             boot_timeout: self.config.boot_timeout,
             env: self.vlan_env.clone(),
         };
-        let backend = QemuBackend::new(spec.start_script.display().to_string());
-        Machine::new(info, Box::new(backend), keep_state)
+        let script = spec.start_script.display().to_string();
+        let backend: Box<dyn crate::machine::Backend> = match spec.kind {
+            MachineKind::Qemu => Box::new(QemuBackend::new(script)),
+            MachineKind::Nspawn => Box::new(crate::nspawn::NspawnBackend::new(script)),
+        };
+        Machine::new(info, backend, keep_state)
     }
 
     /// The configuration.

@@ -17,6 +17,7 @@ pub mod junit;
 pub mod log;
 pub mod machine;
 pub mod names;
+pub mod nspawn;
 pub mod process;
 pub mod qemu;
 pub mod retry;

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -61,8 +61,10 @@ pub fn spawn(mut cmd: Command) -> io::Result<ChildProcess> {
         .map_err(|_| io::Error::other("spawner thread is gone"))??;
     let stdin = child.stdin.take();
     let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
     let process = ChildProcess::adopt(&mut child, stdin);
     *process.stdout.lock().unwrap() = stdout;
+    *process.stderr.lock().unwrap() = stderr;
     Ok(process.with_waiter(child))
 }
 
@@ -78,9 +80,15 @@ pub struct ChildProcess {
     exit: Arc<ExitCell>,
     stdin: Mutex<Option<ChildStdin>>,
     stdout: Mutex<Option<ChildStdout>>,
+    stderr: Mutex<Option<ChildStderr>>,
 }
 
 impl ChildProcess {
+    /// Takes the child's stderr (when it was piped).
+    pub fn take_stderr(&self) -> Option<ChildStderr> {
+        self.stderr.lock().unwrap().take()
+    }
+
     /// Takes the child's stdout (when it was piped).
     pub fn take_stdout(&self) -> Option<ChildStdout> {
         self.stdout.lock().unwrap().take()
@@ -92,6 +100,7 @@ impl ChildProcess {
             exit: Arc::default(),
             stdin: Mutex::new(stdin),
             stdout: Mutex::new(None),
+            stderr: Mutex::new(None),
         }
     }
 

@@ -100,7 +100,12 @@ impl Machine {
         };
         let block = self.nested(&what);
         let outcome = retry::until(timeout, Backoff::default(), |_| {
-            let state = self.get_unit_property(unit, "ActiveState", user)?;
+            let state = match self.get_unit_property(unit, "ActiveState", user) {
+                Ok(state) => state,
+                // Early in a boot systemd may not answer yet (upstream fails at once here).
+                Err(_) if !self.manager_reachable(user)? => return Ok(None),
+                Err(e) => return Err(e),
+            };
             if state == "failed" {
                 return Err(self.unit_error(
                     unit,
@@ -135,6 +140,17 @@ impl Machine {
                 timeout: timeout.unwrap_or_default(),
             }),
         }
+    }
+
+    /// False while the service manager cannot be reached yet (still booting).
+    fn manager_reachable(&self, user: Option<&str>) -> Result<bool> {
+        let (_, out) = self.systemctl("is-system-running 2>&1 || true", user)?;
+        let booting = [
+            "Failed to connect to bus",
+            "System has not been booted",
+            "offline",
+        ];
+        Ok(!booting.iter().any(|b| out.contains(b)))
     }
 
     /// A unit error with the unit's status and journal tail appended (better than upstream).

@@ -9,7 +9,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,10 +24,10 @@ use crate::interrupt::{self, Deadline};
 use crate::machine::{Backend, MachineInfo};
 use crate::process::{self, ChildProcess};
 use crate::transport::shell::{Reply, Shell, ShellError};
+use crate::transport::slot::{guest_error, ShellSlot};
 
 /// How long QEMU may take to connect to the driver's sockets after the start script runs.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(300);
-const CONSOLE_TAIL: usize = 20;
 
 /// QEMU's control channels: the HMP monitor and QMP.
 pub struct Control {
@@ -91,10 +90,7 @@ pub struct QemuBackend {
     start_command: String,
     console: Arc<Console>,
     running: Mutex<Option<Arc<Running>>>,
-    shell: Mutex<Option<Shell>>,
-    /// A second handle on the shell socket, so `release` can wake a blocked reader.
-    shell_socket: Mutex<Option<UnixStream>>,
-    connected: AtomicBool,
+    shell: ShellSlot,
     started_at: Mutex<Option<Instant>>,
 }
 
@@ -111,9 +107,7 @@ impl QemuBackend {
             start_command,
             console: Arc::default(),
             running: Mutex::new(None),
-            shell: Mutex::new(None),
-            shell_socket: Mutex::new(None),
-            connected: AtomicBool::new(false),
+            shell: ShellSlot::default(),
             started_at: Mutex::new(None),
         }
     }
@@ -193,11 +187,7 @@ impl QemuBackend {
     }
 
     fn guest_error(&self, info: &MachineInfo, message: String) -> Error {
-        Error::Guest {
-            machine: info.name.clone(),
-            message,
-            console_tail: self.console.tail(CONSOLE_TAIL),
-        }
+        guest_error(info, &self.console, message)
     }
 
     /// Describes how the QEMU process ended, waiting briefly for it to do so.
@@ -303,9 +293,14 @@ impl QemuBackend {
             }
         };
         let pid = process.pid();
-        *self.shell_socket.lock().unwrap() = shell.try_clone().ok();
-        *self.shell.lock().unwrap() = Some(Shell::new(shell));
-        self.connected.store(false, Ordering::SeqCst);
+        self.shell.set(
+            Shell::new(
+                shell
+                    .try_clone()
+                    .map_err(|e| Error::io("shell socket", e))?,
+            ),
+            &shell,
+        );
         let control = std::thread::Builder::new()
             .name(format!("ntng-control-{}", info.name))
             .spawn(move || {
@@ -335,12 +330,7 @@ impl QemuBackend {
         };
         let tic = Instant::now();
         let mut last_note = Instant::now();
-        let mut guard = self.shell.lock().unwrap();
-        let shell = guard.as_mut().ok_or_else(|| Error::InvalidState {
-            machine: info.name.clone(),
-            message: "the machine has no shell connection".to_string(),
-        })?;
-        let r = shell.wait_for_handshake(deadline, &mut || {
+        let r = self.shell.handshake(info, deadline, &mut || {
             if last_note.elapsed() >= Duration::from_secs(30) {
                 last_note = Instant::now();
                 info.log("Guest root shell did not produce any data yet...");
@@ -348,7 +338,6 @@ impl QemuBackend {
             }
             !deadline.expired()
         });
-        drop(guard);
         match r {
             Ok(()) => {}
             Err(ShellError::Interrupted) => return Err(Error::Interrupted),
@@ -375,18 +364,13 @@ impl QemuBackend {
             "(connecting took {:.2} seconds)",
             tic.elapsed().as_secs_f64()
         ));
-        self.connected.store(true, Ordering::SeqCst);
         Ok(())
     }
 
     /// Forgets the running process after it exited or was killed.
     fn clear(&self) {
-        if let Some(sock) = self.shell_socket.lock().unwrap().take() {
-            let _ = sock.shutdown(std::net::Shutdown::Both);
-        }
+        self.shell.clear();
         let run = self.running.lock().unwrap().take();
-        *self.shell.lock().unwrap() = None;
-        self.connected.store(false, Ordering::SeqCst);
         if let Some(run) = run {
             if let Some(reader) = run.console_reader.lock().unwrap().take() {
                 let _ = reader.join();
@@ -394,20 +378,9 @@ impl QemuBackend {
         }
     }
 
-    /// Sends raw bytes on the shell (upstream's `poweroff`).
-    fn send_raw(&self, info: &MachineInfo, data: &[u8]) -> Result<()> {
-        let mut guard = self.shell.lock().unwrap();
-        match guard.as_mut() {
-            Some(shell) => shell
-                .send_raw(data)
-                .map_err(|e| self.guest_error(info, format!("writing to the shell: {e}"))),
-            None => Ok(()),
-        }
-    }
-
     /// Marks the shell as needing a new handshake (after a reboot).
     pub fn disconnect(&self) {
-        self.connected.store(false, Ordering::SeqCst);
+        self.shell.disconnect();
     }
 }
 
@@ -441,7 +414,7 @@ impl Backend for QemuBackend {
     }
 
     fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::SeqCst)
+        self.shell.is_connected()
     }
 
     fn pid(&self) -> Option<u32> {
@@ -460,36 +433,22 @@ impl Backend for QemuBackend {
         reply: Reply,
         deadline: Deadline,
     ) -> Result<(i32, Vec<u8>)> {
-        let mut guard = self.shell.lock().unwrap();
-        let shell = guard.as_mut().ok_or_else(|| Error::InvalidState {
-            machine: info.name.clone(),
-            message: format!("cannot run `{command}`: the machine is not running"),
-        })?;
-        match shell.execute(command, timeout, reply, deadline) {
-            Ok(v) => Ok(v),
-            Err(ShellError::Interrupted) => Err(Error::Interrupted),
-            Err(ShellError::Disconnected) => {
-                drop(guard);
-                self.connected.store(false, Ordering::SeqCst);
-                let note = self.exit_note();
-                Err(self.guest_error(
-                    info,
-                    format!("the machine stopped while running `{command}`{note}"),
-                ))
-            }
-            Err(ShellError::TimedOut) => Err(self.guest_error(
-                info,
-                format!("no answer from the guest to `{command}` in time (the command's timeout plus 60 s)"),
-            )),
-            Err(e) => Err(self.guest_error(info, format!("running `{command}`: {e}"))),
-        }
+        self.shell.execute(
+            info,
+            &self.console,
+            command,
+            timeout,
+            reply,
+            deadline,
+            &|| self.exit_note(),
+        )
     }
 
     fn shutdown(&self, info: &MachineInfo) -> Result<()> {
         if !self.is_booted() {
             return Ok(());
         }
-        self.send_raw(info, b"poweroff\n")?;
+        self.shell.send_raw(info, &self.console, b"poweroff\n")?;
         self.wait_for_shutdown(info)
     }
 

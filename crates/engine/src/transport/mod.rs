@@ -1,3 +1,4 @@
 //! Transports: how commands reach a guest.
 
 pub mod shell;
+pub mod slot;

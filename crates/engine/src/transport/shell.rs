@@ -91,6 +91,16 @@ impl Framing {
     }
 }
 
+/// What runs before every command on a NixOS backdoor (upstream's `execute`).
+pub const VM_PREAMBLE: &str = "set -euo pipefail; ";
+/// What runs before every command in a container. Upstream runs
+/// `set -eo pipefail; source /etc/profile; set -u;` in a fresh shell with an empty
+/// environment; the container's persistent shell sources the profile once when it starts
+/// ([`CONTAINER_SETUP`]), and every command's subshell inherits exactly that environment.
+pub const CONTAINER_PREAMBLE: &str = "set -eo pipefail; set -u; ";
+/// Run once in a container's shell before its handshake.
+pub const CONTAINER_SETUP: &str = "source /etc/profile >/dev/null 2>&1 </dev/null; set +eu\n";
+
 /// Builds the line sent for one command, and how many reply lines it produces.
 pub fn command_line(
     command: &str,
@@ -98,7 +108,18 @@ pub fn command_line(
     reply: Reply,
     framing: Framing,
 ) -> (String, usize) {
-    let script = shell_quote(&format!("set -euo pipefail; {command}"));
+    command_line_with(VM_PREAMBLE, command, timeout, reply, framing)
+}
+
+/// [`command_line`] with another preamble.
+pub fn command_line_with(
+    preamble: &str,
+    command: &str,
+    timeout: Option<Duration>,
+    reply: Reply,
+    framing: Framing,
+) -> (String, usize) {
+    let script = shell_quote(&format!("{preamble}{command}"));
     let run = match (timeout, framing) {
         (Some(t), _) => format!("timeout {} bash -c {script}", timeout_arg(t)),
         (None, Framing::Upstream) => format!(" bash -c {script}"),
@@ -124,6 +145,7 @@ pub struct Shell {
     buf: Vec<u8>,
     scratch: Box<[u8]>,
     framing: Framing,
+    preamble: &'static str,
     /// Reply lines of an abandoned command (interrupted or timed out) still to be skipped,
     /// so the next command reads its own answer.
     owed_lines: usize,
@@ -139,6 +161,7 @@ impl Shell {
     pub fn with_framing(stream: UnixStream, framing: Framing) -> Self {
         Shell {
             framing,
+            preamble: VM_PREAMBLE,
             stream,
             buf: Vec::new(),
             scratch: vec![0u8; 256 * 1024].into_boxed_slice(),
@@ -146,7 +169,14 @@ impl Shell {
         }
     }
 
-    /// Reads until the handshake line; `on_data` sees every chunk (for the log).
+    /// Uses `preamble` before every command instead of the VM's.
+    pub fn with_preamble(mut self, preamble: &'static str) -> Self {
+        self.preamble = preamble;
+        self
+    }
+
+    /// Reads until the handshake line; `on_idle` is called when a slice passes without data
+    /// and says whether to keep waiting.
     pub fn wait_for_handshake(
         &mut self,
         deadline: Deadline,
@@ -183,7 +213,7 @@ impl Shell {
             self.read_line(deadline)?;
             self.owed_lines -= 1;
         }
-        let (line, lines) = command_line(command, timeout, reply, self.framing);
+        let (line, lines) = command_line_with(self.preamble, command, timeout, reply, self.framing);
         self.send_raw(line.as_bytes())?;
         if reply == Reply::Nothing {
             self.owed_lines = lines;

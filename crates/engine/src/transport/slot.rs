@@ -1,0 +1,126 @@
+//! A machine's shell connection as backends hold it: the connection, whether it passed the
+//! handshake, and the mapping of transport failures to errors naming the machine.
+
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::shell::{Reply, Shell, ShellError};
+use crate::console::Console;
+use crate::error::{Error, Result};
+use crate::interrupt::Deadline;
+use crate::machine::MachineInfo;
+
+const CONSOLE_TAIL: usize = 20;
+
+/// The shell of one machine.
+#[derive(Default)]
+pub struct ShellSlot {
+    shell: Mutex<Option<Shell>>,
+    /// A second handle on the socket, so `clear` can wake a blocked reader.
+    socket: Mutex<Option<UnixStream>>,
+    connected: AtomicBool,
+}
+
+/// A guest failure naming the machine, with the console's last lines.
+pub fn guest_error(info: &MachineInfo, console: &Console, message: String) -> Error {
+    Error::Guest {
+        machine: info.name.clone(),
+        message,
+        console_tail: console.tail(CONSOLE_TAIL),
+    }
+}
+
+impl ShellSlot {
+    /// Installs a new connection (not yet connected: the handshake comes next).
+    pub fn set(&self, shell: Shell, socket: &UnixStream) {
+        *self.socket.lock().unwrap() = socket.try_clone().ok();
+        *self.shell.lock().unwrap() = Some(shell);
+        self.connected.store(false, Ordering::SeqCst);
+    }
+
+    /// Drops the connection, waking any reader.
+    pub fn clear(&self) {
+        if let Some(sock) = self.socket.lock().unwrap().take() {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        }
+        *self.shell.lock().unwrap() = None;
+        self.connected.store(false, Ordering::SeqCst);
+    }
+
+    /// True once the handshake passed.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    /// Marks the shell as needing a new handshake (after a reboot).
+    pub fn disconnect(&self) {
+        self.connected.store(false, Ordering::SeqCst);
+    }
+
+    /// Waits for the handshake; `on_idle` runs when a slice passes without data.
+    pub fn handshake(
+        &self,
+        info: &MachineInfo,
+        deadline: Deadline,
+        on_idle: &mut dyn FnMut() -> bool,
+    ) -> std::result::Result<(), ShellError> {
+        let mut guard = self.shell.lock().unwrap();
+        let shell = guard.as_mut().ok_or(ShellError::Disconnected)?;
+        shell.wait_for_handshake(deadline, on_idle)?;
+        drop(guard);
+        self.connected.store(true, Ordering::SeqCst);
+        let _ = info;
+        Ok(())
+    }
+
+    /// Sends raw bytes (e.g. `poweroff\n`); nothing happens without a connection.
+    pub fn send_raw(&self, info: &MachineInfo, console: &Console, data: &[u8]) -> Result<()> {
+        match self.shell.lock().unwrap().as_mut() {
+            Some(shell) => shell
+                .send_raw(data)
+                .map_err(|e| guest_error(info, console, format!("writing to the shell: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs one command; `exit_note` describes how the machine ended when it vanished.
+    #[allow(clippy::too_many_arguments)]
+    pub fn execute(
+        &self,
+        info: &MachineInfo,
+        console: &Console,
+        command: &str,
+        timeout: Option<Duration>,
+        reply: Reply,
+        deadline: Deadline,
+        exit_note: &dyn Fn() -> String,
+    ) -> Result<(i32, Vec<u8>)> {
+        let mut guard = self.shell.lock().unwrap();
+        let shell = guard.as_mut().ok_or_else(|| Error::InvalidState {
+            machine: info.name.clone(),
+            message: format!("cannot run `{command}`: the machine is not running"),
+        })?;
+        match shell.execute(command, timeout, reply, deadline) {
+            Ok(v) => Ok(v),
+            Err(ShellError::Interrupted) => Err(Error::Interrupted),
+            Err(ShellError::Disconnected) => {
+                drop(guard);
+                self.connected.store(false, Ordering::SeqCst);
+                let note = exit_note();
+                Err(guest_error(
+                    info,
+                    console,
+                    format!("the machine stopped while running `{command}`{note}"),
+                ))
+            }
+            Err(ShellError::TimedOut) => Err(guest_error(
+                info,
+                console,
+                format!("no answer from the guest to `{command}` in time (the command's timeout plus 60 s)"),
+            )),
+            Err(e) => Err(guest_error(info, console, format!("running `{command}`: {e}"))),
+        }
+    }
+}
