@@ -56,6 +56,16 @@ pub fn tmp_dir() -> Result<PathBuf> {
     ))
 }
 
+/// Containers need root, as upstream checks before anything starts.
+fn require_root_for_containers(uid: u32, machines: &[MachineConfig]) -> Result<()> {
+    if uid != 0 && machines.iter().any(|m| m.kind == MachineKind::Nspawn) {
+        return Err(Error::Config(format!(
+            "systemd-nspawn requires root to work. You are {uid}"
+        )));
+    }
+    Ok(())
+}
+
 fn writable(p: &Path) -> bool {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap_or_default();
     // SAFETY: access(2) on a NUL-terminated path.
@@ -66,17 +76,7 @@ impl Driver {
     /// Creates the tmp dirs, starts the VLANs and builds (without starting) the machines.
     pub fn new(config: Config, logger: Arc<Logger>) -> Result<Driver> {
         // SAFETY: plain getter.
-        let uid = unsafe { libc::geteuid() };
-        if uid != 0
-            && config
-                .machines
-                .iter()
-                .any(|m| m.kind == MachineKind::Nspawn)
-        {
-            return Err(Error::Config(format!(
-                "systemd-nspawn requires root to work. You are {uid}"
-            )));
-        }
+        require_root_for_containers(unsafe { libc::geteuid() }, &config.machines)?;
         let tmp_dir = tmp_dir()?;
         let shared_dir = tmp_dir.join("shared-xchg");
         std::fs::DirBuilder::new()
@@ -325,5 +325,30 @@ impl Drop for Driver {
         for m in &self.machines {
             m.release();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containers_need_root() {
+        let vm = MachineConfig {
+            name: "a".into(),
+            start_script: "run-a-vm".into(),
+            kind: MachineKind::Qemu,
+        };
+        let container = MachineConfig {
+            kind: MachineKind::Nspawn,
+            ..vm.clone()
+        };
+        assert!(require_root_for_containers(1000, std::slice::from_ref(&vm)).is_ok());
+        assert!(require_root_for_containers(0, std::slice::from_ref(&container)).is_ok());
+        let e = require_root_for_containers(1000, &[vm, container]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "systemd-nspawn requires root to work. You are 1000"
+        );
     }
 }

@@ -119,19 +119,37 @@ impl NspawnBackend {
         }
     }
 
-    /// The container's PID 1: the single child of systemd-nspawn.
+    /// The container's PID 1: the child of systemd-nspawn in another PID namespace (its
+    /// short-lived helper children share nspawn's), or, as upstream assumes, its single child
+    /// once that has stayed the same for a moment.
     fn container_init(&self, info: &MachineInfo, run: &Running, deadline: Deadline) -> Result<u32> {
         let nspawn = self.nspawn_pid(info, run)?;
-        let children = format!("/proc/{nspawn}/task/{nspawn}/children");
+        let own_ns = std::fs::read_link(format!("/proc/{nspawn}/ns/pid")).ok();
+        let mut single: Option<(u32, Instant)> = None;
         loop {
-            let text = std::fs::read_to_string(&children).unwrap_or_default();
-            let pids: Vec<u32> = text
+            let children =
+                std::fs::read_to_string(format!("/proc/{nspawn}/task/{nspawn}/children"))
+                    .unwrap_or_default();
+            let pids: Vec<u32> = children
                 .split_whitespace()
                 .filter_map(|p| p.parse().ok())
                 .collect();
-            if let [init] = pids[..] {
+            if let Some(&init) = pids.iter().find(|p| {
+                let ns = std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+                ns.is_some() && own_ns.is_some() && ns != own_ns
+            }) {
                 return Ok(init);
             }
+            single = match (pids[..].first(), pids.len(), single) {
+                (Some(&p), 1, Some((q, since))) if p == q => {
+                    if since.elapsed() >= Duration::from_millis(200) {
+                        return Ok(p);
+                    }
+                    Some((q, since))
+                }
+                (Some(&p), 1, _) => Some((p, Instant::now())),
+                _ => None,
+            };
             if run.process.exit_status().is_some() {
                 let note = self.exit_note();
                 return Err(guest_error(
@@ -221,6 +239,8 @@ impl NspawnBackend {
             if let Some(shell) = run.shell_process.lock().unwrap().take() {
                 shell.kill();
             }
+            // Whatever is left of the start script's group may hold the console open.
+            run.process.kill();
             if let Some(reader) = run.console_reader.lock().unwrap().take() {
                 let _ = reader.join();
             }

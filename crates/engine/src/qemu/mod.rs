@@ -372,6 +372,8 @@ impl QemuBackend {
         self.shell.clear();
         let run = self.running.lock().unwrap().take();
         if let Some(run) = run {
+            // Whatever is left of the start script's group may hold the console open.
+            run.process.kill();
             if let Some(reader) = run.console_reader.lock().unwrap().take() {
                 let _ = reader.join();
             }

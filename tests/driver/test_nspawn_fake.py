@@ -1,0 +1,140 @@
+"""The container backend against a fake `run-<name>-nspawn`: a script that announces its pid
+like upstream's and runs one child as the "container init" in the host's own namespaces,
+so nsenter works without systemd. Real containers are tested in tests/e2e."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+FAKE = """\
+#!/bin/bash
+# a fake container: announce the pid, print the environment, run one "init" child
+{before}
+echo "systemd-nspawn's PID is $$"
+echo "env: $(env | grep -v '^_=' | sort | tr '\\n' ' ')"
+sleep 600 &
+echo "Welcome to the fake container!"
+wait
+"""
+
+
+@pytest.fixture
+def fake_container(driver_env):
+    def make(name: str = "box", before: str = "") -> str:
+        path = driver_env.write_script(f"run-{name}-nspawn", FAKE.format(before=before), True)
+        return str(path)
+
+    return make
+
+
+def run(driver_env, run_driver, scripts: list[str], body: str, timeout: float = 60):
+    test = driver_env.write_script("t.py", textwrap.dedent(body))
+    return run_driver(["--container-start-scripts", *scripts, "--", test], timeout=timeout)
+
+
+def test_commands_run_with_the_profile_and_an_empty_environment(
+    driver_env, run_driver, fake_container
+):
+    script = fake_container()
+    r = run(
+        driver_env,
+        run_driver,
+        [script],
+        """
+        assert isinstance(box, NspawnMachine) and machines_nspawn == [box]
+        assert machines_qemu == []
+        box.start()
+        assert box.booted
+        assert box.succeed("echo $PATH").startswith("/")  # from /etc/profile
+        assert box.succeed("echo ${RUN_NSPAWN_ROOT_DIR:-unset}") == "unset\\n"
+        assert box.execute("exit 3") == (3, "")
+        box.fail("false")
+        try:
+            box.succeed("echo $UNDEFINED_VARIABLE")  # set -u, as upstream
+        except AssertionError:
+            pass
+        else:
+            raise SystemExit("set -u is not in effect")
+        box.wait_for_console_text("Welcome to the fake")
+        assert "Welcome to the fake container!" in box.get_console_log()
+        print("PID", box.pid)
+        """,
+    )
+    assert r.returncode == 0, r
+    assert "box: systemd-nspawn running (pid " in r.stderr
+    assert "box # Welcome to the fake container!" in r.stderr
+    # the start script's environment is replaced by the two upstream variables
+    env_line = next(line for line in r.stderr.splitlines() if "box # env:" in line)
+    assert "RUN_NSPAWN_ROOT_DIR=" in env_line and "RUN_NSPAWN_SHARED_DIR=" in env_line
+    assert "PATH=" not in env_line.replace("RUN_NSPAWN", "")
+    assert "vm-state-box" in env_line and "shared-xchg" in env_line
+    assert "kill NspawnMachine (pid " in r.stderr
+
+
+def test_a_container_that_fails_to_boot(driver_env, run_driver, fake_container):
+    script = fake_container(before='echo "cannot set up the container" >&1; exit 7')
+    r = run(driver_env, run_driver, [script], "box.succeed('true')\n")
+    assert r.returncode == 1, r
+    assert "exited (exit status: 7) before printing `systemd-nspawn's PID is N`" in r.stderr
+    assert "cannot set up the container" in r.stderr
+
+
+def test_a_command_after_release_restarts_the_container(driver_env, run_driver, fake_container):
+    """As for VMs (upstream's connect() starts the machine), not an error."""
+    script = fake_container()
+    r = run(
+        driver_env,
+        run_driver,
+        [script],
+        """
+        box.succeed("true")
+        first = box.pid
+        box.release()
+        assert not box.booted and box.pid is None
+        assert box.succeed("echo back") == "back\\n"
+        assert box.pid != first
+        """,
+    )
+    assert r.returncode == 0, r
+    assert r.stderr.count("systemd-nspawn running (pid ") == 2
+
+
+def test_wait_for_shutdown_and_restart(driver_env, run_driver, fake_container):
+    script = fake_container()
+    r = run(
+        driver_env,
+        run_driver,
+        [script],
+        """
+        box.succeed("true")
+        first = box.pid
+        # the fake "poweroff": end the start script
+        box.execute(f"kill {first}", check_return=False, check_output=False)
+        box.wait_for_shutdown()
+        assert not box.is_up() and not box.booted
+        box.start()
+        assert box.succeed("echo again") == "again\\n"
+        assert box.pid != first
+        """,
+    )
+    assert r.returncode == 0, r
+    assert "box: waiting for the container to power off" in r.stderr
+
+
+def test_containers_and_machine_names(driver_env, run_driver, fake_container):
+    scripts = [fake_container("c1"), fake_container("my-box")]
+    r = run(
+        driver_env,
+        run_driver,
+        scripts,
+        """
+        start_all()
+        assert [m.name for m in machines] == ["c1", "my-box"]
+        assert my_box.succeed("echo hi") == "hi\\n"
+        assert c1.succeed("echo ho") == "ho\\n"
+        assert repr(my_box) == "<NspawnMachine 'my-box'>"
+        """,
+    )
+    assert r.returncode == 0, r
