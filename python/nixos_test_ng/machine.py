@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 from nixos_test_ng import _native
 
@@ -23,6 +24,15 @@ class BaseMachine(_native.Machine):
         """
         pattern = re.compile(regex)
         self._wait_for_console_text(regex, lambda text: pattern.search(text) is not None, timeout)
+
+    def copy_from_vm(self, source: str, target_dir: str = "") -> None:
+        """Deprecated alias of `copy_from_machine`, as upstream."""
+        warnings.warn(
+            "copy_from_vm() is deprecated, use copy_from_machine()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        self.copy_from_machine(source, target_dir)
 
 
 class QemuMachine(BaseMachine):

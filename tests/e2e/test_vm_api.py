@@ -119,6 +119,29 @@ with subtest("logging"):
     server.wait_for_console_text("hidden-serial-line", timeout=30)
     serial_stdout_on()
 
+with subtest("files"):
+    import pathlib, stat
+    src = pathlib.Path(driver.config.out_dir) / "host dir"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "it's a file").write_text("hello\n")
+    (src / "run.sh").write_text("#!/bin/sh\necho ran\n")
+    (src / "run.sh").chmod(0o755)
+    server.copy_from_host(str(src), "/root/copied dir")
+    assert server.succeed("cat '/root/copied dir/sub/it'\\''s a file'") == "hello\n"
+    assert server.succeed("'/root/copied dir/run.sh'") == "ran\n"
+    server.copy_from_host_via_shell(str(src / "run.sh"), "/tmp/via-shell.sh")
+    assert server.succeed("cat /tmp/via-shell.sh").startswith("#!/bin/sh")
+    server.succeed("mkdir -p /tmp/out/d && echo from-guest > '/tmp/out/d/a b'")
+    server.copy_from_machine("/tmp/out/d", "fetched")
+    fetched = pathlib.Path(driver.config.out_dir) / "fetched" / "d" / "a b"
+    assert fetched.read_text() == "from-guest\n"
+    import warnings as w
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        server.copy_from_vm("/tmp/via-shell.sh")
+    assert any(issubclass(c.category, DeprecationWarning) for c in caught)
+    assert (pathlib.Path(driver.config.out_dir) / "via-shell.sh").exists()
+
 with subtest("retry and polling conditions"):
     tries = []
     retry(lambda last: tries.append(last) or len(tries) >= 2, timeout=5)
@@ -155,7 +178,14 @@ def test_shell_api_and_namespace(vm_env):
     assert "server # hidden-serial-line" not in err  # serial_stdout_off() hid it
     assert "additionally exposed symbols:" in r.stdout
     junit = (vm_env.out / "junit.xml").read_text()
-    for name in ["execute", "succeed and fail", "waits", "console", "retry and polling conditions"]:
+    for name in [
+        "execute",
+        "succeed and fail",
+        "waits",
+        "console",
+        "files",
+        "retry and polling conditions",
+    ]:
         assert f'name="{name}"' in junit, name
     assert "<failure" not in junit
 

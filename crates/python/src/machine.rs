@@ -435,6 +435,39 @@ impl Machine {
         self.call(py, move |m| m.send_console(chars.as_bytes()))
     }
 
+    /// Copies a host file or directory to `target` in the machine (through the shared dir).
+    fn copy_from_host(
+        &self,
+        py: Python<'_>,
+        source: std::path::PathBuf,
+        target: String,
+    ) -> PyResult<()> {
+        self.call(py, move |m| m.copy_from_host(&source, &target))
+    }
+
+    /// Copies a host file to `target` through the shell (base64).
+    fn copy_from_host_via_shell(
+        &self,
+        py: Python<'_>,
+        source: std::path::PathBuf,
+        target: String,
+    ) -> PyResult<()> {
+        self.call(py, move |m| m.copy_from_host_via_shell(&source, &target))
+    }
+
+    /// Copies a file or directory from the machine into the output directory.
+    #[pyo3(signature = (source, target_dir=String::new()))]
+    fn copy_from_machine(
+        &self,
+        py: Python<'_>,
+        source: String,
+        target_dir: String,
+    ) -> PyResult<()> {
+        self.call(py, move |m| {
+            m.copy_from_machine(&source, &target_dir).map(drop)
+        })
+    }
+
     /// `systemctl <q>` (as `user` when given); returns `(status, output)`.
     #[pyo3(signature = (q, user=None))]
     fn systemctl(

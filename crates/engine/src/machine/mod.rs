@@ -2,6 +2,7 @@
 //! backends (logging, polling-condition hooks, `succeed`, the `wait_*` family, systemd).
 
 mod api;
+mod files;
 mod systemd;
 
 use std::path::{Path, PathBuf};
