@@ -13,16 +13,30 @@ from pathlib import Path
 
 from nixos_test_ng.cli import EXIT_USAGE, run_driver
 
-MACHINE_SPEC = re.compile(r"^([A-Za-z0-9_][A-Za-z0-9_.-]*)(?::(\d+(?:,\d+)*))?$")
+MACHINE_SPEC = re.compile(r"^([A-Za-z0-9_][A-Za-z0-9_.-]*)(?::(\d+(?:,\d+)*))?(?:@([a-z-]+))?$")
+
+#: `@KIND` of `--machine`: the guest kinds of `nixos_test_ng.guest`, with short aliases.
+KIND_ALIASES = {
+    "vm": "busybox",
+    "busybox": "busybox",
+    "systemd": "systemd-vm",
+    "systemd-vm": "systemd-vm",
+    "container": "systemd-nspawn",
+    "nspawn": "systemd-nspawn",
+    "systemd-nspawn": "systemd-nspawn",
+}
 
 
-def parse_machine(spec: str) -> tuple[str, list[int]]:
-    """`NAME[:VLAN,...]` → (name, vlans)."""
+def parse_machine(spec: str) -> tuple[str, list[int], str]:
+    """`NAME[:VLAN,...][@KIND]` → (name, vlans, kind)."""
     m = MACHINE_SPEC.match(spec)
-    if not m:
-        raise ValueError(f"invalid machine `{spec}` (expected NAME or NAME:VLAN[,VLAN...])")
+    if not m or (m.group(3) and m.group(3) not in KIND_ALIASES):
+        raise ValueError(
+            f"invalid machine `{spec}` (expected NAME[:VLAN[,VLAN...]][@KIND] with KIND one of "
+            f"{', '.join(KIND_ALIASES)})"
+        )
     vlans = [int(v) for v in m.group(2).split(",")] if m.group(2) else []
-    return m.group(1), vlans
+    return m.group(1), vlans, KIND_ALIASES[m.group(3) or "vm"]
 
 
 def main(argv: list[str]) -> int:
@@ -40,30 +54,44 @@ def main(argv: list[str]) -> int:
         "-m",
         action="append",
         default=[],
-        metavar="NAME[:VLAN,...]",
-        help="a VM and the VLANs it joins (repeatable; default: one VM called `machine`)",
+        metavar="NAME[:VLAN,...][@KIND]",
+        help="a machine, the VLANs it joins and its kind: vm (the busybox VM, the default), "
+        "systemd (a Debian systemd VM) or container (a Debian systemd-nspawn container); "
+        "repeatable; default: one busybox VM called `machine`",
     )
-    parser.add_argument("--memory", type=int, default=256, help="MiB of RAM per VM")
+    parser.add_argument("--memory", type=int, default=None, help="MiB of RAM per VM")
     parser.add_argument(
         "--scripts-dir", help="where to write the start scripts (default: a temp dir)"
     )
     args = parser.parse_args(argv)
     try:
-        nodes = dict(parse_machine(s) for s in (args.machine or ["machine"]))
+        specs = [parse_machine(s) for s in (args.machine or ["machine"])]
     except ValueError as e:
         parser.print_usage()
         print(f"nixos-test-ng run: error: {e}")
         return EXIT_USAGE
 
-    from nixos_test_ng.guest import ensure_built, write_start_scripts
+    nodes = {name: vlans for name, vlans, _ in specs}
+    kinds = {name: kind for name, _, kind in specs}
+    from nixos_test_ng import guest
 
-    guest_dir = ensure_built()
+    guest_dir = guest.ensure_built()
+    if any(k != "busybox" for k in kinds.values()):
+        guest.ensure_systemd_built(guest_dir)
     with tempfile.TemporaryDirectory(prefix="nixos-test-ng-run-") as tmp:
         out = Path(args.scripts_dir or tmp)
         out.mkdir(parents=True, exist_ok=True)
-        scripts = write_start_scripts(out, nodes, guest_dir=guest_dir, memory=args.memory)
+        scripts = guest.write_start_scripts(
+            out, nodes, guest_dir=guest_dir, memory=args.memory, kinds=kinds
+        )
+        vms = [str(p) for n, p in scripts.items() if kinds[n] != "systemd-nspawn"]
+        containers = [str(p) for n, p in scripts.items() if kinds[n] == "systemd-nspawn"]
         vlans = sorted({v for vs in nodes.values() for v in vs})
-        cmd = ["--vm-start-scripts", *[str(p) for p in scripts.values()]]
+        cmd = []
+        if vms:
+            cmd += ["--vm-start-scripts", *vms]
+        if containers:
+            cmd += ["--container-start-scripts", *containers]
         if vlans:
             cmd += ["--vlans", *map(str, vlans)]
         return run_driver([*cmd, *driver_args, "--", args.script])

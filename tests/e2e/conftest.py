@@ -36,9 +36,13 @@ def vm_env(tmp_path: Path, guest_dir: Path):
         root = tmp_path
         out = tmp_path / "out"
 
-        def scripts(self, nodes: dict[str, list[int]]) -> list[str]:
-            paths = write_start_scripts(tmp_path / "scripts", nodes, guest_dir=guest_dir)
-            return [str(p) for p in paths.values()]
+        def scripts(
+            self, nodes: dict[str, list[int]], kinds: dict[str, str] | None = None
+        ) -> dict[str, str]:
+            paths = write_start_scripts(
+                tmp_path / "scripts", nodes, guest_dir=guest_dir, kinds=kinds
+            )
+            return {name: str(p) for name, p in paths.items()}
 
         def environ(self) -> dict[str, str]:
             env = dict(os.environ)
@@ -47,14 +51,27 @@ def vm_env(tmp_path: Path, guest_dir: Path):
             env.pop("WAYLAND_DISPLAY", None)
             return env
 
-        def spawn(self, nodes: dict[str, list[int]], script: str, *extra: str) -> subprocess.Popen:
+        def spawn(
+            self,
+            nodes: dict[str, list[int]],
+            script: str,
+            *extra: str,
+            kinds: dict[str, str] | None = None,
+        ) -> subprocess.Popen:
             (tmp_path / "xdg").mkdir(exist_ok=True)
             self.out.mkdir(exist_ok=True)
             test = tmp_path / "test.py"
             test.write_text(script)
             vlans = sorted({v for vs in nodes.values() for v in vs})
-            args = ["nixos-test-driver", "-o", str(self.out), "--vm-start-scripts"]
-            args += self.scripts(nodes)
+            kinds = kinds or {}
+            scripts = self.scripts(nodes, kinds)
+            vms = [p for n, p in scripts.items() if kinds.get(n) != "systemd-nspawn"]
+            containers = [p for n, p in scripts.items() if kinds.get(n) == "systemd-nspawn"]
+            args = ["nixos-test-driver", "-o", str(self.out)]
+            if vms:
+                args += ["--vm-start-scripts", *vms]
+            if containers:
+                args += ["--container-start-scripts", *containers]
             if vlans:
                 args += ["--vlans", *map(str, vlans)]
             args += [*extra, "--", str(test)]
@@ -70,8 +87,15 @@ def vm_env(tmp_path: Path, guest_dir: Path):
             started.append(p)
             return p
 
-        def run(self, nodes: dict[str, list[int]], script: str, *extra: str, timeout=300) -> Run:
-            p = self.spawn(nodes, script, *extra)
+        def run(
+            self,
+            nodes: dict[str, list[int]],
+            script: str,
+            *extra: str,
+            timeout=300,
+            kinds: dict[str, str] | None = None,
+        ) -> Run:
+            p = self.spawn(nodes, script, *extra, kinds=kinds)
             out, err = p.communicate(timeout=timeout)
             return Run(p.returncode, out, err)
 

@@ -1,0 +1,193 @@
+"""The systemd part of the Machine API on the Debian systemd guest, as a container and as a
+VM, and the container backend's lifecycle and faults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture(scope="session")
+def systemd_guest(guest_dir):
+    from nixos_test_ng.guest import ensure_systemd_built
+    from nixos_test_ng.guest.errors import GuestError
+
+    try:
+        return ensure_systemd_built(guest_dir)
+    except GuestError as e:
+        pytest.skip(f"the Debian systemd guest cannot be built here: {e}")
+
+
+SYSTEMD_API = r"""
+m = machine
+m.start()
+with subtest("wait_for_unit"):
+    m.wait_for_unit("multi-user.target", timeout=120)
+    m.wait_for_unit("dbus.service", timeout=60)
+
+with subtest("unit info and properties"):
+    assert m.get_unit_info("dbus.service")["ActiveState"] == "active"
+    assert m.get_unit_property("dbus.service", "ActiveState") == "active"
+    m.require_unit_state("dbus.service")
+    m.require_unit_state("does-not-exist.service", "inactive")
+    try:
+        m.require_unit_state("dbus.service", "failed")
+    except AssertionError as e:
+        assert "to to be in state 'failed' but it is in state 'active'" in str(e), e
+    else:
+        raise SystemExit("require_unit_state did not fail")
+
+with subtest("systemctl, start_job, stop_job"):
+    m.succeed(
+        "printf '[Service]\\nExecStart=/bin/sleep 600\\n' > /etc/systemd/system/sleeper.service"
+    )
+    assert m.systemctl("daemon-reload")[0] == 0
+    assert m.start_job("sleeper.service")[0] == 0
+    m.wait_for_unit("sleeper.service")
+    assert m.stop_job("sleeper.service")[0] == 0
+    m.require_unit_state("sleeper.service", "inactive")
+    assert m.systemctl("is-active sleeper.service") == (3, "inactive\n")
+
+with subtest("upstream's failure rules, with status and journal"):
+    m.succeed(
+        "printf '[Service]\\nType=oneshot\\nExecStart=/bin/sh -c \"echo broken-unit-says-hi; exit 3\"\\n'"
+        " > /etc/systemd/system/broken.service"
+    )
+    m.systemctl("daemon-reload")
+    m.systemctl("start broken.service")
+    try:
+        m.wait_for_unit("broken.service", timeout=60)
+    except AssertionError as e:
+        assert 'unit "broken.service" reached state "failed"' in str(e), e
+        assert "broken-unit-says-hi" in str(e), e  # the journal tail is in the error
+    else:
+        raise SystemExit("wait_for_unit did not fail on a failed unit")
+    try:
+        m.wait_for_unit("never-started.service", timeout=60)
+    except AssertionError as e:
+        assert "is inactive and there are no pending jobs" in str(e), e
+    else:
+        raise SystemExit("wait_for_unit did not fail on an inactive unit")
+    m.succeed(
+        "printf '[Service]\\nType=oneshot\\nExecStart=/bin/sleep 600\\n' > /etc/systemd/system/slow.service"
+    )
+    m.systemctl("daemon-reload")
+    m.systemctl("start --no-block slow.service")
+    try:
+        m.wait_for_unit("slow.service", timeout=3)
+    except AssertionError as e:
+        assert "timed out" in str(e), e
+    else:
+        raise SystemExit("wait_for_unit did not time out")
+
+with subtest("user units of a lingering user"):
+    m.succeed("useradd -m alice", "loginctl enable-linger alice")
+    m.wait_for_unit("default.target", user="alice", timeout=120)
+    m.succeed(
+        "mkdir -p ~alice/.config/systemd/user",
+        "printf '[Service]\\nExecStart=/bin/sleep 600\\n' > ~alice/.config/systemd/user/nap.service",
+        "chown -R alice: ~alice/.config",
+    )
+    assert m.systemctl("daemon-reload", user="alice")[0] == 0
+    assert m.start_job("nap.service", user="alice")[0] == 0
+    m.wait_for_unit("nap.service", user="alice")
+    assert m.get_unit_property("nap.service", "ActiveState", user="alice") == "active"
+    assert m.stop_job("nap.service", user="alice")[0] == 0
+
+with subtest("files"):
+    import pathlib
+    src = pathlib.Path(driver.config.out_dir) / "in.txt"
+    src.write_text("to the machine\n")
+    m.copy_from_host(str(src), "/root/in.txt")
+    assert m.succeed("cat /root/in.txt") == "to the machine\n"
+    m.succeed("echo from the machine > /root/out.txt")
+    m.copy_from_machine("/root/out.txt")
+    assert (pathlib.Path(driver.config.out_dir) / "out.txt").read_text() == "from the machine\n"
+"""
+
+
+@pytest.mark.parametrize("kind", ["systemd-nspawn", "systemd-vm"])
+def test_systemd_api(vm_env, systemd_guest, kind):
+    r = vm_env.run({"machine": []}, SYSTEMD_API, kinds={"machine": kind}, timeout=600)
+    assert r.returncode == 0, r.stderr[-8000:]
+    assert "machine: waiting for unit multi-user.target" in r.stderr
+    assert "machine: waiting for unit nap.service with user alice" in r.stderr
+    if kind == "systemd-nspawn":
+        assert "kill NspawnMachine (pid " in r.stderr
+        assert "machine # " in r.stderr  # the container's journal in the log
+
+
+def test_container_lifecycle_and_faults(vm_env, systemd_guest, leftovers):
+    script = r"""
+c = machine
+c.start()
+c.wait_for_unit("multi-user.target", timeout=120)
+with subtest("shutdown and restart"):
+    c.shutdown()
+    assert not c.booted
+    c.start()
+    assert c.succeed("echo back") == "back\n"
+with subtest("a command into a container that died"):
+    os.kill(c.pid, 9)
+    try:
+        c.succeed("true")
+    except Exception as e:
+        assert "machine" in str(e) and ("stopped" in str(e) or "not running" in str(e)), e
+    else:
+        raise SystemExit("a command into a dead container succeeded")
+"""
+    r = vm_env.run({"machine": []}, script, kinds={"machine": "systemd-nspawn"})
+    assert r.returncode == 0, r.stderr[-8000:]
+    assert "machine: waiting for the container to power off" in r.stderr
+
+
+def test_killing_the_driver_leaves_no_container(vm_env, systemd_guest, leftovers):
+    script = 'machine.succeed("true")\nprint("ready", flush=True)\nimport time\ntime.sleep(600)\n'
+    p = vm_env.spawn({"machine": []}, script, kinds={"machine": "systemd-nspawn"})
+    deadline = time.monotonic() + 120
+    line = ""
+    while "ready" not in line and time.monotonic() < deadline:
+        line = p.stdout.readline()
+    assert "ready" in line
+    assert leftovers(vm_env.root, wait=0)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not leftovers(vm_env.root, wait=5)
+    mounts = Path("/proc/mounts").read_text()
+    assert str(vm_env.root) not in mounts
+
+
+def test_a_container_that_fails_to_boot(tmp_path, leftovers):
+    """Real systemd-nspawn, pointed at a root directory that does not exist."""
+    import subprocess
+
+    script = tmp_path / "run-broken-nspawn"
+    script.write_text(
+        "#!/bin/sh\nexport PATH=/usr/sbin:/usr/bin:/sbin:/bin\n"
+        'echo "systemd-nspawn\'s PID is $$"\n'
+        "exec systemd-nspawn --quiet --register=no --keep-unit "
+        f"--directory={tmp_path}/no-such-root --boot\n"
+    )
+    script.chmod(0o755)
+    test = tmp_path / "t.py"
+    test.write_text('broken.succeed("true")\n')
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path / "xdg"))
+    (tmp_path / "xdg").mkdir()
+    r = subprocess.run(
+        ["nixos-test-driver", "--container-start-scripts", str(script), "--", str(test)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert r.returncode == 1, r.stderr
+    assert (
+        "broken: the container stopped before it booted (systemd-nspawn exit status: 1)" in r.stderr
+    )
+    assert not leftovers(tmp_path, wait=3)
