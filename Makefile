@@ -17,9 +17,9 @@ setup:
 install: setup
 	$(PIP) install .
 
-## Build the default busybox guest (cached; rebuilt only when its inputs change).
+## Build the default guests: the busybox VM and the Debian systemd guest (cached).
 guest: install
-	nixos-test-ng guest build
+	nixos-test-ng guest build --systemd
 
 ## Run the example test: two VMs on a VLAN, a server and a client, with subtests.
 demo: guest

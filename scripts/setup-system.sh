@@ -11,7 +11,10 @@ packages=(
   bash-static       # guest /bin/bash (the backdoor needs ${PIPESTATUS})
   cpio kmod zstd    # initramfs packing and module dependency files
   socat             # shell_interact
-  e2fsprogs
+  e2fsprogs         # mkfs.ext4 -d for the systemd guest's disk image
+  debootstrap       # the Debian systemd guest's root file system
+  systemd-container # systemd-nspawn for container machines (run-<name>-nspawn)
+  util-linux        # unshare, nsenter
 )
 
 missing=()

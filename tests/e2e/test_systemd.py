@@ -15,8 +15,7 @@ pytestmark = pytest.mark.vm
 
 @pytest.fixture(scope="session")
 def systemd_guest(guest_dir):
-    from nixos_test_ng.guest import ensure_systemd_built
-    from nixos_test_ng.guest.errors import GuestError
+    from nixos_test_ng.guest import GuestError, ensure_systemd_built
 
     try:
         return ensure_systemd_built(guest_dir)
@@ -135,6 +134,10 @@ with subtest("shutdown and restart"):
     assert c.succeed("echo back") == "back\n"
 with subtest("a command into a container that died"):
     os.kill(c.pid, 9)
+    import time
+    while c.booted:  # the start script is gone...
+        time.sleep(0.05)
+    time.sleep(1)  # ...and its watcher has torn the container down
     try:
         c.succeed("true")
     except Exception as e:

@@ -705,6 +705,11 @@ def _build_locked(guest_dir: Path, flavour: str, force: bool, log: Log) -> Build
     return BuildResult(guest_dir, True, manifest)
 
 
-def ensure_built(out: Path | None = None) -> Path:
-    """Build the guest if needed and return its directory (see `build()`)."""
+def ensure_built(out: Path | str | None = None, systemd: bool = False) -> Path:
+    """Build the guest if needed and return its directory (see `build()`); with `systemd`, the
+    systemd guest too (in `<dir>-systemd`, see `systemd_guest.build_systemd()`)."""
+    if systemd:
+        from .systemd_guest import build_systemd
+
+        return build_systemd(out).guest_dir
     return build(out).guest_dir

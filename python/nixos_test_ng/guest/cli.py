@@ -1,4 +1,4 @@
-"""`nixos-test-ng guest`: build the default test guest and write start scripts for it.
+"""`nixos-test-ng guest`: build the default test guests and write start scripts for them.
 
 Exit statuses: 0 success, 1 the build failed or no guest is built, 2 bad arguments or nodes.
 """
@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from .builder import DEFAULT_FLAVOUR, KERNEL_META, BuildError, GuestError, build, default_guest_dir
-from .scripts import DEFAULT_MEMORY, MAX_NODES, LayoutError, parse_node_spec, write_start_scripts
+from .scripts import KINDS, MAX_NODES, LayoutError, parse_node_spec, write_start_scripts
+from .systemd_guest import DEFAULT_MIRROR, MIRROR_ENV, build_systemd
 
 __all__ = ["main"]
 
@@ -22,8 +23,9 @@ EXIT_USAGE = 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nixos-test-ng guest",
-        description="Build the default busybox test guest from Debian packages and write "
-        "NixOS-style start scripts.",
+        description="Build the default test guests from Debian packages (the busybox guest; "
+        "with `build --systemd`, also the Debian systemd guest) and write NixOS-style start "
+        "scripts.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -48,14 +50,29 @@ def _parser() -> argparse.ArgumentParser:
         "shared directories)",
     )
     b.add_argument(
-        "--force", action="store_true", help="rebuild even if the cached build is up to date"
+        "--force",
+        action="store_true",
+        help="rebuild even if the cached build is up to date (with --systemd: the systemd "
+        "guest, debootstrap included)",
+    )
+    b.add_argument(
+        "--systemd",
+        action="store_true",
+        help="also build the Debian systemd guest (debootstrap, needs root and the Debian "
+        "mirror) into DIR-systemd: the tree for containers, its ext4 image for VMs",
+    )
+    b.add_argument(
+        "--mirror",
+        metavar="URL",
+        help=f"Debian mirror for --systemd (default: ${MIRROR_ENV}, else {DEFAULT_MIRROR})",
     )
 
     s = sub.add_parser(
         "scripts",
-        help="write run-<node>-vm start scripts",
-        description="Write one executable DIR/run-<node>-vm per node. Nodes are numbered by "
-        "sorted name; VLAN v gives node n the NIC address 192.168.v.n/24.",
+        help="write run-<node>-vm / run-<node>-nspawn start scripts",
+        description="Write one executable DIR/run-<node>-vm (VMs) or DIR/run-<node>-nspawn "
+        "(containers) per node. Nodes are numbered by sorted name; VLAN v gives node n the NIC "
+        "address 192.168.v.n/24 (containers get no VLAN NIC yet).",
     )
     s.add_argument(
         "-o",
@@ -76,27 +93,35 @@ def _parser() -> argparse.ArgumentParser:
         "--memory",
         metavar="MB",
         type=int,
-        default=DEFAULT_MEMORY,
-        help=f"guest RAM (default {DEFAULT_MEMORY})",
+        help="RAM of every VM (default: 256 for busybox, 512 for systemd VMs)",
+    )
+    s.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="busybox",
+        help="the kind of the nodes without `@KIND` (default: busybox)",
     )
     s.add_argument(
         "nodes",
-        metavar="NODE[:VLAN[,VLAN...]]",
+        metavar="NODE[:VLAN[,VLAN...]][@KIND]",
         nargs="+",
         help="a node and its VLANs in NIC order (eth1, eth2, ...); a bare NODE is on VLAN 1, "
-        f"`NODE:` on none; at most {MAX_NODES} nodes",
+        f"`NODE:` on none; `@KIND` is one of {', '.join(KINDS)}; at most {MAX_NODES} nodes",
     )
     return parser
 
 
 def _scripts(args: argparse.Namespace) -> int:
     nodes: dict[str, list[int]] = {}
+    kinds: dict[str, str] = {}
     for spec in args.nodes:
+        spec, at, kind = spec.partition("@")
         name, vlans = parse_node_spec(spec)
         if name in nodes:
             raise LayoutError(f"node `{name}` is given twice")
         nodes[name] = vlans
-    written = write_start_scripts(args.out_dir, nodes, args.guest_dir, args.memory)
+        kinds[name] = kind if at else args.kind
+    written = write_start_scripts(args.out_dir, nodes, args.guest_dir, args.memory, kinds)
     for path in written.values():
         print(path)
     return EXIT_OK
@@ -111,8 +136,13 @@ def main(argv: list[str]) -> int:
         return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
     try:
         if args.command == "build":
-            result = build(args.out, flavour=args.kernel, force=args.force)
-            print(result.guest_dir)
+            if args.systemd:
+                guest_dir = build_systemd(
+                    args.out, flavour=args.kernel, force=args.force, mirror=args.mirror
+                ).guest_dir
+            else:
+                guest_dir = build(args.out, flavour=args.kernel, force=args.force).guest_dir
+            print(guest_dir)
             return EXIT_OK
         return _scripts(args)
     except LayoutError as e:

@@ -9,6 +9,10 @@
 #   ntng.hosts=IP=NAME,IP=NAME,...        extra /etc/hosts lines; `ntng.hosts=fw_cfg` reads
 #                                         "IP=NAME IP=NAME ..." from the QEMU fw_cfg file
 #                                         opt/nixos-test-ng/hosts instead (long lists)
+#   root=DEV [rootfstype=TYPE]            boot a real root file system instead (the systemd
+#                                         guest: ext4 on /dev/vda): mount it, move /dev, /proc,
+#                                         /sys and /run there and switch_root to its /sbin/init,
+#                                         which then does all of the above itself
 # Progress goes to the console (ttyS0). The backdoor (/lib/nixos-test-ng/backdoor) runs on
 # /dev/hvc0 and is respawned when it exits.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -40,15 +44,40 @@ modprobe -a $(cat /sys/bus/virtio/devices/*/modalias 2>/dev/null | sort -u) || l
 hostname=nixos
 if_specs=
 hosts=
+root=
+rootfstype=ext4
 set -f
 for arg in $(cat /proc/cmdline); do
 	case $arg in
 	ntng.hostname=*) hostname=${arg#*=} ;;
 	ntng.if=*) if_specs="$if_specs ${arg#*=}" ;;
 	ntng.hosts=*) hosts=${arg#*=} ;;
+	root=*) root=${arg#*=} ;;
+	rootfstype=*) rootfstype=${arg#*=} ;;
 	esac
 done
 set +f
+
+# A real root file system (the systemd guest): the virtio drivers are loaded above, so the disk
+# is there or about to be; its init configures everything else from the same keys.
+if [ -n "$root" ]; then
+	modprobe "$rootfstype" 2>/dev/null
+	i=0
+	while [ ! -b "$root" ] && [ $i -lt 200 ]; do
+		i=$((i + 1))
+		sleep 0.05
+	done
+	mkdir -p /newroot
+	if mount -t "$rootfstype" -o rw "$root" /newroot; then
+		log "switching to $root ($rootfstype) after $(cut -d' ' -f1 /proc/uptime)s"
+		umount /tmp
+		for d in dev proc sys run; do
+			mount --move "/$d" "/newroot/$d"
+		done
+		exec switch_root /newroot /sbin/init
+	fi
+	log "cannot mount the root file system $root ($rootfstype); staying in the initramfs"
+fi
 
 hostname "$hostname"
 echo "$hostname" >/etc/hostname

@@ -17,6 +17,10 @@ code), all reproduced here:
   `192.168.<vlan>.<node>/24`, and `/etc/hosts` lists every node's first address;
 - `$QEMU_KERNEL_PARAMS` is appended to the kernel command line, and
   `NIXPKGS_QEMU_KERNEL_<node>` (`-` as `_`) replaces the kernel.
+
+Each node has a kind (`kinds`): "busybox" (the default), "systemd-vm" (the same script plus the
+systemd guest's disk: a qcow2 overlay `$TMPDIR/<node>.qcow2` on its ext4 image, `root=/dev/vda`)
+or "systemd-nspawn" (a `run-<node>-nspawn` container script, see nspawn.py).
 """
 
 from __future__ import annotations
@@ -29,8 +33,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .builder import INITRD_FILE, GuestError, default_guest_dir, load_manifest
+from .nspawn import render_nspawn_script
+from .systemd_guest import (
+    IMAGE_FILE,
+    ROOTFS_DIR,
+    ROOTFS_LOCK,
+    check_built,
+    container_uuid,
+    machine_id,
+    systemd_dir,
+)
 
 __all__ = [
+    "KINDS",
     "LayoutError",
     "Node",
     "layout",
@@ -42,6 +57,10 @@ __all__ = [
 MAX_NODES = 254
 MAX_VLAN = 255
 DEFAULT_MEMORY = 256
+#: Node kinds: the busybox VM, the systemd VM, the systemd container.
+KINDS = ("busybox", "systemd-vm", "systemd-nspawn")
+#: Default RAM (MiB) per kind (the systemd VM as in guest-recipe.md).
+KIND_MEMORY = {"busybox": DEFAULT_MEMORY, "systemd-vm": 512}
 #: Kernel parameters of every node (NixOS test VMs: consoles, panic=1, clocksource=acpi_pm).
 BASE_KERNEL_PARAMS = "console=tty0 console=ttyS0 panic=1 clocksource=acpi_pm loglevel=4"
 #: Above this many bytes of generated kernel command line, the host list moves from the command
@@ -114,8 +133,8 @@ def layout(nodes: Mapping[str, Sequence[int]]) -> list[Node]:
     return out
 
 
-def _kernel_params(node: Node, hosts: str, hosts_inline: bool) -> str:
-    params = [BASE_KERNEL_PARAMS, f"ntng.hostname={node.name}"]
+def _kernel_params(node: Node, hosts: str, hosts_inline: bool, extra: str = "") -> str:
+    params = [BASE_KERNEL_PARAMS, *([extra] if extra else []), f"ntng.hostname={node.name}"]
     params += [
         f"ntng.if=eth{i},{node.mac(v)},{node.address(v)}/24"
         for i, v in enumerate(node.vlans, start=1)
@@ -141,23 +160,30 @@ def render_start_script(
     accel: str = "tcg",
     memory: int = DEFAULT_MEMORY,
     hosts_inline_limit: int = HOSTS_INLINE_LIMIT,
+    disk_image: Path | None = None,
+    disk_id: str = "",
 ) -> str:
-    """The text of `run-<node>-vm` for `node` of the network `nodes`."""
+    """The text of `run-<node>-vm` for `node` of the network `nodes` (the nodes whose first
+    address goes into /etc/hosts). With `disk_image` (the systemd guest's ext4 image, whose
+    build is `disk_id`), the VM boots from a qcow2 overlay on it with `root=/dev/vda`."""
     hosts = _hosts(nodes)
-    params = _kernel_params(node, hosts, True)
+    extra = f"root=/dev/vda systemd.machine_id={machine_id(node.name)}" if disk_image else ""
+    params = _kernel_params(node, hosts, True, extra)
     hosts_inline = len(params) <= hosts_inline_limit
     if not hosts_inline:
-        params = _kernel_params(node, hosts, False)
+        params = _kernel_params(node, hosts, False, extra)
     kernel_var = "NIXPKGS_QEMU_KERNEL_" + node.name.replace("-", "_")
+    guest = "systemd" if disk_image else "busybox"
 
     lines = [
         "#!/usr/bin/env bash",
-        f"# run-{node.name}-vm: start the nixos-test-ng busybox guest as node `{node.name}`",
+        f"# run-{node.name}-vm: start the nixos-test-ng {guest} guest as node `{node.name}`",
         f"# (node number {node.number}; VLANs: {', '.join(map(str, node.vlans)) or 'none'}).",
         "# Written by `nixos-test-ng guest scripts`; follows NixOS's run-<name>-vm contract.",
         "# Environment: TMPDIR + USE_TMPDIR, SHARED_DIR, QEMU_OPTS, QEMU_NET_OPTS,",
         "# QEMU_KERNEL_PARAMS,"
-        f" QEMU_VDE_SOCKET_<vlan>, NIXOS_TEST_NG_ACCEL (default {accel}), {kernel_var}.",
+        f" QEMU_VDE_SOCKET_<vlan>, NIXOS_TEST_NG_ACCEL (default {accel}), {kernel_var}"
+        + (", NIX_DISK_IMAGE." if disk_image else "."),
         "set -e",
         "",
         f"kernel=${{{kernel_var}:-{shlex.quote(str(kernel))}}}",
@@ -186,6 +212,25 @@ def render_start_script(
             "    exit 1",
             "fi",
         ]
+    if disk_image is not None:
+        lines += [
+            "",
+            "# the disk: a qcow2 overlay on the systemd guest's image, kept with the machine's",
+            "# state (keep-state keeps it); remade when it was made for another build of the image",
+            f'disk_image="${{NIX_DISK_IMAGE:-$TMPDIR/{node.name}.qcow2}}"',
+            f"base_image={shlex.quote(str(disk_image))}",
+            f"base_id={disk_id}",
+            'if [ -e "$disk_image" ] && [ -e "$disk_image.base" ] &&',
+            '    [ "$(cat "$disk_image.base")" != "$base_id" ]; then',
+            f'    echo "run-{node.name}-vm: $disk_image belongs to another build of the guest;'
+            ' making a new one" >&2',
+            '    rm -f "$disk_image"',
+            "fi",
+            'if [ ! -e "$disk_image" ]; then',
+            '    qemu-img create -q -f qcow2 -b "$base_image" -F raw "$disk_image" >&2',
+            '    echo "$base_id" >"$disk_image.base"',
+            "fi",
+        ]
     qemu = [
         "exec qemu-system-x86_64",
         f"-name {shlex.quote(node.name)}",
@@ -195,6 +240,7 @@ def render_start_script(
         "-vga std",
         '-kernel "$kernel"',
         '-initrd "$initrd"',
+        *(['-drive "file=${disk_image//,/,,},if=virtio,cache=unsafe"'] if disk_image else []),
         f'-append "{params} $QEMU_KERNEL_PARAMS"',
         "-net nic,netdev=user.0,model=virtio",
         '-netdev "user,id=user.0${net_opts:+,$net_opts}"',
@@ -218,50 +264,90 @@ def render_start_script(
     return "\n".join(lines) + "\n"
 
 
+def _artifact(path: Path, gdir: Path, build: str) -> Path:
+    if not path.exists():
+        raise GuestError(
+            f"`{path}` is missing\n(rebuild: `nixos-test-ng guest build{build} --out {gdir}`)"
+        )
+    return path
+
+
 def write_start_scripts(
     out_dir: Path | str,
     nodes: Mapping[str, Sequence[int]],
     guest_dir: Path | str | None = None,
-    memory: int = DEFAULT_MEMORY,
+    memory: int | None = None,
+    kinds: Mapping[str, str] | None = None,
     *,
     hosts_inline_limit: int = HOSTS_INLINE_LIMIT,
 ) -> dict[str, Path]:
-    """Write one executable `out_dir/run-<node>-vm` per node and return them by node name.
+    """Write one executable start script per node and return them by node name:
+    `out_dir/run-<node>-vm` for VMs, `out_dir/run-<node>-nspawn` for containers.
 
-    `nodes` maps node names to their VLAN numbers (in NIC order). `guest_dir` is a built guest
-    (default: `default_guest_dir()`); its manifest decides the kernel file and whether KVM is
-    used by default. Raises `LayoutError` for invalid input and `GuestError` when no guest is
-    built there."""
-    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 64:
+    `nodes` maps node names to their VLAN numbers (in NIC order). `kinds` maps node names to
+    "busybox" (the default), "systemd-vm" or "systemd-nspawn". `guest_dir` is a built guest
+    (default: `default_guest_dir()`); its manifests decide the kernel file and whether KVM is
+    used by default. `memory` (MiB) applies to every VM; by default 256 for busybox, 512 for
+    systemd VMs. Containers get no VLAN NIC yet (only a private loopback network), and their
+    addresses are left out of the other nodes' /etc/hosts. Raises `LayoutError` for invalid
+    input and `GuestError` when a guest a node needs is not built there."""
+    if memory is not None and (
+        isinstance(memory, bool) or not isinstance(memory, int) or memory < 64
+    ):
         raise LayoutError(f"memory must be at least 64 (MiB), got `{memory}`")
     network = layout(nodes)
+    kind_of = dict(kinds or {})
+    for name, kind in kind_of.items():
+        if name not in nodes:
+            raise LayoutError(f"a kind is given for `{name}`, which is not a node")
+        if kind not in KINDS:
+            raise LayoutError(
+                f"node `{name}`: unknown kind `{kind}` (expected one of {', '.join(KINDS)})"
+            )
+    used = {kind_of.get(n.name, "busybox") for n in network}
     gdir = Path(guest_dir).absolute() if guest_dir is not None else default_guest_dir()
     manifest = load_manifest(gdir)
     if manifest is None or "kernel_file" not in manifest:
         raise GuestError(
             f"no guest built in `{gdir}`\n(run `nixos-test-ng guest build --out {gdir}` first)"
         )
-    kernel, initrd = gdir / str(manifest["kernel_file"]), gdir / INITRD_FILE
-    for artifact in (kernel, initrd):
-        if not artifact.is_file():
-            raise GuestError(
-                f"`{artifact}` is missing\n(rebuild: `nixos-test-ng guest build --out {gdir}`)"
-            )
+    kernel = _artifact(gdir / str(manifest["kernel_file"]), gdir, "")
+    initrd = _artifact(gdir / INITRD_FILE, gdir, "")
     accel = "kvm" if (manifest.get("kvm") or {}).get("usable") is True else "tcg"
+    sd_manifest: dict[str, object] = {}
+    sd = systemd_dir(gdir)
+    if used & {"systemd-vm", "systemd-nspawn"}:
+        sd_manifest = check_built(gdir)
+        for artifact in (IMAGE_FILE, INITRD_FILE, ROOTFS_DIR):
+            _artifact(sd / artifact, gdir, " --systemd")
+    vm_hosts = [n for n in network if kind_of.get(n.name, "busybox") != "systemd-nspawn"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     for node in network:
-        text = render_start_script(
-            node,
-            network,
-            kernel=kernel,
-            initrd=initrd,
-            accel=accel,
-            memory=memory,
-            hosts_inline_limit=hosts_inline_limit,
-        )
-        path = out / f"run-{node.name}-vm"
+        kind = kind_of.get(node.name, "busybox")
+        if kind == "systemd-nspawn":
+            text = render_nspawn_script(
+                node,
+                rootfs=sd / ROOTFS_DIR,
+                rootfs_lock=sd / ROOTFS_LOCK,
+                uuid=container_uuid(node.name),
+            )
+            path = out / f"run-{node.name}-nspawn"
+        else:
+            systemd = kind == "systemd-vm"
+            text = render_start_script(
+                node,
+                vm_hosts,
+                kernel=kernel,
+                initrd=sd / INITRD_FILE if systemd else initrd,
+                accel=accel,
+                memory=memory if memory is not None else KIND_MEMORY[kind],
+                hosts_inline_limit=hosts_inline_limit,
+                disk_image=sd / IMAGE_FILE if systemd else None,
+                disk_id=str(sd_manifest.get("image_id", "")) if systemd else "",
+            )
+            path = out / f"run-{node.name}-vm"
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text)
         tmp.chmod(0o755)
