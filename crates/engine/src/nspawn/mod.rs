@@ -182,7 +182,18 @@ impl NspawnBackend {
             let mut cmd = Command::new("nsenter");
             cmd.arg(format!("--target={init}"))
                 .args([
-                    "--mount", "--uts", "--ipc", "--net", "--pid", "--cgroup", "--",
+                    "--mount",
+                    "--uts",
+                    "--ipc",
+                    "--net",
+                    "--pid",
+                    "--cgroup",
+                    // A forking nsenter mirrors a stop of its child onto itself, and
+                    // systemd's final kill round stops everything: the container would wait
+                    // forever for a dead shell nobody reaps. With --no-fork the shell's
+                    // children (the commands) are still in the container's PID namespace.
+                    "--no-fork",
+                    "--",
                 ])
                 .args(["/usr/bin/env", "-i", "/bin/bash", "--norc"])
                 .env_clear()
@@ -368,6 +379,15 @@ impl Backend for NspawnBackend {
         reply: Reply,
         deadline: Deadline,
     ) -> Result<(i32, Vec<u8>)> {
+        if !self.is_booted() {
+            self.shell.disconnect();
+            let note = self.exit_note();
+            return Err(guest_error(
+                info,
+                &self.console,
+                format!("cannot run `{command}`: the container stopped{note}"),
+            ));
+        }
         self.shell.execute(
             info,
             &self.console,
