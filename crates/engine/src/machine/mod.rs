@@ -45,6 +45,14 @@ impl MachineInfo {
     pub fn log(&self, msg: &str) {
         self.logger.log(msg, Some(&self.name));
     }
+
+    /// When a machine started at `started` must have answered (`boot_timeout`).
+    pub fn boot_deadline(&self, started: std::time::Instant) -> crate::interrupt::Deadline {
+        match self.boot_timeout {
+            Some(t) => crate::interrupt::Deadline::after(Some(t.saturating_sub(started.elapsed()))),
+            None => crate::interrupt::Deadline::NEVER,
+        }
+    }
 }
 
 /// How a machine runs: QEMU, systemd-nspawn, ...

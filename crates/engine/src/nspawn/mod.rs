@@ -218,10 +218,7 @@ impl NspawnBackend {
             self.shell.set(shell, &ours);
             let hello = format!("{CONTAINER_SETUP}echo 'Spawning backdoor root shell...'\n");
             self.shell.send_raw(info, &self.console, hello.as_bytes())?;
-            match self
-                .shell
-                .handshake(info, deadline, &mut || !deadline.expired())
-            {
+            match self.shell.handshake(deadline, &mut || !deadline.expired()) {
                 Ok(()) => {
                     *run.shell_process.lock().unwrap() = Some(process);
                     return Ok(());
@@ -344,10 +341,7 @@ impl Backend for NspawnBackend {
             message: "the container is not running".to_string(),
         })?;
         let started = self.started_at.lock().unwrap().unwrap_or_else(Instant::now);
-        let deadline = match info.boot_timeout {
-            Some(t) => Deadline::after(Some(t.saturating_sub(started.elapsed()))),
-            None => Deadline::NEVER,
-        };
+        let deadline = info.boot_deadline(started);
         let tic = Instant::now();
         self.open_shell(info, &run, deadline)?;
         info.log("connected to the container's root shell");

@@ -324,13 +324,10 @@ impl QemuBackend {
 
     fn handshake(&self, info: &MachineInfo) -> Result<()> {
         let started = self.started_at.lock().unwrap().unwrap_or_else(Instant::now);
-        let deadline = match info.boot_timeout {
-            Some(t) => Deadline::after(Some(t.saturating_sub(started.elapsed()))),
-            None => Deadline::NEVER,
-        };
+        let deadline = info.boot_deadline(started);
         let tic = Instant::now();
         let mut last_note = Instant::now();
-        let r = self.shell.handshake(info, deadline, &mut || {
+        let r = self.shell.handshake(deadline, &mut || {
             if last_note.elapsed() >= Duration::from_secs(30) {
                 last_note = Instant::now();
                 info.log("Guest root shell did not produce any data yet...");

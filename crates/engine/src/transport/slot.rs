@@ -62,7 +62,6 @@ impl ShellSlot {
     /// Waits for the handshake; `on_idle` runs when a slice passes without data.
     pub fn handshake(
         &self,
-        info: &MachineInfo,
         deadline: Deadline,
         on_idle: &mut dyn FnMut() -> bool,
     ) -> std::result::Result<(), ShellError> {
@@ -71,7 +70,6 @@ impl ShellSlot {
         shell.wait_for_handshake(deadline, on_idle)?;
         drop(guard);
         self.connected.store(true, Ordering::SeqCst);
-        let _ = info;
         Ok(())
     }
 
