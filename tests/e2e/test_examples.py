@@ -17,6 +17,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
     ("example", "machines"),
     [
         ("vlan_echo.py", ["-m", "server:1", "-m", "client:1"]),
+        ("vlan_echo.py", ["-m", "server:1@container", "-m", "client:1"]),
         ("systemd_service.py", ["-m", "server@container"]),
     ],
 )

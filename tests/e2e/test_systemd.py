@@ -152,7 +152,8 @@ with subtest("a command into a container that died"):
 
 def test_killing_the_driver_leaves_no_container(vm_env, systemd_guest, leftovers):
     script = 'machine.succeed("true")\nprint("ready", flush=True)\nimport time\ntime.sleep(600)\n'
-    p = vm_env.spawn({"machine": []}, script, kinds={"machine": "systemd-nspawn"})
+    # on a VLAN, so that the container's vde_plug2tap must go too
+    p = vm_env.spawn({"machine": [1]}, script, kinds={"machine": "systemd-nspawn"})
     deadline = time.monotonic() + 120
     line = ""
     while "ready" not in line and time.monotonic() < deadline:
@@ -164,6 +165,43 @@ def test_killing_the_driver_leaves_no_container(vm_env, systemd_guest, leftovers
     assert not leftovers(vm_env.root, wait=5)
     mounts = Path("/proc/mounts").read_text()
     assert str(vm_env.root) not in mounts
+
+
+MIXED = r"""
+start_all()
+with subtest("the containers' VLAN NICs are a VM's"):
+    out = c.succeed("ip -o link show eth1; ip -o -4 addr show eth1")
+    assert "52:54:00:12:01:01" in out and "192.168.1.1/24" in out, out
+    assert "192.168.1.3 vm" in c.succeed("cat /etc/hosts")
+with subtest("ping by name, both ways and between containers"):
+    vm.succeed("ping -c 1 -W 10 c")
+    c.succeed("ping -c 1 -W 10 vm")
+    c2.succeed("ping -c 1 -W 10 c")
+with subtest("TCP from a container to the VM"):
+    vm.succeed("nc -l -p 7000 >/tmp/got 2>/dev/null </dev/null &")
+    c.wait_until_succeeds("echo hello from c | nc -N -w 5 vm 7000", timeout=30)
+    vm.wait_until_succeeds("grep -q 'hello from c' /tmp/got", timeout=30)
+with subtest("TCP from the VM to a container"):
+    c2.succeed("systemd-run --unit=listen -p StandardOutput=file:/tmp/got nc -lk -p 7001")
+    c2.wait_for_open_port(7001)  # its probe is one connection: hence -k
+    vm.succeed("echo hello from vm | nc -N -w 5 c2 7001")
+    c2.wait_until_succeeds("grep -q 'hello from vm' /tmp/got", timeout=30)
+with subtest("block() cuts the VM off from the containers"):
+    vm.block()
+    c.fail("ping -c 1 -W 1 vm")
+    vm.unblock()
+    c.wait_until_succeeds("ping -c 1 -W 1 vm", timeout=30)
+"""
+
+
+def test_a_vm_and_containers_on_one_vlan(vm_env, systemd_guest, leftovers):
+    nodes = {"c": [1], "c2": [1], "vm": [1]}
+    kinds = {"c": "systemd-nspawn", "c2": "systemd-nspawn"}
+    r = vm_env.run(nodes, MIXED, kinds=kinds)
+    assert r.returncode == 0, r.stderr[-8000:]
+    assert "plugged vde-tap1 into vlan 1" in r.stderr
+    assert not leftovers(vm_env.root, wait=5)  # the plugs went with their containers
+    assert "vde-tap1" not in Path("/proc/net/dev").read_text()
 
 
 def test_a_container_that_fails_to_boot(tmp_path, leftovers):

@@ -160,18 +160,22 @@ def test_memory_defaults_per_kind_and_explicit_memory(sd_guest: Path, tmp_path: 
     assert "-m 1024 " in s["a"].read_text() and "-m 1024 " in s["b"].read_text()
 
 
-def test_containers_are_left_out_of_the_vms_hosts(sd_guest: Path, tmp_path: Path) -> None:
+def test_containers_are_in_every_hosts_list(sd_guest: Path, tmp_path: Path) -> None:
     s = write_start_scripts(
         tmp_path / "bin",
-        {"box": [1], "vm": [1]},
+        {"box": [1, 2], "vm": [1]},
         sd_guest,
         kinds={"box": "systemd-nspawn", "vm": "systemd-vm"},
     )
-    text = s["vm"].read_text()
-    assert "ntng.hosts=192.168.1.2=vm " in text  # box (node 1) has no VLAN NIC
+    assert "ntng.hosts=192.168.1.1=box,192.168.1.2=vm " in s["vm"].read_text()
     box = s["box"].read_text()
-    assert "VLANs: 1; containers get no VLAN NIC yet" in box
-    assert "--private-network" in box
+    assert "VLANs: 1, 2)" in box
+    assert "'192.168.1.1 box' '192.168.1.2 vm' >\"$root_dir/hosts\"" in box
+    # eth<i> is the node's i-th VLAN, with a VM's MAC and address
+    assert "QEMU_VDE_SOCKET_2" in box and '"$sock" eth2 ' in box
+    assert "link set eth2 address 52:54:00:12:02:01" in box
+    assert "address add 192.168.2.1/24 dev eth2" in box
+    assert "--private-network" not in box  # the script's own network namespace instead
 
 
 def test_invalid_kinds_and_missing_systemd_build(
@@ -230,6 +234,15 @@ FAKE_NSPAWN = textwrap.dedent(
         "argv": sys.argv, "pid": os.getpid(), "env": dict(os.environ), "cwd": os.getcwd(),
         "cgroup": open("/proc/self/cgroup").read(), "mnt_ns": os.readlink("/proc/self/ns/mnt"),
         "run": fstype("/run"), "sys_fs_cgroup": fstype("/sys/fs/cgroup"),
+        "net_ns": os.readlink("/proc/self/ns/net"),
+        "links": [ln.split(": ")[1] for ln in subprocess.run(
+            ["ip", "-o", "link"], capture_output=True, text=True).stdout.splitlines()],
+        "lo_up": "UP" in subprocess.run(["ip", "-o", "link", "show", "lo"],
+                                        capture_output=True, text=True).stdout,
+        "eth1": subprocess.run(["ip", "-o", "link", "show", "eth1"], capture_output=True,
+                               text=True).stdout,
+        "addrs": subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True)
+                 .stdout,
         "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
     }}
     with open({out!r} + ".tmp", "w") as f:
@@ -253,9 +266,10 @@ def fake_container(sd_guest: Path, tmp_path: Path) -> Any:
     fake.write_text(FAKE_NSPAWN.format(python=sys.executable, out=str(record)))
     fake.chmod(0o755)
 
-    def make(name: str = "box") -> tuple[Path, Path]:
+    def make(name: str = "box", vlans: tuple[int, ...] = ()) -> tuple[Path, Path]:
         text = render_nspawn_script(
-            Node(name, 3, (1,)),
+            Node(name, 3, vlans),
+            hosts=[("192.168.1.1", "other"), ("192.168.1.3", name)],
             rootfs=systemd_dir(sd_guest) / "rootfs",
             rootfs_lock=systemd_dir(sd_guest) / "rootfs.lock",
             uuid=container_uuid(name),
@@ -306,12 +320,18 @@ def test_nspawn_script_contract(fake_container: Any, sd_guest: Path, tmp_path: P
             f"--uuid={container_uuid('box')}",
             "--register=no",
             "--keep-unit",
-            "--private-network",
             "--console=read-only",
             f"--bind={state}/var/log/journal:/var/log/journal",
             f"--bind={shared}:/tmp/shared",
+            f"--bind-ro={state}/hosts:/etc/hosts",
             "--boot",
         ]
+        assert (state / "hosts").read_text() == (
+            "127.0.0.1 localhost\n::1 localhost\n192.168.1.1 other\n192.168.1.3 box\n"
+        )
+        # a network namespace of its own, with only lo (no VLANs)
+        assert call["net_ns"] != os.readlink("/proc/self/ns/net")
+        assert call["links"] == ["lo"]
         assert call["cwd"] == str(state)
         assert (state / "var/log/journal").is_dir() and shared.is_dir()
         # its own mount namespace, with a tmpfs /run and the unified cgroup hierarchy
@@ -404,6 +424,57 @@ def test_written_nspawn_script_parses_and_sets_its_own_path(sd_guest: Path, tmp_
     assert text.rstrip().endswith("--boot")
     assert re.search(r"^exec systemd-nspawn ", text, re.M)
     assert re.search(
-        r"^    _NTNG_NSPAWN_INNER=1 exec unshare --mount --propagation private", text, re.M
+        r"^    _NTNG_NSPAWN_INNER=1 exec unshare --mount --net --propagation private", text, re.M
     )
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+
+
+def plugs(switch_dir: Path) -> list[str]:
+    """The vde_plug2tap processes plugged into `switch_dir`."""
+    r = subprocess.run(["pgrep", "-f", f"vde_plug2tap -s {switch_dir} "], capture_output=True)
+    return r.stdout.decode().split()
+
+
+def test_nspawn_script_joins_vlans_from_its_own_network_namespace(
+    fake_container: Any, tmp_path: Path
+) -> None:
+    switch_dir = tmp_path / "vde2.ctl"
+    switch = subprocess.Popen(
+        ["vde_switch", "--sock", str(switch_dir), "--hub"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert not wait_gone(lambda: not (switch_dir / "ctl").exists(), 10)
+        script, record = fake_container("box", vlans=(2,))
+        state, shared = tmp_path / "state", tmp_path / "shared"
+        env = {
+            "RUN_NSPAWN_ROOT_DIR": str(state),
+            "RUN_NSPAWN_SHARED_DIR": str(shared),
+            "QEMU_VDE_SOCKET_2": str(switch_dir),
+        }
+        c = Container(script, state, shared, env)
+        try:
+            call = wait_record(record)
+            # node 3's first VLAN is VLAN 2: eth1, as a VM's first VLAN NIC would be
+            assert call["links"] == ["lo", "eth1"] and call["lo_up"]
+            assert "52:54:00:12:02:03" in call["eth1"] and ",UP," in call["eth1"]
+            assert "eth1    inet 192.168.2.3/24" in call["addrs"]
+            assert len(plugs(switch_dir)) == 1
+        finally:
+            c.kill()
+        # the watcher ended the plug with the container
+        assert not wait_gone(lambda: plugs(switch_dir), 10)
+    finally:
+        switch.stdin.close()  # type: ignore[union-attr]
+        switch.wait(10)
+
+
+def test_nspawn_script_refuses_a_vlan_without_a_switch(fake_container: Any, tmp_path: Path) -> None:
+    script, record = fake_container("box", vlans=(1,))
+    env = {"RUN_NSPAWN_ROOT_DIR": str(tmp_path / "s"), "RUN_NSPAWN_SHARED_DIR": str(tmp_path)}
+    r = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and r.stdout == ""
+    assert "VLAN 1: no switch at $QEMU_VDE_SOCKET_1" in r.stderr
+    assert not record.exists()

@@ -87,8 +87,16 @@ impl Driver {
 
         let block = logger.nested("start all VLans", None);
         let mut vlans = Vec::new();
+        let containers = config
+            .machines
+            .iter()
+            .any(|m| m.kind == MachineKind::Nspawn);
         for &nr in &config.vlans {
-            vlans.push(Vlan::start(nr, &tmp_dir, &logger)?);
+            let mut vlan = Vlan::start(nr, &tmp_dir, &logger)?;
+            if containers {
+                vlan.plug_host_tap(&logger);
+            }
+            vlans.push(vlan);
         }
         block.finish();
         let vlan_env = vlans

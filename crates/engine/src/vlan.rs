@@ -15,6 +15,7 @@ pub struct Vlan {
     nr: u32,
     socket_dir: PathBuf,
     switch: ChildProcess,
+    host_tap: Option<ChildProcess>,
 }
 
 impl Vlan {
@@ -63,7 +64,52 @@ impl Vlan {
             nr,
             socket_dir,
             switch,
+            host_tap: None,
         })
+    }
+
+    /// Plugs a tap `vde-tap<nr>` in the driver's network namespace into the switch, as
+    /// upstream's driver does when containers take part: nixpkgs' container scripts bridge
+    /// their veths with it. (Ours do not need it: they plug into the switch from inside the
+    /// container.) Needs root; a failure is logged, not fatal.
+    pub fn plug_host_tap(&mut self, logger: &Arc<Logger>) {
+        let name = format!("vde-tap{}", self.nr);
+        let mut cmd = Command::new("vde_plug2tap");
+        cmd.arg("-s")
+            .arg(&self.socket_dir)
+            .arg(&name)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let plug = match process::spawn(cmd) {
+            Ok(plug) => plug,
+            Err(e) => {
+                logger.log(
+                    &format!("warning: cannot start `vde_plug2tap` for {name}: {e}"),
+                    None,
+                );
+                return;
+            }
+        };
+        let deadline = Deadline::after(Some(Duration::from_secs(2)));
+        while !Path::new("/sys/class/net").join(&name).exists() {
+            if let Some(status) = plug.exit_status() {
+                logger.log(
+                    &format!("warning: `vde_plug2tap` for {name} exited ({status})"),
+                    None,
+                );
+                return;
+            }
+            if deadline.expired() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        logger.log(
+            &format!("plugged {name} into vlan {} (pid {})", self.nr, plug.pid()),
+            None,
+        );
+        self.host_tap = Some(plug);
     }
 
     /// The VLAN number.
@@ -83,6 +129,9 @@ impl Vlan {
 
     /// Stops the switch (closing its stdin makes it exit; the kill makes sure).
     pub fn stop(&self) {
+        if let Some(plug) = &self.host_tap {
+            plug.kill();
+        }
         self.switch.close_stdin();
         self.switch.kill();
     }

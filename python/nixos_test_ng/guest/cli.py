@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
         help="write run-<node>-vm / run-<node>-nspawn start scripts",
         description="Write one executable DIR/run-<node>-vm (VMs) or DIR/run-<node>-nspawn "
         "(containers) per node. Nodes are numbered by sorted name; VLAN v gives node n the NIC "
-        "address 192.168.v.n/24 (containers get no VLAN NIC yet).",
+        "address 192.168.v.n/24, for VMs and containers alike.",
     )
     s.add_argument(
         "-o",

@@ -12,8 +12,17 @@ upstream's container start-script contract (nixpkgs' test driver, `NspawnMachine
 - the journal is also on the host, in `$RUN_NSPAWN_ROOT_DIR/var/log/journal` (bound into the
   container), the shared directory is `/tmp/shared`.
 
+VLANs: the container has a network namespace of its own (made by the script, which nspawn then
+shares), and joins VLAN `v` as its `eth<i>` (the i-th VLAN of the node, as a VM's NICs) through a
+tap device that `vde_plug2tap` creates right there and plugs into the VLAN's switch, at
+`$QEMU_VDE_SOCKET_<v>` (nixos-test-ng's driver passes these, beyond upstream's two variables).
+The tap gets the MAC and address a VM's NIC would (52:54:00:12:<v>:<n>, 192.168.<v>.<n>/24), and
+`/etc/hosts` lists every node. Nothing is created in the host's network namespace, so two test
+runs on one host cannot collide. (Upstream's scripts use a host bridge `br<v>` and veth pairs
+instead, fed by the driver's `vde-tap<v>`; the driver creates that tap as upstream does.)
+
 What this host needs (docs/guests.md, "The systemd guest"): a private mount namespace
-(`unshare --mount --propagation private`) in which /run (or /run/systemd/nspawn) is a fresh
+(`unshare --mount --net --propagation private`) in which /run (or /run/systemd/nspawn) is a fresh
 tmpfs and /sys/fs/cgroup is the unified (v2) hierarchy, so nothing is mounted on the host;
 a cgroup of the container's own under the script's, so that containers do not share one; and a
 watcher in its own session that kills the container's cgroup and removes it once nspawn is
@@ -23,6 +32,7 @@ gone (systemd-nspawn killed with SIGKILL leaves the container running otherwise)
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -62,21 +72,80 @@ class _Node(Protocol):
     number: int
     vlans: tuple[int, ...]
 
+    def mac(self, vlan: int) -> str: ...
+
+    def address(self, vlan: int) -> str: ...
+
+
+def _network_lines(node: _Node, hosts: Sequence[tuple[str, str]]) -> list[str]:
+    """The script's part that fills the container's network namespace: lo, one tap per VLAN
+    (plugged into the VLAN's switch by a `vde_plug2tap` in a cgroup under the container's, so
+    the watcher ends it with the container), and the /etc/hosts file the container gets."""
+    me = f"run-{node.name}-nspawn"
+    nl = "$'\\n'"
+    plug = 'echo $$ >"$1/cgroup.procs" && exec vde_plug2tap -s "$2" "$3"'
+    lines = [
+        "# the container's network: lo, and one tap per VLAN plugged into the VLAN's switch. The",
+        "# plugs run in a cgroup under the container's (the watcher ends them) and in their own",
+        "# session (not children of this PID, whose only child is to be nspawn's)",
+        'mkdir -p "$cg/net"',
+        f'batch="link set lo up"{nl}',
+    ]
+    for i, vlan in enumerate(node.vlans, start=1):
+        var = f"QEMU_VDE_SOCKET_{vlan}"
+        lines += [
+            f'sock="${{{var}:-}}"',
+            'if [ -z "$sock" ] || [ ! -S "$sock/ctl" ]; then',
+            f'    echo "{me}: VLAN {vlan}: no switch at \\${var} (\\"$sock\\"); the test driver'
+            ' starts one per VLAN" >&2',
+            "    exit 1",
+            "fi",
+            f'setsid --fork "$BASH" -c {shlex.quote(plug)} ntng-plug "$cg/net" "$sock" eth{i}'
+            " </dev/null >/dev/null 2>&1",
+            f'batch+="link set eth{i} address {node.mac(vlan)}"{nl}',
+            f'batch+="address add {node.address(vlan)}/24 dev eth{i}"{nl}',
+            f'batch+="link set eth{i} up"{nl}',
+        ]
+    if node.vlans:
+        lines += [
+            "# the plugs create their taps within milliseconds",
+            f"for i in $(seq {len(node.vlans)}); do",
+            "    for _ in $(seq 500); do",
+            '        ip link show dev "eth$i" >/dev/null 2>&1 && continue 2',
+            "        sleep 0.01",
+            "    done",
+            f'    echo "{me}: vde_plug2tap did not create eth$i" >&2',
+            "    exit 1",
+            "done",
+        ]
+    entries = ["127.0.0.1 localhost", "::1 localhost", *(f"{ip} {name}" for ip, name in hosts)]
+    lines += [
+        'printf %s "$batch" | ip -batch -',
+        f"printf '%s\\n' {' '.join(shlex.quote(e) for e in entries)} >\"$root_dir/hosts\"",
+    ]
+    return lines
+
 
 def render_nspawn_script(
-    node: _Node, *, rootfs: Path, rootfs_lock: Path, uuid: str, path: str = PATH
+    node: _Node,
+    *,
+    rootfs: Path,
+    rootfs_lock: Path,
+    uuid: str,
+    hosts: Sequence[tuple[str, str]] = (),
+    path: str = PATH,
 ) -> str:
     """The text of `run-<node>-nspawn`: the container `node` on the tree `rootfs` (read-only,
     under a tmpfs overlay), holding `rootfs_lock` shared while it runs, with machine ID
-    `uuid`. `path` is the PATH the script sets (its environment has none)."""
+    `uuid`, on the VLANs of `node`. `hosts` are the (address, name) pairs that /etc/hosts
+    lists besides localhost. `path` is the PATH the script sets (its environment has none)."""
     name = node.name
     me = f"run-{name}-nspawn"
     vlans = ", ".join(map(str, node.vlans)) or "none"
     lines = [
         "#!/bin/bash",
         f"# {me}: start the nixos-test-ng systemd guest as container `{name}` (node number",
-        f"# {node.number}; VLANs: {vlans}; containers get no VLAN NIC yet, only a private network",
-        "# with a loopback interface). Written by `nixos-test-ng guest scripts`; follows the",
+        f"# {node.number}; VLANs: {vlans}). Written by `nixos-test-ng guest scripts`; follows the",
         "# run-<name>-nspawn contract: run as root with only RUN_NSPAWN_ROOT_DIR (the machine's",
         "# state directory) and RUN_NSPAWN_SHARED_DIR in the environment; prints",
         "# `systemd-nspawn's PID is N` and then execs systemd-nspawn as that PID; its stdout is",
@@ -102,9 +171,11 @@ def render_nspawn_script(
         "        exit 1",
         "    fi",
         '    mkdir -p "$root_dir/var/log/journal" "$shared_dir"',
-        "    # everything mounted from here on lives in this private mount namespace only (the",
-        "    # PID stays the same through the execs that follow)",
-        '    _NTNG_NSPAWN_INNER=1 exec unshare --mount --propagation private -- "$BASH" "$0" "$@"',
+        "    # everything mounted from here on lives in this private mount namespace only, and the",
+        "    # container's network namespace is this new one (the PID stays the same through the",
+        "    # execs that follow)",
+        "    _NTNG_NSPAWN_INNER=1 exec unshare --mount --net --propagation private -- \\",
+        '        "$BASH" "$0" "$@"',
         "fi",
         "unset _NTNG_NSPAWN_INNER",
         "",
@@ -148,10 +219,13 @@ def render_nspawn_script(
         'setsid --fork "$BASH" -c "$watcher" ntng-watch "$cg" "$$" </dev/null >/dev/null 2>&1',
         'echo $$ >"$cg/cgroup.procs"',
         "",
+        *_network_lines(node, hosts),
+        "",
         "# nspawn's --bind syntax: `:` separates, `\\` escapes",
         'esc() { local s="${1//\\\\/\\\\\\\\}"; printf %s "${s//:/\\\\:}"; }',
         'journal_bind="$(esc "$root_dir/var/log/journal"):/var/log/journal"',
         'shared_bind="$(esc "$shared_dir"):/tmp/shared"',
+        'hosts_bind="$(esc "$root_dir/hosts"):/etc/hosts"',
         "export SYSTEMD_NSPAWN_LOCK=0  # no lock files beside the tree (rootfs.lock does that)",
         "# Announced last, so that the only children of this PID from now on are nspawn's: the",
         "# driver takes the container's init to be its single child (a driver should still",
@@ -162,9 +236,8 @@ def render_nspawn_script(
         '    --directory="$rootfs" --volatile=overlay \\',
         '    --machine="$name" --uuid="$uuid" \\',
         "    --register=no --keep-unit \\",
-        "    --private-network \\",
         "    --console=read-only \\",
-        '    --bind="$journal_bind" --bind="$shared_bind" \\',
+        '    --bind="$journal_bind" --bind="$shared_bind" --bind-ro="$hosts_bind" \\',
         "    --boot",
     ]
     return "\n".join(lines) + "\n"

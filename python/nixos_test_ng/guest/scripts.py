@@ -288,8 +288,8 @@ def write_start_scripts(
     "busybox" (the default), "systemd-vm" or "systemd-nspawn". `guest_dir` is a built guest
     (default: `default_guest_dir()`); its manifests decide the kernel file and whether KVM is
     used by default. `memory` (MiB) applies to every VM; by default 256 for busybox, 512 for
-    systemd VMs. Containers get no VLAN NIC yet (only a private loopback network), and their
-    addresses are left out of the other nodes' /etc/hosts. Raises `LayoutError` for invalid
+    systemd VMs. Containers join their VLANs as VMs do (same interface names, MACs and
+    addresses; see nspawn.py). Raises `LayoutError` for invalid
     input and `GuestError` when a guest a node needs is not built there."""
     if memory is not None and (
         isinstance(memory, bool) or not isinstance(memory, int) or memory < 64
@@ -320,7 +320,6 @@ def write_start_scripts(
         sd_manifest = check_built(gdir)
         for artifact in (IMAGE_FILE, INITRD_FILE, ROOTFS_DIR):
             _artifact(sd / artifact, gdir, " --systemd")
-    vm_hosts = [n for n in network if kind_of.get(n.name, "busybox") != "systemd-nspawn"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
@@ -332,13 +331,14 @@ def write_start_scripts(
                 rootfs=sd / ROOTFS_DIR,
                 rootfs_lock=sd / ROOTFS_LOCK,
                 uuid=container_uuid(node.name),
+                hosts=[(n.address(n.vlans[0]), n.name) for n in network if n.vlans],
             )
             path = out / f"run-{node.name}-nspawn"
         else:
             systemd = kind == "systemd-vm"
             text = render_start_script(
                 node,
-                vm_hosts,
+                network,
                 kernel=kernel,
                 initrd=sd / INITRD_FILE if systemd else initrd,
                 accel=accel,

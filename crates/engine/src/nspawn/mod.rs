@@ -1,7 +1,7 @@
 //! The systemd-nspawn backend, compatible with upstream's `NspawnMachine`.
 //!
-//! The start script (`run-<name>-nspawn`) runs with only `RUN_NSPAWN_ROOT_DIR` and
-//! `RUN_NSPAWN_SHARED_DIR` in its environment and prints `systemd-nspawn's PID is N`; its
+//! The start script (`run-<name>-nspawn`) runs with only `RUN_NSPAWN_ROOT_DIR`,
+//! `RUN_NSPAWN_SHARED_DIR` (and the VLANs' `QEMU_VDE_SOCKET_<n>`) in its environment and prints `systemd-nspawn's PID is N`; its
 //! stdout is the container's console. Commands run in the container's namespaces like
 //! upstream's `nsenter ... sh -c "set -eo pipefail; source /etc/profile; set -u; CMD"` with
 //! an empty environment, but through one persistent `nsenter` bash per container instead of a
@@ -119,12 +119,13 @@ impl NspawnBackend {
         }
     }
 
-    /// The container's PID 1: the child of systemd-nspawn in another PID namespace (its
-    /// short-lived helper children share nspawn's), or, as upstream assumes, its single child
-    /// once that has stayed the same for a moment.
+    /// The container's PID 1: the child of systemd-nspawn in another PID namespace, once it has
+    /// exec'd the container's init (nspawn's short-lived helper children share nspawn's), or,
+    /// as upstream assumes, its single child once that has stayed the same for a moment.
     fn container_init(&self, info: &MachineInfo, run: &Running, deadline: Deadline) -> Result<u32> {
         let nspawn = self.nspawn_pid(info, run)?;
         let own_ns = std::fs::read_link(format!("/proc/{nspawn}/ns/pid")).ok();
+        let own_exe = std::fs::read_link(format!("/proc/{nspawn}/exe")).ok();
         let mut single: Option<(u32, Instant)> = None;
         loop {
             let children =
@@ -134,13 +135,20 @@ impl NspawnBackend {
                 .split_whitespace()
                 .filter_map(|p| p.parse().ok())
                 .collect();
-            if let Some(&init) = pids.iter().find(|p| {
+            let in_container = pids.iter().find(|p| {
                 let ns = std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
                 ns.is_some() && own_ns.is_some() && ns != own_ns
-            }) {
-                return Ok(init);
+            });
+            if let Some(&init) = in_container {
+                // Until it execs the container's init, it is nspawn still setting up the
+                // container's mounts and root: entering its namespaces then is too early.
+                let exe = std::fs::read_link(format!("/proc/{init}/exe")).ok();
+                if exe.is_some() && exe != own_exe {
+                    return Ok(init);
+                }
             }
             single = match (pids[..].first(), pids.len(), single) {
+                _ if in_container.is_some() => None,
                 (Some(&p), 1, Some((q, since))) if p == q => {
                     if since.elapsed() >= Duration::from_millis(200) {
                         return Ok(p);
@@ -166,7 +174,7 @@ impl NspawnBackend {
                     format!("systemd-nspawn (pid {nspawn}) started no container init in time"),
                 ));
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
@@ -282,9 +290,12 @@ impl Backend for NspawnBackend {
         self.console.reset();
         *self.started_at.lock().unwrap() = Some(Instant::now());
         let mut cmd = Command::new(&self.start_script);
+        // Upstream's two variables, plus the VLAN switches (`QEMU_VDE_SOCKET_<n>`), which our
+        // container scripts plug into from the container's own network namespace.
         cmd.env_clear()
             .env("RUN_NSPAWN_ROOT_DIR", &info.state_dir)
             .env("RUN_NSPAWN_SHARED_DIR", &info.shared_dir)
+            .envs(info.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&info.state_dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -98,8 +98,12 @@ pub const VM_PREAMBLE: &str = "set -euo pipefail; ";
 /// environment; the container's persistent shell sources the profile once when it starts
 /// ([`CONTAINER_SETUP`]), and every command's subshell inherits exactly that environment.
 pub const CONTAINER_PREAMBLE: &str = "set -eo pipefail; set -u; ";
-/// Run once in a container's shell before its handshake.
-pub const CONTAINER_SETUP: &str = "source /etc/profile >/dev/null 2>&1 </dev/null; set +eu\n";
+/// Run once in a container's shell before its handshake: the profile, and, when PID 1 is
+/// systemd, a wait for its private bus socket, so that the first command may be a `systemctl`
+/// (upstream's first command races systemd's start-up and can fail with "Host is down").
+pub const CONTAINER_SETUP: &str = "source /etc/profile >/dev/null 2>&1 </dev/null; set +eu\n\
+    read -r _init </proc/1/comm; if [ \"$_init\" = systemd ]; then \
+    until [ -S /run/systemd/private ]; do sleep 0.01; done; fi; unset _init\n";
 
 /// Builds the line sent for one command, and how many reply lines it produces.
 pub fn command_line(
