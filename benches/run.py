@@ -8,6 +8,8 @@ Measures (see benches/README.md for the method of each):
   (c) succeed("true") round trip             (d) 1 MB of stdout, and the same to /dev/null
   (e) start_all() of 2 and 4 VMs, and of 2 VMs on one VLAN, until each answered a command
   (f) the driver's peak RSS                  (g) the driver's own share of a minimal run
+  (h) a systemd-nspawn container of the Debian systemd guest: start to first command and to
+      multi-user.target, succeed("true"), 1 MB      (i) the systemd guest as a VM: boot
 and writes benches/results/NAME.json and NAME.md (NAME: `latest`, or `quick` with --quick).
 
 Every driver run gets its own temporary directory (XDG_RUNTIME_DIR, output directory, start
@@ -66,6 +68,12 @@ UPSTREAM = {
     # (g) not measured upstream as such: the baseline's "roughly 0.5 s" is the difference of
     # the medians of (a) and (b), 4.94 - 4.33.
     "driver_share_s": 0.61,
+    # (h) upstream's figures (g) of upstream-baseline.md: its container start script announced
+    # readiness after multi-user.target; its commands start nsenter and source the profile.
+    "ct_multi_user_s": 0.60,
+    "ct_true_mean_s": 0.00498,
+    "ct_mb_stdout_s": 0.009,
+    "rss_container_mb": 51.5,
 }
 
 # The targets (upper bounds on our median).
@@ -74,6 +82,8 @@ TARGETS = {
     "mb_stdout_s": 0.2,
     "driver_share_s": 0.1,
     "rss_minimal_mb": 25.0,
+    "ct_multi_user_s": 0.45,
+    "ct_true_median_s": 0.001,
 }
 STRICT_TARGETS = {"driver_share_s"}
 
@@ -88,6 +98,7 @@ class Suite:
     script: str
     nodes: dict[str, list[int]]
     env: dict[str, str] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
 
 
 def suites(calls: int, warmup: int, mb_iters: int) -> list[Suite]:
@@ -108,7 +119,23 @@ def suites(calls: int, warmup: int, mb_iters: int) -> list[Suite]:
         Suite(
             "start2-vlan", "start_all.py", {"node1": [1], "node2": [1]}, {"NTNG_BENCH_PING": "1"}
         ),
+        Suite(
+            "container",
+            "container.py",
+            {"machine": []},
+            {
+                "NTNG_BENCH_CALLS": str(calls),
+                "NTNG_BENCH_WARMUP": str(warmup),
+                "NTNG_BENCH_MB_ITERS": str(mb_iters),
+            },
+            {"machine": "systemd-nspawn"},
+        ),
+        Suite("systemd-vm", "systemd_boot.py", {"machine": []}, {}, {"machine": "systemd-vm"}),
     ]
+
+
+#: Suites that need the Debian systemd guest (and root, for the container).
+SYSTEMD_SUITES = {"container", "systemd-vm"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,17 +244,22 @@ def run_once(ctx: Context, suite: Suite, label: str) -> dict[str, Any]:
     xdg, out, real, bindir, stamps = (tmp / d for d in ("xdg", "out", "real", "bin", "stamps"))
     for d in (xdg, out, bindir, stamps):
         d.mkdir(mode=0o700)
-    written = write_start_scripts(real, suite.nodes, guest_dir=ctx.guest_dir)
-    wrappers = []
+    written = write_start_scripts(real, suite.nodes, guest_dir=ctx.guest_dir, kinds=suite.kinds)
+    vm_wrappers, container_wrappers = [], []
     for name, path in written.items():
         w = bindir / path.name
         stamp = shlex.quote(str(stamps / name))
         w.write_text(WRAPPER.format(stamp=stamp, real=shlex.quote(str(path))))
         w.chmod(0o755)
-        wrappers.append(str(w))
+        container = suite.kinds.get(name) == "systemd-nspawn"
+        (container_wrappers if container else vm_wrappers).append(str(w))
     vlans = sorted({v for vs in suite.nodes.values() for v in vs})
     result_file = tmp / "result.json"
-    cmd = [ctx.driver, "--vm-start-scripts", *wrappers]
+    cmd = [ctx.driver]
+    if vm_wrappers:
+        cmd += ["--vm-start-scripts", *vm_wrappers]
+    if container_wrappers:
+        cmd += ["--container-start-scripts", *container_wrappers]
     if vlans:
         cmd += ["--vlans", *map(str, vlans)]
     cmd += ["-o", str(out), "--", str(SCRIPTS / suite.script)]
@@ -334,6 +366,22 @@ def per_run_figures(suite: str, raw: dict[str, Any]) -> dict[str, float]:
         f["start_to_first_command_s"] = raw["start_to_first_command_s"]
         f["rss_commands_mb"] = raw["vm_hwm_kib"] / 1000
         f["cli_wall_commands_s"] = raw["wall_s"]
+    elif suite == "container":
+        t = raw["true_s"]
+        f["ct_launch_to_script_exec_s"] = raw["exec_stamps"]["machine"] - raw["t_launch"]
+        f["ct_first_command_s"] = raw["first_command_s"]
+        f["ct_multi_user_s"] = raw["multi_user_s"]
+        f["ct_true_median_s"] = statistics.median(t)
+        f["ct_true_mean_s"] = statistics.fmean(t)
+        f["ct_true_p10_s"] = quantile(t, 0.10)
+        f["ct_true_p90_s"] = quantile(t, 0.90)
+        f["ct_mb_stdout_s"] = statistics.median(raw["mb_stdout_s"])
+        f["rss_container_mb"] = raw["vm_hwm_kib"] / 1000
+        f["cli_wall_container_s"] = raw["wall_s"]
+    elif suite == "systemd-vm":
+        f["sd_connecting_s"] = raw["connecting_s"]["machine"]
+        f["sd_first_command_s"] = raw["first_command_s"]
+        f["sd_multi_user_s"] = raw["multi_user_s"]
     else:
         key = suite.replace("-", "_")
         stamps = [s - raw["t_start_all"] for s in raw["exec_stamps"].values()]
@@ -469,6 +517,19 @@ ROWS = [
     ("g", "driver_share_s", "driver's own share: wall − `connecting took` − first command", "s"),
     ("g", "first_command_s", "… first command (its round trip after the handshake)", "s"),
     ("g", "script_end_to_exit_s", "… end of script → driver exited (sync, cleanup, exit)", "s"),
+    ("h", "ct_first_command_s", 'container: `start()` → first `succeed("true")` returned', "s"),
+    ("h", "ct_multi_user_s", "… `start()` → `wait_for_unit(\"multi-user.target\")` returned", "s"),
+    ("h", "ct_launch_to_script_exec_s", "… driver start → start script exec", "s"),
+    ("h", "ct_true_median_s", 'container: `succeed("true")`, median of per-run medians', "ms"),
+    ("h", "ct_true_p10_s", "… per-run p10", "ms"),
+    ("h", "ct_true_p90_s", "… per-run p90", "ms"),
+    ("h", "ct_true_mean_s", "… per-run mean", "ms"),
+    ("h", "ct_mb_stdout_s", "container: 1 MB stdout", "s"),
+    ("h", "rss_container_mb", "container: driver peak RSS", "MB"),
+    ("h", "cli_wall_container_s", "container: CLI start → exit (boot, commands, cleanup)", "s"),
+    ("i", "sd_connecting_s", "systemd VM: boot → handshake, `connecting took`", "s"),
+    ("i", "sd_first_command_s", '… `start()` → first `succeed("true")` returned', "s"),
+    ("i", "sd_multi_user_s", "… `start()` → `wait_for_unit(\"multi-user.target\")` returned", "s"),
 ]
 
 
@@ -592,6 +653,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: cannot import nixos_test_ng ({e}); install the package", file=sys.stderr)
         return 2
     guest_dir = ensure_built()
+    if any(s.name in SYSTEMD_SUITES for s in selected):
+        from nixos_test_ng.guest import ensure_systemd_built
+
+        ensure_systemd_built(guest_dir)
     driver, shim = resolve_driver(args.driver)
     if not os.access(driver, os.X_OK):
         print(f"bench: driver `{args.driver}` not found", file=sys.stderr)

@@ -211,6 +211,9 @@ class Machine:
         """Kill QEMU through the monitor (`quit`) and wait."""
     def reboot(self) -> None:
         """Press Ctrl-Alt-Delete; needs `start(allow_reboot=True)`."""
+    def switch_root(self) -> None:
+        """Leave a systemd initrd that runs the backdoor for the real root: wait for
+        `initrd.target`, isolate `initrd-switch-root.target`, wait for the new handshake."""
     def wait_for_shutdown(self) -> None: ...
     def release(self) -> None:
         """Kill the machine."""

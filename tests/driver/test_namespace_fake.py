@@ -63,7 +63,7 @@ def run_script(fake_vm, write_script, run_driver, driver_env):
         args = ["--vm-start-scripts", *[vm.script for vm in vms], *extra, "--", script]
         r = run_driver(args, timeout=timeout)
         if ok:
-            assert r.returncode == 0, r
+            assert r.returncode == 0, str(r)
         r.vms = {vm.name: vm for vm in vms}
         return r
 
@@ -579,3 +579,34 @@ def test_lifecycle_and_attributes(run_script, driver_env):
     assert "alpha: waiting for the VM to power off" in r.stderr
     assert "alpha: forced crash" in r.stderr
     assert f"kill QemuMachine (pid {last})" in r.stderr
+
+
+def test_switch_root_leaves_the_initrd_for_a_new_shell(run_script):
+    r = run_script(
+        """
+        assert alpha.succeed("echo $FAKE_QEMU_SHELL") == "0\\n"
+        alpha.switch_root()
+        assert alpha.connected
+        assert alpha.succeed("echo $FAKE_QEMU_SHELL") == "1\\n"  # the root's shell
+        assert alpha.succeed("echo root") == "root\\n"
+        """,
+        initrd=True,
+    )
+    assert "alpha: waiting for unit initrd.target" in r.stderr
+    assert r.stderr.count("alpha: connected to guest root shell") == 2
+    assert "Switching root." in r.stderr
+
+
+def test_switch_root_needs_a_vm(driver_env, run_driver, write_script):
+    container = driver_env.write_script(
+        "run-box-nspawn",
+        "#!/bin/bash\necho \"systemd-nspawn's PID is $$\"\nsleep 600 &\nwait\n",
+        True,
+    )
+    test = write_script(
+        "t.py",
+        PRELUDE
+        + 'msg = raises("MachineError", box.switch_root)\nassert "needs a QEMU machine" in msg, msg\n',
+    )
+    r = run_driver(["--container-start-scripts", container, "--", test])
+    assert r.returncode == 0, r

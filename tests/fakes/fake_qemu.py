@@ -40,6 +40,10 @@ Knobs (environment variables):
     FAKE_QEMU_RECORD=PATH        append JSON lines: argv/env at start, every monitor and QMP
                                  command, the exit
     FAKE_QEMU_PIDNS=0            do not put the guest in a PID namespace
+    FAKE_QEMU_INITRD=1           play a systemd initrd with a backdoor: the guest gets a fake
+                                 `systemctl` whose `show initrd.target` is active and whose
+                                 `isolate ... initrd-switch-root.target` replaces the guest's
+                                 shell by a new one with a new handshake (`switch_root`)
 """
 
 from __future__ import annotations
@@ -56,6 +60,16 @@ import time
 from pathlib import Path
 
 HANDSHAKE = b"Spawning backdoor root shell...\n"
+
+# The initrd's systemctl (FAKE_QEMU_INITRD=1): the root file system's shell has none.
+FAKE_INITRD_SYSTEMCTL = """#!/bin/sh
+case "$*" in
+*"show"*initrd.target*ActiveState*) echo ActiveState=active ;;
+*"show"*initrd.target*) printf 'Id=initrd.target\\nActiveState=active\\n' ;;
+*"isolate --no-block initrd-switch-root.target"*) echo switch-root > "$FAKE_QEMU_CTL" ;;
+*) echo "fake initrd systemctl: unexpected: $*" >&2; exit 1 ;;
+esac
+"""
 PROMPT = "(qemu) "
 BANNER = "QEMU 8.2.99 monitor - type 'help' for more information\r\n"
 QMP_GREETING = {
@@ -91,6 +105,7 @@ class Fake:
         self.qmp_clients: list[socket.socket] = []
         self.qmp_lock = threading.Lock()
         self.guest: subprocess.Popen[bytes] | None = None
+        self.shells = 0  # guest shells started so far (switch_root starts another)
         self.running = True
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -282,6 +297,8 @@ class Fake:
         elif words[0] == "event":
             data = json.loads(words[2]) if len(words) > 2 else None
             self.qmp_event(words[1], data)
+        elif words[0] == "switch-root":
+            threading.Thread(target=self.switch_root, daemon=True).start()
         elif words[0] == "console":
             self.console(line.split(maxsplit=1)[1] if len(words) > 1 else "")
 
@@ -327,6 +344,8 @@ class Fake:
             "poweroff": '#!/bin/sh\necho poweroff > "$FAKE_QEMU_CTL"\nsleep 60\n',
             "reboot": '#!/bin/sh\necho poweroff > "$FAKE_QEMU_CTL"\nsleep 60\n',
         }
+        if os.environ.get("FAKE_QEMU_INITRD") == "1":
+            tools["systemctl"] = FAKE_INITRD_SYSTEMCTL
         for name, body in tools.items():
             p = bindir / name
             p.write_text(body)
@@ -342,7 +361,9 @@ class Fake:
             PAGER="",
             FAKE_QEMU_CTL=str(ctl),
             FAKE_QEMU_PID=str(os.getpid()),
+            FAKE_QEMU_SHELL=str(self.shells),
         )
+        self.shells += 1
         # `-s` reads commands from stdin; the positional arguments only mark the process.
         bash = ["bash", "--norc", "-s", "fake-guest", str(self.state_dir)]
         cmd = ["setpriv", "--pdeathsig", "KILL", "--"]
@@ -442,17 +463,70 @@ class Fake:
 
         self.console("[    2.000000] systemd[1]: Reached target Multi-User System.")
         self.console("connecting to host...")
+        self.shell, self.bindir, self.ctl = shell, bindir, ctl
         host_end, guest_end = socket.socketpair()
+        self.host_end = host_end
         self.spawn_guest(guest_end, bindir, ctl)
         # As the backdoor: noise may come first; nothing may follow the handshake line.
         shell.sendall(b"\x1b[0mfake virtconsole ready\r\n" + HANDSHAKE)
-        threading.Thread(target=relay, args=(shell, host_end), daemon=True).start()
-        threading.Thread(target=relay, args=(host_end, shell), daemon=True).start()
+        threading.Thread(target=self.relay_to_guest, daemon=True).start()
+        threading.Thread(target=self.relay_from_guest, args=(host_end,), daemon=True).start()
         threading.Thread(target=self.watch_guest, daemon=True).start()
         self.console("FakeOS login: ")
         while not self.exit_event.wait(0.5):
             pass
         return self.finish()
+
+    def relay_to_guest(self) -> None:
+        """The virtconsole's input goes to whichever guest shell runs now."""
+        while True:
+            try:
+                data = self.shell.recv(1 << 18)
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                self.host_end.sendall(data)
+            except OSError:
+                pass
+
+    def switch_root(self) -> None:
+        """The initrd's shell goes; the real root's backdoor says hello on the same console."""
+        old, guest = self.host_end, self.guest
+        host_end, guest_end = socket.socketpair()
+        self.host_end = host_end
+        if guest is not None:
+            guest.kill()
+            guest.wait()
+        old.close()
+        self.console("[    3.000000] systemd[1]: Switching root.")
+        self.spawn_guest(guest_end, self.bindir, self.ctl)
+        self.shell.sendall(b"fake root virtconsole ready\r\n" + HANDSHAKE)
+        threading.Thread(target=self.relay_from_guest, args=(host_end,), daemon=True).start()
+        threading.Thread(target=self.watch_guest, daemon=True).start()
+        # The guest's parent-death signal is tied to the thread that forked it: stay.
+        self.exit_event.wait()
+
+    def relay_from_guest(self, src: socket.socket) -> None:
+        """The guest shell's output to the virtconsole; its end closes the console unless a
+        new shell (switch_root) has taken over."""
+        while True:
+            try:
+                data = src.recv(1 << 18)
+            except OSError:
+                data = b""
+            if not data:
+                if src is self.host_end:
+                    try:
+                        self.shell.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass
+                return
+            try:
+                self.shell.sendall(data)
+            except OSError:
+                return
 
     def watch_guest(self) -> None:
         guest = self.guest
@@ -504,24 +578,6 @@ def connect(path: str) -> socket.socket:
                 sys.stderr.write(f"qemu-system-x86_64: -chardev socket: {path}: {e}\n")
                 sys.exit(1)
             time.sleep(0.01)
-
-
-def relay(src: socket.socket, dst: socket.socket) -> None:
-    while True:
-        try:
-            data = src.recv(1 << 18)
-        except OSError:
-            return
-        if not data:
-            try:
-                dst.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-            return
-        try:
-            dst.sendall(data)
-        except OSError:
-            return
 
 
 _pidns: list[str] | None = None

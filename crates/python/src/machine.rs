@@ -319,6 +319,11 @@ impl Machine {
         self.call(py, |m| m.reboot())
     }
 
+    /// Leaves a systemd initrd with a backdoor for the real root (upstream's `switch_root`).
+    fn switch_root(&self, py: Python<'_>) -> PyResult<()> {
+        self.call(py, |m| m.switch_root())
+    }
+
     /// Waits until the machine has stopped.
     fn wait_for_shutdown(&self, py: Python<'_>) -> PyResult<()> {
         self.call(py, |m| m.wait_for_shutdown())

@@ -222,7 +222,8 @@ impl NspawnBackend {
                 );
             }
             let shell = Shell::new(ours.try_clone().map_err(|e| Error::io("socket pair", e))?)
-                .with_preamble(CONTAINER_PREAMBLE);
+                .with_preamble(CONTAINER_PREAMBLE)
+                .with_raw_output();
             self.shell.set(shell, &ours);
             let hello = format!("{CONTAINER_SETUP}echo 'Spawning backdoor root shell...'\n");
             self.shell.send_raw(info, &self.console, hello.as_bytes())?;

@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::QemuBackend;
 use crate::error::{Error, Result};
 use crate::interrupt::Deadline;
-use crate::machine::Machine;
+use crate::machine::{ExecOptions, Machine};
 
 /// Upstream's `CHAR_TO_KEY`: characters that need a QEMU key name.
 pub fn char_to_key(c: &str) -> Option<&'static str> {
@@ -184,6 +184,25 @@ impl Machine {
         self.send_key("ctrl-alt-delete", Some(Duration::from_millis(10)), true)?;
         self.qemu_or_err("reboot")?.disconnect();
         Ok(())
+    }
+
+    /// Leaves a systemd initrd that runs the backdoor (NixOS's `testing.initrdBackdoor`) for
+    /// the real root, as upstream does: waits for `initrd.target`, isolates
+    /// `initrd-switch-root.target` without waiting for an answer, then waits for the new root's
+    /// backdoor handshake on the same console.
+    pub fn switch_root(&self) -> Result<()> {
+        let qemu = self.qemu_or_err("switch_root")?;
+        self.wait_for_unit("initrd.target", None, None)?;
+        self.execute(
+            "systemctl isolate --no-block initrd-switch-root.target 2>/dev/null >/dev/null",
+            ExecOptions {
+                check_return: false,
+                check_output: false,
+                ..Default::default()
+            },
+        )?;
+        qemu.disconnect();
+        self.connect()
     }
 
     /// Cuts the first VLAN link (`virtio-net-pci.1`).
