@@ -518,7 +518,7 @@ ROWS = [
     ("g", "first_command_s", "… first command (its round trip after the handshake)", "s"),
     ("g", "script_end_to_exit_s", "… end of script → driver exited (sync, cleanup, exit)", "s"),
     ("h", "ct_first_command_s", 'container: `start()` → first `succeed("true")` returned', "s"),
-    ("h", "ct_multi_user_s", "… `start()` → `wait_for_unit(\"multi-user.target\")` returned", "s"),
+    ("h", "ct_multi_user_s", '… `start()` → `wait_for_unit("multi-user.target")` returned', "s"),
     ("h", "ct_launch_to_script_exec_s", "… driver start → start script exec", "s"),
     ("h", "ct_true_median_s", 'container: `succeed("true")`, median of per-run medians', "ms"),
     ("h", "ct_true_p10_s", "… per-run p10", "ms"),
@@ -529,7 +529,7 @@ ROWS = [
     ("h", "cli_wall_container_s", "container: CLI start → exit (boot, commands, cleanup)", "s"),
     ("i", "sd_connecting_s", "systemd VM: boot → handshake, `connecting took`", "s"),
     ("i", "sd_first_command_s", '… `start()` → first `succeed("true")` returned', "s"),
-    ("i", "sd_multi_user_s", "… `start()` → `wait_for_unit(\"multi-user.target\")` returned", "s"),
+    ("i", "sd_multi_user_s", '… `start()` → `wait_for_unit("multi-user.target")` returned', "s"),
 ]
 
 

@@ -600,13 +600,14 @@ def test_switch_root_leaves_the_initrd_for_a_new_shell(run_script):
 def test_switch_root_needs_a_vm(driver_env, run_driver, write_script):
     container = driver_env.write_script(
         "run-box-nspawn",
-        "#!/bin/bash\necho \"systemd-nspawn's PID is $$\"\nsleep 600 &\nwait\n",
+        '#!/bin/bash\necho "systemd-nspawn\'s PID is $$"\nsleep 600 &\nwait\n',
         True,
     )
     test = write_script(
         "t.py",
         PRELUDE
-        + 'msg = raises("MachineError", box.switch_root)\nassert "needs a QEMU machine" in msg, msg\n',
+        + 'msg = raises("MachineError", box.switch_root)\n'
+        + 'assert "needs a QEMU machine" in msg, msg\n',
     )
     r = run_driver(["--container-start-scripts", container, "--", test])
     assert r.returncode == 0, r
