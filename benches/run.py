@@ -8,6 +8,7 @@ Measures (see benches/README.md for the method of each):
   (c) succeed("true") round trip             (d) 1 MB of stdout, and the same to /dev/null
   (e) start_all() of 2 and 4 VMs, and of 2 VMs on one VLAN, until each answered a command
   (f) the driver's peak RSS                  (g) the driver's own share of a minimal run
+  (j) OCR of a known screen: every variant vs `wait_for_text`'s early exit
   (h) a systemd-nspawn container of the Debian systemd guest: start to first command and to
       multi-user.target, succeed("true"), 1 MB      (i) the systemd guest as a VM: boot
 and writes benches/results/NAME.json and NAME.md (NAME: `latest`, or `quick` with --quick).
@@ -131,6 +132,7 @@ def suites(calls: int, warmup: int, mb_iters: int) -> list[Suite]:
             {"machine": "systemd-nspawn"},
         ),
         Suite("systemd-vm", "systemd_boot.py", {"machine": []}, {}, {"machine": "systemd-vm"}),
+        Suite("ocr", "ocr.py", {"machine": []}, {"NTNG_BENCH_OCR_ITERS": str(mb_iters)}),
     ]
 
 
@@ -378,6 +380,10 @@ def per_run_figures(suite: str, raw: dict[str, Any]) -> dict[str, float]:
         f["ct_mb_stdout_s"] = statistics.median(raw["mb_stdout_s"])
         f["rss_container_mb"] = raw["vm_hwm_kib"] / 1000
         f["cli_wall_container_s"] = raw["wall_s"]
+    elif suite == "ocr":
+        f["ocr_all_variants_s"] = statistics.median(raw["all_variants_s"])
+        f["ocr_early_exit_s"] = statistics.median(raw["early_exit_s"])
+        f["ocr_raw_s"] = statistics.median(raw["raw_s"])
     elif suite == "systemd-vm":
         f["sd_connecting_s"] = raw["connecting_s"]["machine"]
         f["sd_first_command_s"] = raw["first_command_s"]
@@ -527,6 +533,9 @@ ROWS = [
     ("h", "ct_mb_stdout_s", "container: 1 MB stdout", "s"),
     ("h", "rss_container_mb", "container: driver peak RSS", "MB"),
     ("h", "cli_wall_container_s", "container: CLI start → exit (boot, commands, cleanup)", "s"),
+    ("j", "ocr_all_variants_s", "OCR: all 3 variants of a known screen (upstream's try)", "s"),
+    ("j", "ocr_early_exit_s", "… `wait_for_text` on it (stops at the first match)", "s"),
+    ("j", "ocr_raw_s", "… `get_screen_text` (the raw screen only)", "s"),
     ("i", "sd_connecting_s", "systemd VM: boot → handshake, `connecting took`", "s"),
     ("i", "sd_first_command_s", '… `start()` → first `succeed("true")` returned', "s"),
     ("i", "sd_multi_user_s", '… `start()` → `wait_for_unit("multi-user.target")` returned', "s"),

@@ -15,6 +15,7 @@ packages=(
   debootstrap       # the Debian systemd guest's root file system
   systemd-container # systemd-nspawn for container machines (run-<name>-nspawn)
   util-linux        # unshare, nsenter
+  tesseract-ocr     # OCR for get_screen_text and wait_for_text (host side)
 )
 
 missing=()

@@ -229,6 +229,30 @@ class Machine:
     ) -> None: ...
     def get_console_log(self) -> str:
         """The console output since the last start."""
+    def screenshot(self, filename: str) -> None:
+        """Save the screen as PNG (`.png` appended without a `.`; in the output directory
+        without a `/`)."""
+    def get_screen_text(self) -> str:
+        """The screen's text, by OCR (`tesseract` on the host)."""
+    def get_screen_text_variants(self) -> list[str]:
+        """The screen's text by OCR of the raw screen and two processed variants."""
+    def _wait_for_text(
+        self, what: str, matcher: Callable[[str], bool], timeout: Timeout = 900
+    ) -> None: ...
+    def get_tty_text(self, tty: str | int) -> str:
+        """The text on virtual terminal `tty` (`/dev/vcs<tty>`), folded at its width."""
+    def _wait_until_tty_matches(
+        self, tty: str | int, what: str, matcher: Callable[[str], bool], timeout: Timeout = 900
+    ) -> None: ...
+    def dump_tty_contents(self, tty: str | int) -> None:
+        """Write the text of virtual terminal `tty` into the guest's journal."""
+    def wait_for_x(self, timeout: Timeout = 900) -> None:
+        """Wait until the X server is up (graphical target reached, its socket there)."""
+    def get_window_names(self) -> list[str]:
+        """The names of the X windows (`xwininfo -root -tree`)."""
+    def _wait_for_window(
+        self, what: str, matcher: Callable[[str], bool], timeout: Timeout = 900
+    ) -> None: ...
     def block(self) -> None:
         """Cut the first VLAN NIC (`set_link virtio-net-pci.1 off`)."""
     def unblock(self) -> None: ...

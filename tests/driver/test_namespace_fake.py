@@ -611,3 +611,52 @@ def test_switch_root_needs_a_vm(driver_env, run_driver, write_script):
     )
     r = run_driver(["--container-start-scripts", container, "--", test])
     assert r.returncode == 0, r
+
+
+def test_x_and_tty_helpers_run_upstreams_commands(run_script):
+    """The commands behind wait_for_x, get_window_names, wait_for_window and
+    dump_tty_contents, against fake guest tools that record what they were given."""
+    run_script(
+        """
+        import pathlib
+        alpha.start()
+        alpha.connect()
+        bindir = pathlib.Path(alpha.state_dir) / "fake-qemu/bin"
+        def tool(name, body):
+            (bindir / name).write_text("#!/bin/sh\\n" + body)
+            (bindir / name).chmod(0o755)
+        tool(
+            "journalctl",
+            'echo "$*" >> @G@/journalctl\\n'
+            'echo "systemd[1]: Reached target Current graphical User Interface."\\n',
+        )
+        tool(
+            "xwininfo",
+            'cat <<"EOF"\\nxwininfo: Window id: 0x1 (the root window)\\n'
+            '     0x400001 "xterm: root@machine": ("xterm" "XTerm")\\n'
+            '     0x400002 "Firefox": ("firefox")\\nEOF\\n',
+        )
+        tool("systemd-cat", 'cat > @G@/journal-input\\n')
+        os.makedirs("/tmp/.X11-unix", exist_ok=True)
+        made = not os.path.exists("/tmp/.X11-unix/X0")
+        open("/tmp/.X11-unix/X0", "a").close()
+        try:
+            alpha.wait_for_x(timeout=10)
+        finally:
+            if made:
+                os.unlink("/tmp/.X11-unix/X0")
+        assert open("@G@/journalctl").read() == "-b SYSLOG_IDENTIFIER=systemd\\n"
+        assert alpha.get_window_names() == ["xterm: root@machine", "Firefox"]
+        alpha.wait_for_window(r"^Fire", timeout=10)
+        try:
+            alpha.wait_for_window("chromium", timeout=1)
+        except Exception as e:
+            assert "waiting for a window to appear" in str(e), e
+        else:
+            raise AssertionError("a missing window was found")
+        tool("fold", 'echo "fold $*" > @G@/fold; echo screen text\\n')
+        alpha.dump_tty_contents(2)
+        assert open("@G@/fold").read() == "fold -w 80 /dev/vcs2\\n"
+        assert open("@G@/journal-input").read() == "screen text\\n"
+        """
+    )

@@ -252,3 +252,60 @@ def test_sigkill_of_the_driver_takes_qemu_and_vde_along(vm_env, leftovers):
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert not leftovers(vm_env.root, wait=5)
+
+
+SCREENS_SCRIPT = r"""
+import os
+import struct
+
+from nixos_test_ng.errors import MachineError
+
+machine.start()
+# the console reaches the screen once bochs' framebuffer is up (loaded in the background)
+machine.wait_until_succeeds("test -e /dev/fb0", timeout=60)
+machine.succeed("printf '\033[2J\033[H' > /dev/tty1; echo 'HELLO OCR WORLD 4242' > /dev/tty1")
+
+with subtest("screenshot"):
+    machine.screenshot("screen")
+    path = os.path.join(driver.config.out_dir, "screen.png")
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", data[:8]
+    width, height = struct.unpack(">II", data[16:24])
+    assert width >= 640 and height >= 400, (width, height)
+
+with subtest("OCR"):
+    assert "HELLO OCR WORLD 4242" in machine.get_screen_text()
+    variants = machine.get_screen_text_variants()
+    assert len(variants) == 3 and all("OCR WORLD" in v for v in variants), variants
+    machine.wait_for_text(r"WORLD \d+")
+    try:
+        machine.wait_for_text("NOT ON THE SCREEN", timeout=1)
+    except Exception as e:
+        assert "NOT ON THE SCREEN" in str(e), e
+    else:
+        raise AssertionError("wait_for_text found text that is not there")
+
+with subtest("TTYs"):
+    assert "HELLO OCR WORLD 4242" in machine.get_tty_text(1)
+    machine.wait_until_tty_matches("1", r"OCR WORLD \d+", timeout=30)
+
+with subtest("no OCR on the host"):
+    path_before = os.environ["PATH"]
+    os.environ["PATH"] = "/nonexistent"
+    try:
+        machine.get_screen_text()
+    except MachineError as e:
+        assert "tesseract" in str(e) and "not available" in str(e), e
+    else:
+        raise AssertionError("OCR without tesseract did not fail")
+    finally:
+        os.environ["PATH"] = path_before
+"""
+
+
+def test_screens_ocr_and_ttys(vm_env):
+    r = vm_env.run({"machine": []}, SCREENS_SCRIPT)
+    assert r.returncode == 0, r.stderr[-6000:]
+    assert "machine: making screenshot " in r.stderr
+    assert "machine: waiting for WORLD \\d+ to appear on screen" in r.stderr
+    assert "Last OCR attempt failed. Text was: " in r.stderr

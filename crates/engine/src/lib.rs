@@ -21,6 +21,7 @@ pub mod nspawn;
 pub mod process;
 pub mod qemu;
 pub mod retry;
+pub mod screen;
 pub mod transport;
 pub mod vlan;
 

@@ -400,6 +400,105 @@ impl Machine {
         .map_err(to_pyerr)
     }
 
+    /// Saves the screen as PNG (`.png` appended without a `.`; in the output directory
+    /// without a `/`).
+    fn screenshot(&self, py: Python<'_>, filename: String) -> PyResult<()> {
+        self.call(py, |m| m.screenshot(&filename).map(drop))
+    }
+
+    /// The screen's text, by OCR.
+    fn get_screen_text(&self, py: Python<'_>) -> PyResult<String> {
+        self.call(py, |m| m.get_screen_text())
+    }
+
+    /// The screen's text by OCR of the raw screen and two processed variants.
+    fn get_screen_text_variants(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        self.call(py, |m| m.get_screen_text_variants())
+    }
+
+    #[pyo3(signature = (what, matcher, timeout=None))]
+    fn _wait_for_text(
+        &self,
+        py: Python<'_>,
+        what: String,
+        matcher: Py<PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let t = timeout_or(timeout, Some(DEFAULT_TIMEOUT))?;
+        let m = self.inner.clone();
+        py.detach(move || {
+            m.wait_for_text(&what, t, &mut |text: &str| {
+                Python::attach(|py| matcher.call1(py, (text,))?.bind(py).is_truthy())
+                    .map_err(from_pyerr)
+            })
+        })
+        .map_err(to_pyerr)
+    }
+
+    /// The text on virtual terminal `tty` (`/dev/vcs<tty>`), folded at its width.
+    fn get_tty_text(&self, py: Python<'_>, tty: &Bound<'_, PyAny>) -> PyResult<String> {
+        let tty = tty.str()?.to_string();
+        self.call(py, |m| m.get_tty_text(&tty))
+    }
+
+    #[pyo3(signature = (tty, what, matcher, timeout=None))]
+    fn _wait_until_tty_matches(
+        &self,
+        py: Python<'_>,
+        tty: &Bound<'_, PyAny>,
+        what: String,
+        matcher: Py<PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let t = timeout_or(timeout, Some(DEFAULT_TIMEOUT))?;
+        let tty = tty.str()?.to_string();
+        let m = self.inner.clone();
+        py.detach(move || {
+            m.wait_until_tty_matches(&tty, &what, t, &mut |text: &str| {
+                Python::attach(|py| matcher.call1(py, (text,))?.bind(py).is_truthy())
+                    .map_err(from_pyerr)
+            })
+        })
+        .map_err(to_pyerr)
+    }
+
+    /// Writes the text of virtual terminal `tty` into the guest's journal.
+    fn dump_tty_contents(&self, py: Python<'_>, tty: &Bound<'_, PyAny>) -> PyResult<()> {
+        let tty = tty.str()?.to_string();
+        self.call(py, |m| m.dump_tty_contents(&tty))
+    }
+
+    /// Waits until the X server is up.
+    #[pyo3(signature = (timeout=None))]
+    fn wait_for_x(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let t = timeout_or(timeout, Some(DEFAULT_TIMEOUT))?;
+        self.call(py, move |m| m.wait_for_x(t))
+    }
+
+    /// The names of the X windows.
+    fn get_window_names(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        self.call(py, |m| m.get_window_names())
+    }
+
+    #[pyo3(signature = (what, matcher, timeout=None))]
+    fn _wait_for_window(
+        &self,
+        py: Python<'_>,
+        what: String,
+        matcher: Py<PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let t = timeout_or(timeout, Some(DEFAULT_TIMEOUT))?;
+        let m = self.inner.clone();
+        py.detach(move || {
+            m.wait_for_window(&what, t, &mut |name: &str| {
+                Python::attach(|py| matcher.call1(py, (name,))?.bind(py).is_truthy())
+                    .map_err(from_pyerr)
+            })
+        })
+        .map_err(to_pyerr)
+    }
+
     /// The console output since the last start.
     fn get_console_log(&self) -> String {
         self.inner.console_log()

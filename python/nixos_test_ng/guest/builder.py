@@ -94,9 +94,13 @@ MODULES = (
     "overlay",
     "vmw_vsock_virtio_transport",
     "qemu_fw_cfg",  # the host list, when it is too long for the kernel command line
+    "bochs",  # -vga std's DRM driver: the console on the screen (screenshots, OCR)
 )
 #: Modules a flavour's kernel does not have (Debian's cloud kernel has no 9p).
-MISSING_MODULES: dict[str, tuple[str, ...]] = {"generic": (), "cloud": ("9pnet_virtio", "9p")}
+MISSING_MODULES: dict[str, tuple[str, ...]] = {
+    "generic": (),
+    "cloud": ("9pnet_virtio", "9p", "bochs"),
+}
 
 NSSWITCH_CONF = b"passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"
 

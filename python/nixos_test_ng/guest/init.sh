@@ -40,6 +40,9 @@ log "mounted /proc /sys /dev /tmp /run after $(cut -d' ' -f1 /proc/uptime)s"
 modprobe virtio_pci || log "cannot load virtio_pci"
 # shellcheck disable=SC2046  # one modalias per word
 modprobe -a $(cat /sys/bus/virtio/devices/*/modalias 2>/dev/null | sort -u) || log "some drivers failed to load"
+# The screen: Debian's kernel has no VGA text console here, so the console reaches the screen
+# through bochs' DRM framebuffer (fbcon). In the background: nothing before the backdoor needs it.
+modprobe bochs 2>/dev/null &
 
 hostname=nixos
 if_specs=

@@ -3,6 +3,7 @@
 
 mod api;
 mod files;
+mod screens;
 mod systemd;
 
 use std::path::{Path, PathBuf};

@@ -4,6 +4,7 @@
 mod monitor;
 mod ops;
 mod qmp;
+pub mod screen;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
