@@ -10,16 +10,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from nixos_test_ng import _native
-from nixos_test_ng.errors import MachineError, RequestedAssertionFailed
+from nixos_test_ng.debug import Debug, DebugNop
+from nixos_test_ng.errors import GlobalTimeout, MachineError, RequestedAssertionFailed, Terminated
 from nixos_test_ng.machine import BaseMachine, Machine, NspawnMachine, QemuMachine, wrap
 from nixos_test_ng.retry import LazyAssertionTester, Poll, PollingCondition, retry
-
-
-class DebugNop:
-    """`debug` when no debug hook is configured: `debug.breakpoint()` does nothing."""
-
-    def breakpoint(self, *_: Any, **__: Any) -> None:
-        pass
 
 
 class Driver:
@@ -31,7 +25,11 @@ class Driver:
         self.tests = script
         self.script_path = config.test_script or "<string>"
         self.polling_conditions: list[PollingCondition] = []
-        self.debug: Any = DebugNop()
+        self.debug: Debug | DebugNop = (
+            Debug(logger, config.debug_hook_attach, self.script_path)
+            if config.debug_hook_attach
+            else DebugNop()
+        )
         self._native = _native.Driver(config, logger)
         for key, value in self._native.vlan_env():
             os.environ[key] = value
@@ -110,9 +108,31 @@ class Driver:
 
     @contextlib.contextmanager
     def subtest(self, name: str) -> Iterator[None]:
-        """Group steps; the log and JUnit show each subtest with its own status."""
+        """Group steps; the log and JUnit show each subtest with its own status.
+
+        A failure ends the script, as upstream; with `--keep-going` it is reported (in the
+        log and as this subtest's failure in JUnit) and the script goes on after the block,
+        and the run fails at the end.
+        """
         with self.logger.subtest(name):
-            yield
+            try:
+                yield
+            except Exception as e:
+                if not self.config.keep_going or isinstance(e, GlobalTimeout | Terminated):
+                    raise
+                self.on_failure(e)
+                self.logger.log_test_error(f'Test "{name}" failed with error: "{e}"')
+                self.report_failure(e)
+                self.logger.log_test_error("--keep-going: going on with the script")
+
+    def on_failure(self, exc: BaseException) -> None:
+        """Breakpoint-on-failure (`--debug-hook-attach`), once per exception: after a failed
+        check or an unexpected error, not after a `MachineError`, as upstream."""
+        if isinstance(exc, MachineError) or getattr(exc, "_ntng_debugged", False):
+            return
+        with contextlib.suppress(AttributeError):
+            exc._ntng_debugged = True  # type: ignore[attr-defined]
+        self.debug.post_mortem(exc.__traceback__)
 
     # -- the namespace ---------------------------------------------------------------------
 
@@ -165,7 +185,12 @@ class Driver:
         with self.logger.nested("run the VM test script"):
             symbols = self.test_symbols()
             code = compile(self.tests, self.script_path, "exec")
-            exec(code, symbols, None)
+            try:
+                exec(code, symbols, None)
+            except Exception as e:
+                if not isinstance(e, GlobalTimeout | Terminated):
+                    self.on_failure(e)
+                raise
 
     def run_tests(self) -> None:
         """Run the script under the global timeout, then `sync` every running machine."""

@@ -53,6 +53,10 @@ impl Config {
         self.inner.interactive
     }
     #[getter]
+    fn keep_going(&self) -> bool {
+        self.inner.keep_going
+    }
+    #[getter]
     fn junit_xml(&self) -> Option<String> {
         self.inner
             .junit_xml

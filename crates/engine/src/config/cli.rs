@@ -35,6 +35,9 @@ struct Args {
     /// Run the script (the default).
     #[arg(long = "no-interactive", overrides_with = "interactive")]
     no_interactive: bool,
+    /// After a failed subtest, go on with the rest of the script (the run still fails).
+    #[arg(long = "keep-going")]
+    keep_going: bool,
     /// Enable breakpoint-on-failure; CMD is printed as the command to attach with.
     #[arg(long = "debug-hook-attach", value_name = "CMD")]
     debug_hook_attach: Option<String>,
@@ -146,6 +149,7 @@ pub fn parse_args(argv: &[String], env: &HashMap<String, String>) -> Result<Pars
     }
     cfg.keep_machine_state = args.keep_machine_state || args.keep_vm_state;
     cfg.interactive = args.interactive && !args.no_interactive;
+    cfg.keep_going = args.keep_going;
     cfg.debug_hook_attach = args.debug_hook_attach.clone();
     cfg.dump_vsocks = args.dump_vsocks.filter(|&n| n != 0);
     if let Some(level) = args.log_level {

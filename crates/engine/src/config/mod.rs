@@ -46,6 +46,8 @@ pub struct Config {
     pub keep_machine_state: bool,
     /// Open a REPL instead of running the script.
     pub interactive: bool,
+    /// Go on after a failed subtest (`--keep-going`; new).
+    pub keep_going: bool,
     /// JUnit XML file, relative to `out_dir`.
     pub junit_xml: Option<PathBuf>,
     /// The test script.
@@ -90,6 +92,7 @@ impl Default for Config {
             out_dir: PathBuf::from("."),
             keep_machine_state: false,
             interactive: false,
+            keep_going: false,
             junit_xml: None,
             test_script: None,
             debug_hook_attach: None,
