@@ -239,6 +239,7 @@ class Machine:
     def _wait_for_text(
         self, what: str, matcher: Callable[[str], bool], timeout: Timeout = 900
     ) -> None: ...
+    def _interact_command(self, command: str, write: Callable[[bytes], object]) -> int: ...
     def get_tty_text(self, tty: str | int) -> str:
         """The text on virtual terminal `tty` (`/dev/vcs<tty>`), folded at its width."""
     def _wait_until_tty_matches(

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 from datetime import timedelta
 
@@ -48,6 +49,60 @@ class BaseMachine(_native.Machine):
         """Wait until an X window whose name matches `regexp` (`re.search`) exists."""
         pattern = re.compile(regexp)
         self._wait_for_window(regexp, lambda name: pattern.search(name) is not None, timeout)
+
+    def shell_interact(self, address: str | None = None) -> None:
+        """An interactive shell on the machine, at a `<name>$ ` prompt on the terminal.
+
+        Each line runs as a command (stdout and stderr stream as they come); Ctrl-C
+        interrupts the running command in the guest, not the driver; Ctrl-D or `exit` leaves.
+        Upstream's `address` (a socat address for the raw backdoor) is not supported.
+        """
+        if address is not None:
+            raise NotImplementedError(
+                "shell_interact(address=...) is not supported: use shell_interact() at a terminal"
+            )
+        self.connect()
+        print(
+            f"{self.name}: interactive shell; Ctrl-C interrupts the running command,"
+            " Ctrl-D or `exit` leaves",
+            flush=True,
+        )
+        out = sys.stdout.buffer
+
+        def write(chunk: bytes) -> None:
+            out.write(chunk)
+            out.flush()
+
+        while True:
+            try:
+                line = input(f"{self.name}$ ")
+            except EOFError:
+                print()
+                return
+            except KeyboardInterrupt:
+                print()
+                continue
+            if line.strip() in ("exit", "logout"):
+                return
+            if not line.strip():
+                continue
+            try:
+                status = self._interact_command(line, write)
+            except KeyboardInterrupt:
+                continue
+            if status != 0:
+                print(f"[exit status {status}]", flush=True)
+
+    def console_interact(self) -> None:
+        """Forward the terminal's input to the serial console (QEMU's stdin) until Ctrl-D."""
+        while True:
+            try:
+                line = sys.stdin.readline()
+            except KeyboardInterrupt:
+                continue
+            if not line:
+                return
+            self.send_console(line)
 
     def copy_from_vm(self, source: str, target_dir: str = "") -> None:
         """Deprecated alias of `copy_from_machine`, as upstream."""

@@ -31,3 +31,74 @@ def test_repl_reads_commands_with_the_namespace(driver_env, fake_vm):
     # no global timer in interactive mode, and the machine is cleaned up at exit
     assert "Test will time out" not in p.stderr
     assert "kill QemuMachine (pid " in p.stderr
+
+
+def test_repl_and_shell_interact_through_a_terminal(driver_env, fake_vm):
+    """Drives `--interactive` through a pseudo-terminal: the REPL prompt, shell_interact's
+    prompt, a command, Ctrl-C interrupting a guest command (not the driver), Ctrl-D out."""
+    import os
+    import pty
+    import select
+    import time
+
+    vm = fake_vm("alpha")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the driver on the terminal
+        os.chdir(driver_env.work)
+        os.execvpe(
+            driver_command()[0],
+            [*driver_command(), "--interactive", "--vm-start-scripts", str(vm.script)],
+            driver_env.env,
+        )
+    seen = b""
+
+    def expect(marker: bytes, timeout: float = 30) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while marker not in seen:
+            left = deadline - time.monotonic()
+            assert left > 0, (
+                f"no {marker!r} on the terminal; it shows:\n{seen.decode(errors='replace')}"
+            )
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    chunk = b""
+                assert chunk, (
+                    f"the terminal closed waiting for {marker!r}:\n{seen.decode(errors='replace')}"
+                )
+                seen += chunk
+        seen = seen[seen.index(marker) + len(marker) :]
+
+    try:
+        expect(b">>> ")
+        os.write(fd, b"alpha.shell_interact()\n")
+        expect(b"alpha$ ")
+        os.write(fd, b"echo hi-$((40 + 2))\n")
+        expect(b"hi-42")
+        expect(b"alpha$ ")
+        os.write(fd, b"sleep 30; echo not-reached\n")
+        time.sleep(1)
+        os.write(fd, b"\x03")  # Ctrl-C: the terminal sends SIGINT to the driver
+        expect(b"[exit status 130]", timeout=10)
+        expect(b"alpha$ ")
+        os.write(fd, b"echo still-$((1 + 1))\n")
+        expect(b"still-2")
+        expect(b"alpha$ ")
+        os.write(fd, b"\x04")  # Ctrl-D leaves shell_interact
+        expect(b">>> ")
+        os.write(fd, b"print('repl', 6 * 7)\n")
+        expect(b"repl 42")
+        os.write(fd, b"\x04")  # and the REPL
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, seen.decode(errors="replace")
+        assert b"not-reached" not in seen
+    finally:
+        try:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)

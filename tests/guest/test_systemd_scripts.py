@@ -320,6 +320,7 @@ def test_nspawn_script_contract(fake_container: Any, sd_guest: Path, tmp_path: P
             f"--uuid={container_uuid('box')}",
             "--register=no",
             "--keep-unit",
+            f"--network-namespace-path=/proc/{pid}/ns/net",
             "--console=read-only",
             f"--bind={state}/var/log/journal:/var/log/journal",
             f"--bind={shared}:/tmp/shared",

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 use pyo3::types::PyDict;
 
 use ntng_engine::machine::{ExecOptions, Machine as EngineMachine};
@@ -494,6 +495,24 @@ impl Machine {
             m.wait_for_window(&what, t, &mut |name: &str| {
                 Python::attach(|py| matcher.call1(py, (name,))?.bind(py).is_truthy())
                     .map_err(from_pyerr)
+            })
+        })
+        .map_err(to_pyerr)
+    }
+
+    /// Runs one command of `shell_interact`; `write(bytes)` gets the output as it comes.
+    fn _interact_command(
+        &self,
+        py: Python<'_>,
+        command: String,
+        write: Py<PyAny>,
+    ) -> PyResult<i32> {
+        let m = self.inner.clone();
+        py.detach(move || {
+            m.interact_command(&command, &mut |chunk: &[u8]| {
+                // A failed write (a Ctrl-C raised in the callback) must not end the command:
+                // the engine forwards Ctrl-C to the guest.
+                let _ = Python::attach(|py| write.call1(py, (PyBytes::new(py, chunk),)));
             })
         })
         .map_err(to_pyerr)

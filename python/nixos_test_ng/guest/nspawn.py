@@ -236,6 +236,7 @@ def render_nspawn_script(
         '    --directory="$rootfs" --volatile=overlay \\',
         '    --machine="$name" --uuid="$uuid" \\',
         "    --register=no --keep-unit \\",
+        "    --network-namespace-path=/proc/$$/ns/net \\",
         "    --console=read-only \\",
         '    --bind="$journal_bind" --bind="$shared_bind" --bind-ro="$hosts_bind" \\',
         "    --boot",

@@ -271,3 +271,14 @@ impl Machine {
         Ok(())
     }
 }
+
+impl Machine {
+    /// Runs `command` for `shell_interact`: the output goes to `out` as it comes, and Ctrl-C
+    /// interrupts the command in the guest, not the driver. Returns the exit status.
+    pub fn interact_command(&self, command: &str, out: &mut dyn FnMut(&[u8])) -> Result<i32> {
+        self.connect()?;
+        self.backend
+            .shell()
+            .interact(&self.info, self.backend.console(), command, out)
+    }
+}

@@ -87,6 +87,8 @@ pub trait Backend: Send + Sync {
     fn release(&self, info: &MachineInfo);
     /// The console (serial port or journal).
     fn console(&self) -> &Arc<Console>;
+    /// The backdoor shell.
+    fn shell(&self) -> &crate::transport::slot::ShellSlot;
     /// The QEMU backend, for QEMU-only operations.
     fn as_qemu(&self) -> Option<&QemuBackend> {
         None

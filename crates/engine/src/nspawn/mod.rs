@@ -469,6 +469,10 @@ impl Backend for NspawnBackend {
     fn console(&self) -> &Arc<Console> {
         &self.console
     }
+
+    fn shell(&self) -> &ShellSlot {
+        &self.shell
+    }
 }
 
 #[cfg(test)]

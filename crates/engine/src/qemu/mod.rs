@@ -486,6 +486,10 @@ impl Backend for QemuBackend {
         &self.console
     }
 
+    fn shell(&self) -> &ShellSlot {
+        &self.shell
+    }
+
     fn as_qemu(&self) -> Option<&QemuBackend> {
         Some(self)
     }

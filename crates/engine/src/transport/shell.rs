@@ -394,6 +394,22 @@ impl Shell {
     pub fn stream(&self) -> &UnixStream {
         &self.stream
     }
+
+    /// What has been read and not consumed yet.
+    pub(crate) fn buffer(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Drops the first `n` bytes of the buffer.
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.buf.drain(..n);
+    }
+
+    /// One read into the buffer, for callers that handle the interrupt flag themselves:
+    /// `Err(Interrupted)` only says that it is set.
+    pub(crate) fn fill_quietly(&mut self, deadline: Deadline) -> Result<bool, ShellError> {
+        self.fill(deadline)
+    }
 }
 
 fn map_write_err(e: io::Error) -> ShellError {

@@ -121,4 +121,37 @@ impl ShellSlot {
             Err(e) => Err(guest_error(info, console, format!("running `{command}`: {e}"))),
         }
     }
+
+    /// Runs one interactive command (see [`Shell::interact`]).
+    pub fn interact(
+        &self,
+        info: &MachineInfo,
+        console: &Console,
+        command: &str,
+        out: &mut dyn FnMut(&[u8]),
+    ) -> Result<i32> {
+        let mut guard = self.shell.lock().unwrap();
+        let shell = guard.as_mut().ok_or_else(|| Error::InvalidState {
+            machine: info.name.clone(),
+            message: format!("cannot run `{command}`: the machine is not running"),
+        })?;
+        match shell.interact(command, out) {
+            Ok(status) => Ok(status),
+            Err(ShellError::Interrupted) => Err(Error::Interrupted),
+            Err(ShellError::Disconnected) => {
+                drop(guard);
+                self.connected.store(false, Ordering::SeqCst);
+                Err(guest_error(
+                    info,
+                    console,
+                    format!("the machine stopped while running `{command}`"),
+                ))
+            }
+            Err(e) => Err(guest_error(
+                info,
+                console,
+                format!("running `{command}`: {e}"),
+            )),
+        }
+    }
 }
