@@ -98,7 +98,7 @@ class Driver:
         """Print how to reach each machine through the vsock SSH backdoor."""
         print("SSH backdoor enabled, the machines can be accessed like this:")
         print(
-            "Note: vsocks require systemd-ssh-proxy(1) to be enabled"
+            "Note: this requires systemd-ssh-proxy(1) to be enabled"
             " (default on NixOS 25.05 and newer)."
         )
         width = max((len(m.name) for m in self.machines), default=0)

@@ -660,3 +660,31 @@ def test_x_and_tty_helpers_run_upstreams_commands(run_script):
         assert open("@G@/journal-input").read() == "screen text\\n"
         """
     )
+
+
+def test_send_chars_maps_characters_to_upstreams_key_names(run_script):
+    r = run_script(
+        """
+        alpha.start()
+        alpha.send_chars("aZ1!\\n", delay=0)
+        print("KEYS-OK")
+        """
+    )
+    assert "KEYS-OK" in r.stdout, r
+    assert "alpha: sending keys 'aZ1!\\n'" in r.stderr
+    cmds = r.vms["alpha"].monitor_commands()
+    assert cmds == [
+        "sendkey a",
+        "sendkey shift-z",
+        "sendkey 1",
+        "sendkey shift-0x02",
+        "sendkey ret",
+    ]
+
+
+def test_dump_vsocks_prints_the_ssh_commands(run_script):
+    r = run_script("pass", machines=("beta", "alpha"), extra=["--dump-vsocks", "2"])
+    assert "SSH backdoor enabled, the machines can be accessed like this:" in r.stdout
+    assert "    alpha:  ssh -o User=root vsock/3" in r.stdout
+    assert "    beta:   ssh -o User=root vsock/4" in r.stdout  # aligned, as upstream
+    assert "Note: this requires systemd-ssh-proxy(1) to be enabled" in r.stdout

@@ -289,6 +289,13 @@ with subtest("TTYs"):
     assert "HELLO OCR WORLD 4242" in machine.get_tty_text(1)
     machine.wait_until_tty_matches("1", r"OCR WORLD \d+", timeout=30)
 
+with subtest("keyboard"):
+    machine.succeed("(read -r line </dev/tty1; echo \"$line\" > /tmp/keys) >/dev/null 2>&1 &")
+    machine.send_chars("typed Words 42!\n")
+    machine.wait_for_file("/tmp/keys", timeout=30)
+    assert machine.succeed("cat /tmp/keys") == "typed Words 42!\n"
+    machine.wait_for_text("typed Words", timeout=60)  # the tty's echo, on the screen
+
 with subtest("no OCR on the host"):
     path_before = os.environ["PATH"]
     os.environ["PATH"] = "/nonexistent"
@@ -309,3 +316,4 @@ def test_screens_ocr_and_ttys(vm_env):
     assert "machine: making screenshot " in r.stderr
     assert "machine: waiting for WORLD \\d+ to appear on screen" in r.stderr
     assert "Last OCR attempt failed. Text was: " in r.stderr
+    assert "machine: sending keys 'typed Words 42!\\n'" in r.stderr

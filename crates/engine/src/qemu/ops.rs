@@ -9,6 +9,36 @@ use crate::error::{Error, Result};
 use crate::interrupt::Deadline;
 use crate::machine::{ExecOptions, Machine};
 
+/// `repr()` of a Python string, as upstream's log lines show it: single quotes unless the
+/// text has a `'` and no `"`; backslash escapes for quotes, backslashes and control characters.
+pub fn python_repr(s: &str) -> String {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
 /// Upstream's `CHAR_TO_KEY`: characters that need a QEMU key name.
 pub fn char_to_key(c: &str) -> Option<&'static str> {
     Some(match c {
@@ -162,7 +192,7 @@ impl Machine {
 
     /// Types `chars` key by key.
     pub fn send_chars(&self, chars: &str, delay: Option<Duration>) -> Result<()> {
-        let block = self.nested(&format!("sending keys {chars:?}"));
+        let block = self.nested(&format!("sending keys {}", python_repr(chars)));
         for c in chars.chars() {
             self.send_key(&c.to_string(), delay, false)?;
         }
@@ -226,5 +256,18 @@ impl Machine {
     /// The start command (script path or command line).
     pub fn start_command(&self) -> Option<&str> {
         self.qemu().map(QemuBackend::start_command)
+    }
+}
+
+#[cfg(test)]
+mod repr_tests {
+    use super::python_repr;
+
+    #[test]
+    fn matches_python() {
+        assert_eq!(python_repr("typed 42!\n"), "'typed 42!\\n'");
+        assert_eq!(python_repr("it's"), "\"it's\"");
+        assert_eq!(python_repr("a'b\"c"), "'a\\'b\"c'");
+        assert_eq!(python_repr("\\\u{1}"), "'\\\\\\x01'");
     }
 }
