@@ -36,6 +36,9 @@ class Driver:
         self.machines: list[BaseMachine] = [wrap(h) for h in self._native.machine_handles()]
         for m in self.machines:
             m._set_hook(self.check_polling_conditions)
+            m.callbacks = [self.check_polling_conditions]
+            m.logger = logger
+            m.keep_machine_state = config.keep_machine_state
         self.vlans = self._native.vlans()
 
     # -- machines -----------------------------------------------------------------------

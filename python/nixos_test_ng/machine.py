@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 import sys
 import warnings
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from nixos_test_ng import _native
 
@@ -103,6 +105,37 @@ class BaseMachine(_native.Machine):
             if not line:
                 return
             self.send_console(line)
+
+    # -- upstream's smaller members ----------------------------------------------------------
+
+    #: Functions `run_callbacks()` calls (the driver adds its polling-condition check).
+    callbacks: list[Callable[[], object]]
+    #: The driver's logger.
+    logger: Any
+    #: Whether the state directory was kept from an earlier run (`--keep-machine-state`).
+    keep_machine_state: bool = False
+
+    @property
+    def keep_vm_state(self) -> bool:
+        """Generation A's name of `keep_machine_state`."""
+        return self.keep_machine_state
+
+    def run_callbacks(self) -> None:
+        """Run the callbacks (the driver's polling conditions); `execute` does so itself."""
+        for callback in getattr(self, "callbacks", []):
+            callback()
+
+    def wait_for_job(self, jobname: str) -> None:
+        """Generation A's alias of `wait_for_unit`."""
+        self.wait_for_unit(jobname)
+
+    def wait_for_monitor_prompt(self) -> str:
+        """Wait until QEMU's monitor answers; returns what it printed up to its prompt."""
+        return self.send_monitor_command("")
+
+    def ssh_backdoor_command(self, index: int) -> str:
+        """The command that reaches this machine through the vsock SSH backdoor."""
+        return f"ssh -o User=root vsock/{index}"
 
     def copy_from_vm(self, source: str, target_dir: str = "") -> None:
         """Deprecated alias of `copy_from_machine`, as upstream."""

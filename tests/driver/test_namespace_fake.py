@@ -585,6 +585,7 @@ def test_switch_root_leaves_the_initrd_for_a_new_shell(run_script):
     r = run_script(
         """
         assert alpha.succeed("echo $FAKE_QEMU_SHELL") == "0\\n"
+        alpha.wait_for_job("initrd.target")  # generation A's alias of wait_for_unit
         alpha.switch_root()
         assert alpha.connected
         assert alpha.succeed("echo $FAKE_QEMU_SHELL") == "1\\n"  # the root's shell
@@ -688,3 +689,18 @@ def test_dump_vsocks_prints_the_ssh_commands(run_script):
     assert "    alpha:  ssh -o User=root vsock/3" in r.stdout
     assert "    beta:   ssh -o User=root vsock/4" in r.stdout  # aligned, as upstream
     assert "Note: this requires systemd-ssh-proxy(1) to be enabled" in r.stdout
+
+
+def test_upstreams_smaller_machine_members(run_script):
+    r = run_script(
+        """
+        assert alpha.callbacks and alpha.logger is log
+        assert alpha.keep_machine_state is False and alpha.keep_vm_state is False
+        alpha.run_callbacks()
+        alpha.start()
+        assert alpha.wait_for_monitor_prompt().endswith("(qemu) ")
+        assert alpha.ssh_backdoor_command(3) == "ssh -o User=root vsock/3"
+        print("MEMBERS-OK")
+        """
+    )
+    assert "MEMBERS-OK" in r.stdout, r
