@@ -102,3 +102,25 @@ def test_repl_and_shell_interact_through_a_terminal(driver_env, fake_vm):
         except (ProcessLookupError, ChildProcessError):
             pass
         os.close(fd)
+
+
+def test_console_interact_sends_the_terminal_lines_to_the_serial_console(
+    driver_env, fake_vm, write_script
+):
+    vm = fake_vm("alpha")
+    test = write_script(
+        "t.py",
+        "alpha.start()\nalpha.console_interact()\n"
+        "alpha.wait_for_console_text('serial input: second line', timeout=10)\n",
+    )
+    p = subprocess.run(
+        [*driver_command(), "--vm-start-scripts", vm.script, "--", test],
+        input="first line\nsecond line\n",  # then end of file, as Ctrl-D
+        capture_output=True,
+        text=True,
+        env=driver_env.env,
+        cwd=driver_env.work,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "alpha # serial input: first line" in p.stderr
