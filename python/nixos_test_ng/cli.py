@@ -62,10 +62,18 @@ def run_driver(argv: list[str]) -> int:
             where = f"{e.filename}:{e.lineno}:{e.offset or 0}"
             return _usage_error(f"{where}: syntax error in the test script: {e.msg}")
 
+    from nixos_test_ng.pytest_style import is_pytest_style, run_pytest
+
+    pytest_style = bool(script) and is_pytest_style(script)
+    if config.pytest_args and not pytest_style:
+        return _usage_error(
+            f"arguments after the test script ({' '.join(config.pytest_args)}) are for pytest,"
+            " and this script is not pytest-style (it defines no test_* function)"
+        )
     logger = _native.Logger(color=sys.stderr.isatty() and "NO_COLOR" not in os.environ)
     for w in config.warnings:
         logger.warning(w)
-    if config.junit_xml:
+    if config.junit_xml and not pytest_style:  # pytest writes a pytest-style script's
         logger.enable_junit()
     if not config.keep_machine_state:
         logger.log("Machine state will be reset. To keep it, pass --keep-machine-state")
@@ -83,6 +91,12 @@ def run_driver(argv: list[str]) -> int:
             from nixos_test_ng.repl import interact
 
             interact(driver)
+        elif pytest_style:
+            tic = time.monotonic()
+            try:
+                status = run_pytest(driver, script, config.test_script, config.pytest_args)
+            finally:
+                logger.log(f"test script finished in {time.monotonic() - tic:.2f}s")
         else:
             tic = time.monotonic()
             try:
@@ -115,7 +129,7 @@ def run_driver(argv: list[str]) -> int:
         try:
             if driver is not None:
                 driver.cleanup()
-            if config.junit_xml:
+            if config.junit_xml and not pytest_style:
                 logger.write_junit(config.junit_xml)
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)

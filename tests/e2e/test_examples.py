@@ -18,6 +18,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
     [
         ("vlan_echo.py", ["-m", "server:1", "-m", "client:1"]),
         ("vlan_echo.py", ["-m", "server:1@container", "-m", "client:1"]),
+        ("vlan_echo_pytest.py", ["-m", "server:1", "-m", "client:1"]),
         ("systemd_service.py", ["-m", "server@container"]),
     ],
 )
@@ -31,7 +32,10 @@ def test_example(example, machines, tmp_path, guest_dir, leftovers):
         cwd=tmp_path,
         timeout=600,
     )
-    assert r.returncode == 0, r.stderr[-6000:]
-    assert "(finished: subtest: " in r.stderr
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
+    if example.endswith("_pytest.py"):
+        assert "4 passed" in r.stdout, r.stdout
+    else:
+        assert "(finished: subtest: " in r.stderr
     assert "!!!" not in r.stderr
     assert not leftovers(tmp_path, wait=3)

@@ -57,6 +57,10 @@ impl Config {
         self.inner.keep_going
     }
     #[getter]
+    fn pytest_args(&self) -> Vec<String> {
+        self.inner.pytest_args.clone()
+    }
+    #[getter]
     fn junit_xml(&self) -> Option<String> {
         self.inner
             .junit_xml

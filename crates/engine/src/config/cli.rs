@@ -92,6 +92,13 @@ struct Args {
     log_level: Option<LogLevel>,
     /// The Python test script; env `testScript`.
     testscript: Option<String>,
+    /// After the script (and `--`): arguments for pytest, for pytest-style scripts.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "PYTEST-ARGS"
+    )]
+    pytest_args: Vec<String>,
 }
 
 /// What the command line asks for.
@@ -150,6 +157,7 @@ pub fn parse_args(argv: &[String], env: &HashMap<String, String>) -> Result<Pars
     cfg.keep_machine_state = args.keep_machine_state || args.keep_vm_state;
     cfg.interactive = args.interactive && !args.no_interactive;
     cfg.keep_going = args.keep_going;
+    cfg.pytest_args = args.pytest_args.clone();
     cfg.debug_hook_attach = args.debug_hook_attach.clone();
     cfg.dump_vsocks = args.dump_vsocks.filter(|&n| n != 0);
     if let Some(level) = args.log_level {

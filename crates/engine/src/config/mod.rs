@@ -48,6 +48,8 @@ pub struct Config {
     pub interactive: bool,
     /// Go on after a failed subtest (`--keep-going`; new).
     pub keep_going: bool,
+    /// Arguments after the test script, for pytest (pytest-style scripts only).
+    pub pytest_args: Vec<String>,
     /// JUnit XML file, relative to `out_dir`.
     pub junit_xml: Option<PathBuf>,
     /// The test script.
@@ -93,6 +95,7 @@ impl Default for Config {
             keep_machine_state: false,
             interactive: false,
             keep_going: false,
+            pytest_args: Vec::new(),
             junit_xml: None,
             test_script: None,
             debug_hook_attach: None,

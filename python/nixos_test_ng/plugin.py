@@ -1,0 +1,186 @@
+"""The pytest plugin of nixos-test-ng: machines as fixtures.
+
+Registered through the `pytest11` entry point. It does nothing until it is given machines:
+
+- by the driver, for a pytest-style test script (`nixos_test_ng.pytest_style`);
+- or on plain `pytest`'s command line, so that a suite can live in ordinary `tests/test_*.py`
+  files: `--nixos-vm-start-script PATH`, `--nixos-container-start-script PATH` (each
+  repeatable), `--nixos-vlan N` (repeatable), or `--nixos-config FILE` (the generation-C
+  JSON), and `--nixos-out DIR` for screenshots and copied files.
+
+Fixtures (session scope): each machine under its pythonized name (`my-box` -> `my_box`),
+started when first requested and returned once it is connected; `machines`, `driver`,
+`vlans`, `vlan<N>`, `subtest`, `log`, `t`. A test that names a fixture no machine or plugin
+provides fails with the list of the machines. A failed test's report gets the last console
+lines of each machine it used.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import pytest
+
+from nixos_test_ng import _native
+
+CONSOLE_LINES = 30
+
+
+class DriverPlugin:
+    """The fixtures and hooks for one driver's machines."""
+
+    def __init__(self, driver: Any, owns_driver: bool = False) -> None:
+        self.driver = driver
+        self.owns_driver = owns_driver
+        self.machine_names = {_native.pythonize_name(m.name): m for m in driver.machines}
+
+    def fixture_module(self) -> types.ModuleType:
+        """One fixture per machine and VLAN, in a module (pytest reads fixtures of plugin
+        objects from their type, so per-driver fixtures cannot live on this instance)."""
+        module = types.ModuleType("nixos_test_ng_machine_fixtures")
+        for pyname, machine in self.machine_names.items():
+            setattr(module, f"_ntng_machine_{pyname}", _machine_fixture(pyname, machine))
+        for vlan in self.driver.vlans:
+            setattr(module, f"_ntng_vlan_{vlan.nr}", _value_fixture(f"vlan{vlan.nr}", vlan))
+        return module
+
+    def plugins(self) -> list[object]:
+        """What to register with pytest: this object and the fixture module."""
+        return [self, self.fixture_module()]
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self.owns_driver:
+            self.driver.cleanup()
+
+    # -- fixtures -------------------------------------------------------------------------
+
+    @pytest.fixture(scope="session", name="driver")
+    def _driver(self) -> Any:
+        return self.driver
+
+    @pytest.fixture(scope="session", name="machines")
+    def _machines(self) -> list[Any]:
+        return self.driver.machines
+
+    @pytest.fixture(scope="session", name="vlans")
+    def _vlans(self) -> list[Any]:
+        return self.driver.vlans
+
+    @pytest.fixture(scope="session", name="subtest")
+    def _subtest(self) -> Any:
+        return self.driver.subtest
+
+    @pytest.fixture(scope="session", name="log")
+    def _log(self) -> Any:
+        return self.driver.logger
+
+    @pytest.fixture(scope="session", name="t")
+    def _t(self) -> Any:
+        return self.driver.test_symbols()["t"]
+
+    # -- hooks ----------------------------------------------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            return
+        missing = [
+            n for n in item.fixturenames if n not in info.name2fixturedefs and n != "request"
+        ]
+        if missing:
+            names = ", ".join(sorted(self.machine_names)) or "none"
+            pytest.fail(
+                f"{item.name}: no machine or fixture named {', '.join(map(repr, missing))};"
+                f" the machines are: {names}",
+                pytrace=False,
+            )
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> Any:
+        report = yield
+        if report.failed and call.when == "call":
+            funcargs = getattr(item, "funcargs", {})
+            for name, machine in self.machine_names.items():
+                if name in funcargs:
+                    tail = machine.get_console_log().splitlines()[-CONSOLE_LINES:]
+                    report.sections.append(
+                        (f"last console lines of {machine.name}", "\n".join(tail))
+                    )
+        return report
+
+
+def _machine_fixture(pyname: str, machine: Any) -> Any:
+    @pytest.fixture(scope="session", name=pyname)
+    def fixture() -> Any:
+        if not machine.booted:
+            machine.start()
+        machine.connect()
+        return machine
+
+    return fixture
+
+
+def _value_fixture(name: str, value: Any) -> Any:
+    @pytest.fixture(scope="session", name=name)
+    def fixture() -> Any:
+        return value
+
+    return fixture
+
+
+# -- plain pytest: options name the machines --------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("nixos-test-ng", "machines as fixtures (nixos-test-ng)")
+    group.addoption(
+        "--nixos-vm-start-script",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a run-<name>-vm start script: the VM becomes a fixture (repeatable)",
+    )
+    group.addoption(
+        "--nixos-container-start-script",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a run-<name>-nspawn start script: the container becomes a fixture (repeatable)",
+    )
+    group.addoption(
+        "--nixos-vlan", action="append", default=[], metavar="N", help="a VLAN (repeatable)"
+    )
+    group.addoption("--nixos-config", metavar="FILE", help="a generation-C driver configuration")
+    group.addoption(
+        "--nixos-out", metavar="DIR", help="output directory (screenshots, copies); default: ."
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    opt = config.option
+    vms, containers = opt.nixos_vm_start_script, opt.nixos_container_start_script
+    if not (vms or containers or opt.nixos_config):
+        return
+    from nixos_test_ng.driver import Driver
+
+    args: list[str] = []
+    if vms:
+        args += ["--vm-start-scripts", *vms]
+    if containers:
+        args += ["--container-start-scripts", *containers]
+    if opt.nixos_vlan:
+        args += ["--vlans", *opt.nixos_vlan]
+    if opt.nixos_config:
+        args += ["--config", opt.nixos_config]
+    args += ["-o", opt.nixos_out or ".", "--interactive"]  # --interactive: no script needed
+    try:
+        parsed = _native.parse_args(args, {})
+    except Exception as e:
+        raise pytest.UsageError(f"nixos-test-ng: {e}") from None
+    logger = _native.Logger(color=False)
+    driver = Driver(parsed, logger)
+    plugin = DriverPlugin(driver, owns_driver=True)
+    for i, obj in enumerate(plugin.plugins()):
+        config.pluginmanager.register(obj, f"nixos-test-ng-driver-{i}")
