@@ -55,6 +55,14 @@ class Driver:
         """Start every machine (in parallel); returns before they have booted."""
         self._native.start_all()
 
+    def snapshot_all(self, name: str = "snapshot") -> None:
+        """Snapshot every running machine as `name`; the VMs are paused together meanwhile."""
+        self._native.snapshot_all(name)
+
+    def restore_all(self, name: str = "snapshot") -> None:
+        """Restore every running machine to snapshot `name`; the VMs resume together."""
+        self._native.restore_all(name)
+
     def join_all(self) -> None:
         """Wait until every machine has shut down."""
         self._native.join_all()

@@ -360,3 +360,76 @@ mod tests {
         );
     }
 }
+
+impl Driver {
+    /// Snapshots every running machine as `name`, consistently: the VMs are paused together
+    /// while they are saved, so none runs ahead of another.
+    pub fn snapshot_all(&self, name: &str) -> Result<()> {
+        let block = self
+            .logger
+            .nested(&format!("taking snapshot {name} of all machines"), None);
+        let running: Vec<&Arc<Machine>> = self.machines.iter().filter(|m| m.booted()).collect();
+        let vms: Vec<&Arc<Machine>> = running
+            .iter()
+            .copied()
+            .filter(|m| m.kind() == MachineKind::Qemu)
+            .collect();
+        for m in &running {
+            m.connect()?;
+        }
+        let mut mounts = Vec::new();
+        for m in &vms {
+            mounts.push(m.unmount_shares()?);
+        }
+        let paused = vms
+            .iter()
+            .try_for_each(|m| m.send_monitor_command("stop").map(drop));
+        let saved = paused.and_then(|()| vms.iter().try_for_each(|m| m.savevm(name)));
+        let resumed = vms
+            .iter()
+            .try_for_each(|m| m.send_monitor_command("cont").map(drop));
+        for (m, ms) in vms.iter().zip(&mounts) {
+            m.mount_shares(ms)?;
+        }
+        saved?;
+        resumed?;
+        for (m, ms) in vms.iter().zip(mounts) {
+            m.remember_snapshot(name, ms);
+        }
+        for m in running.iter().filter(|m| m.kind() == MachineKind::Nspawn) {
+            m.remember_snapshot(name, Vec::new());
+        }
+        block.finish();
+        Ok(())
+    }
+
+    /// Restores every running machine to snapshot `name`; the VMs resume together.
+    pub fn restore_all(&self, name: &str) -> Result<()> {
+        let block = self
+            .logger
+            .nested(&format!("restoring snapshot {name} of all machines"), None);
+        let running: Vec<&Arc<Machine>> = self.machines.iter().filter(|m| m.booted()).collect();
+        let mut vms = Vec::new();
+        for m in &running {
+            let mounts = m.snapshot_mounts(name)?;
+            if m.kind() == MachineKind::Qemu {
+                vms.push((m, mounts));
+            }
+        }
+        vms.iter()
+            .try_for_each(|(m, _)| m.send_monitor_command("stop").map(drop))?;
+        for (m, _) in &vms {
+            m.loadvm(name)?;
+        }
+        vms.iter()
+            .try_for_each(|(m, _)| m.send_monitor_command("cont").map(drop))?;
+        for (m, mounts) in &vms {
+            m.after_restore(mounts)?;
+        }
+        for m in running.iter().filter(|m| m.kind() == MachineKind::Nspawn) {
+            m.restore(name)?;
+        }
+        block.finish();
+        Ok(())
+    }
+}

@@ -91,6 +91,18 @@ impl Driver {
         py.detach(move || d.start_all()).map_err(to_pyerr)
     }
 
+    /// Snapshots every running machine as `name`, consistently.
+    fn snapshot_all(&self, py: Python<'_>, name: String) -> PyResult<()> {
+        let d = self.inner.clone();
+        py.detach(move || d.snapshot_all(&name)).map_err(to_pyerr)
+    }
+
+    /// Restores every running machine to snapshot `name`.
+    fn restore_all(&self, py: Python<'_>, name: String) -> PyResult<()> {
+        let d = self.inner.clone();
+        py.detach(move || d.restore_all(&name)).map_err(to_pyerr)
+    }
+
     /// Waits for every machine to stop.
     fn join_all(&self, py: Python<'_>) -> PyResult<()> {
         let d = self.inner.clone();

@@ -518,6 +518,22 @@ impl Machine {
         .map_err(to_pyerr)
     }
 
+    /// Saves the machine's state as `name`.
+    fn snapshot(&self, py: Python<'_>, name: String) -> PyResult<()> {
+        self.call(py, move |m| m.snapshot(&name))
+    }
+
+    /// Brings the machine back to snapshot `name`.
+    fn restore(&self, py: Python<'_>, name: String) -> PyResult<()> {
+        self.call(py, move |m| m.restore(&name))
+    }
+
+    /// The names of the snapshots taken so far.
+    #[getter]
+    fn snapshots(&self) -> Vec<String> {
+        self.inner.snapshot_names()
+    }
+
     /// The console output since the last start.
     fn get_console_log(&self) -> String {
         self.inner.console_log()

@@ -231,6 +231,14 @@ def render_start_script(
             '    echo "$base_id" >"$disk_image.base"',
             "fi",
         ]
+    if disk_image is None:
+        lines += [
+            "",
+            "# a small qcow2 disk, not attached to any device, for QEMU's snapshots (savevm needs",
+            "# one); it grows with the snapshots saved in it",
+            f'snapshot_disk="$TMPDIR/{node.name}-snapshots.qcow2"',
+            '[ -e "$snapshot_disk" ] || qemu-img create -q -f qcow2 "$snapshot_disk" 16M >&2',
+        ]
     qemu = [
         "exec qemu-system-x86_64",
         f"-name {shlex.quote(node.name)}",
@@ -241,6 +249,11 @@ def render_start_script(
         '-kernel "$kernel"',
         '-initrd "$initrd"',
         *(['-drive "file=${disk_image//,/,,},if=virtio,cache=unsafe"'] if disk_image else []),
+        *(
+            []
+            if disk_image
+            else ['-drive "if=none,id=ntng-snapshots,format=qcow2,file=${snapshot_disk//,/,,}"']
+        ),
         f'-append "{params} $QEMU_KERNEL_PARAMS"',
         "-net nic,netdev=user.0,model=virtio",
         '-netdev "user,id=user.0${net_opts:+,$net_opts}"',

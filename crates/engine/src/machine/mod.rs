@@ -4,6 +4,7 @@
 mod api;
 mod files;
 mod screens;
+pub mod snapshot;
 mod systemd;
 
 use std::path::{Path, PathBuf};
@@ -100,6 +101,8 @@ pub struct Machine {
     info: MachineInfo,
     backend: Box<dyn Backend>,
     hook: RwLock<Option<Hook>>,
+    /// Snapshots taken, by name, with the shared-directory mounts to restore after them.
+    snapshots: std::sync::Mutex<std::collections::BTreeMap<String, Vec<snapshot::Mount>>>,
 }
 
 impl Machine {
@@ -110,6 +113,7 @@ impl Machine {
             info,
             backend,
             hook: RwLock::new(None),
+            snapshots: Default::default(),
         })
     }
 

@@ -395,6 +395,32 @@ impl Shell {
         &self.stream
     }
 
+    /// After the guest was rewound (a snapshot restored): forgets what was in flight, and
+    /// reads until the answer to a marker command, so the next command reads its own reply.
+    pub fn resync(&mut self, deadline: Deadline) -> Result<(), ShellError> {
+        self.buf.clear();
+        self.owed_lines = 0;
+        let token = format!(
+            "ntng-resync-{}-{:?}",
+            std::process::id(),
+            std::time::Instant::now()
+        );
+        let token: String = token.chars().filter(char::is_ascii_alphanumeric).collect();
+        // Split in two in the command, so that an echo of the line itself cannot match.
+        let (a, b) = token.split_at(token.len() / 2);
+        self.send_raw(format!("echo {a}''{b}\n").as_bytes())?;
+        let line = format!("{token}\n");
+        loop {
+            if let Some(i) = find(&self.buf, line.as_bytes()) {
+                self.buf.drain(..i + line.len());
+                return Ok(());
+            }
+            if !self.fill(deadline)? && deadline.expired() {
+                return Err(ShellError::TimedOut);
+            }
+        }
+    }
+
     /// What has been read and not consumed yet.
     pub(crate) fn buffer(&self) -> &[u8] {
         &self.buf

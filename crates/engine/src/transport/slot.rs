@@ -154,4 +154,25 @@ impl ShellSlot {
             )),
         }
     }
+
+    /// Resynchronises the shell after the guest was rewound (see [`Shell::resync`]).
+    pub fn resync(&self, info: &MachineInfo, console: &Console, deadline: Deadline) -> Result<()> {
+        let mut guard = self.shell.lock().unwrap();
+        let shell = guard.as_mut().ok_or_else(|| Error::InvalidState {
+            machine: info.name.clone(),
+            message: "the machine is not running".to_string(),
+        })?;
+        match shell.resync(deadline) {
+            Ok(()) => {
+                self.connected.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(ShellError::Interrupted) => Err(Error::Interrupted),
+            Err(e) => Err(guest_error(
+                info,
+                console,
+                format!("the shell after a restore: {e}"),
+            )),
+        }
+    }
 }
