@@ -85,6 +85,8 @@ TARGETS = {
     "rss_minimal_mb": 25.0,
     "ct_multi_user_s": 0.45,
     "ct_true_median_s": 0.001,
+    "rs_ratio": 0.05,
+    "rs_sd_ratio": 0.05,
 }
 STRICT_TARGETS = {"driver_share_s"}
 
@@ -133,11 +135,19 @@ def suites(calls: int, warmup: int, mb_iters: int) -> list[Suite]:
         ),
         Suite("systemd-vm", "systemd_boot.py", {"machine": []}, {}, {"machine": "systemd-vm"}),
         Suite("ocr", "ocr.py", {"machine": []}, {"NTNG_BENCH_OCR_ITERS": str(mb_iters)}),
+        Suite("restore", "restore.py", {"machine": []}, {"NTNG_BENCH_RESTORE_ITERS": "5"}),
+        Suite(
+            "restore-systemd",
+            "restore.py",
+            {"machine": []},
+            {"NTNG_BENCH_RESTORE_ITERS": "5"},
+            {"machine": "systemd-vm"},
+        ),
     ]
 
 
 #: Suites that need the Debian systemd guest (and root, for the container).
-SYSTEMD_SUITES = {"container", "systemd-vm"}
+SYSTEMD_SUITES = {"container", "systemd-vm", "restore-systemd"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,6 +390,12 @@ def per_run_figures(suite: str, raw: dict[str, Any]) -> dict[str, float]:
         f["ct_mb_stdout_s"] = statistics.median(raw["mb_stdout_s"])
         f["rss_container_mb"] = raw["vm_hwm_kib"] / 1000
         f["cli_wall_container_s"] = raw["wall_s"]
+    elif suite in ("restore", "restore-systemd"):
+        key = "rs_sd" if suite == "restore-systemd" else "rs"
+        f[f"{key}_boot_s"] = raw["boot_s"]
+        f[f"{key}_snapshot_s"] = raw["snapshot_s"]
+        f[f"{key}_restore_s"] = statistics.median(raw["restore_s"])
+        f[f"{key}_ratio"] = f[f"{key}_restore_s"] / raw["boot_s"]
     elif suite == "ocr":
         f["ocr_all_variants_s"] = statistics.median(raw["all_variants_s"])
         f["ocr_early_exit_s"] = statistics.median(raw["early_exit_s"])
@@ -533,6 +549,14 @@ ROWS = [
     ("h", "ct_mb_stdout_s", "container: 1 MB stdout", "s"),
     ("h", "rss_container_mb", "container: driver peak RSS", "MB"),
     ("h", "cli_wall_container_s", "container: CLI start → exit (boot, commands, cleanup)", "s"),
+    ("k", "rs_boot_s", 'busybox VM: `start()` → first `succeed("true")` (a fresh boot)', "s"),
+    ("k", "rs_restore_s", "… `restore()` of the first-ready snapshot → first `succeed`", "s"),
+    ("k", "rs_ratio", "… restore / boot", "x"),
+    ("k", "rs_snapshot_s", "… taking the snapshot", "s"),
+    ("k", "rs_sd_boot_s", 'systemd VM: `start()` → first `succeed("true")`', "s"),
+    ("k", "rs_sd_restore_s", "… `restore()` → first `succeed`", "s"),
+    ("k", "rs_sd_ratio", "… restore / boot", "x"),
+    ("k", "rs_sd_snapshot_s", "… taking the snapshot", "s"),
     ("j", "ocr_all_variants_s", "OCR: all 3 variants of a known screen (upstream's try)", "s"),
     ("j", "ocr_early_exit_s", "… `wait_for_text` on it (stops at the first match)", "s"),
     ("j", "ocr_raw_s", "… `get_screen_text` (the raw screen only)", "s"),
@@ -549,6 +573,8 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value * 1000:.2f} ms"
     if unit == "MB":
         return f"{value:.1f} MB"
+    if unit == "x":
+        return f"{value:.1%}"
     return f"{value:.3f} s"
 
 

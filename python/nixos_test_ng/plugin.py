@@ -25,6 +25,8 @@ import pytest
 from nixos_test_ng import _native
 
 CONSOLE_LINES = 30
+#: The snapshot taken when a machine is first ready, which isolated tests start from.
+READY_SNAPSHOT = "ntng-ready"
 
 
 class DriverPlugin:
@@ -33,6 +35,9 @@ class DriverPlugin:
     def __init__(self, driver: Any, owns_driver: bool = False) -> None:
         self.driver = driver
         self.owns_driver = owns_driver
+        self.isolate_all = False
+        self.isolation_in_use = False
+        self.ready: set[str] = set()
         self.machine_names = {_native.pythonize_name(m.name): m for m in driver.machines}
 
     def fixture_module(self) -> types.ModuleType:
@@ -40,7 +45,7 @@ class DriverPlugin:
         objects from their type, so per-driver fixtures cannot live on this instance)."""
         module = types.ModuleType("nixos_test_ng_machine_fixtures")
         for pyname, machine in self.machine_names.items():
-            setattr(module, f"_ntng_machine_{pyname}", _machine_fixture(pyname, machine))
+            setattr(module, f"_ntng_machine_{pyname}", _machine_fixture(self, pyname, machine))
         for vlan in self.driver.vlans:
             setattr(module, f"_ntng_vlan_{vlan.nr}", _value_fixture(f"vlan{vlan.nr}", vlan))
         return module
@@ -81,6 +86,24 @@ class DriverPlugin:
 
     # -- hooks ----------------------------------------------------------------------------
 
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[Any]) -> None:
+        self.isolate_all = bool(config.getoption("nixos_isolated", False))
+        self.isolation_in_use = self.isolate_all or any(
+            item.get_closest_marker("isolated") for item in items
+        )
+
+    def pytest_report_header(self, config: pytest.Config) -> str:
+        machines = ", ".join(sorted(self.machine_names)) or "none"
+        mode = (
+            "every test restores its machines"
+            if config.getoption("nixos_isolated", False)
+            else "machines boot once; tests marked isolated restore them"
+        )
+        return f"nixos-test-ng: machines {machines}; {mode}"
+
+    def _isolated(self, item: pytest.Item) -> bool:
+        return self.isolate_all or item.get_closest_marker("isolated") is not None
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         info = getattr(item, "_fixtureinfo", None)
@@ -96,10 +119,28 @@ class DriverPlugin:
                 f" the machines are: {names}",
                 pytrace=False,
             )
+        # Isolation: the machines this test uses that earlier tests have used go back to the
+        # snapshot taken when they were first ready; the others boot fresh for it anyway.
+        used = [n for n in item.fixturenames if n in self.machine_names]
+        if self._isolated(item):
+            restored = [n for n in used if n in self.ready]
+            for name in restored:
+                self.machine_names[name].restore(READY_SNAPSHOT)
+            fresh = [n for n in used if n not in restored]
+            note = "isolated: " + ", ".join(
+                [f"{n} restored" for n in restored] + [f"{n} fresh" for n in fresh]
+            )
+        else:
+            note = "session machines" if used else "no machines"
+        item.user_properties.append(("isolation", note))
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> Any:
         report = yield
+        if call.when == "call":
+            for key, value in item.user_properties:
+                if key == "isolation":
+                    report.sections.append(("nixos-test-ng isolation", value))
         if report.failed and call.when == "call":
             funcargs = getattr(item, "funcargs", {})
             for name, machine in self.machine_names.items():
@@ -111,12 +152,15 @@ class DriverPlugin:
         return report
 
 
-def _machine_fixture(pyname: str, machine: Any) -> Any:
+def _machine_fixture(plugin: DriverPlugin, pyname: str, machine: Any) -> Any:
     @pytest.fixture(scope="session", name=pyname)
     def fixture() -> Any:
         if not machine.booted:
             machine.start()
         machine.connect()
+        if plugin.isolation_in_use and READY_SNAPSHOT not in machine.snapshots:
+            machine.snapshot(READY_SNAPSHOT)
+        plugin.ready.add(pyname)
         return machine
 
     return fixture
@@ -156,9 +200,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--nixos-out", metavar="DIR", help="output directory (screenshots, copies); default: ."
     )
+    group.addoption(
+        "--isolated",
+        dest="nixos_isolated",
+        action="store_true",
+        help="every test starts from its machines' first-ready snapshot (as if marked isolated)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "isolated: the machines this test uses start from the snapshot taken when they were"
+        " first ready (nixos-test-ng)",
+    )
     opt = config.option
     vms, containers = opt.nixos_vm_start_script, opt.nixos_container_start_script
     if not (vms or containers or opt.nixos_config):

@@ -99,8 +99,6 @@ def run_pytest(driver: Driver, source: str, script_path: str, args: list[str]) -
             os.devnull,  # no configuration from the working directory
             "-o",
             f"cache_dir={Path.cwd() / '.pytest_cache'}",  # --lf and --ff across runs
-            "-p",
-            "no:nixos_test_ng",  # the entry point's copy: the driver's instance is below
             "-W",
             "ignore::pytest.PytestAssertRewriteWarning",  # our own, already imported, modules
         ]

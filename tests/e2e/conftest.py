@@ -25,6 +25,16 @@ def guest_dir() -> Path:
     return ensure_built()
 
 
+@pytest.fixture(scope="session")
+def systemd_guest(guest_dir):
+    from nixos_test_ng.guest import GuestError, ensure_systemd_built
+
+    try:
+        return ensure_systemd_built(guest_dir)
+    except GuestError as e:
+        pytest.skip(f"the Debian systemd guest cannot be built here: {e}")
+
+
 @pytest.fixture
 def vm_env(tmp_path: Path, guest_dir: Path):
     """Runs nixos-test-driver on start scripts for the busybox guest, isolated in tmp_path."""
@@ -57,6 +67,7 @@ def vm_env(tmp_path: Path, guest_dir: Path):
             script: str,
             *extra: str,
             kinds: dict[str, str] | None = None,
+            keep_scripts: bool = False,
         ) -> subprocess.Popen:
             (tmp_path / "xdg").mkdir(exist_ok=True)
             self.out.mkdir(exist_ok=True)
@@ -64,7 +75,17 @@ def vm_env(tmp_path: Path, guest_dir: Path):
             test.write_text(script)
             vlans = sorted({v for vs in nodes.values() for v in vs})
             kinds = kinds or {}
-            scripts = self.scripts(nodes, kinds)
+            if keep_scripts:  # as the test left them in scripts/
+                scripts = {
+                    n: str(
+                        tmp_path
+                        / "scripts"
+                        / f"run-{n}-{'nspawn' if kinds.get(n) == 'systemd-nspawn' else 'vm'}"
+                    )
+                    for n in nodes
+                }
+            else:
+                scripts = self.scripts(nodes, kinds)
             vms = [p for n, p in scripts.items() if kinds.get(n) != "systemd-nspawn"]
             containers = [p for n, p in scripts.items() if kinds.get(n) == "systemd-nspawn"]
             args = ["nixos-test-driver", "-o", str(self.out)]
@@ -94,8 +115,9 @@ def vm_env(tmp_path: Path, guest_dir: Path):
             *extra: str,
             timeout=300,
             kinds: dict[str, str] | None = None,
+            keep_scripts: bool = False,
         ) -> Run:
-            p = self.spawn(nodes, script, *extra, kinds=kinds)
+            p = self.spawn(nodes, script, *extra, kinds=kinds, keep_scripts=keep_scripts)
             out, err = p.communicate(timeout=timeout)
             return Run(p.returncode, out, err)
 

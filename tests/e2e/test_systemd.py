@@ -13,16 +13,6 @@ import pytest
 pytestmark = pytest.mark.vm
 
 
-@pytest.fixture(scope="session")
-def systemd_guest(guest_dir):
-    from nixos_test_ng.guest import GuestError, ensure_systemd_built
-
-    try:
-        return ensure_systemd_built(guest_dir)
-    except GuestError as e:
-        pytest.skip(f"the Debian systemd guest cannot be built here: {e}")
-
-
 SYSTEMD_API = r"""
 m = machine
 m.start()

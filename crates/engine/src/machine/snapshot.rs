@@ -100,8 +100,10 @@ impl Machine {
         match answer.find("Error") {
             Some(i) => {
                 let text = answer[i..].lines().next().unwrap_or_default().trim();
-                let hint = if text.contains("No block device can accept snapshots")
-                    || text.contains("does not support")
+                let lower = text.to_lowercase();
+                let hint = if lower.contains("block device can")
+                    || lower.contains("vmstate")
+                    || lower.contains("does not support")
                 {
                     " (the VM needs a writable qcow2 disk for snapshots: start scripts written \
                      by `nixos-test-ng guest scripts` add one)"
