@@ -336,31 +336,6 @@ impl Drop for Driver {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn containers_need_root() {
-        let vm = MachineConfig {
-            name: "a".into(),
-            start_script: "run-a-vm".into(),
-            kind: MachineKind::Qemu,
-        };
-        let container = MachineConfig {
-            kind: MachineKind::Nspawn,
-            ..vm.clone()
-        };
-        assert!(require_root_for_containers(1000, std::slice::from_ref(&vm)).is_ok());
-        assert!(require_root_for_containers(0, std::slice::from_ref(&container)).is_ok());
-        let e = require_root_for_containers(1000, &[vm, container]).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "systemd-nspawn requires root to work. You are 1000"
-        );
-    }
-}
-
 impl Driver {
     /// Snapshots every running machine as `name`, consistently: the VMs are paused together
     /// while they are saved, so none runs ahead of another.
@@ -431,5 +406,30 @@ impl Driver {
         }
         block.finish();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containers_need_root() {
+        let vm = MachineConfig {
+            name: "a".into(),
+            start_script: "run-a-vm".into(),
+            kind: MachineKind::Qemu,
+        };
+        let container = MachineConfig {
+            kind: MachineKind::Nspawn,
+            ..vm.clone()
+        };
+        assert!(require_root_for_containers(1000, std::slice::from_ref(&vm)).is_ok());
+        assert!(require_root_for_containers(0, std::slice::from_ref(&container)).is_ok());
+        let e = require_root_for_containers(1000, &[vm, container]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "systemd-nspawn requires root to work. You are 1000"
+        );
     }
 }
