@@ -36,6 +36,7 @@ def test_repl_reads_commands_with_the_namespace(driver_env, fake_vm):
 def test_repl_and_shell_interact_through_a_terminal(driver_env, fake_vm):
     """Drives `--interactive` through a pseudo-terminal: the REPL prompt, shell_interact's
     prompt, a command, Ctrl-C interrupting a guest command (not the driver), Ctrl-D out."""
+    import contextlib
     import os
     import pty
     import select
@@ -92,7 +93,14 @@ def test_repl_and_shell_interact_through_a_terminal(driver_env, fake_vm):
         os.write(fd, b"print('repl', 6 * 7)\n")
         expect(b"repl 42")
         os.write(fd, b"\x04")  # and the REPL
-        _, status = os.waitpid(pid, 0)
+        deadline = time.monotonic() + 30
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            assert time.monotonic() < deadline, f"the driver did not exit:\n{seen!r}"
+            with contextlib.suppress(OSError):
+                select.select([fd], [], [], 0.1)[0] and os.read(fd, 4096)
         assert os.waitstatus_to_exitcode(status) == 0, seen.decode(errors="replace")
         assert b"not-reached" not in seen
     finally:
