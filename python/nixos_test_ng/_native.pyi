@@ -57,6 +57,12 @@ class Config:
     @property
     def interactive(self) -> bool: ...
     @property
+    def keep_going(self) -> bool:
+        """`--keep-going`: go on after a failed subtest."""
+    @property
+    def pytest_args(self) -> list[str]:
+        """Arguments after the test script, for pytest."""
+    @property
     def junit_xml(self) -> str | None: ...
     @property
     def test_script(self) -> str | None: ...
