@@ -127,3 +127,29 @@ def test_function_signatures_agree(name):
     actual = runtime_params(getattr(_native, name))
     if actual is not None:
         assert stub_params(stub_functions()[name]) == actual
+
+
+def test_generated_declarations_match_the_namespace():
+    """`nixos-test-ng stubs` declares every global with the real parameters."""
+    from nixos_test_ng.check_cli import render_stubs
+    from nixos_test_ng.driver import GENERAL_SYMBOLS, Driver
+    from nixos_test_ng.retry import retry
+
+    text = render_stubs({"server": "vm", "box": "nspawn"}, [1])
+    tree = ast.parse(text)
+    declared = {
+        n.name if isinstance(n, ast.FunctionDef) else n.target.id: n
+        for n in tree.body
+        if isinstance(n, ast.FunctionDef)
+        or (isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name))
+    }
+    classes = {"Machine", "BaseMachine", "QemuMachine", "NspawnMachine", "os"}
+    assert set(GENERAL_SYMBOLS) - classes - set(declared) == set()
+    assert {"server", "box", "vlan1"} <= set(declared)
+    assert "server: QemuMachine" in text and "box: NspawnMachine" in text
+    for name, node in declared.items():
+        if not isinstance(node, ast.FunctionDef):
+            continue
+        real = retry if name == "retry" else getattr(Driver, name)
+        want = [p for p in inspect.signature(real).parameters if p != "self"]
+        assert [a[0] for a in stub_params(node)] == want, name

@@ -60,6 +60,9 @@ class Config:
     def keep_going(self) -> bool:
         """`--keep-going`: go on after a failed subtest."""
     @property
+    def skip_check(self) -> bool:
+        """`--skip-check`: no name check of the script before booting."""
+    @property
     def pytest_args(self) -> list[str]:
         """Arguments after the test script, for pytest."""
     @property

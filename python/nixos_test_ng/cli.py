@@ -62,6 +62,21 @@ def run_driver(argv: list[str]) -> int:
             where = f"{e.filename}:{e.lineno}:{e.offset or 0}"
             return _usage_error(f"{where}: syntax error in the test script: {e.msg}")
 
+    if script and not config.skip_check and not config.interactive:
+        from nixos_test_ng.check import check_source
+
+        machines = {
+            name: ("nspawn" if kind == "nspawn" else "vm") for name, _, kind in config.machines
+        }
+        problems = check_source(script, config.test_script, machines, config.vlans, names_only=True)
+        if problems:
+            for problem in problems:
+                print(problem.render(config.test_script), file=sys.stderr)
+            return _usage_error(
+                "the test script uses names that do not exist (checked before booting;"
+                " --skip-check turns this off)"
+            )
+
     from nixos_test_ng.pytest_style import is_pytest_style, run_pytest
 
     pytest_style = bool(script) and is_pytest_style(script)
@@ -151,6 +166,11 @@ commands:
   run SCRIPT [--machine NAME[:VLAN,...]]... [-- DRIVER-ARGS...]
                       run a test script on the built-in Debian guests (no Nix needed)
   guest build|scripts  build the default guest, or write run-<name>-vm start scripts
+  check SCRIPT --machines NAME[:nspawn]... [--vlans N...]
+                      check a script before booting: undefined names, misspelled machine
+                      methods, wrong arguments (also --vm-start-scripts, --config, ...)
+  stubs --machines NAME[:nspawn]... [--vlans N...] -o FILE
+                      declarations of the script's globals for type checkers and editors
   driver ARGS...       the same as nixos-test-driver ARGS...
   version              print the version
 """
@@ -172,6 +192,10 @@ def run_ng(argv: list[str]) -> int:
         return run_main(rest)
     if command == "driver":
         return run_driver(rest)
+    if command in ("check", "stubs"):
+        from nixos_test_ng import check_cli
+
+        return check_cli.check_main(rest) if command == "check" else check_cli.stubs_main(rest)
     if command == "version":
         from importlib.metadata import version
 

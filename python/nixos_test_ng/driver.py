@@ -15,6 +15,34 @@ from nixos_test_ng.errors import GlobalTimeout, MachineError, RequestedAssertion
 from nixos_test_ng.machine import BaseMachine, Machine, NspawnMachine, QemuMachine, wrap
 from nixos_test_ng.retry import LazyAssertionTester, Poll, PollingCondition, retry
 
+#: The names every test script sees besides the machines and VLANs (upstream's namespace).
+GENERAL_SYMBOLS = (
+    "start_all",
+    "test_script",
+    "machines",
+    "machines_qemu",
+    "machines_nspawn",
+    "vlans",
+    "driver",
+    "log",
+    "os",
+    "create_machine",
+    "subtest",
+    "run_tests",
+    "join_all",
+    "retry",
+    "serial_stdout_off",
+    "serial_stdout_on",
+    "polling_condition",
+    "Machine",
+    "BaseMachine",
+    "QemuMachine",
+    "NspawnMachine",
+    "t",
+    "debug",
+    "dump_machine_ssh",
+)
+
 
 class Driver:
     """A test run: its machines, VLANs, polling conditions and script."""
@@ -175,6 +203,7 @@ class Driver:
             "debug": self.debug,
             "dump_machine_ssh": self.dump_machine_ssh,
         }
+        assert tuple(general) == GENERAL_SYMBOLS
         machine_symbols = {_native.pythonize_name(m.name): m for m in self.machines}
         if len(self.machines) == 1:
             machine_symbols["machine"] = self.machines[0]

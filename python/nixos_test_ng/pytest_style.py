@@ -18,7 +18,6 @@ from __future__ import annotations
 import ast
 import builtins
 import contextlib
-import os
 import re
 import tempfile
 from collections.abc import Iterator
@@ -91,12 +90,16 @@ def run_pytest(driver: Driver, source: str, script_path: str, args: list[str]) -
         # pytest collects files, by name: the script keeps its lines, under a test_ name.
         module = Path(tmp) / f"{_module_name(script_path)}.py"
         module.write_text(source)
+        # An empty configuration of our own: none is read from the working directory, and
+        # the temporary directory becomes the root, whose (random) name `-k` does not match.
+        ini = Path(tmp) / "pytest.ini"
+        ini.write_text("[pytest]\n")
         pytest_args = [
             str(module),
             "--rootdir",
             tmp,
             "-c",
-            os.devnull,  # no configuration from the working directory
+            str(ini),
             "-o",
             f"cache_dir={Path.cwd() / '.pytest_cache'}",  # --lf and --ff across runs
             "-W",

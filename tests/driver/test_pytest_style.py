@@ -85,7 +85,7 @@ def test_a_pytest_style_script_runs_under_pytest(driver_env, fake_vm, run_driver
 
 def test_arguments_after_the_script_go_to_pytest(driver_env, fake_vm, run_driver, write_script):
     r = run(driver_env, fake_vm, run_driver, write_script, STYLE, "-k", "double and not 3", "-v")
-    assert r.returncode == 0, r
+    assert r.returncode == 0, r.stdout + r.stderr
     assert "test_double[1] PASSED" in r.stdout and "test_double[2] PASSED" in r.stdout
     assert "test_echo" not in r.stdout and "4 deselected" in r.stdout, r.stdout
     # --lf: after a failing run, only the failed test runs again

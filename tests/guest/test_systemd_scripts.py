@@ -116,7 +116,9 @@ def test_systemd_vm_script_boots_the_image_through_an_overlay(
     assert (state / "server.qcow2.base").read_text() == "0123456789abcdef\n"
     # the client stays a busybox VM
     client = scripts["client"].read_text()
-    assert "-drive" not in client and "root=/dev/vda" not in client
+    # no root disk, only the small qcow2 for snapshots, attached to no device
+    assert "root=/dev/vda" not in client and "if=virtio" not in client
+    assert client.count("-drive") == 1 and "if=none,id=ntng-snapshots" in client
     assert f"initrd={shlex.quote(str(sd_guest / 'initrd.img'))}" in client
 
 

@@ -57,6 +57,10 @@ impl Config {
         self.inner.keep_going
     }
     #[getter]
+    fn skip_check(&self) -> bool {
+        self.inner.skip_check
+    }
+    #[getter]
     fn pytest_args(&self) -> Vec<String> {
         self.inner.pytest_args.clone()
     }

@@ -35,6 +35,9 @@ struct Args {
     /// Run the script (the default).
     #[arg(long = "no-interactive", overrides_with = "interactive")]
     no_interactive: bool,
+    /// Do not check the script's names before booting (`nixos-test-ng check`'s name check).
+    #[arg(long = "skip-check")]
+    skip_check: bool,
     /// After a failed subtest, go on with the rest of the script (the run still fails).
     #[arg(long = "keep-going")]
     keep_going: bool,
@@ -157,6 +160,7 @@ pub fn parse_args(argv: &[String], env: &HashMap<String, String>) -> Result<Pars
     cfg.keep_machine_state = args.keep_machine_state || args.keep_vm_state;
     cfg.interactive = args.interactive && !args.no_interactive;
     cfg.keep_going = args.keep_going;
+    cfg.skip_check = args.skip_check;
     cfg.pytest_args = args.pytest_args.clone();
     cfg.debug_hook_attach = args.debug_hook_attach.clone();
     cfg.dump_vsocks = args.dump_vsocks.filter(|&n| n != 0);

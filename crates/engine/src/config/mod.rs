@@ -48,6 +48,8 @@ pub struct Config {
     pub interactive: bool,
     /// Go on after a failed subtest (`--keep-going`; new).
     pub keep_going: bool,
+    /// No name check of the script before booting (`--skip-check`; new).
+    pub skip_check: bool,
     /// Arguments after the test script, for pytest (pytest-style scripts only).
     pub pytest_args: Vec<String>,
     /// JUnit XML file, relative to `out_dir`.
@@ -95,6 +97,7 @@ impl Default for Config {
             keep_machine_state: false,
             interactive: false,
             keep_going: false,
+            skip_check: false,
             pytest_args: Vec::new(),
             junit_xml: None,
             test_script: None,

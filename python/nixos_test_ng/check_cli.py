@@ -1,0 +1,158 @@
+"""`nixos-test-ng check` and `nixos-test-ng stubs`: the machines of a test given as names,
+start scripts or a generation-C `--config` JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from nixos_test_ng.check import check_source, machine_name_from_script
+
+USAGE_EXIT = 2
+
+
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument(
+        "--machines",
+        nargs="+",
+        default=[],
+        metavar="NAME[:nspawn]",
+        help="machine names; NAME:nspawn is a container",
+    )
+    p.add_argument("--vlans", nargs="+", type=int, default=[], metavar="N")
+    p.add_argument("--vm-start-scripts", nargs="+", default=[], metavar="S")
+    p.add_argument("--container-start-scripts", nargs="+", default=[], metavar="S")
+    p.add_argument("--config", metavar="FILE", help="a generation-C driver configuration")
+    return p
+
+
+def _machines(args: argparse.Namespace) -> tuple[dict[str, str], list[int]]:
+    machines: dict[str, str] = {}
+    for spec in args.machines:
+        name, _, kind = spec.partition(":")
+        if kind not in ("", "vm", "nspawn"):
+            raise ValueError(f"`{spec}`: the kind after `:` is `nspawn` (or `vm`)")
+        machines[name] = kind or "vm"
+    for s in args.vm_start_scripts:
+        machines[machine_name_from_script(s)] = "vm"
+    for s in args.container_start_scripts:
+        machines[machine_name_from_script(s, "nspawn")] = "nspawn"
+    vlans = list(args.vlans)
+    if args.config:
+        data = json.loads(Path(args.config).read_text())
+        for key, kind in (("vms", "vm"), ("containers", "nspawn")):
+            for name in data.get(key) or {}:
+                machines[name] = kind
+        vlans += [int(v) for v in data.get("vlans") or []]
+    return machines, vlans
+
+
+def check_main(argv: list[str]) -> int:
+    p = _parser(
+        "nixos-test-ng check",
+        "Check a test script before booting anything: undefined names, misspelled machine "
+        "methods, wrong arguments. Prints file:line:col: message; exit 1 on problems.",
+    )
+    p.add_argument("script")
+    args = p.parse_args(argv)
+    try:
+        machines, vlans = _machines(args)
+        source = Path(args.script).read_text()
+    except (OSError, ValueError) as e:
+        print(f"nixos-test-ng check: error: {e}", file=sys.stderr)
+        return USAGE_EXIT
+    problems = check_source(source, args.script, machines, vlans)
+    for problem in problems:
+        print(problem.render(args.script))
+    return 1 if problems else 0
+
+
+STUB_HEADER = """\
+# The globals of a nixos-test-ng test script, for type checkers and editors: written by
+# `nixos-test-ng stubs`. Pyright, basedpyright and Pylance read a `__builtins__.pyi` at the
+# project root as extra builtins, so a test script in its own .py file gets completion and
+# checking for its machines and the driver's namespace.
+import os as os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import timedelta
+from typing import Any
+
+from nixos_test_ng._native import Logger, VLan
+from nixos_test_ng.debug import Debug, DebugNop
+from nixos_test_ng.driver import Driver
+from nixos_test_ng.machine import BaseMachine, Machine, NspawnMachine, QemuMachine
+from nixos_test_ng.retry import LazyAssertionTester, Poll, PollingCondition
+
+machines: list[BaseMachine]
+machines_qemu: list[QemuMachine]
+machines_nspawn: list[NspawnMachine]
+vlans: list[VLan]
+driver: Driver
+log: Logger
+t: LazyAssertionTester
+debug: Debug | DebugNop
+
+def start_all() -> None: ...
+def join_all() -> None: ...
+def test_script() -> None: ...
+def run_tests() -> None: ...
+def subtest(name: str) -> AbstractContextManager[None]: ...
+def create_machine(
+    start_command: str,
+    *,
+    name: str | None = None,
+    keep_machine_state: bool = False,
+    keep_vm_state: bool = False,
+) -> QemuMachine: ...
+def retry(
+    fn: Callable[[bool], Any],
+    timeout_seconds: float | timedelta = 900,
+    *,
+    timeout: float | timedelta | None = None,
+) -> None: ...
+def serial_stdout_off() -> None: ...
+def serial_stdout_on() -> None: ...
+def polling_condition(
+    fun_: Callable[[], Any] | None = None,
+    *,
+    seconds_interval: float = 2.0,
+    description: str | None = None,
+) -> Any: ...
+def dump_machine_ssh(offset: int = 2) -> None: ...
+"""
+
+
+def render_stubs(machines: dict[str, str], vlans: list[int]) -> str:
+    from nixos_test_ng import _native
+
+    lines = [STUB_HEADER]
+    for name, kind in machines.items():
+        cls = "NspawnMachine" if kind == "nspawn" else "QemuMachine"
+        lines.append(f"{_native.pythonize_name(name)}: {cls}")
+    if len(machines) == 1:
+        kind = next(iter(machines.values()))
+        lines.append(f"machine: {'NspawnMachine' if kind == 'nspawn' else 'QemuMachine'}")
+    for v in vlans:
+        lines.append(f"vlan{v}: VLan")
+    return "\n".join(lines) + "\n"
+
+
+def stubs_main(argv: list[str]) -> int:
+    p = _parser(
+        "nixos-test-ng stubs",
+        "Write declarations of a test script's globals (its machines and the driver's "
+        "namespace) for type checkers: save them as __builtins__.pyi for pyright/Pylance.",
+    )
+    p.add_argument("-o", "--output", required=True, metavar="FILE")
+    args = p.parse_args(argv)
+    try:
+        machines, vlans = _machines(args)
+        Path(args.output).write_text(render_stubs(machines, vlans))
+    except (OSError, ValueError) as e:
+        print(f"nixos-test-ng stubs: error: {e}", file=sys.stderr)
+        return USAGE_EXIT
+    return 0
