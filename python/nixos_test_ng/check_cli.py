@@ -84,7 +84,11 @@ from typing import Any
 from nixos_test_ng._native import Logger, VLan
 from nixos_test_ng.debug import Debug, DebugNop
 from nixos_test_ng.driver import Driver
-from nixos_test_ng.machine import BaseMachine, Machine, NspawnMachine, QemuMachine
+# `X as X`: re-exported, so scripts see upstream's class names
+from nixos_test_ng.machine import BaseMachine as BaseMachine
+from nixos_test_ng.machine import Machine as Machine
+from nixos_test_ng.machine import NspawnMachine as NspawnMachine
+from nixos_test_ng.machine import QemuMachine as QemuMachine
 from nixos_test_ng.retry import LazyAssertionTester, Poll, PollingCondition
 
 machines: list[BaseMachine]
