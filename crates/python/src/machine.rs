@@ -41,6 +41,14 @@ pub struct Machine {
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(900);
 
+/// A Python callable `matcher(text) -> bool` as the engine's `accept` callback: called with
+/// the GIL taken again, its exceptions carried back to Python.
+fn predicate(matcher: Py<PyAny>) -> impl FnMut(&str) -> EngineResult<bool> {
+    move |text: &str| {
+        Python::attach(|py| matcher.call1(py, (text,))?.bind(py).is_truthy()).map_err(from_pyerr)
+    }
+}
+
 fn timeout_or(
     value: Option<&Bound<'_, PyAny>>,
     default: Option<Duration>,
@@ -392,13 +400,8 @@ impl Machine {
     ) -> PyResult<()> {
         let t = duration(timeout)?;
         let m = self.inner.clone();
-        py.detach(move || {
-            m.wait_for_console_text(&what, t, &mut |text: &str| {
-                Python::attach(|py| matcher.call1(py, (text,))?.bind(py).is_truthy())
-                    .map_err(from_pyerr)
-            })
-        })
-        .map_err(to_pyerr)
+        py.detach(move || m.wait_for_console_text(&what, t, &mut predicate(matcher)))
+            .map_err(to_pyerr)
     }
 
     /// Saves the screen as PNG (`.png` appended without a `.`; in the output directory
@@ -427,13 +430,8 @@ impl Machine {
     ) -> PyResult<()> {
         let t = timeout_or(timeout, Some(DEFAULT_TIMEOUT))?;
         let m = self.inner.clone();
-        py.detach(move || {
-            m.wait_for_text(&what, t, &mut |text: &str| {
-                Python::attach(|py| matcher.call1(py, (text,))?.bind(py).is_truthy())
-                    .map_err(from_pyerr)
-            })
-        })
-        .map_err(to_pyerr)
+        py.detach(move || m.wait_for_text(&what, t, &mut predicate(matcher)))
+            .map_err(to_pyerr)
     }
 
     /// The text on virtual terminal `tty` (`/dev/vcs<tty>`), folded at its width.
@@ -454,13 +452,8 @@ impl Machine {
         let t = timeout_or(timeout, Some(DEFAULT_TIMEOUT))?;
         let tty = tty.str()?.to_string();
         let m = self.inner.clone();
-        py.detach(move || {
-            m.wait_until_tty_matches(&tty, &what, t, &mut |text: &str| {
-                Python::attach(|py| matcher.call1(py, (text,))?.bind(py).is_truthy())
-                    .map_err(from_pyerr)
-            })
-        })
-        .map_err(to_pyerr)
+        py.detach(move || m.wait_until_tty_matches(&tty, &what, t, &mut predicate(matcher)))
+            .map_err(to_pyerr)
     }
 
     /// Writes the text of virtual terminal `tty` into the guest's journal.
@@ -491,13 +484,8 @@ impl Machine {
     ) -> PyResult<()> {
         let t = timeout_or(timeout, Some(DEFAULT_TIMEOUT))?;
         let m = self.inner.clone();
-        py.detach(move || {
-            m.wait_for_window(&what, t, &mut |name: &str| {
-                Python::attach(|py| matcher.call1(py, (name,))?.bind(py).is_truthy())
-                    .map_err(from_pyerr)
-            })
-        })
-        .map_err(to_pyerr)
+        py.detach(move || m.wait_for_window(&what, t, &mut predicate(matcher)))
+            .map_err(to_pyerr)
     }
 
     /// Runs one command of `shell_interact`; `write(bytes)` gets the output as it comes.

@@ -117,16 +117,26 @@ impl Machine {
         attempt_timeout: Option<Duration>,
         want_success: bool,
     ) -> Result<String> {
-        let block = self.nested(what);
         let opts = ExecOptions::with_timeout(attempt_timeout.or(timeout));
-        let outcome = retry::until(timeout, Backoff::default(), |_| {
+        self.wait_until(what, timeout, |_| {
             let (status, out) = self.execute(command, opts)?;
             Ok(((status == 0) == want_success).then_some(out))
-        })?;
-        match outcome {
-            Ok(out) => {
+        })
+    }
+
+    /// Runs `attempt(last_try)` until it gives a value, as the nested block `what`, with
+    /// upstream's retry pace; `WaitTimedOut` when `timeout` passes first.
+    pub(crate) fn wait_until<T>(
+        &self,
+        what: &str,
+        timeout: Option<Duration>,
+        attempt: impl FnMut(bool) -> Result<Option<T>>,
+    ) -> Result<T> {
+        let block = self.nested(what);
+        match retry::until(timeout, Backoff::default(), attempt)? {
+            Ok(value) => {
                 block.finish();
-                Ok(out)
+                Ok(value)
             }
             Err(elapsed) => Err(Error::WaitTimedOut {
                 machine: self.name().to_string(),

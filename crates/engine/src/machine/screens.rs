@@ -6,36 +6,13 @@
 use std::time::Duration;
 
 use super::{ExecOptions, Machine};
-use crate::error::{Error, Result};
-use crate::retry::{self, Backoff};
+use crate::error::Result;
 
 /// Upstream's sed expression that extracts the window names from `xwininfo -root -tree`.
 const WINDOW_NAMES: &str =
     r#"xwininfo -root -tree | sed 's/.*0x[0-9a-f]* \"\([^\"]*\)\".*/\1/; t; d'"#;
 
 impl Machine {
-    /// Runs `attempt(last_try)` until it says yes, as a nested block `what`.
-    fn wait_until(
-        &self,
-        what: &str,
-        timeout: Option<Duration>,
-        attempt: impl FnMut(bool) -> Result<Option<()>>,
-    ) -> Result<()> {
-        let block = self.nested(what);
-        match retry::until(timeout, Backoff::default(), attempt)? {
-            Ok(()) => {
-                block.finish();
-                Ok(())
-            }
-            Err(elapsed) => Err(Error::WaitTimedOut {
-                machine: self.name().to_string(),
-                what: what.to_string(),
-                elapsed,
-                timeout: timeout.unwrap_or_default(),
-            }),
-        }
-    }
-
     /// The text on virtual terminal `tty` (`/dev/vcs<tty>`), folded at its width.
     pub fn get_tty_text(&self, tty: &str) -> Result<String> {
         self.succeed(

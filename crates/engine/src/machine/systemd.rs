@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use super::{ExecOptions, Machine};
 use crate::error::{Error, Result};
-use crate::retry::{self, Backoff};
 
 fn user_suffix(user: Option<&str>) -> String {
     user.map(|u| format!(" under user \"{u}\""))
@@ -98,8 +97,7 @@ impl Machine {
             Some(u) => format!("waiting for unit {unit} with user {u}"),
             None => format!("waiting for unit {unit}"),
         };
-        let block = self.nested(&what);
-        let outcome = retry::until(timeout, Backoff::default(), |_| {
+        self.wait_until(&what, timeout, |_| {
             let state = match self.get_unit_property(unit, "ActiveState", user) {
                 Ok(state) => state,
                 // Early in a boot systemd may not answer yet (upstream fails at once here).
@@ -127,19 +125,7 @@ impl Machine {
                 }
             }
             Ok((state == "active").then_some(()))
-        })?;
-        match outcome {
-            Ok(()) => {
-                block.finish();
-                Ok(())
-            }
-            Err(elapsed) => Err(Error::WaitTimedOut {
-                machine: self.name().to_string(),
-                what,
-                elapsed,
-                timeout: timeout.unwrap_or_default(),
-            }),
-        }
+        })
     }
 
     /// False while the service manager cannot be reached yet (still booting).

@@ -10,7 +10,6 @@ use serde_json::json;
 use crate::error::{Error, Result};
 use crate::interrupt::Deadline;
 use crate::machine::Machine;
-use crate::retry::{self, Backoff};
 use crate::screen::{self, ocr};
 
 /// One OCR pass of three images must not take longer than this.
@@ -125,8 +124,8 @@ impl Machine {
         timeout: Option<Duration>,
         accept: &mut dyn FnMut(&str) -> Result<bool>,
     ) -> Result<()> {
-        let block = self.nested(&format!("waiting for {what} to appear on screen"));
-        let outcome = retry::until(timeout, Backoff::default(), |last_try| {
+        let what = format!("waiting for {what} to appear on screen");
+        self.wait_until(&what, timeout, |last_try| {
             let mut matched = false;
             let texts = self.ocr_screen(true, &mut |_, text| {
                 matched = accept(text)?;
@@ -137,18 +136,6 @@ impl Machine {
                 self.log(&format!("Last OCR attempt failed. Text was: {shown:?}"));
             }
             Ok(matched.then_some(()))
-        })?;
-        match outcome {
-            Ok(()) => {
-                block.finish();
-                Ok(())
-            }
-            Err(elapsed) => Err(Error::WaitTimedOut {
-                machine: self.name().to_string(),
-                what: format!("waiting for {what} to appear on screen"),
-                elapsed,
-                timeout: timeout.unwrap_or_default(),
-            }),
-        }
+        })
     }
 }

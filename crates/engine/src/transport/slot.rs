@@ -23,6 +23,13 @@ pub struct ShellSlot {
     connected: AtomicBool,
 }
 
+fn not_running(info: &MachineInfo, command: &str) -> Error {
+    Error::InvalidState {
+        machine: info.name.clone(),
+        message: format!("cannot run `{command}`: the machine is not running"),
+    }
+}
+
 /// A guest failure naming the machine, with the console's last lines.
 pub fn guest_error(info: &MachineInfo, console: &Console, message: String) -> Error {
     Error::Guest {
@@ -96,29 +103,39 @@ impl ShellSlot {
         exit_note: &dyn Fn() -> String,
     ) -> Result<(i32, Vec<u8>)> {
         let mut guard = self.shell.lock().unwrap();
-        let shell = guard.as_mut().ok_or_else(|| Error::InvalidState {
-            machine: info.name.clone(),
-            message: format!("cannot run `{command}`: the machine is not running"),
-        })?;
-        match shell.execute(command, timeout, reply, deadline) {
-            Ok(v) => Ok(v),
-            Err(ShellError::Interrupted) => Err(Error::Interrupted),
-            Err(ShellError::Disconnected) => {
-                drop(guard);
+        let shell = guard.as_mut().ok_or_else(|| not_running(info, command))?;
+        let result = shell.execute(command, timeout, reply, deadline);
+        drop(guard);
+        result.map_err(|e| self.command_error(info, console, command, e, exit_note))
+    }
+
+    /// A failed command as an error naming the machine; a vanished guest also marks the shell
+    /// as disconnected.
+    fn command_error(
+        &self,
+        info: &MachineInfo,
+        console: &Console,
+        command: &str,
+        e: ShellError,
+        exit_note: &dyn Fn() -> String,
+    ) -> Error {
+        match e {
+            ShellError::Interrupted => Error::Interrupted,
+            ShellError::Disconnected => {
                 self.connected.store(false, Ordering::SeqCst);
                 let note = exit_note();
-                Err(guest_error(
+                guest_error(
                     info,
                     console,
                     format!("the machine stopped while running `{command}`{note}"),
-                ))
+                )
             }
-            Err(ShellError::TimedOut) => Err(guest_error(
+            ShellError::TimedOut => guest_error(
                 info,
                 console,
                 format!("no answer from the guest to `{command}` in time (the command's timeout plus 60 s)"),
-            )),
-            Err(e) => Err(guest_error(info, console, format!("running `{command}`: {e}"))),
+            ),
+            e => guest_error(info, console, format!("running `{command}`: {e}")),
         }
     }
 
@@ -131,28 +148,10 @@ impl ShellSlot {
         out: &mut dyn FnMut(&[u8]),
     ) -> Result<i32> {
         let mut guard = self.shell.lock().unwrap();
-        let shell = guard.as_mut().ok_or_else(|| Error::InvalidState {
-            machine: info.name.clone(),
-            message: format!("cannot run `{command}`: the machine is not running"),
-        })?;
-        match shell.interact(command, out) {
-            Ok(status) => Ok(status),
-            Err(ShellError::Interrupted) => Err(Error::Interrupted),
-            Err(ShellError::Disconnected) => {
-                drop(guard);
-                self.connected.store(false, Ordering::SeqCst);
-                Err(guest_error(
-                    info,
-                    console,
-                    format!("the machine stopped while running `{command}`"),
-                ))
-            }
-            Err(e) => Err(guest_error(
-                info,
-                console,
-                format!("running `{command}`: {e}"),
-            )),
-        }
+        let shell = guard.as_mut().ok_or_else(|| not_running(info, command))?;
+        let result = shell.interact(command, out);
+        drop(guard);
+        result.map_err(|e| self.command_error(info, console, command, e, &String::new))
     }
 
     /// Resynchronises the shell after the guest was rewound (see [`Shell::resync`]).
