@@ -33,6 +33,10 @@ def interrupt_reason() -> str | None:
 def clear_interrupt() -> None:
     """Clear the interruption flag."""
 
+def machine_name_from_script(script: str, kind: str) -> str:
+    """The machine name the driver gives a start script (`run-<name>-vm`, or
+    `run-<name>-nspawn` for kind "nspawn"; else `machine`)."""
+
 def pythonize_name(name: str) -> str:
     """Upstream's `pythonize_name`: `my-box` → `my_box`, `1node` → `_node`."""
 

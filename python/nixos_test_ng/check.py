@@ -28,10 +28,10 @@ class Problem:
 
 
 def machine_name_from_script(path: str, kind: str = "vm") -> str:
-    """Upstream's rule: `run-<name>-vm` / `run-<name>-nspawn`, else the file name."""
-    base = Path(path).name
-    m = re.search(rf"run-(.+)-{'nspawn' if kind == 'nspawn' else 'vm'}$", base)
-    return m.group(1) if m else base
+    """The name the driver gives the machine of a start script (the engine's own rule)."""
+    from nixos_test_ng import _native
+
+    return _native.machine_name_from_script(path, kind)
 
 
 def namespace_names(machines: Iterable[str], vlans: Iterable[int]) -> set[str]:

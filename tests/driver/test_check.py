@@ -55,7 +55,7 @@ def test_machines_from_start_scripts_and_config(tmp_path):
         "check",
         str(script),
         "--vm-start-scripts",
-        "/nix/store/x-run-alpha-vm",
+        "/nix/store/x-nixos-vm/bin/run-alpha-vm",
         "--container-start-scripts",
         "/x/run-box-nspawn",
         "--vlans",

@@ -26,6 +26,16 @@ pub fn from_start_script(script: &str, suffix: &str) -> String {
         .unwrap_or_else(|| "machine".to_string())
 }
 
+/// The machine name of a start script for a machine of `kind` (`run-<name>-vm` for VMs,
+/// `run-<name>-nspawn` for containers).
+pub fn from_start_script_of(script: &str, kind: crate::config::MachineKind) -> String {
+    let suffix = match kind {
+        crate::config::MachineKind::Qemu => "-vm",
+        crate::config::MachineKind::Nspawn => "-nspawn",
+    };
+    from_start_script(script, suffix)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

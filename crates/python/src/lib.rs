@@ -58,6 +58,21 @@ fn pythonize_name(name: &str) -> String {
     ntng_engine::names::pythonize(name)
 }
 
+/// The machine name the driver gives a start script; `kind` is "vm" or "nspawn".
+#[pyfunction]
+fn machine_name_from_script(script: &str, kind: &str) -> PyResult<String> {
+    let kind = match kind {
+        "vm" => ntng_engine::config::MachineKind::Qemu,
+        "nspawn" => ntng_engine::config::MachineKind::Nspawn,
+        other => {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "kind must be \"vm\" or \"nspawn\", not {other:?}"
+            )))
+        }
+    };
+    Ok(ntng_engine::names::from_start_script_of(script, kind))
+}
+
 /// The QEMU key name for a character (upstream's `CHAR_TO_KEY`), or None.
 #[pyfunction]
 fn char_to_key(c: &str) -> Option<&'static str> {
@@ -71,6 +86,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(interrupt_reason, m)?)?;
     m.add_function(wrap_pyfunction!(clear_interrupt, m)?)?;
     m.add_function(wrap_pyfunction!(pythonize_name, m)?)?;
+    m.add_function(wrap_pyfunction!(machine_name_from_script, m)?)?;
     m.add_function(wrap_pyfunction!(char_to_key, m)?)?;
     m.add_class::<config::Config>()?;
     m.add_class::<logger::Logger>()?;

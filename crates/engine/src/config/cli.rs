@@ -280,14 +280,10 @@ pub fn parse_args(argv: &[String], env: &HashMap<String, String>) -> Result<Pars
 }
 
 fn machine(script: &str, name: Option<&str>, kind: MachineKind) -> MachineConfig {
-    let suffix = match kind {
-        MachineKind::Qemu => "-vm",
-        MachineKind::Nspawn => "-nspawn",
-    };
     MachineConfig {
         name: name
             .map(str::to_string)
-            .unwrap_or_else(|| names::from_start_script(script, suffix)),
+            .unwrap_or_else(|| names::from_start_script_of(script, kind)),
         start_script: PathBuf::from(script),
         kind,
     }
