@@ -80,20 +80,35 @@ class Config:
     @property
     def log_level(self) -> str: ...
     @property
+    def html_report(self) -> str | None:
+        """Where the HTML report goes (`--html-report`), or None (`--no-html-report`)."""
+    @property
     def warnings(self) -> list[str]: ...
 
 @final
 class LogBlock:
     """A nested log block (or a subtest); use it with `with`."""
 
-    def __enter__(self) -> None: ...
+    def __enter__(self) -> LogBlock: ...
+    def fail(self, message: str) -> None:
+        """Mark the block (and its span) failed with `message` without raising."""
     def __exit__(self, exc_type: object = None, exc: object = None, _tb: object = None) -> bool: ...
 
 @final
 class Logger:
     """The run's log (the `log` symbol of a test script)."""
 
-    def __init__(self, color: bool = False) -> None: ...
+    def __init__(self, color: bool = False, progress: bool = False) -> None: ...
+    def start_run(self, env: dict[str, str], name: str) -> None:
+        """Open the run's span; `env` supplies the OTEL_* settings and TRACEPARENT."""
+    def finish_run(self, failure: str | None = None) -> None:
+        """Close every open span and flush the trace exporter."""
+    def exporting(self) -> bool:
+        """Whether spans are exported over OTLP."""
+    def timing_summary(self) -> list[str]:
+        """The lines of the end-of-run timing summary."""
+    def test(self, name: str) -> LogBlock:
+        """A test's span and JUnit case: `with log.test("name"): ...`."""
     def enable_junit(self) -> None: ...
     def write_junit(self, path: str) -> None: ...
     def log(self, message: str, attributes: dict[str, Any] | None = None) -> None:
@@ -148,6 +163,8 @@ class Driver:
     def start_timer(self) -> None: ...
     def cancel_timer(self) -> None: ...
     def cleanup(self) -> None: ...
+    def write_html_report(self, path: str) -> None:
+        """Write the self-contained HTML report (timeline, failure, consoles, screenshots)."""
     def create_machine(
         self, start_command: str, name: str | None = None, keep_machine_state: bool = False
     ) -> MachineHandle: ...

@@ -85,9 +85,12 @@ def run_driver(argv: list[str]) -> int:
             f"arguments after the test script ({' '.join(config.pytest_args)}) are for pytest,"
             " and this script is not pytest-style (it defines no test_* function)"
         )
-    logger = _native.Logger(color=sys.stderr.isatty() and "NO_COLOR" not in os.environ)
+    tty = sys.stderr.isatty()
+    logger = _native.Logger(color=tty and "NO_COLOR" not in os.environ, progress=tty)
     for w in config.warnings:
         logger.warning(w)
+    script_name = os.path.basename(config.test_script) if config.test_script else "interactive"
+    logger.start_run(dict(os.environ), f"run {script_name}")
     if config.junit_xml and not pytest_style:  # pytest writes a pytest-style script's
         logger.enable_junit()
     if not config.keep_machine_state:
@@ -97,6 +100,7 @@ def run_driver(argv: list[str]) -> int:
     from nixos_test_ng.driver import Driver
 
     status = EXIT_OK
+    failure: str | None = None
     driver = None
     try:
         driver = Driver(config, logger, script)
@@ -120,16 +124,16 @@ def run_driver(argv: list[str]) -> int:
                 logger.log(f"test script finished in {time.monotonic() - tic:.2f}s")
     except ConfigError as e:
         logger.log_test_error(str(e))
-        status = EXIT_USAGE
+        status, failure = EXIT_USAGE, str(e)
     except GlobalTimeout:
         logger.log_test_error("the global timeout expired; the test was terminated")
-        status = EXIT_FAILED
+        status, failure = EXIT_FAILED, "global timeout"
     except Terminated:
         logger.log_test_error("received SIGTERM; cleaning up")
-        status = EXIT_TERMINATED
+        status, failure = EXIT_TERMINATED, "terminated (SIGTERM)"
     except KeyboardInterrupt:
         logger.log_test_error("interrupted; cleaning up")
-        status = EXIT_INTERRUPTED
+        status, failure = EXIT_INTERRUPTED, "interrupted (SIGINT)"
     except SystemExit as e:
         status = e.code if isinstance(e.code, int) else EXIT_FAILED
     except BaseException as e:  # noqa: BLE001 - every failure of the script ends here
@@ -137,7 +141,7 @@ def run_driver(argv: list[str]) -> int:
             driver.report_failure(e)
         else:
             logger.log_test_error(f"{type(e).__name__}: {e}")
-        status = EXIT_FAILED
+        status, failure = EXIT_FAILED, f"{type(e).__name__}: {e}"
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -146,12 +150,32 @@ def run_driver(argv: list[str]) -> int:
                 driver.cleanup()
             if config.junit_xml and not pytest_style:
                 logger.write_junit(config.junit_xml)
+            if status == EXIT_OK and logger.failed:
+                status = EXIT_FAILED
+            if status != EXIT_OK and failure is None:
+                failure = "the test failed"
+            _finish_reports(config, logger, driver, failure)
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if status == EXIT_OK and logger.failed:
-        status = EXIT_FAILED
     return status
+
+
+def _finish_reports(
+    config: _native.Config, logger: _native.Logger, driver: Any, failure: str | None
+) -> None:
+    """End the run's span (flushing exported spans), write the HTML report, and print the
+    timing summary."""
+    logger.finish_run(failure)
+    if driver is not None and config.html_report:
+        try:
+            driver._native.write_html_report(config.html_report)
+            logger.log(f"HTML report: {config.html_report}")
+        except OSError as e:
+            logger.warning(str(e))
+    if not config.interactive:
+        for line in logger.timing_summary():
+            logger.log(line)
 
 
 def driver_main() -> None:

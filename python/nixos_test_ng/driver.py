@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -53,6 +54,9 @@ class Driver:
         self.tests = script
         self.script_path = config.test_script or "<string>"
         self.polling_conditions: list[PollingCondition] = []
+        #: Told of every subtest that ended: its name, seconds, and the exception if it
+        #: failed (the pytest plugin reports subtests to pytest with it).
+        self.subtest_listener: Callable[[str, float, BaseException | None], None] | None = None
         self.debug: Debug | DebugNop = (
             Debug(logger, config.debug_hook_attach, self.script_path)
             if config.debug_hook_attach
@@ -153,16 +157,23 @@ class Driver:
         log and as this subtest's failure in JUnit) and the script goes on after the block,
         and the run fails at the end.
         """
-        with self.logger.subtest(name):
-            try:
-                yield
-            except Exception as e:
-                if not self.config.keep_going or isinstance(e, GlobalTimeout | Terminated):
-                    raise
-                self.on_failure(e)
-                self.logger.log_test_error(f'Test "{name}" failed with error: "{e}"')
-                self.report_failure(e)
-                self.logger.log_test_error("--keep-going: going on with the script")
+        tic = time.monotonic()
+        error: BaseException | None = None
+        try:
+            with self.logger.subtest(name):
+                try:
+                    yield
+                except Exception as e:
+                    error = e
+                    if not self.config.keep_going or isinstance(e, GlobalTimeout | Terminated):
+                        raise
+                    self.on_failure(e)
+                    self.logger.log_test_error(f'Test "{name}" failed with error: "{e}"')
+                    self.report_failure(e)
+                    self.logger.log_test_error("--keep-going: going on with the script")
+        finally:
+            if self.subtest_listener is not None:
+                self.subtest_listener(name, time.monotonic() - tic, error)
 
     def on_failure(self, exc: BaseException) -> None:
         """Breakpoint-on-failure (`--debug-hook-attach`), once per exception: after a failed
@@ -222,7 +233,8 @@ class Driver:
 
     def test_script(self) -> None:
         """Run the test script."""
-        with self.logger.nested("run the VM test script"):
+        name = os.path.basename(self.script_path)
+        with self.logger.test(name) as test, self.logger.nested("run the VM test script"):
             symbols = self.test_symbols()
             code = compile(self.tests, self.script_path, "exec")
             try:
@@ -231,6 +243,8 @@ class Driver:
                 if not isinstance(e, GlobalTimeout | Terminated):
                     self.on_failure(e)
                 raise
+            if self.logger.failed:
+                test.fail("a subtest failed (--keep-going)")
 
     def run_tests(self) -> None:
         """Run the script under the global timeout, then `sync` every running machine."""

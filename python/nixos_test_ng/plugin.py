@@ -13,6 +13,10 @@ started when first requested and returned once it is connected; `machines`, `dri
 `vlans`, `vlan<N>`, `subtest`, `log`, `t`. A test that names a fixture no machine or plugin
 provides fails with the list of the machines. A failed test's report gets the last console
 lines of each machine it used.
+
+Reports: every test is a span (`nixos_test_ng.trace` of the run: OTLP, the HTML report), and
+every subtest inside a test is reported to pytest as a result of its own, with node id
+`<test>::<subtest>`, so JUnit lists it with its own status and time.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class DriverPlugin:
         self.isolation_in_use = False
         self.ready: set[str] = set()
         self.machine_names = {_native.pythonize_name(m.name): m for m in driver.machines}
+        self.current_item: pytest.Item | None = None
+        driver.subtest_listener = self._report_subtest
 
     def fixture_module(self) -> types.ModuleType:
         """One fixture per machine and VLAN, in a module (pytest reads fixtures of plugin
@@ -57,6 +63,23 @@ class DriverPlugin:
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self.owns_driver:
             self.driver.cleanup()
+            self.driver.logger.finish_run(None)
+
+    def _report_subtest(self, name: str, seconds: float, error: BaseException | None) -> None:
+        item = self.current_item
+        if item is None:  # a subtest at module level: the log and spans have it
+            return
+        report = pytest.TestReport(
+            nodeid=f"{item.nodeid}::{name.replace('::', ': ')}",
+            location=item.location,
+            keywords={},
+            outcome="failed" if error is not None else "passed",
+            longrepr=None if error is None else f"{type(error).__name__}: {error}",
+            when="call",
+            duration=seconds,
+            user_properties=[("subtest", name)],
+        )
+        item.ihook.pytest_runtest_logreport(report=report)
 
     # -- fixtures -------------------------------------------------------------------------
 
@@ -135,8 +158,23 @@ class DriverPlugin:
         item.user_properties.append(("isolation", note))
 
     @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: Any) -> Any:
+        self.current_item = item
+        try:
+            with self.driver.logger.test(item.nodeid) as span:
+                result = yield
+                failure = getattr(item, "_ntng_failure", None)
+                if failure:
+                    span.fail(failure)
+                return result
+        finally:
+            self.current_item = None
+
+    @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> Any:
         report = yield
+        if report.failed and not getattr(item, "_ntng_failure", None):
+            item._ntng_failure = f"{call.when}: {report.longreprtext}"  # type: ignore[attr-defined]
         if call.when == "call":
             for key, value in item.user_properties:
                 if key == "isolation":
@@ -235,6 +273,9 @@ def pytest_configure(config: pytest.Config) -> None:
     except Exception as e:
         raise pytest.UsageError(f"nixos-test-ng: {e}") from None
     logger = _native.Logger(color=False)
+    import os
+
+    logger.start_run(dict(os.environ), "run pytest")
     driver = Driver(parsed, logger)
     plugin = DriverPlugin(driver, owns_driver=True)
     for i, obj in enumerate(plugin.plugins()):

@@ -65,15 +65,18 @@ def test_a_pytest_style_script_runs_under_pytest(driver_env, fake_vm, run_driver
     )
     assert r.returncode == 1, r  # test_fails fails
     out = r.stdout
-    assert "1 failed, 5 passed" in out, out
+    assert "1 failed, 6 passed" in out, out  # five tests and one subtest passed
     # pytest's rewritten assertion, and the machine's console under the failure
     assert "AssertionError: assert 41 == 42" in out and "where 41 = int('41\\n')" in out, out
     assert "last console lines of alpha" in out
     assert r.stderr.count("alpha # module-level-setup") == 1  # imported once
-    # JUnit: pytest's, one case per test
+    # JUnit: pytest's, one case per test and per subtest (named after its test)
     root = ET.parse(driver_env.out / "junit.xml").getroot()
     cases = {c.get("name"): c.find("failure") is not None for c in root.iter("testcase")}
+    classes = {c.get("name"): c.get("classname") for c in root.iter("testcase")}
+    assert classes["inside"].endswith("test_fixtures"), classes
     assert cases == {
+        "inside": False,
         "test_echo": False,
         "test_double[1]": False,
         "test_double[2]": False,

@@ -204,11 +204,19 @@ impl Driver {
     /// Starts every machine, in parallel; reports every machine that failed.
     pub fn start_all(&self) -> Result<()> {
         let block = self.logger.nested("start all VMs", None);
+        let parent = self.logger.current_span();
+        let logger = &self.logger;
         let failures: Vec<String> = std::thread::scope(|s| {
             let handles: Vec<_> = self
                 .machines
                 .iter()
-                .map(|m| s.spawn(move || m.start(false).map_err(|e| format!("{}: {e}", m.name()))))
+                .map(|m| {
+                    s.spawn(move || {
+                        logger.in_span(parent, || {
+                            m.start(false).map_err(|e| format!("{}: {e}", m.name()))
+                        })
+                    })
+                })
                 .collect();
             handles
                 .into_iter()
@@ -300,6 +308,22 @@ impl Driver {
         if let Some(c) = self.timer.lock().unwrap().take() {
             c.cancel();
         }
+    }
+
+    /// Writes the HTML report of the run to `path`, with every machine's console log.
+    pub fn write_html_report(&self, path: &Path) -> Result<()> {
+        let consoles: Vec<(String, String)> = self
+            .machines
+            .iter()
+            .map(|m| (m.name().to_string(), m.console_log()))
+            .collect();
+        let title = match &self.config.test_script {
+            Some(s) => format!("nixos-test-ng: {}", s.display()),
+            None => "nixos-test-ng".to_string(),
+        };
+        self.logger
+            .write_html_report(path, &title, &consoles)
+            .map_err(|e| Error::io(format!("writing the HTML report {}", path.display()), e))
     }
 
     /// Releases every machine and stops every VLAN (upstream's "cleanup" block).

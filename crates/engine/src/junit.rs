@@ -73,7 +73,10 @@ impl JunitCollector {
                 Some(m) => format!("{m}: {msg}"),
                 None => msg.to_string(),
             },
-            Event::BlockEnd { .. } => return,
+            Event::BlockEnd { .. }
+            | Event::SpanStart(_)
+            | Event::SpanEnd(_)
+            | Event::Screenshot { .. } => return,
             Event::Serial { machine, line } => format!("{machine} # {line}"),
             Event::Warning { msg } => format!("warning: {msg}"),
             Event::TestError { msg } => {

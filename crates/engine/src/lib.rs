@@ -20,8 +20,11 @@ pub mod names;
 pub mod nspawn;
 pub mod process;
 pub mod qemu;
+pub mod report;
 pub mod retry;
 pub mod screen;
+pub mod terminal;
+pub mod trace;
 pub mod transport;
 pub mod vlan;
 

@@ -1,13 +1,22 @@
 //! The run's log: every message, nested block, serial line and subtest goes through
-//! [`Logger`], which fans it out to its reporters (the terminal, the JUnit collector).
-//! Nothing here exits the process.
+//! [`Logger`], which fans it out to its reporters (the terminal, the JUnit collector, the
+//! timeline of the HTML report and the timing summary, the OTLP exporter). Every nested
+//! block is also a span ([`crate::trace`]). Nothing here exits the process.
 
-use std::io::Write;
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::junit::JunitCollector;
+use crate::report::Timeline;
+use crate::terminal::TerminalReporter;
+use crate::trace::export::{settings_from_env, Exporter};
+use crate::trace::{
+    attr, parse_traceparent, traceparent, AttrValue, SpanId, SpanKind, SpanRecord, SpanStatus,
+    SpanTable, TraceId,
+};
 
 /// One thing that happened, as reporters see it.
 #[derive(Debug, Clone)]
@@ -41,6 +50,12 @@ pub enum Event<'a> {
         name: &'a str,
         failure: Option<&'a str>,
     },
+    /// A span began (every block, test, subtest, boot and operation is one).
+    SpanStart(&'a SpanRecord),
+    /// A span ended, with its status.
+    SpanEnd(&'a SpanRecord),
+    /// A screenshot was written to `path`.
+    Screenshot { machine: &'a str, path: &'a Path },
 }
 
 /// A consumer of events.
@@ -49,69 +64,57 @@ pub trait Reporter: Send {
     fn event(&mut self, event: &Event<'_>);
 }
 
-/// Upstream's terminal format, on stderr.
-pub struct TerminalReporter {
-    color: bool,
-    print_serial: Arc<AtomicBool>,
-}
-
-const BRIGHT_GREEN: &str = "\x1b[1m\x1b[32m";
-const DIM: &str = "\x1b[2m";
-const RED: &str = "\x1b[31m";
-const YELLOW: &str = "\x1b[33m";
-const RESET: &str = "\x1b[0m";
-
-impl TerminalReporter {
-    fn styled(&self, style: &str, text: &str) -> String {
-        if self.color {
-            format!("{style}{text}{RESET}")
-        } else {
-            text.to_string()
-        }
-    }
-}
-
-fn prefixed(machine: Option<&str>, msg: &str) -> String {
-    match machine {
-        Some(m) => format!("{m}: {msg}"),
-        None => msg.to_string(),
-    }
-}
-
-impl Reporter for TerminalReporter {
-    fn event(&mut self, event: &Event<'_>) {
-        let line = match *event {
-            Event::Line { machine, msg } => prefixed(machine, msg),
-            Event::BlockStart { machine, msg } => {
-                prefixed(machine, &self.styled(BRIGHT_GREEN, msg))
-            }
-            Event::BlockEnd {
-                machine,
-                msg,
-                seconds,
-            } => prefixed(
-                machine,
-                &format!("(finished: {msg}, in {seconds:.2} seconds)"),
-            ),
-            Event::Serial { machine, line } => {
-                if !self.print_serial.load(Ordering::Relaxed) {
-                    return;
-                }
-                self.styled(DIM, &format!("{machine} # {line}"))
-            }
-            Event::TestError { msg } => format!("{}{msg}", self.styled(RED, "!!! ")),
-            Event::Warning { msg } => self.styled(YELLOW, &format!("warning: {msg}")),
-            Event::SubtestStart { .. } | Event::SubtestEnd { .. } => return,
-        };
-        let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "{line}");
-    }
-}
-
 struct Inner {
     reporters: Vec<Box<dyn Reporter>>,
     junit: Option<JunitCollector>,
+    timeline: Timeline,
+    spans: SpanTable,
+    exporter: Option<Exporter>,
+    run: Option<SpanId>,
     failed: bool,
+}
+
+impl Inner {
+    fn emit(&mut self, event: &Event<'_>) {
+        if matches!(event, Event::TestError { .. }) {
+            self.failed = true;
+        }
+        if let Some(j) = self.junit.as_mut() {
+            j.event(event);
+        }
+        self.timeline.event(event);
+        if let (Some(x), Event::SpanEnd(record)) = (&self.exporter, event) {
+            x.send((*record).clone());
+        }
+        for r in self.reporters.iter_mut() {
+            r.event(event);
+        }
+    }
+
+    fn begin(
+        &mut self,
+        kind: SpanKind,
+        name: &str,
+        machine: Option<&str>,
+        detached: bool,
+    ) -> SpanId {
+        let mut record = self.spans.begin(kind, name, machine, detached);
+        if let Some(m) = machine {
+            self.spans.set_attr(record.id, attr::MACHINE, m.into());
+            record.set_attr(attr::MACHINE, m.into());
+        }
+        self.spans
+            .set_attr(record.id, attr::KIND, kind.as_str().into());
+        record.set_attr(attr::KIND, kind.as_str().into());
+        self.emit(&Event::SpanStart(&record));
+        record.id
+    }
+
+    fn end(&mut self, id: SpanId, status: SpanStatus) {
+        if let Some(record) = self.spans.end(id, status) {
+            self.emit(&Event::SpanEnd(&record));
+        }
+    }
 }
 
 /// The log of one run. Cheap to share (`Arc`).
@@ -122,37 +125,36 @@ pub struct Logger {
 
 impl Default for Logger {
     fn default() -> Self {
-        Logger::new(false)
+        Logger::new(false, false)
     }
 }
 
 impl Logger {
-    /// A logger that writes upstream's format to stderr, coloured when `color`.
-    pub fn new(color: bool) -> Self {
+    /// A logger that writes upstream's format to stderr, coloured when `color`, with a
+    /// boot status line when `progress` (stderr is a terminal).
+    pub fn new(color: bool, progress: bool) -> Self {
         let print_serial = Arc::new(AtomicBool::new(true));
-        let terminal = TerminalReporter {
-            color,
-            print_serial: print_serial.clone(),
-        };
-        Logger {
-            inner: Mutex::new(Inner {
-                reporters: vec![Box::new(terminal)],
-                junit: None,
-                failed: false,
-            }),
-            print_serial,
-        }
+        let terminal = TerminalReporter::new(color, print_serial.clone(), progress);
+        Logger::build(vec![Box::new(terminal)], print_serial)
     }
 
     /// A logger with only the given reporters (for tests).
     pub fn with_reporters(reporters: Vec<Box<dyn Reporter>>) -> Self {
+        Logger::build(reporters, Arc::new(AtomicBool::new(true)))
+    }
+
+    fn build(reporters: Vec<Box<dyn Reporter>>, print_serial: Arc<AtomicBool>) -> Self {
         Logger {
             inner: Mutex::new(Inner {
                 reporters,
                 junit: None,
+                timeline: Timeline::default(),
+                spans: SpanTable::new(TraceId::random(), None),
+                exporter: None,
+                run: None,
                 failed: false,
             }),
-            print_serial: Arc::new(AtomicBool::new(true)),
+            print_serial,
         }
     }
 
@@ -162,7 +164,7 @@ impl Logger {
     }
 
     /// Writes the JUnit XML file, if collection was enabled.
-    pub fn write_junit(&self, path: &std::path::Path) -> std::io::Result<()> {
+    pub fn write_junit(&self, path: &Path) -> std::io::Result<()> {
         let inner = self.inner.lock().unwrap();
         match &inner.junit {
             Some(j) => j.write(path),
@@ -171,16 +173,7 @@ impl Logger {
     }
 
     fn emit(&self, event: Event<'_>) {
-        let mut inner = self.inner.lock().unwrap();
-        if matches!(event, Event::TestError { .. }) {
-            inner.failed = true;
-        }
-        if let Some(j) = inner.junit.as_mut() {
-            j.event(&event);
-        }
-        for r in inner.reporters.iter_mut() {
-            r.event(&event);
-        }
+        self.inner.lock().unwrap().emit(&event);
     }
 
     /// Logs a line.
@@ -203,6 +196,11 @@ impl Logger {
         self.emit(Event::Serial { machine, line });
     }
 
+    /// Records a screenshot (the HTML report shows it).
+    pub fn screenshot(&self, machine: &str, path: &Path) {
+        self.emit(Event::Screenshot { machine, path });
+    }
+
     /// Whether console lines are printed (`serial_stdout_on/off`).
     pub fn set_print_serial(&self, on: bool) {
         self.print_serial.store(on, Ordering::Relaxed);
@@ -219,14 +217,41 @@ impl Logger {
     }
 
     /// Opens a nested block; call [`Block::finish`] on success. Dropping it unfinished
-    /// (an error) prints no "finished" line, as upstream.
+    /// (an error) prints no "finished" line, as upstream, and ends its span as failed.
     pub fn nested<'a>(&'a self, msg: &str, machine: Option<&str>) -> Block<'a> {
-        self.emit(Event::BlockStart { machine, msg });
+        self.block(SpanKind::Block, msg, msg, machine)
+    }
+
+    /// A nested block that is a machine operation: span `op`, attributes for the machine
+    /// and the message.
+    pub fn operation<'a>(&'a self, op: &str, msg: &str, machine: Option<&str>) -> Block<'a> {
+        let block = self.block(SpanKind::Operation, op, msg, machine);
+        block.attr(attr::OPERATION, op);
+        block.attr(attr::MESSAGE, msg);
+        block
+    }
+
+    fn block<'a>(
+        &'a self,
+        kind: SpanKind,
+        span_name: &str,
+        msg: &str,
+        machine: Option<&str>,
+    ) -> Block<'a> {
+        let span = {
+            let mut inner = self.inner.lock().unwrap();
+            let span = inner.begin(kind, span_name, machine, false);
+            inner.emit(&Event::BlockStart { machine, msg });
+            span
+        };
         Block {
             logger: self,
             msg: msg.to_string(),
             machine: machine.map(str::to_string),
             start: Instant::now(),
+            span,
+            failure: Mutex::new(None),
+            finished: false,
         }
     }
 
@@ -241,32 +266,174 @@ impl Logger {
     }
 }
 
-/// An open nested block that owns its data (for callers that cannot hold a borrow, like
-/// a Python `with` statement). Close it with [`Logger::close`].
+/// Spans beyond nested blocks: the run, tests, boots, and the trace context.
+impl Logger {
+    /// Begins the run's span and, when the `OTEL_*` variables ask for it, exporting spans
+    /// over OTLP. A `TRACEPARENT` in `env` makes the run a child of that span.
+    pub fn start_run(&self, env: &HashMap<String, String>, name: &str) {
+        let mut warnings = Vec::new();
+        let exporter = match settings_from_env(env, &mut warnings) {
+            Ok(settings) => settings.map(Exporter::start),
+            Err(e) => {
+                warnings.push(format!("{e}; spans are not exported"));
+                None
+            }
+        };
+        for w in &warnings {
+            self.warning(w);
+        }
+        let mut inner = self.inner.lock().unwrap();
+        if let Some((trace, parent)) = env.get("TRACEPARENT").and_then(|v| parse_traceparent(v)) {
+            inner.spans = SpanTable::new(trace, Some(parent));
+        }
+        inner.exporter = exporter;
+        let run = inner.begin(SpanKind::Run, name, None, false);
+        inner.run = Some(run);
+    }
+
+    /// Ends every open span (those still open fail with `interrupted` or the run's failure),
+    /// ends the run's span, and flushes the exporter.
+    pub fn finish_run(&self, failure: Option<&str>) {
+        let mut inner = self.inner.lock().unwrap();
+        let run = inner.run.take();
+        let cut_short = SpanStatus::Error(failure.unwrap_or("not finished").to_string());
+        let open = inner.spans.end_all(&cut_short);
+        for mut record in open {
+            if Some(record.id) == run {
+                record.status = match failure {
+                    Some(f) => SpanStatus::Error(f.to_string()),
+                    None => SpanStatus::Ok,
+                };
+            }
+            inner.emit(&Event::SpanEnd(&record));
+        }
+        let exporter = inner.exporter.take();
+        drop(inner);
+        if let Some(x) = exporter {
+            x.flush();
+        }
+    }
+
+    /// Whether spans are exported (and guest commands get a `TRACEPARENT`).
+    pub fn exporting(&self) -> bool {
+        self.inner.lock().unwrap().exporter.is_some()
+    }
+
+    /// The W3C `traceparent` of the calling thread's current span, when exporting.
+    pub fn traceparent(&self) -> Option<String> {
+        let inner = self.inner.lock().unwrap();
+        inner.exporter.as_ref()?;
+        Some(traceparent(inner.spans.trace(), inner.spans.current()?))
+    }
+
+    /// Begins a span outside the block structure (a boot, ended from another thread).
+    pub fn begin_detached(&self, kind: SpanKind, name: &str, machine: Option<&str>) -> SpanId {
+        self.inner.lock().unwrap().begin(kind, name, machine, true)
+    }
+
+    /// Ends a span begun by [`Self::begin_detached`] or [`Self::open_span`].
+    pub fn end_span(&self, id: SpanId, status: SpanStatus) {
+        self.inner.lock().unwrap().end(id, status);
+    }
+
+    /// Sets an attribute of an open span.
+    pub fn span_attr(&self, id: SpanId, key: &'static str, value: AttrValue) {
+        self.inner.lock().unwrap().spans.set_attr(id, key, value);
+    }
+
+    /// The calling thread's current span.
+    pub fn current_span(&self) -> Option<SpanId> {
+        self.inner.lock().unwrap().spans.current()
+    }
+
+    /// Runs `f` with `parent` as the thread's current span (for work handed to a thread).
+    pub fn in_span<T>(&self, parent: Option<SpanId>, f: impl FnOnce() -> T) -> T {
+        let Some(id) = parent else { return f() };
+        self.inner.lock().unwrap().spans.push_context(id);
+        let r = f();
+        self.inner.lock().unwrap().spans.pop_context(id);
+        r
+    }
+
+    /// The timing summary of the run so far (see [`crate::report::summary`]).
+    pub fn timing_summary(&self) -> Vec<String> {
+        crate::report::summary::lines(&self.inner.lock().unwrap().timeline)
+    }
+
+    /// Writes the HTML report, with each machine's console log.
+    pub fn write_html_report(
+        &self,
+        path: &Path,
+        title: &str,
+        consoles: &[(String, String)],
+    ) -> std::io::Result<()> {
+        let inner = self.inner.lock().unwrap();
+        let open: Vec<SpanRecord> = inner.spans.open_spans().cloned().collect();
+        let html = crate::report::html::render(&inner.timeline, &open, title, consoles);
+        std::fs::write(path, html)
+    }
+}
+
+/// An open block that owns its data (for callers that cannot hold a borrow, like a Python
+/// `with` statement). Close it with [`Logger::close`] or [`Logger::close_failed`].
 pub struct OwnedBlock {
-    msg: String,
+    msg: Option<String>,
     machine: Option<String>,
     start: Instant,
+    span: SpanId,
+}
+
+impl OwnedBlock {
+    /// The block's span.
+    pub fn span(&self) -> SpanId {
+        self.span
+    }
 }
 
 impl Logger {
     /// Opens a nested block.
     pub fn open(&self, msg: &str, machine: Option<&str>) -> OwnedBlock {
-        self.emit(Event::BlockStart { machine, msg });
+        self.open_span(SpanKind::Block, msg, Some(msg), machine)
+    }
+
+    /// Opens a span of `kind`; with a `msg`, also a nested block printing it. A span without
+    /// a message (a pytest test) prints nothing.
+    pub fn open_span(
+        &self,
+        kind: SpanKind,
+        span_name: &str,
+        msg: Option<&str>,
+        machine: Option<&str>,
+    ) -> OwnedBlock {
+        let mut inner = self.inner.lock().unwrap();
+        let span = inner.begin(kind, span_name, machine, false);
+        if let Some(msg) = msg {
+            inner.emit(&Event::BlockStart { machine, msg });
+        }
         OwnedBlock {
-            msg: msg.to_string(),
+            msg: msg.map(str::to_string),
             machine: machine.map(str::to_string),
             start: Instant::now(),
+            span,
         }
     }
 
     /// Closes a block normally (prints its "(finished: ...)" line).
     pub fn close(&self, block: &OwnedBlock) {
-        self.emit(Event::BlockEnd {
-            machine: block.machine.as_deref(),
-            msg: &block.msg,
-            seconds: block.start.elapsed().as_secs_f64(),
-        });
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(msg) = &block.msg {
+            inner.emit(&Event::BlockEnd {
+                machine: block.machine.as_deref(),
+                msg,
+                seconds: block.start.elapsed().as_secs_f64(),
+            });
+        }
+        inner.end(block.span, SpanStatus::Ok);
+    }
+
+    /// Closes a block that failed with `error` (no "finished" line, as upstream).
+    pub fn close_failed(&self, block: &OwnedBlock, error: &str) {
+        self.end_span(block.span, SpanStatus::Error(error.to_string()));
     }
 }
 
@@ -276,21 +443,51 @@ pub struct Block<'a> {
     msg: String,
     machine: Option<String>,
     start: Instant,
+    span: SpanId,
+    failure: Mutex<Option<String>>,
+    finished: bool,
 }
 
 impl Block<'_> {
+    /// Sets an attribute of the block's span.
+    pub fn attr(&self, key: &'static str, value: impl Into<AttrValue>) {
+        self.logger.span_attr(self.span, key, value.into());
+    }
+
+    /// Records `error` as the reason the block fails (when it is dropped unfinished).
+    pub fn fail(&self, error: &impl std::fmt::Display) {
+        *self.failure.lock().unwrap() = Some(error.to_string());
+    }
+
+    /// Records `error` as the block's failure and hands it back.
+    pub fn fail_with<E: std::fmt::Display>(&self, error: E) -> E {
+        self.fail(&error);
+        error
+    }
+
+    /// Passes `r` through, recording its error as the block's failure.
+    pub fn check<T, E: std::fmt::Display>(&self, r: Result<T, E>) -> Result<T, E> {
+        if let Err(e) = &r {
+            self.fail(e);
+        }
+        r
+    }
+
     /// Closes the block with its "(finished: ...)" line.
-    pub fn finish(self) {
-        self.logger.emit(Event::BlockEnd {
+    pub fn finish(mut self) {
+        self.finished = true;
+        let mut inner = self.logger.inner.lock().unwrap();
+        inner.emit(&Event::BlockEnd {
             machine: self.machine.as_deref(),
             msg: &self.msg,
             seconds: self.start.elapsed().as_secs_f64(),
         });
+        inner.end(self.span, SpanStatus::Ok);
     }
 
     /// Runs `f` inside the block, finishing it when `f` succeeds.
-    pub fn run<T, E>(self, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
-        let r = f();
+    pub fn run<T, E: std::fmt::Display>(self, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        let r = self.check(f());
         if r.is_ok() {
             self.finish();
         }
@@ -298,19 +495,27 @@ impl Block<'_> {
     }
 }
 
+impl Drop for Block<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            let failure = self.failure.lock().unwrap().take();
+            let message = failure.unwrap_or_else(|| "failed".to_string());
+            self.logger.end_span(self.span, SpanStatus::Error(message));
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::terminal::prefixed;
 
     /// Records every event as the terminal would print it, without colour.
     pub struct Capture(pub Arc<Mutex<Vec<String>>>);
 
     impl Reporter for Capture {
         fn event(&mut self, event: &Event<'_>) {
-            let mut t = TerminalReporter {
-                color: false,
-                print_serial: Arc::new(AtomicBool::new(true)),
-            };
+            let t = TerminalReporter::new(false, Arc::new(AtomicBool::new(true)), false);
             let line = match *event {
                 Event::Line { machine, msg } => prefixed(machine, msg),
                 Event::BlockStart { machine, msg } => prefixed(machine, msg),
@@ -319,10 +524,10 @@ pub(crate) mod tests {
                 }
                 Event::Serial { machine, line } => format!("{machine} # {line}"),
                 Event::TestError { msg } => format!("!!! {msg}"),
-                _ => {
-                    t.event(event);
-                    return;
-                }
+                _ => match t.render(event) {
+                    Some(line) => line,
+                    None => return,
+                },
             };
             self.0.lock().unwrap().push(line);
         }

@@ -72,6 +72,13 @@ impl Config {
             .map(|p| p.display().to_string())
     }
     #[getter]
+    fn html_report(&self) -> Option<String> {
+        self.inner
+            .html_report
+            .as_ref()
+            .map(|p| p.display().to_string())
+    }
+    #[getter]
     fn test_script(&self) -> Option<String> {
         self.inner
             .test_script

@@ -131,6 +131,13 @@ impl Driver {
         py.detach(move || d.cleanup());
     }
 
+    /// Writes the HTML report (spans, failures, console logs, screenshots) to `path`.
+    fn write_html_report(&self, py: Python<'_>, path: &str) -> PyResult<()> {
+        let d = self.inner.clone();
+        py.detach(move || d.write_html_report(std::path::Path::new(path)))
+            .map_err(to_pyerr)
+    }
+
     /// A machine not registered with the driver.
     #[pyo3(signature = (start_command, name=None, keep_machine_state=false))]
     fn create_machine(

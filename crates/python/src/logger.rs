@@ -5,7 +5,10 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use std::collections::HashMap;
+
 use ntng_engine::log::{self as engine, OwnedBlock};
+use ntng_engine::trace::SpanKind;
 
 #[pyclass(frozen, module = "nixos_test_ng._native")]
 pub struct Logger {
@@ -24,12 +27,48 @@ fn machine_attr(attrs: Option<&Bound<'_, PyDict>>) -> PyResult<Option<String>> {
 
 #[pymethods]
 impl Logger {
-    /// A logger printing upstream's format to stderr (coloured when `color`).
+    /// A logger printing upstream's format to stderr (coloured when `color`; a boot status
+    /// line when `progress`).
     #[new]
-    #[pyo3(signature = (color=false))]
-    fn new(color: bool) -> Self {
+    #[pyo3(signature = (color=false, progress=false))]
+    fn new(color: bool, progress: bool) -> Self {
         Logger {
-            inner: Arc::new(engine::Logger::new(color)),
+            inner: Arc::new(engine::Logger::new(color, progress)),
+        }
+    }
+
+    /// Begins the run's span; exports spans when the `OTEL_*` variables of `env` say so.
+    fn start_run(&self, env: HashMap<String, String>, name: &str) {
+        self.inner.start_run(&env, name);
+    }
+
+    /// Ends the run's span (and any still open), flushes exported spans.
+    #[pyo3(signature = (failure=None))]
+    fn finish_run(&self, py: Python<'_>, failure: Option<&str>) {
+        let l = self.inner.clone();
+        py.detach(move || l.finish_run(failure));
+    }
+
+    /// Whether spans are exported over OTLP.
+    #[getter]
+    fn exporting(&self) -> bool {
+        self.inner.exporting()
+    }
+
+    /// The timing summary's lines (total, boots, slowest operations).
+    fn timing_summary(&self) -> Vec<String> {
+        self.inner.timing_summary()
+    }
+
+    /// A test's span: `with log.test("name") as t: ...`; `t.fail(message)` marks it failed.
+    fn test(&self, name: &str) -> LogBlock {
+        LogBlock {
+            logger: self.inner.clone(),
+            message: name.to_string(),
+            machine: None,
+            kind: BlockKind::Test,
+            open: std::sync::Mutex::new(None),
+            failure: std::sync::Mutex::new(None),
         }
     }
 
@@ -102,8 +141,9 @@ impl Logger {
             logger: self.inner.clone(),
             message: message.to_string(),
             machine: machine_attr(attributes)?,
-            subtest: false,
+            kind: BlockKind::Nested,
             open: std::sync::Mutex::new(None),
+            failure: std::sync::Mutex::new(None),
         })
     }
 
@@ -113,8 +153,9 @@ impl Logger {
             logger: self.inner.clone(),
             message: name.to_string(),
             machine: None,
-            subtest: true,
+            kind: BlockKind::Subtest,
             open: std::sync::Mutex::new(None),
+            failure: std::sync::Mutex::new(None),
         }
     }
 }
@@ -126,32 +167,64 @@ impl LogBlock {
             logger,
             message: message.to_string(),
             machine: Some(machine.to_string()),
-            subtest: false,
+            kind: BlockKind::Nested,
             open: std::sync::Mutex::new(None),
+            failure: std::sync::Mutex::new(None),
         }
     }
 }
 
-/// A context manager for a nested block (or a subtest).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BlockKind {
+    Nested,
+    Subtest,
+    Test,
+}
+
+/// A context manager for a nested block, a subtest or a test.
 #[pyclass(frozen, module = "nixos_test_ng._native")]
 pub struct LogBlock {
     logger: Arc<engine::Logger>,
     message: String,
     machine: Option<String>,
-    subtest: bool,
+    kind: BlockKind,
     open: std::sync::Mutex<Option<OwnedBlock>>,
+    /// A failure set with `fail()` (a test whose outcome is known before the block ends).
+    failure: std::sync::Mutex<Option<String>>,
+}
+
+fn exception_text(exc: Option<&Bound<'_, PyAny>>) -> PyResult<String> {
+    let Some(e) = exc else {
+        return Ok(String::new());
+    };
+    let name = e.get_type().name()?.to_string();
+    Ok(format!("{name}: {}", e.str()?))
 }
 
 #[pymethods]
 impl LogBlock {
-    fn __enter__(&self) {
-        let msg = if self.subtest {
-            self.logger.subtest_start(&self.message);
-            format!("subtest: {}", self.message)
-        } else {
-            self.message.clone()
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        let me = slf.get();
+        let block = match me.kind {
+            BlockKind::Nested => me.logger.open(&me.message, me.machine.as_deref()),
+            BlockKind::Subtest => {
+                me.logger.subtest_start(&me.message);
+                me.logger.open_span(
+                    SpanKind::Subtest,
+                    &me.message,
+                    Some(&format!("subtest: {}", me.message)),
+                    None,
+                )
+            }
+            BlockKind::Test => me.logger.open_span(SpanKind::Test, &me.message, None, None),
         };
-        *self.open.lock().unwrap() = Some(self.logger.open(&msg, self.machine.as_deref()));
+        *me.open.lock().unwrap() = Some(block);
+        slf
+    }
+
+    /// Marks the block failed with `message` (it still ends at `__exit__`).
+    fn fail(&self, message: &str) {
+        *self.failure.lock().unwrap() = Some(message.to_string());
     }
 
     #[pyo3(signature = (exc_type=None, exc=None, _tb=None))]
@@ -161,26 +234,35 @@ impl LogBlock {
         exc: Option<&Bound<'_, PyAny>>,
         _tb: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
-        let failed = exc_type.is_some_and(|t| !t.is_none());
-        let block = self.open.lock().unwrap().take();
-        if self.subtest {
-            let failure = if failed {
-                let text = exc
-                    .map(|e| e.str().map(|s| s.to_string()))
-                    .transpose()?
-                    .unwrap_or_default();
-                let msg = format!("Test \"{}\" failed with error: \"{}\"", self.message, text);
+        let raised = exc_type.is_some_and(|t| !t.is_none());
+        let Some(block) = self.open.lock().unwrap().take() else {
+            return Ok(false);
+        };
+        let failure = match (raised, self.failure.lock().unwrap().take()) {
+            (true, _) => Some(exception_text(exc)?),
+            (false, set) => set,
+        };
+        if self.kind == BlockKind::Subtest {
+            let logged = raised.then(|| {
+                let text = exc.and_then(|e| e.str().ok()).map(|s| s.to_string());
+                let msg = format!(
+                    "Test \"{}\" failed with error: \"{}\"",
+                    self.message,
+                    text.unwrap_or_default()
+                );
                 self.logger.test_error(&msg);
-                Some(msg)
-            } else {
-                None
-            };
-            if let (Some(b), false) = (&block, failed) {
-                self.logger.close(b);
+                msg
+            });
+            match &failure {
+                None => self.logger.close(&block),
+                Some(f) => self.logger.close_failed(&block, f),
             }
-            self.logger.subtest_end(&self.message, failure.as_deref());
-        } else if let (Some(b), false) = (&block, failed) {
-            self.logger.close(b);
+            self.logger.subtest_end(&self.message, logged.as_deref());
+        } else {
+            match &failure {
+                None => self.logger.close(&block),
+                Some(f) => self.logger.close_failed(&block, f),
+            }
         }
         Ok(false)
     }

@@ -84,6 +84,13 @@ struct Args {
     /// Write a JUnit XML report to this path (relative to the output directory).
     #[arg(long = "junit-xml", value_name = "PATH")]
     junit_xml: Option<PathBuf>,
+    /// Write the HTML report to this path (relative to the output directory). Default:
+    /// `report.html` in the output directory when `-o` is given. New.
+    #[arg(long = "html-report", value_name = "PATH")]
+    html_report: Option<PathBuf>,
+    /// Write no HTML report. New.
+    #[arg(long = "no-html-report", conflicts_with = "html_report")]
+    no_html_report: bool,
     /// Print how to reach the machines through the vsock SSH backdoor, numbering from OFFSET+1.
     #[arg(long = "dump-vsocks", value_name = "OFFSET")]
     dump_vsocks: Option<u32>,
@@ -252,6 +259,12 @@ pub fn parse_args(argv: &[String], env: &HashMap<String, String>) -> Result<Pars
         .unwrap_or_else(|| PathBuf::from("."));
     cfg.out_dir = writable_dir(&out)?;
     cfg.junit_xml = args.junit_xml.as_ref().map(|p| cfg.out_dir.join(p));
+    cfg.html_report = match (&args.html_report, &args.output_directory) {
+        _ if args.no_html_report => None,
+        (Some(p), _) => Some(cfg.out_dir.join(p)),
+        (None, Some(_)) => Some(cfg.out_dir.join("report.html")),
+        (None, None) => None,
+    };
 
     // The script.
     if let Some(s) = args

@@ -54,6 +54,8 @@ pub struct Config {
     pub pytest_args: Vec<String>,
     /// JUnit XML file, relative to `out_dir`.
     pub junit_xml: Option<PathBuf>,
+    /// HTML report file (`--html-report`, or `report.html` in an explicit `-o` directory).
+    pub html_report: Option<PathBuf>,
     /// The test script.
     pub test_script: Option<PathBuf>,
     /// `--debug-hook-attach` command.
@@ -100,6 +102,7 @@ impl Default for Config {
             skip_check: false,
             pytest_args: Vec::new(),
             junit_xml: None,
+            html_report: None,
             test_script: None,
             debug_hook_attach: None,
             dump_vsocks: None,

@@ -6,6 +6,7 @@ use super::Machine;
 use crate::error::{Error, Result};
 use crate::interrupt::Deadline;
 use crate::retry::{self, Backoff};
+use crate::trace::{attr, SpanKind};
 use crate::transport::shell::Reply;
 
 /// Options of [`Machine::execute`], with upstream's defaults.
@@ -44,8 +45,27 @@ const HOST_GRACE: Duration = Duration::from_secs(60);
 
 impl Machine {
     /// Runs `command` in the guest: `(exit status, stdout)`. Upstream semantics: status -1
-    /// when `check_return` is off, -2 (and no output) when `check_output` is off.
+    /// when `check_return` is off, -2 (and no output) when `check_output` is off. The
+    /// operation `execute` (a span that logs nothing, as upstream's `execute` logs nothing).
     pub fn execute(&self, command: &str, opts: ExecOptions) -> Result<(i32, String)> {
+        let logger = &self.info.logger;
+        let span = logger.open_span(SpanKind::Operation, "execute", None, Some(self.name()));
+        logger.span_attr(span.span(), attr::OPERATION, "execute".into());
+        logger.span_attr(span.span(), attr::COMMAND, command.into());
+        let result = self.run_command(command, opts);
+        match &result {
+            Ok((status, out)) => {
+                logger.span_attr(span.span(), attr::EXIT_STATUS, (*status).into());
+                logger.span_attr(span.span(), attr::OUTPUT_BYTES, out.len().into());
+                logger.close(&span);
+            }
+            Err(e) => logger.close_failed(&span, &e.to_string()),
+        }
+        result
+    }
+
+    /// [`Machine::execute`] without its span, for the operations built on it.
+    pub(crate) fn run_command(&self, command: &str, opts: ExecOptions) -> Result<(i32, String)> {
         self.run_hook()?;
         self.execute_unhooked(command, opts)
     }
@@ -62,6 +82,15 @@ impl Machine {
             (true, true) => Reply::Full,
         };
         let deadline = Deadline::after(opts.timeout.map(|t| t + HOST_GRACE));
+        // With spans exported, the guest's software can join the trace.
+        let traced;
+        let command = match self.info.logger.traceparent() {
+            Some(tp) => {
+                traced = format!("export TRACEPARENT={tp}\n{command}");
+                traced.as_str()
+            }
+            None => command,
+        };
         let (status, out) =
             self.backend
                 .execute(&self.info, command, opts.timeout, reply, deadline)?;
@@ -72,16 +101,19 @@ impl Machine {
     pub fn succeed(&self, commands: &[String], timeout: Option<Duration>) -> Result<String> {
         let mut output = String::new();
         for command in commands {
-            let block = self.nested(&format!("must succeed: {command}"));
-            let (status, out) = self.execute(command, ExecOptions::with_timeout(timeout))?;
+            let block = self.command_op("succeed", &format!("must succeed: {command}"), command);
+            let (status, out) =
+                block.check(self.run_command(command, ExecOptions::with_timeout(timeout)))?;
+            block.attr(attr::EXIT_STATUS, status);
+            block.attr(attr::OUTPUT_BYTES, out.len());
             if status != 0 {
                 self.log(&format!("output: {out}"));
-                return Err(Error::CommandFailed {
+                return Err(block.fail_with(Error::CommandFailed {
                     machine: self.name().to_string(),
                     command: command.clone(),
                     status,
                     output: out,
-                });
+                }));
             }
             block.finish();
             output.push_str(&out);
@@ -93,13 +125,16 @@ impl Machine {
     pub fn fail(&self, commands: &[String], timeout: Option<Duration>) -> Result<String> {
         let mut output = String::new();
         for command in commands {
-            let block = self.nested(&format!("must fail: {command}"));
-            let (status, out) = self.execute(command, ExecOptions::with_timeout(timeout))?;
+            let block = self.command_op("fail", &format!("must fail: {command}"), command);
+            let (status, out) =
+                block.check(self.run_command(command, ExecOptions::with_timeout(timeout)))?;
+            block.attr(attr::EXIT_STATUS, status);
+            block.attr(attr::OUTPUT_BYTES, out.len());
             if status == 0 {
-                return Err(Error::UnexpectedSuccess {
+                return Err(block.fail_with(Error::UnexpectedSuccess {
                     machine: self.name().to_string(),
                     command: command.clone(),
-                });
+                }));
             }
             block.finish();
             output.push_str(&out);
@@ -111,6 +146,7 @@ impl Machine {
     /// `wait_*` methods.
     fn wait_for_status(
         &self,
+        op: &str,
         what: &str,
         command: &str,
         timeout: Option<Duration>,
@@ -118,8 +154,8 @@ impl Machine {
         want_success: bool,
     ) -> Result<String> {
         let opts = ExecOptions::with_timeout(attempt_timeout.or(timeout));
-        self.wait_until(what, timeout, |_| {
-            let (status, out) = self.execute(command, opts)?;
+        self.wait_until(op, what, timeout, |_| {
+            let (status, out) = self.run_command(command, opts)?;
             Ok(((status == 0) == want_success).then_some(out))
         })
     }
@@ -128,23 +164,30 @@ impl Machine {
     /// upstream's retry pace; `WaitTimedOut` when `timeout` passes first.
     pub(crate) fn wait_until<T>(
         &self,
+        op: &str,
         what: &str,
         timeout: Option<Duration>,
         attempt: impl FnMut(bool) -> Result<Option<T>>,
     ) -> Result<T> {
-        let block = self.nested(what);
-        match retry::until(timeout, Backoff::default(), attempt)? {
+        let block = self.op(op, what);
+        match block.check(retry::until(timeout, Backoff::default(), attempt))? {
             Ok(value) => {
                 block.finish();
                 Ok(value)
             }
-            Err(elapsed) => Err(Error::WaitTimedOut {
+            Err(elapsed) => Err(block.fail_with(Error::WaitTimedOut {
                 machine: self.name().to_string(),
                 what: what.to_string(),
                 elapsed,
                 timeout: timeout.unwrap_or_default(),
-            }),
+            })),
         }
+    }
+
+    fn command_op(&self, op: &str, msg: &str, command: &str) -> crate::log::Block<'_> {
+        let block = self.op(op, msg);
+        block.attr(attr::COMMAND, command);
+        block
     }
 
     /// Retries `command` until it succeeds; returns its output.
@@ -155,6 +198,7 @@ impl Machine {
         attempt_timeout: Option<Duration>,
     ) -> Result<String> {
         self.wait_for_status(
+            "wait_until_succeeds",
             &format!("waiting for success: {command}"),
             command,
             timeout,
@@ -171,6 +215,7 @@ impl Machine {
         attempt_timeout: Option<Duration>,
     ) -> Result<String> {
         self.wait_for_status(
+            "wait_until_fails",
             &format!("waiting for failure: {command}"),
             command,
             timeout,
@@ -182,6 +227,7 @@ impl Machine {
     /// Waits until `filename` exists in the guest (not quoted, as upstream).
     pub fn wait_for_file(&self, filename: &str, timeout: Option<Duration>) -> Result<()> {
         self.wait_for_status(
+            "wait_for_file",
             &format!("waiting for file '{filename}'"),
             &format!("test -e {filename}"),
             timeout,
@@ -199,6 +245,7 @@ impl Machine {
         timeout: Option<Duration>,
     ) -> Result<()> {
         self.wait_for_status(
+            "wait_for_open_port",
             &format!("waiting for TCP port {port} on {addr}"),
             &format!("nc -z {addr} {port}"),
             timeout,
@@ -216,6 +263,7 @@ impl Machine {
         timeout: Option<Duration>,
     ) -> Result<()> {
         self.wait_for_status(
+            "wait_for_closed_port",
             &format!("waiting for TCP port {port} on {addr} to be closed"),
             &format!("nc -z {addr} {port}"),
             timeout,
@@ -238,6 +286,7 @@ impl Machine {
             ("stream", "-U")
         };
         self.wait_for_status(
+            "wait_for_open_unix_socket",
             &format!("waiting for UNIX-domain {kind} on '{addr}'"),
             &format!("nc -z {flags} {addr}"),
             timeout,
@@ -264,19 +313,23 @@ impl Machine {
         timeout: Option<Duration>,
         matches: &mut dyn FnMut(&str) -> Result<bool>,
     ) -> Result<()> {
-        let block = self.nested(&format!("waiting for {what} to appear on console"));
+        let block = self.op(
+            "wait_for_console_text",
+            &format!("waiting for {what} to appear on console"),
+        );
         let start = std::time::Instant::now();
-        let outcome = self
-            .console()
-            .wait_for_text(Deadline::after(timeout), matches)?;
-        crate::console::require_match(
+        let outcome = block.check(
+            self.console()
+                .wait_for_text(Deadline::after(timeout), matches),
+        )?;
+        block.check(crate::console::require_match(
             outcome,
             self.name(),
             &format!("waiting for {what} to appear on console"),
             start.elapsed().as_secs_f64(),
             timeout,
             self.console(),
-        )?;
+        ))?;
         block.finish();
         Ok(())
     }

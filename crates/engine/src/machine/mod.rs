@@ -17,6 +17,7 @@ use crate::error::Result;
 use crate::interrupt::Deadline;
 use crate::log::Logger;
 use crate::qemu::QemuBackend;
+use crate::trace::{SpanId, SpanKind, SpanStatus};
 use crate::transport::shell::Reply;
 
 pub use api::ExecOptions;
@@ -103,6 +104,8 @@ pub struct Machine {
     hook: RwLock<Option<Hook>>,
     /// Snapshots taken, by name, with the shared-directory mounts to restore after them.
     snapshots: std::sync::Mutex<std::collections::BTreeMap<String, Vec<snapshot::Mount>>>,
+    /// The span of a boot in progress (started, not yet connected).
+    boot_span: std::sync::Mutex<Option<SpanId>>,
 }
 
 impl Machine {
@@ -114,6 +117,7 @@ impl Machine {
             backend,
             hook: RwLock::new(None),
             snapshots: Default::default(),
+            boot_span: Default::default(),
         })
     }
 
@@ -160,14 +164,44 @@ impl Machine {
         self.info.logger.nested(msg, Some(&self.info.name))
     }
 
-    /// Starts the machine (returns before it has booted).
+    /// Opens a nested log block that is a machine operation (span `op`).
+    pub fn op(&self, op: &str, msg: &str) -> crate::log::Block<'_> {
+        self.info.logger.operation(op, msg, Some(&self.info.name))
+    }
+
+    /// Starts the machine (returns before it has booted). Its boot span runs from here to
+    /// the first successful [`Machine::connect`].
     pub fn start(&self, allow_reboot: bool) -> Result<()> {
-        self.backend.start(&self.info, allow_reboot)
+        let was_booted = self.backend.is_booted();
+        let logger = &self.info.logger;
+        let span = (!was_booted).then(|| {
+            logger.begin_detached(
+                SpanKind::Boot,
+                &format!("boot {}", self.name()),
+                Some(self.name()),
+            )
+        });
+        let started = self.backend.start(&self.info, allow_reboot);
+        if let Some(span) = span {
+            match &started {
+                Ok(()) => *self.boot_span.lock().unwrap() = Some(span),
+                Err(e) => logger.end_span(span, SpanStatus::Error(e.to_string())),
+            }
+        }
+        started
     }
 
     /// Waits for the backdoor.
     pub fn connect(&self) -> Result<()> {
-        self.backend.connect(&self.info)
+        let connected = self.backend.connect(&self.info);
+        if let Some(span) = self.boot_span.lock().unwrap().take() {
+            let status = match &connected {
+                Ok(()) => SpanStatus::Ok,
+                Err(e) => SpanStatus::Error(e.to_string()),
+            };
+            self.info.logger.end_span(span, status);
+        }
+        connected
     }
 
     /// Started and connected.

@@ -32,6 +32,7 @@ impl Machine {
         accept: &mut dyn FnMut(&str) -> Result<bool>,
     ) -> Result<()> {
         self.wait_until(
+            "wait_until_tty_matches",
             &format!("waiting for {what} to appear on tty {tty}"),
             timeout,
             |last_try| {
@@ -55,15 +56,16 @@ impl Machine {
 
     /// Waits until the X server is up: `graphical.target` reached and its socket there.
     pub fn wait_for_x(&self, timeout: Option<Duration>) -> Result<()> {
-        self.wait_until("waiting for the X11 server", timeout, |_| {
-            let (status, _) = self.execute(
+        self.wait_until("wait_for_x", "waiting for the X11 server", timeout, |_| {
+            let (status, _) = self.run_command(
                 "journalctl -b SYSLOG_IDENTIFIER=systemd | grep 'Reached target Current graphical'",
                 ExecOptions::default(),
             )?;
             if status != 0 {
                 return Ok(None);
             }
-            let (status, _) = self.execute("[ -e /tmp/.X11-unix/X0 ]", ExecOptions::default())?;
+            let (status, _) =
+                self.run_command("[ -e /tmp/.X11-unix/X0 ]", ExecOptions::default())?;
             Ok((status == 0).then_some(()))
         })
     }
@@ -81,20 +83,25 @@ impl Machine {
         timeout: Option<Duration>,
         accept: &mut dyn FnMut(&str) -> Result<bool>,
     ) -> Result<()> {
-        self.wait_until("waiting for a window to appear", timeout, |last_try| {
-            let names = self.get_window_names()?;
-            for name in &names {
-                if accept(name)? {
-                    return Ok(Some(()));
+        self.wait_until(
+            "wait_for_window",
+            "waiting for a window to appear",
+            timeout,
+            |last_try| {
+                let names = self.get_window_names()?;
+                for name in &names {
+                    if accept(name)? {
+                        return Ok(Some(()));
+                    }
                 }
-            }
-            if last_try {
-                self.log(&format!(
+                if last_try {
+                    self.log(&format!(
                     "Last chance to match {what} on the window list, which currently contains: {}",
                     names.join(", ")
                 ));
-            }
-            Ok(None)
-        })
+                }
+                Ok(None)
+            },
+        )
     }
 }

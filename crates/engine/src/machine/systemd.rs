@@ -32,7 +32,7 @@ impl Machine {
                 )
             }
         };
-        self.execute(&command, ExecOptions::default())
+        self.run_command(&command, ExecOptions::default())
     }
 
     /// All properties of `unit`.
@@ -97,7 +97,7 @@ impl Machine {
             Some(u) => format!("waiting for unit {unit} with user {u}"),
             None => format!("waiting for unit {unit}"),
         };
-        self.wait_until(&what, timeout, |_| {
+        self.wait_until("wait_for_unit", &what, timeout, |_| {
             let state = match self.get_unit_property(unit, "ActiveState", user) {
                 Ok(state) => state,
                 // Early in a boot systemd may not answer yet (upstream fails at once here).
@@ -165,9 +165,10 @@ impl Machine {
 
     /// Fails unless `unit` is in `state`.
     pub fn require_unit_state(&self, unit: &str, state: &str) -> Result<()> {
-        let block = self.nested(&format!(
-            "checking if unit '{unit}' has reached state '{state}'"
-        ));
+        let block = self.op(
+            "require_unit_state",
+            &format!("checking if unit '{unit}' has reached state '{state}'"),
+        );
         let info = self.get_unit_info(unit, None)?;
         let actual = info.get("ActiveState").cloned().unwrap_or_default();
         if actual != state {

@@ -179,7 +179,7 @@ impl Machine {
     /// Presses a key (QEMU key names, or a character from upstream's map).
     pub fn send_key(&self, key: &str, delay: Option<Duration>, log: bool) -> Result<()> {
         let key = char_to_key(key).unwrap_or(key);
-        let block = log.then(|| self.nested(&format!("sending key '{key}'")));
+        let block = log.then(|| self.op("send_key", &format!("sending key '{key}'")));
         self.send_monitor_command(&format!("sendkey {key}"))?;
         if let Some(d) = delay {
             crate::retry::sleep(d)?;
@@ -192,7 +192,10 @@ impl Machine {
 
     /// Types `chars` key by key.
     pub fn send_chars(&self, chars: &str, delay: Option<Duration>) -> Result<()> {
-        let block = self.nested(&format!("sending keys {}", python_repr(chars)));
+        let block = self.op(
+            "send_chars",
+            &format!("sending keys {}", python_repr(chars)),
+        );
         for c in chars.chars() {
             self.send_key(&c.to_string(), delay, false)?;
         }

@@ -67,7 +67,10 @@ impl Machine {
     /// Saves the screen as PNG (see [`screenshot_path`]); returns the file written.
     pub fn screenshot(&self, filename: &str) -> Result<PathBuf> {
         let path = screenshot_path(&self.info().out_dir, filename);
-        let block = self.nested(&format!("making screenshot {}", path.display()));
+        let block = self.op(
+            "screenshot",
+            &format!("making screenshot {}", path.display()),
+        );
         // QEMU 7.1 and later write PNG themselves; older ones only PPM.
         if self.screen_dump(&path, "png").is_err() {
             let (ppm, image) = self.screen_image()?;
@@ -75,6 +78,7 @@ impl Machine {
             let _ = std::fs::remove_file(&ppm);
             written.map_err(|e| self.screen_error(e))?;
         }
+        self.info().logger.screenshot(self.name(), &path);
         block.finish();
         Ok(path)
     }
@@ -125,7 +129,7 @@ impl Machine {
         accept: &mut dyn FnMut(&str) -> Result<bool>,
     ) -> Result<()> {
         let what = format!("waiting for {what} to appear on screen");
-        self.wait_until(&what, timeout, |last_try| {
+        self.wait_until("wait_for_text", &what, timeout, |last_try| {
             let mut matched = false;
             let texts = self.ocr_screen(true, &mut |_, text| {
                 matched = accept(text)?;

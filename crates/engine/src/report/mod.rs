@@ -1,0 +1,71 @@
+//! What the run did, kept for the reports written at its end: the HTML report
+//! ([`html`]) and the timing summary ([`summary`]). [`Timeline`] collects it from the log's
+//! events: finished spans, test errors and screenshots.
+
+pub mod html;
+pub mod summary;
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use crate::log::Event;
+use crate::trace::{SpanKind, SpanRecord};
+
+/// Operation spans kept at most (a run of millions of commands keeps its first ones and
+/// every test, subtest, boot and block).
+const MAX_OPERATIONS: usize = 50_000;
+
+/// The record of a run.
+pub struct Timeline {
+    pub started: SystemTime,
+    pub spans: Vec<SpanRecord>,
+    /// Operation spans not kept (beyond [`MAX_OPERATIONS`]).
+    pub dropped: usize,
+    /// `!!!` lines, with when they were logged.
+    pub errors: Vec<(SystemTime, String)>,
+    /// Screenshots: when, which machine, where.
+    pub screenshots: Vec<(SystemTime, String, PathBuf)>,
+    operations: usize,
+}
+
+impl Default for Timeline {
+    fn default() -> Self {
+        Timeline {
+            started: SystemTime::now(),
+            spans: Vec::new(),
+            dropped: 0,
+            errors: Vec::new(),
+            screenshots: Vec::new(),
+            operations: 0,
+        }
+    }
+}
+
+impl Timeline {
+    /// Records one event.
+    pub fn event(&mut self, event: &Event<'_>) {
+        match event {
+            Event::SpanEnd(record) => {
+                if record.kind == SpanKind::Operation {
+                    if self.operations >= MAX_OPERATIONS {
+                        self.dropped += 1;
+                        return;
+                    }
+                    self.operations += 1;
+                }
+                self.spans.push((*record).clone());
+            }
+            Event::TestError { msg } => self.errors.push((SystemTime::now(), msg.to_string())),
+            Event::Screenshot { machine, path } => {
+                self.screenshots
+                    .push((SystemTime::now(), machine.to_string(), path.to_path_buf()))
+            }
+            _ => {}
+        }
+    }
+
+    /// The run's span, once finished.
+    pub fn run(&self) -> Option<&SpanRecord> {
+        self.spans.iter().find(|s| s.kind == SpanKind::Run)
+    }
+}
