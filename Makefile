@@ -23,7 +23,8 @@ guest: install
 
 ## Run the example test: two VMs on a VLAN, a server and a client, with subtests.
 demo: guest
-	nixos-test-ng run examples/vlan_echo.py --machine server:1 --machine client:1
+	mkdir -p build/demo
+	nixos-test-ng run examples/vlan_echo.py --machine server:1 --machine client:1 -- -o build/demo
 
 lint: setup
 	cargo fmt --all --check

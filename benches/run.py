@@ -11,6 +11,8 @@ Measures (see benches/README.md for the method of each):
   (j) OCR of a known screen: every variant vs `wait_for_text`'s early exit
   (h) a systemd-nspawn container of the Debian systemd guest: start to first command and to
       multi-user.target, succeed("true"), 1 MB      (i) the systemd guest as a VM: boot
+  (l) succeed("true") with spans exported over OTLP to a receiver in this process, against
+      (c) in the same round: the cost of tracing
 and writes benches/results/NAME.json and NAME.md (NAME: `latest`, or `quick` with --quick).
 
 Every driver run gets its own temporary directory (XDG_RUNTIME_DIR, output directory, start
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import datetime
 import json
 import os
@@ -87,6 +90,7 @@ TARGETS = {
     "ct_true_median_s": 0.001,
     "rs_ratio": 0.05,
     "rs_sd_ratio": 0.05,
+    "tr_overhead": 0.05,
 }
 STRICT_TARGETS = {"driver_share_s"}
 
@@ -115,6 +119,17 @@ def suites(calls: int, warmup: int, mb_iters: int) -> list[Suite]:
                 "NTNG_BENCH_CALLS": str(calls),
                 "NTNG_BENCH_WARMUP": str(warmup),
                 "NTNG_BENCH_MB_ITERS": str(mb_iters),
+            },
+        ),
+        Suite(
+            "tracing",
+            "commands.py",
+            {"machine": []},
+            {
+                "NTNG_BENCH_CALLS": str(calls),
+                "NTNG_BENCH_WARMUP": str(warmup),
+                "NTNG_BENCH_MB_ITERS": "0",
+                # the endpoint is the harness's receiver, set when it starts
             },
         ),
         Suite("start2", "start_all.py", {"node1": [], "node2": []}),
@@ -378,6 +393,11 @@ def per_run_figures(suite: str, raw: dict[str, Any]) -> dict[str, float]:
         f["start_to_first_command_s"] = raw["start_to_first_command_s"]
         f["rss_commands_mb"] = raw["vm_hwm_kib"] / 1000
         f["cli_wall_commands_s"] = raw["wall_s"]
+    elif suite == "tracing":
+        t = raw["true_s"]
+        f["tr_true_median_s"] = statistics.median(t)
+        f["tr_true_mean_s"] = statistics.fmean(t)
+        f["tr_spans_received"] = raw["spans_received"]
     elif suite == "container":
         t = raw["true_s"]
         f["ct_launch_to_script_exec_s"] = raw["exec_stamps"]["machine"] - raw["t_launch"]
@@ -539,6 +559,10 @@ ROWS = [
     ("g", "driver_share_s", "driver's own share: wall − `connecting took` − first command", "s"),
     ("g", "first_command_s", "… first command (its round trip after the handshake)", "s"),
     ("g", "script_end_to_exit_s", "… end of script → driver exited (sync, cleanup, exit)", "s"),
+    ("l", "tr_true_median_s", '`succeed("true")` with spans exported over OTLP, median', "ms"),
+    ("l", "tr_true_mean_s", "… per-run mean", "ms"),
+    ("l", "tr_overhead", "… extra over (c) of the same round (median ratio − 1)", "x"),
+    ("l", "tr_spans_received", "… spans the receiver got per run", "n"),
     ("h", "ct_first_command_s", 'container: `start()` → first `succeed("true")` returned', "s"),
     ("h", "ct_multi_user_s", '… `start()` → `wait_for_unit("multi-user.target")` returned', "s"),
     ("h", "ct_launch_to_script_exec_s", "… driver start → start script exec", "s"),
@@ -575,6 +599,8 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:.1f} MB"
     if unit == "x":
         return f"{value:.1%}"
+    if unit == "n":
+        return f"{value:.0f}"
     return f"{value:.3f} s"
 
 
@@ -697,6 +723,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: driver `{args.driver}` not found", file=sys.stderr)
         return 2
 
+    receiver = None
+    if any(s.name == "tracing" for s in selected):
+        sys.path.insert(0, str(REPO))
+        from tests.otlp_receiver import OtlpReceiver
+
+        receiver = OtlpReceiver().__enter__()
+        atexit.register(receiver.__exit__)
+        otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_SERVICE_NAME": "bench"}
+        selected = [
+            dataclasses.replace(s, env={**s.env, **otel}) if s.name == "tracing" else s
+            for s in selected
+        ]
+
     reaper = Reaper()
     started = datetime.datetime.now(datetime.UTC)
     env = environment(driver, shim, guest_dir)
@@ -718,8 +757,11 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(PAUSE_BETWEEN_RUNS_S)
                 label = f"{s.name}-{i}"
                 tic = time.monotonic()
+                before = len(receiver.spans) if receiver else 0
                 try:
                     raw = run_once(ctx, s, label)
+                    if receiver:
+                        raw["spans_received"] = len(receiver.spans) - before
                 except RunFailed as e:
                     print(f"bench: {label}: FAILED\n{e}", file=sys.stderr, flush=True)
                     failures.append({"run": label, "error": str(e)})
@@ -748,6 +790,13 @@ def main(argv: list[str] | None = None) -> int:
         for raw in runs_of_suite:
             for k, v in raw["figures"].items():
                 by_key.setdefault(k, []).append(v)
+    # tracing against the commands run of the same round
+    pairs = zip(raw_runs.get("commands", []), raw_runs.get("tracing", []), strict=False)
+    overhead = [
+        t["figures"]["tr_true_median_s"] / c["figures"]["true_median_s"] - 1 for c, t in pairs
+    ]
+    if overhead:
+        by_key["tr_overhead"] = overhead
     metrics = {k: summarize(v) for k, v in by_key.items()}
     pooled = [t for raw in raw_runs.get("commands", []) for t in raw["true_s"]]
     doc: dict[str, Any] = {

@@ -16,6 +16,7 @@ packages=(
   systemd-container # systemd-nspawn for container machines (run-<name>-nspawn)
   util-linux        # unshare, nsenter
   tesseract-ocr     # OCR for get_screen_text and wait_for_text (host side)
+  chromium          # headless rendering of the HTML report in its test
 )
 
 missing=()

@@ -86,7 +86,9 @@ def run_driver(argv: list[str]) -> int:
             " and this script is not pytest-style (it defines no test_* function)"
         )
     tty = sys.stderr.isatty()
-    logger = _native.Logger(color=tty and "NO_COLOR" not in os.environ, progress=tty)
+    # no status line under the REPL: it would redraw over what the user types
+    progress = tty and not config.interactive
+    logger = _native.Logger(color=tty and "NO_COLOR" not in os.environ, progress=progress)
     for w in config.warnings:
         logger.warning(w)
     script_name = os.path.basename(config.test_script) if config.test_script else "interactive"

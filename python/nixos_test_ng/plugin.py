@@ -74,12 +74,19 @@ class DriverPlugin:
             location=item.location,
             keywords={},
             outcome="failed" if error is not None else "passed",
-            longrepr=None if error is None else f"{type(error).__name__}: {error}",
+            longrepr=None if error is None else self._subtest_failure(item, error),
             when="call",
             duration=seconds,
             user_properties=[("subtest", name)],
         )
         item.ihook.pytest_runtest_logreport(report=report)
+
+    def _subtest_failure(self, item: pytest.Item, error: BaseException) -> str:
+        parts = [f"{type(error).__name__}: {error}"]
+        parts += [
+            f"{'-' * 8} {title} {'-' * 8}\n{tail}" for title, tail in self._console_tails(item)
+        ]
+        return "\n\n".join(parts)
 
     # -- fixtures -------------------------------------------------------------------------
 
@@ -180,14 +187,25 @@ class DriverPlugin:
                 if key == "isolation":
                     report.sections.append(("nixos-test-ng isolation", value))
         if report.failed and call.when == "call":
-            funcargs = getattr(item, "funcargs", {})
-            for name, machine in self.machine_names.items():
-                if name in funcargs:
-                    tail = machine.get_console_log().splitlines()[-CONSOLE_LINES:]
-                    report.sections.append(
-                        (f"last console lines of {machine.name}", "\n".join(tail))
-                    )
+            for title, tail in self._console_tails(item):
+                # in the failure itself, so JUnit's <failure> carries it too
+                if hasattr(report.longrepr, "addsection"):
+                    report.longrepr.addsection(title, tail)
+                else:
+                    report.sections.append((title, tail))
         return report
+
+    def _console_tails(self, item: pytest.Item) -> list[tuple[str, str]]:
+        """The last console lines of each machine the test uses."""
+        funcargs = getattr(item, "funcargs", {})
+        return [
+            (
+                f"last console lines of {machine.name}",
+                "\n".join(machine.get_console_log().splitlines()[-CONSOLE_LINES:]),
+            )
+            for name, machine in self.machine_names.items()
+            if name in funcargs
+        ]
 
 
 def _machine_fixture(plugin: DriverPlugin, pyname: str, machine: Any) -> Any:

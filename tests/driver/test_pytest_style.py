@@ -165,3 +165,37 @@ def test_plain_pytest_on_a_tests_folder(driver_env, fake_vm):
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "2 passed" in r.stdout
+
+
+SUBTESTS = """
+def test_steps(alpha, subtest):
+    with subtest("works"):
+        alpha.succeed("echo step-one-ran")
+    with subtest("breaks"):
+        alpha.succeed("echo about-to-break; exit 5")
+    with subtest("never reached"):
+        pass
+
+def test_after(alpha):
+    alpha.succeed("true")
+"""
+
+
+def test_junit_lists_each_subtest_with_its_status_and_console(
+    driver_env, fake_vm, run_driver, write_script
+):
+    r = run(driver_env, fake_vm, run_driver, write_script, SUBTESTS, extra=["--junit-xml", "j.xml"])
+    assert r.returncode == 1, r
+    assert "2 failed, 2 passed" in r.stdout, r.stdout  # test_steps and its "breaks"
+    root = ET.parse(driver_env.out / "j.xml").getroot()
+    cases = {c.get("name"): c for c in root.iter("testcase")}
+    assert set(cases) == {"works", "breaks", "test_steps", "test_after"}, set(cases)
+    assert cases["works"].find("failure") is None
+    assert cases["test_after"].find("failure") is None
+    assert all(float(c.get("time")) >= 0 for c in cases.values())
+    breaks = cases["breaks"].find("failure")
+    assert breaks is not None and "exit code 5" in breaks.get("message"), ET.tostring(breaks)
+    # the failure carries the machine's console: the fake guest echoes each command there
+    assert "last console lines of alpha" in breaks.text, breaks.text
+    whole = cases["test_steps"].find("failure")
+    assert whole is not None and "last console lines of alpha" in whole.text
