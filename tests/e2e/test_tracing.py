@@ -114,9 +114,13 @@ def test_span_tree_of_a_failing_two_machine_run(vm_env, receiver):
     guest = r.one("guest work")
     assert guest.content_type == "application/json"  # posted by the guest, not the driver
     assert guest.resource["service.name"] == "guest-app"
-    emitting = r.by_id()[guest.parent_id]
-    assert emitting.name == "succeed" and emitting.attributes["nixos_test.machine"] == "server"
-    assert "TRACEPARENT" in emitting.attributes["nixos_test.command"]
+    # its parent is the subtest the command ran in
+    assert r.by_id()[guest.parent_id] is subtests["guest span"]
+    (emitting,) = [
+        s for s in r.named("succeed") if "TRACEPARENT" in s.attributes["nixos_test.command"]
+    ]
+    assert emitting.parent_id == subtests["guest span"].span_id
+    # (its times are the guest's clock, which need not agree with the host's)
 
 
 def test_pytest_style_tests_are_spans_under_an_outer_traceparent(vm_env, receiver, monkeypatch):
@@ -142,6 +146,9 @@ def test_pytest_style_tests_are_spans_under_an_outer_traceparent(vm_env, receive
     assert r.by_id()[inner.parent_id].name == "test.py::test_two"
     (op,) = [s for s in r.named("succeed") if s.attributes["nixos_test.command"] == "echo 2"]
     assert r.by_id()[op.parent_id].name == "inner"
+    # the HTML report lists pytest's tests too
+    report = (vm_env.out / "report.html").read_text()
+    assert "test.py::test_two" in report and "inner" in report
 
 
 def test_spans_are_flushed_on_the_global_timeout(vm_env, receiver):
@@ -152,8 +159,9 @@ def test_spans_are_flushed_on_the_global_timeout(vm_env, receiver):
     assert r.wait_for(lambda spans: any(s.name == "run test.py" for s in spans)), r.names()
     root = r.one("run test.py")
     assert root.status_code == 2 and "timeout" in root.status_message
-    (sleep,) = [s for s in r.named("succeed") if s.attributes["nixos_test.command"] == "sleep 600"]
-    assert sleep.status_code == 2
+    # the operation the timeout cut short (the sleep; the boot on a very slow machine)
+    cut = [s for s in r.named("succeed") if s.status_code == 2]
+    assert len(cut) == 1, cut
 
 
 def test_spans_are_flushed_on_ctrl_c(vm_env, receiver):

@@ -4,7 +4,7 @@
 //! Driver::new: tmp dir → VLANs (vde_switch) → machine objects (nothing started)
 //! script:      start_all / machine.start / execute ... (Python side)
 //! end:         sync_all → cleanup (release machines, stop VLANs)
-//! timeout:     timer thread → release all machines → interrupt flag + SIGTERM to self
+//! timeout:     timer thread → interrupt flag + SIGTERM to self → release all machines
 //! ```
 
 use std::os::unix::fs::DirBuilderExt;
@@ -291,14 +291,16 @@ impl Driver {
                     fmt_secs(timeout)
                 ));
                 interrupt::raise(Reason::GlobalTimeout);
-                for m in &machines {
-                    m.release();
-                }
-                block.finish();
+                // The signal first: the script then ends with the timeout, not with the
+                // error of a command whose machine was killed under it.
                 // SAFETY: signalling our own process.
                 unsafe {
                     libc::kill(libc::getpid(), libc::SIGTERM);
                 }
+                for m in &machines {
+                    m.release();
+                }
+                block.finish();
             })
             .expect("cannot start the global timer thread");
     }

@@ -319,11 +319,12 @@ impl Logger {
         self.inner.lock().unwrap().exporter.is_some()
     }
 
-    /// The W3C `traceparent` of the calling thread's current span, when exporting.
-    pub fn traceparent(&self) -> Option<String> {
+    /// The `TRACEPARENT` for guest commands of the calling thread while spans are exported:
+    /// the span they run in outside every operation (see [`SpanTable::context`]).
+    pub fn command_traceparent(&self) -> Option<String> {
         let inner = self.inner.lock().unwrap();
         inner.exporter.as_ref()?;
-        Some(traceparent(inner.spans.trace(), inner.spans.current()?))
+        Some(traceparent(inner.spans.trace(), inner.spans.context()?))
     }
 
     /// Begins a span outside the block structure (a boot, ended from another thread).

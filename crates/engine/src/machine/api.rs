@@ -82,15 +82,6 @@ impl Machine {
             (true, true) => Reply::Full,
         };
         let deadline = Deadline::after(opts.timeout.map(|t| t + HOST_GRACE));
-        // With spans exported, the guest's software can join the trace.
-        let traced;
-        let command = match self.info.logger.traceparent() {
-            Some(tp) => {
-                traced = format!("export TRACEPARENT={tp}\n{command}");
-                traced.as_str()
-            }
-            None => command,
-        };
         let (status, out) =
             self.backend
                 .execute(&self.info, command, opts.timeout, reply, deadline)?;

@@ -55,6 +55,24 @@ impl SpanTable {
             .copied()
     }
 
+    /// The span commands of the calling thread run in, for their `TRACEPARENT`: the innermost
+    /// open span outside every operation (a block, subtest, test or the run), so that it
+    /// changes per subtest rather than per command.
+    pub fn context(&self) -> Option<SpanId> {
+        let me = std::thread::current().id();
+        let outside_ops = self.threads.get(&me).and_then(|stack| {
+            stack
+                .iter()
+                .take_while(|id| {
+                    self.open
+                        .get(id)
+                        .is_some_and(|r| r.kind != SpanKind::Operation)
+                })
+                .last()
+        });
+        outside_ops.or(self.scopes.last()).copied()
+    }
+
     /// Opens a span under the current one. `detached` spans are not pushed on the thread's
     /// stack (they may end on another thread).
     pub fn begin(
@@ -168,6 +186,28 @@ mod tests {
         assert_eq!(other, Some(sub.id));
         assert!(t.end(op2.id, SpanStatus::Ok).is_some());
         assert!(t.end(op2.id, SpanStatus::Ok).is_none());
+    }
+
+    #[test]
+    fn commands_run_in_the_span_outside_every_operation() {
+        let mut t = table();
+        let run = t.begin(SpanKind::Run, "run", None, false).id;
+        assert_eq!(t.context(), Some(run));
+        let sub = t.begin(SpanKind::Subtest, "s", None, false).id;
+        let block = t.begin(SpanKind::Block, "user block", None, false).id;
+        let op = t
+            .begin(SpanKind::Operation, "wait_until_succeeds", Some("m"), false)
+            .id;
+        let retry = t.begin(SpanKind::Block, "retry", Some("m"), false).id;
+        let inner = t.begin(SpanKind::Operation, "succeed", Some("m"), false).id;
+        assert_eq!(t.context(), Some(block));
+        for id in [inner, retry, op, block] {
+            t.end(id, SpanStatus::Ok);
+        }
+        assert_eq!(t.context(), Some(sub));
+        // a thread without spans of its own: the innermost scope
+        let other = std::thread::scope(|s| s.spawn(|| t.context()).join().unwrap());
+        assert_eq!(other, Some(sub));
     }
 
     #[test]

@@ -189,6 +189,11 @@ pub struct Shell {
     /// Reply lines of an abandoned command (interrupted or timed out) still to be skipped,
     /// so the next command reads its own answer.
     owed_lines: usize,
+    /// `TRACEPARENT` as the next commands should see it, and as the guest's persistent shell
+    /// has it exported: sent again only when it changes, since every byte of a command line
+    /// costs time in a guest under TCG.
+    traceparent_wanted: Option<String>,
+    traceparent_sent: Option<String>,
 }
 
 impl Shell {
@@ -202,6 +207,8 @@ impl Shell {
         Shell {
             framing,
             preamble: VM_PREAMBLE,
+            traceparent_wanted: None,
+            traceparent_sent: None,
             stream,
             buf: Vec::new(),
             scratch: vec![0u8; 256 * 1024].into_boxed_slice(),
@@ -249,6 +256,11 @@ impl Shell {
         self.stream.write_all(data).map_err(map_write_err)
     }
 
+    /// The `TRACEPARENT` the commands from now on run with (`None`: none).
+    pub fn set_traceparent(&mut self, value: Option<String>) {
+        self.traceparent_wanted = value;
+    }
+
     /// Runs `command`, returning its exit status (or -1/-2 as upstream when not waited for)
     /// and its stdout.
     pub fn execute(
@@ -266,7 +278,16 @@ impl Shell {
             }
             self.owed_lines -= 1;
         }
-        let (line, lines) = command_line_with(self.preamble, command, timeout, reply, self.framing);
+        let (mut line, lines) =
+            command_line_with(self.preamble, command, timeout, reply, self.framing);
+        if self.traceparent_wanted != self.traceparent_sent {
+            let set = match &self.traceparent_wanted {
+                Some(tp) => format!("export TRACEPARENT={}; ", shell_quote(tp)),
+                None => "unset TRACEPARENT; ".to_string(),
+            };
+            line.insert_str(0, &set);
+            self.traceparent_sent = self.traceparent_wanted.clone();
+        }
         self.send_raw(line.as_bytes())?;
         if reply == Reply::Nothing {
             self.owed_lines = lines;
@@ -400,6 +421,8 @@ impl Shell {
     pub fn resync(&mut self, deadline: Deadline) -> Result<(), ShellError> {
         self.buf.clear();
         self.owed_lines = 0;
+        // a restored guest's shell has the environment of its snapshot
+        self.traceparent_sent = None;
         let token = format!(
             "ntng-resync-{}-{:?}",
             std::process::id(),
@@ -641,6 +664,34 @@ pub(crate) mod tests {
         // a syntax error is the command's failure, not a protocol error
         assert_eq!(run(shell, "if then").0, 2);
         assert_eq!(run(shell, "echo after").1, b"after\n");
+    }
+
+    #[test]
+    fn traceparent_is_exported_once_per_change() {
+        both_framings(traceparent_with);
+    }
+
+    fn traceparent_with(shell: &mut Shell) {
+        let a = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let b = "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01";
+        shell.set_traceparent(Some(a.into()));
+        assert_eq!(
+            run(shell, "sh -c 'echo $TRACEPARENT'").1,
+            format!("{a}\n").as_bytes()
+        );
+        // still exported in the persistent shell, without being sent again
+        assert_eq!(shell.traceparent_sent.as_deref(), Some(a));
+        assert_eq!(
+            run(shell, "echo $TRACEPARENT").1,
+            format!("{a}\n").as_bytes()
+        );
+        shell.set_traceparent(Some(b.into()));
+        assert_eq!(
+            run(shell, "echo $TRACEPARENT").1,
+            format!("{b}\n").as_bytes()
+        );
+        shell.set_traceparent(None);
+        assert_eq!(run(shell, "echo ${TRACEPARENT:-none}").1, b"none\n");
     }
 
     #[test]

@@ -104,6 +104,7 @@ impl ShellSlot {
     ) -> Result<(i32, Vec<u8>)> {
         let mut guard = self.shell.lock().unwrap();
         let shell = guard.as_mut().ok_or_else(|| not_running(info, command))?;
+        shell.set_traceparent(info.logger.command_traceparent());
         let result = shell.execute(command, timeout, reply, deadline);
         drop(guard);
         result.map_err(|e| self.command_error(info, console, command, e, exit_note))
@@ -121,6 +122,8 @@ impl ShellSlot {
     ) -> Error {
         match e {
             ShellError::Interrupted => Error::Interrupted,
+            // killed by the global timeout
+            ShellError::Disconnected if crate::interrupt::timed_out() => Error::Interrupted,
             ShellError::Disconnected => {
                 self.connected.store(false, Ordering::SeqCst);
                 let note = exit_note();
