@@ -358,6 +358,60 @@ let
       ++ map (v: "vlan${toString v}") (vlansOf t)
     );
 
+  # -- from a NixOS test's evaluated configuration ------------------------------------------
+
+  # A test description from what nixpkgs' test framework holds (`config.nodes`,
+  # `config.containers`: NixOS configurations), as driver-configuration.nix reads them:
+  # the start script is `bin/<mainProgram>` of `system.build.vm` (`system.build.nspawn`),
+  # and a node's VLANs are `virtualisation.vlans` plus those of `virtualisation.interfaces`.
+  fromNixosTest =
+    {
+      name ? "test",
+      nodes,
+      containers ? { },
+      testScript,
+      globalTimeout ? 3600,
+      extraDriverArgs ? [ ],
+      pytestArgs ? [ ],
+      enableSshBackdoor ? false,
+    }:
+    let
+      vlansOfNode =
+        n:
+        unique (
+          (n.virtualisation.vlans or [ ])
+          ++ map (i: i.vlan) (
+            filter (i: (i.vlan or null) != null) (attrValues (n.virtualisation.interfaces or { }))
+          )
+        );
+      # `build` is the attribute of system.build and the script's suffix: "vm" or "nspawn".
+      describe =
+        kind: build: nodeName: n:
+        let
+          drv = n.system.build.${build};
+        in
+        {
+          inherit kind;
+          startScript = "${drv}/bin/${drv.meta.mainProgram or "run-${n.system.name or nodeName}-${build}"}";
+          vlans = vlansOfNode n;
+        };
+      clash = filter (n: nodes ? ${n}) (attrNames containers);
+    in
+    if clash != [ ] then
+      fail "`${head clash}` is both a node and a container"
+    else
+      {
+        inherit
+          name
+          testScript
+          globalTimeout
+          extraDriverArgs
+          pytestArgs
+          enableSshBackdoor
+          ;
+        nodes = mapAttrs (describe "qemu" "vm") nodes // mapAttrs (describe "nspawn" "nspawn") containers;
+      };
+
   # -- splitting a pytest-style test ----------------------------------------------------------
 
   # pytest's `-k` matches substrings, case-insensitively: select `name` and not the other
@@ -386,26 +440,33 @@ let
     else
       names;
 
+  # `{ <testName> = [ "-k" <expression> ]; }`: pytest's arguments selecting each test.
+  splitSelections =
+    testNames:
+    let
+      names = checkTestNames testNames;
+    in
+    listToAttrs (
+      map (n: {
+        name = n;
+        value = [
+          "-k"
+          (selectExpression names n)
+        ];
+      }) names
+    );
+
   # One test per selected test name, for one derivation each (Hydra and remote builders
   # spread them; each boots its own machines): `{ <testName> = test with `-k` added; }`.
   splitTest =
     test: testNames:
     let
-      names = checkTestNames testNames;
       t = normalize test;
     in
-    listToAttrs (
-      map (n: {
-        name = n;
-        value = test // {
-          name = "${t.name}-${n}";
-          pytestArgs = t.pytestArgs ++ [
-            "-k"
-            (selectExpression names n)
-          ];
-        };
-      }) names
-    );
+    mapAttrs (n: selection: test // {
+      name = "${t.name}-${n}";
+      pytestArgs = t.pytestArgs ++ selection;
+    }) (splitSelections testNames);
 in
 {
   inherit
@@ -423,7 +484,9 @@ in
     hostsFile
     machineSymbols
     selectExpression
+    splitSelections
     splitTest
+    fromNixosTest
     ;
   vlans = test: vlansOf (normalize test);
 }
