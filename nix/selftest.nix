@@ -51,7 +51,8 @@ let
     "${name}:${concatStringsSep "," (map toString (node.vlans or [ 1 ]))}"
     + (if (node.kind or "qemu") == "nspawn" then "@systemd-nspawn" else "");
 
-  # `{ server = { vlans = [ 1 ]; }; ... }` -> the same nodes with their `startScript`.
+  # `{ server = { vlans = [ 1 ]; }; ... }` -> the same nodes with their `startScript` (no
+  # start-script derivation for a test without nodes: `vms` is only used per node).
   withStartScripts =
     name: nodes:
     let
@@ -168,8 +169,7 @@ let
     script = ./selftest/network_pytest.py;
   };
   pytestNames = [
-    "test_interfaces"
-    "test_hosts"
+    "test_network_config"
     "test_ping_by_name"
   ];
 
@@ -181,7 +181,7 @@ let
 
   failingPytestTest = mkTest {
     name = "failing-pytest";
-    nodes.machine = { };
+    nodes = { };
     script = ./selftest/failing_pytest.py;
   };
 
