@@ -69,7 +69,7 @@ def build_processes() -> list[str]:
 @pytest.fixture(scope="session")
 def selftest(nix) -> SelfTest:
     if os.geteuid() != 0:
-        pytest.skip("nix-build without a Nix daemon needs root")
+        pytest.skip("nix-build without a Nix daemon or build users needs root")
     from conftest import driver_command  # tests/conftest.py
 
     driver = driver_command()
