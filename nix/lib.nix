@@ -255,12 +255,12 @@ let
     let
       t = normalize test;
       vms = nodesOfKind "qemu" t;
-      wrong = filter (n: baseName n.startScript != "run-${n.name}-vm") vms;
+      wrong = filter (n: vmNameOfScript n.startScript != n.name) vms;
     in
     if nodesOfKind "nspawn" t != [ ] then
       fail "generation A has no containers; use generation B or C"
     else if wrong != [ ] then
-      fail "node `${(head wrong).name}`: generation A names a VM after its start script, which must be called `run-${(head wrong).name}-vm` (it is `${(head wrong).startScript}`)"
+      fail "node `${(head wrong).name}`: generation A names a VM after its start script (`run-<name>-vm`), which names this one `${vmNameOfScript (head wrong).startScript}` (`${(head wrong).startScript}`)"
     else
       {
         startScripts = concatStringsSep " " (map (n: n.startScript) vms);
@@ -288,7 +288,21 @@ let
       globalTimeout = toString t.globalTimeout;
     };
 
-  baseName = s: let parts = builtins.split "/" s; in elemAt parts (length parts - 1);
+  # The name the driver gives a VM from its start script, as upstream (and the engine):
+  # `re.search("run-(.+)-vm$", script)`, so the leftmost `run-` counts; "machine" otherwise
+  # (and for a script of several lines, which no start script is).
+  vmNameOfScript =
+    script:
+    let
+      multiLine = length (builtins.split "\n" script) > 1;
+      before = head (builtins.split "run-" script);
+      rest = substring (stringLength before + 4) (stringLength script) script;
+      n = stringLength rest;
+    in
+    if before == script || n < 4 || substring (n - 3) 3 rest != "-vm" || match ".*\n.*" script != null then
+      "machine"
+    else
+      substring 0 (n - 3) rest;
 
   # The driver's arguments after `-o DIR`: `--config FILE` for generation C (FILE holds
   # driverConfigurationJSON), the extra flags, then the script and pytest's arguments when
@@ -471,6 +485,7 @@ in
 {
   inherit
     pythonizeName
+    vmNameOfScript
     nodeNumbers
     macAddress
     ipAddress

@@ -40,6 +40,26 @@ def test_pythonized_names_follow_upstream_and_the_engine(nix):
     assert got[:3] == ["machine_a", "_node", "a_b1"]
 
 
+SCRIPTS = [
+    "/nix/store/0abc-nixos-vm/bin/run-server-vm",
+    "/tmp/run-a/bin/run-b-vm",
+    "/bin/xrun-foo-vm",
+    "run-server-vm --flag",
+    "run--vm",
+    "run-a-vm-vm",
+    "./run-my.box-vm",
+    "/bin/qemu-start",
+]
+
+
+def test_vm_names_from_scripts_are_the_engine_s(nix):
+    """Generation A's names come from the start scripts; the library checks them with the
+    rule the engine applies (upstream's regex on the whole path)."""
+    got = nix.eval(f"map ntng.vmNameOfScript (builtins.fromJSON {nix_string(json.dumps(SCRIPTS))})")
+    assert got == [_native.machine_name_from_script(s, "vm") for s in SCRIPTS]
+    assert got[:2] == ["server", "a/bin/run-b"]
+
+
 NETWORK = {
     "server": [1],
     "client": [1, 2],
@@ -313,7 +333,7 @@ def test_bad_generation_a_and_split_input_is_named(nix):
     assert "generation A has no containers" in nix.eval_error(
         f'ntng.generationAEnvironment {{ {box} testScript = "/t.py"; }}'
     )
-    assert "must be called `run-a-vm`" in nix.eval_error(
+    assert "names this one `machine`" in nix.eval_error(
         'ntng.generationAEnvironment { nodes.a.startScript = "/s/start"; testScript = "/t.py"; }'
     )
     assert "listed twice" in nix.eval_error('ntng.splitSelections [ "test_a" "test_a" ]')
