@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -70,14 +72,20 @@ def build_processes() -> list[str]:
 def selftest(nix) -> SelfTest:
     if os.geteuid() != 0:
         pytest.skip("nix-build without a Nix daemon or build users needs root")
-    from conftest import driver_command  # tests/conftest.py
-
-    driver = driver_command()
-    if len(driver) != 1 or not (Path(driver[0]).parent / "nixos-test-ng").exists():
+    driver = installed_driver()
+    if driver is None:
         pytest.skip("no installed nixos-test-driver with nixos-test-ng beside it")
     from nixos_test_ng.guest import ensure_built
 
-    return SelfTest(nix, driver[0], ensure_built())
+    return SelfTest(nix, str(driver), ensure_built())
+
+
+def installed_driver() -> Path | None:
+    """`nixos-test-driver` beside this interpreter, else on PATH, if `nixos-test-ng` (which
+    writes the start scripts) sits beside it."""
+    beside = Path(sys.executable).parent / "nixos-test-driver"
+    found = beside if beside.exists() else Path(shutil.which("nixos-test-driver") or "/nonexistent")
+    return found if (found.parent / "nixos-test-ng").exists() else None
 
 
 def junit_cases(out: Path) -> dict[str, str]:
