@@ -17,6 +17,7 @@ packages=(
   util-linux        # unshare, nsenter
   tesseract-ocr     # OCR for get_screen_text and wait_for_text (host side)
   chromium          # headless rendering of the HTML report in its test
+  nix-bin           # Nix 2.8: evaluates nix/lib.nix and builds nix/selftest.nix (tests/nix)
 )
 
 missing=()
@@ -31,5 +32,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 echo "setup-system: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq || echo "setup-system: apt-get update failed; trying with the existing lists" >&2
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Wait for another apt/dpkg run (up to 10 minutes) instead of failing at once on its lock.
+lock=(-o DPkg::Lock::Timeout=600)
+$SUDO apt-get "${lock[@]}" update -qq || echo "setup-system: apt-get update failed; trying with the existing lists" >&2
+$SUDO apt-get "${lock[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

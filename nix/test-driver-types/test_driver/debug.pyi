@@ -1,0 +1,3 @@
+from nixos_test_ng.debug import Debug, DebugNop
+
+DebugAbstract = Debug | DebugNop

@@ -1,0 +1,1 @@
+from nixos_test_ng.driver import Driver as Driver

@@ -1,0 +1,3 @@
+from nixos_test_ng.errors import MachineError as MachineError
+from nixos_test_ng.errors import RequestedAssertionFailed as RequestedAssertionFailed
+from nixos_test_ng.errors import TestScriptError as TestScriptError

@@ -1,0 +1,1 @@
+from nixos_test_ng._native import VLan as VLan
