@@ -27,5 +27,6 @@ pub mod terminal;
 pub mod trace;
 pub mod transport;
 pub mod vlan;
+pub mod xml_log;
 
 pub use error::{Error, Result};

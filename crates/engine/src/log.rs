@@ -17,6 +17,7 @@ use crate::trace::{
     attr, parse_traceparent, traceparent, AttrValue, SpanId, SpanKind, SpanRecord, SpanStatus,
     SpanTable, TraceId,
 };
+use crate::xml_log::XmlLogReporter;
 
 /// One thing that happened, as reporters see it.
 #[derive(Debug, Clone)]
@@ -62,6 +63,9 @@ pub enum Event<'a> {
 pub trait Reporter: Send {
     /// Handles one event.
     fn event(&mut self, event: &Event<'_>);
+
+    /// The run is over: write what is left.
+    fn finish(&mut self) {}
 }
 
 struct Inner {
@@ -279,10 +283,19 @@ impl Logger {
                 None
             }
         };
+        // upstream's XML log; run.nix sets LOGFILE=/dev/null
+        let xml_log = env.get("LOGFILE").filter(|p| !p.is_empty()).and_then(|p| {
+            XmlLogReporter::create(Path::new(p), self.print_serial.clone())
+                .map_err(|e| warnings.push(format!("LOGFILE {p}: {e}; no XML log")))
+                .ok()
+        });
         for w in &warnings {
             self.warning(w);
         }
         let mut inner = self.inner.lock().unwrap();
+        if let Some(x) = xml_log {
+            inner.reporters.push(Box::new(x));
+        }
         if let Some((trace, parent)) = env.get("TRACEPARENT").and_then(|v| parse_traceparent(v)) {
             inner.spans = SpanTable::new(trace, Some(parent));
         }
@@ -306,6 +319,9 @@ impl Logger {
                 };
             }
             inner.emit(&Event::SpanEnd(&record));
+        }
+        for r in inner.reporters.iter_mut() {
+            r.finish();
         }
         let exporter = inner.exporter.take();
         drop(inner);

@@ -1,0 +1,50 @@
+"""Upstream's XML log: `LOGFILE=path` adds it, as nixpkgs' driver does (`run.nix` sets
+`LOGFILE=/dev/null`)."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+SCRIPT = """
+alpha.start()
+with subtest("greets"):
+    alpha.succeed("echo hello-from-alpha > /dev/console")
+with subtest("breaks"):
+    alpha.succeed("exit 3")
+"""
+
+
+def test_logfile_gets_upstreams_xml_log(driver_env, fake_vm, run_driver, write_script):
+    vm = fake_vm("alpha")
+    test = write_script("t.py", SCRIPT)
+    log = driver_env.work / "log.xml"
+    r = run_driver(["--vm-start-scripts", vm.script, "--", test], env={"LOGFILE": str(log)})
+    assert r.returncode == 1, r
+    root = ET.parse(log).getroot()  # well-formed although a subtest failed
+    assert root.tag == "logfile"
+    heads = [h.text for h in root.iter("head")]
+    assert "subtest: greets" in heads and "subtest: breaks" in heads, heads
+    lines = list(root.iter("line"))
+    command = [h for h in root.iter("head") if h.get("machine") == "alpha"]
+    assert "must succeed: echo hello-from-alpha > /dev/console" in [h.text for h in command]
+    serial = [e.text for e in lines if e.get("type") == "serial"]
+    assert serial and all(e.get("machine") == "alpha" for e in lines if e.get("type") == "serial")
+    assert any("(finished: subtest: greets, in " in (e.text or "") for e in lines)
+    assert any("exit code 3" in (e.text or "") for e in lines)
+
+
+def test_logfile_dev_null_as_run_nix_sets_it(driver_env, fake_vm, run_driver, write_script):
+    vm = fake_vm("alpha")
+    test = write_script("t.py", "alpha.succeed('true')\n")
+    r = run_driver(["--vm-start-scripts", vm.script, "--", test], env={"LOGFILE": "/dev/null"})
+    assert r.returncode == 0, r
+    assert "LOGFILE" not in r.stderr
+
+
+def test_an_unwritable_logfile_is_a_warning(driver_env, fake_vm, run_driver, write_script):
+    vm = fake_vm("alpha")
+    test = write_script("t.py", "alpha.succeed('true')\n")
+    bad = driver_env.work / "missing-dir" / "log.xml"
+    r = run_driver(["--vm-start-scripts", vm.script, "--", test], env={"LOGFILE": str(bad)})
+    assert r.returncode == 0, r
+    assert f"warning: LOGFILE {bad}: " in r.stderr and "no XML log" in r.stderr
