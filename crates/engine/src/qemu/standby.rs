@@ -182,6 +182,15 @@ pub(super) struct Standbys {
     shared: Arc<Shared>,
 }
 
+impl Drop for Standbys {
+    /// A machine dropped without a release (e.g. from `create_machine`) takes its standby
+    /// along, even one still on its way.
+    fn drop(&mut self) {
+        let slot = std::mem::take(&mut self.shared.state.lock().unwrap().slot);
+        drop_slot(slot);
+    }
+}
+
 /// The console of a standby: held back (the last lines, for failure messages) until it takes
 /// over, then the machine's console and log.
 struct Relay {
