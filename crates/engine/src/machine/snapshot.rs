@@ -5,7 +5,7 @@
 //! 9p or virtiofs share mounted, so the shares are unmounted around `savevm` and mounted again
 //! afterwards, and again after `loadvm` (the restored guest had them unmounted). After a
 //! restore the shell is resynchronised on the same connection, without a new handshake.
-//! A restore is faster still with a warm standby (`qemu/standby.rs`): a second QEMU already
+//! A restore is faster still with a warm standby (`qemu/standby/`): a second QEMU already
 //! at the snapshot takes the machine's place, and `loadvm` is the fallback.
 //! Containers run on a fresh tmpfs overlay, so their cheapest correct reset is a restart:
 //! `restore` of a container brings back the state right after its boot.
@@ -202,7 +202,7 @@ impl Machine {
     }
 
     /// The QEMU half of a snapshot, once the shares are unmounted and the VM is paused: the
-    /// disks also get a golden copy for warm standbys (see `qemu/standby.rs`).
+    /// disks also get a golden copy for warm standbys (see `qemu/standby/`).
     pub(crate) fn savevm(&self, name: &str) -> Result<()> {
         self.monitor_checked(&format!("savevm {name}"))?;
         // `stop` again: it flushes QEMU's caches of the disks to the host before they are copied.

@@ -21,41 +21,29 @@
 //! that the live disk does not hold (taken on a disk that was since replaced) is restored by
 //! a standby started on the spot from its golden copy.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::net::UnixStream;
+mod disks;
+mod start;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::{
-    accept_from, listen_at, AcceptError, Control, ControlState, Launch, Monitor, QemuBackend, Qmp,
-    Running,
-};
-use crate::console::Console;
+use super::{Control, ControlState, QemuBackend, Qmp, Running};
 use crate::error::{Error, Result};
 use crate::interrupt::{self, Deadline};
-use crate::log::Logger;
-use crate::machine::snapshot::{mount_command, Mount};
+use crate::machine::snapshot::Mount;
 use crate::machine::MachineInfo;
-use crate::process::{self, ChildProcess};
-use crate::transport::shell::{Reply, Shell};
+use disks::{copy_files, fmt_bytes, fresh_dir, writable_disks, Golden};
+use start::{Abort, Job, Standby};
 
 /// The environment variable that turns standbys off (`0`).
 pub const ENV_SWITCH: &str = "NIXOS_TEST_NG_STANDBY";
-/// How long a standby may take from its start to paused and warm.
-const PREPARE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Monitor and QMP calls of the swap.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
-/// Console lines of a standby kept for a failure message before it takes over.
-const HELD_LINES: usize = 40;
-/// The ids of the drop filters and their chardevs: `<prefix><netdev index>`.
-const DROP_PREFIX: &str = "ntng-drop-";
 
 /// How a machine was brought back to a snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,81 +52,6 @@ pub(crate) enum Rewind {
     Loadvm,
     /// A warm standby took over: its shell is in step and its shares are mounted.
     Standby,
-}
-
-/// The disks of a snapshot, kept for standbys.
-#[derive(Clone)]
-struct Golden {
-    dir: PathBuf,
-    /// The writable disk files, relative to the QEMU's TMPDIR.
-    files: Vec<PathBuf>,
-    /// The snapshots those disk copies hold.
-    snapshots: BTreeSet<String>,
-}
-
-/// A standby QEMU, paused at its snapshot, warm, its network held.
-struct Standby {
-    name: String,
-    dir: PathBuf,
-    process: ChildProcess,
-    shell: Shell,
-    socket: UnixStream,
-    monitor: Monitor,
-    qmp: Qmp,
-    relay: Arc<Relay>,
-    relay_thread: JoinHandle<()>,
-    filters: Vec<String>,
-    snapshots: BTreeSet<String>,
-}
-
-impl Standby {
-    /// Kills it and deletes its directory.
-    fn discard(self) {
-        self.process.kill();
-        let _ = self.relay_thread.join();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Stops a standby being prepared: kills its QEMU once there is one.
-#[derive(Default)]
-struct Abort {
-    state: Mutex<(bool, Option<u32>)>,
-}
-
-impl Abort {
-    fn abort(&self) {
-        let mut s = self.state.lock().unwrap();
-        s.0 = true;
-        if let Some(pgid) = s.1 {
-            // SAFETY: plain syscall on the standby's own process group.
-            unsafe {
-                libc::killpg(pgid as libc::pid_t, libc::SIGKILL);
-            }
-        }
-    }
-
-    fn check(&self) -> std::result::Result<(), String> {
-        if self.state.lock().unwrap().0 {
-            Err("cancelled".to_string())
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Records the standby's process group, unless aborted already.
-    fn register(&self, process: &ChildProcess) -> std::result::Result<(), String> {
-        let mut s = self.state.lock().unwrap();
-        if s.0 {
-            return Err("cancelled".to_string());
-        }
-        s.1 = Some(process.pid());
-        Ok(())
-    }
-
-    fn unregister(&self) {
-        self.state.lock().unwrap().1 = None;
-    }
 }
 
 #[derive(Default)]
@@ -191,340 +104,23 @@ impl Drop for Standbys {
     }
 }
 
-/// The console of a standby: held back (the last lines, for failure messages) until it takes
-/// over, then the machine's console and log.
-struct Relay {
-    sink: Mutex<Sink>,
-}
-
-enum Sink {
-    Held(VecDeque<String>),
-    Machine {
-        console: Arc<Console>,
-        logger: Arc<Logger>,
-        machine: String,
-    },
-}
-
-impl Relay {
-    fn spawn(stream: impl Read + Send + 'static, machine: &str) -> (Arc<Relay>, JoinHandle<()>) {
-        let relay = Arc::new(Relay {
-            sink: Mutex::new(Sink::Held(VecDeque::new())),
-        });
-        let r = relay.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("ntng-standby-console-{machine}"))
-            .spawn(move || {
-                let mut reader = BufReader::with_capacity(64 * 1024, stream);
-                let mut raw = Vec::new();
-                loop {
-                    raw.clear();
-                    match reader.read_until(b'\n', &mut raw) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
-                    }
-                    raw.retain(|&b| b != b'\r');
-                    let line = String::from_utf8_lossy(&raw).trim_end().to_string();
-                    match &mut *r.sink.lock().unwrap() {
-                        Sink::Held(lines) => {
-                            if lines.len() >= HELD_LINES {
-                                lines.pop_front();
-                            }
-                            lines.push_back(line);
-                        }
-                        Sink::Machine {
-                            console,
-                            logger,
-                            machine,
-                        } => {
-                            logger.serial(machine, &line);
-                            console.push(line);
-                        }
-                    }
-                }
-                if let Sink::Machine { console, .. } = &*r.sink.lock().unwrap() {
-                    console.close();
-                }
-            })
-            .expect("cannot start a console reader thread");
-        (relay, handle)
-    }
-
-    fn attach(&self, console: Arc<Console>, logger: Arc<Logger>, machine: String) {
-        *self.sink.lock().unwrap() = Sink::Machine {
-            console,
-            logger,
-            machine,
-        };
-    }
-
-    fn last_line(&self) -> Option<String> {
-        match &*self.sink.lock().unwrap() {
-            Sink::Held(lines) => lines.iter().rev().find(|l| !l.trim().is_empty()).cloned(),
-            Sink::Machine { .. } => None,
-        }
-    }
-}
-
-/// Why standbys cannot serve this machine, judged from the live QEMU; `None` when they can.
-fn ineligible(qmp: &Qmp, live_dir: &Path) -> Result<Option<String>> {
+/// The writable disk files to copy for standbys (relative to `live_dir`), or why standbys
+/// cannot serve this machine, judged from its live QEMU.
+fn eligible(qmp: &Qmp, live_dir: &Path) -> Result<std::result::Result<Vec<PathBuf>, String>> {
     if std::env::var(ENV_SWITCH).is_ok_and(|v| v.trim() == "0") {
-        return Ok(Some(format!("{ENV_SWITCH}=0")));
+        return Ok(Err(format!("{ENV_SWITCH}=0")));
     }
     let deadline = Deadline::after(Some(CONTROL_TIMEOUT));
     let usernet = qmp.human("info usernet", deadline)?;
     if usernet.contains("HOST_FORWARD") {
-        return Ok(Some(
+        return Ok(Err(
             "port forwards are configured (host ports cannot be held by two QEMUs)".to_string(),
         ));
     }
-    match writable_disks(&qmp.execute("query-block", None, deadline)?, live_dir) {
-        Ok(_) => Ok(None),
-        Err(reason) => Ok(Some(reason)),
-    }
-}
-
-/// The writable disk files of a QEMU (from `query-block`), relative to its TMPDIR `dir`; an
-/// error saying which disk cannot be copied for a standby.
-fn writable_disks(blocks: &Value, dir: &Path) -> std::result::Result<Vec<PathBuf>, String> {
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let mut files = Vec::new();
-    for block in blocks.as_array().into_iter().flatten() {
-        let Some(inserted) = block.get("inserted") else {
-            continue;
-        };
-        if inserted.get("ro").and_then(Value::as_bool) == Some(true) {
-            continue;
-        }
-        let image = &inserted["image"];
-        let file = image["filename"]
-            .as_str()
-            .or_else(|| inserted["file"].as_str())
-            .unwrap_or_default();
-        let path = Path::new(file);
-        let device = block["device"].as_str().unwrap_or("?");
-        if !path.is_absolute() {
-            return Err(format!(
-                "disk `{device}` ({file}) is not a plain file in the machine's TMPDIR"
-            ));
-        }
-        let real = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-        let Ok(rel) = real.strip_prefix(&dir) else {
-            return Err(format!(
-                "disk `{device}` ({file}) lives outside the machine's TMPDIR {}",
-                dir.display()
-            ));
-        };
-        if let Some(backing) = image.get("backing-filename").and_then(Value::as_str) {
-            if !Path::new(backing).is_absolute() {
-                return Err(format!(
-                    "disk `{device}` ({file}) has a relative backing file `{backing}`"
-                ));
-            }
-        }
-        files.push(rel.to_path_buf());
-    }
-    Ok(files)
-}
-
-/// The netdev ids in HMP's `info network` (the ` \ id: index=..,type=..` lines).
-fn netdevs(info_network: &str) -> Vec<String> {
-    info_network
-        .lines()
-        .filter_map(|line| {
-            let rest = line.trim_start().strip_prefix("\\ ")?;
-            let (id, attrs) = rest.split_once(": ")?;
-            (!attrs.contains("type=nic")).then(|| id.trim().to_string())
-        })
-        .collect()
-}
-
-/// Copies `files` (relative paths) from `from` into `to`.
-fn copy_files(from: &Path, to: &Path, files: &[PathBuf]) -> std::io::Result<u64> {
-    let mut bytes = 0;
-    for f in files {
-        let target = to.join(f);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        // std::fs::copy uses copy_file_range: in the kernel, and a reflink where supported.
-        bytes += std::fs::copy(from.join(f), &target)?;
-    }
-    Ok(bytes)
-}
-
-fn fresh_dir(dir: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    std::fs::DirBuilder::new().mode(0o700).create(dir)
-}
-
-fn fmt_bytes(n: u64) -> String {
-    format!("{:.1} MB", n as f64 / 1e6)
-}
-
-/// Everything a standby's preparation needs, owned (it runs in its own thread).
-struct Job {
-    launch: Launch,
-    machine: String,
-    state_dir: PathBuf,
-    logger: Arc<Logger>,
-    name: String,
-    golden: Arc<Golden>,
-    mounts: Vec<Mount>,
-    abort: Arc<Abort>,
-}
-
-impl Job {
-    fn log(&self, msg: &str) {
-        self.logger.log(msg, Some(&self.machine));
-    }
-
-    /// Starts the standby and warms it up; the reason when that fails.
-    fn run(&self) -> std::result::Result<Standby, String> {
-        let dir = &self.launch.dir;
-        fresh_dir(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        // The start script makes `$TMPDIR/xchg` and shares it; it stays the machine's one.
-        let _ = std::os::unix::fs::symlink(self.state_dir.join("xchg"), dir.join("xchg"));
-        copy_files(&self.golden.dir, dir, &self.golden.files)
-            .map_err(|e| format!("copying the golden disks: {e}"))?;
-        self.abort.check()?;
-        let listen = |name: &str| {
-            listen_at(dir, name).map_err(|e| format!("binding {}/{name}: {e}", dir.display()))
-        };
-        let monitor_l = listen("monitor")?;
-        let shell_l = listen("shell")?;
-        let process = process::spawn(self.launch.command())
-            .map_err(|e| format!("cannot run the start script: {e}"))?;
-        let registered = self.abort.register(&process);
-        let stdout = process.take_stdout().expect("stdout is piped");
-        let (relay, relay_thread) = Relay::spawn(stdout, &self.machine);
-        let started = registered.and_then(|()| self.connect(&process, &monitor_l, &shell_l));
-        self.abort.unregister();
-        let (monitor, qmp, socket, shell, filters) = match started {
-            Ok(v) => v,
-            Err(reason) => {
-                process.kill();
-                let _ = relay_thread.join();
-                let tail = relay
-                    .last_line()
-                    .map(|l| format!(" (its console: {l})"))
-                    .unwrap_or_default();
-                return Err(format!("{reason}{tail}"));
-            }
-        };
-        Ok(Standby {
-            name: self.name.clone(),
-            dir: dir.clone(),
-            process,
-            shell,
-            socket,
-            monitor,
-            qmp,
-            relay,
-            relay_thread,
-            filters,
-            snapshots: self.golden.snapshots.clone(),
-        })
-    }
-
-    #[allow(clippy::type_complexity)]
-    fn connect(
-        &self,
-        process: &ChildProcess,
-        monitor_l: &std::os::unix::net::UnixListener,
-        shell_l: &std::os::unix::net::UnixListener,
-    ) -> std::result::Result<(Monitor, Qmp, UnixStream, Shell, Vec<String>), String> {
-        let deadline = Deadline::after(Some(PREPARE_TIMEOUT));
-        let accept = |l, what: &str| {
-            accept_from(l, process, deadline).map_err(|e| match e {
-                AcceptError::Exited(status) => {
-                    format!("its QEMU exited ({status}) before connecting to the {what} socket")
-                }
-                AcceptError::TimedOut => format!("its QEMU never connected to the {what} socket"),
-                AcceptError::Io(e) => format!("accepting its {what} socket: {e}"),
-                AcceptError::Interrupted => "interrupted".to_string(),
-            })
-        };
-        let monitor = accept(monitor_l, "monitor")?;
-        let socket = accept(shell_l, "shell")?;
-        fn e(what: &'static str) -> impl Fn(Error) -> String {
-            move |err| format!("{what}: {err}")
-        }
-        let qmp = Qmp::connect(&self.launch.dir.join("qmp"), deadline).map_err(e("QMP"))?;
-        let mut monitor = Monitor::new(monitor);
-        monitor.wait_for_prompt(deadline).map_err(e("monitor"))?;
-        self.abort.check()?;
-        // Two QEMUs on one disk would wreck it: the standby must run on its own copies.
-        let blocks = qmp
-            .execute("query-block", None, deadline)
-            .map_err(e("query-block"))?;
-        writable_disks(&blocks, &self.launch.dir).map_err(|reason| {
-            format!("the start script does not keep its disks in $TMPDIR: {reason}")
-        })?;
-        let filters = hold_network(&qmp, deadline)?;
-        // Warm up: what a restore by loadvm does after it, done ahead of time.
-        qmp.execute("cont", None, deadline).map_err(e("cont"))?;
-        let mut shell = Shell::new(
-            socket
-                .try_clone()
-                .map_err(|e| format!("shell socket: {e}"))?,
-        );
-        shell
-            .resync(deadline)
-            .map_err(|err| format!("the shell did not answer: {err}"))?;
-        if let Some(cmd) = mount_command(&self.mounts) {
-            let (status, out) = shell
-                .execute(&cmd, None, Reply::Full, deadline)
-                .map_err(|err| format!("mounting the shared directories: {err}"))?;
-            if status != 0 {
-                return Err(format!(
-                    "mounting the shared directories failed: {}",
-                    String::from_utf8_lossy(&out).trim()
-                ));
-            }
-        }
-        shell
-            .execute("true", None, Reply::Full, deadline)
-            .map_err(|err| format!("running `true`: {err}"))?;
-        qmp.execute("stop", None, deadline).map_err(e("stop"))?;
-        Ok((monitor, qmp, socket, shell, filters))
-    }
-}
-
-/// Puts a drop filter on every netdev of a standby: nothing it sends reaches the VLAN (or the
-/// user-mode network), nothing from there reaches it. Returns the filters' ids.
-fn hold_network(qmp: &Qmp, deadline: Deadline) -> std::result::Result<Vec<String>, String> {
-    let text = qmp
-        .human("info network", deadline)
-        .map_err(|e| format!("info network: {e}"))?;
-    let mut filters = Vec::new();
-    for (i, netdev) in netdevs(&text).iter().enumerate() {
-        let id = format!("{DROP_PREFIX}{i}");
-        qmp.execute(
-            "chardev-add",
-            Some(json!({"id": id, "backend": {"type": "null", "data": {}}})),
-            deadline,
-        )
-        .map_err(|e| format!("chardev-add {id}: {e}"))?;
-        qmp.execute(
-            "object-add",
-            Some(json!({
-                "qom-type": "filter-redirector",
-                "id": id,
-                "netdev": netdev,
-                "queue": "all",
-                "outdev": id,
-            })),
-            deadline,
-        )
-        .map_err(|e| format!("a drop filter on netdev `{netdev}`: {e}"))?;
-        filters.push(id);
-    }
-    Ok(filters)
+    Ok(writable_disks(
+        &qmp.execute("query-block", None, deadline)?,
+        live_dir,
+    ))
 }
 
 impl QemuBackend {
@@ -547,7 +143,7 @@ impl QemuBackend {
         let live_dir = self.live_dir().unwrap_or_else(|| info.state_dir.clone());
         let verdict = {
             let control = self.running(info)?.control(info)?;
-            ineligible(control.qmp(), &live_dir)?
+            eligible(control.qmp(), &live_dir)?
         };
         let mut st = self.standbys.shared.state.lock().unwrap();
         // An older snapshot of this name lives on in other disks: they no longer hold `name`.
@@ -580,27 +176,24 @@ impl QemuBackend {
         } else {
             Slot::Empty
         };
-        if let Some(reason) = verdict {
-            if st.off.as_deref() != Some(&reason) {
-                info.log(&format!(
-                    "warm standby off: {reason}; restores will use loadvm"
-                ));
+        let files = match verdict {
+            Ok(files) => files,
+            Err(reason) => {
+                if st.off.as_deref() != Some(&reason) {
+                    info.log(&format!(
+                        "warm standby off: {reason}; restores will use loadvm"
+                    ));
+                }
+                st.off = Some(reason);
+                drop(st);
+                drop_slot(old_slot);
+                return Ok(());
             }
-            st.off = Some(reason);
-            drop(st);
-            drop_slot(old_slot);
-            return Ok(());
-        }
+        };
         st.off = None;
         drop(st);
         drop_slot(old_slot);
 
-        let control = self.running(info)?.control(info)?;
-        let blocks =
-            control
-                .qmp()
-                .execute("query-block", None, Deadline::after(Some(CONTROL_TIMEOUT)))?;
-        let files = writable_disks(&blocks, &live_dir).unwrap_or_default();
         let dir = info.state_dir.join(format!("golden-{name}"));
         let tic = Instant::now();
         let copied = fresh_dir(&dir).and_then(|()| copy_files(&live_dir, &dir, &files));
@@ -943,53 +536,5 @@ fn drop_slot(slot: Slot) {
         Slot::Ready(sb) => sb.discard(),
         Slot::Preparing { abort, .. } => abort.abort(),
         Slot::Empty | Slot::Failed { .. } => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn netdevs_of_info_network() {
-        let text = "virtio-net-pci.0: index=0,type=nic,model=virtio-net-pci,macaddr=52:54:00:12:34:56\r\n \\ user.0: index=0,type=user,net=10.0.2.0,restrict=off\r\nvirtio-net-pci.1: index=0,type=nic,model=virtio-net-pci,macaddr=52:54:00:12:01:01\r\n \\ vlan1: index=0,type=vde,sock=/tmp/vde1.ctl\r\n";
-        assert_eq!(netdevs(text), ["user.0", "vlan1"]);
-    }
-
-    #[test]
-    fn writable_disks_must_live_in_the_tmpdir() {
-        let dir = tempdir();
-        std::fs::write(dir.join("m.qcow2"), b"").unwrap();
-        let inside = json!([
-            {"device": "cd", "locked": false},
-            {"device": "ro", "inserted": {"ro": true, "image": {"filename": "/nix/store/x.img"}}},
-            {"device": "virtio0", "inserted": {"ro": false, "image": {
-                "filename": dir.join("m.qcow2").display().to_string(),
-                "backing-filename": "/images/base.raw"}}},
-        ]);
-        assert_eq!(
-            writable_disks(&inside, &dir).unwrap(),
-            [PathBuf::from("m.qcow2")]
-        );
-        let outside = json!([{"device": "virtio0", "inserted": {"ro": false, "image": {
-            "filename": "/var/lib/disk.qcow2"}}}]);
-        let e = writable_disks(&outside, &dir).unwrap_err();
-        assert!(e.contains("outside the machine's TMPDIR"), "{e}");
-        let relative = json!([{"device": "virtio0", "inserted": {"ro": false, "image": {
-            "filename": dir.join("m.qcow2").display().to_string(),
-            "backing-filename": "base.raw"}}}]);
-        let e = writable_disks(&relative, &dir).unwrap_err();
-        assert!(e.contains("relative backing file"), "{e}");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    fn tempdir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "ntng-standby-test-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        fresh_dir(&dir).unwrap();
-        dir
     }
 }
