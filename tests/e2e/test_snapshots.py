@@ -215,24 +215,31 @@ machine.fail("test -e /etc/dirty")
 """
 
 
-@pytest.mark.parametrize("case", ["port-forward", "disk-outside"])
+@pytest.mark.parametrize("case", ["port-forward", "disk-outside", "standby-fails"])
 def test_warm_standby_fallbacks(vm_env, monkeypatch, case):
+    scripts = vm_env.scripts({"machine": []})
+    text = open(scripts["machine"]).read()
     if case == "port-forward":
         monkeypatch.setenv("QEMU_NET_OPTS", f"hostfwd=tcp:127.0.0.1:{free_port()}-:80")
-        reason = "port forwards are configured (host ports cannot be held by two QEMUs)"
-        scripts = vm_env.scripts({"machine": []})
-    else:
-        scripts = vm_env.scripts({"machine": []})
+        off = "port forwards are configured (host ports cannot be held by two QEMUs)"
+    elif case == "disk-outside":
         disks = vm_env.root / "disks"
         disks.mkdir()
-        text = open(scripts["machine"]).read()
         text = text.replace('snapshot_disk="$TMPDIR/', f'snapshot_disk="{disks}/')
-        open(scripts["machine"], "w").write(text)
-        reason = "lives outside the machine's TMPDIR"
+        off = "lives outside the machine's TMPDIR"
+    else:  # a start script that cannot start a second QEMU
+        text = text.replace("set -e\n", 'set -e\ncase "$TMPDIR" in */standby-*) exit 3 ;; esac\n')
+        off = None
+    open(scripts["machine"], "w").write(text)
     r = vm_env.run({"machine": []}, FALLBACK, keep_scripts=True)
     assert r.returncode == 0, r.stderr[-6000:]
-    assert "machine: warm standby off: " in r.stderr and reason in r.stderr, r.stderr[-3000:]
-    assert "machine: restoring snapshot ready with loadvm (warm standby off: " in r.stderr
+    if off:
+        assert "machine: warm standby off: " in r.stderr and off in r.stderr, r.stderr[-3000:]
+        assert "machine: restoring snapshot ready with loadvm (warm standby off: " in r.stderr
+    else:
+        failed = "machine: warm standby for snapshot ready failed: its QEMU exited (exit status: 3)"
+        assert failed in r.stderr, r.stderr[-3000:]
+        assert "machine: restoring snapshot ready with loadvm (the standby failed: " in r.stderr
 
 
 def test_killing_the_driver_leaves_no_standby(vm_env, leftovers):
