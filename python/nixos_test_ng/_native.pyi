@@ -274,10 +274,17 @@ class Machine:
     def _interact_command(self, command: str, write: Callable[[bytes], object]) -> int: ...
     def snapshot(self, name: str) -> None:
         """Save the machine's whole state as `name` (QEMU: savevm; the shared directories are
-        unmounted around it). A container's snapshot is its state right after boot."""
+        unmounted around it; the disks are copied for a warm standby QEMU, started in the
+        background). A container's snapshot is its state right after boot."""
     def restore(self, name: str) -> None:
-        """Bring the machine back to snapshot `name` (QEMU: loadvm, then the shell resyncs;
-        a container restarts on a fresh overlay)."""
+        """Bring the machine back to snapshot `name` (QEMU: by switching to the warm standby
+        QEMU waiting at that snapshot, else loadvm, after which the shell resyncs; a container
+        restarts on a fresh overlay)."""
+    def wait_for_standby(self, timeout: Timeout = 900) -> bool:
+        """Wait until the warm standby QEMU for the next `restore` is ready (it is prepared in
+        the background after a snapshot and after each restore). False when there is none
+        (a container, standbys off, or its start failed: restores then use loadvm) or the
+        timeout passed."""
     @property
     def snapshots(self) -> list[str]:
         """The names of the snapshots taken so far."""

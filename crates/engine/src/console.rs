@@ -40,6 +40,12 @@ impl Console {
         self.changed.notify_all();
     }
 
+    /// Takes a new stream after the old one ended without a new start (a warm standby took
+    /// over the machine): the log is kept, waits see the console open again.
+    pub fn reopen(&self) {
+        self.state.lock().unwrap().closed = false;
+    }
+
     /// Marks the end of the stream.
     pub fn close(&self) {
         self.state.lock().unwrap().closed = true;
@@ -210,5 +216,21 @@ mod tests {
                 .unwrap(),
             WaitOutcome::Closed
         );
+    }
+
+    #[test]
+    fn reopen_keeps_the_log_and_waits_again() {
+        let c = Console::default();
+        c.push("before".into());
+        c.close();
+        c.reopen();
+        let d = Deadline::after(Some(Duration::from_millis(50)));
+        assert_eq!(
+            c.wait_for_text(d, &mut |t| Ok(t.contains("never")))
+                .unwrap(),
+            WaitOutcome::TimedOut
+        );
+        c.push("after".into());
+        assert_eq!(c.text(), "before\nafter");
     }
 }

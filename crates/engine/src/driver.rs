@@ -417,15 +417,14 @@ impl Driver {
                 vms.push((m, mounts));
             }
         }
-        vms.iter()
-            .try_for_each(|(m, _)| m.send_monitor_command("stop").map(drop))?;
-        for (m, _) in &vms {
-            m.loadvm(name)?;
-        }
-        vms.iter()
-            .try_for_each(|(m, _)| m.send_monitor_command("cont").map(drop))?;
+        vms.iter().try_for_each(|(m, _)| m.pause())?;
+        let mut rewound = Vec::new();
         for (m, mounts) in &vms {
-            m.after_restore(mounts)?;
+            rewound.push(m.rewind(name, mounts)?);
+        }
+        vms.iter().try_for_each(|(m, _)| m.resume())?;
+        for ((m, mounts), how) in vms.iter().zip(rewound) {
+            m.after_restore(name, how, mounts)?;
         }
         for m in running.iter().filter(|m| m.kind() == MachineKind::Nspawn) {
             m.restore(name)?;

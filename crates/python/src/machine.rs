@@ -516,6 +516,17 @@ impl Machine {
         self.call(py, move |m| m.restore(&name))
     }
 
+    /// Waits until the warm standby for the next restore is ready; False when there is none.
+    #[pyo3(signature = (timeout=None))]
+    fn wait_for_standby(
+        &self,
+        py: Python<'_>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let t = timeout_or(timeout, Some(DEFAULT_TIMEOUT))?;
+        self.call(py, move |m| m.wait_for_standby(t))
+    }
+
     /// The names of the snapshots taken so far.
     #[getter]
     fn snapshots(&self) -> Vec<String> {

@@ -5,6 +5,8 @@
 //! 9p or virtiofs share mounted, so the shares are unmounted around `savevm` and mounted again
 //! afterwards, and again after `loadvm` (the restored guest had them unmounted). After a
 //! restore the shell is resynchronised on the same connection, without a new handshake.
+//! A restore is faster still with a warm standby (`qemu/standby/`): a second QEMU already
+//! at the snapshot takes the machine's place, and `loadvm` is the fallback.
 //! Containers run on a fresh tmpfs overlay, so their cheapest correct reset is a restart:
 //! `restore` of a container brings back the state right after its boot.
 
@@ -14,6 +16,8 @@ use super::{ExecOptions, Machine};
 use crate::config::MachineKind;
 use crate::error::{Error, Result};
 use crate::interrupt::Deadline;
+use crate::qemu::{QemuBackend, Rewind};
+use crate::transport::shell::shell_quote as q;
 
 /// How long a restored guest's shell may take to answer.
 const RESYNC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -63,6 +67,23 @@ fn unescape(s: &str) -> String {
     out
 }
 
+/// One shell command mounting `mounts` (`None` when there are none).
+pub(crate) fn mount_command(mounts: &[Mount]) -> Option<String> {
+    let parts: Vec<String> = mounts
+        .iter()
+        .map(|m| {
+            format!(
+                "mkdir -p {p} && mount -t {t} -o {o} {d} {p}",
+                p = q(&m.point),
+                t = q(&m.fstype),
+                o = q(&m.options),
+                d = q(&m.device)
+            )
+        })
+        .collect();
+    (!parts.is_empty()).then(|| format!("{{ {}; }} 2>&1", parts.join(" && ")))
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -94,9 +115,29 @@ impl Machine {
         }
     }
 
+    fn vm(&self) -> Result<&QemuBackend> {
+        self.qemu()
+            .ok_or_else(|| self.snapshot_error("this needs a QEMU machine".to_string()))
+    }
+
+    /// An HMP command without the polling-condition hook (the VM may be paused).
+    fn hmp(&self, command: &str) -> Result<String> {
+        self.vm()?.hmp(&self.info, command)
+    }
+
+    /// Pauses the VM (which also flushes its disks to the host).
+    pub(crate) fn pause(&self) -> Result<()> {
+        self.hmp("stop").map(drop)
+    }
+
+    /// Resumes the VM.
+    pub(crate) fn resume(&self) -> Result<()> {
+        self.hmp("cont").map(drop)
+    }
+
     /// Runs an HMP command that prints nothing on success; its `Error: ...` as an error.
     fn monitor_checked(&self, command: &str) -> Result<()> {
-        let answer = self.send_monitor_command(command)?;
+        let answer = self.hmp(command)?;
         match answer.find("Error") {
             Some(i) => {
                 let text = answer[i..].lines().next().unwrap_or_default().trim();
@@ -143,36 +184,37 @@ impl Machine {
         Ok(mounts)
     }
 
-    /// Mounts what [`Machine::unmount_shares`] unmounted.
+    /// Mounts what [`Machine::unmount_shares`] unmounted (one command).
     pub(crate) fn mount_shares(&self, mounts: &[Mount]) -> Result<()> {
-        use crate::transport::shell::shell_quote as q;
-        for m in mounts {
-            let cmd = format!(
-                "mkdir -p {p} && mount -t {t} -o {o} {d} {p} 2>&1",
-                p = q(&m.point),
-                t = q(&m.fstype),
-                o = q(&m.options),
-                d = q(&m.device)
-            );
-            let (status, out) = self.execute(&cmd, ExecOptions::default())?;
-            if status != 0 {
-                return Err(self.snapshot_error(format!(
-                    "cannot mount {} again after the snapshot: {}",
-                    m.point,
-                    out.trim()
-                )));
-            }
+        let Some(cmd) = mount_command(mounts) else {
+            return Ok(());
+        };
+        let (status, out) = self.execute(&cmd, ExecOptions::default())?;
+        if status != 0 {
+            let points: Vec<&str> = mounts.iter().map(|m| m.point.as_str()).collect();
+            return Err(self.snapshot_error(format!(
+                "cannot mount {} again after the snapshot: {}",
+                points.join(", "),
+                out.trim()
+            )));
         }
         Ok(())
     }
 
-    /// The QEMU half of a snapshot, once the shares are unmounted.
+    /// The QEMU half of a snapshot, once the shares are unmounted and the VM is paused: the
+    /// disks also get a golden copy for warm standbys (see `qemu/standby/`).
     pub(crate) fn savevm(&self, name: &str) -> Result<()> {
-        self.monitor_checked(&format!("savevm {name}"))
+        self.monitor_checked(&format!("savevm {name}"))?;
+        // `stop` again: it flushes QEMU's caches of the disks to the host before they are copied.
+        self.pause()?;
+        self.vm()?.keep_golden(&self.info, name)
     }
 
-    /// Records a snapshot taken.
+    /// Records a snapshot taken; a VM gets a warm standby for it in the background.
     pub(crate) fn remember_snapshot(&self, name: &str, mounts: Vec<Mount>) {
+        if let Some(qemu) = self.qemu() {
+            qemu.prepare_standby(&self.info, name, &mounts);
+        }
         self.snapshots
             .lock()
             .unwrap()
@@ -201,19 +243,39 @@ impl Machine {
         })
     }
 
-    /// The QEMU half of a restore: `loadvm`, then the shell on the same connection.
-    pub(crate) fn loadvm(&self, name: &str) -> Result<()> {
-        self.monitor_checked(&format!("loadvm {name}"))
+    /// The QEMU half of a restore: the VM rewound to `name` and left paused, by switching to
+    /// its warm standby, or else by `loadvm`.
+    pub(crate) fn rewind(&self, name: &str, mounts: &[Mount]) -> Result<Rewind> {
+        if self.vm()?.switch_to_standby(&self.info, name, mounts)? {
+            return Ok(Rewind::Standby);
+        }
+        self.pause()?;
+        self.monitor_checked(&format!("loadvm {name}"))?;
+        Ok(Rewind::Loadvm)
     }
 
-    /// After the guest was rewound: the shell resynchronised, the shares mounted again.
-    pub(crate) fn after_restore(&self, mounts: &[Mount]) -> Result<()> {
-        self.backend.shell().resync(
-            &self.info,
-            self.backend.console(),
-            Deadline::after(Some(RESYNC_TIMEOUT)),
-        )?;
-        self.mount_shares(mounts)
+    /// After the guest was rewound and resumed: after `loadvm`, the shell resynchronised and
+    /// the shares mounted again (a standby did that ahead). Then the next standby is prepared.
+    pub(crate) fn after_restore(&self, name: &str, how: Rewind, mounts: &[Mount]) -> Result<()> {
+        if how == Rewind::Loadvm {
+            self.backend.shell().resync(
+                &self.info,
+                self.backend.console(),
+                Deadline::after(Some(RESYNC_TIMEOUT)),
+            )?;
+            self.mount_shares(mounts)?;
+        }
+        self.vm()?.prepare_standby(&self.info, name, mounts);
+        Ok(())
+    }
+
+    /// Waits until the warm standby being prepared is ready (VMs); false when there is none
+    /// (standbys off, or it failed: restores then use `loadvm`) or `timeout` passed.
+    pub fn wait_for_standby(&self, timeout: Option<Duration>) -> Result<bool> {
+        match self.qemu() {
+            Some(qemu) => qemu.wait_for_standby(timeout),
+            None => Ok(false),
+        }
     }
 
     /// Saves the machine's state as `name` (replacing an older snapshot of that name).
@@ -232,9 +294,11 @@ impl Machine {
             return Ok(());
         }
         let mounts = self.unmount_shares()?;
-        let saved = self.savevm(name);
+        let saved = self.pause().and_then(|()| self.savevm(name));
+        let resumed = self.resume();
         let mounted = self.mount_shares(&mounts);
         saved?;
+        resumed?;
         mounted?;
         self.remember_snapshot(name, mounts);
         block.finish();
@@ -251,8 +315,9 @@ impl Machine {
             self.start(false)?;
             self.connect()?;
         } else {
-            self.loadvm(name)?;
-            self.after_restore(&mounts)?;
+            let how = self.rewind(name, &mounts)?;
+            self.resume()?;
+            self.after_restore(name, how, &mounts)?;
         }
         block.finish();
         Ok(())
@@ -274,6 +339,19 @@ mod tests {
         assert_eq!(m[1].point, "/tmp/my dir");
         assert_eq!(m[0].options, "rw,trans=virtio");
         assert_eq!(m[2].fstype, "virtiofs");
+    }
+
+    #[test]
+    fn one_command_mounts_every_share() {
+        assert_eq!(mount_command(&[]), None);
+        let m = shared_mounts(
+            "shared /tmp/shared 9p rw,trans=virtio 0 0\nxchg /tmp/my\\040dir 9p rw 0 0\n",
+        );
+        assert_eq!(
+            mount_command(&m).unwrap(),
+            "{ mkdir -p /tmp/shared && mount -t 9p -o rw,trans=virtio shared /tmp/shared && \
+             mkdir -p '/tmp/my dir' && mount -t 9p -o rw xchg '/tmp/my dir'; } 2>&1"
+        );
     }
 
     #[test]

@@ -5,11 +5,13 @@ mod monitor;
 mod ops;
 mod qmp;
 pub mod screen;
+mod standby;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -17,6 +19,8 @@ use std::time::{Duration, Instant};
 pub use monitor::Monitor;
 pub use ops::char_to_key;
 pub use qmp::Qmp;
+pub(crate) use standby::Rewind;
+use standby::Standbys;
 
 use crate::config::MachineKind;
 use crate::console::Console;
@@ -56,6 +60,8 @@ pub struct Running {
     process: ChildProcess,
     control: Mutex<ControlState>,
     console_reader: Mutex<Option<JoinHandle<()>>>,
+    /// Its TMPDIR: the machine's state directory, or the directory of the standby it was.
+    dir: PathBuf,
 }
 
 impl Running {
@@ -86,6 +92,98 @@ impl Running {
     }
 }
 
+/// What starting one QEMU of a machine takes, owned, so that a standby can start in the
+/// background: the start script, its TMPDIR (which also holds the driver's sockets), the
+/// environment and extra arguments.
+#[derive(Clone)]
+struct Launch {
+    start_command: String,
+    dir: PathBuf,
+    shared_dir: PathBuf,
+    env: Vec<(String, String)>,
+    allow_reboot: bool,
+    extra: Vec<String>,
+}
+
+impl Launch {
+    fn command(&self) -> Command {
+        let graphical =
+            std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+        let mut args = QemuBackend::appended_args(&self.dir, self.allow_reboot, graphical);
+        args.extend(self.extra.iter().cloned());
+        let mut cmd = if Path::new(&self.start_command).is_file() {
+            let mut c = Command::new(&self.start_command);
+            c.args(&args);
+            c
+        } else {
+            // A command line (create_machine with a string): run through a shell as upstream
+            // does; the process-group kill takes the shell and QEMU alike.
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c")
+                .arg(format!("{} \"$@\"", self.start_command))
+                .arg("sh")
+                .args(&args);
+            c
+        };
+        cmd.current_dir(&self.dir)
+            .env("TMPDIR", &self.dir)
+            .env("SHARED_DIR", &self.shared_dir)
+            .env("USE_TMPDIR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        cmd
+    }
+}
+
+/// How waiting for QEMU to connect to one of the driver's sockets failed.
+enum AcceptError {
+    Exited(std::process::ExitStatus),
+    TimedOut,
+    Io(std::io::Error),
+    Interrupted,
+}
+
+/// Waits until QEMU connects to `listener`, or exits, or `deadline` passes.
+fn accept_from(
+    listener: &UnixListener,
+    process: &ChildProcess,
+    deadline: Deadline,
+) -> std::result::Result<UnixStream, AcceptError> {
+    loop {
+        let mut fds = [libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, deadline.slice().as_millis() as i32) };
+        if n > 0 {
+            return listener
+                .accept()
+                .map(|(stream, _)| stream)
+                .map_err(AcceptError::Io);
+        }
+        if let Some(status) = process.exit_status() {
+            return Err(AcceptError::Exited(status));
+        }
+        if interrupt::check().is_err() {
+            return Err(AcceptError::Interrupted);
+        }
+        if deadline.expired() {
+            return Err(AcceptError::TimedOut);
+        }
+    }
+}
+
+/// Binds `dir/name` (replacing a stale socket).
+fn listen_at(dir: &Path, name: &str) -> std::io::Result<UnixListener> {
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    UnixListener::bind(&path)
+}
+
 /// A QEMU VM.
 pub struct QemuBackend {
     start_command: String,
@@ -93,6 +191,9 @@ pub struct QemuBackend {
     running: Mutex<Option<Arc<Running>>>,
     shell: ShellSlot,
     started_at: Mutex<Option<Instant>>,
+    /// What the running QEMU was started with (a standby gets the same).
+    allow_reboot: AtomicBool,
+    standbys: Standbys,
 }
 
 impl QemuBackend {
@@ -110,6 +211,8 @@ impl QemuBackend {
             running: Mutex::new(None),
             shell: ShellSlot::default(),
             started_at: Mutex::new(None),
+            allow_reboot: AtomicBool::new(false),
+            standbys: Standbys::default(),
         }
     }
 
@@ -158,33 +261,16 @@ impl QemuBackend {
         args
     }
 
-    fn command(&self, info: &MachineInfo, allow_reboot: bool) -> Command {
-        let graphical =
-            std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
-        let args = Self::appended_args(&info.state_dir, allow_reboot, graphical);
-        let mut cmd = if Path::new(&self.start_command).is_file() {
-            let mut c = Command::new(&self.start_command);
-            c.args(&args);
-            c
-        } else {
-            // A command line (create_machine with a string): run through a shell as upstream
-            // does; the process-group kill takes the shell and QEMU alike.
-            let mut c = Command::new("/bin/sh");
-            c.arg("-c")
-                .arg(format!("{} \"$@\"", self.start_command))
-                .arg("sh")
-                .args(&args);
-            c
-        };
-        cmd.current_dir(&info.state_dir)
-            .env("TMPDIR", &info.state_dir)
-            .env("SHARED_DIR", &info.shared_dir)
-            .env("USE_TMPDIR", "1")
-            .envs(info.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        cmd
+    /// How to start a QEMU of this machine with `dir` as its TMPDIR and socket directory.
+    fn launch(&self, info: &MachineInfo, dir: &Path, allow_reboot: bool) -> Launch {
+        Launch {
+            start_command: self.start_command.clone(),
+            dir: dir.to_path_buf(),
+            shared_dir: info.shared_dir.clone(),
+            env: info.env.clone(),
+            allow_reboot,
+            extra: Vec::new(),
+        }
     }
 
     fn guest_error(&self, info: &MachineInfo, message: String) -> Error {
@@ -210,49 +296,37 @@ impl QemuBackend {
         what: &str,
         process: &ChildProcess,
     ) -> Result<UnixStream> {
-        let deadline = Deadline::after(Some(SOCKET_TIMEOUT));
-        loop {
-            let mut fds = [libc::pollfd {
-                fd: listener.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }];
-            // SAFETY: one valid pollfd.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, deadline.slice().as_millis() as i32) };
-            if n > 0 {
-                let (stream, _) = listener.accept().map_err(|e| {
-                    Error::io(format!("{}: accepting the {what} socket", info.name), e)
-                })?;
-                return Ok(stream);
-            }
-            if let Some(status) = process.exit_status() {
+        match accept_from(listener, process, Deadline::after(Some(SOCKET_TIMEOUT))) {
+            Ok(stream) => Ok(stream),
+            Err(AcceptError::Io(e)) => Err(Error::io(
+                format!("{}: accepting the {what} socket", info.name),
+                e,
+            )),
+            Err(AcceptError::Interrupted) => Err(Error::Interrupted),
+            Err(AcceptError::Exited(status)) => {
                 // Let the console reader catch the last lines before reporting them.
                 std::thread::sleep(Duration::from_millis(50));
-                return Err(self.guest_error(
+                Err(self.guest_error(
                     info,
                     format!(
                         "start script `{}` exited ({status}) before QEMU connected to the {what} socket",
                         self.start_command
                     ),
-                ));
+                ))
             }
-            interrupt::check()?;
-            if deadline.expired() {
-                return Err(self.guest_error(
-                    info,
-                    format!(
-                        "QEMU did not connect to the {what} socket within {} s",
-                        SOCKET_TIMEOUT.as_secs()
-                    ),
-                ));
-            }
+            Err(AcceptError::TimedOut) => Err(self.guest_error(
+                info,
+                format!(
+                    "QEMU did not connect to the {what} socket within {} s",
+                    SOCKET_TIMEOUT.as_secs()
+                ),
+            )),
         }
     }
 
     fn listen(info: &MachineInfo, name: &str) -> Result<(UnixListener, PathBuf)> {
         let path = info.state_dir.join(name);
-        let _ = std::fs::remove_file(&path);
-        let l = UnixListener::bind(&path)
+        let l = listen_at(&info.state_dir, name)
             .map_err(|e| Error::io(format!("{}: binding {}", info.name, path.display()), e))?;
         Ok((l, path))
     }
@@ -268,7 +342,8 @@ impl QemuBackend {
 
         self.console.reset();
         *self.started_at.lock().unwrap() = Some(Instant::now());
-        let cmd = self.command(info, allow_reboot);
+        self.allow_reboot.store(allow_reboot, Ordering::SeqCst);
+        let cmd = self.launch(info, &info.state_dir, allow_reboot).command();
         let process = process::spawn(cmd).map_err(|e| {
             Error::Config(format!(
                 "cannot run start script `{}` of machine `{}`: {e}",
@@ -318,6 +393,7 @@ impl QemuBackend {
             process,
             control: Mutex::new(ControlState::Pending(control)),
             console_reader: Mutex::new(Some(reader)),
+            dir: info.state_dir.clone(),
         }));
         info.log(&format!("QEMU running (pid {pid})"));
         Ok(())
@@ -365,8 +441,9 @@ impl QemuBackend {
         Ok(())
     }
 
-    /// Forgets the running process after it exited or was killed.
+    /// Forgets the running process after it exited or was killed (and the standby with it).
     fn clear(&self) {
+        self.discard_standbys(false);
         self.shell.clear();
         let run = self.running.lock().unwrap().take();
         if let Some(run) = run {
@@ -479,6 +556,7 @@ impl Backend for QemuBackend {
             None,
         );
         run.process.kill();
+        self.discard_standbys(true);
         self.clear();
     }
 

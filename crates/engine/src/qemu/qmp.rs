@@ -169,6 +169,11 @@ impl Qmp {
         Ok(r.as_str().unwrap_or_default().to_string())
     }
 
+    /// Forgets the events queued so far.
+    pub fn discard_events(&self) {
+        self.events.queue.lock().unwrap().clear();
+    }
+
     /// Takes the next queued event, waiting until `deadline`.
     pub fn next_event(&self, deadline: Deadline) -> Result<Option<Value>> {
         let mut q = self.events.queue.lock().unwrap();

@@ -47,6 +47,12 @@ impl ShellSlot {
         self.connected.store(false, Ordering::SeqCst);
     }
 
+    /// Installs a connection that is already in step with its guest (a warm standby's).
+    pub fn set_synced(&self, shell: Shell, socket: &UnixStream) {
+        self.set(shell, socket);
+        self.connected.store(true, Ordering::SeqCst);
+    }
+
     /// Drops the connection, waking any reader.
     pub fn clear(&self) {
         if let Some(sock) = self.socket.lock().unwrap().take() {
