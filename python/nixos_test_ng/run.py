@@ -78,7 +78,7 @@ def main(argv: list[str]) -> int:
     guest_dir = guest.ensure_built()
     if any(k != "busybox" for k in kinds.values()):
         guest.ensure_systemd_built(guest_dir)
-    with tempfile.TemporaryDirectory(prefix="nixos-test-ng-run-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="nixos-test-ng-") as tmp:
         out = Path(args.scripts_dir or tmp)
         out.mkdir(parents=True, exist_ok=True)
         scripts = guest.write_start_scripts(

@@ -375,3 +375,15 @@ def test_keep_vm_state_is_deprecated_but_works(run_driver, fake_vm, write_script
     assert r.returncode == 0, r
     assert not (state / "disk.img").exists()
     assert "deleting machine state directory" in r.stderr, r
+
+
+def test_a_run_dash_directory_in_the_path_names_the_machine_as_upstream_and_warns(
+    driver_env, fake_vm, run_driver, write_script
+):
+    # upstream's re.search("run-(.+)-vm$", cmd) starts at the first `run-` of the path
+    vm = fake_vm("alpha", script_name="run-odd/run-alpha-vm")
+    test = write_script("t.py", "odd_run_alpha.succeed('true')\n")
+    r = run_driver(["--vm-start-scripts", vm.script, "--", test])
+    assert r.returncode == 0, r
+    assert "warning: machine `odd/run-alpha` takes its name from the first `run-`" in r.stderr
+    assert "scripts call it `odd_run_alpha`; pass --vm-names" in r.stderr

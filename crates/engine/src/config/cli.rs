@@ -410,6 +410,21 @@ fn validate_machines(cfg: &mut Config) -> Result<()> {
             m.start_script = abs;
         }
     }
+    let odd_names: Vec<String> = cfg
+        .machines
+        .iter()
+        .filter(|m| m.name.contains('/'))
+        .map(|m| {
+            format!(
+                "machine `{}` takes its name from the first `run-` in the path `{}` (upstream's \
+                 rule); scripts call it `{}`; pass --vm-names to choose another",
+                m.name,
+                m.start_script.display(),
+                names::pythonize(&m.name)
+            )
+        })
+        .collect();
+    cfg.warnings.extend(odd_names);
     for m in &cfg.machines {
         let script = &m.start_script;
         let shown = script.display();
