@@ -199,3 +199,13 @@ def test_junit_lists_each_subtest_with_its_status_and_console(
     assert "last console lines of alpha" in breaks.text, breaks.text
     whole = cases["test_steps"].find("failure")
     assert whole is not None and "last console lines of alpha" in whole.text
+
+
+def test_the_module_name_ignores_a_nix_store_hash():
+    from nixos_test_ng.pytest_style import _module_name
+
+    store = "/nix/store/0c7kg8g4lqd8jm7iwq6cks6q7a9sv3ga-testScript"
+    assert _module_name(store) == "testScript"
+    assert _module_name(store.replace("testScript", "ports")) == "test_ports"
+    assert _module_name("/x/my-test.py") == "test_my_test"
+    assert _module_name("/x/test_ports.py") == "test_ports"
