@@ -8,10 +8,11 @@ use crate::trace::{attr, SpanKind, SpanRecord};
 const SLOWEST: usize = 5;
 
 fn label(s: &SpanRecord) -> String {
-    let what = s
-        .attr(attr::MESSAGE)
-        .map(|m| m.to_string())
-        .unwrap_or_else(|| s.name.clone());
+    let what = match (s.attr(attr::MESSAGE), s.attr(attr::COMMAND)) {
+        (Some(m), _) => m.to_string(),
+        (None, Some(c)) => format!("{}: {c}", s.name),
+        (None, None) => s.name.clone(),
+    };
     let what = if what.chars().count() > 100 {
         format!("{}…", what.chars().take(100).collect::<String>())
     } else {
@@ -57,19 +58,44 @@ pub fn lines(t: &Timeline) -> Vec<String> {
             .collect();
         out.push(format!("  boot (start → connected): {}", parts.join(", ")));
     }
-    let mut ops: Vec<&SpanRecord> = t
+    // An operation's own time leaves out its wait for the machine's boot (the first command
+    // of a machine usually waits for it), which the boot line above already shows.
+    let mut ops: Vec<(f64, f64, &SpanRecord)> = t
         .spans
         .iter()
         .filter(|s| s.kind == SpanKind::Operation)
+        .map(|s| {
+            let booting: f64 = boots
+                .iter()
+                .filter(|b| b.machine == s.machine)
+                .map(|b| overlap(s, b))
+                .sum();
+            ((s.seconds() - booting).max(0.0), booting, s)
+        })
         .collect();
-    ops.sort_by(|a, b| b.seconds().total_cmp(&a.seconds()));
+    ops.sort_by(|a, b| b.0.total_cmp(&a.0));
     if !ops.is_empty() {
-        out.push("  slowest operations:".to_string());
-        for s in ops.iter().take(SLOWEST) {
-            out.push(format!("    {:>8.2} s  {}", s.seconds(), label(s)));
+        out.push("  slowest operations (without waiting for a boot):".to_string());
+        for (own, booting, s) in ops.iter().take(SLOWEST) {
+            let waited = if *booting >= 0.01 {
+                format!(" (and {booting:.2} s waiting for the boot)")
+            } else {
+                String::new()
+            };
+            out.push(format!("    {own:>8.2} s  {}{waited}", label(s)));
         }
     }
     out
+}
+
+/// Seconds during which both spans were open.
+fn overlap(a: &SpanRecord, b: &SpanRecord) -> f64 {
+    let (Some(a_end), Some(b_end)) = (a.end, b.end) else {
+        return 0.0;
+    };
+    let start = a.start.max(b.start);
+    let end = a_end.min(b_end);
+    end.duration_since(start).map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]
@@ -102,9 +128,42 @@ mod tests {
             lines[2].contains("b ") && lines[2].ends_with("(failed)"),
             "{lines:?}"
         );
-        assert_eq!(lines[3], "  slowest operations:");
+        assert_eq!(
+            lines[3],
+            "  slowest operations (without waiting for a boot):"
+        );
         assert!(lines[4].ends_with("a: must succeed: cmd1"), "{lines:?}");
         assert!(lines[5].ends_with("a: must succeed: cmd2"), "{lines:?}");
         assert!(lines[6].ends_with("a: must succeed: cmd0"), "{lines:?}");
+    }
+
+    #[test]
+    fn the_wait_for_a_boot_is_not_an_operations_own_time() {
+        use std::time::Duration;
+        let mut table = SpanTable::new(TraceId::random(), None);
+        let mut t = Timeline::default();
+        let mut boot = table.begin(SpanKind::Boot, "boot a", Some("a"), true);
+        let mut first = table.begin(SpanKind::Operation, "succeed", Some("a"), false);
+        first.set_attr(attr::MESSAGE, "must succeed: first".into());
+        let mut slow = first.clone();
+        slow.set_attr(attr::MESSAGE, "must succeed: slow".into());
+        // the boot takes 3 s; the first command starts 1 s in and ends 0.5 s after it
+        first.start = boot.start + Duration::from_secs(1);
+        boot.end = Some(boot.start + Duration::from_secs(3));
+        first.end = Some(boot.start + Duration::from_millis(3500));
+        slow.start = boot.start + Duration::from_secs(4);
+        slow.end = Some(slow.start + Duration::from_secs(1));
+        for r in [&boot, &first, &slow] {
+            t.event(&Event::SpanEnd(r));
+        }
+        let lines = lines(&t);
+        assert!(
+            lines[4].ends_with("    1.00 s  a: must succeed: slow"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[5].ends_with("0.50 s  a: must succeed: first (and 2.00 s waiting for the boot)"),
+            "{lines:?}"
+        );
     }
 }
