@@ -118,25 +118,29 @@ impl Console {
         std::thread::Builder::new()
             .name(format!("ntng-console-{machine}"))
             .spawn(move || {
-                let mut reader = BufReader::with_capacity(64 * 1024, stream);
-                let mut raw = Vec::new();
-                loop {
-                    raw.clear();
-                    match reader.read_until(b'\n', &mut raw) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            raw.retain(|&b| b != b'\r');
-                            let text = String::from_utf8_lossy(&raw);
-                            let line = text.trim_end().to_string();
-                            on_line(&line);
-                            logger.serial(&machine, &line);
-                            console.push(line);
-                        }
-                    }
-                }
+                for_each_line(stream, |line| {
+                    on_line(&line);
+                    logger.serial(&machine, &line);
+                    console.push(line);
+                });
                 console.close();
             })
             .expect("cannot start a console reader thread")
+    }
+}
+
+/// Calls `f` with each line of `stream` (without `\r` and trailing blanks) until it ends.
+pub fn for_each_line(stream: impl Read, mut f: impl FnMut(String)) {
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        match reader.read_until(b'\n', &mut raw) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        raw.retain(|&b| b != b'\r');
+        f(String::from_utf8_lossy(&raw).trim_end().to_string());
     }
 }
 

@@ -2,7 +2,7 @@
 //! by drop filters, warmed up, paused again; and its console, held back until it takes over.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::disks::{copy_files, fresh_dir, writable_disks, Golden};
-use crate::console::Console;
+use crate::console::{for_each_line, Console};
 use crate::error::Error;
 use crate::interrupt::Deadline;
 use crate::log::Logger;
@@ -120,33 +120,22 @@ impl Relay {
         let handle = std::thread::Builder::new()
             .name(format!("ntng-standby-console-{machine}"))
             .spawn(move || {
-                let mut reader = BufReader::with_capacity(64 * 1024, stream);
-                let mut raw = Vec::new();
-                loop {
-                    raw.clear();
-                    match reader.read_until(b'\n', &mut raw) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
-                    }
-                    raw.retain(|&b| b != b'\r');
-                    let line = String::from_utf8_lossy(&raw).trim_end().to_string();
-                    match &mut *r.sink.lock().unwrap() {
-                        Sink::Held(lines) => {
-                            if lines.len() >= HELD_LINES {
-                                lines.pop_front();
-                            }
-                            lines.push_back(line);
+                for_each_line(stream, |line| match &mut *r.sink.lock().unwrap() {
+                    Sink::Held(lines) => {
+                        if lines.len() >= HELD_LINES {
+                            lines.pop_front();
                         }
-                        Sink::Machine {
-                            console,
-                            logger,
-                            machine,
-                        } => {
-                            logger.serial(machine, &line);
-                            console.push(line);
-                        }
+                        lines.push_back(line);
                     }
-                }
+                    Sink::Machine {
+                        console,
+                        logger,
+                        machine,
+                    } => {
+                        logger.serial(machine, &line);
+                        console.push(line);
+                    }
+                });
                 if let Sink::Machine { console, .. } = &*r.sink.lock().unwrap() {
                     console.close();
                 }
