@@ -79,21 +79,3 @@ def test_without_a_terminal_the_log_is_plain_lines(driver_env, fake_vm, run_driv
     assert alpha_true.endswith(" s waiting for the boot)"), alpha_true
     assert any("beta: must succeed: echo hi" in op for op in ops), ops
     assert any(op.endswith("alpha: execute: sync") for op in ops), ops  # the driver's own
-
-
-def test_interactive_runs_print_no_summary(driver_env, fake_vm):
-    import subprocess
-
-    alpha = fake_vm("alpha", boot_delay=1.0)
-    p = subprocess.run(
-        [*driver_command(), "--interactive", "--vm-start-scripts", alpha.script],
-        input="start_all(); alpha.succeed('true')\n",
-        capture_output=True,
-        text=True,
-        env=driver_env.env,
-        cwd=driver_env.work,
-        timeout=60,
-    )
-    assert p.returncode == 0, p.stderr
-    assert "alpha: must succeed: true" in p.stderr
-    assert "timing summary:" not in p.stderr
