@@ -264,10 +264,8 @@ let
     else
       {
         startScripts = concatStringsSep " " (map (n: n.startScript) vms);
-        vlans = concatStringsSep " " (map toString (vlansOf t));
-        testScript = t.testScript;
-        globalTimeout = toString t.globalTimeout;
-      };
+      }
+      // sharedEnvironment t;
 
   # Generation B's environment defaults: names are given, containers are separate.
   generationBEnvironment =
@@ -283,10 +281,15 @@ let
       vmNames = words (n: n.name) vms;
       containerStartScripts = words (n: n.startScript) containers;
       containerNames = words (n: n.name) containers;
-      vlans = concatStringsSep " " (map toString (vlansOf t));
-      testScript = t.testScript;
-      globalTimeout = toString t.globalTimeout;
-    };
+    }
+    // sharedEnvironment t;
+
+  # What generations A and B share, of a normalized test.
+  sharedEnvironment = t: {
+    vlans = concatStringsSep " " (map toString (vlansOf t));
+    testScript = t.testScript;
+    globalTimeout = toString t.globalTimeout;
+  };
 
   # The name the driver gives a VM from its start script, as upstream (and the engine):
   # `re.search("run-(.+)-vm$", script)`, so the leftmost `run-` counts; "machine" otherwise

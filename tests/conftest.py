@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import shlex
 import shutil
@@ -81,6 +82,26 @@ def driver_command() -> list[str]:
 
 
 # -- results and running drivers -------------------------------------------------------------
+
+
+def spawn_on_terminal(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int, int]:
+    """Starts `argv` with stdin, stdout and stderr on a new pseudo-terminal: (pid, the
+    terminal's fd). [`close_terminal`] ends it."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child
+        os.chdir(cwd)
+        os.execvpe(argv[0], argv, env)
+    return pid, fd
+
+
+def close_terminal(pid: int, fd: int) -> None:
+    """Kills what is left of a [`spawn_on_terminal`] process and closes its terminal."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+    os.close(fd)
 
 
 @dataclass

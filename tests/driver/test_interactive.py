@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.conftest import driver_command
+from tests.conftest import close_terminal, driver_command, spawn_on_terminal
 
 
 def test_repl_reads_commands_with_the_namespace(driver_env, fake_vm):
@@ -39,19 +39,12 @@ def test_repl_and_shell_interact_through_a_terminal(driver_env, fake_vm):
     prompt, a command, Ctrl-C interrupting a guest command (not the driver), Ctrl-D out."""
     import contextlib
     import os
-    import pty
     import select
     import time
 
     vm = fake_vm("alpha")
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the driver on the terminal
-        os.chdir(driver_env.work)
-        os.execvpe(
-            driver_command()[0],
-            [*driver_command(), "--interactive", "--vm-start-scripts", str(vm.script)],
-            driver_env.env,
-        )
+    argv = [*driver_command(), "--interactive", "--vm-start-scripts", str(vm.script)]
+    pid, fd = spawn_on_terminal(argv, driver_env.env, driver_env.work)
     seen = b""
 
     def expect(marker: bytes, timeout: float = 30) -> None:
@@ -110,12 +103,7 @@ def test_repl_and_shell_interact_through_a_terminal(driver_env, fake_vm):
         assert os.waitstatus_to_exitcode(status) == 0, seen.decode(errors="replace")
         assert b"not-reached" not in seen
     finally:
-        try:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        os.close(fd)
+        close_terminal(pid, fd)
 
 
 def test_console_interact_sends_the_terminal_lines_to_the_serial_console(

@@ -4,21 +4,17 @@ terminal, plain lines otherwise, and the timing summary at the end of a run."""
 from __future__ import annotations
 
 import os
-import pty
 import select
 import time
 
-from tests.conftest import driver_command
+from tests.conftest import close_terminal, driver_command, spawn_on_terminal
 
 SCRIPT = "start_all()\nalpha.succeed('true')\nbeta.succeed('echo hi')\n"
 
 
 def run_on_terminal(argv: list[str], env: dict[str, str], cwd, timeout: float = 60) -> bytes:
     """Runs `argv` with stdin, stdout and stderr on a pseudo-terminal; returns what it showed."""
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.chdir(cwd)
-        os.execvpe(argv[0], argv, env)
+    pid, fd = spawn_on_terminal(argv, env, cwd)
     seen = b""
     deadline = time.monotonic() + timeout
     try:
@@ -36,12 +32,7 @@ def run_on_terminal(argv: list[str], env: dict[str, str], cwd, timeout: float = 
         assert os.waitstatus_to_exitcode(status) == 0, seen.decode(errors="replace")
         return seen
     finally:
-        try:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        os.close(fd)
+        close_terminal(pid, fd)
 
 
 def test_a_terminal_shows_which_machines_are_booting(driver_env, fake_vm):

@@ -129,6 +129,15 @@ def vm_env(tmp_path: Path, guest_dir: Path):
     assert not leftover_processes(tmp_path), "processes survived the test"
 
 
+def wait_for_line(p: subprocess.Popen, marker: str, timeout: float = 120) -> None:
+    """Reads the driver's stdout until a line contains `marker` (a script's `print`)."""
+    deadline = time.monotonic() + timeout
+    line = ""
+    while marker not in line and time.monotonic() < deadline:
+        line = p.stdout.readline()
+    assert marker in line, f"the driver never printed {marker!r}"
+
+
 def leftover_processes(marker: Path, wait: float = 3.0) -> list[str]:
     """Processes whose command line mentions `marker` (QEMU, vde_switch of this test)."""
     deadline = time.monotonic() + wait

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.conftest import wait_for_line
 
 pytestmark = pytest.mark.vm
 
@@ -252,11 +253,7 @@ def test_killing_the_driver_leaves_no_standby(vm_env, leftovers):
         "time.sleep(600)\n"
     )
     p = vm_env.spawn({"machine": [1]}, script)
-    deadline = time.monotonic() + 120
-    line = ""
-    while "ready" not in line and time.monotonic() < deadline:
-        line = p.stdout.readline()
-    assert "ready" in line
+    wait_for_line(p, "ready")
     running = [proc for proc in leftovers(vm_env.root, wait=0) if "qemu-system" in proc]
     assert len(running) == 2, running  # the machine and its standby
     cmdlines = [Path(f"/proc/{proc.split(':')[0]}/cmdline").read_bytes() for proc in running]

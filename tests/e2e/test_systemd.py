@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.conftest import wait_for_line
 
 pytestmark = pytest.mark.vm
 
@@ -144,11 +145,7 @@ def test_killing_the_driver_leaves_no_container(vm_env, systemd_guest, leftovers
     script = 'machine.succeed("true")\nprint("ready", flush=True)\nimport time\ntime.sleep(600)\n'
     # on a VLAN, so that the container's vde_plug2tap must go too
     p = vm_env.spawn({"machine": [1]}, script, kinds={"machine": "systemd-nspawn"})
-    deadline = time.monotonic() + 120
-    line = ""
-    while "ready" not in line and time.monotonic() < deadline:
-        line = p.stdout.readline()
-    assert "ready" in line
+    wait_for_line(p, "ready")
     assert leftovers(vm_env.root, wait=0)
     os.kill(p.pid, signal.SIGKILL)
     p.wait()

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
+
+from tests.e2e.conftest import wait_for_line
 
 pytestmark = pytest.mark.vm
 
@@ -243,11 +244,7 @@ def test_failure_report_and_cleanup(vm_env):
 def test_sigkill_of_the_driver_takes_qemu_and_vde_along(vm_env, leftovers):
     script = 'machine.succeed("true")\nprint("ready", flush=True)\nimport time\ntime.sleep(600)\n'
     p = vm_env.spawn({"machine": [1]}, script)
-    deadline = time.monotonic() + 120
-    line = ""
-    while "ready" not in line and time.monotonic() < deadline:
-        line = p.stdout.readline()
-    assert "ready" in line
+    wait_for_line(p, "ready")
     assert leftovers(vm_env.root, wait=0), "QEMU should be running"
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
