@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# Installs every system package nixos-test-ng needs to build, build its guests and run its tests.
-# Idempotent: packages already present are skipped quickly. Needs root (or sudo) for apt-get.
+# Installs every system package nixos-test-ng needs to build, build its guests and run its
+# tests, in one apt transaction, then checks its own result: every command the project runs
+# must be on PATH afterwards, or the script fails naming each missing command and its package.
+#
+#   scripts/setup-system.sh           install what is missing, then verify
+#   scripts/setup-system.sh --check   verify only (no apt): exit 1 naming what is missing
+#
+# apt never removes a package here (--no-remove): a machine that ships a newer qemu-utils
+# than the qemu-system-x86 its sources offer (e.g. from backports) gets qemu-utils at
+# qemu-system-x86's version in the same transaction, instead of losing qemu-img silently.
+# Needs root (or sudo) for apt-get.
 set -euo pipefail
 
 packages=(
   qemu-system-x86   # the VM backend (TCG works without KVM)
   qemu-utils        # qemu-img for overlays and snapshots
-  vde2              # vde_switch for VLANs
+  vde2              # vde_switch for VLANs, vde_plug2tap for containers on VLANs
   busybox-static    # guest userland
   bash-static       # guest /bin/bash (the backdoor needs ${PIPESTATUS})
   cpio kmod zstd    # initramfs packing and module dependency files
@@ -15,24 +24,113 @@ packages=(
   debootstrap       # the Debian systemd guest's root file system
   systemd-container # systemd-nspawn for container machines (run-<name>-nspawn)
   util-linux        # unshare, nsenter
+  iproute2          # ip: the containers' VLAN interfaces
   tesseract-ocr     # OCR for get_screen_text and wait_for_text (host side)
   chromium          # headless rendering of the HTML report in its test
-  nix-bin           # Nix 2.8: evaluates nix/lib.nix and builds nix/selftest.nix (tests/nix)
+  nix-bin           # Nix: evaluates nix/lib.nix and builds nix/selftest.nix (tests/nix)
 )
 
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -eq 0 ]; then
-  echo "setup-system: all system packages present"
-  exit 0
+# Every command the project runs, and the package that provides it.
+commands=(
+  qemu-system-x86_64:qemu-system-x86
+  qemu-img:qemu-utils
+  vde_switch:vde2
+  vde_plug2tap:vde2
+  busybox:busybox-static
+  bash-static:bash-static
+  cpio:cpio
+  depmod:kmod
+  zstd:zstd
+  socat:socat
+  mkfs.ext4:e2fsprogs
+  debootstrap:debootstrap
+  systemd-nspawn:systemd-container
+  unshare:util-linux
+  nsenter:util-linux
+  ip:iproute2
+  tesseract:tesseract-ocr
+  chromium:chromium
+  nix-build:nix-bin
+  nix-instantiate:nix-bin
+)
+
+say() { echo "setup-system: $*"; }
+
+# Prints "command (package)" for each missing command; returns 1 when any is missing.
+missing_commands() {
+  local status=0 entry
+  for entry in "${commands[@]}"; do
+    if ! command -v "${entry%%:*}" >/dev/null 2>&1; then
+      echo "${entry%%:*} (package ${entry#*:})"
+      status=1
+    fi
+  done
+  return $status
+}
+
+verify() {
+  local missing
+  if missing=$(missing_commands); then
+    say "all ${#commands[@]} commands present"
+    return 0
+  fi
+  say "error: these commands are missing after setup:" >&2
+  sed 's/^/  /' <<<"$missing" >&2
+  say "install the named packages (apt-get install PACKAGE) and run this script again" >&2
+  return 1
+}
+
+installed_version() {
+  dpkg-query -W -f='${Status} ${Version}' "$1" 2>/dev/null | sed -n 's/^install ok installed //p' || true
+}
+
+candidate_version() {
+  apt-cache policy "$1" 2>/dev/null | sed -n 's/^ *Candidate: //p' | grep -v '(none)' || true
+}
+
+if [ "${1:-}" = "--check" ]; then
+  verify
+  exit
 fi
+
+missing_packages=()
+for p in "${packages[@]}"; do
+  [ -n "$(installed_version "$p")" ] || missing_packages+=("$p")
+done
+if [ ${#missing_packages[@]} -eq 0 ]; then
+  say "all system packages present"
+  verify
+  exit
+fi
+
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-echo "setup-system: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 # Wait for another apt/dpkg run (up to 10 minutes) instead of failing at once on its lock.
-lock=(-o DPkg::Lock::Timeout=600)
-$SUDO apt-get "${lock[@]}" update -qq || echo "setup-system: apt-get update failed; trying with the existing lists" >&2
-$SUDO apt-get "${lock[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+apt_opts=(-o DPkg::Lock::Timeout=600)
+say "updating the package lists"
+$SUDO apt-get "${apt_opts[@]}" update -qq ||
+  say "apt-get update failed; trying with the existing lists" >&2
+
+# One QEMU version: qemu-utils Breaks a qemu-system-common older than itself, so a newer
+# qemu-utils than the qemu-system-x86 on offer is installed at qemu-system-x86's version.
+requests=("${missing_packages[@]}")
+qemu_version=$(installed_version qemu-system-x86)
+[ -n "$qemu_version" ] || qemu_version=$(candidate_version qemu-system-x86)
+utils_version=$(installed_version qemu-utils)
+if [ -n "$qemu_version" ] && [ -n "$utils_version" ] && [ "$utils_version" != "$qemu_version" ]; then
+  say "qemu-utils $utils_version does not match qemu-system-x86 $qemu_version;" \
+    "installing qemu-utils $qemu_version with it (one QEMU version)"
+  others=()
+  for r in "${requests[@]}"; do [ "$r" = qemu-utils ] || others+=("$r"); done
+  requests=("${others[@]}" "qemu-utils=$qemu_version")
+fi
+
+say "installing ${requests[*]}"
+if ! $SUDO apt-get "${apt_opts[@]}" install -y -q --no-install-recommends --no-remove \
+  --allow-downgrades "${requests[@]}"; then
+  say "error: apt-get install failed (its messages are above)" >&2
+  verify || true
+  exit 1
+fi
+verify

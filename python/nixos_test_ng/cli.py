@@ -197,6 +197,10 @@ commands:
                       methods, wrong arguments (also --vm-start-scripts, --config, ...)
   stubs --machines NAME[:nspawn]... [--vlans N...] -o FILE
                       declarations of the script's globals for type checkers and editors
+  doctor               what this host can do (QEMU, KVM, containers, OCR, guests, Nix),
+                      each line ok / missing / degraded with the command that fixes it
+  new TEMPLATE -o FILE write a working test from a template (minimal, network, systemd,
+                      pytest, graphical, traced); --stubs, --nix, --force
   driver ARGS...       the same as nixos-test-driver ARGS...
   version              print the version
 """
@@ -218,6 +222,14 @@ def run_ng(argv: list[str]) -> int:
         return run_main(rest)
     if command == "driver":
         return run_driver(rest)
+    if command == "doctor":
+        from nixos_test_ng.doctor import main as doctor_main
+
+        return doctor_main(rest)
+    if command == "new":
+        from nixos_test_ng.new import main as new_main
+
+        return new_main(rest)
     if command in ("check", "stubs"):
         from nixos_test_ng import check_cli
 
