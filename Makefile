@@ -4,7 +4,7 @@ PIP := $(PYTHON) -m pip --disable-pip-version-check -q
 export NIXOS_TEST_NG_GUEST_DIR ?= $(CURDIR)/build/guest
 PYTEST_ARGS ?=
 
-.PHONY: all setup install guest demo test lint test-rust test-python bench clean
+.PHONY: all setup install doctor guest demo test lint test-rust test-python bench clean
 
 all: install
 
@@ -17,12 +17,16 @@ setup:
 install: setup
 	$(PIP) install .
 
+## What this host can do (QEMU, KVM, containers, OCR, guests, ...); fails when the demo cannot run.
+doctor: install
+	nixos-test-ng doctor
+
 ## Build the default guests: the busybox VM and the Debian systemd guest (cached).
 guest: install
 	nixos-test-ng guest build --systemd
 
 ## Run the example test: two VMs on a VLAN, a server and a client, with subtests.
-demo: guest
+demo: doctor guest
 	mkdir -p build/demo
 	nixos-test-ng run examples/vlan_echo.py --machine server:1 --machine client:1 -- -o build/demo
 

@@ -12,47 +12,16 @@
 # Needs root (or sudo) for apt-get.
 set -euo pipefail
 
-packages=(
-  qemu-system-x86   # the VM backend (TCG works without KVM)
-  qemu-utils        # qemu-img for overlays and snapshots
-  vde2              # vde_switch for VLANs, vde_plug2tap for containers on VLANs
-  busybox-static    # guest userland
-  bash-static       # guest /bin/bash (the backdoor needs ${PIPESTATUS})
-  cpio kmod zstd    # initramfs packing and module dependency files
-  socat             # shell_interact
-  e2fsprogs         # mkfs.ext4 -d for the systemd guest's disk image
-  debootstrap       # the Debian systemd guest's root file system
-  systemd-container # systemd-nspawn for container machines (run-<name>-nspawn)
-  util-linux        # unshare, nsenter
-  iproute2          # ip: the containers' VLAN interfaces
-  tesseract-ocr     # OCR for get_screen_text and wait_for_text (host side)
-  chromium          # headless rendering of the HTML report in its test
-  nix-bin           # Nix: evaluates nix/lib.nix and builds nix/selftest.nix (tests/nix)
-)
-
-# Every command the project runs, and the package that provides it.
-commands=(
-  qemu-system-x86_64:qemu-system-x86
-  qemu-img:qemu-utils
-  vde_switch:vde2
-  vde_plug2tap:vde2
-  busybox:busybox-static
-  bash-static:bash-static
-  cpio:cpio
-  depmod:kmod
-  zstd:zstd
-  socat:socat
-  mkfs.ext4:e2fsprogs
-  debootstrap:debootstrap
-  systemd-nspawn:systemd-container
-  unshare:util-linux
-  nsenter:util-linux
-  ip:iproute2
-  tesseract:tesseract-ocr
-  chromium:chromium
-  nix-build:nix-bin
-  nix-instantiate:nix-bin
-)
+# Every command the project runs and the package that provides it: one table, shared with
+# `nixos-test-ng doctor`.
+table="$(dirname "$0")/../python/nixos_test_ng/data/host_commands.tsv"
+commands=()
+packages=()
+while IFS=$'\t' read -r command package _; do
+  case "$command" in '#'* | '') continue ;; esac
+  commands+=("$command:$package")
+  [[ " ${packages[*]} " == *" $package "* ]] || packages+=("$package")
+done <"$table"
 
 say() { echo "setup-system: $*"; }
 

@@ -43,6 +43,10 @@ def pythonize_name(name: str) -> str:
 def char_to_key(c: str) -> str | None:
     """The QEMU key name for a character (upstream's `CHAR_TO_KEY`), or None."""
 
+def tmp_dir() -> str:
+    """The driver's tmp dir: `$XDG_RUNTIME_DIR`, else `$TMPDIR`, `$TEMP`, `$TMP`, `/tmp`
+    (created 0700 if missing). Raises ConfigError when none is writable."""
+
 @final
 class Config:
     """A validated run description."""

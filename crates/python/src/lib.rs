@@ -73,6 +73,13 @@ fn machine_name_from_script(script: &str, kind: &str) -> PyResult<String> {
     Ok(ntng_engine::names::from_start_script_of(script, kind))
 }
 
+/// The driver's tmp dir (upstream's rule: `$XDG_RUNTIME_DIR`, else `$TMPDIR`, ... `/tmp`).
+#[pyfunction]
+fn tmp_dir() -> PyResult<String> {
+    let dir = ntng_engine::driver::tmp_dir().map_err(errors::to_pyerr)?;
+    Ok(dir.to_string_lossy().into_owned())
+}
+
 /// The QEMU key name for a character (upstream's `CHAR_TO_KEY`), or None.
 #[pyfunction]
 fn char_to_key(c: &str) -> Option<&'static str> {
@@ -88,6 +95,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pythonize_name, m)?)?;
     m.add_function(wrap_pyfunction!(machine_name_from_script, m)?)?;
     m.add_function(wrap_pyfunction!(char_to_key, m)?)?;
+    m.add_function(wrap_pyfunction!(tmp_dir, m)?)?;
     m.add_class::<config::Config>()?;
     m.add_class::<logger::Logger>()?;
     m.add_class::<logger::LogBlock>()?;

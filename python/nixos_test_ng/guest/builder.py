@@ -51,6 +51,7 @@ __all__ = [
     "build",
     "default_guest_dir",
     "ensure_built",
+    "kvm_status",
     "load_manifest",
     "probe_kvm",
 ]
@@ -582,6 +583,17 @@ def _kvm_result(
     result = probe_kvm(kernel)
     log(f"KVM usable: {'yes' if result['usable'] else 'no'} ({result['detail']})")
     return {**result, "key": key}
+
+
+def kvm_status(guest_dir: Path, log: Log = _stderr_log) -> dict[str, Any] | None:
+    """The guest build's KVM probe result for the built guest in `guest_dir`, probed again only
+    when the kernel, QEMU or /dev/kvm changed since the build; None when no guest is built."""
+    manifest = load_manifest(guest_dir)
+    if manifest is None or not _artifacts_intact(guest_dir, manifest):
+        return None
+    kernel_file = str(manifest["kernel_file"])
+    sha256 = manifest["artifacts"][kernel_file]["sha256"]
+    return _kvm_result(guest_dir / kernel_file, sha256, manifest, log)
 
 
 # ---------------------------------------------------------------------------------------------
