@@ -159,15 +159,25 @@ def _nix_string(s: str) -> str:
     return f'"{escaped}"'
 
 
+def _nix_list(items: list[str]) -> str:
+    return f"[ {' '.join(items)} ]" if items else "[ ]"
+
+
+def _nix_path(file: str) -> str:
+    """A file beside the Nix expression, as a Nix path."""
+    if re.fullmatch(r"[A-Za-z0-9._+-]+", file):
+        return f"./{file}"
+    return f"(./. + {_nix_string('/' + file)})"
+
+
 def _nix_machine(m: Machine) -> str:
-    attrs = [f"virtualisation.vlans = [ {' '.join(map(str, m.vlans))} ];".replace("[  ]", "[ ]")]
+    attrs = [f"virtualisation.vlans = {_nix_list([str(v) for v in m.vlans])};"]
     if m.nix_packages:
-        attrs.append(
-            f"environment.systemPackages = [ {' '.join(f'pkgs.{p}' for p in m.nix_packages)} ];"
-        )
+        packages = _nix_list([f"pkgs.{p}" for p in m.nix_packages])
+        attrs.append(f"environment.systemPackages = {packages};")
     if m.open_ports:
-        ports = " ".join(map(str, m.open_ports))
-        attrs.append(f"networking.firewall.allowedTCPPorts = [ {ports} ];")
+        ports = _nix_list([str(p) for p in m.open_ports])
+        attrs.append(f"networking.firewall.allowedTCPPorts = {ports};")
     args = "{ pkgs, ... }: " if m.nix_packages else ""
     group = "containers" if m.container else "nodes"
     inner = "".join(f"    {a}\n" for a in attrs)
@@ -177,20 +187,18 @@ def _nix_machine(m: Machine) -> str:
 def render_nix(template: Template, script: str, nix_file: str) -> str:
     """A `runNixOSTest` expression with the template's machines and the script."""
     name = re.sub(r"[^A-Za-z0-9._-]", "-", Path(script).stem).lstrip(".-") or "test"
-    if re.fullmatch(r"[A-Za-z0-9._+-]+", script):
-        script_path = f"./{script}"
-    else:
-        script_path = f"(./. + {_nix_string('/' + script)})"
     options = "".join(f"  {o}\n" for o in template.nix_options)
     text = (resources.files(__package__) / "templates" / "test.nix").read_text()
     for key, value in {
+        "@NIX_FILE_SH@": shlex.quote(nix_file),
+        "@NIX_FILE_PATH@": _nix_path(nix_file),
         "@NIX_FILE@": nix_file,
         "@SCRIPT_FILE@": script,
         "@TEMPLATE@": template.name,
         "@NAME@": name,
         "@OPTIONS@": options,
         "@MACHINES@": "".join(_nix_machine(m) for m in template.machines),
-        "@SCRIPT_PATH@": script_path,
+        "@SCRIPT_PATH@": _nix_path(script),
     }.items():
         text = text.replace(key, value)
     return text

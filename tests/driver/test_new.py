@@ -181,15 +181,6 @@ def test_bad_output_names(tmp_path, output, message):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_odd_file_names_are_quoted(tmp_path):
-    r = ng("new", "minimal", "-o", "my test.py", "--nix", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    script = tmp_path / "my test.py"
-    assert shlex.split(header_command(script, "run"))[2] == "my test.py"
-    assert run_header_line(script, "check").returncode == 0
-    assert '(./. + "/my test.py")' in (tmp_path / "my test.nix").read_text()
-
-
 # -- the Nix expression ---------------------------------------------------------------------
 
 #: nixpkgs packages the templates' nodes use, added to the stand-ins' package set
@@ -230,6 +221,17 @@ def evaluate_nix_variant(tool, nix_file: Path) -> dict:
           inherit config;
         }}"""
     )
+
+
+def test_odd_file_names_are_quoted(nix, tmp_path):  # noqa: F811
+    r = ng("new", "minimal", "-o", "my test.py", "--nix", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    script = tmp_path / "my test.py"
+    assert shlex.split(header_command(script, "run"))[2] == "my test.py"
+    assert run_header_line(script, "check").returncode == 0
+    assert '(./. + "/my test.py")' in (tmp_path / "my test.nix").read_text()
+    got = evaluate_nix_variant(nix, tmp_path / "my test.nix")
+    assert (got["name"], got["testScript"]) == ("my-test", script.read_text())
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,10 +1,11 @@
 # @NIX_FILE@: @SCRIPT_FILE@ as a NixOS test, with nixos-test-ng as its driver (nixpkgs'
-# `runNixOSTest` plus nixos-test-ng's test module). Written by `nixos-test-ng new @TEMPLATE@ --nix`.
+# `runNixOSTest` plus nixos-test-ng's test module).
+# (written by `nixos-test-ng new @TEMPLATE@ --nix`)
 #
-#   nix-build @NIX_FILE@ -I nixos-test-ng=/path/to/nixos-test-ng   # nixpkgs from <nixpkgs>
+#   nix-build @NIX_FILE_SH@ -I nixos-test-ng=/path/to/nixos-test-ng   # nixpkgs from <nixpkgs>
 #
 # In a flake with nixos-test-ng as an input:
-#   checks.x86_64-linux.@NAME@ = import ./@NIX_FILE@ { inherit pkgs nixos-test-ng; };
+#   checks.x86_64-linux.@NAME@ = import @NIX_FILE_PATH@ { inherit pkgs nixos-test-ng; };
 {
   pkgs ? import <nixpkgs> { },
   nixos-test-ng ? <nixos-test-ng>,
