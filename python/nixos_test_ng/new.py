@@ -188,7 +188,7 @@ def render_nix(template: Template, script: str, nix_file: str) -> str:
     """A `runNixOSTest` expression with the template's machines and the script."""
     name = re.sub(r"[^A-Za-z0-9._-]", "-", Path(script).stem).lstrip(".-") or "test"
     options = "".join(f"  {o}\n" for o in template.nix_options)
-    text = (resources.files(__package__) / "templates" / "test.nix").read_text()
+    text = (resources.files(__package__) / "templates" / "test.nix.in").read_text()
     for key, value in {
         "@NIX_FILE_SH@": shlex.quote(nix_file),
         "@NIX_FILE_PATH@": _nix_path(nix_file),
