@@ -199,8 +199,9 @@ commands:
                       declarations of the script's globals for type checkers and editors
   doctor               what this host can do (QEMU, KVM, containers, OCR, guests, Nix),
                       each line ok / missing / degraded with the command that fixes it
-  new TEMPLATE -o FILE write a working test from a template (minimal, network, systemd,
-                      pytest, graphical, traced); --stubs, --nix, --force
+  new TEMPLATE [-o FILE.py] [--stubs] [--nix] [--force] | new --list
+                      write a working test from a template (minimal, network, systemd,
+                      pytest, graphical, traced), with editor stubs and a Nix expression
   driver ARGS...       the same as nixos-test-driver ARGS...
   version              print the version
 """
