@@ -3,8 +3,12 @@ display, and the flag's parsing. The real display (RFB on 127.0.0.1) is tests/e2
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 from nixos_test_ng import _native
+
+from tests.conftest import driver_command
 
 VNC_ARGS = ["-vnc", "127.0.0.1:0,to=99"]
 
@@ -36,6 +40,22 @@ def test_each_vm_gets_a_loopback_display_and_its_address_is_printed(
         assert vm.records("start")[-1]["argv"] == [*without[vm.name], *VNC_ARGS]
         line = f"{vm.name}: display on VNC 127.0.0.1:5900 (vncviewer 127.0.0.1::5900)"
         assert line in r.stderr.splitlines(), r
+
+
+def test_interactive_session_prints_the_address(driver_env, fake_vm):
+    vm = fake_vm("alpha")
+    p = subprocess.run(
+        [*driver_command(), "--interactive", "--vnc", "--vm-start-scripts", vm.script],
+        input='alpha.start()\nalpha.send_monitor_command("info status")\n',
+        capture_output=True,
+        text=True,
+        env=driver_env.env,
+        cwd=driver_env.work,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    assert vm.records("start")[0]["argv"][-2:] == VNC_ARGS
+    assert "alpha: display on VNC 127.0.0.1:5900 (vncviewer 127.0.0.1::5900)" in p.stderr
 
 
 def test_a_qemu_without_vnc_is_a_log_line_not_a_failure(run_driver, fake_vm, write_script):
