@@ -65,6 +65,9 @@ class Config:
     @property
     def interactive(self) -> bool: ...
     @property
+    def vnc(self) -> bool:
+        """`--vnc`: each VM's display over VNC on 127.0.0.1 (with or without a REPL)."""
+    @property
     def keep_going(self) -> bool:
         """`--keep-going`: go on after a failed subtest."""
     @property

@@ -63,7 +63,24 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--scripts-dir", help="where to write the start scripts (default: a temp dir)"
     )
+    # the driver's own flags most used here; any other goes after `--`
+    parser.add_argument(
+        "-I",
+        "--interactive",
+        action="store_true",
+        help="open the driver's REPL instead of running the script (the driver's --interactive)",
+    )
+    parser.add_argument(
+        "--vnc",
+        action="store_true",
+        help="show each VM's display over VNC on 127.0.0.1 (the driver's --vnc)",
+    )
     args = parser.parse_args(argv)
+    driver_args = [
+        *(["--interactive"] if args.interactive else []),
+        *(["--vnc"] if args.vnc else []),
+        *driver_args,
+    ]
     try:
         specs = [parse_machine(s) for s in (args.machine or ["machine"])]
     except ValueError as e:

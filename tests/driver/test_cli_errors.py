@@ -243,8 +243,9 @@ def test_vlans_optional_and_deduplicated(run_driver, fake_vm, write_script):
     a = fake_vm("a")
     t = write_script("t.py", REPORT)
     assert report(run_driver(["--start-scripts", a.script, "--", t]))["vlans"] == []
+    # upstream: `list(set(vlans))`, ascending for these numbers
     got = report(run_driver(["--start-scripts", a.script, "--vlans", "2", "1", "2", "--", t]))
-    assert got["vlans"] == [2, 1]
+    assert got["vlans"] == [1, 2]
 
 
 def test_environment_defaults(run_driver, fake_vm, write_script):
@@ -263,7 +264,7 @@ def test_environment_defaults(run_driver, fake_vm, write_script):
     )
     got = report(r)
     assert got["machines"] == ["a", "bee", "sea"]
-    assert got["vlans"] == [3, 1]
+    assert got["vlans"] == [1, 3]
     assert "Test will time out and terminate in 123 seconds" in r.stderr, r
 
 

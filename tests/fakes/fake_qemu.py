@@ -7,12 +7,13 @@ A start script runs it as QEMU, with the arguments the driver appends
     -qmp unix:<state>/qmp,server=on,wait=off -monitor unix:<state>/monitor
     -chardev socket,id=shell,path=<state>/shell -device virtio-serial
     -device virtconsole,chardev=shell -device virtio-rng-pci -serial stdio
-    [-no-reboot] [-nographic]
+    [-no-reboot] [-nographic] [-vnc 127.0.0.1:N,to=99]
 
 and it plays QEMU's part of the contract:
 
 - QMP: listens on `<state>/qmp`, greets with a line containing "QMP", answers
-  `qmp_capabilities`, `query-status`, `stop`, `cont`, `human-monitor-command`, `quit`
+  `qmp_capabilities`, `query-status`, `stop`, `cont`, `human-monitor-command`, `quit`,
+  `query-vnc` (display N of its `-vnc` argument, not listened on)
   (echoing each request's `id`) and sends events (`STOP`, `RESUME`, `SHUTDOWN`, ...).
 - HMP monitor: connects to `<state>/monitor`, prints a banner ending in `(qemu) `, answers
   each line with its echo, some text and a new prompt. `quit` exits; `stop`/`cont` emit QMP
@@ -40,6 +41,7 @@ Knobs (environment variables):
     FAKE_QEMU_RECORD=PATH        append JSON lines: argv/env at start, every monitor and QMP
                                  command, the exit
     FAKE_QEMU_PIDNS=0            do not put the guest in a PID namespace
+    FAKE_QEMU_VNC=0              `query-vnc` says VNC is off even with a `-vnc` argument
     FAKE_QEMU_INITRD=1           play a systemd initrd with a backdoor: the guest gets a fake
                                  `systemctl` whose `show initrd.target` is active and whose
                                  `isolate ... initrd-switch-root.target` replaces the guest's
@@ -201,6 +203,8 @@ class Fake:
             elif cmd in ("stop", "cont"):
                 reply = {"return": {}}
                 after = lambda c=cmd: self.set_running(c == "cont")  # noqa: E731
+            elif cmd == "query-vnc":
+                reply = {"return": self.vnc_info()}
             elif cmd == "human-monitor-command":
                 text, after = self.hmp(str(args.get("command-line", "")))
                 reply = {"return": text}
@@ -219,6 +223,22 @@ class Fake:
             self.qmp_send(conn, reply)
             if after is not None:
                 after()
+
+    def vnc_info(self) -> dict[str, object]:
+        """`query-vnc`'s answer for the `-vnc HOST:N[,...]` argument."""
+        pairs = zip(self.argv, self.argv[1:], strict=False)
+        value = next((v for f, v in pairs if f == "-vnc"), None)
+        if value is None or os.environ.get("FAKE_QEMU_VNC") == "0":
+            return {"enabled": False, "clients": []}
+        host, display = value.split(",")[0].rsplit(":", 1)
+        return {
+            "enabled": True,
+            "host": host,
+            "service": str(5900 + int(display)),
+            "family": "ipv4",
+            "auth": "none",
+            "clients": [],
+        }
 
     def set_running(self, running: bool) -> None:
         self.running = running

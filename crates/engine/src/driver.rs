@@ -138,6 +138,7 @@ impl Driver {
             out_dir: self.config.out_dir.clone(),
             boot_timeout: self.config.boot_timeout,
             env: self.vlan_env.clone(),
+            vnc: self.config.vnc,
         };
         let script = spec.start_script.display().to_string();
         let backend: Box<dyn crate::machine::Backend> = match spec.kind {

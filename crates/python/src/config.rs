@@ -53,6 +53,10 @@ impl Config {
         self.inner.interactive
     }
     #[getter]
+    fn vnc(&self) -> bool {
+        self.inner.vnc
+    }
+    #[getter]
     fn keep_going(&self) -> bool {
         self.inner.keep_going
     }

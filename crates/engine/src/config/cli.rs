@@ -35,6 +35,10 @@ struct Args {
     /// Run the script (the default).
     #[arg(long = "no-interactive", overrides_with = "interactive")]
     no_interactive: bool,
+    /// Show each VM's display over VNC on 127.0.0.1 (a free port from 5900 per VM, printed
+    /// when it starts); with or without --interactive. New.
+    #[arg(long = "vnc")]
+    vnc: bool,
     /// Do not check the script's names before booting (`nixos-test-ng check`'s name check).
     #[arg(long = "skip-check")]
     skip_check: bool,
@@ -166,6 +170,7 @@ pub fn parse_args(argv: &[String], env: &HashMap<String, String>) -> Result<Pars
     }
     cfg.keep_machine_state = args.keep_machine_state || args.keep_vm_state;
     cfg.interactive = args.interactive && !args.no_interactive;
+    cfg.vnc = args.vnc;
     cfg.keep_going = args.keep_going;
     cfg.skip_check = args.skip_check;
     cfg.pytest_args = args.pytest_args.clone();
@@ -230,10 +235,9 @@ pub fn parse_args(argv: &[String], env: &HashMap<String, String>) -> Result<Pars
                 "invalid VLAN number `{nr}` (expected an integer 1-255)"
             )));
         }
-        if !cfg.vlans.contains(&nr) {
-            cfg.vlans.push(nr);
-        }
+        cfg.vlans.push(nr);
     }
+    super::dedup_vlans(&mut cfg.vlans);
 
     // Timeouts.
     if let Some(t) = args
@@ -532,6 +536,30 @@ mod tests {
             .parse(&["--vlans", "1", "2", "1", &f.p("t.py")], &[])
             .unwrap();
         assert_eq!(c.vlans, vec![1, 2]);
+    }
+
+    #[test]
+    fn vlans_are_deduplicated_and_sorted_as_upstreams_set() {
+        let f = Fixture::new("vlanorder");
+        let t = f.p("t.py");
+        let c = f.parse(&["--vlans", "2", "1", "2", &t], &[]).unwrap();
+        assert_eq!(c.vlans, vec![1, 2]);
+        let c = f.parse(&[&t], &[("vlans", "3 1 3")]).unwrap();
+        assert_eq!(c.vlans, vec![1, 3]);
+    }
+
+    #[test]
+    fn vnc_flag() {
+        let f = Fixture::new("vnc");
+        let t = f.p("t.py");
+        assert!(!f.parse(&[&t], &[]).unwrap().vnc);
+        // with or without --interactive
+        let c = f.parse(&["--vnc", &t], &[]).unwrap();
+        assert!(c.vnc && !c.interactive);
+        let c = f.parse(&["-I", "--vnc"], &[]).unwrap();
+        assert!(c.vnc && c.interactive);
+        let e = f.parse(&["--vnc=1", &t], &[]).unwrap_err();
+        assert!(e.to_string().contains("--vnc"), "{e}");
     }
 
     #[test]

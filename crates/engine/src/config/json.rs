@@ -67,10 +67,9 @@ fn apply(path: &Path, value: &Value, cfg: &mut Config) -> Result<()> {
                         format!("`vlans` entry {item} is not an integer 1-255"),
                     )
                 })? as u32;
-            if !cfg.vlans.contains(&nr) {
-                cfg.vlans.push(nr);
-            }
+            cfg.vlans.push(nr);
         }
+        super::dedup_vlans(&mut cfg.vlans);
     }
     if let Some(v) = obj.get("global_timeout") {
         let text = match v {
@@ -143,7 +142,7 @@ mod tests {
         let v = json!({
             "vms": {"server": {"name": "server", "start_script": "/x/bin/run-server-vm"}},
             "containers": {"c1": {"name": "c1", "start_script": "/x/bin/run-c1-nspawn"}},
-            "vlans": [1, 2, 1],
+            "vlans": [2, 1, 2],
             "global_timeout": 3600,
             "enable_ssh_backdoor": false,
             "test_script": "/x/test-script",

@@ -34,7 +34,7 @@ pub struct MachineConfig {
 pub struct Config {
     /// Machines, in the order given.
     pub machines: Vec<MachineConfig>,
-    /// VLAN numbers, deduplicated, in the order first given.
+    /// VLAN numbers, deduplicated and sorted (see [`dedup_vlans`]).
     pub vlans: Vec<u32>,
     /// Limit for the whole test.
     pub global_timeout: Duration,
@@ -46,6 +46,8 @@ pub struct Config {
     pub keep_machine_state: bool,
     /// Open a REPL instead of running the script.
     pub interactive: bool,
+    /// Show each VM's display over VNC on 127.0.0.1 (`--vnc`; new).
+    pub vnc: bool,
     /// Go on after a failed subtest (`--keep-going`; new).
     pub keep_going: bool,
     /// No name check of the script before booting (`--skip-check`; new).
@@ -83,6 +85,18 @@ pub enum LogLevel {
     Error,
 }
 
+/// Deduplicates VLAN numbers as upstream does (`list(set(vlans))`), in ascending order.
+///
+/// Upstream's order is a Python set's: for the strings its argparse hands over (the flag and
+/// the `vlans` variable have no `type=int`) it changes from run to run with Python's hash
+/// randomisation; for ints (generation C's JSON) it is the hash table's slot order, which is
+/// ascending unless two numbers share a slot (`{1, 8}` iterates as `[8, 1]`). Ascending is
+/// the stable order that agrees with upstream in the common case (`--vlans 2 1 2` → `[1, 2]`).
+pub fn dedup_vlans(vlans: &mut Vec<u32>) {
+    vlans.sort_unstable();
+    vlans.dedup();
+}
+
 /// Upstream's default when neither the flag nor `globalTimeout` is set: 7 days.
 pub const DEFAULT_GLOBAL_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Default limit for a boot to reach the handshake.
@@ -98,6 +112,7 @@ impl Default for Config {
             out_dir: PathBuf::from("."),
             keep_machine_state: false,
             interactive: false,
+            vnc: false,
             keep_going: false,
             skip_check: false,
             pytest_args: Vec::new(),

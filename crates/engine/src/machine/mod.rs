@@ -41,6 +41,8 @@ pub struct MachineInfo {
     pub boot_timeout: Option<Duration>,
     /// Extra environment for the start script (`QEMU_VDE_SOCKET_<n>`).
     pub env: Vec<(String, String)>,
+    /// Show the display over VNC on 127.0.0.1 (`--vnc`).
+    pub vnc: bool,
 }
 
 impl MachineInfo {

@@ -336,6 +336,9 @@ impl Backend for NspawnBackend {
         };
         *self.running.lock().unwrap() = Some(run);
         info.log(&format!("systemd-nspawn running (pid {pid})"));
+        if info.vnc {
+            info.log("no display over VNC: a container has no screen");
+        }
         Ok(())
     }
 

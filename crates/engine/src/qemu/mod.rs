@@ -6,6 +6,7 @@ mod ops;
 mod qmp;
 pub mod screen;
 mod standby;
+mod vnc;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -21,6 +22,7 @@ pub use ops::char_to_key;
 pub use qmp::Qmp;
 pub(crate) use standby::Rewind;
 use standby::Standbys;
+pub use vnc::VncAddress;
 
 use crate::config::MachineKind;
 use crate::console::Console;
@@ -102,6 +104,8 @@ struct Launch {
     shared_dir: PathBuf,
     env: Vec<(String, String)>,
     allow_reboot: bool,
+    /// `--vnc`: the display number from which QEMU looks for a free one.
+    vnc_from: Option<u16>,
     extra: Vec<String>,
 }
 
@@ -110,6 +114,9 @@ impl Launch {
         let graphical =
             std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
         let mut args = QemuBackend::appended_args(&self.dir, self.allow_reboot, graphical);
+        if let Some(first) = self.vnc_from {
+            args.extend(vnc::args(first));
+        }
         args.extend(self.extra.iter().cloned());
         let mut cmd = if Path::new(&self.start_command).is_file() {
             let mut c = Command::new(&self.start_command);
@@ -194,6 +201,8 @@ pub struct QemuBackend {
     /// What the running QEMU was started with (a standby gets the same).
     allow_reboot: AtomicBool,
     standbys: Standbys,
+    /// Where the machine's display was last served (`--vnc`).
+    vnc: Arc<Mutex<Option<VncAddress>>>,
 }
 
 impl QemuBackend {
@@ -213,6 +222,7 @@ impl QemuBackend {
             started_at: Mutex::new(None),
             allow_reboot: AtomicBool::new(false),
             standbys: Standbys::default(),
+            vnc: Arc::default(),
         }
     }
 
@@ -269,8 +279,17 @@ impl QemuBackend {
             shared_dir: info.shared_dir.clone(),
             env: info.env.clone(),
             allow_reboot,
+            // the machine's previous display when it is still free
+            vnc_from: info
+                .vnc
+                .then(|| self.vnc_address().map_or(0, |a| a.display())),
             extra: Vec::new(),
         }
+    }
+
+    /// Where the machine's display is served over VNC (`--vnc`), once QEMU said so.
+    pub fn vnc_address(&self) -> Option<VncAddress> {
+        *self.vnc.lock().unwrap()
     }
 
     fn guest_error(&self, info: &MachineInfo, message: String) -> Error {
@@ -369,6 +388,16 @@ impl QemuBackend {
             }
         };
         let pid = process.pid();
+        let announce = info.vnc.then(|| {
+            let (logger, name, slot) = (info.logger.clone(), info.name.clone(), self.vnc.clone());
+            move |qmp: &Qmp| match vnc::query(qmp) {
+                Ok(address) => {
+                    *slot.lock().unwrap() = Some(address);
+                    logger.log(&address.announcement(), Some(&name));
+                }
+                Err(e) => logger.log(&format!("no display over VNC: {e}"), Some(&name)),
+            }
+        });
         self.shell.set(
             Shell::new(
                 shell
@@ -381,6 +410,9 @@ impl QemuBackend {
             .name(format!("ntng-control-{}", info.name))
             .spawn(move || {
                 let qmp = Qmp::connect(&qmp_path, Deadline::after(Some(Duration::from_secs(60))))?;
+                if let Some(announce) = announce {
+                    announce(&qmp);
+                }
                 let mut monitor = Monitor::new(monitor);
                 monitor.wait_for_prompt(Deadline::after(Some(Duration::from_secs(120))))?;
                 Ok(Control {

@@ -1,9 +1,11 @@
 //! The NixOS shell backdoor: a bash reading commands from a virtio console.
 //!
-//! Framing is the stock one (`bash -c '<cmd>' | (base64 -w 0; echo)` then
-//! `echo ${PIPESTATUS[0]}`), sent as one line so each command costs one round trip: bash
-//! parses the whole line before running it, so the guest sees exactly what upstream sends.
-//! The output is base64, so anything the command prints (binary, framing look-alikes) is safe.
+//! Framing: by default ([`Framing::Fast`]) a command runs in a subshell of the backdoor bash
+//! and its output comes back base64-encoded with the exit status on the same line, so each
+//! command costs one round trip. [`Framing::Upstream`] sends upstream's bytes exactly:
+//! `bash -c '<cmd>' | (base64 -w 0; echo)`, and once the output line is read, a second line
+//! `echo ${PIPESTATUS[0]}` (two round trips). The output is base64 in both, so anything the
+//! command prints (binary, framing look-alikes) is safe.
 //!
 //! Containers talk over a socket pair, which is 8-bit clean, so their shells use
 //! [`Framing::Segments`]: the output comes back raw in length-prefixed segments, encoded by a
@@ -81,7 +83,8 @@ pub enum Framing {
     /// A subshell of the backdoor bash (`( eval '…' )`) when no timeout is asked for, and
     /// the exit status on the output's line: half the guest work of upstream's line.
     Fast,
-    /// Upstream's exact line: `bash -c '…' | (base64 -w 0; echo)`, status on its own line.
+    /// Upstream's exact bytes: `bash -c '…' | (base64 -w 0; echo)`, then, after the output
+    /// line came back, [`UPSTREAM_STATUS_QUERY`]. Nothing else is sent (no `TRACEPARENT`).
     Upstream,
     /// As [`Framing::Fast`], but the output is piped into [`SEGMENTS_ENCODER`]'s function
     /// instead of `base64`: for 8-bit clean channels only (a container's socket pair). The
@@ -99,6 +102,9 @@ impl Framing {
         }
     }
 }
+
+/// Upstream's second line of `execute`, sent once the command's output line is read.
+pub const UPSTREAM_STATUS_QUERY: &str = "echo ${PIPESTATUS[0]}\n";
 
 /// What runs before every command on a NixOS backdoor (upstream's `execute`).
 pub const VM_PREAMBLE: &str = "set -euo pipefail; ";
@@ -136,7 +142,9 @@ use segments_encoder;
 /// The definition of the [`Framing::Segments`] encoder, to send to a shell once.
 pub const SEGMENTS_ENCODER: &str = segments_encoder!();
 
-/// Builds the line sent for one command, and how many reply lines it produces.
+/// Builds the line sent for one command, and how many reply lines it produces. With
+/// [`Framing::Upstream`] that is the first of upstream's two lines; [`Shell::execute`] sends
+/// [`UPSTREAM_STATUS_QUERY`] after reading its reply when the status is wanted.
 pub fn command_line(
     command: &str,
     timeout: Option<Duration>,
@@ -161,10 +169,6 @@ pub fn command_line_with(
         (None, Framing::Fast | Framing::Segments) => format!("( eval {script} )"),
     };
     match (framing, reply) {
-        (Framing::Upstream, Reply::Full) => (
-            format!("{run} | (base64 -w 0; echo); echo ${{PIPESTATUS[0]}}\n"),
-            2,
-        ),
         (Framing::Upstream, _) => (format!("{run} | (base64 -w 0; echo)\n"), 1),
         (Framing::Fast, Reply::Full) => (
             format!("{run} | base64 -w 0; echo \" ${{PIPESTATUS[0]}}\"\n"),
@@ -280,7 +284,7 @@ impl Shell {
         }
         let (mut line, lines) =
             command_line_with(self.preamble, command, timeout, reply, self.framing);
-        if self.traceparent_wanted != self.traceparent_sent {
+        if self.framing != Framing::Upstream && self.traceparent_wanted != self.traceparent_sent {
             let set = match &self.traceparent_wanted {
                 Some(tp) => format!("export TRACEPARENT={}; ", shell_quote(tp)),
                 None => "unset TRACEPARENT; ".to_string(),
@@ -304,6 +308,8 @@ impl Shell {
         let (encoded, status_text) = match (reply, self.framing) {
             (Reply::OutputOnly, _) => (first, None),
             (_, Framing::Upstream) => {
+                self.send_raw(UPSTREAM_STATUS_QUERY.as_bytes())?;
+                self.owed_lines += 1;
                 let status = self.read_line(deadline)?;
                 self.owed_lines -= 1;
                 (first, Some(status))
@@ -613,8 +619,11 @@ pub(crate) mod tests {
     #[test]
     fn lines_sent_for_each_framing() {
         assert_eq!(
-            command_line("true", None, Reply::Full, Framing::Upstream).0,
-            " bash -c 'set -euo pipefail; true' | (base64 -w 0; echo); echo ${PIPESTATUS[0]}\n"
+            command_line("true", None, Reply::Full, Framing::Upstream),
+            (
+                " bash -c 'set -euo pipefail; true' | (base64 -w 0; echo)\n".to_string(),
+                1
+            )
         );
         assert_eq!(
             command_line(
@@ -668,7 +677,140 @@ pub(crate) mod tests {
 
     #[test]
     fn traceparent_is_exported_once_per_change() {
-        both_framings(traceparent_with);
+        both_framings(|shell| {
+            if shell.framing == Framing::Upstream {
+                // upstream's bytes only: the guest gets no TRACEPARENT
+                shell.set_traceparent(Some(
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+                ));
+                assert_eq!(run(shell, "echo ${TRACEPARENT:-none}").1, b"none\n");
+            } else {
+                traceparent_with(shell);
+            }
+        });
+    }
+
+    /// A guest played by the test: it checks each line the shell sends, in order, and answers
+    /// it; a line must arrive only after the answer to the previous one. An answer marked
+    /// `hold` waits for a message on the returned channel first.
+    fn scripted_guest(
+        exchanges: Vec<(String, &'static str, bool)>,
+    ) -> (
+        Shell,
+        crossbeam_channel::Sender<()>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let (release, held) = crossbeam_channel::unbounded::<()>();
+        let guest = std::thread::spawn(move || {
+            theirs
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            for (expected, answer, hold) in exchanges {
+                let mut got = Vec::new();
+                let mut byte = [0u8; 1];
+                while !got.ends_with(b"\n") {
+                    assert_eq!(theirs.read(&mut byte).unwrap(), 1, "the shell hung up");
+                    got.push(byte[0]);
+                }
+                assert_eq!(String::from_utf8(got).unwrap(), expected);
+                if hold {
+                    held.recv_timeout(Duration::from_secs(30)).unwrap();
+                }
+                // nothing else may be in flight before the answer
+                theirs.set_nonblocking(true).unwrap();
+                let early = theirs.read(&mut byte);
+                assert!(
+                    matches!(&early, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+                    "the shell sent more before the answer: {early:?}"
+                );
+                theirs.set_nonblocking(false).unwrap();
+                theirs.write_all(answer.as_bytes()).unwrap();
+            }
+        });
+        (Shell::with_framing(ours, Framing::Upstream), release, guest)
+    }
+
+    #[test]
+    fn upstream_framing_sends_upstreams_exact_bytes() {
+        let deadline = || Deadline::after(Some(Duration::from_secs(30)));
+        let (mut shell, _, guest) = scripted_guest(vec![
+            (
+                // Python's shlex.quote of the command, as upstream sends it
+                r#" bash -c 'set -euo pipefail; echo hi'"'"' there' | (base64 -w 0; echo)"#
+                    .to_string()
+                    + "\n",
+                "aGkK\n",
+                false,
+            ),
+            ("echo ${PIPESTATUS[0]}\n".to_string(), "0\n", false),
+            (
+                "timeout 900 bash -c 'set -euo pipefail; exit 3' | (base64 -w 0; echo)\n"
+                    .to_string(),
+                "\n",
+                false,
+            ),
+            ("echo ${PIPESTATUS[0]}\n".to_string(), "3\n", false),
+            // check_return=False: no status query
+            (
+                " bash -c 'set -euo pipefail; reboot' | (base64 -w 0; echo)\n".to_string(),
+                "\n",
+                false,
+            ),
+        ]);
+        shell.set_traceparent(Some(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        ));
+        let r = shell.execute("echo hi' there", None, Reply::Full, deadline());
+        assert_eq!(r.unwrap(), (0, b"hi\n".to_vec()));
+        let r = shell.execute(
+            "exit 3",
+            Some(Duration::from_secs(900)),
+            Reply::Full,
+            deadline(),
+        );
+        assert_eq!(r.unwrap(), (3, Vec::new()));
+        let r = shell.execute("reboot", None, Reply::OutputOnly, deadline());
+        assert_eq!(r.unwrap(), (-1, Vec::new()));
+        guest.join().unwrap();
+    }
+
+    #[test]
+    fn upstream_framing_recovers_from_an_abandoned_status_query() {
+        let line =
+            |cmd: &str| format!(" bash -c 'set -euo pipefail; {cmd}' | (base64 -w 0; echo)\n");
+        let query = || UPSTREAM_STATUS_QUERY.to_string();
+        let (mut shell, release, guest) = scripted_guest(vec![
+            (line("true"), "\n", false),
+            // the status of `true` comes only after the shell gave up waiting for it
+            (query(), "0\n", true),
+            (line("echo mine"), "bWluZQo=\n", false),
+            (query(), "4\n", false),
+        ]);
+        let r = shell.execute(
+            "true",
+            None,
+            Reply::Full,
+            Deadline::after(Some(Duration::from_millis(200))),
+        );
+        assert!(matches!(r, Err(ShellError::TimedOut)), "{r:?}");
+        release.send(()).unwrap();
+        assert_eq!(run(&mut shell, "echo mine"), (4, b"mine\n".to_vec()));
+        guest.join().unwrap();
+    }
+
+    #[test]
+    fn every_framing_recovers_from_an_abandoned_command() {
+        both_framings(|shell| {
+            let r = shell.execute(
+                "sleep 0.3",
+                None,
+                Reply::Full,
+                Deadline::after(Some(Duration::from_millis(100))),
+            );
+            assert!(matches!(r, Err(ShellError::TimedOut)), "{r:?}");
+            assert_eq!(run(shell, "echo mine; exit 4"), (4, b"mine\n".to_vec()));
+        });
     }
 
     fn traceparent_with(shell: &mut Shell) {

@@ -481,6 +481,10 @@ impl QemuBackend {
             "restored snapshot {name}: switched to the warm standby (pid {pid}) in {:.3} s",
             tic.elapsed().as_secs_f64()
         ));
+        if info.vnc {
+            let control = self.running(info)?.control(info)?;
+            self.take_over_display(info, control.qmp());
+        }
         Ok(())
     }
 
