@@ -177,7 +177,7 @@ def test_a_shell_sees_status_143(one_vm, driver_env):
         'while True:\n    try:\n        alpha.succeed("sleep 1")\n    except BaseException:\n'
         "        pass\n",
         # no engine call at all: the grace period ends it
-        "import time\nalpha.succeed('true')\nwhile True:\n    try:\n        time.sleep(0.2)\n"
+        "import time\nwhile True:\n    try:\n        time.sleep(0.2)\n"
         "    except BaseException:\n        pass\n",
     ],
     ids=["engine-calls", "pure-python"],
@@ -187,9 +187,10 @@ def test_a_script_that_swallows_the_timeout_still_ends(one_vm, run_driver, drive
     assert_ended_by_sigterm(r, driver_env, TIMEOUT)
     caught = "caught `GlobalTimeout: the global timeout expired` and went on; ending the run"
     assert f"!!! the test script {caught}" in r.stderr.splitlines(), r
-    # it went on for a few more calls at most, not for thousands
-    calls = r.stderr.splitlines().count("alpha: must succeed: sleep 1")
-    assert calls <= 4, r
+    # it went on for a call or two after the timeout, not for thousands
+    lines = r.stderr.splitlines()
+    after = lines[lines.index("timeout reached; test terminating...") :]
+    assert after.count("alpha: must succeed: sleep 1") <= 2, r
 
 
 def test_a_script_that_catches_the_timeout_and_returns_still_ends(one_vm, run_driver, driver_env):
@@ -214,10 +215,9 @@ def test_a_pytest_style_run_ends_at_the_timeout(one_vm, run_driver, driver_env):
 
 
 def test_sigterm_swallowed_by_the_script_still_ends_it(one_vm, start_driver, driver_env):
-    body = 'alpha.succeed("true")\nprint("READY", flush=True)\nimport time\n'
-    body += (
-        "while True:\n    try:\n        time.sleep(0.2)\n    except BaseException:\n        pass\n"
-    )
+    body = 'alpha.succeed("true")\nimport time\nwhile True:\n    try:\n'
+    body += '        print("READY", flush=True)\n        time.sleep(0.2)\n'
+    body += "    except BaseException:\n        pass\n"
     p = start_driver(one_vm(body))
     p.wait_for_output("READY", stream="stdout")
     p.send_signal(signal.SIGTERM)
