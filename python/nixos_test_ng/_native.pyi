@@ -21,6 +21,12 @@ class ConfigError(ValueError):
 class QMPAPIError(MachineError):
     """QEMU's QMP returned an error."""
 
+class GlobalTimeout(Exception):
+    """The driver's global timeout expired: the run ends (the driver dies of SIGTERM)."""
+
+class Terminated(Exception):
+    """The driver received SIGTERM: the run ends (the driver dies of SIGTERM)."""
+
 def parse_args(argv: list[str], env: dict[str, str]) -> Config | str:
     """Parse the `nixos-test-driver` command line; returns the help text for `--help`."""
 
@@ -31,7 +37,7 @@ def interrupt_reason() -> str | None:
     """Why the run was interrupted: "interrupt", "terminate", "timeout" or None."""
 
 def clear_interrupt() -> None:
-    """Clear the interruption flag."""
+    """Clear a SIGINT (SIGTERM and the global timeout end the run: they stay set)."""
 
 def machine_name_from_script(script: str, kind: str) -> str:
     """The machine name the driver gives a start script (`run-<name>-vm`, or
@@ -125,11 +131,13 @@ class Logger:
     def error(self, *args: str, **kwargs: Any) -> None:
         """Log an error and mark the run failed (unlike upstream, it does not exit)."""
     def log_test_error(self, *args: str, **kwargs: Any) -> None:
-        """Log a test error with the red `!!! ` prefix."""
+        """Log a test error with the red `!!! ` prefix: the running subtest fails in JUnit;
+        the run does not fail (as upstream)."""
     def log_serial(self, message: str, machine: str) -> None: ...
     def print_serial_logs(self, enable: bool) -> None: ...
     @property
-    def failed(self) -> bool: ...
+    def failed(self) -> bool:
+        """True once `error()` was called: the run fails although nothing escaped."""
     def nested(self, message: str, attributes: dict[str, Any] | None = None) -> LogBlock:
         """A nested block: `with log.nested("msg"): ...`."""
     def subtest(self, name: str) -> LogBlock: ...
@@ -167,8 +175,13 @@ class Driver:
     def snapshot_all(self, name: str) -> None: ...
     def restore_all(self, name: str) -> None: ...
     def sync_all(self) -> None: ...
-    def start_timer(self) -> None: ...
+    def start_timer(self) -> None:
+        """Start the global timer (once; later calls do nothing)."""
     def cancel_timer(self) -> None: ...
+    def timer_alive(self) -> bool:
+        """True from `start_timer()` until the timer fired and ended, or was cancelled."""
+    def terminate_test(self) -> None:
+        """Upstream's `terminate_test()`: kill every machine, send SIGTERM to the process."""
     def cleanup(self) -> None: ...
     def write_html_report(self, path: str) -> None:
         """Write the self-contained HTML report (timeline, failure, consoles, screenshots)."""

@@ -1,37 +1,31 @@
 """Entry points: `nixos-test-driver` (the drop-in driver) and `nixos-test-ng` (everything else).
 
-Exit statuses: 0 the test passed; 1 the test failed (an assertion, a machine error, the global
-timeout); 2 bad command line, configuration or script; 130 interrupted (SIGINT); 143 SIGTERM.
+Exit statuses: 0 the test passed (nothing escaped the script, and it logged no `log.error`);
+1 the test failed; 2 bad command line, configuration or script. The global timeout and SIGTERM
+kill the process with SIGTERM (143 in a shell), Ctrl-C with SIGINT (130), after the cleanup and
+the reports, as upstream's driver dies of them (`ending.py`).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from nixos_test_ng import _native
+from nixos_test_ng.ending import (
+    KILLED_BY_SIGINT,
+    KILLED_BY_SIGTERM,
+    Ending,
+    ending_exception,
+    exit_process,
+)
 from nixos_test_ng.errors import ConfigError, GlobalTimeout, Terminated
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143
-
-
-def _on_sigterm(_signum: int, _frame: Any) -> None:
-    if _native.interrupt_reason() == "timeout":
-        raise GlobalTimeout("the global timeout expired")
-    raise Terminated("received SIGTERM")
-
-
-def _install_signal_handlers() -> None:
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    # After Python's handlers, so the engine's flag handler chains to them.
-    _native.install_signal_handlers()
 
 
 def _usage_error(message: str) -> int:
@@ -40,7 +34,8 @@ def _usage_error(message: str) -> int:
 
 
 def run_driver(argv: list[str]) -> int:
-    """`nixos-test-driver ARGS`; returns the exit status."""
+    """`nixos-test-driver ARGS`; returns the exit status, or minus the signal the process
+    is to die of (`ending.exit_process`)."""
     try:
         parsed = _native.parse_args(argv, dict(os.environ))
     except ConfigError as e:
@@ -98,14 +93,14 @@ def run_driver(argv: list[str]) -> int:
     if not config.keep_machine_state:
         logger.log("Machine state will be reset. To keep it, pass --keep-machine-state")
 
-    _install_signal_handlers()
+    run = _Run(config, logger, pytest_style)
+    ending = Ending(run.end_now)
+    ending.install()
     from nixos_test_ng.driver import Driver
 
-    status = EXIT_OK
-    failure: str | None = None
-    driver = None
     try:
-        driver = Driver(config, logger, script)
+        run.driver = Driver(config, logger, script)
+        driver = run.driver
         if config.dump_vsocks is not None:
             driver.dump_machine_ssh(config.dump_vsocks)
         if config.interactive:
@@ -115,7 +110,7 @@ def run_driver(argv: list[str]) -> int:
         elif pytest_style:
             tic = time.monotonic()
             try:
-                status = run_pytest(driver, script, config.test_script, config.pytest_args)
+                run.status = run_pytest(driver, script, config.test_script, config.pytest_args)
             finally:
                 logger.log(f"test script finished in {time.monotonic() - tic:.2f}s")
         else:
@@ -124,43 +119,77 @@ def run_driver(argv: list[str]) -> int:
                 driver.run_tests()
             finally:
                 logger.log(f"test script finished in {time.monotonic() - tic:.2f}s")
+        ending.raise_if_ending()
     except ConfigError as e:
         logger.log_test_error(str(e))
-        status, failure = EXIT_USAGE, str(e)
-    except GlobalTimeout:
-        logger.log_test_error("the global timeout expired; the test was terminated")
-        status, failure = EXIT_FAILED, "global timeout"
-    except Terminated:
-        logger.log_test_error("received SIGTERM; cleaning up")
-        status, failure = EXIT_TERMINATED, "terminated (SIGTERM)"
+        run.status, run.failure = EXIT_USAGE, str(e)
+    except (GlobalTimeout, Terminated) as e:
+        run.ended_by(e)
     except KeyboardInterrupt:
         logger.log_test_error("interrupted; cleaning up")
-        status, failure = EXIT_INTERRUPTED, "interrupted (SIGINT)"
+        run.status, run.failure = KILLED_BY_SIGINT, "interrupted (SIGINT)"
     except SystemExit as e:
-        status = e.code if isinstance(e.code, int) else EXIT_FAILED
+        run.status = e.code if isinstance(e.code, int) else EXIT_FAILED
     except BaseException as e:  # noqa: BLE001 - every failure of the script ends here
-        if driver is not None:
-            driver.report_failure(e)
+        if run.driver is not None:
+            run.driver.report_failure(e)
         else:
             logger.log_test_error(f"{type(e).__name__}: {e}")
-        status, failure = EXIT_FAILED, f"{type(e).__name__}: {e}"
+        run.status, run.failure = EXIT_FAILED, f"{type(e).__name__}: {e}"
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        ending.disarm()
         try:
-            if driver is not None:
-                driver.cleanup()
-            if config.junit_xml and not pytest_style:
-                logger.write_junit(config.junit_xml)
-            if status == EXIT_OK and logger.failed:
-                status = EXIT_FAILED
-            if status != EXIT_OK and failure is None:
-                failure = "the test failed"
-            _finish_reports(config, logger, driver, failure)
+            run.finish()
         finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    return status
+            ending.restore_defaults()
+    return run.status
+
+
+class _Run:
+    """One run's outcome and its end: cleanup, reports, the exit status."""
+
+    def __init__(self, config: _native.Config, logger: _native.Logger, pytest_style: bool):
+        self.config = config
+        self.logger = logger
+        self.pytest_style = pytest_style
+        self.driver: Any = None
+        #: An exit status, or minus the signal the process dies of (`ending.exit_process`).
+        self.status = EXIT_OK
+        self.failure: str | None = None
+
+    def ended_by(self, e: GlobalTimeout | Terminated) -> None:
+        """The global timeout or SIGTERM ended the run: the process dies of SIGTERM."""
+        if isinstance(e, GlobalTimeout):
+            self.logger.log_test_error("the global timeout expired; the test was terminated")
+            self.failure = "global timeout"
+        else:
+            self.logger.log_test_error("received SIGTERM; cleaning up")
+            self.failure = "terminated (SIGTERM)"
+        self.status = KILLED_BY_SIGTERM
+
+    def end_now(self, e: GlobalTimeout | Terminated) -> NoReturn:
+        """From inside a script that caught `e` and went on: end the run anyway."""
+        self.logger.log_test_error(
+            f"the test script caught `{type(e).__name__}: {e}` and went on; ending the run"
+        )
+        self.ended_by(e)
+        self.finish()
+        exit_process(self.status)
+
+    def finish(self) -> None:
+        """Cleanup (machines, VLANs), JUnit, the run's span and trace flush, the HTML report,
+        the timing summary; settles the status."""
+        if self.status >= 0 and (late := ending_exception()) is not None:
+            self.ended_by(late)  # the timer fired, or SIGTERM came, as the script ended
+        if self.driver is not None:
+            self.driver.cleanup()
+        if self.config.junit_xml and not self.pytest_style:
+            self.logger.write_junit(self.config.junit_xml)
+        if self.status == EXIT_OK and self.logger.failed:
+            self.status = EXIT_FAILED  # log.error(), or a subtest failed under --keep-going
+        if self.status != EXIT_OK and self.failure is None:
+            self.failure = "the test failed"
+        _finish_reports(self.config, self.logger, self.driver, self.failure)
 
 
 def _finish_reports(
@@ -182,7 +211,7 @@ def _finish_reports(
 
 def driver_main() -> None:
     """The `nixos-test-driver` command."""
-    sys.exit(run_driver(sys.argv[1:]))
+    exit_process(run_driver(sys.argv[1:]))
 
 
 NG_USAGE = """\
@@ -248,4 +277,4 @@ def run_ng(argv: list[str]) -> int:
 
 def ng_main() -> None:
     """The `nixos-test-ng` command."""
-    sys.exit(run_ng(sys.argv[1:]))
+    exit_process(run_ng(sys.argv[1:]))

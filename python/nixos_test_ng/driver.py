@@ -12,6 +12,7 @@ from typing import Any
 
 from nixos_test_ng import _native
 from nixos_test_ng.debug import Debug, DebugNop
+from nixos_test_ng.ending import ending_exception
 from nixos_test_ng.errors import GlobalTimeout, MachineError, RequestedAssertionFailed, Terminated
 from nixos_test_ng.machine import BaseMachine, Machine, NspawnMachine, QemuMachine, wrap
 from nixos_test_ng.retry import LazyAssertionTester, Poll, PollingCondition, retry
@@ -45,6 +46,29 @@ GENERAL_SYMBOLS = (
 )
 
 
+class RaceTimer:
+    """The global timer, as upstream's `driver.race_timer` (a `threading.Timer` running
+    `terminate_test` after `global_timeout` seconds): `start()`, `cancel()`, `is_alive()`,
+    `interval`. The engine runs it; `cancel()` lets the test run without a time limit."""
+
+    def __init__(self, native: _native.Driver, interval: float) -> None:
+        self._native = native
+        #: Seconds from `start()` to `terminate_test` (the global timeout).
+        self.interval = interval
+
+    def start(self) -> None:
+        """Start the timer (`run_tests()` does); a second call does nothing."""
+        self._native.start_timer()
+
+    def cancel(self) -> None:
+        """Stop the timer if it has not fired yet."""
+        self._native.cancel_timer()
+
+    def is_alive(self) -> bool:
+        """True from `start()` until the timer fired and ended, or was cancelled."""
+        return self._native.timer_alive()
+
+
 class Driver:
     """A test run: its machines, VLANs, polling conditions and script."""
 
@@ -72,6 +96,8 @@ class Driver:
             m.logger = logger
             m.keep_machine_state = config.keep_machine_state
         self.vlans = self._native.vlans()
+        #: The global timer (upstream's `threading.Timer` of `terminate_test`).
+        self.race_timer = RaceTimer(self._native, config.global_timeout)
 
     # -- machines -----------------------------------------------------------------------
 
@@ -153,14 +179,16 @@ class Driver:
     def subtest(self, name: str) -> Iterator[None]:
         """Group steps; the log and JUnit show each subtest with its own status.
 
-        A failure ends the script, as upstream; with `--keep-going` it is reported (in the
-        log and as this subtest's failure in JUnit) and the script goes on after the block,
-        and the run fails at the end.
+        A failure is logged (`Test "<name>" failed with error: "<error>"`), marks this
+        subtest failed in JUnit, the XML log and the report, and propagates: it ends the
+        script unless the script catches it (the run then passes, as upstream). With
+        `--keep-going` the driver catches it: the script goes on after the block, and the
+        run fails at the end.
         """
         tic = time.monotonic()
         error: BaseException | None = None
         try:
-            with self.logger.subtest(name):
+            with self.logger.subtest(name) as block:
                 try:
                     yield
                 except Exception as e:
@@ -168,9 +196,11 @@ class Driver:
                     if not self.config.keep_going or isinstance(e, GlobalTimeout | Terminated):
                         raise
                     self.on_failure(e)
+                    block.fail(f"{type(e).__name__}: {e}")
                     self.logger.log_test_error(f'Test "{name}" failed with error: "{e}"')
                     self.report_failure(e)
-                    self.logger.log_test_error("--keep-going: going on with the script")
+                    # log.error: the run fails although the failure escapes no further
+                    self.logger.error("--keep-going: going on with the script")
         finally:
             if self.subtest_listener is not None:
                 self.subtest_listener(name, time.monotonic() - tic, error)
@@ -244,13 +274,30 @@ class Driver:
                     self.on_failure(e)
                 raise
             if self.logger.failed:
-                test.fail("a subtest failed (--keep-going)")
+                test.fail("an error was logged (log.error, or a subtest under --keep-going)")
 
     def run_tests(self) -> None:
         """Run the script under the global timeout, then `sync` every running machine."""
-        self._native.start_timer()
+        self.race_timer.start()
         self.test_script()
+        ending = ending_exception()
+        if ending is not None:  # the script caught the timeout or SIGTERM and returned
+            raise ending
         self._native.sync_all()
+
+    # -- the global timeout ----------------------------------------------------------------
+
+    @property
+    def global_timeout(self) -> float:
+        """Seconds the test may run (`--global-timeout`, upstream's `global_timeout`)."""
+        return self.config.global_timeout
+
+    def terminate_test(self) -> None:
+        """End the test now, as the global timeout does (upstream's `terminate_test`): the
+        block "timeout reached; test terminating...", every machine killed, then SIGTERM to
+        the driver, which raises `Terminated` here, cleans up, writes its reports and dies
+        of SIGTERM."""
+        self._native.terminate_test()
 
     def cleanup(self) -> None:
         """Kill every machine and VLAN."""

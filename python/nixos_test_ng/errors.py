@@ -2,23 +2,17 @@
 
 from nixos_test_ng._native import (
     ConfigError,
+    GlobalTimeout,
     MachineError,
     QMPAPIError,
     RequestedAssertionFailed,
+    Terminated,
     TestScriptError,
 )
 
 
 class PollingConditionError(Exception):
     """A polling condition failed while the script was running a command."""
-
-
-class GlobalTimeout(Exception):
-    """The driver's global timeout expired."""
-
-
-class Terminated(Exception):
-    """The driver received SIGTERM."""
 
 
 __all__ = [

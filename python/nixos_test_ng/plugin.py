@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from nixos_test_ng import _native
+from nixos_test_ng.errors import GlobalTimeout, Terminated
 
 CONSOLE_LINES = 30
 #: The snapshot taken when a machine is first ready, which isolated tests start from.
@@ -180,6 +181,9 @@ class DriverPlugin:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> Any:
         report = yield
+        if call.excinfo is not None and call.excinfo.errisinstance((GlobalTimeout, Terminated)):
+            # the run is ending (the engine fails every later call): no further test runs
+            item.session.shouldstop = str(call.excinfo.value)
         if report.failed and not getattr(item, "_ntng_failure", None):
             item._ntng_failure = f"{call.when}: {report.longreprtext}"  # type: ignore[attr-defined]
         if call.when == "call":

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nixos_test_ng.ending import KILLED_BY_SIGINT
+
 if TYPE_CHECKING:
     from nixos_test_ng.driver import Driver
 
@@ -71,9 +73,9 @@ def _module_name(script_path: str) -> str:
     return stem if stem.startswith("test") else f"test_{stem}"
 
 
-# pytest's exit codes -> the driver's: tests failed, interrupted, internal error, usage error,
-# no tests collected (a test that runs nothing fails).
-_EXIT = {0: 0, 1: 1, 2: 130, 3: 1, 4: 2, 5: 1}
+# pytest's exit codes -> the driver's: tests failed, interrupted (Ctrl-C: the driver dies of
+# SIGINT), internal error, usage error, no tests collected (a test that runs nothing fails).
+_EXIT = {0: 0, 1: 1, 2: KILLED_BY_SIGINT, 3: 1, 4: 2, 5: 1}
 
 
 def run_pytest(driver: Driver, source: str, script_path: str, args: list[str]) -> int:
@@ -111,7 +113,7 @@ def run_pytest(driver: Driver, source: str, script_path: str, args: list[str]) -
             pytest_args.append(f"--junit-xml={driver.config.junit_xml}")
         pytest_args += args
         plugin = DriverPlugin(driver)
-        driver._native.start_timer()
+        driver.race_timer.start()
         with _namespace_as_builtins(driver.test_symbols()):
             code = pytest.main(pytest_args, plugins=plugin.plugins())
         driver._native.sync_all()

@@ -4,7 +4,8 @@
 //! Driver::new: tmp dir → VLANs (vde_switch) → machine objects (nothing started)
 //! script:      start_all / machine.start / execute ... (Python side)
 //! end:         sync_all → cleanup (release machines, stop VLANs)
-//! timeout:     timer thread → interrupt flag + SIGTERM to self → release all machines
+//! timeout:     timer thread → interrupt flag + SIGTERM to self → release all machines;
+//!              the Python side cleans up, writes its reports and dies of SIGTERM
 //! ```
 
 use std::os::unix::fs::DirBuilderExt;
@@ -29,7 +30,7 @@ pub struct Driver {
     vlans: Mutex<Vec<Vlan>>,
     vlan_env: Vec<(String, String)>,
     machines: Vec<Arc<Machine>>,
-    timer: Mutex<Option<Cancel>>,
+    timer: Mutex<Option<Timer>>,
 }
 
 /// Upstream's tmp dir: `$XDG_RUNTIME_DIR`, else Python's `tempfile.gettempdir()` order.
@@ -265,9 +266,14 @@ impl Driver {
         Ok(())
     }
 
-    /// Starts the global timer: when it fires, every machine is killed and the process gets
-    /// SIGTERM, as upstream's `terminate_test`.
+    /// Starts the global timer: when it fires, [`terminate`] ends the run as upstream's
+    /// `terminate_test` (machines killed, SIGTERM to the process). Started once; later calls
+    /// do nothing.
     pub fn start_timer(&self) {
+        let mut slot = self.timer.lock().unwrap();
+        if slot.is_some() {
+            return;
+        }
         let timeout = self.config.global_timeout;
         self.logger.log(
             &format!(
@@ -276,41 +282,55 @@ impl Driver {
             ),
             None,
         );
-        let cancel = Cancel::default();
-        *self.timer.lock().unwrap() = Some(cancel.clone());
+        let timer = Timer::default();
+        *slot = Some(timer.clone());
         let machines = self.machines.clone();
         let logger = self.logger.clone();
         std::thread::Builder::new()
             .name("ntng-global-timer".into())
             .spawn(move || {
-                if cancel.wait(timeout) {
+                let _done = timer.done_on_drop();
+                if timer.cancel.wait(timeout) {
                     return;
                 }
-                let block = logger.nested("timeout reached; test terminating...", None);
-                logger.test_error(&format!(
-                    "global timeout of {} seconds reached",
-                    fmt_secs(timeout)
-                ));
-                interrupt::raise(Reason::GlobalTimeout);
-                // The signal first: the script then ends with the timeout, not with the
-                // error of a command whose machine was killed under it.
-                // SAFETY: signalling our own process.
-                unsafe {
-                    libc::kill(libc::getpid(), libc::SIGTERM);
+                let why = format!("global timeout of {} seconds reached", fmt_secs(timeout));
+                terminate(&logger, &machines, Reason::GlobalTimeout, &why);
+                // The driver cleans up and dies of SIGTERM itself (cleanup cancels this
+                // timer). Should Python never get to run again, die here.
+                if !timer.cancel.wait(LAST_RESORT) {
+                    logger.warning("the driver did not end after the global timeout; killing it");
+                    die_of_sigterm();
                 }
-                for m in &machines {
-                    m.release();
-                }
-                block.finish();
             })
             .expect("cannot start the global timer thread");
     }
 
     /// Cancels the global timer.
     pub fn cancel_timer(&self) {
-        if let Some(c) = self.timer.lock().unwrap().take() {
-            c.cancel();
+        if let Some(t) = self.timer.lock().unwrap().as_ref() {
+            t.cancel.cancel();
         }
+    }
+
+    /// True from [`Driver::start_timer`] until the timer fired and ended, or was cancelled
+    /// (`threading.Timer.is_alive()` of upstream's `race_timer`).
+    pub fn timer_alive(&self) -> bool {
+        self.timer
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|t| !t.done.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// Upstream's `terminate_test()` called by the script: ends the run now, as the global
+    /// timeout would, reported as a SIGTERM.
+    pub fn terminate_test(&self) {
+        terminate(
+            &self.logger,
+            &self.machines,
+            Reason::Terminate,
+            "terminate_test() called by the test script",
+        );
     }
 
     /// Writes the HTML report of the run to `path`, with every machine's console log.
@@ -351,6 +371,62 @@ fn fmt_secs(d: Duration) -> String {
         format!("{}", s as u64)
     } else {
         format!("{s}")
+    }
+}
+
+/// How long after the global timeout the timer waits for the driver to end by itself
+/// (the script's exception unwinds, reports are written) before it kills the process.
+const LAST_RESORT: Duration = Duration::from_secs(60);
+
+/// The global timer's handle: cancel it, and whether its thread has ended.
+#[derive(Clone, Default)]
+struct Timer {
+    cancel: Cancel,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Timer {
+    fn done_on_drop(&self) -> impl Drop {
+        struct Done(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        Done(self.done.clone())
+    }
+}
+
+/// Upstream's `terminate_test`: the block "timeout reached; test terminating...", every
+/// machine killed, and SIGTERM to this process (the driver then cleans up, writes its
+/// reports and dies of SIGTERM). `reason` stays set: every later engine call fails. `why`
+/// is logged as a test error (it marks the running subtest failed in JUnit).
+fn terminate(logger: &Logger, machines: &[Arc<Machine>], reason: Reason, why: &str) {
+    let block = logger.nested("timeout reached; test terminating...", None);
+    logger.test_error(why);
+    interrupt::raise(reason);
+    // The signal first: the script then ends with the timeout, not with the error of a
+    // command whose machine was killed under it.
+    // SAFETY: signalling our own process.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGTERM);
+    }
+    for m in machines {
+        m.release();
+    }
+    block.finish();
+}
+
+/// Ends the process by SIGTERM whatever handler is installed.
+fn die_of_sigterm() -> ! {
+    // SAFETY: resetting a disposition and signalling our own process.
+    unsafe {
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
+        libc::kill(libc::getpid(), libc::SIGTERM);
+    }
+    // Delivery to another thread may take a moment; never return.
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 

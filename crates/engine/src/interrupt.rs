@@ -1,5 +1,9 @@
 //! Process-wide interruption: SIGINT, SIGTERM and the global timeout set a flag that every
 //! blocking wait in the engine checks between short slices, so waits end promptly.
+//!
+//! SIGINT is cleared once it has been reported (the REPL goes on after Ctrl-C). SIGTERM and
+//! the global timeout end the run: they stay set, so every later blocking call fails too and
+//! a script that catches the exception cannot go on using the machines.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -8,23 +12,31 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 
 static FLAG: AtomicBool = AtomicBool::new(false);
-/// Set once the global timeout fired; survives [`clear`] so the edge can report it.
-static TIMED_OUT: AtomicBool = AtomicBool::new(false);
+/// `Reason as u8 + 1`, or 0; only ever raised (a later SIGINT does not hide a SIGTERM).
 static REASON: AtomicU8 = AtomicU8::new(0);
+/// Set once an ending run's error has reached the caller ([`report_ending`]).
+static REPORTED: AtomicBool = AtomicBool::new(false);
 static INSTALLED: std::sync::Once = std::sync::Once::new();
 
 /// Longest time a blocking call sleeps before it looks at the flag again.
 pub const SLICE: Duration = Duration::from_millis(100);
 
-/// Why the run was interrupted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why the run was interrupted, the weakest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Reason {
     /// SIGINT (Ctrl-C).
     Interrupt,
-    /// SIGTERM.
+    /// SIGTERM (also `terminate_test()` called by the script).
     Terminate,
     /// The driver's global timeout expired.
     GlobalTimeout,
+}
+
+impl Reason {
+    /// True for the reasons that end the run (they are never cleared).
+    pub fn ends_the_run(self) -> bool {
+        self != Reason::Interrupt
+    }
 }
 
 /// Registers SIGINT and SIGTERM handlers that set the flag. Handlers installed before this
@@ -46,25 +58,33 @@ pub fn install_signal_handlers() -> std::io::Result<()> {
     result
 }
 
-/// Sets the flag. The global timeout's own SIGTERM does not turn it into a plain SIGTERM.
+/// Sets the flag. A stronger reason wins: the global timeout's own SIGTERM stays a timeout.
 pub fn raise(reason: Reason) {
-    if reason == Reason::GlobalTimeout {
-        TIMED_OUT.store(true, Ordering::SeqCst);
-    }
-    if !TIMED_OUT.load(Ordering::SeqCst) || reason == Reason::GlobalTimeout {
-        REASON.store(reason as u8 + 1, Ordering::SeqCst);
-    }
+    REASON.fetch_max(reason as u8 + 1, Ordering::SeqCst);
     FLAG.store(true, Ordering::SeqCst);
 }
 
-/// True once the global timeout fired (even after [`clear`]).
+/// True once the global timeout fired.
 pub fn timed_out() -> bool {
-    TIMED_OUT.load(Ordering::SeqCst)
+    REASON.load(Ordering::SeqCst) == Reason::GlobalTimeout as u8 + 1
 }
 
-/// Clears the flag, once the interruption has been reported to the caller.
+/// Clears a SIGINT once it has been reported to the caller. SIGTERM and the global timeout
+/// stay set.
 pub fn clear() {
-    FLAG.store(false, Ordering::SeqCst);
+    if pending() == Some(Reason::Interrupt) {
+        FLAG.store(false, Ordering::SeqCst);
+        // only if nothing stronger arrived meanwhile
+        let _ = REASON.compare_exchange(
+            Reason::Interrupt as u8 + 1,
+            0,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+        if REASON.load(Ordering::SeqCst) != 0 {
+            FLAG.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 /// The current interruption, if any.
@@ -77,6 +97,32 @@ pub fn pending() -> Option<Reason> {
         3 => Reason::GlobalTimeout,
         _ => Reason::Interrupt,
     })
+}
+
+/// True once SIGTERM or the global timeout has ended the run.
+pub fn ending() -> bool {
+    pending().is_some_and(Reason::ends_the_run)
+}
+
+/// Fails with [`Error::Interrupted`] once the run is ending: no machine starts or takes a
+/// command after SIGTERM or the global timeout.
+pub fn check_ending() -> Result<()> {
+    match ending() {
+        true => Err(Error::Interrupted),
+        false => Ok(()),
+    }
+}
+
+/// An ending run's error is reaching the caller (the test script). The first time, that
+/// error unwinds the script; a later time, the script caught it and went on: SIGTERM is
+/// sent again, so that the driver's handler ends the run from inside the script.
+pub fn report_ending() {
+    if REPORTED.swap(true, Ordering::SeqCst) {
+        // SAFETY: signalling our own process.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGTERM);
+        }
+    }
 }
 
 /// Fails with [`Error::Interrupted`] when the flag is set.

@@ -80,9 +80,6 @@ struct Inner {
 
 impl Inner {
     fn emit(&mut self, event: &Event<'_>) {
-        if matches!(event, Event::TestError { .. }) {
-            self.failed = true;
-        }
         if let Some(j) = self.junit.as_mut() {
             j.event(event);
         }
@@ -190,9 +187,19 @@ impl Logger {
         self.emit(Event::Warning { msg });
     }
 
-    /// Logs a test error (`!!! ` prefix) and marks the run as failed.
+    /// Logs a test error (`!!! ` prefix): the running subtest (or the run's `main` case)
+    /// fails in JUnit. It does not fail the run: the exit status depends on what escapes
+    /// the script (a subtest failure the script catches passes, as upstream).
     pub fn test_error(&self, msg: &str) {
         self.emit(Event::TestError { msg });
+    }
+
+    /// Logs a test error, as [`Logger::test_error`], and fails the run even though nothing
+    /// escapes the script (`log.error()`, a subtest failure `--keep-going` goes on after).
+    pub fn error(&self, msg: &str) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.failed = true;
+        inner.emit(&Event::TestError { msg });
     }
 
     /// Logs a console line of `machine`.
@@ -215,7 +222,7 @@ impl Logger {
         self.print_serial.load(Ordering::Relaxed)
     }
 
-    /// True once a test error was logged.
+    /// True once [`Logger::error`] was called.
     pub fn failed(&self) -> bool {
         self.inner.lock().unwrap().failed
     }

@@ -125,6 +125,17 @@ impl Driver {
         self.inner.cancel_timer();
     }
 
+    /// True from `start_timer()` until the timer fired and ended, or was cancelled.
+    fn timer_alive(&self) -> bool {
+        self.inner.timer_alive()
+    }
+
+    /// Upstream's `terminate_test()`: kills every machine and sends SIGTERM to the process.
+    fn terminate_test(&self, py: Python<'_>) {
+        let d = self.inner.clone();
+        py.detach(move || d.terminate_test());
+    }
+
     /// Releases every machine and stops the VLANs.
     fn cleanup(&self, py: Python<'_>) {
         let d = self.inner.clone();

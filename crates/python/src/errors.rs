@@ -1,7 +1,8 @@
 //! The one mapping from engine errors to Python exceptions.
 
 use pyo3::exceptions::{
-    PyAssertionError, PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyTimeoutError, PyValueError,
+    PyAssertionError, PyException, PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyTimeoutError,
+    PyValueError,
 };
 use pyo3::prelude::*;
 use pyo3::{create_exception, PyErr};
@@ -34,6 +35,18 @@ create_exception!(
 );
 create_exception!(
     nixos_test_ng,
+    GlobalTimeout,
+    PyException,
+    "The driver's global timeout expired: the run ends (the driver dies of SIGTERM)."
+);
+create_exception!(
+    nixos_test_ng,
+    Terminated,
+    PyException,
+    "The driver received SIGTERM: the run ends (the driver dies of SIGTERM)."
+);
+create_exception!(
+    nixos_test_ng,
     QMPAPIError,
     MachineError,
     "QEMU's QMP returned an error."
@@ -49,6 +62,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add("QMPAPIError", py.get_type::<QMPAPIError>())?;
+    m.add("GlobalTimeout", py.get_type::<GlobalTimeout>())?;
+    m.add("Terminated", py.get_type::<Terminated>())?;
     Ok(())
 }
 
@@ -60,10 +75,24 @@ pub fn to_pyerr(e: Error) -> PyErr {
             Err(other) => MachineError::new_err(other.to_string()),
         },
         Error::Interrupted => {
-            ntng_engine::interrupt::clear();
-            Python::attach(|py| match py.check_signals() {
-                Err(raised) => raised,
-                Ok(()) => PyKeyboardInterrupt::new_err("interrupted"),
+            use ntng_engine::interrupt::{self, Reason};
+            interrupt::clear();
+            Python::attach(|py| {
+                // A pending signal's Python handler raises the first exception of it.
+                let handled = py.check_signals();
+                if interrupt::ending() {
+                    interrupt::report_ending();
+                }
+                match handled {
+                    Err(raised) => raised,
+                    Ok(()) => match interrupt::pending() {
+                        Some(Reason::GlobalTimeout) => {
+                            GlobalTimeout::new_err("the global timeout expired")
+                        }
+                        Some(Reason::Terminate) => Terminated::new_err("received SIGTERM"),
+                        _ => PyKeyboardInterrupt::new_err("interrupted"),
+                    },
+                }
             })
         }
         e if e.is_requested_assertion() => RequestedAssertionFailed::new_err(e.to_string()),

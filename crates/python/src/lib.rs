@@ -36,9 +36,6 @@ fn install_signal_handlers() -> PyResult<()> {
 #[pyfunction]
 fn interrupt_reason() -> Option<&'static str> {
     use ntng_engine::interrupt::Reason;
-    if ntng_engine::interrupt::timed_out() {
-        return Some("timeout");
-    }
     ntng_engine::interrupt::pending().map(|r| match r {
         Reason::Interrupt => "interrupt",
         Reason::Terminate => "terminate",
@@ -46,7 +43,7 @@ fn interrupt_reason() -> Option<&'static str> {
     })
 }
 
-/// Clears the interruption flag.
+/// Clears a SIGINT (SIGTERM and the global timeout end the run: they stay set).
 #[pyfunction]
 fn clear_interrupt() {
     ntng_engine::interrupt::clear();

@@ -109,10 +109,11 @@ impl Logger {
     /// Logs an error and marks the run failed (upstream also exits; nixos-test-ng does not).
     #[pyo3(signature = (*args, **_kwargs))]
     fn error(&self, args: Vec<String>, _kwargs: Option<&Bound<'_, PyDict>>) {
-        self.inner.test_error(&args.join(" "));
+        self.inner.error(&args.join(" "));
     }
 
-    /// Logs a test error with the red `!!! ` prefix.
+    /// Logs a test error with the red `!!! ` prefix (the running subtest fails in JUnit;
+    /// the run does not fail, as upstream).
     #[pyo3(signature = (*args, **_kwargs))]
     fn log_test_error(&self, args: Vec<String>, _kwargs: Option<&Bound<'_, PyDict>>) {
         self.inner.test_error(&args.join(" "));
@@ -128,7 +129,7 @@ impl Logger {
         self.inner.set_print_serial(enable);
     }
 
-    /// True once a test error was logged.
+    /// True once `error()` was called: the run fails even if nothing escaped the script.
     #[getter]
     fn failed(&self) -> bool {
         self.inner.failed()

@@ -174,6 +174,7 @@ impl Machine {
     /// Starts the machine (returns before it has booted). Its boot span runs from here to
     /// the first successful [`Machine::connect`].
     pub fn start(&self, allow_reboot: bool) -> Result<()> {
+        crate::interrupt::check_ending()?;
         let was_booted = self.backend.is_booted();
         let logger = &self.info.logger;
         let span = (!was_booted).then(|| {
@@ -195,6 +196,7 @@ impl Machine {
 
     /// Waits for the backdoor.
     pub fn connect(&self) -> Result<()> {
+        crate::interrupt::check_ending()?;
         let connected = self.backend.connect(&self.info);
         if let Some(span) = self.boot_span.lock().unwrap().take() {
             let status = match &connected {

@@ -82,11 +82,21 @@ pub fn render(
         .min()
         .unwrap_or(t.started);
     let spans: Vec<&SpanRecord> = t.spans.iter().chain(open).collect();
-    let failed = !t.errors.is_empty()
-        || spans.iter().any(|s| {
-            matches!(s.kind, SpanKind::Run | SpanKind::Test | SpanKind::Subtest)
-                && matches!(s.status, SpanStatus::Error(_))
-        });
+    // The badge says what the exit status says: the ended run's own outcome (a failed
+    // subtest the script caught is failed in the table, and the run passed).
+    let run = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Run && s.end.is_some());
+    let failed = match run {
+        Some(run) => matches!(run.status, SpanStatus::Error(_)),
+        None => {
+            !t.errors.is_empty()
+                || spans.iter().any(|s| {
+                    matches!(s.kind, SpanKind::Run | SpanKind::Test | SpanKind::Subtest)
+                        && matches!(s.status, SpanStatus::Error(_))
+                })
+        }
+    };
     let total = spans
         .iter()
         .map(|s| secs_since(t0, s.end.unwrap_or(now)))
@@ -310,5 +320,29 @@ mod tests {
         // The span name inside the embedded JSON cannot end the script element.
         assert!(!html.contains("test </script>"));
         assert!(html.contains("test <\\/script>"));
+    }
+
+    #[test]
+    fn the_badge_is_the_runs_outcome_when_a_caught_subtest_failed() {
+        let mut table = SpanTable::new(TraceId::random(), None);
+        let mut t = Timeline::default();
+        let run = table.begin(SpanKind::Run, "run t.py", None, false).id;
+        let sub = table
+            .begin(SpanKind::Subtest, "expected to fail", None, false)
+            .id;
+        for (id, status) in [
+            (sub, SpanStatus::Error("exit code 9".into())),
+            (run, SpanStatus::Ok),
+        ] {
+            let r = table.end(id, status).unwrap();
+            t.event(&Event::SpanEnd(&r));
+        }
+        t.event(&Event::TestError {
+            msg: "Test \"expected to fail\" failed with error: \"exit code 9\"",
+        });
+        let html = render(&t, &[], "t", &[]);
+        assert!(html.contains("id=\"status\">passed<"), "the run passed");
+        assert!(html.contains("<td>expected to fail</td><td>failed</td>"));
+        assert!(html.contains("<h3>subtest expected to fail</h3>"));
     }
 }
