@@ -5,6 +5,7 @@ from nixos_test_ng._native import (
     MachineError,
     QMPAPIError,
     RequestedAssertionFailed,
+    SnapshotRefused,
     TestScriptError,
 )
 
@@ -28,6 +29,7 @@ __all__ = [
     "PollingConditionError",
     "QMPAPIError",
     "RequestedAssertionFailed",
+    "SnapshotRefused",
     "Terminated",
     "TestScriptError",
 ]

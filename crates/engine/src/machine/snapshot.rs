@@ -1,9 +1,13 @@
 //! Snapshots: a machine's whole state saved under a name, and restored in a fraction of a boot.
 //!
 //! VMs use QEMU's internal snapshots (`savevm`/`loadvm`), which need a writable qcow2 disk
-//! (the built-in start scripts give every VM one). QEMU refuses to snapshot a guest with a
-//! 9p or virtiofs share mounted, so the shares are unmounted around `savevm` and mounted again
-//! afterwards, and again after `loadvm` (the restored guest had them unmounted). After a
+//! (the built-in start scripts give every VM one) and no other writable disk that is not
+//! qcow2. QEMU refuses to snapshot a guest with a 9p share mounted (a migration blocker:
+//! "Migration is disabled when VirtFS export path '...' is mounted in the guest using
+//! mount_tag '...'"), so the shares are unmounted around `savevm` and mounted again
+//! afterwards, and again after `loadvm` (the restored guest had them unmounted). A share the
+//! guest cannot let go of (NixOS's /nix/.ro-store, the host's store under /nix/store) makes a
+//! snapshot impossible: [`Error::SnapshotRefused`] says so and names the fix. After a
 //! restore the shell is resynchronised on the same connection, without a new handshake.
 //! A restore is faster still with a warm standby (`qemu/standby/`): a second QEMU already
 //! at the snapshot takes the machine's place, and `loadvm` is the fallback.
@@ -84,6 +88,59 @@ pub(crate) fn mount_command(mounts: &[Mount]) -> Option<String> {
     (!parts.is_empty()).then(|| format!("{{ {}; }} 2>&1", parts.join(" && ")))
 }
 
+/// What makes a NixOS VM snapshottable: its view of the host's store is what blocks it.
+pub const NIXOS_STORE_FIX: &str = "this is a NixOS VM's view of the host's Nix store (9p tag \
+    `nix-store` under /nix/store, which NixOS never unmounts): give the VMs their store as a \
+    disk image instead, with `virtualisation.useNixStoreImage = true;` (nixos-test-ng's test \
+    module does this when `nixos-test-ng.snapshots` is true, its default for scripts that use \
+    snapshots or isolation)";
+
+/// A share NixOS mounts for the host's store.
+fn is_nix_store(tag: &str, point: &str) -> bool {
+    tag == "nix-store" || point == "/nix/.ro-store"
+}
+
+/// Why QEMU refused a `savevm` (its `Error: ...` text, without `Error: `) and what fixes it.
+pub(crate) fn savevm_refusal(text: &str) -> (String, String) {
+    let reason = format!("QEMU refused: {text}");
+    let fix = if let Some(tag) = text
+        .contains("VirtFS")
+        .then(|| text.split("mount_tag '").nth(1))
+        .flatten()
+        .and_then(|rest| rest.split('\'').next())
+    {
+        if is_nix_store(tag, "") {
+            NIXOS_STORE_FIX.to_string()
+        } else {
+            format!(
+                "the guest still uses the 9p share `{tag}` after it was unmounted (as the lower \
+                 layer of an overlay, or mounted in another mount namespace): release it there \
+                 before taking snapshots"
+            )
+        }
+    } else if text.contains("does not support snapshots") {
+        "every writable disk of the VM must be qcow2 or attached read-only (`readonly=on`); \
+         nixos-test-ng's test module attaches the store image of \
+         `virtualisation.useNixStoreImage` read-only"
+            .to_string()
+    } else if text.to_lowercase().contains("no block device") || text.contains("vmstate") {
+        "the VM needs a writable qcow2 disk for snapshots (start scripts written by \
+         `nixos-test-ng guest scripts` have one; NixOS VMs have one unless \
+         `virtualisation.diskImage = null`)"
+            .to_string()
+    } else {
+        String::new()
+    };
+    (reason, fix)
+}
+
+/// The `Error: ...` line of an HMP answer, without `Error: `.
+fn hmp_error(answer: &str) -> Option<&str> {
+    let i = answer.find("Error")?;
+    let line = answer[i..].lines().next().unwrap_or_default().trim();
+    Some(line.strip_prefix("Error:").map_or(line, str::trim))
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -137,51 +194,74 @@ impl Machine {
 
     /// Runs an HMP command that prints nothing on success; its `Error: ...` as an error.
     fn monitor_checked(&self, command: &str) -> Result<()> {
-        let answer = self.hmp(command)?;
-        match answer.find("Error") {
-            Some(i) => {
-                let text = answer[i..].lines().next().unwrap_or_default().trim();
-                let lower = text.to_lowercase();
-                let hint = if lower.contains("block device can")
-                    || lower.contains("vmstate")
-                    || lower.contains("does not support")
-                {
-                    " (the VM needs a writable qcow2 disk for snapshots: start scripts written \
-                     by `nixos-test-ng guest scripts` add one)"
-                } else {
-                    ""
-                };
-                Err(self.snapshot_error(format!("`{command}` failed: {text}{hint}")))
-            }
+        match hmp_error(&self.hmp(command)?) {
+            Some(text) => Err(self.snapshot_error(format!("`{command}` failed: {text}"))),
             None => Ok(()),
         }
     }
 
-    /// Unmounts the guest's shared directories; returns them for [`Machine::mount_shares`].
-    pub(crate) fn unmount_shares(&self) -> Result<Vec<Mount>> {
+    fn refused(&self, name: &str, reason: String, fix: String) -> Error {
+        Error::SnapshotRefused {
+            machine: self.name().to_string(),
+            name: name.to_string(),
+            reason,
+            fix,
+        }
+    }
+
+    fn proc_mounts(&self) -> Result<Vec<Mount>> {
         let (_, text) = self.execute("cat /proc/mounts", ExecOptions::default())?;
-        let mounts = shared_mounts(&text);
+        Ok(shared_mounts(&text))
+    }
+
+    /// Unmounts the guest's shared directories for snapshot `name`; returns them for
+    /// [`Machine::mount_shares`]. When one cannot be unmounted, the others are mounted again
+    /// and the snapshot is refused, naming the busy shares.
+    pub(crate) fn unmount_shares(&self, name: &str) -> Result<Vec<Mount>> {
+        let mounts = self.proc_mounts()?;
         if mounts.is_empty() {
             return Ok(mounts);
         }
-        let points: Vec<String> = mounts
-            .iter()
-            .rev()
-            .map(|m| crate::transport::shell::shell_quote(&m.point))
-            .collect();
+        let points: Vec<String> = mounts.iter().rev().map(|m| q(&m.point)).collect();
         let (status, out) = self.execute(
             &format!("sync; umount {} 2>&1", points.join(" ")),
             ExecOptions::default(),
         )?;
-        if status != 0 {
-            let _ = self.mount_shares(&mounts);
-            return Err(self.snapshot_error(format!(
-                "cannot unmount the shared directories for a snapshot (QEMU cannot save a guest \
-                 with them mounted): {}",
-                out.trim()
-            )));
+        if status == 0 {
+            return Ok(mounts);
         }
-        Ok(mounts)
+        let still = self.proc_mounts()?;
+        let (busy, gone): (Vec<Mount>, Vec<Mount>) = mounts.into_iter().partition(|m| {
+            still
+                .iter()
+                .any(|s| s.point == m.point && s.device == m.device)
+        });
+        let _ = self.mount_shares(&gone);
+        let names: Vec<String> = busy
+            .iter()
+            .map(|m| format!("`{}` at {}", m.device, m.point))
+            .collect();
+        let fix = if busy.iter().any(|m| is_nix_store(&m.device, &m.point)) {
+            NIXOS_STORE_FIX.to_string()
+        } else {
+            "stop what keeps it busy in the guest (a process working in it or holding its \
+             files open)"
+                .to_string()
+        };
+        Err(self.refused(
+            name,
+            format!(
+                "QEMU cannot save a VM with a 9p share mounted, and the guest cannot unmount {} \
+                 ({})",
+                if names.is_empty() {
+                    "its shares".to_string()
+                } else {
+                    names.join(", ")
+                },
+                out.trim()
+            ),
+            fix,
+        ))
     }
 
     /// Mounts what [`Machine::unmount_shares`] unmounted (one command).
@@ -204,7 +284,10 @@ impl Machine {
     /// The QEMU half of a snapshot, once the shares are unmounted and the VM is paused: the
     /// disks also get a golden copy for warm standbys (see `qemu/standby/`).
     pub(crate) fn savevm(&self, name: &str) -> Result<()> {
-        self.monitor_checked(&format!("savevm {name}"))?;
+        if let Some(text) = hmp_error(&self.hmp(&format!("savevm {name}"))?) {
+            let (reason, fix) = savevm_refusal(text);
+            return Err(self.refused(name, reason, fix));
+        }
         // `stop` again: it flushes QEMU's caches of the disks to the host before they are copied.
         self.pause()?;
         self.vm()?.keep_golden(&self.info, name)
@@ -293,7 +376,7 @@ impl Machine {
             block.finish();
             return Ok(());
         }
-        let mounts = self.unmount_shares()?;
+        let mounts = self.unmount_shares(name)?;
         let saved = self.pause().and_then(|()| self.savevm(name));
         let resumed = self.resume();
         let mounted = self.mount_shares(&mounts);
@@ -352,6 +435,28 @@ mod tests {
             "{ mkdir -p /tmp/shared && mount -t 9p -o rw,trans=virtio shared /tmp/shared && \
              mkdir -p '/tmp/my dir' && mount -t 9p -o rw xchg '/tmp/my dir'; } 2>&1"
         );
+    }
+
+    #[test]
+    fn qemu_refusals_name_their_fix() {
+        let answer = "savevm x\r\nError: Migration is disabled when VirtFS export path \
+                      '/nix/store' is mounted in the guest using mount_tag 'nix-store'\r\n";
+        let text = hmp_error(answer).unwrap();
+        assert!(text.starts_with("Migration is disabled"), "{text}");
+        let (reason, fix) = savevm_refusal(text);
+        assert_eq!(reason, format!("QEMU refused: {text}"));
+        assert_eq!(fix, NIXOS_STORE_FIX);
+        assert!(fix.contains("virtualisation.useNixStoreImage = true;"));
+
+        let other = "Migration is disabled when VirtFS export path '/srv' is mounted in the \
+                     guest using mount_tag 'data'";
+        assert!(savevm_refusal(other).1.contains("the 9p share `data`"));
+        let (_, fix) = savevm_refusal("Device 'drive2' is writable but does not support snapshots");
+        assert!(fix.contains("qcow2 or attached read-only"), "{fix}");
+        let (_, fix) = savevm_refusal("No block device can accept snapshots");
+        assert!(fix.contains("needs a writable qcow2 disk"), "{fix}");
+        assert_eq!(savevm_refusal("Input/output error").1, "");
+        assert_eq!(hmp_error("savevm x\r\n(qemu) "), None);
     }
 
     #[test]
