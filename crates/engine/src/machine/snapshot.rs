@@ -71,13 +71,58 @@ fn unescape(s: &str) -> String {
     out
 }
 
-/// One shell command mounting `mounts` (`None` when there are none).
+/// The lower layers of the overlay mounts in a `/proc/mounts` text: (lower directory,
+/// overlay mount point).
+pub fn overlay_lowers(proc_mounts: &str) -> Vec<(String, String)> {
+    proc_mounts
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.len() >= 4 && f[2] == "overlay").then_some(f)
+        })
+        .flat_map(|f| {
+            let point = unescape(f[1]);
+            let lowers = f[3]
+                .split(',')
+                .find_map(|o| o.strip_prefix("lowerdir="))
+                .unwrap_or_default();
+            lowers
+                .split(':')
+                .filter(|l| !l.is_empty())
+                .map(move |l| (unescape(l), point.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The shares that an overlay uses as a lower layer (at or below their mount point): the guest
+/// keeps using them even once they are unmounted. Each with the overlay's mount point.
+fn held_by_overlays<'a>(shares: &'a [Mount], proc_mounts: &str) -> Vec<(&'a Mount, String)> {
+    let lowers = overlay_lowers(proc_mounts);
+    shares
+        .iter()
+        .filter_map(|m| {
+            let inside = |l: &str| {
+                l == m.point
+                    || l.strip_prefix(m.point.as_str())
+                        .is_some_and(|rest| rest.starts_with('/') || m.point == "/")
+            };
+            lowers
+                .iter()
+                .find(|(l, _)| inside(l))
+                .map(|(_, overlay)| (m, overlay.clone()))
+        })
+        .collect()
+}
+
+/// One shell command mounting `mounts` (`None` when there are none); each is tried even when
+/// another fails, and the command fails when one did.
 pub(crate) fn mount_command(mounts: &[Mount]) -> Option<String> {
     let parts: Vec<String> = mounts
         .iter()
         .map(|m| {
             format!(
-                "mkdir -p {p} && mount -t {t} -o {o} {d} {p}",
+                "mkdir -p {p} && mount -t {t} -o {o} {d} {p} || ntng_s=1",
                 p = q(&m.point),
                 t = q(&m.fstype),
                 o = q(&m.options),
@@ -85,7 +130,12 @@ pub(crate) fn mount_command(mounts: &[Mount]) -> Option<String> {
             )
         })
         .collect();
-    (!parts.is_empty()).then(|| format!("{{ {}; }} 2>&1", parts.join(" && ")))
+    (!parts.is_empty()).then(|| {
+        format!(
+            "{{ ntng_s=0; {}; [ $ntng_s = 0 ]; }} 2>&1",
+            parts.join("; ")
+        )
+    })
 }
 
 /// What makes a NixOS VM snapshottable: its view of the host's store is what blocks it.
@@ -98,6 +148,15 @@ pub const NIXOS_STORE_FIX: &str = "this is a NixOS VM's view of the host's Nix s
 /// A share NixOS mounts for the host's store.
 fn is_nix_store(tag: &str, point: &str) -> bool {
     tag == "nix-store" || point == "/nix/.ro-store"
+}
+
+/// The fix for shares the guest cannot let go of: NixOS's when the host store is among them.
+fn share_fix<'a>(mut shares: impl Iterator<Item = &'a Mount>, otherwise: &str) -> String {
+    if shares.any(|m| is_nix_store(&m.device, &m.point)) {
+        NIXOS_STORE_FIX.to_string()
+    } else {
+        otherwise.to_string()
+    }
 }
 
 /// Why QEMU refused a `savevm` (its `Error: ...` text, without `Error: `) and what fixes it.
@@ -209,18 +268,41 @@ impl Machine {
         }
     }
 
-    fn proc_mounts(&self) -> Result<Vec<Mount>> {
-        let (_, text) = self.execute("cat /proc/mounts", ExecOptions::default())?;
-        Ok(shared_mounts(&text))
+    fn proc_mounts(&self) -> Result<String> {
+        Ok(self.execute("cat /proc/mounts", ExecOptions::default())?.1)
     }
 
     /// Unmounts the guest's shared directories for snapshot `name`; returns them for
-    /// [`Machine::mount_shares`]. When one cannot be unmounted, the others are mounted again
-    /// and the snapshot is refused, naming the busy shares.
+    /// [`Machine::mount_shares`]. A share the guest cannot let go of (the lower layer of an
+    /// overlay, or busy) refuses the snapshot, naming it; the shares are then as before.
     pub(crate) fn unmount_shares(&self, name: &str) -> Result<Vec<Mount>> {
-        let mounts = self.proc_mounts()?;
+        let text = self.proc_mounts()?;
+        let mounts = shared_mounts(&text);
         if mounts.is_empty() {
             return Ok(mounts);
+        }
+        // Unmounting it would succeed (the overlay keeps a private copy of the mount) and
+        // change nothing for QEMU, and it could not be mounted again: leave it.
+        let held = held_by_overlays(&mounts, &text);
+        if !held.is_empty() {
+            let names: Vec<String> = held
+                .iter()
+                .map(|(m, overlay)| {
+                    format!(
+                        "`{}` at {}: it is a lower layer of the overlay on {overlay}",
+                        m.device, m.point
+                    )
+                })
+                .collect();
+            return Err(self.refused(
+                name,
+                format!(
+                    "QEMU cannot save a VM with a 9p share in use, and the guest cannot let go \
+                     of {}",
+                    names.join("; ")
+                ),
+                share_fix(held.iter().map(|(m, _)| *m), "unmount that overlay first"),
+            ));
         }
         let points: Vec<String> = mounts.iter().rev().map(|m| q(&m.point)).collect();
         let (status, out) = self.execute(
@@ -230,7 +312,7 @@ impl Machine {
         if status == 0 {
             return Ok(mounts);
         }
-        let still = self.proc_mounts()?;
+        let still = shared_mounts(&self.proc_mounts()?);
         let (busy, gone): (Vec<Mount>, Vec<Mount>) = mounts.into_iter().partition(|m| {
             still
                 .iter()
@@ -241,13 +323,11 @@ impl Machine {
             .iter()
             .map(|m| format!("`{}` at {}", m.device, m.point))
             .collect();
-        let fix = if busy.iter().any(|m| is_nix_store(&m.device, &m.point)) {
-            NIXOS_STORE_FIX.to_string()
-        } else {
+        let fix = share_fix(
+            busy.iter(),
             "stop what keeps it busy in the guest (a process working in it or holding its \
-             files open)"
-                .to_string()
-        };
+             files open)",
+        );
         Err(self.refused(
             name,
             format!(
@@ -432,9 +512,38 @@ mod tests {
         );
         assert_eq!(
             mount_command(&m).unwrap(),
-            "{ mkdir -p /tmp/shared && mount -t 9p -o rw,trans=virtio shared /tmp/shared && \
-             mkdir -p '/tmp/my dir' && mount -t 9p -o rw xchg '/tmp/my dir'; } 2>&1"
+            "{ ntng_s=0; mkdir -p /tmp/shared && mount -t 9p -o rw,trans=virtio shared \
+             /tmp/shared || ntng_s=1; mkdir -p '/tmp/my dir' && mount -t 9p -o rw xchg \
+             '/tmp/my dir' || ntng_s=1; [ $ntng_s = 0 ]; } 2>&1"
         );
+    }
+
+    #[test]
+    fn shares_under_an_overlay_are_found() {
+        // NixOS with the host's store over 9p (writableStore)
+        let text = "nix-store /nix/.ro-store 9p rw,relatime,loose,trans=virtio 0 0\n\
+                    shared /tmp/shared 9p rw,trans=virtio 0 0\n\
+                    overlay /nix/store overlay rw,relatime,lowerdir=/nix/.ro-store,\
+                    upperdir=/nix/.rw-store/upper,workdir=/nix/.rw-store/work 0 0\n\
+                    overlay /srv overlay rw,lowerdir=/a:/tmp/shared/sub,upperdir=/u,workdir=/w 0 0\n";
+        assert_eq!(
+            overlay_lowers(text),
+            [
+                ("/nix/.ro-store".to_string(), "/nix/store".to_string()),
+                ("/a".to_string(), "/srv".to_string()),
+                ("/tmp/shared/sub".to_string(), "/srv".to_string()),
+            ]
+        );
+        let shares = shared_mounts(text);
+        let held: Vec<(String, String)> = held_by_overlays(&shares, text)
+            .into_iter()
+            .map(|(m, o)| (m.device.clone(), o))
+            .collect();
+        let want = [("nix-store", "/nix/store"), ("shared", "/srv")];
+        assert_eq!(held, want.map(|(d, o)| (d.to_string(), o.to_string())));
+        // `/tmp/sharedx` is not under `/tmp/shared`
+        let other = "shared /tmp/shared 9p rw 0 0\noverlay /o overlay lowerdir=/tmp/sharedx 0 0\n";
+        assert!(held_by_overlays(&shared_mounts(other), other).is_empty());
     }
 
     #[test]
