@@ -140,10 +140,10 @@ pub(crate) fn mount_command(mounts: &[Mount]) -> Option<String> {
 
 /// What makes a NixOS VM snapshottable: its view of the host's store is what blocks it.
 pub const NIXOS_STORE_FIX: &str = "this is a NixOS VM's view of the host's Nix store (9p tag \
-    `nix-store` under /nix/store, which NixOS never unmounts): give the VMs their store as a \
-    disk image instead, with `virtualisation.useNixStoreImage = true;` (nixos-test-ng's test \
-    module does this when `nixos-test-ng.snapshots` is true, its default for scripts that use \
-    snapshots or isolation)";
+    `nix-store` under /nix/store, which NixOS keeps while it runs): give the VMs their store as \
+    a read-only disk image instead, `virtualisation.useNixStoreImage = true;` with the image \
+    attached read-only, which nixos-test-ng's test module does with \
+    `nixos-test-ng.snapshots = true;`";
 
 /// A share NixOS mounts for the host's store.
 fn is_nix_store(tag: &str, point: &str) -> bool {
@@ -179,8 +179,8 @@ pub(crate) fn savevm_refusal(text: &str) -> (String, String) {
         }
     } else if text.contains("does not support snapshots") {
         "every writable disk of the VM must be qcow2 or attached read-only (`readonly=on`); \
-         nixos-test-ng's test module attaches the store image of \
-         `virtualisation.useNixStoreImage` read-only"
+         for the store image of `virtualisation.useNixStoreImage`, nixos-test-ng's test module \
+         does that with `nixos-test-ng.snapshots = true;`"
             .to_string()
     } else if text.to_lowercase().contains("no block device") || text.contains("vmstate") {
         "the VM needs a writable qcow2 disk for snapshots (start scripts written by \
