@@ -100,3 +100,23 @@ def test_the_ready_snapshot_is_only_taken_for_isolation(
     assert vm.start_count == 1
     note = "isolated: alpha fresh" if marked else "session machines"
     assert isolation_properties(driver_env.out / "junit.xml") == {"test_a": note}
+
+
+def test_containers_keep_their_isolation_by_restore(driver_env, run_driver, write_script):
+    """A container's snapshot is its state right after boot; restoring it restarts it."""
+    from .test_nspawn_fake import FAKE
+
+    box = write_script("run-box-nspawn", FAKE.format(before=""), True)
+    script = "import pytest\n\n"
+    script += "def test_a(box):\n    box.succeed('true')\n\n"
+    script += "@pytest.mark.isolated\ndef test_b(box):\n    box.succeed('true')\n"
+    test = write_script("t.py", script)
+    args = ["--container-start-scripts", box, "-o", driver_env.out, "--junit-xml", "junit.xml"]
+    r = run_driver([*args, "--", test, "-s"], timeout=120)
+    assert r.returncode == 0, r
+    assert "isolation by restart" not in r.stderr
+    assert r.stderr.count("box: restoring snapshot ntng-ready") == 1
+    assert isolation_properties(driver_env.out / "junit.xml") == {
+        "test_a": "session machines",
+        "test_b": "isolated: box restored",
+    }
