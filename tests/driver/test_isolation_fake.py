@@ -74,14 +74,14 @@ def test_keep_machine_state_keeps_the_disk_across_the_restart(
     script = SCRIPT.format(check="succeed")
     vm, r = run(
         driver_env, fake_vm, run_driver, write_script, script, "--keep-machine-state",
-        savevm_error="No block device can accept snapshots",
+        savevm_error="no block device can store vmstate for snapshot",  # QEMU 7.2's words
     )  # fmt: skip
     assert r.returncode == 0, r
     assert "3 passed" in r.stdout, r
     props = isolation_properties(driver_env.out / "junit.xml")
     assert props["test_isolated"] == (
-        "isolated: alpha restarted (snapshot impossible: QEMU refused: No block device can"
-        " accept snapshots, state directory kept: --keep-machine-state)"
+        "isolated: alpha restarted (snapshot impossible: QEMU refused: no block device can"
+        " store vmstate for snapshot, state directory kept: --keep-machine-state)"
     )
     assert "needs a writable qcow2 disk" in r.stderr
     assert vm.start_count == 2

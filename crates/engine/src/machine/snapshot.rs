@@ -562,7 +562,7 @@ mod tests {
         assert!(savevm_refusal(other).1.contains("the 9p share `data`"));
         let (_, fix) = savevm_refusal("Device 'drive2' is writable but does not support snapshots");
         assert!(fix.contains("qcow2 or attached read-only"), "{fix}");
-        let (_, fix) = savevm_refusal("No block device can accept snapshots");
+        let (_, fix) = savevm_refusal("no block device can store vmstate for snapshot");
         assert!(fix.contains("needs a writable qcow2 disk"), "{fix}");
         assert_eq!(savevm_refusal("Input/output error").1, "");
         assert_eq!(hmp_error("savevm x\r\n(qemu) "), None);
