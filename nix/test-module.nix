@@ -5,7 +5,7 @@
 # (`nixos-test-ng check`, in place of pyflakes; `skipLint` turns it off) and wraps
 # `nixos-test-driver` with `--config`, `--log-level` and `extraDriverArgs`, as driver.nix
 # does. `driverInteractive` follows, since the interactive re-evaluation imports this module
-# too.
+# too. `nixos-test-ng.snapshots` makes the VMs snapshottable (nix/snapshots.nix on every node).
 #
 # Not evaluated against nixpkgs on the project's own machines: see README.md, section Nix.
 {
@@ -91,6 +91,20 @@ in
       defaultText = lib.literalExpression "pkgs.nixos-test-ng, else built from this checkout";
       description = "The nixos-test-ng package whose `nixos-test-driver` runs the test.";
     };
+    snapshots = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      example = true;
+      description = ''
+        Make the VMs snapshottable, for `machine.snapshot()` and `driver.snapshot_all()` and to
+        isolate pytest-style tests (`@pytest.mark.isolated`, `--isolated`) by snapshot: every
+        node gets its Nix store as a read-only disk image (`virtualisation.useNixStoreImage`,
+        built when the VM starts) instead of the host's store over 9p, which QEMU cannot save.
+        Without it, a snapshot of a NixOS VM is refused, and isolated tests restart their
+        machines instead (slower, same result). Not derived from the test script: a script
+        that interpolates its nodes' configuration would make that a cycle.
+      '';
+    };
     pytestArgs = lib.mkOption {
       type = lib.types.listOf lib.types.str;
       default = [ ];
@@ -104,5 +118,6 @@ in
 
   config = lib.mkIf cfg.enable {
     driver = lib.mkForce driver;
+    defaults = lib.mkIf cfg.snapshots ./snapshots.nix;
   };
 }

@@ -10,6 +10,7 @@ from nixos_test_ng.errors import (
     PollingConditionError,
     QMPAPIError,
     RequestedAssertionFailed,
+    SnapshotRefused,
     TestScriptError,
 )
 from nixos_test_ng.machine import BaseMachine, Machine, NspawnMachine, QemuMachine
@@ -24,5 +25,6 @@ __all__ = [
     "QMPAPIError",
     "QemuMachine",
     "RequestedAssertionFailed",
+    "SnapshotRefused",
     "TestScriptError",
 ]

@@ -27,6 +27,13 @@ class GlobalTimeout(Exception):
 class Terminated(Exception):
     """The driver received SIGTERM: the run ends (the driver dies of SIGTERM)."""
 
+class SnapshotRefused(MachineError):
+    """The machine cannot be snapshotted as it is configured; `reason` says why, `fix` what
+    makes it possible (may be empty)."""
+
+    reason: str
+    fix: str
+
 def parse_args(argv: list[str], env: dict[str, str]) -> Config | str:
     """Parse the `nixos-test-driver` command line; returns the help text for `--help`."""
 
@@ -295,11 +302,15 @@ class Machine:
     def snapshot(self, name: str) -> None:
         """Save the machine's whole state as `name` (QEMU: savevm; the shared directories are
         unmounted around it; the disks are copied for a warm standby QEMU, started in the
-        background). A container's snapshot is its state right after boot."""
+        background). A container's snapshot is its state right after boot. Raises
+        `SnapshotRefused` when the VM cannot be saved as it is configured (a 9p share the
+        guest cannot unmount, such as NixOS's host store; a writable disk that is not qcow2;
+        no disk to hold the state)."""
     def restore(self, name: str) -> None:
         """Bring the machine back to snapshot `name` (QEMU: by switching to the warm standby
         QEMU waiting at that snapshot, else loadvm, after which the shell resyncs; a container
         restarts on a fresh overlay)."""
+    def _restart_fresh(self) -> bool: ...
     def wait_for_standby(self, timeout: Timeout = 900) -> bool:
         """Wait until the warm standby QEMU for the next `restore` is ready (it is prepared in
         the background after a snapshot and after each restore). False when there is none

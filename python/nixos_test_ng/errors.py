@@ -6,6 +6,7 @@ from nixos_test_ng._native import (
     MachineError,
     QMPAPIError,
     RequestedAssertionFailed,
+    SnapshotRefused,
     Terminated,
     TestScriptError,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "PollingConditionError",
     "QMPAPIError",
     "RequestedAssertionFailed",
+    "SnapshotRefused",
     "Terminated",
     "TestScriptError",
 ]

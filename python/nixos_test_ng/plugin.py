@@ -14,6 +14,13 @@ started when first requested and returned once it is connected; `machines`, `dri
 provides fails with the list of the machines. A failed test's report gets the last console
 lines of each machine it used.
 
+Isolation: a test marked `isolated` (every test with `--isolated`) starts with the machines it
+uses as they were when first ready. A machine is snapshotted then (`ntng-ready`) and restored
+before each isolated test; a machine that cannot be snapshotted (QEMU refuses: a 9p share the
+guest keeps, NixOS's host store; no disk for the state) is restarted on a fresh state directory
+instead, which the log says once with the reason and the fix, and each test's `isolation`
+property too. Tests that are not isolated never depend on the snapshot.
+
 Reports: every test is a span (`nixos_test_ng.trace` of the run: OTLP, the HTML report), and
 every subtest inside a test is reported to pytest as a result of its own, with node id
 `<test>::<subtest>`, so JUnit lists it with its own status and time.
@@ -27,7 +34,7 @@ from typing import Any
 import pytest
 
 from nixos_test_ng import _native
-from nixos_test_ng.errors import GlobalTimeout, Terminated
+from nixos_test_ng.errors import GlobalTimeout, MachineError, Terminated
 
 CONSOLE_LINES = 30
 #: The snapshot taken when a machine is first ready, which isolated tests start from.
@@ -43,6 +50,8 @@ class DriverPlugin:
         self.isolate_all = False
         self.isolation_in_use = False
         self.ready: set[str] = set()
+        #: Why a machine is restarted instead of restored, by pythonized name.
+        self.restart_reason: dict[str, str] = {}
         self.machine_names = {_native.pythonize_name(m.name): m for m in driver.machines}
         self.current_item: pytest.Item | None = None
         driver.subtest_listener = self._report_subtest
@@ -126,9 +135,9 @@ class DriverPlugin:
     def pytest_report_header(self, config: pytest.Config) -> str:
         machines = ", ".join(sorted(self.machine_names)) or "none"
         mode = (
-            "every test restores its machines"
+            "every test starts from its machines' first-ready state"
             if config.getoption("nixos_isolated", False)
-            else "machines boot once; tests marked isolated restore them"
+            else "machines boot once; tests marked isolated start from their first-ready state"
         )
         return f"nixos-test-ng: machines {machines}; {mode}"
 
@@ -150,20 +159,43 @@ class DriverPlugin:
                 f" the machines are: {names}",
                 pytrace=False,
             )
-        # Isolation: the machines this test uses that earlier tests have used go back to the
-        # snapshot taken when they were first ready; the others boot fresh for it anyway.
         used = [n for n in item.fixturenames if n in self.machine_names]
         if self._isolated(item):
-            restored = [n for n in used if n in self.ready]
-            for name in restored:
-                self.machine_names[name].restore(READY_SNAPSHOT)
-            fresh = [n for n in used if n not in restored]
-            note = "isolated: " + ", ".join(
-                [f"{n} restored" for n in restored] + [f"{n} fresh" for n in fresh]
-            )
+            # The machines earlier tests have used go back to their first-ready state; the
+            # others boot fresh for this test anyway.
+            notes = [self._isolate(n) for n in used if n in self.ready]
+            notes += [f"{n} fresh" for n in used if n not in self.ready]
+            note = "isolated: " + ", ".join(notes)
         else:
             note = "session machines" if used else "no machines"
         item.user_properties.append(("isolation", note))
+
+    def _isolate(self, name: str) -> str:
+        """Brings machine `name` back to its first-ready state; says how."""
+        machine = self.machine_names[name]
+        reason = self.restart_reason.get(name)
+        if reason is None:
+            machine.restore(READY_SNAPSHOT)
+            return f"{name} restored"
+        kept = machine._restart_fresh()
+        state = ", state directory kept: --keep-machine-state" if kept else ""
+        return f"{name} restarted (snapshot impossible: {reason}{state})"
+
+    def prepare_isolation(self, name: str, machine: Any) -> None:
+        """At a machine's first ready: the snapshot its isolated tests start from, or, when it
+        cannot be taken, isolation by restart (one log line saying why)."""
+        if name in self.restart_reason or READY_SNAPSHOT in machine.snapshots:
+            return
+        try:
+            machine.snapshot(READY_SNAPSHOT)
+        except MachineError as e:
+            reason = getattr(e, "reason", None) or str(e).removeprefix(f"{machine.name}: ")
+            fix = getattr(e, "fix", "")
+            self.restart_reason[name] = reason
+            machine.log(
+                f"isolation by restart (snapshot impossible: {reason})"
+                + (f"; to isolate by snapshot: {fix}" if fix else "")
+            )
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: Any) -> Any:
@@ -218,8 +250,8 @@ def _machine_fixture(plugin: DriverPlugin, pyname: str, machine: Any) -> Any:
         if not machine.booted:
             machine.start()
         machine.connect()
-        if plugin.isolation_in_use and READY_SNAPSHOT not in machine.snapshots:
-            machine.snapshot(READY_SNAPSHOT)
+        if plugin.isolation_in_use:
+            plugin.prepare_isolation(pyname, machine)
         plugin.ready.add(pyname)
         return machine
 
@@ -264,15 +296,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--isolated",
         dest="nixos_isolated",
         action="store_true",
-        help="every test starts from its machines' first-ready snapshot (as if marked isolated)",
+        help="every test starts from its machines' first-ready state (as if marked isolated)",
     )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "isolated: the machines this test uses start from the snapshot taken when they were"
-        " first ready (nixos-test-ng)",
+        "isolated: the machines this test uses start as they were when first ready: restored"
+        " from a snapshot, or restarted when they cannot be snapshotted (nixos-test-ng)",
     )
     opt = config.option
     vms, containers = opt.nixos_vm_start_script, opt.nixos_container_start_script

@@ -68,6 +68,7 @@ def vm_env(tmp_path: Path, guest_dir: Path):
             *extra: str,
             kinds: dict[str, str] | None = None,
             keep_scripts: bool = False,
+            after: tuple[str, ...] = (),
         ) -> subprocess.Popen:
             (tmp_path / "xdg").mkdir(exist_ok=True)
             self.out.mkdir(exist_ok=True)
@@ -95,7 +96,7 @@ def vm_env(tmp_path: Path, guest_dir: Path):
                 args += ["--container-start-scripts", *containers]
             if vlans:
                 args += ["--vlans", *map(str, vlans)]
-            args += [*extra, "--", str(test)]
+            args += [*extra, "--", str(test), *after]
             p = subprocess.Popen(
                 args,
                 env=self.environ(),
@@ -116,8 +117,11 @@ def vm_env(tmp_path: Path, guest_dir: Path):
             timeout=300,
             kinds: dict[str, str] | None = None,
             keep_scripts: bool = False,
+            after: tuple[str, ...] = (),
         ) -> Run:
-            p = self.spawn(nodes, script, *extra, kinds=kinds, keep_scripts=keep_scripts)
+            p = self.spawn(
+                nodes, script, *extra, kinds=kinds, keep_scripts=keep_scripts, after=after
+            )
             out, err = p.communicate(timeout=timeout)
             return Run(p.returncode, out, err)
 

@@ -27,6 +27,8 @@ and it plays QEMU's part of the contract:
 
 The guest runs in its own PID namespace when `unshare` allows it (so every guest process dies
 with the fake, like processes inside a VM), and under `setpriv --pdeathsig KILL` in any case.
+The guest's `$FAKE_QEMU_DISK` is a directory in the state directory (`<state>/fake-disk`)
+that plays the VM's disk: it outlives a restart of QEMU, not the state directory's deletion.
 In the guest, `poweroff` makes the fake exit 0 (after a `SHUTDOWN` event), and
 `fake-qemu-ctl CMD` sends a command to the fake (see `control`): `poweroff`,
 `crash [STATUS]`, `event NAME [JSON-DATA]`, `console TEXT`.
@@ -42,6 +44,8 @@ Knobs (environment variables):
                                  command, the exit
     FAKE_QEMU_PIDNS=0            do not put the guest in a PID namespace
     FAKE_QEMU_VNC=0              `query-vnc` says VNC is off even with a `-vnc` argument
+    FAKE_QEMU_SAVEVM_ERROR=TEXT  refuse `savevm` with `Error: TEXT`, as QEMU does for a VM it
+                                 cannot save (a mounted 9p share, no disk for the state)
     FAKE_QEMU_INITRD=1           play a systemd initrd with a backdoor: the guest gets a fake
                                  `systemctl` whose `show initrd.target` is active and whose
                                  `isolate ... initrd-switch-root.target` replaces the guest's
@@ -98,6 +102,7 @@ class Fake:
         self.argv = argv
         self.qmp_path, self.monitor_path, self.shell_path = parse_args(argv)
         self.state_dir = Path(self.qmp_path).parent
+        self.disk = self.state_dir / "fake-disk"
         self.record_path = os.environ.get("FAKE_QEMU_RECORD") or None
         self.record_lock = threading.Lock()
         self.out_lock = threading.Lock()
@@ -265,6 +270,8 @@ class Fake:
             return f"VM status: {'running' if self.running else 'paused'}\r\n", None
         if cmd == "info" and words[1:2] == ["name"]:
             return "fake\r\n", None
+        if cmd == "savevm" and os.environ.get("FAKE_QEMU_SAVEVM_ERROR"):
+            return f"Error: {os.environ['FAKE_QEMU_SAVEVM_ERROR']}\r\n", None
         if cmd == "system_powerdown":
             return "", lambda: self.control("poweroff")
         if cmd in ("set_link", "hostfwd_add", "hostfwd_remove", "sendkey", "screendump"):
@@ -382,6 +389,7 @@ class Fake:
             FAKE_QEMU_CTL=str(ctl),
             FAKE_QEMU_PID=str(os.getpid()),
             FAKE_QEMU_SHELL=str(self.shells),
+            FAKE_QEMU_DISK=str(self.disk),
         )
         self.shells += 1
         # `-s` reads commands from stdin; the positional arguments only mark the process.
@@ -449,6 +457,7 @@ class Fake:
         threading.Thread(target=self.serve_monitor, args=(monitor,), daemon=True).start()
         threading.Thread(target=self.serve_stdin, daemon=True).start()
         bindir, ctl = self.guest_tools()
+        self.disk.mkdir(exist_ok=True)
         threading.Thread(target=self.serve_control, args=(ctl,), daemon=True).start()
 
         for line in BOOT_LINES:

@@ -28,6 +28,7 @@ let
     nameValuePair = name: value: { inherit name value; };
     mapAttrs' = f: set: listToAttrs (map (n: f n set.${n}) (builtins.attrNames set));
     optional = c: x: if c then [ x ] else [ ];
+    optionalAttrs = c: set: if c then set else { };
     optionals = c: xs: if c then xs else [ ];
     optionalString = c: s: if c then s else "";
     concatMap = f: l: builtins.concatLists (map f l);
@@ -71,6 +72,7 @@ let
     types = {
       package = "package";
       str = "str";
+      bool = "bool";
       listOf = t: "listOf ${t}";
     };
     licenses.mit = "mit";

@@ -149,9 +149,12 @@ def fake_package(tmp: Path) -> Path:
     return pkg
 
 
-def module_driver(nix, tmp: Path, script: str, *, skip_lint: bool, pytest_args: list[str]):
+def module_driver(
+    nix, tmp: Path, script: str, *, skip_lint: bool, pytest_args: list[str], snapshots=False
+):
     """Evaluates nix/test-module.nix with stand-ins for a one-node test whose VM is a real
-    executable `run-server-vm`; returns the driver's build script and the module's view."""
+    executable `run-server-vm`; returns the driver's build script and the module's view
+    (`snapshots`: the value of `nixos-test-ng.snapshots`)."""
     vm = tmp / "vm"
     (vm / "bin").mkdir(parents=True)
     (vm / "bin" / "run-server-vm").write_text("#!/bin/sh\n")
@@ -190,6 +193,7 @@ def module_driver(nix, tmp: Path, script: str, *, skip_lint: bool, pytest_args: 
               enable = true;
               inherit package;
               pytestArgs = builtins.fromJSON {json.dumps(json.dumps(pytest_args))};
+              snapshots = {json.dumps(snapshots)};  # the module system would give the default
             }};
           }};
           m = import (root + "/nix/test-module.nix") {{ inherit config lib; hostPkgs = pkgs; }};
@@ -199,6 +203,11 @@ def module_driver(nix, tmp: Path, script: str, *, skip_lint: bool, pytest_args: 
           priority = driver.priority;
           inherit (driver.content) name script;
           options = builtins.attrNames m.options.nixos-test-ng;
+          snapshotsDefault = m.options.nixos-test-ng.snapshots.default;
+          defaults = {{
+            inherit (m.config.content.defaults) condition;
+            content = toString m.config.content.defaults.content;
+          }};
         }}"""
     )
 
@@ -242,7 +251,10 @@ def test_test_module_builds_a_driver_the_engine_accepts(nix, tmp_path):
     )  # fmt: skip
     assert got["enabled"] is True and got["priority"] == 50  # lib.mkForce
     assert got["name"] == "nixos-test-driver-demo"
-    assert got["options"] == ["enable", "package", "pytestArgs"]
+    assert got["options"] == ["enable", "package", "pytestArgs", "snapshots"]
+    # snapshottable VMs only when asked (nix/snapshots.nix, evaluated in test_snapshots_nix.py)
+    assert got["snapshotsDefault"] is False
+    assert got["defaults"]["content"].endswith("/nix/snapshots.nix")
     r, wrap_args = run_build_script(tmp_path, got["script"])
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Checking the test script" in r.stdout
@@ -274,6 +286,17 @@ def test_test_module_builds_a_driver_the_engine_accepts(nix, tmp_path):
     assert cfg.test_script == config["test_script"]
     assert [m[0] for m in cfg.machines] == ["server"]
     assert cfg.keep_going and cfg.log_level == "info"
+
+
+def test_test_module_snapshots_option_adds_the_snapshot_module_to_every_node(nix, tmp_path):
+    # what `defaults` (every node and container) gets, by `nixos-test-ng.snapshots`
+    got = module_driver(nix, tmp_path, "start_all()\n", skip_lint=True, pytest_args=[])
+    assert got["defaults"]["condition"] is False
+    (tmp_path / "on").mkdir()
+    got = module_driver(
+        nix, tmp_path / "on", "start_all()\n", skip_lint=True, pytest_args=[], snapshots=True
+    )
+    assert got["defaults"]["condition"] is True
 
 
 def test_test_module_lint_fails_the_driver_build_on_an_unknown_name(nix, tmp_path):

@@ -27,6 +27,7 @@ def test_the_nix_files_are_all_there():
         "nix/package.nix",
         "nix/overlay.nix",
         "nix/test-module.nix",
+        "nix/snapshots.nix",
         "nix/split.nix",
         "nix/checks.nix",
     ):

@@ -457,7 +457,15 @@ impl Driver {
         }
         let mut mounts = Vec::new();
         for m in &vms {
-            mounts.push(m.unmount_shares()?);
+            match m.unmount_shares(name) {
+                Ok(ms) => mounts.push(ms),
+                Err(e) => {
+                    for (m, ms) in vms.iter().zip(&mounts) {
+                        let _ = m.mount_shares(ms);
+                    }
+                    return Err(e);
+                }
+            }
         }
         let paused = vms
             .iter()

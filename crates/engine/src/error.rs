@@ -43,6 +43,16 @@ pub enum Error {
     /// An operation was called in a state where it cannot work (e.g. QMP before start).
     #[error("{machine}: {message}")]
     InvalidState { machine: String, message: String },
+    /// A snapshot the machine cannot take as it is configured: QEMU refused to save it (a 9p
+    /// share in use, a disk that cannot hold snapshots, no disk for the state) or the guest
+    /// cannot unmount a shared directory. `fix` says what makes it possible (may be empty).
+    #[error("{machine}: cannot take snapshot {name:?}: {reason}{}", FixNote(.fix))]
+    SnapshotRefused {
+        machine: String,
+        name: String,
+        reason: String,
+        fix: String,
+    },
     /// A wait that upstream reports as a plain `TimeoutError` (e.g. `wait_for_qmp_event`).
     #[error("{machine}: {what} timed out")]
     Timeout { machine: String, what: String },
@@ -94,6 +104,18 @@ fn fmt_secs(d: &Duration) -> String {
         format!("{}", s as u64)
     } else {
         format!("{s}")
+    }
+}
+
+struct FixNote<'a>(&'a str);
+
+impl fmt::Display for FixNote<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            write!(f, ". Fix: {}", self.0)
+        }
     }
 }
 

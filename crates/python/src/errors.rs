@@ -52,6 +52,14 @@ create_exception!(
     "QEMU's QMP returned an error."
 );
 
+create_exception!(
+    nixos_test_ng,
+    SnapshotRefused,
+    MachineError,
+    "The machine cannot be snapshotted as it is configured; `reason` says why, `fix` what \
+     makes it possible (may be empty)."
+);
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("MachineError", py.get_type::<MachineError>())?;
@@ -64,6 +72,11 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("QMPAPIError", py.get_type::<QMPAPIError>())?;
     m.add("GlobalTimeout", py.get_type::<GlobalTimeout>())?;
     m.add("Terminated", py.get_type::<Terminated>())?;
+    let refused = py.get_type::<SnapshotRefused>();
+    // set on each instance by `to_pyerr`; the class holds them too, for introspection
+    refused.setattr("reason", "")?;
+    refused.setattr("fix", "")?;
+    m.add("SnapshotRefused", refused)?;
     Ok(())
 }
 
@@ -99,6 +112,23 @@ pub fn to_pyerr(e: Error) -> PyErr {
         e @ Error::Config(_) => ConfigError::new_err(e.to_string()),
         e @ Error::Timeout { .. } => PyTimeoutError::new_err(e.to_string()),
         Error::Qmp { class, desc } => QMPAPIError::new_err(format!("{class}: {desc}")),
+        e @ Error::SnapshotRefused { .. } => {
+            let message = e.to_string();
+            let Error::SnapshotRefused { reason, fix, .. } = e else {
+                unreachable!()
+            };
+            Python::attach(|py| {
+                let err = SnapshotRefused::new_err(message);
+                let value = err.value(py);
+                match value
+                    .setattr("reason", reason)
+                    .and_then(|()| value.setattr("fix", fix))
+                {
+                    Ok(()) => err,
+                    Err(failed) => failed,
+                }
+            })
+        }
         e @ Error::Io { .. } => PyOSError::new_err(e.to_string()),
         e => MachineError::new_err(e.to_string()),
     }

@@ -516,6 +516,12 @@ impl Machine {
         self.call(py, move |m| m.restore(&name))
     }
 
+    /// Kills the machine and boots it again on a fresh state directory (kept with
+    /// `--keep-machine-state`: then True); the pytest plugin's isolation without snapshots.
+    fn _restart_fresh(&self, py: Python<'_>) -> PyResult<bool> {
+        self.call(py, |m| m.restart_fresh())
+    }
+
     /// Waits until the warm standby for the next restore is ready; False when there is none.
     #[pyo3(signature = (timeout=None))]
     fn wait_for_standby(

@@ -3,6 +3,7 @@
 
 mod api;
 mod files;
+mod restart;
 mod screens;
 pub mod snapshot;
 mod systemd;
@@ -108,6 +109,8 @@ pub struct Machine {
     snapshots: std::sync::Mutex<std::collections::BTreeMap<String, Vec<snapshot::Mount>>>,
     /// The span of a boot in progress (started, not yet connected).
     boot_span: std::sync::Mutex<Option<SpanId>>,
+    /// `--keep-machine-state`: the state directory outlives a restart too.
+    keep_state: bool,
 }
 
 impl Machine {
@@ -120,6 +123,7 @@ impl Machine {
             hook: RwLock::new(None),
             snapshots: Default::default(),
             boot_span: Default::default(),
+            keep_state,
         })
     }
 
@@ -255,7 +259,6 @@ impl Machine {
 }
 
 fn prepare_state_dir(info: &MachineInfo, keep_state: bool) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
     let dir: &Path = &info.state_dir;
     if !keep_state && dir.exists() {
         info.logger.log(
@@ -265,9 +268,18 @@ fn prepare_state_dir(info: &MachineInfo, keep_state: bool) -> Result<()> {
             ),
             None,
         );
-        std::fs::remove_dir_all(dir)
-            .map_err(|e| crate::error::Error::io(format!("deleting {}", dir.display()), e))?;
+        remove_state_dir(dir)?;
     }
+    create_state_dir(dir)
+}
+
+fn remove_state_dir(dir: &Path) -> Result<()> {
+    std::fs::remove_dir_all(dir)
+        .map_err(|e| crate::error::Error::io(format!("deleting {}", dir.display()), e))
+}
+
+fn create_state_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
