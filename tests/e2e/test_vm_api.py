@@ -27,7 +27,7 @@ assert server.booted
 server.connect()
 assert server.is_up() and server.connected
 assert isinstance(server.pid, int) and server.pid > 0
-assert server.state_dir.endswith("vm-state-server"), server.state_dir
+assert server.state_dir.name == "vm-state-server", server.state_dir
 assert os.path.isdir(server.shared_dir)
 assert repr(server) == "<QemuMachine 'server'>", repr(server)
 assert isinstance(server, QemuMachine) and isinstance(server, BaseMachine)
