@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from nixos_test_ng import _native
 from nixos_test_ng.internals import (
@@ -26,6 +26,7 @@ from nixos_test_ng.internals import (
 )
 
 Timeout = float | timedelta | None
+_Part = TypeVar("_Part")
 
 
 class BaseMachine(_native.Machine):
@@ -172,6 +173,14 @@ class QemuMachine(BaseMachine):
         """The start script or command line, with upstream's `QemuStartCommand` members."""
         return QemuStartCommand(super().start_command)
 
+    def _part(self, cls: type[_Part]) -> _Part:
+        """The machine's one `cls` object (a socket-like object keeps state, and scripts
+        expect `machine.shell is machine.shell`, as upstream's attributes are)."""
+        parts: dict[type, Any] = self.__dict__.setdefault("_parts", {})
+        if cls not in parts:
+            parts[cls] = cls(self)
+        return parts[cls]
+
     @property
     def monitor_path(self) -> Path:
         """The HMP monitor's socket (`<state_dir>/monitor`)."""
@@ -190,27 +199,27 @@ class QemuMachine(BaseMachine):
     @property
     def qmp_client(self) -> QMPSession | None:
         """QMP while the VM runs (`qmp_client.send("query-status")`), else None."""
-        return QMPSession(self) if self.booted else None
+        return self._part(QMPSession) if self.booted else None
 
     @property
     def shell(self) -> ShellSocket | None:
         """The backdoor shell's connection for raw bytes while the VM runs, else None."""
-        return ShellSocket(self) if self.booted else None
+        return self._part(ShellSocket) if self.booted else None
 
     @property
     def monitor(self) -> MonitorSocket | None:
         """The HMP monitor while the VM runs, else None."""
-        return MonitorSocket(self) if self.booted else None
+        return self._part(MonitorSocket) if self.booted else None
 
     @property
     def last_lines(self) -> ConsoleLines:
         """Console lines no `wait_for_console_text` has consumed (a queue's `get`)."""
-        return ConsoleLines(self)
+        return self._part(ConsoleLines)
 
     @property
     def serial_thread(self) -> SerialThread | None:
         """The console reader while the VM runs (`is_alive()`, `join()`), else None."""
-        return SerialThread(self) if self.booted else None
+        return self._part(SerialThread) if self.booted else None
 
 
 class NspawnMachine(BaseMachine):
