@@ -48,7 +48,8 @@ def test_qmp_client_send_returns_the_answer_and_raises_on_an_error(run_vm_script
         alpha.start()
         assert alpha.qmp_client is not None
         answer = alpha.qmp_client.send("query-status")
-        assert answer == {"return": {"status": "running", "singlestep": False, "running": True}}, answer
+        status = {"status": "running", "singlestep": False, "running": True}
+        assert answer == {"return": status}, answer
         answer = alpha.qmp_client.send("human-monitor-command", {"command-line": "info status"})
         assert "VM status: running" in answer["return"], answer
         e = raises("QMPAPIError", alpha.qmp_client.send, "device_del", {"id": "disk3dev"})
@@ -300,7 +301,8 @@ def test_container_members(driver_env, run_driver, fake_container):
         init = box.get_systemd_process  # starts the container, as upstream's first command
         assert box.booted and box.process.pid == box.pid
         assert isinstance(init, int) and init != box.pid
-        assert pathlib.Path(f"/proc/{{box.pid}}/task/{{box.pid}}/children").read_text().split() == [str(init)]
+        children = pathlib.Path(f"/proc/{{box.pid}}/task/{{box.pid}}/children").read_text()
+        assert children.split() == [str(init)], children
         assert box.ssh_backdoor_command(3) == (
             'ssh -o User=root -o ProxyCommand='
             '"socat - UNIX-CLIENT:/run/systemd/nspawn/unix-export/box/ssh" bash'

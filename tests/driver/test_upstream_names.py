@@ -93,9 +93,7 @@ def test_every_upstream_name_is_on_the_real_objects(
     }
     vm = fake_vm("vm")
     box = fake_container("box")
-    script = driver_env.write_script(
-        "t.py", CHECK_SCRIPT.replace("WANTED", repr(json.dumps(want)))
-    )
+    script = driver_env.write_script("t.py", CHECK_SCRIPT.replace("WANTED", repr(json.dumps(want))))
     r = run_driver(
         ["--vm-start-scripts", vm.script, "--container-start-scripts", box, "--", script]
     )

@@ -244,6 +244,27 @@ mod tests {
     }
 
     #[test]
+    fn returncode_is_the_code_or_minus_the_signal() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "exit 3"]).stdin(Stdio::null());
+        let done = spawn(cmd).unwrap();
+        assert_eq!(
+            done.wait_until(Deadline::NEVER).unwrap().map(|s| s.code()),
+            Some(Some(3))
+        );
+        assert_eq!(done.returncode(), Some(3));
+
+        let mut cmd = Command::new("sleep");
+        cmd.arg("300").stdin(Stdio::null());
+        let sleeper = spawn(cmd).unwrap();
+        let soon = Deadline::after(Some(Duration::from_millis(20)));
+        assert!(sleeper.wait_until(soon).unwrap().is_none());
+        assert_eq!(sleeper.returncode(), None);
+        sleeper.kill();
+        assert_eq!(sleeper.returncode(), Some(-libc::SIGKILL));
+    }
+
+    #[test]
     fn kill_reaches_the_whole_group() {
         use std::io::BufRead;
         let mut cmd = Command::new("sh");
