@@ -259,7 +259,7 @@ impl Machine {
     /// The paths of the monitor, QMP and shell sockets (see [`QemuBackend::socket_paths`]).
     pub fn qemu_socket_paths(&self) -> Result<[std::path::PathBuf; 3]> {
         Ok(self
-            .qemu_or_err("the QEMU sockets")?
+            .qemu_or_err("monitor_path, qmp_path and shell_path: each")?
             .socket_paths(self.info()))
     }
 }
