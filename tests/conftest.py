@@ -4,6 +4,9 @@ as a subprocess, and a check that no process a test started outlives it.
 - `driver_env`: a per-test `DriverEnv` (its own XDG_RUNTIME_DIR, output dir and cwd, an
   environment without upstream's env-variable defaults or a display).
 - `write_script(name, body, executable=False)`: a file in the work dir (dedented).
+- `fake_container(name="box", before="")`: a `run-<name>-nspawn` script that announces its
+  pid as upstream's contract says and runs one child as the "container init" in the host's
+  own namespaces (so nsenter works without systemd); `before` is shell run first.
 - `fake_vm(name, **knobs)`: a `run-<name>-vm` start script around `tests/fakes/fake_qemu.py`;
   knobs become `FAKE_QEMU_<KNOB>` variables (`no_handshake=True`, `exit_early=3`,
   `boot_delay=0.5`, `panic=5`, `console="..."`, `pidns=False`; see fake_qemu.py); every
@@ -355,6 +358,27 @@ def write_script(driver_env: DriverEnv):
 @pytest.fixture
 def fake_vm(driver_env: DriverEnv):
     return driver_env.fake_vm
+
+
+FAKE_CONTAINER = """\
+#!/bin/bash
+# a fake container: announce the pid, print the environment, run one "init" child
+{before}
+echo "systemd-nspawn's PID is $$"
+echo "env: $(env | grep -v '^_=' | sort | tr '\\n' ' ')"
+sleep 600 &
+echo "Welcome to the fake container!"
+wait
+"""
+
+
+@pytest.fixture
+def fake_container(driver_env: DriverEnv):
+    def make(name: str = "box", before: str = "") -> str:
+        body = FAKE_CONTAINER.format(before=before)
+        return str(driver_env.write_script(f"run-{name}-nspawn", body, True))
+
+    return make
 
 
 @pytest.fixture

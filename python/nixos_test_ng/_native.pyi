@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, final
 
 Timeout = float | timedelta | None
@@ -20,6 +21,13 @@ class ConfigError(ValueError):
 
 class QMPAPIError(MachineError):
     """QEMU's QMP returned an error."""
+
+    class_name: str
+    """QEMU's error class (`CommandNotFound`, `GenericError`, `DeviceNotFound`, ...)."""
+    description: str
+    """QEMU's description of the error."""
+    transaction_id: int | None
+    """Always None, as upstream's (its requests carry no id)."""
 
 class GlobalTimeout(Exception):
     """The driver's global timeout expired: the run ends (the driver dies of SIGTERM)."""
@@ -59,6 +67,17 @@ def char_to_key(c: str) -> str | None:
 def tmp_dir() -> str:
     """The driver's tmp dir: `$XDG_RUNTIME_DIR`, else `$TMPDIR`, `$TEMP`, `$TMP`, `/tmp`
     (created 0700 if missing). Raises ConfigError when none is writable."""
+
+def nspawn_machine_name(script: str) -> str | None:
+    """The name in a container start script's file name (`run-<name>-nspawn`), or None."""
+
+def qemu_start_args(monitor: Path, qmp: Path, shell: Path, allow_reboot: bool) -> list[str]:
+    """The arguments the driver appends to a VM's start script for these sockets, in
+    upstream's order (`-nographic` unless `DISPLAY` or `WAYLAND_DISPLAY` is set)."""
+
+def qemu_start_env(state_dir: Path, shared_dir: Path) -> list[tuple[str, str]]:
+    """`TMPDIR`, `SHARED_DIR` and `USE_TMPDIR`: what a VM's start script gets on top of the
+    driver's environment."""
 
 @final
 class Config:
@@ -196,6 +215,23 @@ class Driver:
         self, start_command: str, name: str | None = None, keep_machine_state: bool = False
     ) -> MachineHandle: ...
 
+@final
+class MachineProcess:
+    """A machine's process (the start script, which execs QEMU or systemd-nspawn) with the
+    members of `subprocess.Popen` that scripts use. Signals go to its whole process group."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None:
+        """None while it runs; then its exit code, or minus the signal that killed it."""
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: Timeout = None) -> int:
+        """Wait for the exit (`subprocess.TimeoutExpired` after `timeout`); the returncode."""
+    def send_signal(self, signal: int) -> None: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+
 class Machine:
     """A machine of the test (subclassed as `QemuMachine` and `NspawnMachine`)."""
 
@@ -205,19 +241,38 @@ class Machine:
     @property
     def booted(self) -> bool: ...
     @property
-    def connected(self) -> bool: ...
+    def connected(self) -> bool:
+        """True once the backdoor shell answered. Set it to False after making the guest
+        reboot by itself: the next command waits for a new handshake."""
+    @connected.setter
+    def connected(self, value: bool) -> None: ...
     @property
     def pid(self) -> int | None: ...
     @property
-    def state_dir(self) -> str: ...
+    def state_dir(self) -> Path: ...
     @property
-    def shared_dir(self) -> str: ...
+    def shared_dir(self) -> Path: ...
     @property
-    def out_dir(self) -> str: ...
+    def out_dir(self) -> Path: ...
     @property
-    def start_command(self) -> str | None: ...
+    def tmp_dir(self) -> Path:
+        """The driver's tmp dir (which holds the state directory)."""
+    @property
+    def start_command(self) -> str: ...
     @property
     def full_console_log(self) -> list[str]: ...
+    def _process(self) -> MachineProcess | None: ...
+    def _socket_paths(self) -> tuple[Path, Path, Path]: ...
+    def _shell_send(self, data: bytes) -> None: ...
+    def _shell_recv(self, bufsize: int, timeout: Timeout = None) -> bytes: ...
+    def _console_next(self, timeout: Timeout = None) -> str | None: ...
+    def _console_unread(self) -> int: ...
+    def _console_wait_closed(self, timeout: Timeout = None) -> bool: ...
+    def _systemd_process(self) -> int: ...
+    def log_serial(self, msg: str) -> None:
+        """Log a console line of the machine (`<name> # <msg>`)."""
+    def cleanup_statedir(self) -> None:
+        """Delete the state directory (and make it again, empty); not while it runs."""
     def _set_hook(self, hook: Callable[[], object] | None) -> None: ...
     def log(self, msg: str) -> None:
         """Log a message prefixed with the machine's name."""

@@ -14,7 +14,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Problem", "check_source", "namespace_names", "machine_name_from_script"]
+__all__ = [
+    "Problem",
+    "check_source",
+    "has_member",
+    "machine_name_from_script",
+    "members",
+    "namespace_names",
+]
 
 
 @dataclass(frozen=True, order=True)
@@ -97,6 +104,17 @@ def _accepts(annotation: str, value: object) -> bool:
     return name is None or name in words
 
 
+def members(cls: type) -> set[str]:
+    """What a script can use on an instance of `cls`: its attributes, and the instance
+    attributes its classes declare (`callbacks: list[...]`), which the driver sets."""
+    declared = {n for k in cls.__mro__ for n in getattr(k, "__annotations__", {})}
+    return set(dir(cls)) | declared
+
+
+def has_member(cls: type, attr: str) -> bool:
+    return attr in members(cls)
+
+
 def _machine_calls(tree: ast.Module, machines: dict[str, type]):
     """Attribute and call problems on names that are machines (and never rebound)."""
     rebound = {
@@ -116,8 +134,8 @@ def _machine_calls(tree: ast.Module, machines: dict[str, type]):
         if cls is None or name in rebound:
             continue
         attr = node.attr
-        if not hasattr(cls, attr):
-            public = [a for a in dir(cls) if not a.startswith("_")]
+        if not has_member(cls, attr):
+            public = [a for a in members(cls) if not a.startswith("_")]
             close = difflib.get_close_matches(attr, public, n=1)
             hint = f"; did you mean `{close[0]}`?" if close else ""
             yield Problem(
@@ -131,7 +149,7 @@ def _machine_calls(tree: ast.Module, machines: dict[str, type]):
             continue
         try:
             sig = inspect.signature(getattr(cls, attr))
-        except (TypeError, ValueError):
+        except (AttributeError, TypeError, ValueError):  # declared only, or no signature
             continue
         params = [p for p in sig.parameters.values() if p.name not in ("self", "$self")]
         sig = sig.replace(parameters=params)

@@ -8,6 +8,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from nixos_test_ng import _native
@@ -89,15 +90,15 @@ class Driver:
         self._native = _native.Driver(config, logger)
         for key, value in self._native.vlan_env():
             os.environ[key] = value
-        self.machines: list[BaseMachine] = [wrap(h) for h in self._native.machine_handles()]
-        for m in self.machines:
-            m._set_hook(self.check_polling_conditions)
-            m.callbacks = [self.check_polling_conditions]
-            m.logger = logger
-            m.keep_machine_state = config.keep_machine_state
+        self.machines: list[BaseMachine] = [
+            wrap(h, logger, [self.check_polling_conditions], config.keep_machine_state)
+            for h in self._native.machine_handles()
+        ]
         self.vlans = self._native.vlans()
         #: The global timer (upstream's `threading.Timer` of `terminate_test`).
         self.race_timer = RaceTimer(self._native, config.global_timeout)
+        #: Where screenshots and copied files go (`-o`), as upstream's `Driver.out_dir`.
+        self.out_dir = Path(config.out_dir)
 
     # -- machines -----------------------------------------------------------------------
 
@@ -134,10 +135,11 @@ class Driver:
         keep_vm_state: bool = False,
     ) -> QemuMachine:
         """A machine not managed by the driver (no polling conditions, no cleanup)."""
-        handle = self._native.create_machine(
-            start_command, name, keep_machine_state or keep_vm_state
-        )
-        return QemuMachine(handle)
+        keep = keep_machine_state or keep_vm_state
+        handle = self._native.create_machine(start_command, name, keep)
+        machine = wrap(handle, self.logger, [], keep)
+        assert isinstance(machine, QemuMachine)
+        return machine
 
     def check_polling_conditions(self) -> None:
         for condition in self.polling_conditions:
@@ -173,7 +175,7 @@ class Driver:
         width = max((len(m.name) for m in self.machines), default=0)
         for index, m in enumerate(self.machines, start=offset + 1):
             pad = " " * (width - len(m.name) + 2)
-            print(f"    {m.name}:{pad}ssh -o User=root vsock/{index}")
+            print(f"    {m.name}:{pad}{m.ssh_backdoor_command(index)}")
 
     @contextlib.contextmanager
     def subtest(self, name: str) -> Iterator[None]:

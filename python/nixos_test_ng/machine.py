@@ -9,13 +9,24 @@ from __future__ import annotations
 import re
 import sys
 import warnings
+import weakref
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 from nixos_test_ng import _native
+from nixos_test_ng.internals import (
+    ConsoleLines,
+    MonitorSocket,
+    QemuStartCommand,
+    QMPSession,
+    SerialThread,
+    ShellSocket,
+)
 
 Timeout = float | timedelta | None
+_Part = TypeVar("_Part")
 
 
 class BaseMachine(_native.Machine):
@@ -134,7 +145,7 @@ class BaseMachine(_native.Machine):
         return self.send_monitor_command("")
 
     def ssh_backdoor_command(self, index: int) -> str:
-        """The command that reaches this machine through the vsock SSH backdoor."""
+        """The command that reaches this machine through the SSH backdoor (a VM: vsock)."""
         return f"ssh -o User=root vsock/{index}"
 
     def copy_from_vm(self, source: str, target_dir: str = "") -> None:
@@ -146,19 +157,117 @@ class BaseMachine(_native.Machine):
         )
         self.copy_from_machine(source, target_dir)
 
+    @property
+    def process(self) -> _native.MachineProcess | None:
+        """The machine's process (upstream: a `subprocess.Popen`): `pid`, `poll()`,
+        `wait(timeout)`, `returncode`, `kill()`, `terminate()`, `send_signal()`. None
+        before the first start; a VM keeps its last one after it stopped."""
+        return self._process()
+
 
 class QemuMachine(BaseMachine):
     """A QEMU VM started by a `run-<name>-vm` script."""
+
+    @property
+    def start_command(self) -> QemuStartCommand:  # type: ignore[override]
+        """The start script or command line, with upstream's `QemuStartCommand` members."""
+        return QemuStartCommand(super().start_command)
+
+    def _part(self, cls: type[_Part]) -> _Part:
+        """The machine's one `cls` object (a socket-like object keeps state, and scripts
+        expect `machine.shell is machine.shell`, as upstream's attributes are)."""
+        parts: dict[type, Any] = self.__dict__.setdefault("_parts", {})
+        if cls not in parts:
+            parts[cls] = cls(self)
+        return parts[cls]
+
+    @property
+    def monitor_path(self) -> Path:
+        """The HMP monitor's socket (`<state_dir>/monitor`)."""
+        return self._socket_paths()[0]
+
+    @property
+    def qmp_path(self) -> Path:
+        """The QMP socket (`<state_dir>/qmp`)."""
+        return self._socket_paths()[1]
+
+    @property
+    def shell_path(self) -> Path:
+        """The backdoor shell's socket (`<state_dir>/shell`)."""
+        return self._socket_paths()[2]
+
+    @property
+    def qmp_client(self) -> QMPSession | None:
+        """QMP while the VM runs (`qmp_client.send("query-status")`), else None."""
+        return self._part(QMPSession) if self.booted else None
+
+    @property
+    def shell(self) -> ShellSocket | None:
+        """The backdoor shell's connection for raw bytes while the VM runs, else None."""
+        return self._part(ShellSocket) if self.booted else None
+
+    @property
+    def monitor(self) -> MonitorSocket | None:
+        """The HMP monitor while the VM runs, else None."""
+        return self._part(MonitorSocket) if self.booted else None
+
+    @property
+    def last_lines(self) -> ConsoleLines:
+        """Console lines no `wait_for_console_text` has consumed (a queue's `get`)."""
+        return self._part(ConsoleLines)
+
+    @property
+    def serial_thread(self) -> SerialThread | None:
+        """The console reader while the VM runs (`is_alive()`, `join()`), else None."""
+        return self._part(SerialThread) if self.booted else None
 
 
 class NspawnMachine(BaseMachine):
     """A systemd-nspawn container started by a `run-<name>-nspawn` script."""
 
+    @staticmethod
+    def machine_name_from_start_command(start_command: str) -> str:
+        """The name in a start script's file name (`run-<name>-nspawn`)."""
+        name = _native.nspawn_machine_name(start_command)
+        assert name is not None, f"Could not extract node name from {start_command}"
+        return name
+
+    @property
+    def get_systemd_process(self) -> int:
+        """The pid of the container's PID 1 (systemd); starts the container and waits for
+        it to boot when needed."""
+        return self._systemd_process()
+
+    def ssh_backdoor_command(self, index: int) -> str:
+        """The command that reaches this container's SSH through systemd's unix-export."""
+        socket_path = f"/run/systemd/nspawn/unix-export/{self.name}/ssh"
+        return f'ssh -o User=root -o ProxyCommand="socat - UNIX-CLIENT:{socket_path}" bash'
+
 
 Machine = BaseMachine
 
 
-def wrap(handle: _native.MachineHandle) -> BaseMachine:
-    """The Python object for a machine the driver built."""
+def wrap(
+    handle: _native.MachineHandle,
+    logger: Any,
+    callbacks: list[Callable[[], object]],
+    keep_machine_state: bool,
+) -> BaseMachine:
+    """The Python object for a machine the driver built: `callbacks` run before every
+    command (upstream's `run_callbacks`), the list stays the machine's to change."""
     cls = NspawnMachine if handle.kind == "nspawn" else QemuMachine
-    return cls(handle)
+    machine = cls(handle)
+    machine.callbacks = callbacks
+    machine.logger = logger
+    machine.keep_machine_state = keep_machine_state
+    # A weak reference: the engine's machine holds the hook, which must not keep the
+    # Python object (and so the engine's machine) alive.
+    ref = weakref.ref(machine)
+
+    def hook() -> None:
+        alive = ref()
+        if alive is not None:
+            alive.run_callbacks()
+
+    machine._set_hook(hook)
+    return machine

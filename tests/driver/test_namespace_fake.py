@@ -349,7 +349,7 @@ def test_create_machine(run_script, fake_vm, driver_env):
     assert m.succeed("echo created") == "created\\n"
     named = create_machine({str(extra.script)!r}, name="other", keep_machine_state=True)
     assert named.name == "other"
-    assert named.state_dir.endswith("vm-state-other")
+    assert named.state_dir.name == "vm-state-other"  # a Path, as upstream
     m.release()
     assert not m.booted
     start_all()  # only the driver's machines
@@ -536,9 +536,11 @@ def test_lifecycle_and_attributes(run_script, driver_env):
     assert alpha.name == "alpha"
     assert not alpha.booted and not alpha.connected and not alpha.is_up()
     assert alpha.pid is None
-    assert alpha.state_dir == {str(driver_env.state_dir("alpha"))!r}, alpha.state_dir
-    assert alpha.shared_dir == {str(driver_env.runtime / "shared-xchg")!r}, alpha.shared_dir
-    assert alpha.out_dir == {str(driver_env.out)!r}, alpha.out_dir
+    import pathlib
+    # Paths, as upstream (`machine.state_dir / "file"` works)
+    assert alpha.state_dir == pathlib.Path({str(driver_env.state_dir("alpha"))!r}), alpha.state_dir
+    assert alpha.shared_dir == pathlib.Path({str(driver_env.runtime / "shared-xchg")!r})
+    assert alpha.out_dir == pathlib.Path({str(driver_env.out)!r}), alpha.out_dir
     assert repr(alpha) == "<QemuMachine 'alpha'>"
 
     alpha.start()

@@ -1,32 +1,9 @@
-"""The container backend against a fake `run-<name>-nspawn`: a script that announces its pid
-like upstream's and runs one child as the "container init" in the host's own namespaces,
-so nsenter works without systemd. Real containers are tested in tests/e2e."""
+"""The container backend against a fake `run-<name>-nspawn` (the `fake_container` fixture
+of tests/conftest.py). Real containers are tested in tests/e2e."""
 
 from __future__ import annotations
 
 import textwrap
-
-import pytest
-
-FAKE = """\
-#!/bin/bash
-# a fake container: announce the pid, print the environment, run one "init" child
-{before}
-echo "systemd-nspawn's PID is $$"
-echo "env: $(env | grep -v '^_=' | sort | tr '\\n' ' ')"
-sleep 600 &
-echo "Welcome to the fake container!"
-wait
-"""
-
-
-@pytest.fixture
-def fake_container(driver_env):
-    def make(name: str = "box", before: str = "") -> str:
-        path = driver_env.write_script(f"run-{name}-nspawn", FAKE.format(before=before), True)
-        return str(path)
-
-    return make
 
 
 def run(driver_env, run_driver, scripts: list[str], body: str, timeout: float = 60):

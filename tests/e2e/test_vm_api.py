@@ -18,16 +18,19 @@ pytestmark = pytest.mark.vm
 TWO_MACHINES = {"client": [1], "server": [1]}
 
 API_SCRIPT = r"""
+import pathlib
 import socket
 import time
 from datetime import timedelta
+
+from nixos_test_ng import QMPAPIError
 
 start_all()
 assert server.booted
 server.connect()
 assert server.is_up() and server.connected
 assert isinstance(server.pid, int) and server.pid > 0
-assert server.state_dir.endswith("vm-state-server"), server.state_dir
+assert server.state_dir.name == "vm-state-server", server.state_dir
 assert os.path.isdir(server.shared_dir)
 assert repr(server) == "<QemuMachine 'server'>", repr(server)
 assert isinstance(server, QemuMachine) and isinstance(server, BaseMachine)
@@ -100,6 +103,18 @@ with subtest("monitor, QMP and port forwarding"):
     event = server.wait_for_qmp_event(lambda e: e["event"] == "STOP", timeout=10)
     assert event["event"] == "STOP"
     server.send_monitor_command("cont")
+    # upstream's QMP session, as hot-plug tests use it; a QEMU error answer raises
+    assert server.qmp_client.send("query-status")["return"]["status"] == "running"
+    try:
+        server.qmp_client.send("device_del", {"id": "no-such-device"})
+    except QMPAPIError as e:
+        assert e.class_name == "DeviceNotFound" and e.transaction_id is None, e
+    else:
+        raise SystemExit("device_del of a missing device did not raise")
+    assert server.process.pid == server.pid and server.process.poll() is None
+    assert server.qmp_path.is_socket() and server.monitor_path.is_socket()
+    assert server.serial_thread.is_alive()
+    assert driver.out_dir / "x" == pathlib.Path(driver.config.out_dir) / "x"
     server.forward_port(18123, 8000)
     with socket.create_connection(("127.0.0.1", 18123), timeout=30) as s:
         assert b"pong" in s.recv(100)

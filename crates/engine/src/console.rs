@@ -63,6 +63,47 @@ impl Console {
         s.full[s.full.len().saturating_sub(n)..].to_vec()
     }
 
+    /// Takes the oldest line not yet consumed by a wait (upstream's `last_lines.get()`),
+    /// waiting for one until `deadline`; `None` when none came.
+    pub fn next_unread(&self, deadline: Deadline) -> Result<Option<String>> {
+        let mut s = self.state.lock().unwrap();
+        loop {
+            if let Some(line) = s.unread.pop_front() {
+                return Ok(Some(line));
+            }
+            if s.closed || deadline.expired() {
+                return Ok(None);
+            }
+            interrupt::check()?;
+            s = self.changed.wait_timeout(s, deadline.slice()).unwrap().0;
+        }
+    }
+
+    /// How many lines no wait has consumed yet (upstream's `last_lines.qsize()`).
+    pub fn unread_count(&self) -> usize {
+        self.state.lock().unwrap().unread.len()
+    }
+
+    /// True once the stream ended (the reader thread is done).
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().unwrap().closed
+    }
+
+    /// Waits until the stream ends or `deadline` passes; true when it ended.
+    pub fn wait_closed(&self, deadline: Deadline) -> Result<bool> {
+        let mut s = self.state.lock().unwrap();
+        loop {
+            if s.closed {
+                return Ok(true);
+            }
+            if deadline.expired() {
+                return Ok(false);
+            }
+            interrupt::check()?;
+            s = self.changed.wait_timeout(s, deadline.slice()).unwrap().0;
+        }
+    }
+
     /// Waits until `matches` accepts the accumulated text. Like upstream, each step moves one
     /// unread line into a buffer (lines are concatenated as upstream does, without separator)
     /// and tests the whole buffer; unlike upstream it waits for new lines instead of sleeping.
@@ -204,6 +245,26 @@ mod tests {
         let r = c.wait_for_text(d, &mut |t| Ok(t == "after")).unwrap();
         assert_eq!(r, WaitOutcome::Matched);
         assert_eq!(c.text(), "boot\nlogin: \nafter");
+    }
+
+    #[test]
+    fn unread_lines_are_taken_one_by_one_and_close_ends_the_wait() {
+        let c = Console::default();
+        c.push("one".into());
+        c.push("two".into());
+        assert_eq!(c.unread_count(), 2);
+        let now = Deadline::after(Some(Duration::ZERO));
+        assert_eq!(c.next_unread(now).unwrap().as_deref(), Some("one"));
+        assert_eq!(c.unread_count(), 1);
+        assert!(!c.wait_closed(now).unwrap());
+        c.close();
+        assert_eq!(
+            c.next_unread(Deadline::NEVER).unwrap().as_deref(),
+            Some("two")
+        );
+        assert_eq!(c.next_unread(Deadline::NEVER).unwrap(), None);
+        assert!(c.is_closed() && c.wait_closed(Deadline::NEVER).unwrap());
+        assert_eq!(c.text(), "one\ntwo");
     }
 
     #[test]

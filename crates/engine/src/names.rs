@@ -43,8 +43,9 @@ fn anchored_name(command: &str, suffix: &str) -> Option<String> {
 }
 
 /// `re.search("run-(.+)-nspawn", basename)`: the leftmost `run-`, then greedily up to the last
-/// `-nspawn` that leaves a non-empty name.
-fn container_name(script: &str) -> Option<String> {
+/// `-nspawn` that leaves a non-empty name; `None` where upstream's
+/// `NspawnMachine.machine_name_from_start_command` fails its assertion.
+pub fn container_name(script: &str) -> Option<String> {
     let base = script.rsplit('/').next().unwrap_or(script);
     let line = base.split('\n').next().unwrap_or(base);
     let start = line.find("run-")? + "run-".len();

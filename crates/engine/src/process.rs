@@ -151,6 +151,23 @@ impl ChildProcess {
         }
     }
 
+    /// [`ChildProcess::wait`] telling the two ways it ends without an exit apart:
+    /// `Ok(None)` when `deadline` passed, `Err(Interrupted)` when the run was interrupted.
+    pub fn wait_until(&self, deadline: Deadline) -> crate::error::Result<Option<ExitStatus>> {
+        match self.wait(deadline) {
+            Some(status) => Ok(Some(status)),
+            None => crate::interrupt::check().map(|()| None),
+        }
+    }
+
+    /// The exit status as one number once exited: the exit code, or minus the signal that
+    /// killed it (the convention of Python's `Popen.returncode`).
+    pub fn returncode(&self) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        self.exit_status()
+            .map(|s| s.code().unwrap_or_else(|| -s.signal().unwrap_or(0)))
+    }
+
     /// Writes to the child's stdin.
     pub fn write_stdin(&self, data: &[u8]) -> io::Result<()> {
         use std::io::Write;
@@ -174,6 +191,11 @@ impl ChildProcess {
         unsafe {
             libc::killpg(self.pid as libc::pid_t, signal);
         }
+    }
+
+    /// Asks the whole process group to end (SIGTERM).
+    pub fn terminate(&self) {
+        self.signal_group(libc::SIGTERM);
     }
 
     /// Kills the whole process group and reaps the leader (bounded wait).
@@ -219,6 +241,27 @@ mod tests {
                 .starts_with('Z'),
             Err(_) => false,
         }
+    }
+
+    #[test]
+    fn returncode_is_the_code_or_minus_the_signal() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "exit 3"]).stdin(Stdio::null());
+        let done = spawn(cmd).unwrap();
+        assert_eq!(
+            done.wait_until(Deadline::NEVER).unwrap().map(|s| s.code()),
+            Some(Some(3))
+        );
+        assert_eq!(done.returncode(), Some(3));
+
+        let mut cmd = Command::new("sleep");
+        cmd.arg("300").stdin(Stdio::null());
+        let sleeper = spawn(cmd).unwrap();
+        let soon = Deadline::after(Some(Duration::from_millis(20)));
+        assert!(sleeper.wait_until(soon).unwrap().is_none());
+        assert_eq!(sleeper.returncode(), None);
+        sleeper.kill();
+        assert_eq!(sleeper.returncode(), Some(-libc::SIGKILL));
     }
 
     #[test]

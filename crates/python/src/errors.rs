@@ -69,7 +69,12 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         py.get_type::<RequestedAssertionFailed>(),
     )?;
     m.add("ConfigError", py.get_type::<ConfigError>())?;
-    m.add("QMPAPIError", py.get_type::<QMPAPIError>())?;
+    let qmp = py.get_type::<QMPAPIError>();
+    // Upstream's attributes, set per error by `to_pyerr`; the class holds their defaults.
+    qmp.setattr("class_name", "")?;
+    qmp.setattr("description", "")?;
+    qmp.setattr("transaction_id", py.None())?;
+    m.add("QMPAPIError", qmp)?;
     m.add("GlobalTimeout", py.get_type::<GlobalTimeout>())?;
     m.add("Terminated", py.get_type::<Terminated>())?;
     let refused = py.get_type::<SnapshotRefused>();
@@ -111,7 +116,7 @@ pub fn to_pyerr(e: Error) -> PyErr {
         e if e.is_requested_assertion() => RequestedAssertionFailed::new_err(e.to_string()),
         e @ Error::Config(_) => ConfigError::new_err(e.to_string()),
         e @ Error::Timeout { .. } => PyTimeoutError::new_err(e.to_string()),
-        Error::Qmp { class, desc } => QMPAPIError::new_err(format!("{class}: {desc}")),
+        Error::Qmp { class, desc } => qmp_error(class, desc),
         e @ Error::SnapshotRefused { .. } => {
             let message = e.to_string();
             let Error::SnapshotRefused { reason, fix, .. } = e else {
@@ -132,6 +137,18 @@ pub fn to_pyerr(e: Error) -> PyErr {
         e @ Error::Io { .. } => PyOSError::new_err(e.to_string()),
         e => MachineError::new_err(e.to_string()),
     }
+}
+
+/// A `QMPAPIError` with upstream's `class_name` and `description`; `transaction_id` is None
+/// as in upstream, whose requests carry no id (the engine's own ids are internal).
+fn qmp_error(class: String, desc: String) -> PyErr {
+    let err = QMPAPIError::new_err(format!("{class}: {desc}"));
+    Python::attach(|py| {
+        let value = err.value(py);
+        let _ = value.setattr("class_name", class);
+        let _ = value.setattr("description", desc);
+    });
+    err
 }
 
 /// Wraps a Python error for the engine (from a callback run inside an engine call).

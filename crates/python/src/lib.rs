@@ -6,6 +6,7 @@ mod driver;
 mod errors;
 mod logger;
 mod machine;
+mod process;
 
 use std::collections::HashMap;
 
@@ -77,6 +78,40 @@ fn tmp_dir() -> PyResult<String> {
     Ok(dir.to_string_lossy().into_owned())
 }
 
+/// The name upstream's `NspawnMachine.machine_name_from_start_command` gives a container
+/// start script (`run-<name>-nspawn` in its file name), or None when it has none.
+#[pyfunction]
+fn nspawn_machine_name(script: &str) -> Option<String> {
+    ntng_engine::names::container_name(script)
+}
+
+/// The arguments the driver appends to a VM's start script for these sockets, in upstream's
+/// order (`-nographic` unless `DISPLAY` or `WAYLAND_DISPLAY` is set).
+#[pyfunction]
+fn qemu_start_args(
+    monitor: std::path::PathBuf,
+    qmp: std::path::PathBuf,
+    shell: std::path::PathBuf,
+    allow_reboot: bool,
+) -> Vec<String> {
+    ntng_engine::qemu::QemuBackend::appended_args_for(
+        &monitor,
+        &qmp,
+        &shell,
+        allow_reboot,
+        ntng_engine::qemu::display_available(),
+    )
+}
+
+/// The variables a VM's start script gets on top of the driver's environment.
+#[pyfunction]
+fn qemu_start_env(
+    state_dir: std::path::PathBuf,
+    shared_dir: std::path::PathBuf,
+) -> Vec<(String, String)> {
+    ntng_engine::qemu::start_environment(&state_dir, &shared_dir)
+}
+
 /// The QEMU key name for a character (upstream's `CHAR_TO_KEY`), or None.
 #[pyfunction]
 fn char_to_key(c: &str) -> Option<&'static str> {
@@ -93,6 +128,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(machine_name_from_script, m)?)?;
     m.add_function(wrap_pyfunction!(char_to_key, m)?)?;
     m.add_function(wrap_pyfunction!(tmp_dir, m)?)?;
+    m.add_function(wrap_pyfunction!(nspawn_machine_name, m)?)?;
+    m.add_function(wrap_pyfunction!(qemu_start_args, m)?)?;
+    m.add_function(wrap_pyfunction!(qemu_start_env, m)?)?;
     m.add_class::<config::Config>()?;
     m.add_class::<logger::Logger>()?;
     m.add_class::<logger::LogBlock>()?;
@@ -100,6 +138,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<driver::VLan>()?;
     m.add_class::<machine::MachineHandle>()?;
     m.add_class::<machine::Machine>()?;
+    m.add_class::<process::MachineProcess>()?;
     errors::register(m)?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `Machine`: one machine of the test. Python subclasses (`QemuMachine`, `NspawnMachine`)
 //! are constructed from a `MachineHandle` handed out by the driver.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,12 +9,14 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use pyo3::types::PyDict;
 
+use ntng_engine::interrupt::Deadline;
 use ntng_engine::machine::{ExecOptions, Machine as EngineMachine};
 use ntng_engine::Result as EngineResult;
 
 use crate::convert::duration;
 use crate::errors::{from_pyerr, to_pyerr};
 use crate::logger::LogBlock;
+use crate::process::MachineProcess;
 
 /// An opaque reference to an engine machine.
 #[pyclass(frozen, module = "nixos_test_ng._native")]
@@ -97,10 +100,25 @@ impl Machine {
         self.inner.booted()
     }
 
-    /// True once the backdoor shell answered.
+    /// True once the backdoor shell answered. Setting it to False makes the next command
+    /// wait for a new handshake (after the script made the guest reboot by itself).
     #[getter]
     fn connected(&self) -> bool {
         self.inner.connected()
+    }
+
+    #[setter]
+    fn set_connected(&self, value: bool) -> PyResult<()> {
+        match (value, self.inner.connected()) {
+            (false, _) => {
+                self.inner.mark_disconnected();
+                Ok(())
+            }
+            (true, true) => Ok(()),
+            (true, false) => Err(pyo3::exceptions::PyValueError::new_err(
+                "`connected` can only be set to False (call connect() to wait for the shell)",
+            )),
+        }
     }
 
     /// The pid of the machine's process (QEMU), or None.
@@ -111,26 +129,32 @@ impl Machine {
 
     /// `<tmp>/vm-state-<name>`.
     #[getter]
-    fn state_dir(&self) -> String {
-        self.inner.info().state_dir.display().to_string()
+    fn state_dir(&self) -> PathBuf {
+        self.inner.info().state_dir.clone()
     }
 
     /// The host side of the guest's `/tmp/shared`.
     #[getter]
-    fn shared_dir(&self) -> String {
-        self.inner.info().shared_dir.display().to_string()
+    fn shared_dir(&self) -> PathBuf {
+        self.inner.info().shared_dir.clone()
     }
 
     /// The output directory.
     #[getter]
-    fn out_dir(&self) -> String {
-        self.inner.info().out_dir.display().to_string()
+    fn out_dir(&self) -> PathBuf {
+        self.inner.info().out_dir.clone()
+    }
+
+    /// The driver's tmp dir (which holds the state directory).
+    #[getter]
+    fn tmp_dir(&self) -> PathBuf {
+        self.inner.info().tmp_dir().to_path_buf()
     }
 
     /// The start script or command.
     #[getter]
-    fn start_command(&self) -> Option<String> {
-        self.inner.start_command().map(str::to_string)
+    fn start_command(&self) -> String {
+        self.inner.start_command().to_string()
     }
 
     /// Every console line since the last start.
@@ -141,6 +165,78 @@ impl Machine {
             .lines()
             .map(str::to_string)
             .collect()
+    }
+
+    /// The machine's process (None before the first start; a VM keeps its last one).
+    fn _process(&self) -> Option<MachineProcess> {
+        self.inner.process().map(MachineProcess::new)
+    }
+
+    /// The monitor, QMP and shell socket paths of a VM.
+    fn _socket_paths(&self) -> PyResult<(PathBuf, PathBuf, PathBuf)> {
+        let [monitor, qmp, shell] = self.inner.qemu_socket_paths().map_err(to_pyerr)?;
+        Ok((monitor, qmp, shell))
+    }
+
+    /// Writes raw bytes to the backdoor shell.
+    fn _shell_send(&self, py: Python<'_>, data: Vec<u8>) -> PyResult<()> {
+        self.call(py, move |m| m.send_to_shell(&data))
+    }
+
+    /// Reads up to `bufsize` raw bytes from the backdoor shell (b"" at the end or timeout).
+    #[pyo3(signature = (bufsize, timeout=None))]
+    fn _shell_recv<'py>(
+        &self,
+        py: Python<'py>,
+        bufsize: usize,
+        timeout: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let deadline = Deadline::after(duration(timeout)?);
+        let data = self.call(py, move |m| m.recv_from_shell(bufsize, deadline))?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    /// The next console line no wait consumed yet, waiting up to `timeout` (None: no limit);
+    /// None when none came (or the console closed).
+    #[pyo3(signature = (timeout=None))]
+    fn _console_next(
+        &self,
+        py: Python<'_>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<String>> {
+        let deadline = Deadline::after(duration(timeout)?);
+        self.call(py, move |m| m.console().next_unread(deadline))
+    }
+
+    /// How many console lines no wait consumed yet.
+    fn _console_unread(&self) -> usize {
+        self.inner.console().unread_count()
+    }
+
+    /// Waits up to `timeout` for the console reader to end; true when it has.
+    #[pyo3(signature = (timeout=None))]
+    fn _console_wait_closed(
+        &self,
+        py: Python<'_>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let deadline = Deadline::after(duration(timeout)?);
+        self.call(py, move |m| m.console().wait_closed(deadline))
+    }
+
+    /// The pid of a container's PID 1 (starting it and waiting for it to boot if needed).
+    fn _systemd_process(&self, py: Python<'_>) -> PyResult<u32> {
+        self.call(py, |m| m.systemd_process())
+    }
+
+    /// Logs a console line of the machine (`<name> # <msg>`).
+    fn log_serial(&self, msg: &str) {
+        self.inner.log_serial(msg);
+    }
+
+    /// Deletes the state directory (and makes it again, empty); not while the machine runs.
+    fn cleanup_statedir(&self, py: Python<'_>) -> PyResult<()> {
+        self.call(py, |m| m.cleanup_state_dir())
     }
 
     /// Sets (or clears) the callable run before every command (polling conditions).

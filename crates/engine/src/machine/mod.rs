@@ -17,6 +17,8 @@ use crate::console::Console;
 use crate::error::Result;
 use crate::interrupt::Deadline;
 use crate::log::Logger;
+use crate::nspawn::NspawnBackend;
+use crate::process::ChildProcess;
 use crate::qemu::QemuBackend;
 use crate::trace::{SpanId, SpanKind, SpanStatus};
 use crate::transport::shell::Reply;
@@ -52,6 +54,11 @@ impl MachineInfo {
         self.logger.log(msg, Some(&self.name));
     }
 
+    /// The driver's tmp dir, which holds the state directory.
+    pub fn tmp_dir(&self) -> &Path {
+        self.state_dir.parent().unwrap_or(&self.state_dir)
+    }
+
     /// When a machine started at `started` must have answered (`boot_timeout`).
     pub fn boot_deadline(&self, started: std::time::Instant) -> crate::interrupt::Deadline {
         match self.boot_timeout {
@@ -65,6 +72,8 @@ impl MachineInfo {
 pub trait Backend: Send + Sync {
     /// VM or container.
     fn kind(&self) -> MachineKind;
+    /// The start script (or, for a VM, a shell command line).
+    fn start_command(&self) -> &str;
     /// Starts the machine without waiting for it to boot. Does nothing when running.
     fn start(&self, info: &MachineInfo, allow_reboot: bool) -> Result<()>;
     /// Waits until commands can run (the backdoor handshake).
@@ -75,6 +84,9 @@ pub trait Backend: Send + Sync {
     fn is_connected(&self) -> bool;
     /// The pid of the machine's process.
     fn pid(&self) -> Option<u32>;
+    /// The machine's process (the start script, which execs QEMU or systemd-nspawn): the
+    /// running one; a VM also keeps its last one after it stopped, as upstream.
+    fn process(&self) -> Option<Arc<ChildProcess>>;
     /// Runs one command.
     fn execute(
         &self,
@@ -96,6 +108,10 @@ pub trait Backend: Send + Sync {
     fn shell(&self) -> &crate::transport::slot::ShellSlot;
     /// The QEMU backend, for QEMU-only operations.
     fn as_qemu(&self) -> Option<&QemuBackend> {
+        None
+    }
+    /// The systemd-nspawn backend, for container-only operations.
+    fn as_nspawn(&self) -> Option<&NspawnBackend> {
         None
     }
 }
@@ -145,6 +161,16 @@ impl Machine {
     /// The QEMU backend, when this is a VM.
     pub fn qemu(&self) -> Option<&QemuBackend> {
         self.backend.as_qemu()
+    }
+
+    /// The systemd-nspawn backend, when this is a container.
+    pub fn nspawn(&self) -> Option<&NspawnBackend> {
+        self.backend.as_nspawn()
+    }
+
+    /// The start script or command line.
+    pub fn start_command(&self) -> &str {
+        self.backend.start_command()
     }
 
     /// Sets the hook run before every command (polling conditions).
@@ -256,21 +282,87 @@ impl Machine {
     pub fn console(&self) -> &Arc<Console> {
         self.backend.console()
     }
+
+    /// The machine's process (see [`Backend::process`]).
+    pub fn process(&self) -> Option<Arc<ChildProcess>> {
+        self.backend.process()
+    }
+
+    /// Logs a console line of the machine (`<name> # <line>`), as its console reader does.
+    pub fn log_serial(&self, line: &str) {
+        self.info.logger.serial(&self.info.name, line);
+    }
+
+    /// Marks the shell as needing a new handshake, as upstream's `connected = False` does
+    /// (after the script made the guest reboot by itself).
+    pub fn mark_disconnected(&self) {
+        self.backend.shell().disconnect();
+    }
+
+    /// Writes raw bytes to the backdoor shell, bypassing the command framing (upstream's
+    /// `machine.shell.send`): a command sent so must not write to its stdout, or the next
+    /// command reads that output as its own answer.
+    pub fn send_to_shell(&self, data: &[u8]) -> Result<()> {
+        self.require_running("writing to the shell")?;
+        self.backend
+            .shell()
+            .send_raw(&self.info, self.backend.console(), data)
+    }
+
+    /// Reads up to `max` raw bytes from the backdoor shell until `deadline`.
+    pub fn recv_from_shell(&self, max: usize, deadline: Deadline) -> Result<Vec<u8>> {
+        self.require_running("reading from the shell")?;
+        self.backend
+            .shell()
+            .recv_raw(&self.info, self.backend.console(), max, deadline)
+    }
+
+    /// Deletes the state directory and makes it again, empty (upstream's
+    /// `cleanup_statedir`, which the driver runs for every machine unless
+    /// `--keep-machine-state`). Not while the machine runs: its disk and sockets are there.
+    pub fn cleanup_state_dir(&self) -> Result<()> {
+        if self.booted() {
+            return Err(crate::error::Error::InvalidState {
+                machine: self.name().to_string(),
+                message: "cannot delete the state directory of a running machine (its disk image and sockets are in it): shut it down or release() it first".to_string(),
+            });
+        }
+        delete_state_dir(&self.info)?;
+        create_state_dir(&self.info)
+    }
+
+    fn require_running(&self, what: &str) -> Result<()> {
+        if self.booted() {
+            return Ok(());
+        }
+        Err(crate::error::Error::InvalidState {
+            machine: self.name().to_string(),
+            message: format!("{what}: the machine is not running (call start() first)"),
+        })
+    }
 }
 
 fn prepare_state_dir(info: &MachineInfo, keep_state: bool) -> Result<()> {
-    let dir: &Path = &info.state_dir;
-    if !keep_state && dir.exists() {
-        info.logger.log(
-            &format!(
-                "deleting machine state directory {} if you want to keep the machine state, pass --keep-machine-state",
-                dir.display()
-            ),
-            None,
-        );
-        remove_state_dir(dir)?;
+    if !keep_state && info.state_dir.exists() {
+        delete_state_dir(info)?;
     }
-    create_state_dir(dir)
+    create_state_dir(info)
+}
+
+/// Deletes the state directory, logging upstream's two lines.
+fn delete_state_dir(info: &MachineInfo) -> Result<()> {
+    let dir: &Path = &info.state_dir;
+    match remove_state_dir(dir) {
+        Err(crate::error::Error::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound => {}
+        other => other?,
+    }
+    info.log(&format!(
+        "deleting machine state directory {}",
+        dir.display()
+    ));
+    info.log("if you want to keep the machine state, pass --keep-machine-state");
+    Ok(())
 }
 
 fn remove_state_dir(dir: &Path) -> Result<()> {
@@ -278,8 +370,9 @@ fn remove_state_dir(dir: &Path) -> Result<()> {
         .map_err(|e| crate::error::Error::io(format!("deleting {}", dir.display()), e))
 }
 
-fn create_state_dir(dir: &Path) -> Result<()> {
+fn create_state_dir(info: &MachineInfo) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
+    let dir: &Path = &info.state_dir;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -26,7 +26,7 @@ impl Machine {
             if dir.exists() {
                 block.check(remove_state_dir(dir))?;
             }
-            block.check(create_state_dir(dir))?;
+            block.check(create_state_dir(&self.info))?;
         }
         block.check(self.start(false))?;
         block.check(self.connect())?;

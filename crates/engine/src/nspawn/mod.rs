@@ -18,7 +18,7 @@ use crate::config::MachineKind;
 use crate::console::Console;
 use crate::error::{Error, Result};
 use crate::interrupt::{self, Deadline};
-use crate::machine::{Backend, MachineInfo};
+use crate::machine::{Backend, Machine, MachineInfo};
 use crate::process::{self, ChildProcess};
 use crate::transport::shell::{Reply, Shell, ShellError, CONTAINER_PREAMBLE, CONTAINER_SETUP};
 use crate::transport::slot::{guest_error, ShellSlot};
@@ -36,8 +36,10 @@ struct Announced {
 }
 
 struct Running {
-    process: ChildProcess,
+    process: Arc<ChildProcess>,
     announced: Arc<Announced>,
+    /// The container's PID 1, once found.
+    init: Mutex<Option<u32>>,
     console_reader: Mutex<Option<JoinHandle<()>>>,
     /// The persistent `nsenter` bash, once connected.
     shell_process: Mutex<Option<ChildProcess>>,
@@ -230,6 +232,7 @@ impl NspawnBackend {
             match self.shell.handshake(deadline, &mut || !deadline.expired()) {
                 Ok(()) => {
                     *run.shell_process.lock().unwrap() = Some(process);
+                    *run.init.lock().unwrap() = Some(init);
                     return Ok(());
                 }
                 Err(ShellError::Interrupted) => return Err(Error::Interrupted),
@@ -272,6 +275,14 @@ fn parse_pid_line(line: &str) -> Option<u32> {
 impl Backend for NspawnBackend {
     fn kind(&self) -> MachineKind {
         MachineKind::Nspawn
+    }
+
+    fn start_command(&self) -> &str {
+        &self.start_script
+    }
+
+    fn process(&self) -> Option<Arc<ChildProcess>> {
+        self.running().map(|r| r.process.clone())
     }
 
     fn start(&self, info: &MachineInfo, _allow_reboot: bool) -> Result<()> {
@@ -322,8 +333,9 @@ impl Backend for NspawnBackend {
             },
         );
         let run = Arc::new(Running {
-            process,
+            process: Arc::new(process),
             announced,
+            init: Mutex::new(None),
             console_reader: Mutex::new(Some(reader)),
             shell_process: Mutex::new(None),
         });
@@ -475,6 +487,34 @@ impl Backend for NspawnBackend {
 
     fn shell(&self) -> &ShellSlot {
         &self.shell
+    }
+
+    fn as_nspawn(&self) -> Option<&NspawnBackend> {
+        Some(self)
+    }
+}
+
+impl NspawnBackend {
+    /// The container's PID 1 once connected.
+    fn init_pid(&self) -> Option<u32> {
+        self.running().and_then(|r| *r.init.lock().unwrap())
+    }
+}
+
+impl Machine {
+    /// The pid (in the host's namespace) of the container's PID 1, systemd: upstream's
+    /// `NspawnMachine.get_systemd_process`. Starts the container and waits for it to boot
+    /// when needed, as upstream's first command does.
+    pub fn systemd_process(&self) -> Result<u32> {
+        let nspawn = self.nspawn().ok_or_else(|| Error::InvalidState {
+            machine: self.name().to_string(),
+            message: "get_systemd_process needs a container".to_string(),
+        })?;
+        self.connect()?;
+        nspawn.init_pid().ok_or_else(|| Error::InvalidState {
+            machine: self.name().to_string(),
+            message: "the container stopped".to_string(),
+        })
     }
 }
 

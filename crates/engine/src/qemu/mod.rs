@@ -36,6 +36,29 @@ use crate::transport::slot::{guest_error, ShellSlot};
 /// How long QEMU may take to connect to the driver's sockets after the start script runs.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The HMP monitor's socket in a QEMU's directory (the driver listens, QEMU connects).
+pub const MONITOR_SOCKET: &str = "monitor";
+/// The QMP socket (QEMU listens, the driver connects).
+pub const QMP_SOCKET: &str = "qmp";
+/// The backdoor shell's socket (the driver listens, QEMU connects).
+pub const SHELL_SOCKET: &str = "shell";
+
+/// Whether QEMU gets a display (upstream: `DISPLAY` or `WAYLAND_DISPLAY` is set); else
+/// `-nographic` is appended.
+pub fn display_available() -> bool {
+    std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some()
+}
+
+/// The variables a start script gets on top of the driver's environment (upstream's
+/// `QemuStartCommand.build_environment`).
+pub fn start_environment(state_dir: &Path, shared_dir: &Path) -> Vec<(String, String)> {
+    vec![
+        ("TMPDIR".into(), state_dir.display().to_string()),
+        ("SHARED_DIR".into(), shared_dir.display().to_string()),
+        ("USE_TMPDIR".into(), "1".into()),
+    ]
+}
+
 /// QEMU's control channels: the HMP monitor and QMP.
 pub struct Control {
     monitor: Mutex<Monitor>,
@@ -59,7 +82,7 @@ enum ControlState {
 
 /// A running QEMU process and its control channels.
 pub struct Running {
-    process: ChildProcess,
+    process: Arc<ChildProcess>,
     control: Mutex<ControlState>,
     console_reader: Mutex<Option<JoinHandle<()>>>,
     /// Its TMPDIR: the machine's state directory, or the directory of the standby it was.
@@ -111,9 +134,8 @@ struct Launch {
 
 impl Launch {
     fn command(&self) -> Command {
-        let graphical =
-            std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
-        let mut args = QemuBackend::appended_args(&self.dir, self.allow_reboot, graphical);
+        let mut args =
+            QemuBackend::appended_args(&self.dir, self.allow_reboot, display_available());
         if let Some(first) = self.vnc_from {
             args.extend(vnc::args(first));
         }
@@ -133,9 +155,7 @@ impl Launch {
             c
         };
         cmd.current_dir(&self.dir)
-            .env("TMPDIR", &self.dir)
-            .env("SHARED_DIR", &self.shared_dir)
-            .env("USE_TMPDIR", "1")
+            .envs(start_environment(&self.dir, &self.shared_dir))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -196,6 +216,8 @@ pub struct QemuBackend {
     start_command: String,
     console: Arc<Console>,
     running: Mutex<Option<Arc<Running>>>,
+    /// The process of the QEMU that ran last, kept after it stopped (upstream's `process`).
+    last_process: Mutex<Option<Arc<ChildProcess>>>,
     shell: ShellSlot,
     started_at: Mutex<Option<Instant>>,
     /// What the running QEMU was started with (a standby gets the same).
@@ -218,17 +240,13 @@ impl QemuBackend {
             start_command,
             console: Arc::default(),
             running: Mutex::new(None),
+            last_process: Mutex::new(None),
             shell: ShellSlot::default(),
             started_at: Mutex::new(None),
             allow_reboot: AtomicBool::new(false),
             standbys: Standbys::default(),
             vnc: Arc::default(),
         }
-    }
-
-    /// The start command.
-    pub fn start_command(&self) -> &str {
-        &self.start_command
     }
 
     /// The running QEMU, or an error naming the machine.
@@ -243,16 +261,34 @@ impl QemuBackend {
             })
     }
 
-    /// The arguments the driver appends to the start script, in upstream's order.
+    /// The arguments the driver appends to the start script, in upstream's order, for the
+    /// sockets in `state_dir`.
     pub fn appended_args(state_dir: &Path, allow_reboot: bool, graphical: bool) -> Vec<String> {
-        let p = |n: &str| state_dir.join(n).display().to_string();
+        Self::appended_args_for(
+            &state_dir.join(MONITOR_SOCKET),
+            &state_dir.join(QMP_SOCKET),
+            &state_dir.join(SHELL_SOCKET),
+            allow_reboot,
+            graphical,
+        )
+    }
+
+    /// The arguments the driver appends to the start script for the given sockets (upstream's
+    /// `QemuStartCommand.cmd`).
+    pub fn appended_args_for(
+        monitor: &Path,
+        qmp: &Path,
+        shell: &Path,
+        allow_reboot: bool,
+        graphical: bool,
+    ) -> Vec<String> {
         let mut args: Vec<String> = vec![
             "-qmp".into(),
-            format!("unix:{},server=on,wait=off", p("qmp")),
+            format!("unix:{},server=on,wait=off", qmp.display()),
             "-monitor".into(),
-            format!("unix:{}", p("monitor")),
+            format!("unix:{}", monitor.display()),
             "-chardev".into(),
-            format!("socket,id=shell,path={}", p("shell")),
+            format!("socket,id=shell,path={}", shell.display()),
             "-device".into(),
             "virtio-serial".into(),
             "-device".into(),
@@ -352,9 +388,9 @@ impl QemuBackend {
 
     fn do_start(&self, info: &MachineInfo, allow_reboot: bool) -> Result<()> {
         info.log("starting vm");
-        let (monitor_l, _) = Self::listen(info, "monitor")?;
-        let (shell_l, _) = Self::listen(info, "shell")?;
-        let qmp_path = info.state_dir.join("qmp");
+        let (monitor_l, _) = Self::listen(info, MONITOR_SOCKET)?;
+        let (shell_l, _) = Self::listen(info, SHELL_SOCKET)?;
+        let qmp_path = info.state_dir.join(QMP_SOCKET);
         let _ = std::fs::remove_file(&qmp_path);
         std::fs::create_dir_all(&info.shared_dir)
             .map_err(|e| Error::io(format!("creating {}", info.shared_dir.display()), e))?;
@@ -422,7 +458,7 @@ impl QemuBackend {
             })
             .expect("cannot start a control-channel thread");
         *self.running.lock().unwrap() = Some(Arc::new(Running {
-            process,
+            process: Arc::new(process),
             control: Mutex::new(ControlState::Pending(control)),
             console_reader: Mutex::new(Some(reader)),
             dir: info.state_dir.clone(),
@@ -479,6 +515,7 @@ impl QemuBackend {
         self.shell.clear();
         let run = self.running.lock().unwrap().take();
         if let Some(run) = run {
+            *self.last_process.lock().unwrap() = Some(run.process.clone());
             // Whatever is left of the start script's group may hold the console open.
             run.process.kill();
             if let Some(reader) = run.console_reader.lock().unwrap().take() {
@@ -491,11 +528,34 @@ impl QemuBackend {
     pub fn disconnect(&self) {
         self.shell.disconnect();
     }
+
+    /// The paths of the monitor, QMP and shell sockets of the running QEMU (in the state
+    /// directory, or in the directory of the warm standby that took over), else of the next.
+    pub fn socket_paths(&self, info: &MachineInfo) -> [PathBuf; 3] {
+        let dir = self
+            .running
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map_or_else(|| info.state_dir.clone(), |r| r.dir.clone());
+        [MONITOR_SOCKET, QMP_SOCKET, SHELL_SOCKET].map(|n| dir.join(n))
+    }
 }
 
 impl Backend for QemuBackend {
     fn kind(&self) -> MachineKind {
         MachineKind::Qemu
+    }
+
+    fn start_command(&self) -> &str {
+        &self.start_command
+    }
+
+    fn process(&self) -> Option<Arc<ChildProcess>> {
+        match &*self.running.lock().unwrap() {
+            Some(run) => Some(run.process.clone()),
+            None => self.last_process.lock().unwrap().clone(),
+        }
     }
 
     fn start(&self, info: &MachineInfo, allow_reboot: bool) -> Result<()> {

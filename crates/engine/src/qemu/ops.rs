@@ -256,9 +256,11 @@ impl Machine {
             .map(drop)
     }
 
-    /// The start command (script path or command line).
-    pub fn start_command(&self) -> Option<&str> {
-        self.qemu().map(QemuBackend::start_command)
+    /// The paths of the monitor, QMP and shell sockets (see [`QemuBackend::socket_paths`]).
+    pub fn qemu_socket_paths(&self) -> Result<[std::path::PathBuf; 3]> {
+        Ok(self
+            .qemu_or_err("monitor_path, qmp_path and shell_path: each")?
+            .socket_paths(self.info()))
     }
 }
 

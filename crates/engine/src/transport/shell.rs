@@ -260,6 +260,22 @@ impl Shell {
         self.stream.write_all(data).map_err(map_write_err)
     }
 
+    /// Reads up to `max` raw bytes (what is buffered, else what arrives first), waiting
+    /// until `deadline`; empty when the guest closed the connection or nothing came.
+    pub fn recv_raw(&mut self, max: usize, deadline: Deadline) -> Result<Vec<u8>, ShellError> {
+        while self.buf.is_empty() {
+            match self.fill(deadline) {
+                Ok(true) => {}
+                Ok(false) if deadline.expired() => return Ok(Vec::new()),
+                Ok(false) => {}
+                Err(ShellError::Disconnected) => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            }
+        }
+        let n = max.min(self.buf.len());
+        Ok(self.buf.drain(..n).collect())
+    }
+
     /// The `TRACEPARENT` the commands from now on run with (`None`: none).
     pub fn set_traceparent(&mut self, value: Option<String>) {
         self.traceparent_wanted = value;
@@ -606,6 +622,23 @@ pub(crate) mod tests {
                 Deadline::after(Some(Duration::from_secs(30))),
             )
             .unwrap()
+    }
+
+    #[test]
+    fn raw_bytes_round_trip_and_framed_commands_still_work() {
+        let (mut shell, _child) = fake_guest();
+        shell.send_raw(b"echo raw-hello\n").unwrap();
+        let deadline = Deadline::after(Some(Duration::from_secs(10)));
+        let mut got = Vec::new();
+        while !got.ends_with(b"raw-hello\n") {
+            let chunk = shell.recv_raw(4, deadline).unwrap();
+            assert!(!chunk.is_empty() && chunk.len() <= 4, "{chunk:?}");
+            got.extend(chunk);
+        }
+        assert_eq!(got, b"raw-hello\n");
+        let nothing = shell.recv_raw(64, Deadline::after(Some(Duration::from_millis(50))));
+        assert_eq!(nothing.unwrap(), b"");
+        assert_eq!(run(&mut shell, "echo framed"), (0, b"framed\n".to_vec()));
     }
 
     #[test]

@@ -96,6 +96,23 @@ impl ShellSlot {
         }
     }
 
+    /// Reads up to `max` raw bytes from the shell (see [`Shell::recv_raw`]).
+    pub fn recv_raw(
+        &self,
+        info: &MachineInfo,
+        console: &Console,
+        max: usize,
+        deadline: Deadline,
+    ) -> Result<Vec<u8>> {
+        match self.shell.lock().unwrap().as_mut() {
+            Some(shell) => shell.recv_raw(max, deadline).map_err(|e| match e {
+                ShellError::Interrupted => Error::Interrupted,
+                e => guest_error(info, console, format!("reading from the shell: {e}")),
+            }),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Runs one command; `exit_note` describes how the machine ended when it vanished.
     #[allow(clippy::too_many_arguments)]
     pub fn execute(

@@ -444,7 +444,7 @@ impl QemuBackend {
         qmp.discard_events(); // those of the warm-up
         let pid = process.pid();
         *self.running.lock().unwrap() = Some(Arc::new(Running {
-            process,
+            process: Arc::new(process),
             control: Mutex::new(ControlState::Ready(Arc::new(Control {
                 monitor: Mutex::new(monitor),
                 qmp,
