@@ -102,11 +102,11 @@ def test_the_ready_snapshot_is_only_taken_for_isolation(
     assert isolation_properties(driver_env.out / "junit.xml") == {"test_a": note}
 
 
-def test_containers_keep_their_isolation_by_restore(driver_env, run_driver, write_script):
+def test_containers_keep_their_isolation_by_restore(
+    driver_env, run_driver, write_script, fake_container
+):
     """A container's snapshot is its state right after boot; restoring it restarts it."""
-    from .test_nspawn_fake import FAKE
-
-    box = write_script("run-box-nspawn", FAKE.format(before=""), True)
+    box = fake_container("box")
     script = "import pytest\n\n"
     script += "def test_a(box):\n    box.succeed('true')\n\n"
     script += "@pytest.mark.isolated\ndef test_b(box):\n    box.succeed('true')\n"
