@@ -140,7 +140,7 @@ def check_kvm(
             f"add yourself to the group of {dev_kvm} (usually `kvm`), or run as root",
         )
     if status is None:
-        from nixos_test_ng.guest.builder import kvm_status
+        from nixos_test_ng.guest.kvm import kvm_status
 
         def status(d: Path) -> dict[str, object] | None:
             return kvm_status(d, log=lambda _msg: None)
@@ -211,7 +211,7 @@ def check_ocr(table: dict[str, HostCommand], which: Which = shutil.which) -> Che
 
 
 def check_guests(guest_dir: Path) -> Check:
-    from nixos_test_ng.guest.builder import load_manifest
+    from nixos_test_ng.guest.cache import load_manifest
     from nixos_test_ng.guest.systemd_guest import load_systemd_manifest, systemd_dir
 
     busybox = load_manifest(guest_dir)
@@ -342,7 +342,7 @@ def summary(checks: Sequence[Check]) -> tuple[int, str]:
 
 
 def main(argv: list[str]) -> int:
-    from nixos_test_ng.guest.builder import default_guest_dir
+    from nixos_test_ng.guest.cache import default_guest_dir
 
     parser = argparse.ArgumentParser(
         prog="nixos-test-ng doctor",

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from nixos_test_ng.guest import BuildError, ensure_built
-from nixos_test_ng.guest.builder import INITRD_FILE, MANIFEST_FILE
+from nixos_test_ng.guest.cache import INITRD_FILE, MANIFEST_FILE
 
 HANDSHAKE = b"Spawning backdoor root shell..."
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from nixos_test_ng.guest import BuildError, ensure_systemd_built, systemd_dir
-from nixos_test_ng.guest.builder import INITRD_FILE, MANIFEST_FILE
+from nixos_test_ng.guest.cache import INITRD_FILE, MANIFEST_FILE
 
 PID_LINE = "systemd-nspawn's PID is "
 NSENTER = ["nsenter", "--mount", "--uts", "--ipc", "--net", "--pid", "--cgroup"]

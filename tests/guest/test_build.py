@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 from nixos_test_ng.guest import BuildError, build, elf, load_manifest
-from nixos_test_ng.guest import builder as builder_mod
-from nixos_test_ng.guest.builder import Package
+from nixos_test_ng.guest import busybox_guest as bb
+from nixos_test_ng.guest.apt import Package
+from nixos_test_ng.guest.cache import hash_inputs
 
 
 def sha256(path: Path) -> str:
@@ -234,22 +235,20 @@ def test_input_hash_covers_scripts_modules_programs_and_debs(
         Package("linux-image-x", "1", "amd64", "00", 1),
         Package("busybox-static", "1:2", "amd64", "11", 1),
     ]
-    base = builder_mod._hash_inputs(builder_mod._inputs(pkgs, "generic"))
+    base = hash_inputs(bb.inputs(pkgs, "generic"))
     assert pkgs[1].file == "busybox-static_1%3a2_amd64.deb"
     other_deb = [pkgs[0], Package("busybox-static", "1:2", "amd64", "12", 1)]
-    assert builder_mod._hash_inputs(builder_mod._inputs(other_deb, "generic")) != base
-    assert builder_mod._hash_inputs(builder_mod._inputs(pkgs, "cloud")) != base
-    monkeypatch.setattr(builder_mod, "MODULES", (*builder_mod.MODULES, "extra"))
-    assert builder_mod._hash_inputs(builder_mod._inputs(pkgs, "generic")) != base
+    assert hash_inputs(bb.inputs(other_deb, "generic")) != base
+    assert hash_inputs(bb.inputs(pkgs, "cloud")) != base
+    monkeypatch.setattr(bb, "MODULES", (*bb.MODULES, "extra"))
+    assert hash_inputs(bb.inputs(pkgs, "generic")) != base
     monkeypatch.undo()
-    monkeypatch.setattr(builder_mod, "DYNAMIC_PROGRAMS", {"bin/nc": "bin/nc.traditional"})
-    assert builder_mod._hash_inputs(builder_mod._inputs(pkgs, "generic")) != base
+    monkeypatch.setattr(bb, "DYNAMIC_PROGRAMS", {"bin/nc": "bin/nc.traditional"})
+    assert hash_inputs(bb.inputs(pkgs, "generic")) != base
     monkeypatch.undo()
-    real = builder_mod._data_file
-    monkeypatch.setattr(
-        builder_mod, "_data_file", lambda n: real(n) + (b"#" if n == "init.sh" else b"")
-    )
-    assert builder_mod._hash_inputs(builder_mod._inputs(pkgs, "generic")) != base
+    real = bb.data_file
+    monkeypatch.setattr(bb, "data_file", lambda n: real(n) + (b"#" if n == "init.sh" else b""))
+    assert hash_inputs(bb.inputs(pkgs, "generic")) != base
 
 
 def test_unknown_flavour_is_an_error(tmp_path: Path) -> None:
@@ -259,4 +258,4 @@ def test_unknown_flavour_is_an_error(tmp_path: Path) -> None:
 
 def test_manifest_is_json_with_the_input_hash(built_guest: Path) -> None:
     m = json.loads((built_guest / "manifest.json").read_text())
-    assert m["input_hash"] == builder_mod._hash_inputs(m["inputs"])
+    assert m["input_hash"] == hash_inputs(m["inputs"])

@@ -21,8 +21,16 @@ from nixos_test_ng.guest import (
     systemd_dir,
 )
 from nixos_test_ng.guest import systemd_guest as sg
-from nixos_test_ng.guest.builder import _data_file, _sha256
+from nixos_test_ng.guest.cache import hash_inputs, sha256_file
+from nixos_test_ng.guest.common import data_file
 from systemd_support import systemd_guest  # noqa: F401  (a fixture)
+
+
+def append_to_data_file(monkeypatch: pytest.MonkeyPatch, name: str, extra: bytes) -> None:
+    """The systemd guest's builder reads the data file `name` with `extra` at its end."""
+    real = sg.data_file
+    monkeypatch.setattr(sg, "data_file", lambda n: real(n) + (extra if n == name else b""))
+
 
 # ---------------------------------------------------------------------------------------------
 # the configuration, without a real tree
@@ -42,7 +50,7 @@ def test_backdoor_unit_is_nixos_backdoor_service() -> None:
         assert line in unit.splitlines(), line
     # the very script of the busybox guest (NixOS's steps, in NixOS's order)
     backdoor, mode = files["usr/local/lib/nixos-test-ng/backdoor"]
-    assert backdoor == _data_file("backdoor.sh") and mode == 0o755
+    assert backdoor == data_file("backdoor.sh") and mode == 0o755
     text = backdoor.decode()
     steps = [
         "export USER=root",
@@ -145,22 +153,22 @@ def test_input_hash_covers_configuration_packages_and_busybox(
         "inputs": {"flavour": "generic", "debs": [{"sha256": "k" * 64}]},
         "artifacts": {"initrd.img": {"sha256": "i" * 64}},
     }
-    base = sg._base_inputs("http://deb.debian.org/debian")
-    digest = sg._hash(sg._inputs(base, busybox))
-    assert sg._hash(sg._inputs(base, busybox)) == digest
-    other_mirror = sg._base_inputs("http://ftp.de.debian.org/debian")
-    assert sg._hash(sg._inputs(other_mirror, busybox)) != digest
+    base = sg.base_inputs("http://deb.debian.org/debian")
+    digest = hash_inputs(sg.inputs(base, busybox))
+    assert hash_inputs(sg.inputs(base, busybox)) == digest
+    other_mirror = sg.base_inputs("http://ftp.de.debian.org/debian")
+    assert hash_inputs(sg.inputs(other_mirror, busybox)) != digest
     busybox["artifacts"]["initrd.img"]["sha256"] = "j" * 64
-    assert sg._hash(sg._inputs(base, busybox)) != digest
+    assert hash_inputs(sg.inputs(base, busybox)) != digest
     busybox["artifacts"]["initrd.img"]["sha256"] = "i" * 64
-    monkeypatch.setattr(sg, "SYSTEM_CONF", sg.SYSTEM_CONF + "# changed\n")
-    assert sg._hash(sg._inputs(base, busybox)) != digest
+    append_to_data_file(monkeypatch, "systemd_system.conf", b"# changed\n")
+    assert hash_inputs(sg.inputs(base, busybox)) != digest
     monkeypatch.undo()
     monkeypatch.setattr(sg, "MASKED_UNITS", (*sg.MASKED_UNITS, "foo.service"))
-    assert sg._hash(sg._inputs(base, busybox)) != digest
+    assert hash_inputs(sg.inputs(base, busybox)) != digest
     monkeypatch.undo()
     monkeypatch.setattr(sg, "PACKAGES", (*sg.PACKAGES, "vim"))
-    assert sg._hash(sg._inputs(sg._base_inputs(base["mirror"]), busybox)) != digest
+    assert hash_inputs(sg.inputs(sg.base_inputs(base["mirror"]), busybox)) != digest
 
 
 def test_image_has_a_fixed_uuid_and_label(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -194,7 +202,7 @@ def test_built_systemd_guest(systemd_guest: Path) -> None:  # noqa: F811
     assert m is not None and busybox is not None
     sd = systemd_dir(systemd_guest)
     for name, art in m["artifacts"].items():
-        assert _sha256(sd / name) == art["sha256"], name
+        assert sha256_file(sd / name) == art["sha256"], name
     assert m["image_id"] == m["artifacts"]["rootfs.ext4"]["sha256"][:16]
     for pkg in sg.PACKAGES:
         assert pkg in m["packages"], pkg
@@ -255,7 +263,7 @@ def test_config_change_rebuilds_without_debootstrap(
     systemd_guest: Path,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(sg, "SYSTEM_CONF", sg.SYSTEM_CONF + "# a change\n")
+    append_to_data_file(monkeypatch, "systemd_system.conf", b"# a change\n")
     logs: list[str] = []
     result = build_systemd(guest_copy, log=logs.append)
     assert result.built

@@ -15,15 +15,9 @@ for them that follow the NixOS start-script contracts (see docs/guests.md).
 Command line: `nixos-test-ng guest build [--systemd]|scripts ...` (`python -m nixos_test_ng.guest`).
 """
 
-from .builder import (
-    BuildError,
-    BuildResult,
-    GuestError,
-    build,
-    default_guest_dir,
-    ensure_built,
-    load_manifest,
-)
+from .busybox_guest import BuildResult, build, ensure_built
+from .cache import default_guest_dir, load_manifest
+from .common import BuildError, GuestError
 from .scripts import KINDS, LayoutError, Node, layout, parse_node_spec, write_start_scripts
 from .systemd_guest import (
     SystemdBuildResult,

@@ -9,7 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .builder import DEFAULT_FLAVOUR, KERNEL_META, BuildError, GuestError, build, default_guest_dir
+from .busybox_guest import DEFAULT_FLAVOUR, KERNEL_META, build
+from .cache import default_guest_dir
+from .common import BuildError, GuestError
 from .scripts import KINDS, MAX_NODES, LayoutError, parse_node_spec, write_start_scripts
 from .systemd_guest import DEFAULT_MIRROR, MIRROR_ENV, build_systemd
 

@@ -7,13 +7,14 @@ file-system metadata leak into the archive).
 
 from __future__ import annotations
 
+import gzip
 import os
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Entry", "entries_from_tree", "write_newc"]
+__all__ = ["Entry", "entries_from_tree", "write_gzip_newc", "write_newc"]
 
 _MAGIC = b"070701"
 _TRAILER = "TRAILER!!!"
@@ -58,6 +59,11 @@ def write_newc(entries: Iterable[Entry], mtime: int) -> bytes:
     name = _TRAILER.encode() + b"\0"
     out += _header(0, 0, 1, 0, 0, (0, 0), len(name)) + name + _pad4(110 + len(name))
     return bytes(out)
+
+
+def write_gzip_newc(entries: Iterable[Entry], mtime: int) -> bytes:
+    """`write_newc`, gzip-compressed (with no time stamp in the gzip header): an initramfs."""
+    return gzip.compress(write_newc(entries, mtime), compresslevel=6, mtime=0)
 
 
 def entries_from_tree(root: Path) -> list[Entry]:

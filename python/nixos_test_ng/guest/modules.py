@@ -1,19 +1,33 @@
-"""Kernel-module selection: find the files for a list of module names and their dependencies.
+"""Kernel modules: find the files for a list of module names and their dependencies, and
+install them into a guest's tree.
 
 Dependencies come from each module's own `.modinfo` ELF section (`depends=` and `softdep=`),
-so no `depmod` run over the whole kernel tree is needed; `depmod` runs later on the subset.
+so no `depmod` run over the whole kernel tree is needed; `depmod` runs on the subset installed.
 """
 
 from __future__ import annotations
 
 import lzma
+import re
+import shutil
 import struct
 import subprocess
 from pathlib import Path
 
-__all__ = ["ModuleError", "module_name", "modinfo", "read_module", "resolve_modules"]
+from .common import BuildError, run, write_file
+
+__all__ = [
+    "ModuleError",
+    "install_modules",
+    "module_name",
+    "modinfo",
+    "read_module",
+    "resolve_modules",
+]
 
 _SUFFIXES = (".ko", ".ko.xz", ".ko.zst")
+#: The index files depmod keeps from the kernel package (the rest it writes itself).
+_KEPT_INDEXES = ("modules.order", "modules.builtin", "modules.builtin.modinfo")
 
 
 class ModuleError(Exception):
@@ -103,3 +117,30 @@ def resolve_modules(modules_dir: Path, wanted: list[str]) -> dict[str, Path]:
         hard, soft = _dependencies(modinfo(read_module(path)))
         todo += [(d, True) for d in hard] + [(d, False) for d in soft]
     return chosen
+
+
+def install_modules(
+    modules_dir: Path, wanted: list[str], root: Path, version: str
+) -> dict[str, str]:
+    """Install the `wanted` modules and their dependencies from `modules_dir` (an unpacked
+    kernel package's `/lib/modules/<version>`) into `root/lib/modules/<version>`, replacing what
+    is there: uncompressed (`.ko`), with the package's modules.order and modules.builtin files,
+    then run `depmod` on `root`. Returns each module's path relative to that directory, by
+    name. Raises `ModuleError` for a wanted module that does not exist, `BuildError` when
+    depmod fails."""
+    chosen = resolve_modules(modules_dir, wanted)
+    dest = root / "lib/modules" / version
+    if dest.exists():
+        shutil.rmtree(dest)
+    installed: dict[str, str] = {}
+    for name, path in sorted(chosen.items()):
+        rel = re.sub(r"\.ko\.(xz|zst)$", ".ko", path.relative_to(modules_dir).as_posix())
+        write_file(dest / rel, read_module(path), 0o644)
+        installed[name] = rel
+    for index in _KEPT_INDEXES:
+        if (modules_dir / index).exists():
+            shutil.copyfile(modules_dir / index, dest / index)
+    res = run(["depmod", "-b", str(root), version])
+    if res.returncode != 0:
+        raise BuildError(f"`depmod` failed: {res.stderr.strip()}")
+    return installed

@@ -32,7 +32,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .builder import INITRD_FILE, GuestError, default_guest_dir, load_manifest
+from .cache import INITRD_FILE, default_guest_dir, load_manifest
+from .common import GuestError
 from .nspawn import render_nspawn_script
 from .systemd_guest import (
     IMAGE_FILE,

@@ -22,7 +22,6 @@ directory of its own, so that the busybox guest's directory stays small and copy
 from __future__ import annotations
 
 import fcntl
-import gzip
 import hashlib
 import json
 import os
@@ -42,26 +41,32 @@ from pathlib import Path
 from typing import Any
 
 from . import cpio
-from .builder import (
+from .busybox_guest import DEFAULT_FLAVOUR, build, flavour_modules
+from .cache import (
     DEBS_DIR,
-    DEFAULT_FLAVOUR,
     INITRD_FILE,
+    MANIFEST_FILE,
+    artifacts_intact,
+    atomic_write,
+    default_guest_dir,
+    hash_inputs,
+    load_manifest,
+    locked,
+    read_manifest,
+    record_artifacts,
+    write_json,
+)
+from .common import (
     BuildError,
     GuestError,
     Log,
-    _atomic_write,
-    _data_file,
-    _locked,
-    _modules,
-    _run,
-    _sha256,
-    _source_date_epoch,
-    _stderr_log,
-    build,
-    default_guest_dir,
-    load_manifest,
+    data_file,
+    run,
+    source_date_epoch,
+    stderr_log,
+    write_file,
 )
-from .modules import ModuleError, read_module, resolve_modules
+from .modules import ModuleError, install_modules
 
 __all__ = [
     "SystemdBuildResult",
@@ -82,7 +87,6 @@ SYSTEMD_SUFFIX = "-systemd"
 BASE_DIR = "base"
 ROOTFS_DIR = "rootfs"
 IMAGE_FILE = "rootfs.ext4"
-MANIFEST_FILE = "manifest.json"
 ROOTFS_LOCK = "rootfs.lock"
 DEBOOTSTRAP_LOG = "debootstrap.log"
 
@@ -173,78 +177,35 @@ ROOTFS_LOCK_TIMEOUT = 60.0
 
 GUEST_LIB = "usr/local/lib/nixos-test-ng"
 
-BACKDOOR_SERVICE = """\
-# The test driver's root shell on hvc0, as NixOS's backdoor.service
-# (nixos/modules/testing/test-instrumentation.nix). Only in VMs: the generator
-# /etc/systemd/system-generators/nixos-test-ng adds it to multi-user.target outside containers.
-[Unit]
-Description=nixos-test-ng backdoor root shell on hvc0
-Requires=dev-hvc0.device dev-ttyS0.device
-After=dev-hvc0.device dev-ttyS0.device ntng-setup.service
-ConditionVirtualization=!container
-
-[Service]
-ExecStart=/bin/bash /usr/local/lib/nixos-test-ng/backdoor
-KillSignal=SIGHUP
-
-[Install]
-WantedBy=multi-user.target
-"""
-
-SETUP_SERVICE = """\
-# Host name, /etc/hosts, network and 9p shares of a VM, from the ntng.* kernel parameters that
-# the start scripts write (the same as the busybox guest's).
-[Unit]
-Description=nixos-test-ng host name, hosts, network and shares from the kernel command line
-DefaultDependencies=no
-ConditionVirtualization=!container
-After=local-fs.target
-Before=network.target multi-user.target shutdown.target
-Wants=network.target
-Conflicts=shutdown.target
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/bin/bash /usr/local/lib/nixos-test-ng/setup
-
-[Install]
-WantedBy=multi-user.target
-"""
-
-JOURNALD_CONF = """\
-# nixos-test-ng: the journal on the console, which the driver logs as `<machine> # ...`
-# (NixOS test machines do the same). Storage=auto: persistent only where /var/log/journal
-# exists. The tree has none, so a VM's journal is volatile (/run/log/journal); a container's
-# start script binds $RUN_NSPAWN_ROOT_DIR/var/log/journal there, so its journal is on the host.
-[Journal]
-ForwardToConsole=yes
-MaxLevelConsole=info
-Storage=auto
-"""
-
-SYSTEM_CONF = """\
-# nixos-test-ng: as NixOS's test instrumentation (the journal on the console replaces the
-# status lines).
-[Manager]
-ShowStatus=no
-DefaultTimeoutStartSec=300s
-DefaultDeviceTimeoutSec=300s
-"""
-
-JOURNAL_FLUSH_DROPIN = """\
-# nixos-test-ng: nothing to flush to where there is no persistent journal (the VMs)
-[Unit]
-ConditionPathIsDirectory=/var/log/journal
-"""
-
-# Debian cleans /tmp at boot (`D /tmp`); NixOS does not by default (boot.tmp.cleanOnBoot), and
-# in a container /tmp/shared is the host's shared directory.
-TMPFILES_TMP = "d /tmp 1777 root root -\n"
-HOSTS = "127.0.0.1 localhost\n::1 localhost\n"
-# 9p early, by systemd-modules-load.service (skipped in containers): loaded on demand by the
-# first 9p mount instead, amid udev's coldplug, ntng-setup's two mounts took 2.3 s, not 1.0 s
-MODULES_LOAD = "9p\n"
+#: The tree's files from this package's data files: path in the tree -> (data file, mode).
+DATA_FILES = {
+    f"{GUEST_LIB}/backdoor": ("backdoor.sh", 0o755),  # the busybox guest's very script
+    f"{GUEST_LIB}/setup": ("systemd_setup.sh", 0o755),
+    "etc/systemd/system-generators/nixos-test-ng": ("systemd_generator.sh", 0o755),
+    "etc/systemd/system/backdoor.service": ("systemd_backdoor.service", 0o644),
+    "etc/systemd/system/ntng-setup.service": ("systemd_setup.service", 0o644),
+    "etc/systemd/journald.conf.d/nixos-test-ng.conf": ("systemd_journald.conf", 0o644),
+    "etc/systemd/system.conf.d/nixos-test-ng.conf": ("systemd_system.conf", 0o644),
+    "etc/systemd/system/systemd-journal-flush.service.d/nixos-test-ng.conf": (
+        "systemd_journal_flush.conf",
+        0o644,
+    ),
+    # `d /tmp`: Debian cleans /tmp at boot (`D /tmp`); NixOS does not by default
+    # (boot.tmp.cleanOnBoot), and in a container /tmp/shared is the host's shared directory
+    "etc/tmpfiles.d/tmp.conf": ("systemd_tmpfiles_tmp.conf", 0o644),
+    # 9p early, by systemd-modules-load.service (skipped in containers): loaded on demand by the
+    # first 9p mount instead, amid udev's coldplug, ntng-setup's two mounts took 2.3 s, not 1.0 s
+    "etc/modules-load.d/nixos-test-ng.conf": ("systemd_modules_load.conf", 0o644),
+    # localhost only: a VM's ntng-setup writes the nodes' list, a container gets one bound
+    "etc/hosts": ("systemd_hosts", 0o644),
+}
+#: Files the configuration leaves empty: path -> mode.
+EMPTY_FILES = {
+    "etc/fstab": 0o644,
+    "etc/resolv.conf": 0o644,
+    # systemd takes the ID from `systemd.machine_id=` (VM) or nspawn's --uuid
+    "etc/machine-id": 0o444,
+}
 TRIMMED_DIRS = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale")
 
 
@@ -258,35 +219,11 @@ def _mirror(mirror: str | None) -> str:
     return (mirror or os.environ.get(MIRROR_ENV) or DEFAULT_MIRROR).rstrip("/")
 
 
-def _data_sha(name: str) -> str:
-    return hashlib.sha256(_data_file(name)).hexdigest()
-
-
 def rootfs_files() -> dict[str, tuple[bytes, int]]:
     """The files the configuration writes into the tree: path -> (content, mode)."""
-    return {
-        f"{GUEST_LIB}/backdoor": (_data_file("backdoor.sh"), 0o755),
-        f"{GUEST_LIB}/setup": (_data_file("systemd_setup.sh"), 0o755),
-        "etc/systemd/system-generators/nixos-test-ng": (
-            _data_file("systemd_generator.sh"),
-            0o755,
-        ),
-        "etc/systemd/system/backdoor.service": (BACKDOOR_SERVICE.encode(), 0o644),
-        "etc/systemd/system/ntng-setup.service": (SETUP_SERVICE.encode(), 0o644),
-        "etc/systemd/journald.conf.d/nixos-test-ng.conf": (JOURNALD_CONF.encode(), 0o644),
-        "etc/systemd/system.conf.d/nixos-test-ng.conf": (SYSTEM_CONF.encode(), 0o644),
-        "etc/systemd/system/systemd-journal-flush.service.d/nixos-test-ng.conf": (
-            JOURNAL_FLUSH_DROPIN.encode(),
-            0o644,
-        ),
-        "etc/tmpfiles.d/tmp.conf": (TMPFILES_TMP.encode(), 0o644),
-        "etc/modules-load.d/nixos-test-ng.conf": (MODULES_LOAD.encode(), 0o644),
-        "etc/hosts": (HOSTS.encode(), 0o644),
-        "etc/fstab": (b"", 0o644),
-        "etc/resolv.conf": (b"", 0o644),
-        # empty: systemd takes the ID from `systemd.machine_id=` (VM) or nspawn's --uuid
-        "etc/machine-id": (b"", 0o444),
-    }
+    files = {path: (data_file(name), mode) for path, (name, mode) in DATA_FILES.items()}
+    files.update({path: (b"", mode) for path, mode in EMPTY_FILES.items()})
+    return files
 
 
 def rootfs_symlinks() -> dict[str, str]:
@@ -305,7 +242,8 @@ def rootfs_symlinks() -> dict[str, str]:
     return links
 
 
-def _base_inputs(mirror: str) -> dict[str, Any]:
+def base_inputs(mirror: str) -> dict[str, Any]:
+    """What the debootstrap step's output depends on (kept across configuration changes)."""
     return {
         "base_version": BASE_VERSION,
         "suite": SUITE,
@@ -315,7 +253,9 @@ def _base_inputs(mirror: str) -> dict[str, Any]:
     }
 
 
-def _inputs(base: dict[str, Any], busybox: dict[str, Any]) -> dict[str, Any]:
+def inputs(base: dict[str, Any], busybox: dict[str, Any]) -> dict[str, Any]:
+    """Everything the build's output depends on: the debootstrap step's inputs (`base`), the
+    configuration, and the busybox guest's build (manifest `busybox`) whose kernel it boots."""
     files = {path: hashlib.sha256(data).hexdigest() for path, (data, _) in rootfs_files().items()}
     kernel_deb = busybox["inputs"]["debs"][0]
     return {
@@ -327,26 +267,16 @@ def _inputs(base: dict[str, Any], busybox: dict[str, Any]) -> dict[str, Any]:
         "trimmed": list(TRIMMED_DIRS),
         "kernel_version": busybox["kernel_version"],
         "kernel_deb_sha256": kernel_deb["sha256"],
-        "modules": [*_modules(busybox["inputs"]["flavour"]), *EXTRA_MODULES],
+        "modules": [*flavour_modules(busybox["inputs"]["flavour"]), *EXTRA_MODULES],
         "busybox_initrd_sha256": busybox["artifacts"][INITRD_FILE]["sha256"],
         "image": {"min_mb": IMAGE_MIN_MB, "uuid": FS_UUID, "label": FS_LABEL},
-        "source_date_epoch": _source_date_epoch(),
+        "source_date_epoch": source_date_epoch(),
     }
-
-
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(
-        json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
 
 
 def load_systemd_manifest(guest_dir: Path | str | None = None) -> dict[str, Any] | None:
     """The systemd guest's manifest in `<guest_dir>-systemd`, or None if there is none."""
-    try:
-        data = json.loads((systemd_dir(guest_dir) / MANIFEST_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT else None
+    return read_manifest(systemd_dir(guest_dir) / MANIFEST_FILE, MANIFEST_FORMAT)
 
 
 def _intact(sd: Path, manifest: dict[str, Any]) -> bool:
@@ -355,16 +285,7 @@ def _intact(sd: Path, manifest: dict[str, Any]) -> bool:
         return False
     if not (sd / ROOTFS_DIR / "usr/lib/os-release").exists():
         return False
-    for name, want in arts.items():
-        try:
-            st = (sd / name).stat()
-        except OSError:
-            return False
-        if st.st_size != want.get("size"):
-            return False
-        if st.st_mtime_ns != want.get("mtime_ns") and _sha256(sd / name) != want.get("sha256"):
-            return False
-    return True
+    return artifacts_intact(sd, arts)
 
 
 @dataclass(frozen=True)
@@ -450,7 +371,7 @@ def _debootstrap(target: Path, sd: Path, mirror: str, log: Log) -> float:
 
 
 def _package_versions(root: Path) -> dict[str, str]:
-    res = _run(
+    res = run(
         [
             "dpkg-query",
             f"--admindir={root / 'var/lib/dpkg'}",
@@ -470,15 +391,6 @@ def _package_versions(root: Path) -> dict[str, str]:
 # configuration
 
 
-def _write(root: Path, rel: str, data: bytes, mode: int) -> None:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_symlink() or path.exists():
-        path.unlink()
-    path.write_bytes(data)
-    path.chmod(mode)
-
-
 def _symlink(root: Path, rel: str, target: str) -> None:
     path = root / rel
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -490,7 +402,7 @@ def _symlink(root: Path, rel: str, target: str) -> None:
 def configure(root: Path) -> None:
     """Turn a debootstrapped tree into the test guest's (files, links, masks, trimming)."""
     for rel, (data, mode) in rootfs_files().items():
-        _write(root, rel, data, mode)
+        write_file(root / rel, data, mode)
     for rel, target in rootfs_symlinks().items():
         _symlink(root, rel, target)
     # systemd's getty generator would start a getty on tty1 from this link; masked anyway
@@ -501,7 +413,7 @@ def configure(root: Path) -> None:
     shadow = root / "etc/shadow"
     text = shadow.read_text()
     shadow.write_text(re.sub(r"^root:[^:]*:", "root::", text, count=1, flags=re.M))
-    # no persistent journal in the tree (see JOURNALD_CONF)
+    # no persistent journal in the tree (see systemd_journald.conf)
     shutil.rmtree(root / "var/log/journal", ignore_errors=True)
     for rel in TRIMMED_DIRS:
         d = root / rel
@@ -542,32 +454,15 @@ def _kernel_modules(
     )
     if res.returncode != 0:
         raise BuildError(f"cannot unpack the modules of {deb.name}: {res.stderr.strip()}")
-    kmods = kx / "lib/modules" / kv
-    names = [*_modules(busybox["inputs"]["flavour"]), *EXTRA_MODULES]
+    names = [*flavour_modules(busybox["inputs"]["flavour"]), *EXTRA_MODULES]
     try:
-        chosen = resolve_modules(kmods, names)
+        installed = install_modules(kx / "lib/modules" / kv, names, root, kv)
     except ModuleError as e:
         raise BuildError(f"{deb.name}: {e}") from e
-    dest = root / "lib/modules" / kv
-    if dest.exists():
-        shutil.rmtree(dest)
     busybox_mods = set(busybox.get("modules_included", []))
-    extra: list[str] = []
-    for name, path in sorted(chosen.items()):
-        rel = re.sub(r"\.ko\.(xz|zst)$", ".ko", path.relative_to(kmods).as_posix())
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(read_module(path))
-        if name not in busybox_mods:
-            extra.append(rel)
-    for meta in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
-        if (kmods / meta).exists():
-            shutil.copyfile(kmods / meta, dest / meta)
-    res = _run(["depmod", "-b", str(root), kv])
-    if res.returncode != 0:
-        raise BuildError(f"`depmod` failed: {res.stderr.strip()}")
+    extra = [rel for name, rel in installed.items() if name not in busybox_mods]
     shutil.rmtree(kx)
-    log(f"modules: {len(chosen)} in the tree, {len(extra)} added to the initramfs")
+    log(f"modules: {len(installed)} in the tree, {len(extra)} added to the initramfs")
     return extra
 
 
@@ -584,9 +479,7 @@ def _extra_initrd(root: Path, kv: str, extra: list[str], work: Path, mtime: int)
         target.chmod(0o644)
     for d in [tree, *(p for p in tree.rglob("*") if p.is_dir())]:
         d.chmod(0o755)
-    return gzip.compress(
-        cpio.write_newc(cpio.entries_from_tree(tree), mtime), compresslevel=6, mtime=0
-    )
+    return cpio.write_gzip_newc(cpio.entries_from_tree(tree), mtime)
 
 
 def _tree_bytes(root: Path) -> int:
@@ -666,7 +559,7 @@ def build_systemd(
     force: bool = False,
     mirror: str | None = None,
     flavour: str | None = None,
-    log: Log = _stderr_log,
+    log: Log = stderr_log,
 ) -> SystemdBuildResult:
     """Build the systemd guest into `<out>-systemd` (default: `default_guest_dir()`), after the
     busybox guest whose kernel and initramfs its VMs boot with (built into `out` too if needed,
@@ -680,7 +573,7 @@ def build_systemd(
         flavour = str(((load_manifest(guest_dir) or {}).get("inputs") or {}).get("flavour", ""))
     busybox = build(guest_dir, flavour=flavour or DEFAULT_FLAVOUR, log=log).manifest
     sd = systemd_dir(guest_dir)
-    with _locked(sd):
+    with locked(sd):
         return _build_locked(guest_dir, sd, busybox, _mirror(mirror), force, log)
 
 
@@ -690,9 +583,9 @@ def _build_locked(
     start = time.monotonic()
     previous = load_systemd_manifest(guest_dir)
     usable_cache = previous is not None and _intact(sd, previous)
-    base_inputs = _base_inputs(mirror)
-    inputs = _inputs(base_inputs, busybox)
-    digest = _hash(inputs)
+    base_in = base_inputs(mirror)
+    build_inputs = inputs(base_in, busybox)
+    digest = hash_inputs(build_inputs)
     if not force and usable_cache and previous is not None and previous.get("input_hash") == digest:
         log(f"cached: systemd guest inputs unchanged (hash {digest[:16]}), nothing to do in {sd}")
         return SystemdBuildResult(guest_dir, False, previous)
@@ -709,7 +602,7 @@ def _build_locked(
         base_meta = None
     base_ok = (
         isinstance(base_meta, dict)
-        and base_meta.get("inputs") == base_inputs
+        and base_meta.get("inputs") == base_in
         and (base / "usr/lib/os-release").exists()
     )
     if force or not base_ok:
@@ -724,7 +617,7 @@ def _build_locked(
                     return SystemdBuildResult(guest_dir, False, previous)
                 raise
             base_meta = {
-                "inputs": base_inputs,
+                "inputs": base_in,
                 "debootstrap_seconds": round(seconds, 1),
                 "packages": _package_versions(target),
             }
@@ -732,18 +625,16 @@ def _build_locked(
             if base.exists():
                 shutil.rmtree(base)
             target.rename(base)
-            _atomic_write(
-                base_meta_path, (json.dumps(base_meta, indent=2, sort_keys=True) + "\n").encode()
-            )
+            write_json(base_meta_path, base_meta)
     assert isinstance(base_meta, dict)
 
-    mtime = inputs["source_date_epoch"]
+    mtime = build_inputs["source_date_epoch"]
     kv = busybox["kernel_version"]
     with tempfile.TemporaryDirectory(dir=sd, prefix=".work-") as tmp:
         work = Path(tmp)
         root = work / ROOTFS_DIR
         t = time.monotonic()
-        res = _run(["cp", "-a", "--reflink=auto", str(base), str(root)])
+        res = run(["cp", "-a", "--reflink=auto", str(base), str(root)])
         if res.returncode != 0:
             raise BuildError(f"cannot copy {base}: {res.stderr.strip()}")
         configure(root)
@@ -753,7 +644,7 @@ def _build_locked(
         size_mb = _make_image(root, work / IMAGE_FILE, mtime)
         busybox_initrd = (guest_dir / INITRD_FILE).read_bytes()
         initrd = busybox_initrd + _extra_initrd(root, kv, extra, work, mtime)
-        _atomic_write(work / INITRD_FILE, initrd)
+        atomic_write(work / INITRD_FILE, initrd)
         log(f"images made in {time.monotonic() - t:.1f}s")
         for name in (IMAGE_FILE, INITRD_FILE):
             os.replace(work / name, sd / name)
@@ -763,18 +654,11 @@ def _build_locked(
                 (sd / ROOTFS_DIR).rename(old)
             root.rename(sd / ROOTFS_DIR)
         tree_bytes = _tree_bytes(sd / ROOTFS_DIR)
-    artifacts = {
-        name: {
-            "sha256": _sha256(sd / name),
-            "size": (sd / name).stat().st_size,
-            "mtime_ns": (sd / name).stat().st_mtime_ns,
-        }
-        for name in (IMAGE_FILE, INITRD_FILE)
-    }
+    artifacts = record_artifacts(sd, (IMAGE_FILE, INITRD_FILE))
     manifest = {
         "format": MANIFEST_FORMAT,
         "input_hash": digest,
-        "inputs": inputs,
+        "inputs": build_inputs,
         "kernel_version": kv,
         "kernel_file": busybox["kernel_file"],
         "initramfs_extra_modules": extra,
@@ -787,9 +671,7 @@ def _build_locked(
         "kvm": busybox.get("kvm"),
         "build_seconds": round(time.monotonic() - start, 2),
     }
-    _atomic_write(
-        sd / MANIFEST_FILE, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    )
+    write_json(sd / MANIFEST_FILE, manifest)
     log(
         f"built the systemd guest in {manifest['build_seconds']:.1f}s: {sd} (tree "
         f"{tree_bytes / 1e6:.0f} MB, image {size_mb} MiB sparse, hash {digest[:16]})"
