@@ -469,7 +469,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::terminal::prefixed;
+
+    fn prefixed(machine: Option<&str>, msg: &str) -> String {
+        machine.map_or(msg.to_string(), |m| format!("{m}: {msg}"))
+    }
 
     /// Records every event as the terminal would print it, without colour and durations.
     struct Capture(Arc<Mutex<Vec<String>>>);
