@@ -123,14 +123,18 @@ class Config:
         """Where the HTML report goes (`--html-report`), or None (`--no-html-report`)."""
     @property
     def warnings(self) -> list[str]: ...
+    def with_reporting_from(self, env: dict[str, str]) -> Config:
+        """This configuration with the XML log, OTLP exporter and trace parent `env` asks for
+        (`LOGFILE`, `OTEL_*`, `TRACEPARENT`) instead of its own."""
 
 @final
 class LogBlock:
     """A nested log block (or a subtest); use it with `with`."""
 
     def __enter__(self) -> LogBlock: ...
-    def fail(self, message: str) -> None:
-        """Mark the block (and its span) failed with `message` without raising."""
+    def fail(self, error: BaseException | str) -> None:
+        """Mark the block failed without raising, as if `error` had escaped it: its span
+        fails, and a subtest logs `Test "<name>" failed with error: "<error>"` now."""
     def __exit__(self, exc_type: object = None, exc: object = None, _tb: object = None) -> bool: ...
 
 @final
@@ -138,18 +142,19 @@ class Logger:
     """The run's log (the `log` symbol of a test script)."""
 
     def __init__(self, color: bool = False, progress: bool = False) -> None: ...
-    def start_run(self, env: dict[str, str], name: str) -> None:
-        """Open the run's span; `env` supplies the OTEL_* settings and TRACEPARENT."""
+    def start_run(self, config: Config, name: str, junit: bool = False) -> None:
+        """Add the reporters `config` asks for (the XML log of LOGFILE, the OTLP exporter;
+        JUnit when `junit`) and open the run's span (a child of TRACEPARENT's)."""
     def finish_run(self, failure: str | None = None) -> None:
-        """Close every open span and flush the trace exporter."""
+        """Close every open span, the XML log, and flush the trace exporter."""
     def exporting(self) -> bool:
         """Whether spans are exported over OTLP."""
     def timing_summary(self) -> list[str]:
         """The lines of the end-of-run timing summary."""
     def test(self, name: str) -> LogBlock:
         """A test's span and JUnit case: `with log.test("name"): ...`."""
-    def enable_junit(self) -> None: ...
-    def write_junit(self, path: str) -> None: ...
+    def write_junit(self, path: str) -> None:
+        """Write the JUnit report (when `start_run` was asked for JUnit)."""
     def log(self, message: str, attributes: dict[str, Any] | None = None) -> None:
         """Log a message; `attributes["machine"]` prefixes it with the machine's name."""
     def info(self, *args: str, **kwargs: Any) -> None: ...

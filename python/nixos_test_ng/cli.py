@@ -87,9 +87,8 @@ def run_driver(argv: list[str]) -> int:
     for w in config.warnings:
         logger.warning(w)
     script_name = os.path.basename(config.test_script) if config.test_script else "interactive"
-    logger.start_run(dict(os.environ), f"run {script_name}")
-    if config.junit_xml and not pytest_style:  # pytest writes a pytest-style script's
-        logger.enable_junit()
+    junit = bool(config.junit_xml) and not pytest_style  # pytest writes a pytest-style one's
+    logger.start_run(config, f"run {script_name}", junit=junit)
     if not config.keep_machine_state:
         logger.log("Machine state will be reset. To keep it, pass --keep-machine-state")
 

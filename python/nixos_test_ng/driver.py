@@ -198,8 +198,7 @@ class Driver:
                     if not self.config.keep_going or isinstance(e, GlobalTimeout | Terminated):
                         raise
                     self.on_failure(e)
-                    block.fail(f"{type(e).__name__}: {e}")
-                    self.logger.log_test_error(f'Test "{name}" failed with error: "{e}"')
+                    block.fail(e)  # logs the failure as if it had escaped the block
                     self.report_failure(e)
                     # log.error: the run fails although the failure escapes no further
                     self.logger.error("--keep-going: going on with the script")

@@ -326,10 +326,12 @@ def pytest_configure(config: pytest.Config) -> None:
         parsed = _native.parse_args(args, {})
     except Exception as e:
         raise pytest.UsageError(f"nixos-test-ng: {e}") from None
-    logger = _native.Logger(color=False)
     import os
 
-    logger.start_run(dict(os.environ), "run pytest")
+    # the machines come from the options only; the XML log and spans from the environment
+    parsed = parsed.with_reporting_from(dict(os.environ))
+    logger = _native.Logger(color=False)
+    logger.start_run(parsed, "run pytest")
     driver = Driver(parsed, logger)
     plugin = DriverPlugin(driver, owns_driver=True)
     for i, obj in enumerate(plugin.plugins()):

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 
 SCRIPT = """
@@ -48,3 +51,36 @@ def test_an_unwritable_logfile_is_a_warning(driver_env, fake_vm, run_driver, wri
     r = run_driver(["--vm-start-scripts", vm.script, "--", test], env={"LOGFILE": str(bad)})
     assert r.returncode == 0, r
     assert f"warning: LOGFILE {bad}: " in r.stderr and "no XML log" in r.stderr
+
+
+def test_plain_pytest_takes_the_logfile_from_the_environment(driver_env, fake_vm):
+    """The pytest plugin's machines come from its options only (a `vmStartScripts` in the
+    environment is not read), its XML log and spans from the environment."""
+    vm = fake_vm("alpha")
+    tests = driver_env.tmp / "suite"
+    tests.mkdir()
+    (tests / "test_machine.py").write_text(
+        "def test_uname(alpha):\n    assert alpha.succeed('echo up') == 'up\\n'\n"
+    )
+    log = driver_env.work / "plugin-log.xml"
+    env = {
+        **driver_env.env,
+        "PATH": os.environ["PATH"],
+        "LOGFILE": str(log),
+        "vmStartScripts": str(driver_env.work / "no-such-start-script"),
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)]
+        + ["--rootdir", str(tests), "--nixos-vm-start-script", str(vm.script)]
+        + ["--nixos-out", str(driver_env.work)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tests,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 passed" in r.stdout
+    root = ET.parse(log).getroot()
+    commands = [h.text for h in root.iter("head") if h.get("machine") == "alpha"]
+    assert "must succeed: echo up" in commands, commands

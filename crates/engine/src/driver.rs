@@ -334,7 +334,11 @@ impl Driver {
     }
 
     /// Writes the HTML report of the run to `path`, with every machine's console log.
-    pub fn write_html_report(&self, path: &Path) -> Result<()> {
+    pub fn write_html_report(
+        &self,
+        path: &Path,
+        reports: &crate::reporters::Reports,
+    ) -> Result<()> {
         let consoles: Vec<(String, String)> = self
             .machines
             .iter()
@@ -344,8 +348,8 @@ impl Driver {
             Some(s) => format!("nixos-test-ng: {}", s.display()),
             None => "nixos-test-ng".to_string(),
         };
-        self.logger
-            .write_html_report(path, &title, &consoles)
+        reports
+            .write_html_report(&self.logger, path, &title, &consoles)
             .map_err(|e| Error::io(format!("writing the HTML report {}", path.display()), e))
     }
 

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 
-use crate::log::Event;
+use crate::event::{Event, Reporter};
+
+/// Where the collector reads the time (the real clock, or a fixed sequence in tests).
+pub type Clock = Box<dyn Fn() -> Instant + Send>;
 
 struct Case {
     name: String,
@@ -18,12 +21,12 @@ struct Case {
 }
 
 impl Case {
-    fn new(name: &str) -> Self {
+    fn new(name: &str, started: Instant) -> Self {
         Case {
             name: name.to_string(),
             output: String::new(),
             failure: None,
-            started: Instant::now(),
+            started,
             nested: Duration::ZERO,
             time: Duration::ZERO,
         }
@@ -39,6 +42,7 @@ pub struct JunitCollector {
     just_failed: Option<usize>,
     done: Vec<Case>,
     active: Vec<Case>,
+    clock: Clock,
 }
 
 impl Default for JunitCollector {
@@ -50,12 +54,18 @@ impl Default for JunitCollector {
 impl JunitCollector {
     /// An empty collector; the `main` case starts now.
     pub fn new() -> Self {
+        Self::with_clock(Box::new(Instant::now))
+    }
+
+    /// An empty collector reading the time from `clock`.
+    pub fn with_clock(clock: Clock) -> Self {
         JunitCollector {
-            main: Case::new("main"),
+            main: Case::new("main", clock()),
             main_failed_itself: false,
             just_failed: None,
             done: Vec::new(),
             active: Vec::new(),
+            clock,
         }
     }
 
@@ -63,8 +73,7 @@ impl JunitCollector {
         self.active.last_mut().unwrap_or(&mut self.main)
     }
 
-    /// Records one event.
-    pub fn event(&mut self, event: &Event<'_>) {
+    fn record(&mut self, event: &Event<'_>) {
         if matches!(event, Event::BlockStart { .. }) && self.active.is_empty() {
             self.just_failed = None;
         }
@@ -77,7 +86,7 @@ impl JunitCollector {
             | Event::SpanStart(_)
             | Event::SpanEnd(_)
             | Event::Screenshot { .. } => return,
-            Event::Serial { machine, line } => format!("{machine} # {line}"),
+            Event::Serial { machine, line, .. } => format!("{machine} # {line}"),
             Event::Warning { msg } => format!("warning: {msg}"),
             Event::TestError { msg } => {
                 let case = match (self.active.is_empty(), self.just_failed) {
@@ -98,7 +107,8 @@ impl JunitCollector {
             }
             Event::SubtestStart { name } => {
                 self.just_failed = None;
-                self.active.push(Case::new(name));
+                let now = (self.clock)();
+                self.active.push(Case::new(name, now));
                 return;
             }
             Event::SubtestEnd { name, failure } => {
@@ -107,7 +117,7 @@ impl JunitCollector {
                     if let Some(f) = failure {
                         case.failure.get_or_insert_with(|| f.to_string());
                     }
-                    let total = case.started.elapsed();
+                    let total = (self.clock)().saturating_duration_since(case.started);
                     case.time = total.saturating_sub(case.nested);
                     if let Some(parent) = self.active.last_mut() {
                         parent.nested += total;
@@ -130,7 +140,9 @@ impl JunitCollector {
         let mut suite = TestSuite::new("NixOS integration test");
         let mut cases: Vec<&Case> = self.done.iter().collect();
         cases.extend(self.active.iter());
-        let main_time = self.main.started.elapsed().saturating_sub(self.main.nested);
+        let main_time = (self.clock)()
+            .saturating_duration_since(self.main.started)
+            .saturating_sub(self.main.nested);
         if cases.is_empty() || self.main_failed_itself {
             cases.push(&self.main);
         }
@@ -162,6 +174,12 @@ impl JunitCollector {
     /// Writes the report to `path`.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         std::fs::write(path, self.render())
+    }
+}
+
+impl Reporter for JunitCollector {
+    fn event(&mut self, event: &Event<'_>) {
+        self.record(event);
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Data flow: [`config::Config`] → [`driver::Driver`] (VLANs, machines, global timeout,
 //! cleanup) → [`machine::Machine`] = backend ([`qemu`]) + transport ([`transport::shell`]);
-//! everything that happens is reported through [`log::Logger`].
+//! everything that happens is an [`event::Event`] the [`log::Logger`] hands to the reporters
+//! [`reporters`] built for the run.
 
 #![warn(missing_docs)]
 #![allow(missing_docs)] // struct fields of error variants are self-describing
@@ -12,6 +13,7 @@ pub mod config;
 pub mod console;
 pub mod driver;
 pub mod error;
+pub mod event;
 pub mod interrupt;
 pub mod junit;
 pub mod log;
@@ -21,6 +23,7 @@ pub mod nspawn;
 pub mod process;
 pub mod qemu;
 pub mod report;
+pub mod reporters;
 pub mod retry;
 pub mod screen;
 pub mod terminal;

@@ -1,95 +1,31 @@
 //! The run's log: every message, nested block, serial line and subtest goes through
-//! [`Logger`], which fans it out to its reporters (the terminal, the JUnit collector, the
-//! timeline of the HTML report and the timing summary, the OTLP exporter). Every nested
-//! block is also a span ([`crate::trace`]). Nothing here exits the process.
+//! [`Logger`], which turns it into [`Event`]s for one [`Fanout`] of reporters, built at the
+//! edge ([`crate::reporters`]). Every nested block is also a span ([`crate::trace`]): the
+//! logger keeps the span table and the trace context. It names no reporter. Nothing here
+//! exits the process.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::junit::JunitCollector;
-use crate::report::Timeline;
-use crate::terminal::TerminalReporter;
-use crate::trace::export::{settings_from_env, Exporter};
+use crate::event::{Event, Fanout, Reporter};
 use crate::trace::{
-    attr, parse_traceparent, traceparent, AttrValue, SpanId, SpanKind, SpanRecord, SpanStatus,
-    SpanTable, TraceId,
+    attr, traceparent, AttrValue, SpanId, SpanKind, SpanRecord, SpanStatus, SpanTable, TraceId,
 };
-use crate::xml_log::XmlLogReporter;
-
-/// One thing that happened, as reporters see it.
-#[derive(Debug, Clone)]
-pub enum Event<'a> {
-    /// A plain line, optionally attributed to a machine.
-    Line {
-        machine: Option<&'a str>,
-        msg: &'a str,
-    },
-    /// A nested block opened.
-    BlockStart {
-        machine: Option<&'a str>,
-        msg: &'a str,
-    },
-    /// A nested block closed normally after `seconds`.
-    BlockEnd {
-        machine: Option<&'a str>,
-        msg: &'a str,
-        seconds: f64,
-    },
-    /// A line from a machine's console.
-    Serial { machine: &'a str, line: &'a str },
-    /// A test error (printed with the `!!! ` prefix).
-    TestError { msg: &'a str },
-    /// A warning.
-    Warning { msg: &'a str },
-    /// A subtest began.
-    SubtestStart { name: &'a str },
-    /// A subtest ended; `failure` holds the message when it failed.
-    SubtestEnd {
-        name: &'a str,
-        failure: Option<&'a str>,
-    },
-    /// A span began (every block, test, subtest, boot and operation is one).
-    SpanStart(&'a SpanRecord),
-    /// A span ended, with its status.
-    SpanEnd(&'a SpanRecord),
-    /// A screenshot was written to `path`.
-    Screenshot { machine: &'a str, path: &'a Path },
-}
-
-/// A consumer of events.
-pub trait Reporter: Send {
-    /// Handles one event.
-    fn event(&mut self, event: &Event<'_>);
-
-    /// The run is over: write what is left.
-    fn finish(&mut self) {}
-}
 
 struct Inner {
-    reporters: Vec<Box<dyn Reporter>>,
-    junit: Option<JunitCollector>,
-    timeline: Timeline,
+    reporters: Fanout,
     spans: SpanTable,
-    exporter: Option<Exporter>,
     run: Option<SpanId>,
+    /// Spans are exported: guest commands get a `TRACEPARENT`.
+    exporting: bool,
     failed: bool,
 }
 
 impl Inner {
     fn emit(&mut self, event: &Event<'_>) {
-        if let Some(j) = self.junit.as_mut() {
-            j.event(event);
-        }
-        self.timeline.event(event);
-        if let (Some(x), Event::SpanEnd(record)) = (&self.exporter, event) {
-            x.send((*record).clone());
-        }
-        for r in self.reporters.iter_mut() {
-            r.event(event);
-        }
+        self.reporters.event(event);
     }
 
     fn begin(
@@ -118,59 +54,42 @@ impl Inner {
     }
 }
 
+/// Upstream's line for a subtest that failed with `error`.
+fn subtest_failure(name: &str, error: &str) -> String {
+    format!("Test \"{name}\" failed with error: \"{error}\"")
+}
+
 /// The log of one run. Cheap to share (`Arc`).
 pub struct Logger {
     inner: Mutex<Inner>,
-    print_serial: Arc<AtomicBool>,
+    print_serial: AtomicBool,
 }
 
 impl Default for Logger {
+    /// A logger without reporters.
     fn default() -> Self {
-        Logger::new(false, false)
+        Logger::new(Fanout::default())
     }
 }
 
 impl Logger {
-    /// A logger that writes upstream's format to stderr, coloured when `color`, with a
-    /// boot status line when `progress` (stderr is a terminal).
-    pub fn new(color: bool, progress: bool) -> Self {
-        let print_serial = Arc::new(AtomicBool::new(true));
-        let terminal = TerminalReporter::new(color, print_serial.clone(), progress);
-        Logger::build(vec![Box::new(terminal)], print_serial)
-    }
-
-    /// A logger with only the given reporters (for tests).
-    pub fn with_reporters(reporters: Vec<Box<dyn Reporter>>) -> Self {
-        Logger::build(reporters, Arc::new(AtomicBool::new(true)))
-    }
-
-    fn build(reporters: Vec<Box<dyn Reporter>>, print_serial: Arc<AtomicBool>) -> Self {
+    /// A logger handing its events to `reporters`.
+    pub fn new(reporters: Fanout) -> Self {
         Logger {
             inner: Mutex::new(Inner {
                 reporters,
-                junit: None,
-                timeline: Timeline::default(),
                 spans: SpanTable::new(TraceId::random(), None),
-                exporter: None,
                 run: None,
+                exporting: false,
                 failed: false,
             }),
-            print_serial,
+            print_serial: AtomicBool::new(true),
         }
     }
 
-    /// Starts collecting JUnit test cases (one per subtest).
-    pub fn enable_junit(&self) {
-        self.inner.lock().unwrap().junit = Some(JunitCollector::new());
-    }
-
-    /// Writes the JUnit XML file, if collection was enabled.
-    pub fn write_junit(&self, path: &Path) -> std::io::Result<()> {
-        let inner = self.inner.lock().unwrap();
-        match &inner.junit {
-            Some(j) => j.write(path),
-            None => Ok(()),
-        }
+    /// Adds a reporter: it sees the events from now on.
+    pub fn add_reporter(&self, reporter: Box<dyn Reporter>) {
+        self.inner.lock().unwrap().reporters.push(reporter);
     }
 
     fn emit(&self, event: Event<'_>) {
@@ -204,7 +123,12 @@ impl Logger {
 
     /// Logs a console line of `machine`.
     pub fn serial(&self, machine: &str, line: &str) {
-        self.emit(Event::Serial { machine, line });
+        let shown = self.print_serial();
+        self.emit(Event::Serial {
+            machine,
+            line,
+            shown,
+        });
     }
 
     /// Records a screenshot (the HTML report shows it).
@@ -265,54 +189,25 @@ impl Logger {
             finished: false,
         }
     }
-
-    /// Marks the start of a subtest (its nested block is opened by the caller).
-    pub fn subtest_start(&self, name: &str) {
-        self.emit(Event::SubtestStart { name });
-    }
-
-    /// Marks the end of a subtest.
-    pub fn subtest_end(&self, name: &str, failure: Option<&str>) {
-        self.emit(Event::SubtestEnd { name, failure });
-    }
 }
 
 /// Spans beyond nested blocks: the run, tests, boots, and the trace context.
 impl Logger {
-    /// Begins the run's span and, when the `OTEL_*` variables ask for it, exporting spans
-    /// over OTLP. A `TRACEPARENT` in `env` makes the run a child of that span.
-    pub fn start_run(&self, env: &HashMap<String, String>, name: &str) {
-        let mut warnings = Vec::new();
-        let exporter = match settings_from_env(env, &mut warnings) {
-            Ok(settings) => settings.map(Exporter::start),
-            Err(e) => {
-                warnings.push(format!("{e}; spans are not exported"));
-                None
-            }
-        };
-        // upstream's XML log; run.nix sets LOGFILE=/dev/null
-        let xml_log = env.get("LOGFILE").filter(|p| !p.is_empty()).and_then(|p| {
-            XmlLogReporter::create(Path::new(p), self.print_serial.clone())
-                .map_err(|e| warnings.push(format!("LOGFILE {p}: {e}; no XML log")))
-                .ok()
-        });
-        for w in &warnings {
-            self.warning(w);
-        }
+    /// Begins the run's span, a child of `parent` (a `TRACEPARENT`) when given; `exporting`
+    /// says that spans leave the process (guest commands then get a `TRACEPARENT`).
+    pub fn start_run(&self, name: &str, parent: Option<(TraceId, SpanId)>, exporting: bool) {
         let mut inner = self.inner.lock().unwrap();
-        if let Some(x) = xml_log {
-            inner.reporters.push(Box::new(x));
-        }
-        if let Some((trace, parent)) = env.get("TRACEPARENT").and_then(|v| parse_traceparent(v)) {
+        if let Some((trace, parent)) = parent {
             inner.spans = SpanTable::new(trace, Some(parent));
         }
-        inner.exporter = exporter;
+        inner.exporting = exporting;
         let run = inner.begin(SpanKind::Run, name, None, false);
         inner.run = Some(run);
     }
 
     /// Ends every open span (those still open fail with `interrupted` or the run's failure),
-    /// ends the run's span, and flushes the exporter.
+    /// ends the run's span, and lets every reporter write what is left (the XML log closes,
+    /// exported spans are flushed).
     pub fn finish_run(&self, failure: Option<&str>) {
         let mut inner = self.inner.lock().unwrap();
         let run = inner.run.take();
@@ -327,26 +222,22 @@ impl Logger {
             }
             inner.emit(&Event::SpanEnd(&record));
         }
-        for r in inner.reporters.iter_mut() {
-            r.finish();
-        }
-        let exporter = inner.exporter.take();
-        drop(inner);
-        if let Some(x) = exporter {
-            x.flush();
-        }
+        inner.reporters.finish();
+        inner.exporting = false;
     }
 
     /// Whether spans are exported (and guest commands get a `TRACEPARENT`).
     pub fn exporting(&self) -> bool {
-        self.inner.lock().unwrap().exporter.is_some()
+        self.inner.lock().unwrap().exporting
     }
 
     /// The `TRACEPARENT` for guest commands of the calling thread while spans are exported:
     /// the span they run in outside every operation (see [`SpanTable::context`]).
     pub fn command_traceparent(&self) -> Option<String> {
         let inner = self.inner.lock().unwrap();
-        inner.exporter.as_ref()?;
+        if !inner.exporting {
+            return None;
+        }
         Some(traceparent(inner.spans.trace(), inner.spans.context()?))
     }
 
@@ -379,22 +270,15 @@ impl Logger {
         r
     }
 
-    /// The timing summary of the run so far (see [`crate::report::summary`]).
-    pub fn timing_summary(&self) -> Vec<String> {
-        crate::report::summary::lines(&self.inner.lock().unwrap().timeline)
-    }
-
-    /// Writes the HTML report, with each machine's console log.
-    pub fn write_html_report(
-        &self,
-        path: &Path,
-        title: &str,
-        consoles: &[(String, String)],
-    ) -> std::io::Result<()> {
-        let inner = self.inner.lock().unwrap();
-        let open: Vec<SpanRecord> = inner.spans.open_spans().cloned().collect();
-        let html = crate::report::html::render(&inner.timeline, &open, title, consoles);
-        std::fs::write(path, html)
+    /// The spans still open (the HTML report shows them as running).
+    pub fn open_spans(&self) -> Vec<SpanRecord> {
+        self.inner
+            .lock()
+            .unwrap()
+            .spans
+            .open_spans()
+            .cloned()
+            .collect()
     }
 }
 
@@ -405,6 +289,14 @@ pub struct OwnedBlock {
     machine: Option<String>,
     start: Instant,
     span: SpanId,
+    /// Set for a subtest.
+    subtest: Option<Subtest>,
+}
+
+struct Subtest {
+    name: String,
+    /// The line logged for its failure.
+    failure: Option<String>,
 }
 
 impl OwnedBlock {
@@ -439,6 +331,37 @@ impl Logger {
             machine: machine.map(str::to_string),
             start: Instant::now(),
             span,
+            subtest: None,
+        }
+    }
+
+    /// Opens a subtest: a JUnit case, a span, and the nested block `subtest: <name>`.
+    pub fn open_subtest(&self, name: &str) -> OwnedBlock {
+        self.emit(Event::SubtestStart { name });
+        let mut block = self.open_span(
+            SpanKind::Subtest,
+            name,
+            Some(&format!("subtest: {name}")),
+            None,
+        );
+        block.subtest = Some(Subtest {
+            name: name.to_string(),
+            failure: None,
+        });
+        block
+    }
+
+    /// Logs that the subtest of `block` failed with `error`, in upstream's words
+    /// (`Test "<name>" failed with error: "<error>"`), once; the subtest fails in JUnit.
+    /// Does nothing for a block that is not a subtest.
+    pub fn subtest_failed(&self, block: &mut OwnedBlock, error: &str) {
+        let Some(subtest) = block.subtest.as_mut() else {
+            return;
+        };
+        if subtest.failure.is_none() {
+            let line = subtest_failure(&subtest.name, error);
+            self.test_error(&line);
+            subtest.failure = Some(line);
         }
     }
 
@@ -453,11 +376,23 @@ impl Logger {
             });
         }
         inner.end(block.span, SpanStatus::Ok);
+        drop(inner);
+        self.end_subtest(block);
     }
 
     /// Closes a block that failed with `error` (no "finished" line, as upstream).
     pub fn close_failed(&self, block: &OwnedBlock, error: &str) {
         self.end_span(block.span, SpanStatus::Error(error.to_string()));
+        self.end_subtest(block);
+    }
+
+    fn end_subtest(&self, block: &OwnedBlock) {
+        if let Some(subtest) = &block.subtest {
+            self.emit(Event::SubtestEnd {
+                name: &subtest.name,
+                failure: subtest.failure.as_deref(),
+            });
+        }
     }
 }
 
@@ -530,39 +465,39 @@ impl Drop for Block<'_> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use crate::terminal::prefixed;
+mod tests {
+    use std::sync::Arc;
 
-    /// Records every event as the terminal would print it, without colour.
-    pub struct Capture(pub Arc<Mutex<Vec<String>>>);
+    use super::*;
+
+    fn prefixed(machine: Option<&str>, msg: &str) -> String {
+        machine.map_or(msg.to_string(), |m| format!("{m}: {msg}"))
+    }
+
+    /// Records every event as the terminal would print it, without colour and durations.
+    struct Capture(Arc<Mutex<Vec<String>>>);
 
     impl Reporter for Capture {
         fn event(&mut self, event: &Event<'_>) {
-            let t = TerminalReporter::new(false, Arc::new(AtomicBool::new(true)), false);
             let line = match *event {
-                Event::Line { machine, msg } => prefixed(machine, msg),
-                Event::BlockStart { machine, msg } => prefixed(machine, msg),
+                Event::Line { machine, msg } | Event::BlockStart { machine, msg } => {
+                    prefixed(machine, msg)
+                }
                 Event::BlockEnd { machine, msg, .. } => {
                     prefixed(machine, &format!("(finished: {msg})"))
                 }
-                Event::Serial { machine, line } => format!("{machine} # {line}"),
                 Event::TestError { msg } => format!("!!! {msg}"),
-                _ => match t.render(event) {
-                    Some(line) => line,
-                    None => return,
-                },
+                Event::SubtestEnd { name, failure } => format!("end {name}: {failure:?}"),
+                _ => return,
             };
             self.0.lock().unwrap().push(line);
         }
     }
 
-    pub fn capturing() -> (Logger, Arc<Mutex<Vec<String>>>) {
+    fn capturing() -> (Logger, Arc<Mutex<Vec<String>>>) {
         let lines = Arc::new(Mutex::new(Vec::new()));
-        (
-            Logger::with_reporters(vec![Box::new(Capture(lines.clone()))]),
-            lines,
-        )
+        let log = Logger::new(Fanout::new(vec![Box::new(Capture(lines.clone()))]));
+        (log, lines)
     }
 
     #[test]
@@ -573,6 +508,34 @@ pub(crate) mod tests {
         assert_eq!(
             *lines.lock().unwrap(),
             vec!["m: ok", "m: (finished: ok)", "boom"]
+        );
+    }
+
+    #[test]
+    fn a_failed_subtest_is_logged_once_in_upstreams_words() {
+        let (log, lines) = capturing();
+        let ok = log.open_subtest("fine");
+        log.close(&ok);
+        let mut failed = log.open_subtest("broken");
+        log.subtest_failed(&mut failed, "boom");
+        log.subtest_failed(&mut failed, "boom again");
+        log.close_failed(&failed, "AssertionError: boom");
+        let mut plain = log.open("not a subtest", None);
+        log.subtest_failed(&mut plain, "ignored");
+        log.close(&plain);
+        let failure = "Test \"broken\" failed with error: \"boom\"";
+        assert_eq!(
+            *lines.lock().unwrap(),
+            vec![
+                "subtest: fine".to_string(),
+                "(finished: subtest: fine)".to_string(),
+                "end fine: None".to_string(),
+                "subtest: broken".to_string(),
+                format!("!!! {failure}"),
+                format!("end broken: Some({failure:?})"),
+                "not a subtest".to_string(),
+                "(finished: not a subtest)".to_string(),
+            ]
         );
     }
 }

@@ -4,11 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use crate::log::{Event, Reporter};
+use crate::event::{Event, Reporter};
 use crate::trace::SpanKind;
 
 const BRIGHT_GREEN: &str = "\x1b[1m\x1b[32m";
@@ -56,20 +55,28 @@ impl Progress {
     }
 }
 
-/// Upstream's terminal format, on stderr.
+/// Where the terminal reporter writes: stderr, or a buffer in tests.
+type Output = Arc<Mutex<Box<dyn Write + Send>>>;
+
+/// Upstream's terminal format.
 pub struct TerminalReporter {
     color: bool,
-    print_serial: Arc<AtomicBool>,
+    out: Output,
     /// Present when the status line is on (stderr is a terminal).
     progress: Option<Arc<Mutex<Progress>>>,
 }
 
 impl TerminalReporter {
-    /// A reporter; `progress` turns the boot status line on.
-    pub fn new(color: bool, print_serial: Arc<AtomicBool>, progress: bool) -> Self {
+    /// A reporter writing to stderr; `progress` turns the boot status line on.
+    pub fn stderr(color: bool, progress: bool) -> Self {
+        Self::new(color, progress, Box::new(std::io::stderr()))
+    }
+
+    /// A reporter writing to `out`.
+    pub fn new(color: bool, progress: bool, out: Box<dyn Write + Send>) -> Self {
         TerminalReporter {
             color,
-            print_serial,
+            out: Arc::new(Mutex::new(out)),
             progress: progress.then(Default::default),
         }
     }
@@ -97,8 +104,12 @@ impl TerminalReporter {
                 machine,
                 &format!("(finished: {msg}, in {seconds:.2} seconds)"),
             ),
-            Event::Serial { machine, line } => {
-                if !self.print_serial.load(Ordering::Relaxed) {
+            Event::Serial {
+                machine,
+                line,
+                shown,
+            } => {
+                if !shown {
                     return None;
                 }
                 self.styled(DIM, &format!("{machine} # {line}"))
@@ -127,7 +138,7 @@ impl TerminalReporter {
             let first = p.booting.is_empty();
             p.booting.insert(machine, Instant::now());
             if first {
-                spawn_ticker(Arc::downgrade(progress));
+                spawn_ticker(Arc::downgrade(progress), self.out.clone());
             }
         } else {
             p.booting.remove(&machine);
@@ -136,14 +147,14 @@ impl TerminalReporter {
     }
 }
 
-fn spawn_ticker(progress: Weak<Mutex<Progress>>) {
+fn spawn_ticker(progress: Weak<Mutex<Progress>>, out: Output) {
     let _ = std::thread::Builder::new()
         .name("ntng-progress".into())
         .spawn(move || loop {
             std::thread::sleep(TICK);
             let Some(p) = progress.upgrade() else { return };
             let mut p = p.lock().unwrap();
-            p.write(&mut std::io::stderr().lock(), None);
+            p.write(&mut *out.lock().unwrap(), None);
             if p.booting.is_empty() {
                 return;
             }
@@ -165,12 +176,15 @@ impl Reporter for TerminalReporter {
         if line.is_none() && !boots_changed {
             return;
         }
-        let mut err = std::io::stderr().lock();
         match &self.progress {
-            Some(p) => p.lock().unwrap().write(&mut err, line.as_deref()),
+            Some(p) => p
+                .lock()
+                .unwrap()
+                .write(&mut *self.out.lock().unwrap(), line.as_deref()),
             None => {
-                if let Some(l) = line {
-                    let _ = writeln!(err, "{l}");
+                if let Some(mut l) = line {
+                    l.push('\n');
+                    let _ = self.out.lock().unwrap().write_all(l.as_bytes());
                 }
             }
         }

@@ -6,15 +6,12 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use crate::log::{Event, Reporter};
+use crate::event::{Event, Reporter};
 
 /// Writes the XML log as events arrive.
 pub struct XmlLogReporter {
-    out: BufWriter<File>,
-    print_serial: Arc<AtomicBool>,
+    out: BufWriter<Box<dyn Write + Send>>,
     open_nests: usize,
     closed: bool,
 }
@@ -48,12 +45,16 @@ fn element(tag: &str, attrs: &[(&str, &str)], text: &str) -> String {
 
 impl XmlLogReporter {
     /// Creates (truncates) the file at `path` and writes the document's start.
-    pub fn create(path: &Path, print_serial: Arc<AtomicBool>) -> std::io::Result<Self> {
-        let mut out = BufWriter::new(File::create(path)?);
+    pub fn create(path: &Path) -> std::io::Result<Self> {
+        Self::new(Box::new(File::create(path)?))
+    }
+
+    /// Writes the document's start to `out`.
+    pub fn new(out: Box<dyn Write + Send>) -> std::io::Result<Self> {
+        let mut out = BufWriter::new(out);
         out.write_all(b"<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<logfile>\n")?;
         Ok(XmlLogReporter {
             out,
-            print_serial,
             open_nests: 0,
             closed: false,
         })
@@ -87,8 +88,12 @@ impl Reporter for XmlLogReporter {
                 }
                 s
             }
-            Event::Serial { machine, line } => {
-                if !self.print_serial.load(Ordering::Relaxed) {
+            Event::Serial {
+                machine,
+                line,
+                shown,
+            } => {
+                if !shown {
                     return;
                 }
                 element("line", &[("machine", machine), ("type", "serial")], line)
@@ -118,8 +123,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ntng-xmllog-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("log.xml");
-        let serial = Arc::new(AtomicBool::new(true));
-        let mut r = XmlLogReporter::create(&path, serial.clone()).unwrap();
+        let mut r = XmlLogReporter::create(&path).unwrap();
         r.event(&Event::BlockStart {
             machine: None,
             msg: "subtest: a & b",
@@ -131,11 +135,12 @@ mod tests {
         r.event(&Event::Serial {
             machine: "server",
             line: "\x1b[1mbold\x07",
+            shown: true,
         });
-        serial.store(false, Ordering::Relaxed);
         r.event(&Event::Serial {
             machine: "server",
             line: "muted",
+            shown: false,
         });
         r.event(&Event::BlockEnd {
             machine: None,

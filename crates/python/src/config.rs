@@ -1,5 +1,7 @@
 //! `Config`: the validated run description, read-only from Python.
 
+use std::collections::HashMap;
+
 use pyo3::prelude::*;
 
 use ntng_engine::config::{self as engine, MachineKind};
@@ -104,5 +106,12 @@ impl Config {
     #[getter]
     fn warnings(&self) -> Vec<String> {
         self.inner.warnings.clone()
+    }
+    /// This configuration with the XML log, OTLP exporter and trace parent `env` asks for
+    /// (`LOGFILE`, `OTEL_*`, `TRACEPARENT`) instead of its own.
+    fn with_reporting_from(&self, env: HashMap<String, String>) -> Config {
+        let mut inner = self.inner.clone();
+        inner.reporting = engine::Reporting::from_env(&env);
+        Config { inner }
     }
 }

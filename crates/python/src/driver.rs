@@ -14,6 +14,8 @@ use crate::machine::MachineHandle;
 #[pyclass(frozen, module = "nixos_test_ng._native")]
 pub struct Driver {
     inner: Arc<engine::Driver>,
+    /// The logger's reports (the HTML report reads the timeline).
+    reports: Arc<ntng_engine::reporters::Reports>,
 }
 
 /// A running VLAN (upstream's `VLan`).
@@ -49,6 +51,7 @@ impl Driver {
             .map_err(to_pyerr)?;
         Ok(Driver {
             inner: Arc::new(inner),
+            reports: logger.reports.clone(),
         })
     }
 
@@ -144,8 +147,8 @@ impl Driver {
 
     /// Writes the HTML report (spans, failures, console logs, screenshots) to `path`.
     fn write_html_report(&self, py: Python<'_>, path: &str) -> PyResult<()> {
-        let d = self.inner.clone();
-        py.detach(move || d.write_html_report(std::path::Path::new(path)))
+        let (d, reports) = (self.inner.clone(), self.reports.clone());
+        py.detach(move || d.write_html_report(std::path::Path::new(path), &reports))
             .map_err(to_pyerr)
     }
 

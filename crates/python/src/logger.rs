@@ -2,17 +2,21 @@
 
 use std::sync::Arc;
 
+use pyo3::exceptions::PyBaseException;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use std::collections::HashMap;
-
 use ntng_engine::log::{self as engine, OwnedBlock};
+use ntng_engine::reporters::{self, Reports};
 use ntng_engine::trace::SpanKind;
+
+use crate::config::Config;
 
 #[pyclass(frozen, module = "nixos_test_ng._native")]
 pub struct Logger {
     pub inner: Arc<engine::Logger>,
+    /// What the end of the run reads back: JUnit, the timeline.
+    pub reports: Arc<Reports>,
 }
 
 fn machine_attr(attrs: Option<&Bound<'_, PyDict>>) -> PyResult<Option<String>> {
@@ -32,17 +36,22 @@ impl Logger {
     #[new]
     #[pyo3(signature = (color=false, progress=false))]
     fn new(color: bool, progress: bool) -> Self {
+        let (logger, reports) = reporters::terminal_logger(color, progress);
         Logger {
-            inner: Arc::new(engine::Logger::new(color, progress)),
+            inner: Arc::new(logger),
+            reports: Arc::new(reports),
         }
     }
 
-    /// Begins the run's span; exports spans when the `OTEL_*` variables of `env` say so.
-    fn start_run(&self, env: HashMap<String, String>, name: &str) {
-        self.inner.start_run(&env, name);
+    /// Adds the reporters `config` asks for (the XML log, the OTLP exporter; JUnit when
+    /// `junit`) and begins the run's span.
+    #[pyo3(signature = (config, name, junit=false))]
+    fn start_run(&self, config: &Config, name: &str, junit: bool) {
+        self.reports
+            .start_run(&self.inner, &config.inner.reporting, name, junit);
     }
 
-    /// Ends the run's span (and any still open), flushes exported spans.
+    /// Ends the run's span (and any still open), closes the XML log, flushes exported spans.
     #[pyo3(signature = (failure=None))]
     fn finish_run(&self, py: Python<'_>, failure: Option<&str>) {
         let l = self.inner.clone();
@@ -57,7 +66,7 @@ impl Logger {
 
     /// The timing summary's lines (total, boots, slowest operations).
     fn timing_summary(&self) -> Vec<String> {
-        self.inner.timing_summary()
+        self.reports.timing_summary()
     }
 
     /// A test's span: `with log.test("name") as t: ...`; `t.fail(message)` marks it failed.
@@ -72,14 +81,9 @@ impl Logger {
         }
     }
 
-    /// Starts collecting JUnit test cases.
-    fn enable_junit(&self) {
-        self.inner.enable_junit();
-    }
-
-    /// Writes the JUnit report.
+    /// Writes the JUnit report (when `start_run` was asked for JUnit).
     fn write_junit(&self, path: &str) -> PyResult<()> {
-        self.inner
+        self.reports
             .write_junit(std::path::Path::new(path))
             .map_err(Into::into)
     }
@@ -194,10 +198,7 @@ pub struct LogBlock {
     failure: std::sync::Mutex<Option<String>>,
 }
 
-fn exception_text(exc: Option<&Bound<'_, PyAny>>) -> PyResult<String> {
-    let Some(e) = exc else {
-        return Ok(String::new());
-    };
+fn exception_text(e: &Bound<'_, PyAny>) -> PyResult<String> {
     let name = e.get_type().name()?.to_string();
     Ok(format!("{name}: {}", e.str()?))
 }
@@ -208,24 +209,27 @@ impl LogBlock {
         let me = slf.get();
         let block = match me.kind {
             BlockKind::Nested => me.logger.open(&me.message, me.machine.as_deref()),
-            BlockKind::Subtest => {
-                me.logger.subtest_start(&me.message);
-                me.logger.open_span(
-                    SpanKind::Subtest,
-                    &me.message,
-                    Some(&format!("subtest: {}", me.message)),
-                    None,
-                )
-            }
+            BlockKind::Subtest => me.logger.open_subtest(&me.message),
             BlockKind::Test => me.logger.open_span(SpanKind::Test, &me.message, None, None),
         };
         *me.open.lock().unwrap() = Some(block);
         slf
     }
 
-    /// Marks the block failed with `message` (it still ends at `__exit__`).
-    fn fail(&self, message: &str) {
-        *self.failure.lock().unwrap() = Some(message.to_string());
+    /// Marks the block failed without raising, as if `error` (an exception, or a message)
+    /// had escaped it: its span fails and a subtest logs its failure now.
+    fn fail(&self, error: &Bound<'_, PyAny>) -> PyResult<()> {
+        let (span_text, error_text) = if error.is_instance_of::<PyBaseException>() {
+            (exception_text(error)?, error.str()?.to_string())
+        } else {
+            let text = error.str()?.to_string();
+            (text.clone(), text)
+        };
+        if let Some(block) = self.open.lock().unwrap().as_mut() {
+            self.logger.subtest_failed(block, &error_text);
+        }
+        *self.failure.lock().unwrap() = Some(span_text);
+        Ok(())
     }
 
     #[pyo3(signature = (exc_type=None, exc=None, _tb=None))]
@@ -236,34 +240,25 @@ impl LogBlock {
         _tb: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
         let raised = exc_type.is_some_and(|t| !t.is_none());
-        let Some(block) = self.open.lock().unwrap().take() else {
+        let Some(mut block) = self.open.lock().unwrap().take() else {
             return Ok(false);
         };
-        let failure = match (raised, self.failure.lock().unwrap().take()) {
-            (true, _) => Some(exception_text(exc)?),
-            (false, set) => set,
+        let failure = match (raised, exc, self.failure.lock().unwrap().take()) {
+            (true, Some(e), _) => {
+                let span_text = exception_text(e)?;
+                let text = e.str().map(|s| s.to_string()).unwrap_or_default();
+                self.logger.subtest_failed(&mut block, &text);
+                Some(span_text)
+            }
+            (true, None, _) => {
+                self.logger.subtest_failed(&mut block, "");
+                Some(String::new())
+            }
+            (false, _, set) => set,
         };
-        if self.kind == BlockKind::Subtest {
-            let logged = raised.then(|| {
-                let text = exc.and_then(|e| e.str().ok()).map(|s| s.to_string());
-                let msg = format!(
-                    "Test \"{}\" failed with error: \"{}\"",
-                    self.message,
-                    text.unwrap_or_default()
-                );
-                self.logger.test_error(&msg);
-                msg
-            });
-            match &failure {
-                None => self.logger.close(&block),
-                Some(f) => self.logger.close_failed(&block, f),
-            }
-            self.logger.subtest_end(&self.message, logged.as_deref());
-        } else {
-            match &failure {
-                None => self.logger.close(&block),
-                Some(f) => self.logger.close_failed(&block, f),
-            }
+        match &failure {
+            None => self.logger.close(&block),
+            Some(f) => self.logger.close_failed(&block, f),
         }
         Ok(false)
     }

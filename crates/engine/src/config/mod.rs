@@ -3,11 +3,13 @@
 
 mod cli;
 mod json;
+mod reporting;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use cli::{parse_args, Parsed, USAGE_EXIT_CODE};
+pub use reporting::{OtlpSettings, Reporting};
 
 /// What kind of machine a start script starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +72,9 @@ pub struct Config {
     pub log_level: LogLevel,
     /// Warnings found while building the config (deprecated flags, unknown keys).
     pub warnings: Vec<String>,
+    /// The XML log, the OTLP exporter and the trace parent (`LOGFILE`, `OTEL_*`,
+    /// `TRACEPARENT`).
+    pub reporting: Reporting,
 }
 
 /// Generation C's log levels.
@@ -124,6 +129,7 @@ impl Default for Config {
             enable_ssh_backdoor: false,
             log_level: LogLevel::Info,
             warnings: Vec::new(),
+            reporting: Reporting::default(),
         }
     }
 }

@@ -282,7 +282,7 @@ fn console_logs(consoles: &[(String, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::Event;
+    use crate::event::{Event, Reporter};
     use crate::trace::{SpanTable, TraceId};
 
     #[test]

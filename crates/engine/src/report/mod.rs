@@ -1,6 +1,6 @@
 //! What the run did, kept for the reports written at its end: the HTML report
-//! ([`html`]) and the timing summary ([`summary`]). [`Timeline`] collects it from the log's
-//! events: finished spans, test errors and screenshots.
+//! ([`html`]) and the timing summary ([`summary`]). [`Timeline`] is the reporter that
+//! collects it from the log's events: finished spans, test errors and screenshots.
 
 pub mod html;
 pub mod summary;
@@ -8,7 +8,7 @@ pub mod summary;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use crate::log::Event;
+use crate::event::{Event, Reporter};
 use crate::trace::{SpanKind, SpanRecord};
 
 /// Operation spans kept at most (a run of millions of commands keeps its first ones and
@@ -41,9 +41,8 @@ impl Default for Timeline {
     }
 }
 
-impl Timeline {
-    /// Records one event.
-    pub fn event(&mut self, event: &Event<'_>) {
+impl Reporter for Timeline {
+    fn event(&mut self, event: &Event<'_>) {
         match event {
             Event::SpanEnd(record) => {
                 if record.kind == SpanKind::Operation {
@@ -63,7 +62,9 @@ impl Timeline {
             _ => {}
         }
     }
+}
 
+impl Timeline {
     /// The run's span, once finished.
     pub fn run(&self) -> Option<&SpanRecord> {
         self.spans.iter().find(|s| s.kind == SpanKind::Run)

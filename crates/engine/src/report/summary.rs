@@ -101,7 +101,7 @@ fn overlap(a: &SpanRecord, b: &SpanRecord) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::Event;
+    use crate::event::{Event, Reporter};
     use crate::trace::{SpanStatus, SpanTable, TraceId};
 
     #[test]
