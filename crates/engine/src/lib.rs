@@ -12,6 +12,7 @@ pub mod config;
 pub mod console;
 pub mod driver;
 pub mod error;
+pub mod exit_status;
 pub mod interrupt;
 pub mod junit;
 pub mod log;
