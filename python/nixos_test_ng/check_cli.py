@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 from nixos_test_ng.check import check_source, machine_name_from_script
-
-USAGE_EXIT = 2
+from nixos_test_ng.exit_status import ExitStatus
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -63,11 +62,11 @@ def check_main(argv: list[str]) -> int:
         source = Path(args.script).read_text()
     except (OSError, ValueError) as e:
         print(f"nixos-test-ng check: error: {e}", file=sys.stderr)
-        return USAGE_EXIT
+        return ExitStatus.USAGE
     problems = check_source(source, args.script, machines, vlans)
     for problem in problems:
         print(problem.render(args.script))
-    return 1 if problems else 0
+    return ExitStatus.FAILED if problems else ExitStatus.OK
 
 
 STUB_HEADER = """\
@@ -158,5 +157,5 @@ def stubs_main(argv: list[str]) -> int:
         Path(args.output).write_text(render_stubs(machines, vlans))
     except (OSError, ValueError) as e:
         print(f"nixos-test-ng stubs: error: {e}", file=sys.stderr)
-        return USAGE_EXIT
-    return 0
+        return ExitStatus.USAGE
+    return ExitStatus.OK

@@ -11,7 +11,8 @@ import re
 import tempfile
 from pathlib import Path
 
-from nixos_test_ng.cli import EXIT_USAGE, run_driver
+from nixos_test_ng.cli import run_driver
+from nixos_test_ng.exit_status import ExitStatus
 
 MACHINE_SPEC = re.compile(r"^([A-Za-z0-9_][A-Za-z0-9_.-]*)(?::(\d+(?:,\d+)*))?(?:@([a-z-]+))?$")
 
@@ -86,7 +87,7 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         parser.print_usage()
         print(f"nixos-test-ng run: error: {e}")
-        return EXIT_USAGE
+        return ExitStatus.USAGE
 
     nodes = {name: vlans for name, vlans, _ in specs}
     kinds = {name: kind for name, _, kind in specs}

@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from nixos_test_ng.exit_status import ExitStatus
+
 from .busybox_guest import DEFAULT_FLAVOUR, KERNEL_META, build
 from .cache import default_guest_dir
 from .common import BuildError, GuestError
@@ -16,10 +18,6 @@ from .scripts import KINDS, MAX_NODES, LayoutError, parse_node_spec, write_start
 from .systemd_guest import DEFAULT_MIRROR, MIRROR_ENV, build_systemd
 
 __all__ = ["main"]
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -126,7 +124,7 @@ def _scripts(args: argparse.Namespace) -> int:
     written = write_start_scripts(args.out_dir, nodes, args.guest_dir, args.memory, kinds)
     for path in written.values():
         print(path)
-    return EXIT_OK
+    return ExitStatus.OK
 
 
 def main(argv: list[str]) -> int:
@@ -135,7 +133,7 @@ def main(argv: list[str]) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse exits on --help (0) and on usage errors (2)
-        return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
+        return int(e.code) if isinstance(e.code, int) else ExitStatus.USAGE
     try:
         if args.command == "build":
             if args.systemd:
@@ -145,11 +143,11 @@ def main(argv: list[str]) -> int:
             else:
                 guest_dir = build(args.out, flavour=args.kernel, force=args.force).guest_dir
             print(guest_dir)
-            return EXIT_OK
+            return ExitStatus.OK
         return _scripts(args)
     except LayoutError as e:
         print(f"nixos-test-ng guest: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     except (BuildError, GuestError, OSError) as e:
         print(f"nixos-test-ng guest: error: {e}", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitStatus.FAILED
