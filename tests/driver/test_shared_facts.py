@@ -46,3 +46,52 @@ def test_no_command_spells_a_status_as_a_number(module):
             if any("EXIT" in n for n in names):
                 numbers.append(f"line {node.lineno}: {names[0]} = {node.value.value}")
     assert numbers == []
+
+
+def _numeric_timeout_defaults(objects):
+    """(where, default) of every parameter named *timeout* with a number as its default."""
+    import inspect
+
+    out = []
+    for obj in objects:
+        functions = [obj] if inspect.isfunction(obj) else vars(obj).values()
+        for fn in functions:
+            try:
+                params = inspect.signature(fn).parameters.values()
+            except (TypeError, ValueError):
+                continue
+            for p in params:
+                if "timeout" in p.name and type(p.default) in (int, float):
+                    out.append((f"{getattr(fn, '__qualname__', fn)}({p.name})", p.default))
+    return out
+
+
+def test_the_default_command_timeout_is_the_engines():
+    """Python's defaults (retry, Poll.wait, the machine classes' screen waits) are the
+    engine's 900 s."""
+    from nixos_test_ng import machine, retry
+
+    objects = [retry.retry, retry.seconds, retry.Poll, *vars(machine).values()]
+    found = _numeric_timeout_defaults(o for o in objects if isinstance(o, type) or callable(o))
+    assert len(found) >= 3
+    assert {w: d for w, d in found if d != _native.DEFAULT_COMMAND_TIMEOUT} == {}
+    assert _native.DEFAULT_COMMAND_TIMEOUT == 900
+
+
+def test_the_stubs_show_the_engines_default_timeout():
+    """The native methods take None for "the default"; the stub shows that default."""
+    stub = (PACKAGE / "_native.pyi").read_text()
+    defaults = [
+        (f"{fn.name}({arg.arg})", default.value)
+        for fn in ast.walk(ast.parse(stub))
+        if isinstance(fn, ast.FunctionDef)
+        for arg, default in zip(
+            fn.args.args[len(fn.args.args) - len(fn.args.defaults) :], fn.args.defaults, strict=True
+        )
+        if "timeout" in arg.arg
+        and isinstance(default, ast.Constant)
+        and type(default.value) in (int, float)
+    ]
+    assert len(defaults) >= 10
+    others = [(w, d) for w, d in defaults if d != _native.DEFAULT_COMMAND_TIMEOUT]
+    assert others == [("wait_for_qmp_event(timeout)", 600)]  # upstream's 10 minutes
