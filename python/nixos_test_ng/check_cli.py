@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from nixos_test_ng import _native
 from nixos_test_ng.check import check_source, machine_name_from_script
 from nixos_test_ng.exit_status import ExitStatus
 
@@ -89,50 +90,60 @@ from nixos_test_ng.machine import Machine as Machine
 from nixos_test_ng.machine import NspawnMachine as NspawnMachine
 from nixos_test_ng.machine import QemuMachine as QemuMachine
 from nixos_test_ng.retry import LazyAssertionTester, Poll, PollingCondition
+"""
 
-machines: list[BaseMachine]
-machines_qemu: list[QemuMachine]
-machines_nspawn: list[NspawnMachine]
-vlans: list[VLan]
-driver: Driver
-log: Logger
-t: LazyAssertionTester
-debug: Debug | DebugNop
+#: The general names the header's imports declare (`X as X`).
+IMPORTED_SYMBOLS = frozenset({"os", "Machine", "BaseMachine", "QemuMachine", "NspawnMachine"})
 
-def start_all() -> None: ...
-def join_all() -> None: ...
-def test_script() -> None: ...
-def run_tests() -> None: ...
-def subtest(name: str) -> AbstractContextManager[None]: ...
+#: The declaration of every other general name (`_native.GENERAL_SYMBOLS`, the engine's
+#: list, decides which are written, in its order).
+DECLARATIONS = {
+    "start_all": "def start_all() -> None: ...",
+    "test_script": "def test_script() -> None: ...",
+    "machines": "machines: list[BaseMachine]",
+    "machines_qemu": "machines_qemu: list[QemuMachine]",
+    "machines_nspawn": "machines_nspawn: list[NspawnMachine]",
+    "vlans": "vlans: list[VLan]",
+    "driver": "driver: Driver",
+    "log": "log: Logger",
+    "create_machine": """\
 def create_machine(
     start_command: str,
     *,
     name: str | None = None,
     keep_machine_state: bool = False,
     keep_vm_state: bool = False,
-) -> QemuMachine: ...
+) -> QemuMachine: ...""",
+    "subtest": "def subtest(name: str) -> AbstractContextManager[None]: ...",
+    "run_tests": "def run_tests() -> None: ...",
+    "join_all": "def join_all() -> None: ...",
+    "retry": f"""\
 def retry(
     fn: Callable[[bool], Any],
-    timeout_seconds: float | timedelta = 900,
+    timeout_seconds: float | timedelta = {_native.DEFAULT_COMMAND_TIMEOUT},
     *,
     timeout: float | timedelta | None = None,
-) -> None: ...
-def serial_stdout_off() -> None: ...
-def serial_stdout_on() -> None: ...
+) -> None: ...""",
+    "serial_stdout_off": "def serial_stdout_off() -> None: ...",
+    "serial_stdout_on": "def serial_stdout_on() -> None: ...",
+    "polling_condition": """\
 def polling_condition(
     fun_: Callable[[], Any] | None = None,
     *,
     seconds_interval: float = 2.0,
     description: str | None = None,
-) -> Any: ...
-def dump_machine_ssh(offset: int = 2) -> None: ...
-"""
+) -> Any: ...""",
+    "t": "t: LazyAssertionTester",
+    "debug": "debug: Debug | DebugNop",
+    "dump_machine_ssh": "def dump_machine_ssh(offset: int = 2) -> None: ...",
+}
 
 
 def render_stubs(machines: dict[str, str], vlans: list[int]) -> str:
-    from nixos_test_ng import _native
-
     lines = [STUB_HEADER]
+    for name in _native.GENERAL_SYMBOLS:
+        if name not in IMPORTED_SYMBOLS:
+            lines.append(DECLARATIONS[name])
     for name, kind in machines.items():
         cls = "NspawnMachine" if kind == "nspawn" else "QemuMachine"
         lines.append(f"{_native.pythonize_name(name)}: {cls}")

@@ -95,3 +95,21 @@ def test_the_stubs_show_the_engines_default_timeout():
     assert len(defaults) >= 10
     others = [(w, d) for w, d in defaults if d != _native.DEFAULT_COMMAND_TIMEOUT]
     assert others == [("wait_for_qmp_event(timeout)", 600)]  # upstream's 10 minutes
+
+
+def test_every_user_of_the_namespace_names_takes_the_engines_list(tmp_path, monkeypatch):
+    from nixos_test_ng import check, check_cli, driver, driver_symbols
+
+    symbols = _native.GENERAL_SYMBOLS
+    assert symbols[:3] == ("start_all", "test_script", "machines") and len(set(symbols)) == 24
+    # the namespace the driver builds (its own assertion checks the dict against this tuple)
+    assert driver.GENERAL_SYMBOLS == symbols
+    # the pre-boot check
+    assert check.namespace_names([], []) == set(symbols)
+    # the editor stubs: a declaration for every name, and none for a name the list lacks
+    assert set(check_cli.DECLARATIONS) | check_cli.IMPORTED_SYMBOLS == set(symbols)
+    assert set(check_cli.DECLARATIONS).isdisjoint(check_cli.IMPORTED_SYMBOLS)
+    # generate-driver-symbols (nixpkgs' driver.nix feeds the file to pyflakes)
+    monkeypatch.chdir(tmp_path)
+    driver_symbols.main()
+    assert (tmp_path / driver_symbols.FILE).read_text() == ",".join(symbols)
