@@ -4,7 +4,6 @@ start scripts or a generation-C `--config` JSON."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -41,12 +40,11 @@ def _machines(args: argparse.Namespace) -> tuple[dict[str, str], list[int]]:
     for s in args.container_start_scripts:
         machines[machine_name_from_script(s, "nspawn")] = "nspawn"
     vlans = list(args.vlans)
-    if args.config:
-        data = json.loads(Path(args.config).read_text())
-        for key, kind in (("vms", "vm"), ("containers", "nspawn")):
-            for name in data.get(key) or {}:
-                machines[name] = kind
-        vlans += [int(v) for v in data.get("vlans") or []]
+    if args.config:  # read as the driver reads it: the same names, the same errors
+        config = _native.read_config_file(args.config)
+        for name, _, kind in config.machines:
+            machines[name] = "nspawn" if kind == "nspawn" else "vm"
+        vlans += config.vlans
     return machines, vlans
 
 
