@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from nixos_test_ng import _native
+from nixos_test_ng import _native, machine_spec
 from nixos_test_ng.check import check_source, machine_name_from_script
 from nixos_test_ng.exit_status import ExitStatus
 
@@ -18,8 +18,9 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
         "--machines",
         nargs="+",
         default=[],
-        metavar="NAME[:nspawn]",
-        help="machine names; NAME:nspawn is a container",
+        metavar="NAME[:VLAN,...][@KIND]",
+        help="machines as `nixos-test-ng run -m` takes them; NAME@container (or NAME:nspawn) "
+        "is a container",
     )
     p.add_argument("--vlans", nargs="+", type=int, default=[], metavar="N")
     p.add_argument("--vm-start-scripts", nargs="+", default=[], metavar="S")
@@ -30,22 +31,21 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def _machines(args: argparse.Namespace) -> tuple[dict[str, str], list[int]]:
     machines: dict[str, str] = {}
-    for spec in args.machines:
-        name, _, kind = spec.partition(":")
-        if kind not in ("", "vm", "nspawn"):
-            raise ValueError(f"`{spec}`: the kind after `:` is `nspawn` (or `vm`)")
-        machines[name] = kind or "vm"
+    vlans = list(args.vlans)
+    for text in args.machines:
+        spec = machine_spec.parse(text)
+        machines[spec.name] = "nspawn" if spec.is_container else "vm"
+        vlans += spec.vlans or ()
     for s in args.vm_start_scripts:
         machines[machine_name_from_script(s)] = "vm"
     for s in args.container_start_scripts:
         machines[machine_name_from_script(s, "nspawn")] = "nspawn"
-    vlans = list(args.vlans)
     if args.config:  # read as the driver reads it: the same names, the same errors
         config = _native.read_config_file(args.config)
         for name, _, kind in config.machines:
             machines[name] = "nspawn" if kind == "nspawn" else "vm"
         vlans += config.vlans
-    return machines, vlans
+    return machines, list(dict.fromkeys(vlans))
 
 
 def check_main(argv: list[str]) -> int:

@@ -215,13 +215,13 @@ NG_USAGE = """\
 usage: nixos-test-ng COMMAND ...
 
 commands:
-  run SCRIPT [--machine NAME[:VLAN,...]]... [-- DRIVER-ARGS...]
+  run SCRIPT [--machine NAME[:VLAN,...][@KIND]]... [-- DRIVER-ARGS...]
                       run a test script on the built-in Debian guests (no Nix needed)
   guest build|scripts  build the default guest, or write run-<name>-vm start scripts
-  check SCRIPT --machines NAME[:nspawn]... [--vlans N...]
+  check SCRIPT --machines NAME[:VLAN,...][@KIND]... [--vlans N...]
                       check a script before booting: undefined names, misspelled machine
                       methods, wrong arguments (also --vm-start-scripts, --config, ...)
-  stubs --machines NAME[:nspawn]... [--vlans N...] -o FILE
+  stubs --machines NAME[:VLAN,...][@KIND]... [--vlans N...] -o FILE
                       declarations of the script's globals for type checkers and editors
   doctor               what this host can do (QEMU, KVM, containers, OCR, guests, Nix),
                       each line ok / missing / degraded with the command that fixes it

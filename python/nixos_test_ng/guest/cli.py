@@ -9,12 +9,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from nixos_test_ng import machine_spec
 from nixos_test_ng.exit_status import ExitStatus
+from nixos_test_ng.machine_spec import KIND_ALIASES
 
 from .busybox_guest import DEFAULT_FLAVOUR, KERNEL_META, build
 from .cache import default_guest_dir
 from .common import BuildError, GuestError
-from .scripts import KINDS, MAX_NODES, LayoutError, parse_node_spec, write_start_scripts
+from .scripts import DEFAULT_VLANS, MAX_NODES, LayoutError, write_start_scripts
 from .systemd_guest import DEFAULT_MIRROR, MIRROR_ENV, build_systemd
 
 __all__ = ["main"]
@@ -97,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--kind",
-        choices=KINDS,
+        choices=list(KIND_ALIASES),
         default="busybox",
         help="the kind of the nodes without `@KIND` (default: busybox)",
     )
@@ -106,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NODE[:VLAN[,VLAN...]][@KIND]",
         nargs="+",
         help="a node and its VLANs in NIC order (eth1, eth2, ...); a bare NODE is on VLAN 1, "
-        f"`NODE:` on none; `@KIND` is one of {', '.join(KINDS)}; at most {MAX_NODES} nodes",
+        f"`NODE:` on none; `@KIND` is one of {', '.join(KIND_ALIASES)}; at most {MAX_NODES} nodes",
     )
     return parser
 
@@ -114,13 +116,15 @@ def _parser() -> argparse.ArgumentParser:
 def _scripts(args: argparse.Namespace) -> int:
     nodes: dict[str, list[int]] = {}
     kinds: dict[str, str] = {}
-    for spec in args.nodes:
-        spec, at, kind = spec.partition("@")
-        name, vlans = parse_node_spec(spec)
-        if name in nodes:
-            raise LayoutError(f"node `{name}` is given twice")
-        nodes[name] = vlans
-        kinds[name] = kind if at else args.kind
+    for text in args.nodes:
+        try:
+            spec = machine_spec.parse(text)
+        except machine_spec.MachineSpecError as e:
+            raise LayoutError(str(e)) from None
+        if spec.name in nodes:
+            raise LayoutError(f"node `{spec.name}` is given twice")
+        nodes[spec.name] = list(DEFAULT_VLANS if spec.vlans is None else spec.vlans)
+        kinds[spec.name] = spec.kind or KIND_ALIASES[args.kind]
     written = write_start_scripts(args.out_dir, nodes, args.guest_dir, args.memory, kinds)
     for path in written.values():
         print(path)
