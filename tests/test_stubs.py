@@ -29,6 +29,15 @@ def stub_functions() -> dict[str, ast.FunctionDef]:
     return {n.name: n for n in stub_tree().body if isinstance(n, ast.FunctionDef)}
 
 
+def stub_constants() -> dict[str, str]:
+    """Module-level `NAME: type` declarations, with their types."""
+    return {
+        n.target.id: ast.unparse(n.annotation)
+        for n in stub_tree().body
+        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+    }
+
+
 def members(node: ast.ClassDef) -> dict[str, ast.FunctionDef | None]:
     out: dict[str, ast.FunctionDef | None] = {}
     for item in node.body:
@@ -90,9 +99,19 @@ def runtime_params(obj: object) -> list[tuple[str, str, bool]] | None:
 
 def test_every_native_class_and_function_is_in_the_stub():
     public = {n for n in dir(_native) if not n.startswith("_")}
-    declared = set(stub_classes()) | set(stub_functions())
+    declared = set(stub_classes()) | set(stub_functions()) | set(stub_constants())
     assert public - declared == set(), "missing from the stub"
     assert {n for n in declared if not n.startswith("_")} - public == set(), "not in the module"
+
+
+@pytest.mark.parametrize("name", sorted(stub_constants()))
+def test_constants_have_their_declared_types(name):
+    value = getattr(_native, name)
+    declared = stub_constants()[name]
+    if declared == "tuple[str, ...]":
+        assert isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+    else:
+        assert type(value).__name__ == declared
 
 
 @pytest.mark.parametrize("name", sorted(stub_classes()))

@@ -79,6 +79,21 @@ def qemu_start_env(state_dir: Path, shared_dir: Path) -> list[tuple[str, str]]:
     """`TMPDIR`, `SHARED_DIR` and `USE_TMPDIR`: what a VM's start script gets on top of the
     driver's environment."""
 
+def read_config_file(path: Path | str) -> Config:
+    """The run that generation C's `--config FILE` alone describes (its machines and VLANs),
+    read by the driver's own parser. Raises ConfigError naming the file and the field."""
+
+EXIT_OK: int
+"""Exit status 0: the test passed (`nixos_test_ng.exit_status.ExitStatus`)."""
+EXIT_FAILED: int
+"""Exit status 1: the test failed."""
+EXIT_USAGE: int
+"""Exit status 2: a bad command line, configuration or script."""
+DEFAULT_COMMAND_TIMEOUT: int
+"""Upstream's default limit in seconds for a command, a wait or a retry (900)."""
+GENERAL_SYMBOLS: tuple[str, ...]
+"""The names every test script sees besides its machines and VLANs, in upstream's order."""
+
 @final
 class Config:
     """A validated run description."""

@@ -45,10 +45,9 @@ def namespace_names(machines: Iterable[str], vlans: Iterable[int]) -> set[str]:
     """Every global a script sees: upstream's symbols, the machines (pythonized; `machine`
     when there is one), `vlan<N>`."""
     from nixos_test_ng import _native
-    from nixos_test_ng.driver import GENERAL_SYMBOLS
 
     names = list(machines)
-    out = set(GENERAL_SYMBOLS) | {_native.pythonize_name(n) for n in names}
+    out = set(_native.GENERAL_SYMBOLS) | {_native.pythonize_name(n) for n in names}
     if len(names) == 1:
         out.add("machine")
     out |= {f"vlan{v}" for v in vlans}

@@ -4,13 +4,12 @@ start scripts or a generation-C `--config` JSON."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from nixos_test_ng import _native, machine_spec
 from nixos_test_ng.check import check_source, machine_name_from_script
-
-USAGE_EXIT = 2
+from nixos_test_ng.exit_status import ExitStatus
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -19,8 +18,9 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
         "--machines",
         nargs="+",
         default=[],
-        metavar="NAME[:nspawn]",
-        help="machine names; NAME:nspawn is a container",
+        metavar="NAME[:VLAN,...][@KIND]",
+        help="machines as `nixos-test-ng run -m` takes them; NAME@container (or NAME:nspawn) "
+        "is a container",
     )
     p.add_argument("--vlans", nargs="+", type=int, default=[], metavar="N")
     p.add_argument("--vm-start-scripts", nargs="+", default=[], metavar="S")
@@ -31,23 +31,21 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def _machines(args: argparse.Namespace) -> tuple[dict[str, str], list[int]]:
     machines: dict[str, str] = {}
-    for spec in args.machines:
-        name, _, kind = spec.partition(":")
-        if kind not in ("", "vm", "nspawn"):
-            raise ValueError(f"`{spec}`: the kind after `:` is `nspawn` (or `vm`)")
-        machines[name] = kind or "vm"
+    vlans = list(args.vlans)
+    for text in args.machines:
+        spec = machine_spec.parse(text)
+        machines[spec.name] = "nspawn" if spec.is_container else "vm"
+        vlans += spec.vlans or ()
     for s in args.vm_start_scripts:
         machines[machine_name_from_script(s)] = "vm"
     for s in args.container_start_scripts:
         machines[machine_name_from_script(s, "nspawn")] = "nspawn"
-    vlans = list(args.vlans)
-    if args.config:
-        data = json.loads(Path(args.config).read_text())
-        for key, kind in (("vms", "vm"), ("containers", "nspawn")):
-            for name in data.get(key) or {}:
-                machines[name] = kind
-        vlans += [int(v) for v in data.get("vlans") or []]
-    return machines, vlans
+    if args.config:  # read as the driver reads it: the same names, the same errors
+        config = _native.read_config_file(args.config)
+        for name, _, kind in config.machines:
+            machines[name] = "nspawn" if kind == "nspawn" else "vm"
+        vlans += config.vlans
+    return machines, list(dict.fromkeys(vlans))
 
 
 def check_main(argv: list[str]) -> int:
@@ -63,11 +61,11 @@ def check_main(argv: list[str]) -> int:
         source = Path(args.script).read_text()
     except (OSError, ValueError) as e:
         print(f"nixos-test-ng check: error: {e}", file=sys.stderr)
-        return USAGE_EXIT
+        return ExitStatus.USAGE
     problems = check_source(source, args.script, machines, vlans)
     for problem in problems:
         print(problem.render(args.script))
-    return 1 if problems else 0
+    return ExitStatus.FAILED if problems else ExitStatus.OK
 
 
 STUB_HEADER = """\
@@ -90,50 +88,60 @@ from nixos_test_ng.machine import Machine as Machine
 from nixos_test_ng.machine import NspawnMachine as NspawnMachine
 from nixos_test_ng.machine import QemuMachine as QemuMachine
 from nixos_test_ng.retry import LazyAssertionTester, Poll, PollingCondition
+"""
 
-machines: list[BaseMachine]
-machines_qemu: list[QemuMachine]
-machines_nspawn: list[NspawnMachine]
-vlans: list[VLan]
-driver: Driver
-log: Logger
-t: LazyAssertionTester
-debug: Debug | DebugNop
+#: The general names the header's imports declare (`X as X`).
+IMPORTED_SYMBOLS = frozenset({"os", "Machine", "BaseMachine", "QemuMachine", "NspawnMachine"})
 
-def start_all() -> None: ...
-def join_all() -> None: ...
-def test_script() -> None: ...
-def run_tests() -> None: ...
-def subtest(name: str) -> AbstractContextManager[None]: ...
+#: The declaration of every other general name (`_native.GENERAL_SYMBOLS`, the engine's
+#: list, decides which are written, in its order).
+DECLARATIONS = {
+    "start_all": "def start_all() -> None: ...",
+    "test_script": "def test_script() -> None: ...",
+    "machines": "machines: list[BaseMachine]",
+    "machines_qemu": "machines_qemu: list[QemuMachine]",
+    "machines_nspawn": "machines_nspawn: list[NspawnMachine]",
+    "vlans": "vlans: list[VLan]",
+    "driver": "driver: Driver",
+    "log": "log: Logger",
+    "create_machine": """\
 def create_machine(
     start_command: str,
     *,
     name: str | None = None,
     keep_machine_state: bool = False,
     keep_vm_state: bool = False,
-) -> QemuMachine: ...
+) -> QemuMachine: ...""",
+    "subtest": "def subtest(name: str) -> AbstractContextManager[None]: ...",
+    "run_tests": "def run_tests() -> None: ...",
+    "join_all": "def join_all() -> None: ...",
+    "retry": f"""\
 def retry(
     fn: Callable[[bool], Any],
-    timeout_seconds: float | timedelta = 900,
+    timeout_seconds: float | timedelta = {_native.DEFAULT_COMMAND_TIMEOUT},
     *,
     timeout: float | timedelta | None = None,
-) -> None: ...
-def serial_stdout_off() -> None: ...
-def serial_stdout_on() -> None: ...
+) -> None: ...""",
+    "serial_stdout_off": "def serial_stdout_off() -> None: ...",
+    "serial_stdout_on": "def serial_stdout_on() -> None: ...",
+    "polling_condition": """\
 def polling_condition(
     fun_: Callable[[], Any] | None = None,
     *,
     seconds_interval: float = 2.0,
     description: str | None = None,
-) -> Any: ...
-def dump_machine_ssh(offset: int = 2) -> None: ...
-"""
+) -> Any: ...""",
+    "t": "t: LazyAssertionTester",
+    "debug": "debug: Debug | DebugNop",
+    "dump_machine_ssh": "def dump_machine_ssh(offset: int = 2) -> None: ...",
+}
 
 
 def render_stubs(machines: dict[str, str], vlans: list[int]) -> str:
-    from nixos_test_ng import _native
-
     lines = [STUB_HEADER]
+    for name in _native.GENERAL_SYMBOLS:
+        if name not in IMPORTED_SYMBOLS:
+            lines.append(DECLARATIONS[name])
     for name, kind in machines.items():
         cls = "NspawnMachine" if kind == "nspawn" else "QemuMachine"
         lines.append(f"{_native.pythonize_name(name)}: {cls}")
@@ -158,5 +166,5 @@ def stubs_main(argv: list[str]) -> int:
         Path(args.output).write_text(render_stubs(machines, vlans))
     except (OSError, ValueError) as e:
         print(f"nixos-test-ng stubs: error: {e}", file=sys.stderr)
-        return USAGE_EXIT
-    return 0
+        return ExitStatus.USAGE
+    return ExitStatus.OK

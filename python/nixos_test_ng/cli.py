@@ -1,9 +1,9 @@
 """Entry points: `nixos-test-driver` (the drop-in driver) and `nixos-test-ng` (everything else).
 
-Exit statuses: 0 the test passed (nothing escaped the script, and it logged no `log.error`);
-1 the test failed; 2 bad command line, configuration or script. The global timeout and SIGTERM
-kill the process with SIGTERM (143 in a shell), Ctrl-C with SIGINT (130), after the cleanup and
-the reports, as upstream's driver dies of them (`ending.py`).
+Exit statuses (`exit_status.py`): 0 the test passed (nothing escaped the script, and it logged
+no `log.error`); 1 the test failed; 2 bad command line, configuration or script. The global
+timeout and SIGTERM kill the process with SIGTERM (143 in a shell), Ctrl-C with SIGINT (130),
+after the cleanup and the reports, as upstream's driver dies of them (`ending.py`).
 """
 
 from __future__ import annotations
@@ -22,15 +22,12 @@ from nixos_test_ng.ending import (
     exit_process,
 )
 from nixos_test_ng.errors import ConfigError, GlobalTimeout, Terminated
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+from nixos_test_ng.exit_status import ExitStatus
 
 
 def _usage_error(message: str) -> int:
     print(f"nixos-test-driver: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    return ExitStatus.USAGE
 
 
 def run_driver(argv: list[str]) -> int:
@@ -42,7 +39,7 @@ def run_driver(argv: list[str]) -> int:
         return _usage_error(str(e))
     if isinstance(parsed, str):
         print(parsed, end="")
-        return EXIT_OK
+        return ExitStatus.OK
     config = parsed
 
     script = ""
@@ -121,20 +118,20 @@ def run_driver(argv: list[str]) -> int:
         ending.raise_if_ending()
     except ConfigError as e:
         logger.log_test_error(str(e))
-        run.status, run.failure = EXIT_USAGE, str(e)
+        run.status, run.failure = ExitStatus.USAGE, str(e)
     except (GlobalTimeout, Terminated) as e:
         run.ended_by(e)
     except KeyboardInterrupt:
         logger.log_test_error("interrupted; cleaning up")
         run.status, run.failure = KILLED_BY_SIGINT, "interrupted (SIGINT)"
     except SystemExit as e:
-        run.status = e.code if isinstance(e.code, int) else EXIT_FAILED
+        run.status = e.code if isinstance(e.code, int) else ExitStatus.FAILED
     except BaseException as e:  # noqa: BLE001 - every failure of the script ends here
         if run.driver is not None:
             run.driver.report_failure(e)
         else:
             logger.log_test_error(f"{type(e).__name__}: {e}")
-        run.status, run.failure = EXIT_FAILED, f"{type(e).__name__}: {e}"
+        run.status, run.failure = ExitStatus.FAILED, f"{type(e).__name__}: {e}"
     finally:
         ending.disarm()
         try:
@@ -153,7 +150,7 @@ class _Run:
         self.pytest_style = pytest_style
         self.driver: Any = None
         #: An exit status, or minus the signal the process dies of (`ending.exit_process`).
-        self.status = EXIT_OK
+        self.status = ExitStatus.OK
         self.failure: str | None = None
 
     def ended_by(self, e: GlobalTimeout | Terminated) -> None:
@@ -184,9 +181,9 @@ class _Run:
             self.driver.cleanup()
         if self.config.junit_xml and not self.pytest_style:
             self.logger.write_junit(self.config.junit_xml)
-        if self.status == EXIT_OK and self.logger.failed:
-            self.status = EXIT_FAILED  # log.error(), or a subtest failed under --keep-going
-        if self.status != EXIT_OK and self.failure is None:
+        if self.status == ExitStatus.OK and self.logger.failed:
+            self.status = ExitStatus.FAILED  # log.error(), or a subtest failed under --keep-going
+        if self.status != ExitStatus.OK and self.failure is None:
             self.failure = "the test failed"
         _finish_reports(self.config, self.logger, self.driver, self.failure)
 
@@ -217,13 +214,13 @@ NG_USAGE = """\
 usage: nixos-test-ng COMMAND ...
 
 commands:
-  run SCRIPT [--machine NAME[:VLAN,...]]... [-- DRIVER-ARGS...]
+  run SCRIPT [--machine NAME[:VLAN,...][@KIND]]... [-- DRIVER-ARGS...]
                       run a test script on the built-in Debian guests (no Nix needed)
   guest build|scripts  build the default guest, or write run-<name>-vm start scripts
-  check SCRIPT --machines NAME[:nspawn]... [--vlans N...]
+  check SCRIPT --machines NAME[:VLAN,...][@KIND]... [--vlans N...]
                       check a script before booting: undefined names, misspelled machine
                       methods, wrong arguments (also --vm-start-scripts, --config, ...)
-  stubs --machines NAME[:nspawn]... [--vlans N...] -o FILE
+  stubs --machines NAME[:VLAN,...][@KIND]... [--vlans N...] -o FILE
                       declarations of the script's globals for type checkers and editors
   doctor               what this host can do (QEMU, KVM, containers, OCR, guests, Nix),
                       each line ok / missing / degraded with the command that fixes it
@@ -239,7 +236,7 @@ def run_ng(argv: list[str]) -> int:
     """`nixos-test-ng ARGS`; returns the exit status."""
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(NG_USAGE, end="")
-        return EXIT_OK if argv else EXIT_USAGE
+        return ExitStatus.OK if argv else ExitStatus.USAGE
     command, rest = argv[0], argv[1:]
     if command == "guest":
         from nixos_test_ng.guest.cli import main as guest_main
@@ -267,11 +264,11 @@ def run_ng(argv: list[str]) -> int:
         from importlib.metadata import version
 
         print(f"nixos-test-ng {version('nixos-test-ng')}")
-        return EXIT_OK
+        return ExitStatus.OK
     print(
         f"nixos-test-ng: error: unknown command `{command}`\n\n{NG_USAGE}", file=sys.stderr, end=""
     )
-    return EXIT_USAGE
+    return ExitStatus.USAGE
 
 
 def ng_main() -> None:

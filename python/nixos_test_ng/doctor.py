@@ -20,10 +20,7 @@ from pathlib import Path
 
 from nixos_test_ng import _native
 from nixos_test_ng.errors import ConfigError
-
-EXIT_OK = 0
-EXIT_MISSING = 1
-EXIT_USAGE = 2
+from nixos_test_ng.exit_status import ExitStatus
 
 SETUP_FIX = "make setup (scripts/setup-system.sh)"
 #: Below this, the guest builds and a few VM disks may not fit in the tmp dir.
@@ -329,16 +326,16 @@ def diagnose(guest_dir: Path, which: Which = shutil.which) -> list[Check]:
 def summary(checks: Sequence[Check]) -> tuple[int, str]:
     blocking = [c.topic for c in checks if c.status is Status.MISSING and c.blocks_demo]
     if blocking:
-        return EXIT_MISSING, (
+        return ExitStatus.FAILED, (
             f"not ready: the demo needs what is missing above ({', '.join(blocking)})"
         )
     degraded = [c.topic for c in checks if c.status is not Status.OK]
     if degraded:
-        return EXIT_OK, (
+        return ExitStatus.OK, (
             "ready for the demo; the lines not ok above limit only what they name "
             f"({', '.join(degraded)})"
         )
-    return EXIT_OK, "ready: everything is here"
+    return ExitStatus.OK, "ready: everything is here"
 
 
 def main(argv: list[str]) -> int:
@@ -359,7 +356,7 @@ def main(argv: list[str]) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:
-        return EXIT_OK if e.code == 0 else EXIT_USAGE
+        return ExitStatus.OK if e.code == 0 else ExitStatus.USAGE
     guest_dir = (args.guest_dir or default_guest_dir()).absolute()
     checks = diagnose(guest_dir)
     print("nixos-test-ng doctor: what this host can do")

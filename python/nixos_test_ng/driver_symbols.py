@@ -11,9 +11,9 @@ FILE = "driver-symbols"
 
 
 def main() -> None:
-    from nixos_test_ng.driver import GENERAL_SYMBOLS
+    from nixos_test_ng import _native
 
-    Path(FILE).write_text(",".join(GENERAL_SYMBOLS))
+    Path(FILE).write_text(",".join(_native.GENERAL_SYMBOLS))
 
 
 if __name__ == "__main__":

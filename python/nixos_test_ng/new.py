@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-USAGE_EXIT = 2
+from nixos_test_ng.exit_status import ExitStatus
+
 STUBS_FILE = "__builtins__.pyi"
 
 
@@ -251,7 +252,7 @@ def _listing() -> str:
 
 def _error(message: str) -> int:
     print(f"nixos-test-ng new: error: {message}", file=sys.stderr)
-    return USAGE_EXIT
+    return ExitStatus.USAGE
 
 
 def main(argv: list[str]) -> int:
@@ -280,7 +281,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.list:
         print(_listing(), end="")
-        return 0
+        return ExitStatus.OK
     names = ", ".join(TEMPLATES)
     if args.template is None:
         return _error(f"which template? One of: {names} (--list describes them)")
@@ -306,4 +307,4 @@ def main(argv: list[str]) -> int:
     print(f"wrote {', '.join(map(str, files))} (template `{template.name}`)")
     folder = "" if script.parent == Path() else f"cd {shlex.quote(str(script.parent))} && "
     print(f"run it:   {folder}{template.run_command(script_arg(script))}")
-    return 0
+    return ExitStatus.OK

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nixos_test_ng.ending import KILLED_BY_SIGINT
+from nixos_test_ng.exit_status import ExitStatus
 
 if TYPE_CHECKING:
     from nixos_test_ng.driver import Driver
@@ -87,7 +88,7 @@ def run_pytest(driver: Driver, source: str, script_path: str, args: list[str]) -
             "this is a pytest-style script (it defines test functions), but pytest is not"
             " installed: `pip install pytest`"
         )
-        return 2
+        return ExitStatus.USAGE
     from nixos_test_ng.plugin import DriverPlugin
 
     with tempfile.TemporaryDirectory(prefix="ntng-pytest-") as tmp:

@@ -7,10 +7,13 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from nixos_test_ng._native import DEFAULT_COMMAND_TIMEOUT
 from nixos_test_ng.errors import PollingConditionError, RequestedAssertionFailed
 
 
-def seconds(value: float | timedelta | None, default: float | None = 900) -> float | None:
+def seconds(
+    value: float | timedelta | None, default: float | None = DEFAULT_COMMAND_TIMEOUT
+) -> float | None:
     """Seconds from a number or a `timedelta` (None gives `default`)."""
     if value is None:
         return default
@@ -21,7 +24,7 @@ def seconds(value: float | timedelta | None, default: float | None = 900) -> flo
 
 def retry(
     fn: Callable[[bool], Any],
-    timeout_seconds: float | timedelta = 900,
+    timeout_seconds: float | timedelta = DEFAULT_COMMAND_TIMEOUT,
     *,
     timeout: float | timedelta | None = None,
 ) -> None:
@@ -133,7 +136,7 @@ class Poll:
         popped = self.condition.driver.polling_conditions.pop()
         assert popped is self.condition
 
-    def wait(self, timeout: float | timedelta = 900) -> None:
+    def wait(self, timeout: float | timedelta = DEFAULT_COMMAND_TIMEOUT) -> None:
         """Wait until the condition holds."""
         log = self.condition.driver.logger
         description = self.condition.description

@@ -7,36 +7,18 @@ machines asked for, and calls the driver exactly as Nix would.
 from __future__ import annotations
 
 import argparse
-import re
 import tempfile
 from pathlib import Path
 
-from nixos_test_ng.cli import EXIT_USAGE, run_driver
-
-MACHINE_SPEC = re.compile(r"^([A-Za-z0-9_][A-Za-z0-9_.-]*)(?::(\d+(?:,\d+)*))?(?:@([a-z-]+))?$")
-
-#: `@KIND` of `--machine`: the guest kinds of `nixos_test_ng.guest`, with short aliases.
-KIND_ALIASES = {
-    "vm": "busybox",
-    "busybox": "busybox",
-    "systemd": "systemd-vm",
-    "systemd-vm": "systemd-vm",
-    "container": "systemd-nspawn",
-    "nspawn": "systemd-nspawn",
-    "systemd-nspawn": "systemd-nspawn",
-}
+from nixos_test_ng import machine_spec
+from nixos_test_ng.cli import run_driver
+from nixos_test_ng.exit_status import ExitStatus
 
 
-def parse_machine(spec: str) -> tuple[str, list[int], str]:
-    """`NAME[:VLAN,...][@KIND]` → (name, vlans, kind)."""
-    m = MACHINE_SPEC.match(spec)
-    if not m or (m.group(3) and m.group(3) not in KIND_ALIASES):
-        raise ValueError(
-            f"invalid machine `{spec}` (expected NAME[:VLAN[,VLAN...]][@KIND] with KIND one of "
-            f"{', '.join(KIND_ALIASES)})"
-        )
-    vlans = [int(v) for v in m.group(2).split(",")] if m.group(2) else []
-    return m.group(1), vlans, KIND_ALIASES[m.group(3) or "vm"]
+def parse_machine(text: str) -> tuple[str, list[int], str]:
+    """`-m NAME[:VLAN,...][@KIND]` (`machine_spec`) -> (name, vlans: none by default, kind)."""
+    spec = machine_spec.parse(text)
+    return spec.name, list(spec.vlans or ()), spec.kind or "busybox"
 
 
 def main(argv: list[str]) -> int:
@@ -81,16 +63,17 @@ def main(argv: list[str]) -> int:
         *(["--vnc"] if args.vnc else []),
         *driver_args,
     ]
+    from nixos_test_ng import guest
+
     try:
         specs = [parse_machine(s) for s in (args.machine or ["machine"])]
+        nodes = {name: vlans for name, vlans, _ in specs}
+        kinds = {name: kind for name, _, kind in specs}
+        guest.layout(nodes)  # valid names, before any guest is built
     except ValueError as e:
         parser.print_usage()
         print(f"nixos-test-ng run: error: {e}")
-        return EXIT_USAGE
-
-    nodes = {name: vlans for name, vlans, _ in specs}
-    kinds = {name: kind for name, _, kind in specs}
-    from nixos_test_ng import guest
+        return ExitStatus.USAGE
 
     guest_dir = guest.ensure_built()
     if any(k != "busybox" for k in kinds.values()):

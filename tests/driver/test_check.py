@@ -63,7 +63,11 @@ def test_machines_from_start_scripts_and_config(tmp_path):
     )
     assert r.returncode == 0, r
     config = tmp_path / "c.json"
-    config.write_text('{"vms": {"alpha": {}}, "containers": {"box": {}}, "vlans": [2]}')
+    config.write_text(
+        '{"vms": {"alpha": {"start_script": "/x/bin/run-alpha-vm"}},'
+        ' "containers": {"b": {"name": "box", "start_script": "/x/bin/run-box-nspawn"}},'
+        ' "vlans": [2]}'
+    )
     r = ng("check", str(script), "--config", str(config))
     assert r.returncode == 0, r
     r = ng("check", str(script), "--machines", "alpha")
@@ -103,3 +107,22 @@ def test_the_driver_checks_names_before_booting(driver_env, fake_vm, write_scrip
         timeout=60,
     )
     assert r.returncode == 1 and "NameError: name 'alpah' is not defined" in r.stderr, r.stderr
+
+
+def test_config_is_read_as_the_driver_reads_it(tmp_path):
+    """`check --config` takes the machines and errors of the driver's own parser."""
+    script = tmp_path / "t.py"
+    script.write_text("alpha.succeed('x')\n")
+    config = tmp_path / "c.json"
+    config.write_text('{"vms": {"alpha": {}}}')
+    r = ng("check", str(script), "--config", str(config))
+    driver = subprocess.run(
+        [*driver_command(), "--config", str(config), str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (r.returncode, driver.returncode) == (2, 2), (r, driver)
+    message = "`vms.alpha.start_script` is missing or not a string"
+    assert message in r.stderr and message in driver.stderr, (r.stderr, driver.stderr)
+    assert r.stderr.startswith("nixos-test-ng check: error: invalid --config file")

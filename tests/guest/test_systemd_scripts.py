@@ -217,8 +217,12 @@ def test_cli_kinds(sd_guest: Path, tmp_path: Path) -> None:
         "-o", str(tmp_path / "k"), "--guest-dir", str(sd_guest), "--kind", "systemd-nspawn", "x"
     )
     assert r.returncode == 0 and (tmp_path / "k/run-x-nspawn").exists()
-    r = cli("-o", str(tmp_path / "y"), "--guest-dir", str(sd_guest), "a@vm")
-    assert r.returncode == 2 and "unknown kind `vm`" in r.stderr
+    r = cli("-o", str(tmp_path / "y"), "--guest-dir", str(sd_guest), "a@vmm")
+    assert r.returncode == 2 and "unknown kind `vmm`" in r.stderr
+    # the short kinds of `nixos-test-ng run -m` (one spec syntax: machine_spec.py)
+    r = cli("-o", str(tmp_path / "z"), "--guest-dir", str(sd_guest), "a@vm", "b@container")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "z").iterdir()) == ["run-a-vm", "run-b-nspawn"]
 
 
 # ---------------------------------------------------------------------------------------------

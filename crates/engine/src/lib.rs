@@ -14,6 +14,7 @@ pub mod console;
 pub mod driver;
 pub mod error;
 pub mod event;
+pub mod exit_status;
 pub mod interrupt;
 pub mod junit;
 pub mod log;

@@ -1,4 +1,35 @@
-//! Machine names: from start-script paths, and as Python identifiers.
+//! Names: machines' from start-script paths and as Python identifiers, and the general names
+//! of a test script's namespace.
+
+/// The names every test script sees besides its machines and VLANs, in the order of
+/// upstream's `test_symbols`: the driver's namespace, `generate-driver-symbols`' file, the
+/// pre-boot check and the editor stubs all take them from here.
+pub const GENERAL_SYMBOLS: &[&str] = &[
+    "start_all",
+    "test_script",
+    "machines",
+    "machines_qemu",
+    "machines_nspawn",
+    "vlans",
+    "driver",
+    "log",
+    "os",
+    "create_machine",
+    "subtest",
+    "run_tests",
+    "join_all",
+    "retry",
+    "serial_stdout_off",
+    "serial_stdout_on",
+    "polling_condition",
+    "Machine",
+    "BaseMachine",
+    "QemuMachine",
+    "NspawnMachine",
+    "t",
+    "debug",
+    "dump_machine_ssh",
+];
 
 /// Upstream's `pythonize_name`: the first character must be a letter or `_`, the others
 /// letters, digits or `_`; anything else becomes `_`.

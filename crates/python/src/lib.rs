@@ -118,6 +118,14 @@ fn char_to_key(c: &str) -> Option<&'static str> {
     ntng_engine::qemu::char_to_key(c)
 }
 
+/// The run that generation C's `--config FILE` alone describes (its machines and VLANs),
+/// read by the driver's own parser.
+#[pyfunction]
+fn read_config_file(path: std::path::PathBuf) -> PyResult<config::Config> {
+    let cfg = ntng_engine::config::from_json_file(&path).map_err(errors::to_pyerr)?;
+    Ok(config::Config::from(cfg))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_args, m)?)?;
@@ -140,5 +148,13 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<machine::Machine>()?;
     m.add_class::<process::MachineProcess>()?;
     errors::register(m)?;
+    m.add_function(wrap_pyfunction!(read_config_file, m)?)?;
+    m.add("EXIT_OK", ntng_engine::exit_status::OK)?;
+    m.add("EXIT_FAILED", ntng_engine::exit_status::FAILED)?;
+    m.add("EXIT_USAGE", ntng_engine::exit_status::USAGE)?;
+    let timeout = ntng_engine::config::DEFAULT_COMMAND_TIMEOUT.as_secs();
+    m.add("DEFAULT_COMMAND_TIMEOUT", timeout)?;
+    let symbols = pyo3::types::PyTuple::new(m.py(), ntng_engine::names::GENERAL_SYMBOLS)?;
+    m.add("GENERAL_SYMBOLS", symbols)?;
     Ok(())
 }

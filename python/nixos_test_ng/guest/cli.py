@@ -9,17 +9,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from nixos_test_ng import machine_spec
+from nixos_test_ng.exit_status import ExitStatus
+from nixos_test_ng.machine_spec import KIND_ALIASES
+
 from .busybox_guest import DEFAULT_FLAVOUR, KERNEL_META, build
 from .cache import default_guest_dir
 from .common import BuildError, GuestError
-from .scripts import KINDS, MAX_NODES, LayoutError, parse_node_spec, write_start_scripts
+from .scripts import DEFAULT_VLANS, MAX_NODES, LayoutError, write_start_scripts
 from .systemd_guest import DEFAULT_MIRROR, MIRROR_ENV, build_systemd
 
 __all__ = ["main"]
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--kind",
-        choices=KINDS,
+        choices=list(KIND_ALIASES),
         default="busybox",
         help="the kind of the nodes without `@KIND` (default: busybox)",
     )
@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NODE[:VLAN[,VLAN...]][@KIND]",
         nargs="+",
         help="a node and its VLANs in NIC order (eth1, eth2, ...); a bare NODE is on VLAN 1, "
-        f"`NODE:` on none; `@KIND` is one of {', '.join(KINDS)}; at most {MAX_NODES} nodes",
+        f"`NODE:` on none; `@KIND` is one of {', '.join(KIND_ALIASES)}; at most {MAX_NODES} nodes",
     )
     return parser
 
@@ -116,17 +116,19 @@ def _parser() -> argparse.ArgumentParser:
 def _scripts(args: argparse.Namespace) -> int:
     nodes: dict[str, list[int]] = {}
     kinds: dict[str, str] = {}
-    for spec in args.nodes:
-        spec, at, kind = spec.partition("@")
-        name, vlans = parse_node_spec(spec)
-        if name in nodes:
-            raise LayoutError(f"node `{name}` is given twice")
-        nodes[name] = vlans
-        kinds[name] = kind if at else args.kind
+    for text in args.nodes:
+        try:
+            spec = machine_spec.parse(text)
+        except machine_spec.MachineSpecError as e:
+            raise LayoutError(str(e)) from None
+        if spec.name in nodes:
+            raise LayoutError(f"node `{spec.name}` is given twice")
+        nodes[spec.name] = list(DEFAULT_VLANS if spec.vlans is None else spec.vlans)
+        kinds[spec.name] = spec.kind or KIND_ALIASES[args.kind]
     written = write_start_scripts(args.out_dir, nodes, args.guest_dir, args.memory, kinds)
     for path in written.values():
         print(path)
-    return EXIT_OK
+    return ExitStatus.OK
 
 
 def main(argv: list[str]) -> int:
@@ -135,7 +137,7 @@ def main(argv: list[str]) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse exits on --help (0) and on usage errors (2)
-        return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
+        return int(e.code) if isinstance(e.code, int) else ExitStatus.USAGE
     try:
         if args.command == "build":
             if args.systemd:
@@ -145,11 +147,11 @@ def main(argv: list[str]) -> int:
             else:
                 guest_dir = build(args.out, flavour=args.kernel, force=args.force).guest_dir
             print(guest_dir)
-            return EXIT_OK
+            return ExitStatus.OK
         return _scripts(args)
     except LayoutError as e:
         print(f"nixos-test-ng guest: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     except (BuildError, GuestError, OSError) as e:
         print(f"nixos-test-ng guest: error: {e}", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitStatus.FAILED

@@ -32,6 +32,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from nixos_test_ng import machine_spec
+from nixos_test_ng.machine_spec import KINDS, MAX_VLAN
+
 from .cache import INITRD_FILE, default_guest_dir, load_manifest
 from .common import GuestError
 from .nspawn import render_nspawn_script
@@ -56,10 +59,9 @@ __all__ = [
 ]
 
 MAX_NODES = 254
-MAX_VLAN = 255
+#: The VLANs of a node whose spec names none (NixOS's default `virtualisation.vlans = [ 1 ]`).
+DEFAULT_VLANS = (1,)
 DEFAULT_MEMORY = 256
-#: Node kinds: the busybox VM, the systemd VM, the systemd container.
-KINDS = ("busybox", "systemd-vm", "systemd-nspawn")
 #: Default RAM (MiB) per kind (the systemd VM as in guest-recipe.md).
 KIND_MEMORY = {"busybox": DEFAULT_MEMORY, "systemd-vm": 512}
 #: Kernel parameters of every node (NixOS test VMs: consoles, panic=1, clocksource=acpi_pm).
@@ -92,20 +94,16 @@ class Node:
 
 
 def parse_node_spec(spec: str) -> tuple[str, list[int]]:
-    """`NODE[:VLAN[,VLAN...]]` -> (name, vlans). A bare `NODE` is on VLAN 1 (NixOS's default
-    `virtualisation.vlans = [ 1 ]`); `NODE:` is on no VLAN."""
-    name, sep, rest = spec.partition(":")
-    if not sep:
-        return name, [1]
-    vlans = []
-    for item in rest.split(",") if rest else []:
-        try:
-            vlans.append(int(item, 10))
-        except ValueError:
-            raise LayoutError(
-                f"node `{name}`: VLAN `{item}` is not a number (in `{spec}`)"
-            ) from None
-    return name, vlans
+    """`NODE[:VLAN[,VLAN...]]` -> (name, vlans), as `nixos_test_ng.machine_spec` reads it. A
+    bare `NODE` is on VLAN 1 (NixOS's default `virtualisation.vlans = [ 1 ]`); `NODE:` is on
+    no VLAN."""
+    try:
+        parsed = machine_spec.parse(spec)
+    except machine_spec.MachineSpecError as e:
+        raise LayoutError(str(e)) from None
+    if parsed.kind is not None:
+        raise LayoutError(f"`{spec}`: a kind is not part of NODE[:VLAN[,VLAN...]] here")
+    return parsed.name, list(DEFAULT_VLANS if parsed.vlans is None else parsed.vlans)
 
 
 def layout(nodes: Mapping[str, Sequence[int]]) -> list[Node]:

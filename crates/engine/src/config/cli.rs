@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::names;
 
 /// argparse's exit status for usage errors, which upstream users see.
-pub const USAGE_EXIT_CODE: i32 = 2;
+pub const USAGE_EXIT_CODE: i32 = crate::exit_status::USAGE;
 
 #[derive(Parser, Debug)]
 #[command(

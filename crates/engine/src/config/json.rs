@@ -166,4 +166,18 @@ mod tests {
         let e = apply(Path::new("c.json"), &json!([1]), &mut cfg).unwrap_err();
         assert!(e.to_string().contains("top level"), "{e}");
     }
+
+    #[test]
+    fn a_file_alone_describes_a_run() {
+        let path = std::env::temp_dir().join(format!("ntng-json-{}.json", std::process::id()));
+        let text = r#"{"vms": {"a": {"start_script": "/x/run-a-vm"}}, "vlans": [3]}"#;
+        std::fs::write(&path, text).unwrap();
+        let cfg = crate::config::from_json_file(&path);
+        std::fs::remove_file(&path).unwrap();
+        let cfg = cfg.unwrap();
+        assert_eq!(cfg.machines[0].name, "a");
+        assert_eq!(cfg.vlans, vec![3]);
+        let e = crate::config::from_json_file(&path).unwrap_err();
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+    }
 }

@@ -106,6 +106,16 @@ pub fn dedup_vlans(vlans: &mut Vec<u32>) {
 pub const DEFAULT_GLOBAL_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Default limit for a boot to reach the handshake.
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Upstream's default limit for a command, a wait or a retry (`timeout=900`).
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// The run that generation C's `--config FILE` alone describes, on the defaults: how
+/// `nixos-test-ng check` and `stubs` read a test's machines and VLANs as the driver does.
+pub fn from_json_file(path: &std::path::Path) -> crate::error::Result<Config> {
+    let mut cfg = Config::default();
+    json::apply_file(path, &mut cfg)?;
+    Ok(cfg)
+}
 
 impl Default for Config {
     fn default() -> Self {
