@@ -59,10 +59,13 @@ pub fn tmp_dir() -> Result<PathBuf> {
 
 /// Containers need root, as upstream checks before anything starts.
 fn require_root_for_containers(uid: u32, machines: &[MachineConfig]) -> Result<()> {
-    if uid != 0 && machines.iter().any(|m| m.kind == MachineKind::Nspawn) {
-        return Err(Error::Config(format!(
-            "systemd-nspawn requires root to work. You are {uid}"
-        )));
+    if uid != 0 {
+        if let Some(m) = machines.iter().find(|m| m.kind.needs_root()) {
+            return Err(Error::Config(format!(
+                "{} requires root to work. You are {uid}",
+                m.kind.backend_name()
+            )));
+        }
     }
     Ok(())
 }
@@ -88,13 +91,10 @@ impl Driver {
 
         let block = logger.nested("start all VLans", None);
         let mut vlans = Vec::new();
-        let containers = config
-            .machines
-            .iter()
-            .any(|m| m.kind == MachineKind::Nspawn);
+        let host_tap = config.machines.iter().any(|m| m.kind.wants_vlan_host_tap());
         for &nr in &config.vlans {
             let mut vlan = Vlan::start(nr, &tmp_dir, &logger)?;
-            if containers {
+            if host_tap {
                 vlan.plug_host_tap(&logger);
             }
             vlans.push(vlan);

@@ -14,6 +14,7 @@ pub mod driver;
 pub mod error;
 pub mod interrupt;
 pub mod junit;
+pub mod kind;
 pub mod log;
 pub mod machine;
 pub mod names;
