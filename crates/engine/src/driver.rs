@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::backend::{Backend, MachineInfo, Snapshots};
 use crate::config::{Config, MachineConfig, MachineKind};
 use crate::error::{Error, Result};
 use crate::interrupt::{self, Cancel, Reason};
 use crate::log::Logger;
-use crate::machine::{ExecOptions, Machine, MachineInfo};
-use crate::qemu::QemuBackend;
+use crate::machine::snapshot::Support;
+use crate::machine::{ExecOptions, Machine};
 use crate::vlan::Vlan;
 
 /// The driver of one run.
@@ -142,8 +143,8 @@ impl Driver {
             vnc: self.config.vnc,
         };
         let script = spec.start_script.display().to_string();
-        let backend: Box<dyn crate::machine::Backend> = match spec.kind {
-            MachineKind::Qemu => Box::new(QemuBackend::new(script)),
+        let backend: Box<dyn Backend> = match spec.kind {
+            MachineKind::Qemu => Box::new(crate::qemu::QemuBackend::new(script)),
             MachineKind::Nspawn => Box::new(crate::nspawn::NspawnBackend::new(script)),
         };
         Machine::new(info, backend, keep_state)
@@ -440,79 +441,100 @@ impl Drop for Driver {
 }
 
 impl Driver {
-    /// Snapshots every running machine as `name`, consistently: the VMs are paused together
-    /// while they are saved, so none runs ahead of another.
+    /// The running machines, each with how it takes snapshots (`Unsupported` for one that
+    /// cannot: a consistent snapshot of all machines must not skip one).
+    fn snapshot_supports(&self, operation: &str) -> Result<Vec<(&Arc<Machine>, Support<'_>)>> {
+        self.machines
+            .iter()
+            .filter(|m| m.booted())
+            .map(|m| Ok((m, m.snapshot_support(operation)?)))
+            .collect()
+    }
+
+    /// Snapshots every running machine as `name`, consistently: the machines whose backend
+    /// saves them are paused together while they are saved, so none runs ahead of another.
     pub fn snapshot_all(&self, name: &str) -> Result<()> {
         let block = self
             .logger
             .nested(&format!("taking snapshot {name} of all machines"), None);
-        let running: Vec<&Arc<Machine>> = self.machines.iter().filter(|m| m.booted()).collect();
-        let vms: Vec<&Arc<Machine>> = running
-            .iter()
-            .copied()
-            .filter(|m| m.kind() == MachineKind::Qemu)
-            .collect();
-        for m in &running {
+        let running = self.snapshot_supports("snapshot_all")?;
+        for (m, _) in &running {
             m.connect()?;
         }
+        let saved_ones: Vec<(&Arc<Machine>, &dyn Snapshots)> = running
+            .iter()
+            .filter_map(|(m, s)| match s {
+                Support::Saved(s) => Some((*m, *s)),
+                Support::Restart => None,
+            })
+            .collect();
         let mut mounts = Vec::new();
-        for m in &vms {
-            match m.unmount_shares(name) {
+        for (m, s) in &saved_ones {
+            match m.unmount_for(*s, name) {
                 Ok(ms) => mounts.push(ms),
                 Err(e) => {
-                    for (m, ms) in vms.iter().zip(&mounts) {
+                    for ((m, _), ms) in saved_ones.iter().zip(&mounts) {
                         let _ = m.mount_shares(ms);
                     }
                     return Err(e);
                 }
             }
         }
-        let paused = vms
-            .iter()
-            .try_for_each(|m| m.send_monitor_command("stop").map(drop));
-        let saved = paused.and_then(|()| vms.iter().try_for_each(|m| m.savevm(name)));
-        let resumed = vms
-            .iter()
-            .try_for_each(|m| m.send_monitor_command("cont").map(drop));
-        for (m, ms) in vms.iter().zip(&mounts) {
+        let paused = saved_ones.iter().try_for_each(|(m, s)| s.pause(m.info()));
+        let saved = paused.and_then(|()| {
+            saved_ones
+                .iter()
+                .try_for_each(|(m, s)| s.save(m.info(), name))
+        });
+        let resumed = saved_ones.iter().try_for_each(|(m, s)| s.resume(m.info()));
+        for ((m, _), ms) in saved_ones.iter().zip(&mounts) {
             m.mount_shares(ms)?;
         }
         saved?;
         resumed?;
-        for (m, ms) in vms.iter().zip(mounts) {
+        for ((m, _), ms) in saved_ones.iter().zip(mounts) {
             m.remember_snapshot(name, ms);
         }
-        for m in running.iter().filter(|m| m.kind() == MachineKind::Nspawn) {
-            m.remember_snapshot(name, Vec::new());
+        for (m, s) in &running {
+            if let Support::Restart = s {
+                m.remember_snapshot(name, Vec::new());
+            }
         }
         block.finish();
         Ok(())
     }
 
-    /// Restores every running machine to snapshot `name`; the VMs resume together.
+    /// Restores every running machine to snapshot `name`; the machines whose backend rewinds
+    /// them resume together, then the ones whose reset is a restart restart.
     pub fn restore_all(&self, name: &str) -> Result<()> {
         let block = self
             .logger
             .nested(&format!("restoring snapshot {name} of all machines"), None);
-        let running: Vec<&Arc<Machine>> = self.machines.iter().filter(|m| m.booted()).collect();
-        let mut vms = Vec::new();
-        for m in &running {
+        let running = self.snapshot_supports("restore_all")?;
+        let mut saved_ones = Vec::new();
+        for (m, s) in &running {
             let mounts = m.snapshot_mounts(name)?;
-            if m.kind() == MachineKind::Qemu {
-                vms.push((m, mounts));
+            if let Support::Saved(s) = s {
+                saved_ones.push((*m, *s, mounts));
             }
         }
-        vms.iter().try_for_each(|(m, _)| m.pause())?;
+        saved_ones
+            .iter()
+            .try_for_each(|(m, s, _)| s.pause(m.info()))?;
         let mut rewound = Vec::new();
-        for (m, mounts) in &vms {
-            rewound.push(m.rewind(name, mounts)?);
+        for (m, s, mounts) in &saved_ones {
+            rewound.push(s.rewind(m.as_ref(), name, mounts)?);
         }
-        vms.iter().try_for_each(|(m, _)| m.resume())?;
-        for ((m, mounts), how) in vms.iter().zip(rewound) {
-            m.after_restore(name, how, mounts)?;
+        saved_ones
+            .iter()
+            .try_for_each(|(m, s, _)| s.resume(m.info()))?;
+        for ((m, s, mounts), how) in saved_ones.iter().zip(rewound) {
+            m.after_restore(*s, name, how, mounts)?;
         }
-        for m in running.iter().filter(|m| m.kind() == MachineKind::Nspawn) {
-            m.restore(name)?;
+        for (m, s) in &running {
+            if let Support::Restart = s {
+                m.restore(name)?;
+            }
         }
         block.finish();
         Ok(())
