@@ -146,6 +146,8 @@ impl Driver {
         let backend: Box<dyn Backend> = match spec.kind {
             MachineKind::Qemu => Box::new(crate::qemu::QemuBackend::new(script)),
             MachineKind::Nspawn => Box::new(crate::nspawn::NspawnBackend::new(script)),
+            #[cfg(test)]
+            MachineKind::Fake => Box::new(crate::fake::FakeBackend::new(script)),
         };
         Machine::new(info, backend, keep_state)
     }
@@ -193,9 +195,9 @@ impl Driver {
         name: Option<&str>,
         keep_state: bool,
     ) -> Result<Machine> {
-        let name = name
-            .map(str::to_string)
-            .unwrap_or_else(|| crate::names::from_start_script(start_command.trim(), "-vm"));
+        let name = name.map(str::to_string).unwrap_or_else(|| {
+            crate::names::from_start_script_of(start_command.trim(), MachineKind::Qemu)
+        });
         let spec = MachineConfig {
             name,
             start_script: PathBuf::from(start_command),

@@ -9,93 +9,134 @@ pub enum MachineKind {
     Qemu,
     /// A systemd-nspawn container (`run-<name>-nspawn`).
     Nspawn,
+    /// The engine's own test backend (`fake/`): a local bash as the guest.
+    #[cfg(test)]
+    Fake,
+}
+
+/// Everything the engine and the Python package know about a kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Facts {
+    /// The engine's name (`Config.machines`, `MachineHandle.kind`).
+    pub name: &'static str,
+    /// The word machine specs use for it (`name:nspawn`, `machine_name_from_script`).
+    pub spec_word: &'static str,
+    /// The end of its start script's name: `run-<name><suffix>`.
+    pub script_suffix: &'static str,
+    /// The Python class of such a machine (upstream's, also in `kill <class> (pid N)`).
+    pub python_class: &'static str,
+    /// The driver must run as root (upstream checks it before anything starts).
+    pub needs_root: bool,
+    /// What the log calls such a machine: "waiting for the VM to power off".
+    pub noun: &'static str,
+    /// The backend's name: "the systemd-nspawn backend", "(QEMU exit status: 1)".
+    pub backend_name: &'static str,
+    /// Upstream's `QemuMachine` keeps its last process after it stopped; `NspawnMachine`
+    /// forgets it.
+    pub keeps_last_process: bool,
+    /// Upstream's `NspawnMachine` counts as booted only while its process runs; a
+    /// `QemuMachine` stays booted until `wait_for_shutdown` or `release` saw it end.
+    pub booted_while_process_runs: bool,
+    /// Each VLAN gets a tap in the driver's network namespace when such a machine takes part
+    /// (nixpkgs' container scripts bridge their veths with it, see `Vlan::plug_host_tap`).
+    pub wants_vlan_host_tap: bool,
 }
 
 impl MachineKind {
-    /// Every kind, in a fixed order.
+    /// Every kind Python sees, in a fixed order.
     pub const ALL: [MachineKind; 2] = [MachineKind::Qemu, MachineKind::Nspawn];
 
-    /// The engine's name of the kind (`Config.machines`, `MachineHandle.kind`).
+    /// The facts of the kind: one arm per kind, the one place a new backend adds its own.
+    pub fn facts(self) -> Facts {
+        match self {
+            MachineKind::Qemu => Facts {
+                name: "qemu",
+                spec_word: "vm",
+                script_suffix: "-vm",
+                python_class: "QemuMachine",
+                needs_root: false,
+                noun: "VM",
+                backend_name: "QEMU",
+                keeps_last_process: true,
+                booted_while_process_runs: false,
+                wants_vlan_host_tap: false,
+            },
+            MachineKind::Nspawn => Facts {
+                name: "nspawn",
+                spec_word: "nspawn",
+                script_suffix: "-nspawn",
+                python_class: "NspawnMachine",
+                needs_root: true,
+                noun: "container",
+                backend_name: "systemd-nspawn",
+                keeps_last_process: false,
+                booted_while_process_runs: true,
+                wants_vlan_host_tap: true,
+            },
+            #[cfg(test)]
+            MachineKind::Fake => Facts {
+                name: "fake",
+                spec_word: "fake",
+                script_suffix: "-fake",
+                python_class: "FakeMachine",
+                needs_root: false,
+                noun: "fake machine",
+                backend_name: "fake",
+                keeps_last_process: true,
+                booted_while_process_runs: false,
+                wants_vlan_host_tap: false,
+            },
+        }
+    }
+
+    /// See [`Facts::name`].
     pub fn name(self) -> &'static str {
-        match self {
-            MachineKind::Qemu => "qemu",
-            MachineKind::Nspawn => "nspawn",
-        }
+        self.facts().name
     }
 
-    /// The word machine specs use for it (`name:nspawn`, `machine_name_from_script`).
+    /// See [`Facts::spec_word`].
     pub fn spec_word(self) -> &'static str {
-        match self {
-            MachineKind::Qemu => "vm",
-            MachineKind::Nspawn => "nspawn",
-        }
+        self.facts().spec_word
     }
 
-    /// The end of its start script's name: `run-<name><suffix>`.
+    /// See [`Facts::script_suffix`].
     pub fn script_suffix(self) -> &'static str {
-        match self {
-            MachineKind::Qemu => "-vm",
-            MachineKind::Nspawn => "-nspawn",
-        }
+        self.facts().script_suffix
     }
 
-    /// The Python class of such a machine (upstream's, also in `kill <class> (pid N)`).
+    /// See [`Facts::python_class`].
     pub fn python_class(self) -> &'static str {
-        match self {
-            MachineKind::Qemu => "QemuMachine",
-            MachineKind::Nspawn => "NspawnMachine",
-        }
+        self.facts().python_class
     }
 
-    /// The driver must run as root (upstream checks it before anything starts).
+    /// See [`Facts::needs_root`].
     pub fn needs_root(self) -> bool {
-        match self {
-            MachineKind::Qemu => false,
-            MachineKind::Nspawn => true,
-        }
+        self.facts().needs_root
     }
 
-    /// Each VLAN gets a tap in the driver's network namespace when such a machine takes part
-    /// (nixpkgs' container scripts bridge their veths with it, see `Vlan::plug_host_tap`).
-    pub fn wants_vlan_host_tap(self) -> bool {
-        match self {
-            MachineKind::Qemu => false,
-            MachineKind::Nspawn => true,
-        }
-    }
-
-    /// What the log calls such a machine: "waiting for the VM to power off".
+    /// See [`Facts::noun`].
     pub fn noun(self) -> &'static str {
-        match self {
-            MachineKind::Qemu => "VM",
-            MachineKind::Nspawn => "container",
-        }
+        self.facts().noun
     }
 
-    /// The backend's name: "the systemd-nspawn backend", "(QEMU exit status: 1)".
+    /// See [`Facts::backend_name`].
     pub fn backend_name(self) -> &'static str {
-        match self {
-            MachineKind::Qemu => "QEMU",
-            MachineKind::Nspawn => "systemd-nspawn",
-        }
+        self.facts().backend_name
     }
 
-    /// Upstream's `QemuMachine` keeps its last process after it stopped; `NspawnMachine`
-    /// forgets it.
+    /// See [`Facts::keeps_last_process`].
     pub fn keeps_last_process(self) -> bool {
-        match self {
-            MachineKind::Qemu => true,
-            MachineKind::Nspawn => false,
-        }
+        self.facts().keeps_last_process
     }
 
-    /// Upstream's `NspawnMachine` counts as booted only while its process runs; a
-    /// `QemuMachine` stays booted until `wait_for_shutdown` or `release` saw it end.
+    /// See [`Facts::booted_while_process_runs`].
     pub fn booted_while_process_runs(self) -> bool {
-        match self {
-            MachineKind::Qemu => false,
-            MachineKind::Nspawn => true,
-        }
+        self.facts().booted_while_process_runs
+    }
+
+    /// See [`Facts::wants_vlan_host_tap`].
+    pub fn wants_vlan_host_tap(self) -> bool {
+        self.facts().wants_vlan_host_tap
     }
 
     /// The kind a word names: its name, its spec word, or an alias (`container`,

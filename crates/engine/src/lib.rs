@@ -16,6 +16,8 @@ pub mod config;
 pub mod console;
 pub mod driver;
 pub mod error;
+#[cfg(test)]
+pub mod fake;
 pub mod interrupt;
 pub mod junit;
 pub mod kind;

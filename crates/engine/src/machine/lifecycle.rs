@@ -31,6 +31,8 @@ const IDLE_NOTE_EVERY: Duration = Duration::from_secs(30);
 /// How long a machine's process may take to end after its shell vanished, for the note that
 /// says how it ended.
 const EXIT_NOTE_WAIT: Duration = Duration::from_secs(2);
+/// How long the console may take to close after the machine's process ended.
+const CONSOLE_CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// Before connecting again when a fresh stream disconnected before its handshake.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
 
@@ -252,11 +254,17 @@ impl Machine {
         }
     }
 
-    /// Describes how the machine's process ended, waiting briefly for it to do so.
+    /// Describes how the machine's process ended, waiting briefly for it to do so (and for
+    /// its console to close, so that an error built next has the console's last lines).
     pub(crate) fn exit_note(&self) -> String {
         let process = self.run.lock().unwrap().as_ref().map(|r| r.process.clone());
         match process.and_then(|p| p.wait(Deadline::after(Some(EXIT_NOTE_WAIT)))) {
-            Some(status) => format!(" ({} {status})", self.kind().backend_name()),
+            Some(status) => {
+                let _ = self
+                    .console
+                    .wait_closed(Deadline::after(Some(CONSOLE_CLOSE_WAIT)));
+                format!(" ({} {status})", self.kind().backend_name())
+            }
             None => String::new(),
         }
     }

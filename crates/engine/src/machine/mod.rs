@@ -14,6 +14,8 @@ mod screens;
 pub mod shell;
 pub mod snapshot;
 mod systemd;
+#[cfg(test)]
+mod tests;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
