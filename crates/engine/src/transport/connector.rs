@@ -437,9 +437,9 @@ mod tests {
         Deadline::after(Some(Duration::from_secs(10)))
     }
 
-    /// A hybrid-vsock endpoint: answers `CONNECT <port>` with `OK <n>` for `port`, drops the
-    /// first connection without answering (nothing listens in the guest yet), refuses
-    /// other ports, then echoes a line.
+    /// A hybrid-vsock endpoint: drops the first connection without answering (nothing
+    /// listens in the guest yet), then answers `CONNECT <port>` with `OK <n>` and a line from
+    /// the guest, or another port with `NO`; returns the preludes it got.
     fn vsock_mux(path: &std::path::Path, port: u32) -> std::thread::JoinHandle<Vec<String>> {
         let listener = UnixListener::bind(path).unwrap();
         std::thread::spawn(move || {
@@ -456,7 +456,7 @@ mod tests {
                 }
                 if line != format!("CONNECT {port}\n") {
                     conn.write_all(b"NO\n").unwrap();
-                    continue;
+                    return asked;
                 }
                 conn.write_all(b"OK 1073741824\nhello from the guest\n")
                     .unwrap();
@@ -503,7 +503,7 @@ mod tests {
             matches!(&e, ConnectError::Refused(text) if text.contains("answered \"NO\"")),
             "{e:?}"
         );
-        drop(mux); // it waits for a connection that answers; the test process ends it
+        assert_eq!(mux.join().unwrap(), ["CONNECT 99\n", "CONNECT 99\n"]);
         let missing = dir.join("nothing-here");
         let e = ConnectUnix::new(&missing)
             .connect(Deadline::after(Some(Duration::from_millis(100))))
