@@ -12,6 +12,7 @@ from nixos_test_ng.errors import (
     RequestedAssertionFailed,
     SnapshotRefused,
     TestScriptError,
+    Unsupported,
 )
 from nixos_test_ng.machine import BaseMachine, Machine, NspawnMachine, QemuMachine
 
@@ -27,4 +28,5 @@ __all__ = [
     "RequestedAssertionFailed",
     "SnapshotRefused",
     "TestScriptError",
+    "Unsupported",
 ]

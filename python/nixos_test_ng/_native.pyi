@@ -42,6 +42,13 @@ class SnapshotRefused(MachineError):
     reason: str
     fix: str
 
+class Unsupported(MachineError):
+    """The machine's backend cannot do this (a container has no display, no QEMU monitor,
+    ...); `operation` names what was asked, `backend` the backend that lacks it."""
+
+    operation: str
+    backend: str
+
 def parse_args(argv: list[str], env: dict[str, str]) -> Config | str:
     """Parse the `nixos-test-driver` command line; returns the help text for `--help`."""
 
@@ -56,7 +63,41 @@ def clear_interrupt() -> None:
 
 def machine_name_from_script(script: str, kind: str) -> str:
     """The machine name the driver gives a start script (`run-<name>-vm`, or
-    `run-<name>-nspawn` for kind "nspawn"; else `machine`)."""
+    `run-<name>-nspawn` for kind "nspawn"; else `machine`). `kind` is any word
+    `machine_kind` takes."""
+
+@final
+class MachineKind:
+    """A kind of machine and its facts, as the engine defines them."""
+
+    @property
+    def name(self) -> str:
+        """The engine's name ("qemu", "nspawn"): `MachineHandle.kind`, `Config.machines`."""
+    @property
+    def spec_word(self) -> str:
+        """The word of machine specs ("vm", "nspawn")."""
+    @property
+    def script_suffix(self) -> str:
+        """The end of the start script's name ("-vm", "-nspawn")."""
+    @property
+    def python_class(self) -> str:
+        """The Python class of such machines ("QemuMachine", "NspawnMachine")."""
+    @property
+    def needs_root(self) -> bool:
+        """The driver must run as root."""
+    @property
+    def noun(self) -> str:
+        """What the log calls such a machine ("VM", "container")."""
+    @property
+    def backend(self) -> str:
+        """The backend's name ("QEMU", "systemd-nspawn")."""
+
+def machine_kinds() -> list[MachineKind]:
+    """Every kind of machine."""
+
+def machine_kind(word: str) -> MachineKind:
+    """The kind a word names: its name, its spec word or an alias ("container");
+    ValueError otherwise."""
 
 def pythonize_name(name: str) -> str:
     """Upstream's `pythonize_name`: `my-box` → `my_box`, `1node` → `_node`."""
@@ -204,7 +245,8 @@ class MachineHandle:
     """An opaque reference to a machine of the engine."""
 
     @property
-    def kind(self) -> str: ...
+    def kind(self) -> str:
+        """The kind's name ("qemu", "nspawn"; see `machine_kinds()`)."""
 
 @final
 class Driver:

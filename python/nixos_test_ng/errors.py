@@ -9,6 +9,7 @@ from nixos_test_ng._native import (
     SnapshotRefused,
     Terminated,
     TestScriptError,
+    Unsupported,
 )
 
 
@@ -26,4 +27,5 @@ __all__ = [
     "SnapshotRefused",
     "Terminated",
     "TestScriptError",
+    "Unsupported",
 ]

@@ -246,6 +246,12 @@ class NspawnMachine(BaseMachine):
 
 Machine = BaseMachine
 
+#: The class of each kind of machine, by the kind's name: the engine names the class
+#: (`MachineKind.python_class`), so a kind without its class fails here, at import.
+CLASSES: dict[str, type[BaseMachine]] = {
+    kind.name: globals()[kind.python_class] for kind in _native.machine_kinds()
+}
+
 
 def wrap(
     handle: _native.MachineHandle,
@@ -255,8 +261,7 @@ def wrap(
 ) -> BaseMachine:
     """The Python object for a machine the driver built: `callbacks` run before every
     command (upstream's `run_callbacks`), the list stays the machine's to change."""
-    cls = NspawnMachine if handle.kind == "nspawn" else QemuMachine
-    machine = cls(handle)
+    machine = CLASSES[handle.kind](handle)
     machine.callbacks = callbacks
     machine.logger = logger
     machine.keep_machine_state = keep_machine_state

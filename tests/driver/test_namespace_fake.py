@@ -609,8 +609,10 @@ def test_switch_root_needs_a_vm(driver_env, run_driver, write_script):
     test = write_script(
         "t.py",
         PRELUDE
-        + 'msg = raises("MachineError", box.switch_root)\n'
-        + 'assert "needs a QEMU machine" in msg, msg\n',
+        + 'msg = raises("Unsupported", box.switch_root)\n'
+        + 'assert "needs a QEMU machine" in msg, msg\n'
+        + "from nixos_test_ng import MachineError, Unsupported\n"
+        + "assert issubclass(Unsupported, MachineError)\n",
     )
     r = run_driver(["--container-start-scripts", container, "--", test])
     assert r.returncode == 0, r

@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::backend::{Backend, MachineInfo, Snapshots};
 use crate::config::{Config, MachineConfig, MachineKind};
 use crate::error::{Error, Result};
 use crate::interrupt::{self, Cancel, Reason};
 use crate::log::Logger;
-use crate::machine::{ExecOptions, Machine, MachineInfo};
-use crate::qemu::QemuBackend;
+use crate::machine::snapshot::Support;
+use crate::machine::{ExecOptions, Machine};
 use crate::vlan::Vlan;
 
 /// The driver of one run.
@@ -59,10 +60,13 @@ pub fn tmp_dir() -> Result<PathBuf> {
 
 /// Containers need root, as upstream checks before anything starts.
 fn require_root_for_containers(uid: u32, machines: &[MachineConfig]) -> Result<()> {
-    if uid != 0 && machines.iter().any(|m| m.kind == MachineKind::Nspawn) {
-        return Err(Error::Config(format!(
-            "systemd-nspawn requires root to work. You are {uid}"
-        )));
+    if uid != 0 {
+        if let Some(m) = machines.iter().find(|m| m.kind.needs_root()) {
+            return Err(Error::Config(format!(
+                "{} requires root to work. You are {uid}",
+                m.kind.backend_name()
+            )));
+        }
     }
     Ok(())
 }
@@ -88,13 +92,10 @@ impl Driver {
 
         let block = logger.nested("start all VLans", None);
         let mut vlans = Vec::new();
-        let containers = config
-            .machines
-            .iter()
-            .any(|m| m.kind == MachineKind::Nspawn);
+        let host_tap = config.machines.iter().any(|m| m.kind.wants_vlan_host_tap());
         for &nr in &config.vlans {
             let mut vlan = Vlan::start(nr, &tmp_dir, &logger)?;
-            if containers {
+            if host_tap {
                 vlan.plug_host_tap(&logger);
             }
             vlans.push(vlan);
@@ -142,9 +143,11 @@ impl Driver {
             vnc: self.config.vnc,
         };
         let script = spec.start_script.display().to_string();
-        let backend: Box<dyn crate::machine::Backend> = match spec.kind {
-            MachineKind::Qemu => Box::new(QemuBackend::new(script)),
+        let backend: Box<dyn Backend> = match spec.kind {
+            MachineKind::Qemu => Box::new(crate::qemu::QemuBackend::new(script)),
             MachineKind::Nspawn => Box::new(crate::nspawn::NspawnBackend::new(script)),
+            #[cfg(test)]
+            MachineKind::Fake => Box::new(crate::fake::FakeBackend::new(script)),
         };
         Machine::new(info, backend, keep_state)
     }
@@ -192,9 +195,9 @@ impl Driver {
         name: Option<&str>,
         keep_state: bool,
     ) -> Result<Machine> {
-        let name = name
-            .map(str::to_string)
-            .unwrap_or_else(|| crate::names::from_start_script(start_command.trim(), "-vm"));
+        let name = name.map(str::to_string).unwrap_or_else(|| {
+            crate::names::from_start_script_of(start_command.trim(), MachineKind::Qemu)
+        });
         let spec = MachineConfig {
             name,
             start_script: PathBuf::from(start_command),
@@ -444,79 +447,100 @@ impl Drop for Driver {
 }
 
 impl Driver {
-    /// Snapshots every running machine as `name`, consistently: the VMs are paused together
-    /// while they are saved, so none runs ahead of another.
+    /// The running machines, each with how it takes snapshots (`Unsupported` for one that
+    /// cannot: a consistent snapshot of all machines must not skip one).
+    fn snapshot_supports(&self, operation: &str) -> Result<Vec<(&Arc<Machine>, Support<'_>)>> {
+        self.machines
+            .iter()
+            .filter(|m| m.booted())
+            .map(|m| Ok((m, m.snapshot_support(operation)?)))
+            .collect()
+    }
+
+    /// Snapshots every running machine as `name`, consistently: the machines whose backend
+    /// saves them are paused together while they are saved, so none runs ahead of another.
     pub fn snapshot_all(&self, name: &str) -> Result<()> {
         let block = self
             .logger
             .nested(&format!("taking snapshot {name} of all machines"), None);
-        let running: Vec<&Arc<Machine>> = self.machines.iter().filter(|m| m.booted()).collect();
-        let vms: Vec<&Arc<Machine>> = running
-            .iter()
-            .copied()
-            .filter(|m| m.kind() == MachineKind::Qemu)
-            .collect();
-        for m in &running {
+        let running = self.snapshot_supports("snapshot_all")?;
+        for (m, _) in &running {
             m.connect()?;
         }
+        let saved_ones: Vec<(&Arc<Machine>, &dyn Snapshots)> = running
+            .iter()
+            .filter_map(|(m, s)| match s {
+                Support::Saved(s) => Some((*m, *s)),
+                Support::Restart => None,
+            })
+            .collect();
         let mut mounts = Vec::new();
-        for m in &vms {
-            match m.unmount_shares(name) {
+        for (m, s) in &saved_ones {
+            match m.unmount_for(*s, name) {
                 Ok(ms) => mounts.push(ms),
                 Err(e) => {
-                    for (m, ms) in vms.iter().zip(&mounts) {
+                    for ((m, _), ms) in saved_ones.iter().zip(&mounts) {
                         let _ = m.mount_shares(ms);
                     }
                     return Err(e);
                 }
             }
         }
-        let paused = vms
-            .iter()
-            .try_for_each(|m| m.send_monitor_command("stop").map(drop));
-        let saved = paused.and_then(|()| vms.iter().try_for_each(|m| m.savevm(name)));
-        let resumed = vms
-            .iter()
-            .try_for_each(|m| m.send_monitor_command("cont").map(drop));
-        for (m, ms) in vms.iter().zip(&mounts) {
+        let paused = saved_ones.iter().try_for_each(|(m, s)| s.pause(m.info()));
+        let saved = paused.and_then(|()| {
+            saved_ones
+                .iter()
+                .try_for_each(|(m, s)| s.save(m.info(), name))
+        });
+        let resumed = saved_ones.iter().try_for_each(|(m, s)| s.resume(m.info()));
+        for ((m, _), ms) in saved_ones.iter().zip(&mounts) {
             m.mount_shares(ms)?;
         }
         saved?;
         resumed?;
-        for (m, ms) in vms.iter().zip(mounts) {
+        for ((m, _), ms) in saved_ones.iter().zip(mounts) {
             m.remember_snapshot(name, ms);
         }
-        for m in running.iter().filter(|m| m.kind() == MachineKind::Nspawn) {
-            m.remember_snapshot(name, Vec::new());
+        for (m, s) in &running {
+            if let Support::Restart = s {
+                m.remember_snapshot(name, Vec::new());
+            }
         }
         block.finish();
         Ok(())
     }
 
-    /// Restores every running machine to snapshot `name`; the VMs resume together.
+    /// Restores every running machine to snapshot `name`; the machines whose backend rewinds
+    /// them resume together, then the ones whose reset is a restart restart.
     pub fn restore_all(&self, name: &str) -> Result<()> {
         let block = self
             .logger
             .nested(&format!("restoring snapshot {name} of all machines"), None);
-        let running: Vec<&Arc<Machine>> = self.machines.iter().filter(|m| m.booted()).collect();
-        let mut vms = Vec::new();
-        for m in &running {
+        let running = self.snapshot_supports("restore_all")?;
+        let mut saved_ones = Vec::new();
+        for (m, s) in &running {
             let mounts = m.snapshot_mounts(name)?;
-            if m.kind() == MachineKind::Qemu {
-                vms.push((m, mounts));
+            if let Support::Saved(s) = s {
+                saved_ones.push((*m, *s, mounts));
             }
         }
-        vms.iter().try_for_each(|(m, _)| m.pause())?;
+        saved_ones
+            .iter()
+            .try_for_each(|(m, s, _)| s.pause(m.info()))?;
         let mut rewound = Vec::new();
-        for (m, mounts) in &vms {
-            rewound.push(m.rewind(name, mounts)?);
+        for (m, s, mounts) in &saved_ones {
+            rewound.push(s.rewind(m.as_ref(), name, mounts)?);
         }
-        vms.iter().try_for_each(|(m, _)| m.resume())?;
-        for ((m, mounts), how) in vms.iter().zip(rewound) {
-            m.after_restore(name, how, mounts)?;
+        saved_ones
+            .iter()
+            .try_for_each(|(m, s, _)| s.resume(m.info()))?;
+        for ((m, s, mounts), how) in saved_ones.iter().zip(rewound) {
+            m.after_restore(*s, name, how, mounts)?;
         }
-        for m in running.iter().filter(|m| m.kind() == MachineKind::Nspawn) {
-            m.restore(name)?;
+        for (m, s) in &running {
+            if let Support::Restart = s {
+                m.restore(name)?;
+            }
         }
         block.finish();
         Ok(())

@@ -53,6 +53,15 @@ pub enum Error {
         reason: String,
         fix: String,
     },
+    /// An operation the machine's backend cannot do (a container has no display, no QEMU
+    /// monitor, ...): `reason` says what it lacks.
+    #[error("{machine}: {operation}: not supported by the {backend} backend ({reason})")]
+    Unsupported {
+        machine: String,
+        operation: String,
+        backend: String,
+        reason: String,
+    },
     /// A wait that upstream reports as a plain `TimeoutError` (e.g. `wait_for_qmp_event`).
     #[error("{machine}: {what} timed out")]
     Timeout { machine: String, what: String },

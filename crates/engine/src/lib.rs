@@ -2,21 +2,27 @@
 //! VLANs, logging and reports. It knows nothing about Python; `crates/python` wraps it.
 //!
 //! Data flow: [`config::Config`] → [`driver::Driver`] (VLANs, machines, global timeout,
-//! cleanup) → [`machine::Machine`] = backend ([`qemu`]) + transport ([`transport::shell`]);
+//! cleanup) → [`machine::Machine`] (the lifecycle, written once) over a [`backend::Backend`]
+//! ([`qemu`], [`nspawn`]: launch and stop, plus capabilities) and a transport (a
+//! [`transport::connector::Connector`]'s stream, the [`transport::shell`] protocol);
 //! everything that happens is an [`event::Event`] the [`log::Logger`] hands to the reporters
-//! [`reporters`] built for the run.
+//! [`reporters`] built for the run. `docs/architecture.md` has the map and the layers.
 
 #![warn(missing_docs)]
 #![allow(missing_docs)] // struct fields of error variants are self-describing
 
+pub mod backend;
 pub mod config;
 pub mod console;
 pub mod driver;
 pub mod error;
 pub mod event;
 pub mod exit_status;
+#[cfg(test)]
+pub mod fake;
 pub mod interrupt;
 pub mod junit;
+pub mod kind;
 pub mod log;
 pub mod machine;
 pub mod names;

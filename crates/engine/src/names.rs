@@ -86,12 +86,8 @@ pub fn container_name(script: &str) -> Option<String> {
 
 /// The machine name of a start script for a machine of `kind` (`run-<name>-vm` for VMs,
 /// `run-<name>-nspawn` for containers).
-pub fn from_start_script_of(script: &str, kind: crate::config::MachineKind) -> String {
-    let suffix = match kind {
-        crate::config::MachineKind::Qemu => "-vm",
-        crate::config::MachineKind::Nspawn => "-nspawn",
-    };
-    from_start_script(script, suffix)
+pub fn from_start_script_of(script: &str, kind: crate::kind::MachineKind) -> String {
+    from_start_script(script, kind.script_suffix())
 }
 
 #[cfg(test)]
@@ -137,7 +133,7 @@ mod tests {
 
     #[test]
     fn container_names_follow_upstream_regex_on_the_file_name() {
-        use crate::config::MachineKind::Nspawn;
+        use crate::kind::MachineKind::Nspawn;
         let cases = [
             ("/nix/store/h-c/bin/run-c1-nspawn", "c1"),
             ("/tmp/run-a/run-c2-nspawn", "c2"),

@@ -280,7 +280,11 @@ mod tests {
         assert!(alive(&grandchild));
         child.kill();
         assert!(child.exit_status().is_some());
-        std::thread::sleep(Duration::from_millis(100));
+        // SIGKILL is delivered asynchronously: wait for the grandchild to go
+        let patience = Deadline::after(Some(Duration::from_secs(30)));
+        while alive(&grandchild) && !patience.expired() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert!(!alive(&grandchild), "a member of the group survived");
     }
 

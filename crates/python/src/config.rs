@@ -4,7 +4,81 @@ use std::collections::HashMap;
 
 use pyo3::prelude::*;
 
-use ntng_engine::config::{self as engine, MachineKind};
+use ntng_engine::config as engine;
+use ntng_engine::kind::MachineKind as EngineKind;
+
+/// A kind of machine and its facts (the engine's table, exposed once).
+#[pyclass(frozen, module = "nixos_test_ng._native", name = "MachineKind")]
+pub struct MachineKind {
+    inner: EngineKind,
+}
+
+#[pymethods]
+impl MachineKind {
+    /// The engine's name ("qemu", "nspawn").
+    #[getter]
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    /// The word of machine specs ("vm", "nspawn").
+    #[getter]
+    fn spec_word(&self) -> &'static str {
+        self.inner.spec_word()
+    }
+    /// The end of the start script's name ("-vm", "-nspawn").
+    #[getter]
+    fn script_suffix(&self) -> &'static str {
+        self.inner.script_suffix()
+    }
+    /// The Python class of such machines ("QemuMachine", "NspawnMachine").
+    #[getter]
+    fn python_class(&self) -> &'static str {
+        self.inner.python_class()
+    }
+    /// The driver must run as root.
+    #[getter]
+    fn needs_root(&self) -> bool {
+        self.inner.needs_root()
+    }
+    /// What the log calls such a machine ("VM", "container").
+    #[getter]
+    fn noun(&self) -> &'static str {
+        self.inner.noun()
+    }
+    /// The backend's name ("QEMU", "systemd-nspawn").
+    #[getter]
+    fn backend(&self) -> &'static str {
+        self.inner.backend_name()
+    }
+    fn __repr__(&self) -> String {
+        format!("<MachineKind {}>", self.inner.name())
+    }
+}
+
+/// Every kind of machine.
+#[pyfunction]
+pub fn machine_kinds() -> Vec<MachineKind> {
+    EngineKind::ALL
+        .into_iter()
+        .map(|inner| MachineKind { inner })
+        .collect()
+}
+
+/// The kind a word names: its name, its spec word or an alias ("container").
+#[pyfunction]
+pub fn machine_kind(word: &str) -> PyResult<MachineKind> {
+    parse_kind(word).map(|inner| MachineKind { inner })
+}
+
+/// The kind a word names, or a `ValueError` listing the words there are.
+pub fn parse_kind(word: &str) -> PyResult<EngineKind> {
+    EngineKind::parse(word).ok_or_else(|| {
+        pyo3::exceptions::PyValueError::new_err(format!(
+            "kind must be {}, not {word:?}",
+            EngineKind::words()
+        ))
+    })
+}
 
 #[pyclass(frozen, module = "nixos_test_ng._native")]
 pub struct Config {
@@ -26,11 +100,8 @@ impl Config {
             .machines
             .iter()
             .map(|m| {
-                let kind = match m.kind {
-                    MachineKind::Qemu => "qemu",
-                    MachineKind::Nspawn => "nspawn",
-                };
-                (m.name.clone(), m.start_script.display().to_string(), kind)
+                let script = m.start_script.display().to_string();
+                (m.name.clone(), script, m.kind.name())
             })
             .collect()
     }

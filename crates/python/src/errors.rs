@@ -60,6 +60,14 @@ create_exception!(
      makes it possible (may be empty)."
 );
 
+create_exception!(
+    nixos_test_ng,
+    Unsupported,
+    MachineError,
+    "The machine's backend cannot do this (a container has no display, no QEMU monitor, ...); \
+     `operation` names what was asked, `backend` the backend that lacks it."
+);
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("MachineError", py.get_type::<MachineError>())?;
@@ -82,6 +90,10 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     refused.setattr("reason", "")?;
     refused.setattr("fix", "")?;
     m.add("SnapshotRefused", refused)?;
+    let unsupported = py.get_type::<Unsupported>();
+    unsupported.setattr("operation", "")?;
+    unsupported.setattr("backend", "")?;
+    m.add("Unsupported", unsupported)?;
     Ok(())
 }
 
@@ -128,6 +140,26 @@ pub fn to_pyerr(e: Error) -> PyErr {
                 match value
                     .setattr("reason", reason)
                     .and_then(|()| value.setattr("fix", fix))
+                {
+                    Ok(()) => err,
+                    Err(failed) => failed,
+                }
+            })
+        }
+        e @ Error::Unsupported { .. } => {
+            let message = e.to_string();
+            let Error::Unsupported {
+                operation, backend, ..
+            } = e
+            else {
+                unreachable!()
+            };
+            Python::attach(|py| {
+                let err = Unsupported::new_err(message);
+                let value = err.value(py);
+                match value
+                    .setattr("operation", operation)
+                    .and_then(|()| value.setattr("backend", backend))
                 {
                     Ok(()) => err,
                     Err(failed) => failed,

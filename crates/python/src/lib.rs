@@ -56,18 +56,11 @@ fn pythonize_name(name: &str) -> String {
     ntng_engine::names::pythonize(name)
 }
 
-/// The machine name the driver gives a start script; `kind` is "vm" or "nspawn".
+/// The machine name the driver gives a start script; `kind` is a kind's word ("vm",
+/// "nspawn", see `machine_kind`).
 #[pyfunction]
 fn machine_name_from_script(script: &str, kind: &str) -> PyResult<String> {
-    let kind = match kind {
-        "vm" => ntng_engine::config::MachineKind::Qemu,
-        "nspawn" => ntng_engine::config::MachineKind::Nspawn,
-        other => {
-            return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                "kind must be \"vm\" or \"nspawn\", not {other:?}"
-            )))
-        }
-    };
+    let kind = config::parse_kind(kind)?;
     Ok(ntng_engine::names::from_start_script_of(script, kind))
 }
 
@@ -139,6 +132,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(nspawn_machine_name, m)?)?;
     m.add_function(wrap_pyfunction!(qemu_start_args, m)?)?;
     m.add_function(wrap_pyfunction!(qemu_start_env, m)?)?;
+    m.add_function(wrap_pyfunction!(config::machine_kinds, m)?)?;
+    m.add_function(wrap_pyfunction!(config::machine_kind, m)?)?;
+    m.add_class::<config::MachineKind>()?;
     m.add_class::<config::Config>()?;
     m.add_class::<logger::Logger>()?;
     m.add_class::<logger::LogBlock>()?;

@@ -27,13 +27,10 @@ pub struct MachineHandle {
 
 #[pymethods]
 impl MachineHandle {
-    /// "qemu" or "nspawn".
+    /// The kind's name ("qemu", "nspawn"; see `machine_kinds()`).
     #[getter]
     fn kind(&self) -> &'static str {
-        match self.inner.kind() {
-            ntng_engine::config::MachineKind::Qemu => "qemu",
-            ntng_engine::config::MachineKind::Nspawn => "nspawn",
-        }
+        self.inner.kind().name()
     }
 }
 

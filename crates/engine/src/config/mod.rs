@@ -11,14 +11,7 @@ use std::time::Duration;
 pub use cli::{parse_args, Parsed, USAGE_EXIT_CODE};
 pub use reporting::{OtlpSettings, Reporting};
 
-/// What kind of machine a start script starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MachineKind {
-    /// A QEMU VM (`run-<name>-vm`).
-    Qemu,
-    /// A systemd-nspawn container (`run-<name>-nspawn`).
-    Nspawn,
-}
+pub use crate::kind::MachineKind;
 
 /// One machine of the run.
 #[derive(Debug, Clone, PartialEq, Eq)]

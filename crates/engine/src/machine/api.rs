@@ -82,9 +82,7 @@ impl Machine {
             (true, true) => Reply::Full,
         };
         let deadline = Deadline::after(opts.timeout.map(|t| t + HOST_GRACE));
-        let (status, out) =
-            self.backend
-                .execute(&self.info, command, opts.timeout, reply, deadline)?;
+        let (status, out) = self.shell_execute(command, opts.timeout, reply, deadline)?;
         Ok((status, String::from_utf8_lossy(&out).into_owned()))
     }
 
@@ -331,8 +329,6 @@ impl Machine {
     /// interrupts the command in the guest, not the driver. Returns the exit status.
     pub fn interact_command(&self, command: &str, out: &mut dyn FnMut(&[u8])) -> Result<i32> {
         self.connect()?;
-        self.backend
-            .shell()
-            .interact(&self.info, self.backend.console(), command, out)
+        self.shell.interact(&self.info, &self.console, command, out)
     }
 }

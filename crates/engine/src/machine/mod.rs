@@ -1,130 +1,73 @@
-//! A machine of a test: a [`Backend`] (how it runs) plus everything written once for all
-//! backends (logging, polling-condition hooks, `succeed`, the `wait_*` family, systemd).
+//! A machine of a test: a [`Backend`] (which only launches and stops it) plus everything
+//! written once for all backends: the lifecycle (`lifecycle.rs`: start, connect and the
+//! handshake, shutdown, release, adopting a new launch), the shell connection and its error
+//! mapping (`shell.rs`), logging, polling-condition hooks, `succeed`, the `wait_*` family,
+//! systemd, screens, snapshots, and the operations that need a capability (`control.rs`).
 
 mod api;
+mod control;
 mod files;
+mod lifecycle;
 mod restart;
+mod screen;
 mod screens;
+pub mod shell;
 pub mod snapshot;
 mod systemd;
+#[cfg(test)]
+mod tests;
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
 
-use crate::config::MachineKind;
+use crate::backend::shares::Mount;
+use crate::backend::{Backend, Capability, ShellSetup};
 use crate::console::Console;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::interrupt::Deadline;
-use crate::log::Logger;
-use crate::nspawn::NspawnBackend;
+use crate::kind::MachineKind;
 use crate::process::ChildProcess;
-use crate::qemu::QemuBackend;
-use crate::trace::{SpanId, SpanKind, SpanStatus};
-use crate::transport::shell::Reply;
+use crate::trace::SpanId;
+use crate::transport::connector::Connector;
 
+pub use crate::backend::MachineInfo;
 pub use api::ExecOptions;
+pub use control::python_repr;
+pub use lifecycle::State;
+pub use screen::screenshot_path;
+use shell::ShellSlot;
 
 /// A hook run before every command and monitor command (upstream's polling conditions).
 pub type Hook = Arc<dyn Fn() -> Result<()> + Send + Sync>;
 
-/// What every backend knows about its machine.
-pub struct MachineInfo {
-    /// The name as given (`run-<name>-vm`).
-    pub name: String,
-    /// The run's log.
-    pub logger: Arc<Logger>,
-    /// `<tmp>/vm-state-<name>`.
-    pub state_dir: PathBuf,
-    /// `<tmp>/shared-xchg`, the host side of `/tmp/shared`.
-    pub shared_dir: PathBuf,
-    /// The output directory.
-    pub out_dir: PathBuf,
-    /// Limit from start to handshake.
-    pub boot_timeout: Option<Duration>,
-    /// Extra environment for the start script (`QEMU_VDE_SOCKET_<n>`).
-    pub env: Vec<(String, String)>,
-    /// Show the display over VNC on 127.0.0.1 (`--vnc`).
-    pub vnc: bool,
-}
-
-impl MachineInfo {
-    /// Logs a line attributed to the machine.
-    pub fn log(&self, msg: &str) {
-        self.logger.log(msg, Some(&self.name));
-    }
-
-    /// The driver's tmp dir, which holds the state directory.
-    pub fn tmp_dir(&self) -> &Path {
-        self.state_dir.parent().unwrap_or(&self.state_dir)
-    }
-
-    /// When a machine started at `started` must have answered (`boot_timeout`).
-    pub fn boot_deadline(&self, started: std::time::Instant) -> crate::interrupt::Deadline {
-        match self.boot_timeout {
-            Some(t) => crate::interrupt::Deadline::after(Some(t.saturating_sub(started.elapsed()))),
-            None => crate::interrupt::Deadline::NEVER,
-        }
-    }
-}
-
-/// How a machine runs: QEMU, systemd-nspawn, ...
-pub trait Backend: Send + Sync {
-    /// VM or container.
-    fn kind(&self) -> MachineKind;
-    /// The start script (or, for a VM, a shell command line).
-    fn start_command(&self) -> &str;
-    /// Starts the machine without waiting for it to boot. Does nothing when running.
-    fn start(&self, info: &MachineInfo, allow_reboot: bool) -> Result<()>;
-    /// Waits until commands can run (the backdoor handshake).
-    fn connect(&self, info: &MachineInfo) -> Result<()>;
-    /// True once started and until stopped.
-    fn is_booted(&self) -> bool;
-    /// True once commands can run.
-    fn is_connected(&self) -> bool;
-    /// The pid of the machine's process.
-    fn pid(&self) -> Option<u32>;
-    /// The machine's process (the start script, which execs QEMU or systemd-nspawn): the
-    /// running one; a VM also keeps its last one after it stopped, as upstream.
-    fn process(&self) -> Option<Arc<ChildProcess>>;
-    /// Runs one command.
-    fn execute(
-        &self,
-        info: &MachineInfo,
-        command: &str,
-        timeout: Option<Duration>,
-        reply: Reply,
-        deadline: Deadline,
-    ) -> Result<(i32, Vec<u8>)>;
-    /// Asks the guest to power off and waits for it.
-    fn shutdown(&self, info: &MachineInfo) -> Result<()>;
-    /// Waits until the machine's process has exited.
-    fn wait_for_shutdown(&self, info: &MachineInfo) -> Result<()>;
-    /// Kills the machine and frees everything it holds.
-    fn release(&self, info: &MachineInfo);
-    /// The console (serial port or journal).
-    fn console(&self) -> &Arc<Console>;
-    /// The backdoor shell.
-    fn shell(&self) -> &crate::transport::slot::ShellSlot;
-    /// The QEMU backend, for QEMU-only operations.
-    fn as_qemu(&self) -> Option<&QemuBackend> {
-        None
-    }
-    /// The systemd-nspawn backend, for container-only operations.
-    fn as_nspawn(&self) -> Option<&NspawnBackend> {
-        None
-    }
+/// The running launch of a machine (see [`crate::backend::Launched`]).
+struct Run {
+    process: Arc<ChildProcess>,
+    console_reader: Option<JoinHandle<()>>,
+    connector: Arc<Mutex<Box<dyn Connector>>>,
+    setup: Arc<ShellSetup>,
 }
 
 /// One machine.
 pub struct Machine {
     info: MachineInfo,
     backend: Box<dyn Backend>,
+    console: Arc<Console>,
+    shell: ShellSlot,
+    run: Mutex<Option<Run>>,
+    /// The process of the launch that ran last, kept after it stopped when the kind does.
+    last_process: Mutex<Option<Arc<ChildProcess>>>,
+    /// When the running launch started (the boot timeout counts from here).
+    started_at: Mutex<Option<Instant>>,
+    /// Held while a launch is being started, so two callers do not both launch.
+    starting: Mutex<()>,
     hook: RwLock<Option<Hook>>,
     /// Snapshots taken, by name, with the shared-directory mounts to restore after them.
-    snapshots: std::sync::Mutex<std::collections::BTreeMap<String, Vec<snapshot::Mount>>>,
+    snapshots: Mutex<std::collections::BTreeMap<String, Vec<Mount>>>,
     /// The span of a boot in progress (started, not yet connected).
-    boot_span: std::sync::Mutex<Option<SpanId>>,
+    boot_span: Mutex<Option<SpanId>>,
     /// `--keep-machine-state`: the state directory outlives a restart too.
     keep_state: bool,
 }
@@ -136,6 +79,12 @@ impl Machine {
         Ok(Machine {
             info,
             backend,
+            console: Arc::default(),
+            shell: ShellSlot::default(),
+            run: Mutex::new(None),
+            last_process: Mutex::new(None),
+            started_at: Mutex::new(None),
+            starting: Mutex::new(()),
             hook: RwLock::new(None),
             snapshots: Default::default(),
             boot_span: Default::default(),
@@ -156,16 +105,6 @@ impl Machine {
     /// VM or container.
     pub fn kind(&self) -> MachineKind {
         self.backend.kind()
-    }
-
-    /// The QEMU backend, when this is a VM.
-    pub fn qemu(&self) -> Option<&QemuBackend> {
-        self.backend.as_qemu()
-    }
-
-    /// The systemd-nspawn backend, when this is a container.
-    pub fn nspawn(&self) -> Option<&NspawnBackend> {
-        self.backend.as_nspawn()
     }
 
     /// The start script or command line.
@@ -201,91 +140,14 @@ impl Machine {
         self.info.logger.operation(op, msg, Some(&self.info.name))
     }
 
-    /// Starts the machine (returns before it has booted). Its boot span runs from here to
-    /// the first successful [`Machine::connect`].
-    pub fn start(&self, allow_reboot: bool) -> Result<()> {
-        crate::interrupt::check_ending()?;
-        let was_booted = self.backend.is_booted();
-        let logger = &self.info.logger;
-        let span = (!was_booted).then(|| {
-            logger.begin_detached(
-                SpanKind::Boot,
-                &format!("boot {}", self.name()),
-                Some(self.name()),
-            )
-        });
-        let started = self.backend.start(&self.info, allow_reboot);
-        if let Some(span) = span {
-            match &started {
-                Ok(()) => *self.boot_span.lock().unwrap() = Some(span),
-                Err(e) => logger.end_span(span, SpanStatus::Error(e.to_string())),
-            }
-        }
-        started
-    }
-
-    /// Waits for the backdoor.
-    pub fn connect(&self) -> Result<()> {
-        crate::interrupt::check_ending()?;
-        let connected = self.backend.connect(&self.info);
-        if let Some(span) = self.boot_span.lock().unwrap().take() {
-            let status = match &connected {
-                Ok(()) => SpanStatus::Ok,
-                Err(e) => SpanStatus::Error(e.to_string()),
-            };
-            self.info.logger.end_span(span, status);
-        }
-        connected
-    }
-
-    /// Started and connected.
-    pub fn is_up(&self) -> bool {
-        self.backend.is_booted() && self.backend.is_connected()
-    }
-
-    /// Started.
-    pub fn booted(&self) -> bool {
-        self.backend.is_booted()
-    }
-
-    /// Connected.
-    pub fn connected(&self) -> bool {
-        self.backend.is_connected()
-    }
-
-    /// The machine process's pid.
-    pub fn pid(&self) -> Option<u32> {
-        self.backend.pid()
-    }
-
-    /// Powers off and waits.
-    pub fn shutdown(&self) -> Result<()> {
-        self.backend.shutdown(&self.info)
-    }
-
-    /// Waits until the machine has stopped.
-    pub fn wait_for_shutdown(&self) -> Result<()> {
-        self.backend.wait_for_shutdown(&self.info)
-    }
-
-    /// Kills the machine.
-    pub fn release(&self) {
-        self.backend.release(&self.info)
-    }
-
     /// The console log since the last start.
     pub fn console_log(&self) -> String {
-        self.backend.console().text()
+        self.console.text()
     }
 
     /// The console.
     pub fn console(&self) -> &Arc<Console> {
-        self.backend.console()
-    }
-
-    /// The machine's process (see [`Backend::process`]).
-    pub fn process(&self) -> Option<Arc<ChildProcess>> {
-        self.backend.process()
+        &self.console
     }
 
     /// Logs a console line of the machine (`<name> # <line>`), as its console reader does.
@@ -296,7 +158,7 @@ impl Machine {
     /// Marks the shell as needing a new handshake, as upstream's `connected = False` does
     /// (after the script made the guest reboot by itself).
     pub fn mark_disconnected(&self) {
-        self.backend.shell().disconnect();
+        self.shell.disconnect();
     }
 
     /// Writes raw bytes to the backdoor shell, bypassing the command framing (upstream's
@@ -304,17 +166,34 @@ impl Machine {
     /// command reads that output as its own answer.
     pub fn send_to_shell(&self, data: &[u8]) -> Result<()> {
         self.require_running("writing to the shell")?;
-        self.backend
-            .shell()
-            .send_raw(&self.info, self.backend.console(), data)
+        self.shell.send_raw(&self.info, &self.console, data)
     }
 
     /// Reads up to `max` raw bytes from the backdoor shell until `deadline`.
     pub fn recv_from_shell(&self, max: usize, deadline: Deadline) -> Result<Vec<u8>> {
         self.require_running("reading from the shell")?;
-        self.backend
-            .shell()
-            .recv_raw(&self.info, self.backend.console(), max, deadline)
+        self.shell
+            .recv_raw(&self.info, &self.console, max, deadline)
+    }
+
+    /// `Unsupported` for `operation`, which needs `capability`.
+    pub(crate) fn unsupported(&self, operation: &str, capability: Capability) -> Error {
+        Error::Unsupported {
+            machine: self.name().to_string(),
+            operation: operation.to_string(),
+            backend: self.kind().backend_name().to_string(),
+            reason: capability.lacking().to_string(),
+        }
+    }
+
+    /// The capability `found`, or `Unsupported` for `operation`.
+    pub(crate) fn require<'a, T: ?Sized>(
+        &self,
+        operation: &str,
+        capability: Capability,
+        found: Option<&'a T>,
+    ) -> Result<&'a T> {
+        found.ok_or_else(|| self.unsupported(operation, capability))
     }
 
     /// Deletes the state directory and makes it again, empty (upstream's

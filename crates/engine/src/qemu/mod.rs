@@ -4,34 +4,32 @@
 mod monitor;
 mod ops;
 mod qmp;
-pub mod screen;
+mod snapshot;
 mod standby;
 mod vnc;
 
-use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use monitor::Monitor;
 pub use ops::char_to_key;
 pub use qmp::Qmp;
-pub(crate) use standby::Rewind;
 use standby::Standbys;
 pub use vnc::VncAddress;
 
-use crate::config::MachineKind;
-use crate::console::Console;
+use crate::backend::{
+    self, Backend, Host, Keyboard, LaunchOptions, Launched, Links, MachineInfo, MachineKind,
+    PortForwards, Power, PowerOff, Screen, SerialConsole, ShellSetup, Snapshots,
+};
 use crate::error::{Error, Result};
-use crate::interrupt::{self, Deadline};
-use crate::machine::{Backend, MachineInfo};
+use crate::interrupt::Deadline;
 use crate::process::{self, ChildProcess};
-use crate::transport::shell::{Reply, Shell, ShellError};
-use crate::transport::slot::{guest_error, ShellSlot};
+use crate::transport::connector::{accept_unix, ConnectError, Ready};
 
 /// How long QEMU may take to connect to the driver's sockets after the start script runs.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(300);
@@ -80,11 +78,11 @@ enum ControlState {
     Failed(String),
 }
 
-/// A running QEMU process and its control channels.
+/// A running QEMU process (the machine owns it; a clone for the serial console) and its
+/// control channels.
 pub struct Running {
     process: Arc<ChildProcess>,
     control: Mutex<ControlState>,
-    console_reader: Mutex<Option<JoinHandle<()>>>,
     /// Its TMPDIR: the machine's state directory, or the directory of the standby it was.
     dir: PathBuf,
 }
@@ -121,7 +119,7 @@ impl Running {
 /// background: the start script, its TMPDIR (which also holds the driver's sockets), the
 /// environment and extra arguments.
 #[derive(Clone)]
-struct Launch {
+struct QemuCommand {
     start_command: String,
     dir: PathBuf,
     shared_dir: PathBuf,
@@ -132,7 +130,7 @@ struct Launch {
     extra: Vec<String>,
 }
 
-impl Launch {
+impl QemuCommand {
     fn command(&self) -> Command {
         let mut args =
             QemuBackend::appended_args(&self.dir, self.allow_reboot, display_available());
@@ -164,46 +162,6 @@ impl Launch {
     }
 }
 
-/// How waiting for QEMU to connect to one of the driver's sockets failed.
-enum AcceptError {
-    Exited(std::process::ExitStatus),
-    TimedOut,
-    Io(std::io::Error),
-    Interrupted,
-}
-
-/// Waits until QEMU connects to `listener`, or exits, or `deadline` passes.
-fn accept_from(
-    listener: &UnixListener,
-    process: &ChildProcess,
-    deadline: Deadline,
-) -> std::result::Result<UnixStream, AcceptError> {
-    loop {
-        let mut fds = [libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, deadline.slice().as_millis() as i32) };
-        if n > 0 {
-            return listener
-                .accept()
-                .map(|(stream, _)| stream)
-                .map_err(AcceptError::Io);
-        }
-        if let Some(status) = process.exit_status() {
-            return Err(AcceptError::Exited(status));
-        }
-        if interrupt::check().is_err() {
-            return Err(AcceptError::Interrupted);
-        }
-        if deadline.expired() {
-            return Err(AcceptError::TimedOut);
-        }
-    }
-}
-
 /// Binds `dir/name` (replacing a stale socket).
 fn listen_at(dir: &Path, name: &str) -> std::io::Result<UnixListener> {
     let path = dir.join(name);
@@ -214,12 +172,7 @@ fn listen_at(dir: &Path, name: &str) -> std::io::Result<UnixListener> {
 /// A QEMU VM.
 pub struct QemuBackend {
     start_command: String,
-    console: Arc<Console>,
     running: Mutex<Option<Arc<Running>>>,
-    /// The process of the QEMU that ran last, kept after it stopped (upstream's `process`).
-    last_process: Mutex<Option<Arc<ChildProcess>>>,
-    shell: ShellSlot,
-    started_at: Mutex<Option<Instant>>,
     /// What the running QEMU was started with (a standby gets the same).
     allow_reboot: AtomicBool,
     standbys: Standbys,
@@ -238,11 +191,7 @@ impl QemuBackend {
         }
         QemuBackend {
             start_command,
-            console: Arc::default(),
             running: Mutex::new(None),
-            last_process: Mutex::new(None),
-            shell: ShellSlot::default(),
-            started_at: Mutex::new(None),
             allow_reboot: AtomicBool::new(false),
             standbys: Standbys::default(),
             vnc: Arc::default(),
@@ -308,8 +257,8 @@ impl QemuBackend {
     }
 
     /// How to start a QEMU of this machine with `dir` as its TMPDIR and socket directory.
-    fn launch(&self, info: &MachineInfo, dir: &Path, allow_reboot: bool) -> Launch {
-        Launch {
+    fn command_for(&self, info: &MachineInfo, dir: &Path, allow_reboot: bool) -> QemuCommand {
+        QemuCommand {
             start_command: self.start_command.clone(),
             dir: dir.to_path_buf(),
             shared_dir: info.shared_dir.clone(),
@@ -328,54 +277,36 @@ impl QemuBackend {
         *self.vnc.lock().unwrap()
     }
 
-    fn guest_error(&self, info: &MachineInfo, message: String) -> Error {
-        guest_error(info, &self.console, message)
-    }
-
-    /// Describes how the QEMU process ended, waiting briefly for it to do so.
-    fn exit_note(&self) -> String {
-        let run = self.running.lock().unwrap().clone();
-        match run.and_then(|r| {
-            r.process
-                .wait(Deadline::after(Some(Duration::from_secs(2))))
-        }) {
-            Some(status) => format!(" (QEMU {status})"),
-            None => String::new(),
-        }
-    }
-
+    /// Waits until QEMU connects to the `what` socket; errors name the start script.
     fn accept(
         &self,
-        info: &MachineInfo,
+        host: &dyn Host,
         listener: &UnixListener,
         what: &str,
         process: &ChildProcess,
     ) -> Result<UnixStream> {
-        match accept_from(listener, process, Deadline::after(Some(SOCKET_TIMEOUT))) {
+        let info = host.info();
+        let exited = || process.exit_status();
+        match accept_unix(listener, &exited, Deadline::after(Some(SOCKET_TIMEOUT))) {
             Ok(stream) => Ok(stream),
-            Err(AcceptError::Io(e)) => Err(Error::io(
-                format!("{}: accepting the {what} socket", info.name),
-                e,
-            )),
-            Err(AcceptError::Interrupted) => Err(Error::Interrupted),
-            Err(AcceptError::Exited(status)) => {
+            Err(ConnectError::Interrupted) => Err(Error::Interrupted),
+            Err(ConnectError::Exited(status)) => {
                 // Let the console reader catch the last lines before reporting them.
                 std::thread::sleep(Duration::from_millis(50));
-                Err(self.guest_error(
-                    info,
-                    format!(
-                        "start script `{}` exited ({status}) before QEMU connected to the {what} socket",
-                        self.start_command
-                    ),
-                ))
+                Err(host.guest_error(format!(
+                    "start script `{}` exited ({status}) before QEMU connected to the {what} socket",
+                    self.start_command
+                )))
             }
-            Err(AcceptError::TimedOut) => Err(self.guest_error(
-                info,
-                format!(
-                    "QEMU did not connect to the {what} socket within {} s",
-                    SOCKET_TIMEOUT.as_secs()
-                ),
+            Err(ConnectError::TimedOut) => Err(host.guest_error(format!(
+                "QEMU did not connect to the {what} socket within {} s",
+                SOCKET_TIMEOUT.as_secs()
+            ))),
+            Err(ConnectError::Io { source, .. }) => Err(Error::io(
+                format!("{}: accepting the {what} socket", info.name),
+                source,
             )),
+            Err(e) => Err(host.guest_error(format!("accepting the {what} socket: {e}"))),
         }
     }
 
@@ -384,149 +315,6 @@ impl QemuBackend {
         let l = listen_at(&info.state_dir, name)
             .map_err(|e| Error::io(format!("{}: binding {}", info.name, path.display()), e))?;
         Ok((l, path))
-    }
-
-    fn do_start(&self, info: &MachineInfo, allow_reboot: bool) -> Result<()> {
-        info.log("starting vm");
-        let (monitor_l, _) = Self::listen(info, MONITOR_SOCKET)?;
-        let (shell_l, _) = Self::listen(info, SHELL_SOCKET)?;
-        let qmp_path = info.state_dir.join(QMP_SOCKET);
-        let _ = std::fs::remove_file(&qmp_path);
-        std::fs::create_dir_all(&info.shared_dir)
-            .map_err(|e| Error::io(format!("creating {}", info.shared_dir.display()), e))?;
-
-        self.console.reset();
-        *self.started_at.lock().unwrap() = Some(Instant::now());
-        self.allow_reboot.store(allow_reboot, Ordering::SeqCst);
-        let cmd = self.launch(info, &info.state_dir, allow_reboot).command();
-        let process = process::spawn(cmd).map_err(|e| {
-            Error::Config(format!(
-                "cannot run start script `{}` of machine `{}`: {e}",
-                self.start_command, info.name
-            ))
-        })?;
-        let stdout = process.take_stdout().expect("stdout is piped");
-        let reader = self
-            .console
-            .spawn_reader(stdout, info.name.clone(), info.logger.clone());
-
-        let result = (|| {
-            let monitor = self.accept(info, &monitor_l, "monitor", &process)?;
-            let shell = self.accept(info, &shell_l, "shell", &process)?;
-            Ok((monitor, shell))
-        })();
-        let (monitor, shell) = match result {
-            Ok(v) => v,
-            Err(e) => {
-                process.kill();
-                let _ = reader.join();
-                return Err(e);
-            }
-        };
-        let pid = process.pid();
-        let announce = info.vnc.then(|| {
-            let (logger, name, slot) = (info.logger.clone(), info.name.clone(), self.vnc.clone());
-            move |qmp: &Qmp| match vnc::query(qmp) {
-                Ok(address) => {
-                    *slot.lock().unwrap() = Some(address);
-                    logger.log(&address.announcement(), Some(&name));
-                }
-                Err(e) => logger.log(&format!("no display over VNC: {e}"), Some(&name)),
-            }
-        });
-        self.shell.set(
-            Shell::new(
-                shell
-                    .try_clone()
-                    .map_err(|e| Error::io("shell socket", e))?,
-            ),
-            &shell,
-        );
-        let control = std::thread::Builder::new()
-            .name(format!("ntng-control-{}", info.name))
-            .spawn(move || {
-                let qmp = Qmp::connect(&qmp_path, Deadline::after(Some(Duration::from_secs(60))))?;
-                if let Some(announce) = announce {
-                    announce(&qmp);
-                }
-                let mut monitor = Monitor::new(monitor);
-                monitor.wait_for_prompt(Deadline::after(Some(Duration::from_secs(120))))?;
-                Ok(Control {
-                    monitor: Mutex::new(monitor),
-                    qmp,
-                })
-            })
-            .expect("cannot start a control-channel thread");
-        *self.running.lock().unwrap() = Some(Arc::new(Running {
-            process: Arc::new(process),
-            control: Mutex::new(ControlState::Pending(control)),
-            console_reader: Mutex::new(Some(reader)),
-            dir: info.state_dir.clone(),
-        }));
-        info.log(&format!("QEMU running (pid {pid})"));
-        Ok(())
-    }
-
-    fn handshake(&self, info: &MachineInfo) -> Result<()> {
-        let started = self.started_at.lock().unwrap().unwrap_or_else(Instant::now);
-        let deadline = info.boot_deadline(started);
-        let tic = Instant::now();
-        let mut last_note = Instant::now();
-        let r = self.shell.handshake(deadline, &mut || {
-            if last_note.elapsed() >= Duration::from_secs(30) {
-                last_note = Instant::now();
-                info.log("Guest root shell did not produce any data yet...");
-                info.log("  To debug, enter the VM and run 'systemctl status backdoor.service'.");
-            }
-            !deadline.expired()
-        });
-        match r {
-            Ok(()) => {}
-            Err(ShellError::Interrupted) => return Err(Error::Interrupted),
-            Err(ShellError::TimedOut) => {
-                let secs = info.boot_timeout.unwrap_or_default().as_secs_f64();
-                return Err(self.guest_error(
-                    info,
-                    format!(
-                        "no backdoor handshake within {secs:.0} s of the start: the guest never printed `Spawning backdoor root shell...` (raise --boot-timeout if it is just slow)"
-                    ),
-                ));
-            }
-            Err(ShellError::Disconnected) => {
-                let note = self.exit_note();
-                return Err(self.guest_error(
-                    info,
-                    format!("the machine stopped before the backdoor handshake{note}"),
-                ));
-            }
-            Err(e) => return Err(self.guest_error(info, format!("waiting for the handshake: {e}"))),
-        }
-        info.log("connected to guest root shell");
-        info.log(&format!(
-            "(connecting took {:.2} seconds)",
-            tic.elapsed().as_secs_f64()
-        ));
-        Ok(())
-    }
-
-    /// Forgets the running process after it exited or was killed (and the standby with it).
-    fn clear(&self) {
-        self.discard_standbys(false);
-        self.shell.clear();
-        let run = self.running.lock().unwrap().take();
-        if let Some(run) = run {
-            *self.last_process.lock().unwrap() = Some(run.process.clone());
-            // Whatever is left of the start script's group may hold the console open.
-            run.process.kill();
-            if let Some(reader) = run.console_reader.lock().unwrap().take() {
-                let _ = reader.join();
-            }
-        }
-    }
-
-    /// Marks the shell as needing a new handshake (after a reboot).
-    pub fn disconnect(&self) {
-        self.shell.disconnect();
     }
 
     /// The paths of the monitor, QMP and shell sockets of the running QEMU (in the state
@@ -551,116 +339,134 @@ impl Backend for QemuBackend {
         &self.start_command
     }
 
-    fn process(&self) -> Option<Arc<ChildProcess>> {
-        match &*self.running.lock().unwrap() {
-            Some(run) => Some(run.process.clone()),
-            None => self.last_process.lock().unwrap().clone(),
-        }
-    }
+    /// Runs the start script with the driver's sockets appended, accepts QEMU's monitor and
+    /// shell connections (the shell's stream is the virtconsole's: ready at once), and sets
+    /// up the monitor and QMP in the background.
+    fn launch(&self, host: &dyn Host, options: LaunchOptions) -> Result<Launched> {
+        let info = host.info();
+        info.log("starting vm");
+        let (monitor_l, _) = Self::listen(info, MONITOR_SOCKET)?;
+        let (shell_l, _) = Self::listen(info, SHELL_SOCKET)?;
+        let qmp_path = info.state_dir.join(QMP_SOCKET);
+        let _ = std::fs::remove_file(&qmp_path);
+        std::fs::create_dir_all(&info.shared_dir)
+            .map_err(|e| Error::io(format!("creating {}", info.shared_dir.display()), e))?;
 
-    fn start(&self, info: &MachineInfo, allow_reboot: bool) -> Result<()> {
-        if self.is_booted() {
-            return Ok(());
-        }
-        self.do_start(info, allow_reboot)
-    }
+        self.allow_reboot
+            .store(options.allow_reboot, Ordering::SeqCst);
+        let cmd = self
+            .command_for(info, &info.state_dir, options.allow_reboot)
+            .command();
+        let process = process::spawn(cmd).map_err(|e| {
+            Error::Config(format!(
+                "cannot run start script `{}` of machine `{}`: {e}",
+                self.start_command, info.name
+            ))
+        })?;
+        let stdout = process.take_stdout().expect("stdout is piped");
+        let reader = host
+            .console()
+            .spawn_reader(stdout, info.name.clone(), info.logger.clone());
 
-    fn connect(&self, info: &MachineInfo) -> Result<()> {
-        if self.is_connected() {
-            return Ok(());
-        }
-        let block = info
-            .logger
-            .nested("waiting for the VM to finish booting", Some(&info.name));
-        self.start(info, false)?;
-        self.handshake(info)?;
-        block.finish();
-        Ok(())
-    }
-
-    fn is_booted(&self) -> bool {
-        self.running.lock().unwrap().is_some()
-    }
-
-    fn is_connected(&self) -> bool {
-        self.shell.is_connected()
-    }
-
-    fn pid(&self) -> Option<u32> {
-        self.running
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map(|r| r.process.pid())
-    }
-
-    fn execute(
-        &self,
-        info: &MachineInfo,
-        command: &str,
-        timeout: Option<Duration>,
-        reply: Reply,
-        deadline: Deadline,
-    ) -> Result<(i32, Vec<u8>)> {
-        self.shell.execute(
-            info,
-            &self.console,
-            command,
-            timeout,
-            reply,
-            deadline,
-            &|| self.exit_note(),
-        )
-    }
-
-    fn shutdown(&self, info: &MachineInfo) -> Result<()> {
-        if !self.is_booted() {
-            return Ok(());
-        }
-        self.shell.send_raw(info, &self.console, b"poweroff\n")?;
-        self.wait_for_shutdown(info)
-    }
-
-    fn wait_for_shutdown(&self, info: &MachineInfo) -> Result<()> {
-        let Some(run) = self.running.lock().unwrap().clone() else {
-            return Ok(());
-        };
-        let block = info
-            .logger
-            .nested("waiting for the VM to power off", Some(&info.name));
-        loop {
-            if run.process.wait(Deadline::NEVER).is_some() {
-                break;
+        let result = (|| {
+            let monitor = self.accept(host, &monitor_l, "monitor", &process)?;
+            let shell = self.accept(host, &shell_l, "shell", &process)?;
+            Ok((monitor, shell))
+        })();
+        let (monitor, shell) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                process.kill();
+                let _ = reader.join();
+                return Err(e);
             }
-            interrupt::check()?;
-        }
-        self.clear();
-        block.finish();
-        Ok(())
-    }
-
-    fn release(&self, info: &MachineInfo) {
-        let Some(run) = self.running.lock().unwrap().clone() else {
-            return;
         };
-        info.logger.log(
-            &format!("kill QemuMachine (pid {})", run.process.pid()),
-            None,
-        );
-        run.process.kill();
-        self.discard_standbys(true);
-        self.clear();
+        let pid = process.pid();
+        let announce = info.vnc.then(|| {
+            let (logger, name, slot) = (info.logger.clone(), info.name.clone(), self.vnc.clone());
+            move |qmp: &Qmp| match vnc::query(qmp) {
+                Ok(address) => {
+                    *slot.lock().unwrap() = Some(address);
+                    logger.log(&address.announcement(), Some(&name));
+                }
+                Err(e) => logger.log(&format!("no display over VNC: {e}"), Some(&name)),
+            }
+        });
+        let control = std::thread::Builder::new()
+            .name(format!("ntng-control-{}", info.name))
+            .spawn(move || {
+                let qmp = Qmp::connect(&qmp_path, Deadline::after(Some(Duration::from_secs(60))))?;
+                if let Some(announce) = announce {
+                    announce(&qmp);
+                }
+                let mut monitor = Monitor::new(monitor);
+                monitor.wait_for_prompt(Deadline::after(Some(Duration::from_secs(120))))?;
+                Ok(Control {
+                    monitor: Mutex::new(monitor),
+                    qmp,
+                })
+            })
+            .expect("cannot start a control-channel thread");
+        let process = Arc::new(process);
+        *self.running.lock().unwrap() = Some(Arc::new(Running {
+            process: process.clone(),
+            control: Mutex::new(ControlState::Pending(control)),
+            dir: info.state_dir.clone(),
+        }));
+        info.log(&format!("QEMU running (pid {pid})"));
+        Ok(Launched {
+            process,
+            console_reader: reader,
+            connector: Box::new(Ready::new(shell)),
+            shell: ShellSetup::backdoor(),
+            shell_in_step: None,
+        })
     }
 
-    fn console(&self) -> &Arc<Console> {
-        &self.console
+    fn power_off(&self) -> PowerOff {
+        PowerOff::Raw(b"poweroff\n")
     }
 
-    fn shell(&self) -> &ShellSlot {
-        &self.shell
+    /// Forgets the QEMU that ran; its standby goes too, and at the end of the machine its
+    /// golden copies.
+    fn stopped(&self, released: bool) {
+        self.discard_standbys(released);
+        self.running.lock().unwrap().take();
     }
 
-    fn as_qemu(&self) -> Option<&QemuBackend> {
+    fn switches_root(&self) -> bool {
+        true
+    }
+
+    fn snapshots(&self) -> Option<&dyn Snapshots> {
+        Some(self)
+    }
+
+    fn monitor(&self) -> Option<&dyn backend::Monitor> {
+        Some(self)
+    }
+
+    fn screen(&self) -> Option<&dyn Screen> {
+        Some(self)
+    }
+
+    fn keyboard(&self) -> Option<&dyn Keyboard> {
+        Some(self)
+    }
+
+    fn links(&self) -> Option<&dyn Links> {
+        Some(self)
+    }
+
+    fn port_forwards(&self) -> Option<&dyn PortForwards> {
+        Some(self)
+    }
+
+    fn power(&self) -> Option<&dyn Power> {
+        Some(self)
+    }
+
+    fn serial_console(&self) -> Option<&dyn SerialConsole> {
         Some(self)
     }
 }

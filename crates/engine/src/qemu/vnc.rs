@@ -95,7 +95,7 @@ pub enum VncError {
 impl super::QemuBackend {
     /// A QEMU that took the machine over (a warm standby) serves the display where the
     /// machine's was, when that port is free again; else where it is, said in the log.
-    pub(super) fn take_over_display(&self, info: &crate::machine::MachineInfo, qmp: &Qmp) {
+    pub(super) fn take_over_display(&self, info: &crate::backend::MachineInfo, qmp: &Qmp) {
         if !info.vnc {
             return;
         }

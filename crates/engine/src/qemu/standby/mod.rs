@@ -33,10 +33,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::{Control, ControlState, QemuBackend, Qmp, Running};
+use crate::backend::shares::Mount;
+use crate::backend::{Host, Launched, MachineInfo, ShellSetup};
 use crate::error::{Error, Result};
 use crate::interrupt::{self, Deadline};
-use crate::machine::snapshot::Mount;
-use crate::machine::MachineInfo;
+use crate::transport::connector::Ready;
 use disks::{copy_files, fmt_bytes, fresh_dir, writable_disks, Golden};
 use start::{Abort, Job, Standby};
 
@@ -44,15 +45,6 @@ use start::{Abort, Job, Standby};
 pub const ENV_SWITCH: &str = "NIXOS_TEST_NG_STANDBY";
 /// Monitor and QMP calls of the swap.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How a machine was brought back to a snapshot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Rewind {
-    /// `loadvm` on the live QEMU: the shell needs a resync and the shares a mount.
-    Loadvm,
-    /// A warm standby took over: its shell is in step and its shares are mounted.
-    Standby,
-}
 
 #[derive(Default)]
 enum Slot {
@@ -249,7 +241,7 @@ impl QemuBackend {
         drop(st);
         drop_slot(old);
 
-        let mut launch = self.launch(info, &dir, self.allow_reboot.load(Ordering::SeqCst));
+        let mut launch = self.command_for(info, &dir, self.allow_reboot.load(Ordering::SeqCst));
         launch.extra = vec!["-S".into(), "-loadvm".into(), name.to_string()];
         let job = Job {
             launch,
@@ -311,10 +303,11 @@ impl QemuBackend {
     /// `mounts` are the snapshot's shares, for a standby that must be started on the spot.
     pub(crate) fn switch_to_standby(
         &self,
-        info: &MachineInfo,
+        host: &dyn Host,
         name: &str,
         mounts: &[Mount],
     ) -> Result<bool> {
+        let info = host.info();
         let live_dir = self.live_dir().unwrap_or_else(|| info.state_dir.clone());
         let mut st = self.standbys.shared.state.lock().unwrap();
         let on_live_disk = st.on_disk.get(&live_dir).is_some_and(|s| s.contains(name));
@@ -324,7 +317,7 @@ impl QemuBackend {
             info.log(&format!(
                 "the disk of the running QEMU does not hold snapshot {name}: restoring it from its golden copy"
             ));
-            return self.wait_and_switch(info, name, mounts);
+            return self.wait_and_switch(host, name, mounts);
         }
         let reason = match &st.slot {
             Slot::Ready(sb) if sb.name == name && sb.process.is_running() => {
@@ -332,7 +325,7 @@ impl QemuBackend {
                     unreachable!()
                 };
                 drop(st);
-                self.swap(info, *sb)?;
+                self.swap(host, *sb)?;
                 return Ok(true);
             }
             Slot::Ready(sb) if sb.name == name => {
@@ -365,7 +358,8 @@ impl QemuBackend {
     }
 
     /// Waits for the standby of `name` (started now if need be) and switches to it.
-    fn wait_and_switch(&self, info: &MachineInfo, name: &str, mounts: &[Mount]) -> Result<bool> {
+    fn wait_and_switch(&self, host: &dyn Host, name: &str, mounts: &[Mount]) -> Result<bool> {
+        let info = host.info();
         let fail = |reason: String| Error::InvalidState {
             machine: info.name.clone(),
             message: format!("cannot restore snapshot {name:?}: {reason}"),
@@ -382,7 +376,7 @@ impl QemuBackend {
                         sb.discard();
                         return Err(fail("its standby QEMU exited".to_string()));
                     }
-                    self.swap(info, *sb)?;
+                    self.swap(host, *sb)?;
                     return Ok(true);
                 }
                 Slot::Preparing { name: n, .. } if n == name => {
@@ -409,8 +403,10 @@ impl QemuBackend {
         }
     }
 
-    /// The live QEMU goes, the standby takes its place (still paused).
-    fn swap(&self, info: &MachineInfo, sb: Standby) -> Result<()> {
+    /// The live QEMU goes, the standby takes its place (still paused): the machine adopts
+    /// it as its launch, then its network filters are lifted.
+    fn swap(&self, host: &dyn Host, sb: Standby) -> Result<()> {
+        let info = host.info();
         let tic = Instant::now();
         let Standby {
             name,
@@ -425,17 +421,21 @@ impl QemuBackend {
             filters,
             snapshots,
         } = sb;
-        // The old QEMU dies first: it must not send another packet once the standby can.
         let old = self.running.lock().unwrap().take();
-        self.shell.clear();
-        if let Some(old) = &old {
-            old.process.kill();
-            if let Some(reader) = old.console_reader.lock().unwrap().take() {
-                let _ = reader.join();
-            }
-        }
-        self.console.reopen();
-        relay.attach(self.console.clone(), info.logger.clone(), info.name.clone());
+        let process = Arc::new(process);
+        // The old QEMU dies first: it must not send another packet once the standby can.
+        host.adopt(Launched {
+            process: process.clone(),
+            console_reader: relay_thread,
+            connector: Box::new(Ready::new(socket)),
+            shell: ShellSetup::backdoor(),
+            shell_in_step: Some(shell),
+        });
+        relay.attach(
+            host.console().clone(),
+            info.logger.clone(),
+            info.name.clone(),
+        );
         let deadline = Deadline::after(Some(CONTROL_TIMEOUT));
         let lifted = filters.iter().try_for_each(|id| {
             qmp.execute("object-del", Some(json!({ "id": id })), deadline)
@@ -444,15 +444,13 @@ impl QemuBackend {
         qmp.discard_events(); // those of the warm-up
         let pid = process.pid();
         *self.running.lock().unwrap() = Some(Arc::new(Running {
-            process: Arc::new(process),
+            process,
             control: Mutex::new(ControlState::Ready(Arc::new(Control {
                 monitor: Mutex::new(monitor),
                 qmp,
             }))),
-            console_reader: Mutex::new(Some(relay_thread)),
             dir: dir.clone(),
         }));
-        self.shell.set_synced(shell, &socket);
         {
             let mut st = self.standbys.shared.state.lock().unwrap();
             st.on_disk.insert(dir, snapshots);
@@ -470,12 +468,10 @@ impl QemuBackend {
                 });
             }
         }
-        lifted.map_err(|e| Error::Guest {
-            machine: info.name.clone(),
-            message: format!(
+        lifted.map_err(|e| {
+            host.guest_error(format!(
                 "the warm standby could not take over (lifting its network filters): {e}"
-            ),
-            console_tail: self.console.tail(20),
+            ))
         })?;
         info.log(&format!(
             "restored snapshot {name}: switched to the warm standby (pid {pid}) in {:.3} s",

@@ -12,13 +12,14 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::disks::{copy_files, fresh_dir, writable_disks, Golden};
+use crate::backend::shares::{mount_command, Mount};
 use crate::console::{for_each_line, Console};
 use crate::error::Error;
 use crate::interrupt::Deadline;
 use crate::log::Logger;
-use crate::machine::snapshot::{mount_command, Mount};
 use crate::process::{self, ChildProcess};
-use crate::qemu::{accept_from, listen_at, AcceptError, Launch, Monitor, Qmp};
+use crate::qemu::{listen_at, Monitor, QemuCommand, Qmp};
+use crate::transport::connector::{accept_unix, ConnectError};
 use crate::transport::shell::{Reply, Shell};
 
 /// How long a standby may take from its start to paused and warm.
@@ -174,7 +175,7 @@ pub(super) fn netdevs(info_network: &str) -> Vec<String> {
 
 /// Everything a standby's preparation needs, owned (it runs in its own thread).
 pub(super) struct Job {
-    pub(super) launch: Launch,
+    pub(super) launch: QemuCommand,
     pub(super) machine: String,
     pub(super) state_dir: PathBuf,
     pub(super) logger: Arc<Logger>,
@@ -245,14 +246,15 @@ impl Job {
         shell_l: &UnixListener,
     ) -> std::result::Result<(Monitor, Qmp, UnixStream, Shell, Vec<String>), String> {
         let deadline = Deadline::after(Some(PREPARE_TIMEOUT));
+        let exited = || process.exit_status();
         let accept = |l, what: &str| {
-            accept_from(l, process, deadline).map_err(|e| match e {
-                AcceptError::Exited(status) => {
+            accept_unix(l, &exited, deadline).map_err(|e| match e {
+                ConnectError::Exited(status) => {
                     format!("its QEMU exited ({status}) before connecting to the {what} socket")
                 }
-                AcceptError::TimedOut => format!("its QEMU never connected to the {what} socket"),
-                AcceptError::Io(e) => format!("accepting its {what} socket: {e}"),
-                AcceptError::Interrupted => "interrupted".to_string(),
+                ConnectError::TimedOut => format!("its QEMU never connected to the {what} socket"),
+                ConnectError::Interrupted => "interrupted".to_string(),
+                e => format!("accepting its {what} socket: {e}"),
             })
         };
         let monitor = accept(monitor_l, "monitor")?;

@@ -1,16 +1,17 @@
-//! A machine's shell connection as backends hold it: the connection, whether it passed the
-//! handshake, and the mapping of transport failures to errors naming the machine.
+//! A machine's shell connection: the connection, whether it passed the handshake, and the
+//! mapping of transport failures (shell and connector errors) to errors naming the machine.
 
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::shell::{Reply, Shell, ShellError};
+use crate::backend::{MachineInfo, MachineKind};
 use crate::console::Console;
 use crate::error::{Error, Result};
 use crate::interrupt::Deadline;
-use crate::machine::MachineInfo;
+use crate::transport::connector::ConnectError;
+use crate::transport::shell::{Reply, Shell, ShellError};
+use crate::transport::stream::Stream;
 
 const CONSOLE_TAIL: usize = 20;
 
@@ -18,8 +19,8 @@ const CONSOLE_TAIL: usize = 20;
 #[derive(Default)]
 pub struct ShellSlot {
     shell: Mutex<Option<Shell>>,
-    /// A second handle on the socket, so `clear` can wake a blocked reader.
-    socket: Mutex<Option<UnixStream>>,
+    /// A second handle on the stream, so `clear` can wake a blocked reader.
+    socket: Mutex<Option<Stream>>,
     connected: AtomicBool,
 }
 
@@ -39,24 +40,92 @@ pub fn guest_error(info: &MachineInfo, console: &Console, message: String) -> Er
     }
 }
 
+/// A failed handshake as an error naming the machine; `exit_note` describes how the
+/// machine's process ended.
+pub fn handshake_error(
+    info: &MachineInfo,
+    console: &Console,
+    e: ShellError,
+    exit_note: &dyn Fn() -> String,
+) -> Error {
+    match e {
+        ShellError::Interrupted => Error::Interrupted,
+        ShellError::TimedOut => {
+            let secs = info.boot_timeout.unwrap_or_default().as_secs_f64();
+            guest_error(
+                info,
+                console,
+                format!(
+                    "no backdoor handshake within {secs:.0} s of the start: the guest never printed `Spawning backdoor root shell...` (raise --boot-timeout if it is just slow)"
+                ),
+            )
+        }
+        ShellError::Disconnected => guest_error(
+            info,
+            console,
+            format!(
+                "the machine stopped before the backdoor handshake{}",
+                exit_note()
+            ),
+        ),
+        e => guest_error(info, console, format!("waiting for the handshake: {e}")),
+    }
+}
+
+/// A connector's failure as an error naming the machine.
+pub fn connect_error(
+    info: &MachineInfo,
+    kind: MachineKind,
+    console: &Console,
+    e: ConnectError,
+) -> Error {
+    match e {
+        ConnectError::Interrupted => Error::Interrupted,
+        ConnectError::Exited(status) => guest_error(
+            info,
+            console,
+            format!(
+                "{} exited ({status}) before the guest's shell connected",
+                kind.backend_name()
+            ),
+        ),
+        ConnectError::TimedOut => guest_error(
+            info,
+            console,
+            "no connection to the guest's shell in time".into(),
+        ),
+        ConnectError::Guest(message) => guest_error(info, console, message),
+        ConnectError::Host(message) => Error::Config(message),
+        e @ ConnectError::Refused(_) => guest_error(info, console, e.to_string()),
+        ConnectError::Io { context, source } => {
+            Error::io(format!("{}: {context}", info.name), source)
+        }
+    }
+}
+
 impl ShellSlot {
     /// Installs a new connection (not yet connected: the handshake comes next).
-    pub fn set(&self, shell: Shell, socket: &UnixStream) {
-        *self.socket.lock().unwrap() = socket.try_clone().ok();
+    pub fn set(&self, shell: Shell) {
+        *self.socket.lock().unwrap() = shell.clone_stream().ok();
         *self.shell.lock().unwrap() = Some(shell);
         self.connected.store(false, Ordering::SeqCst);
     }
 
     /// Installs a connection that is already in step with its guest (a warm standby's).
-    pub fn set_synced(&self, shell: Shell, socket: &UnixStream) {
-        self.set(shell, socket);
+    pub fn set_synced(&self, shell: Shell) {
+        self.set(shell);
         self.connected.store(true, Ordering::SeqCst);
+    }
+
+    /// True while there is a connection (handshake passed or not).
+    pub fn has_shell(&self) -> bool {
+        self.shell.lock().unwrap().is_some()
     }
 
     /// Drops the connection, waking any reader.
     pub fn clear(&self) {
         if let Some(sock) = self.socket.lock().unwrap().take() {
-            let _ = sock.shutdown(std::net::Shutdown::Both);
+            let _ = sock.shutdown();
         }
         *self.shell.lock().unwrap() = None;
         self.connected.store(false, Ordering::SeqCst);

@@ -1,0 +1,197 @@
+//! The engine's test backend: a local bash plays the guest, serving the backdoor protocol on
+//! a socket pair. It proves the seam: a backend is this folder, a [`MachineKind`] variant and
+//! its arm in `Driver::build_machine`; the machine's lifecycle, shell and errors come for free.
+//!
+//! Its "start command" is bash run before the backdoor starts (`exit 3`: a guest that dies
+//! while booting; `sleep 30`: one that never answers). The console is the guest's stderr.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::backend::{Backend, Host, LaunchOptions, Launched, MachineKind, PowerOff, ShellSetup};
+use crate::error::{Error, Result};
+use crate::interrupt::Deadline;
+use crate::process;
+use crate::transport::connector::{ConnectError, Connector, Ready};
+use crate::transport::stream::Stream;
+
+/// What happened to a fake machine, for its tests.
+#[derive(Default)]
+pub struct Record {
+    /// How many launches there were.
+    pub launches: AtomicUsize,
+    /// `Backend::stopped` calls, with their `released`.
+    pub stops: Mutex<Vec<bool>>,
+    /// Streams a reconnecting guest's connector handed out.
+    pub connects: AtomicUsize,
+    /// Streams it was told did not reach their handshake.
+    pub abandoned: AtomicUsize,
+}
+
+/// A machine whose guest is a local bash.
+#[derive(Default)]
+pub struct FakeBackend {
+    before: String,
+    restart_resets: bool,
+    /// Each handshake gets a new bash (as a container's `nsenter` shell), the first of which
+    /// dies before its handshake; the machine's process only holds the console.
+    reconnecting: bool,
+    /// What happened to it.
+    pub record: Arc<Record>,
+}
+
+impl FakeBackend {
+    /// A guest that runs `before` in bash, then the backdoor.
+    pub fn new(before: impl Into<String>) -> Self {
+        FakeBackend {
+            before: before.into(),
+            ..Default::default()
+        }
+    }
+
+    /// A guest reached through a new shell process per handshake (see `reconnecting`).
+    pub fn reconnecting(mut self) -> Self {
+        self.reconnecting = true;
+        self
+    }
+
+    /// A guest whose restart is its reset (as a container's): its snapshots are restarts.
+    pub fn restart_resets(mut self) -> Self {
+        self.restart_resets = true;
+        self
+    }
+}
+
+impl Backend for FakeBackend {
+    fn kind(&self) -> MachineKind {
+        MachineKind::Fake
+    }
+
+    fn start_command(&self) -> &str {
+        &self.before
+    }
+
+    fn launch(&self, host: &dyn Host, _options: LaunchOptions) -> Result<Launched> {
+        if self.reconnecting {
+            return self.launch_reconnecting(host);
+        }
+        let info = host.info();
+        let (ours, theirs) = UnixStream::pair().map_err(|e| Error::io("socket pair", e))?;
+        let stdout = theirs
+            .try_clone()
+            .map_err(|e| Error::io("socket pair", e))?;
+        let mut cmd = Command::new("bash");
+        cmd.args(["--norc", "-c"])
+            .arg(format!(
+                "cd /tmp; {}\necho 'fake console: booted' >&2; \
+                 echo 'Spawning backdoor root shell...'; PS1= exec bash --norc",
+                self.before
+            ))
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::from(OwnedFd::from(stdout)))
+            .stderr(Stdio::piped());
+        let process = process::spawn(cmd).map_err(|e| Error::io("starting bash", e))?;
+        let stderr = process.take_stderr().expect("stderr is piped");
+        let console_reader =
+            host.console()
+                .spawn_reader(stderr, info.name.clone(), info.logger.clone());
+        self.record.launches.fetch_add(1, Ordering::SeqCst);
+        Ok(Launched {
+            process: Arc::new(process),
+            console_reader,
+            connector: Box::new(Ready::new(ours)),
+            shell: ShellSetup::backdoor(),
+            shell_in_step: None,
+        })
+    }
+
+    fn power_off(&self) -> PowerOff {
+        if self.reconnecting {
+            return PowerOff::Command("true", libc::SIGTERM);
+        }
+        PowerOff::Raw(b"exit\n")
+    }
+
+    fn stopped(&self, released: bool) {
+        self.record.stops.lock().unwrap().push(released);
+    }
+
+    fn restart_resets(&self) -> bool {
+        self.restart_resets
+    }
+}
+
+impl FakeBackend {
+    fn launch_reconnecting(&self, host: &dyn Host) -> Result<Launched> {
+        let info = host.info();
+        let mut cmd = Command::new("bash");
+        cmd.args(["--norc", "-c"])
+            .arg(format!(
+                "{}\necho 'fake console: booted' >&2; exec sleep 600",
+                self.before
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let process = process::spawn(cmd).map_err(|e| Error::io("starting bash", e))?;
+        let stderr = process.take_stderr().expect("stderr is piped");
+        let console_reader =
+            host.console()
+                .spawn_reader(stderr, info.name.clone(), info.logger.clone());
+        self.record.launches.fetch_add(1, Ordering::SeqCst);
+        Ok(Launched {
+            process: Arc::new(process),
+            console_reader,
+            connector: Box::new(Spawner {
+                record: self.record.clone(),
+                shell: None,
+            }),
+            shell: ShellSetup::backdoor(),
+            shell_in_step: None,
+        })
+    }
+}
+
+/// Starts a bash on a socket pair per connect; the first one exits before its handshake.
+struct Spawner {
+    record: Arc<Record>,
+    shell: Option<process::ChildProcess>,
+}
+
+impl Connector for Spawner {
+    fn connect(&mut self, _deadline: Deadline) -> std::result::Result<Stream, ConnectError> {
+        let io = |e| ConnectError::Io {
+            context: "a fake shell".to_string(),
+            source: e,
+        };
+        let (ours, theirs) = UnixStream::pair().map_err(io)?;
+        let stdout = theirs.try_clone().map_err(io)?;
+        let attempt = self.record.connects.fetch_add(1, Ordering::SeqCst);
+        let script = if attempt == 0 {
+            "exit 0"
+        } else {
+            "echo 'Spawning backdoor root shell...'; PS1= exec bash --norc"
+        };
+        let mut cmd = Command::new("bash");
+        cmd.args(["--norc", "-c", script])
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::from(OwnedFd::from(stdout)))
+            .stderr(Stdio::null());
+        self.shell = Some(process::spawn(cmd).map_err(io)?);
+        Ok(ours.into())
+    }
+
+    fn reconnects(&self) -> bool {
+        true
+    }
+
+    fn abandon(&mut self) {
+        self.record.abandoned.fetch_add(1, Ordering::SeqCst);
+        if let Some(shell) = self.shell.take() {
+            shell.kill();
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! A machine's lifecycle, written once for every backend: start (the backend's launch),
+//! connect (the connector's stream, the handshake and its log lines), power off, wait for
+//! the end, release, and adopting a new launch (a warm standby taking over).
+//!
+//! ```text
+//!        start                  connect (handshake)
+//!  Off ─────────► Booting ──────────────────────────► Up
+//!   ▲               │  ▲                               │
+//!   │               │  └── mark_disconnected (reboot) ─┘
+//!   │               ▼  process ends
+//!   └───────────  Exited  ◄───────────────────────────┘
+//!    wait_for_shutdown / release (any state)
+//! ```
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::shell::{connect_error, guest_error, handshake_error};
+use super::{Machine, Run};
+use crate::backend::{Host, LaunchOptions, Launched, MachineInfo, PowerOff, ShellSetup};
+use crate::console::Console;
+use crate::error::{Error, Result};
+use crate::interrupt::{self, Deadline};
+use crate::process::ChildProcess;
+use crate::trace::{SpanKind, SpanStatus};
+use crate::transport::connector::Connector;
+use crate::transport::shell::{Reply, Shell, ShellError};
+
+/// How often "Guest root shell did not produce any data yet..." is logged.
+const IDLE_NOTE_EVERY: Duration = Duration::from_secs(30);
+/// How long a machine's process may take to end after its shell vanished, for the note that
+/// says how it ended.
+const EXIT_NOTE_WAIT: Duration = Duration::from_secs(2);
+/// How long the console may take to close after the machine's process ended.
+const CONSOLE_CLOSE_WAIT: Duration = Duration::from_millis(500);
+/// Before connecting again when a fresh stream disconnected before its handshake.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
+
+/// Where a machine is in its lifecycle (as Firecracker's `VmState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Not started, or stopped and cleaned up.
+    Off,
+    /// Launched; its shell has not passed the handshake (yet, or again after a reboot).
+    Booting,
+    /// The shell passed the handshake: commands run.
+    Up,
+    /// Its process ended; nobody waited for it yet (`wait_for_shutdown`, `release`).
+    Exited,
+}
+
+impl Machine {
+    /// Where the machine is in its lifecycle.
+    pub fn state(&self) -> State {
+        let run = self.run.lock().unwrap();
+        match &*run {
+            None => State::Off,
+            Some(r) if !r.process.is_running() => State::Exited,
+            Some(_) if self.shell.is_connected() => State::Up,
+            Some(_) => State::Booting,
+        }
+    }
+
+    /// Started: launched and, for kinds that count so, its process still running.
+    pub fn booted(&self) -> bool {
+        match &*self.run.lock().unwrap() {
+            None => false,
+            Some(r) => !self.kind().booted_while_process_runs() || r.process.is_running(),
+        }
+    }
+
+    /// Connected: the shell passed the handshake.
+    pub fn connected(&self) -> bool {
+        self.shell.is_connected()
+    }
+
+    /// Started and connected.
+    pub fn is_up(&self) -> bool {
+        self.booted() && self.connected()
+    }
+
+    /// The machine process's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.run.lock().unwrap().as_ref().map(|r| r.process.pid())
+    }
+
+    /// The machine's process (the start script, which execs QEMU or systemd-nspawn): the
+    /// running one; a VM also keeps its last one after it stopped, as upstream.
+    pub fn process(&self) -> Option<Arc<ChildProcess>> {
+        match &*self.run.lock().unwrap() {
+            Some(r) => Some(r.process.clone()),
+            None => self.last_process.lock().unwrap().clone(),
+        }
+    }
+
+    /// Starts the machine (returns before it has booted). Its boot span runs from here to
+    /// the first successful [`Machine::connect`].
+    pub fn start(&self, allow_reboot: bool) -> Result<()> {
+        interrupt::check_ending()?;
+        let was_booted = self.booted();
+        let logger = &self.info.logger;
+        let span = (!was_booted).then(|| {
+            logger.begin_detached(
+                SpanKind::Boot,
+                &format!("boot {}", self.name()),
+                Some(self.name()),
+            )
+        });
+        let started = self.launch(allow_reboot);
+        if let Some(span) = span {
+            match &started {
+                Ok(()) => *self.boot_span.lock().unwrap() = Some(span),
+                Err(e) => logger.end_span(span, SpanStatus::Error(e.to_string())),
+            }
+        }
+        started
+    }
+
+    /// Launches the machine unless it is booted.
+    fn launch(&self, allow_reboot: bool) -> Result<()> {
+        let _starting = self.starting.lock().unwrap();
+        if self.booted() {
+            return Ok(());
+        }
+        // A launch whose process ended and that counts as stopped already (a container).
+        if self.run.lock().unwrap().is_some() {
+            self.clear(false);
+        }
+        self.console.reset();
+        *self.started_at.lock().unwrap() = Some(Instant::now());
+        let launched = self.backend.launch(self, LaunchOptions { allow_reboot })?;
+        self.install(launched)
+    }
+
+    /// Makes `launched` the machine's running launch.
+    fn install(&self, launched: Launched) -> Result<()> {
+        let Launched {
+            process,
+            console_reader,
+            mut connector,
+            shell,
+            shell_in_step,
+        } = launched;
+        if let Some(in_step) = shell_in_step {
+            self.shell.set_synced(in_step);
+        } else if connector.is_ready() {
+            // Raw bytes (a `poweroff`) can go to the stream before the handshake.
+            let stream = connector
+                .connect(Deadline::NEVER)
+                .map_err(|e| connect_error(&self.info, self.kind(), &self.console, e))?;
+            self.shell.set(new_shell(stream, &shell));
+        }
+        *self.run.lock().unwrap() = Some(Run {
+            process,
+            console_reader: Some(console_reader),
+            connector: Arc::new(Mutex::new(connector)),
+            setup: Arc::new(shell),
+        });
+        Ok(())
+    }
+
+    /// Waits for the backdoor (starting the machine first when needed, as upstream).
+    pub fn connect(&self) -> Result<()> {
+        interrupt::check_ending()?;
+        let connected = self.connect_shell();
+        if let Some(span) = self.boot_span.lock().unwrap().take() {
+            let status = match &connected {
+                Ok(()) => SpanStatus::Ok,
+                Err(e) => SpanStatus::Error(e.to_string()),
+            };
+            self.info.logger.end_span(span, status);
+        }
+        connected
+    }
+
+    fn connect_shell(&self) -> Result<()> {
+        if self.connected() {
+            return Ok(());
+        }
+        let noun = self.kind().noun();
+        let block = self.nested(&format!("waiting for the {noun} to finish booting"));
+        self.launch(false)?;
+        let (connector, setup) = match &*self.run.lock().unwrap() {
+            Some(r) => (r.connector.clone(), r.setup.clone()),
+            None => {
+                return Err(Error::InvalidState {
+                    machine: self.name().to_string(),
+                    message: format!("the {noun} is not running"),
+                })
+            }
+        };
+        let started = self.started_at.lock().unwrap().unwrap_or_else(Instant::now);
+        let deadline = self.info.boot_deadline(started);
+        let tic = Instant::now();
+        self.handshake(&mut **connector.lock().unwrap(), &setup, deadline)?;
+        self.log(setup.connected_line);
+        self.log(&format!(
+            "(connecting took {:.2} seconds)",
+            tic.elapsed().as_secs_f64()
+        ));
+        block.finish();
+        Ok(())
+    }
+
+    /// Gets a stream when there is none (or each time, for a connector that reconnects) and
+    /// waits for the handshake on it.
+    fn handshake(
+        &self,
+        connector: &mut dyn Connector,
+        setup: &ShellSetup,
+        deadline: Deadline,
+    ) -> Result<()> {
+        let mut last_note = Instant::now();
+        let mut on_idle = || {
+            if let Some(hint) = setup.idle_hint {
+                if last_note.elapsed() >= IDLE_NOTE_EVERY {
+                    last_note = Instant::now();
+                    self.log("Guest root shell did not produce any data yet...");
+                    self.log(hint);
+                }
+            }
+            !deadline.expired()
+        };
+        loop {
+            let fresh = !self.shell.has_shell() || connector.reconnects();
+            if fresh {
+                let stream = connector
+                    .connect(deadline)
+                    .map_err(|e| connect_error(&self.info, self.kind(), &self.console, e))?;
+                self.shell.set(new_shell(stream, setup));
+                if let Some(greeting) = &setup.greeting {
+                    self.shell
+                        .send_raw(&self.info, &self.console, greeting.as_bytes())?;
+                }
+            }
+            match self.shell.handshake(deadline, &mut on_idle) {
+                Ok(()) => return Ok(()),
+                Err(ShellError::Disconnected)
+                    if fresh && connector.reconnects() && !deadline.expired() =>
+                {
+                    // Too early (a container still setting up its namespaces): again.
+                    connector.abandon();
+                    std::thread::sleep(RECONNECT_PAUSE);
+                }
+                Err(e) => {
+                    if fresh {
+                        connector.abandon();
+                    }
+                    return Err(handshake_error(&self.info, &self.console, e, &|| {
+                        self.exit_note()
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Describes how the machine's process ended, waiting briefly for it to do so (and for
+    /// its console to close, so that an error built next has the console's last lines).
+    pub(crate) fn exit_note(&self) -> String {
+        let process = self.run.lock().unwrap().as_ref().map(|r| r.process.clone());
+        match process.and_then(|p| p.wait(Deadline::after(Some(EXIT_NOTE_WAIT)))) {
+            Some(status) => {
+                let _ = self
+                    .console
+                    .wait_closed(Deadline::after(Some(CONSOLE_CLOSE_WAIT)));
+                format!(" ({} {status})", self.kind().backend_name())
+            }
+            None => String::new(),
+        }
+    }
+
+    /// Runs one command on the shell, without hook or connect (see [`Machine::execute`]).
+    pub(crate) fn shell_execute(
+        &self,
+        command: &str,
+        timeout: Option<Duration>,
+        reply: Reply,
+        deadline: Deadline,
+    ) -> Result<(i32, Vec<u8>)> {
+        if !self.booted() {
+            self.shell.disconnect();
+            return Err(guest_error(
+                &self.info,
+                &self.console,
+                format!(
+                    "cannot run `{command}`: the {} stopped{}",
+                    self.kind().noun(),
+                    self.exit_note()
+                ),
+            ));
+        }
+        self.shell.execute(
+            &self.info,
+            &self.console,
+            command,
+            timeout,
+            reply,
+            deadline,
+            &|| self.exit_note(),
+        )
+    }
+
+    /// Asks the guest to power off and waits for it.
+    pub fn shutdown(&self) -> Result<()> {
+        if !self.booted() {
+            return Ok(());
+        }
+        match self.backend.power_off() {
+            PowerOff::Raw(bytes) => self.shell.send_raw(&self.info, &self.console, bytes)?,
+            PowerOff::Command(command, _) if self.connected() => {
+                self.shell_execute(command, None, Reply::Nothing, Deadline::NEVER)?;
+            }
+            PowerOff::Command(_, signal) => {
+                if let Some(p) = self.process() {
+                    p.signal_group(signal);
+                }
+            }
+        }
+        self.wait_for_shutdown()
+    }
+
+    /// Waits until the machine's process has exited, then cleans up after it.
+    pub fn wait_for_shutdown(&self) -> Result<()> {
+        let Some(process) = self.run.lock().unwrap().as_ref().map(|r| r.process.clone()) else {
+            return Ok(());
+        };
+        let noun = self.kind().noun();
+        let block = self.nested(&format!("waiting for the {noun} to power off"));
+        while process.wait(Deadline::NEVER).is_none() {
+            interrupt::check()?;
+        }
+        self.clear(false);
+        block.finish();
+        Ok(())
+    }
+
+    /// Kills the machine and frees everything it holds.
+    pub fn release(&self) {
+        let Some(process) = self.run.lock().unwrap().as_ref().map(|r| r.process.clone()) else {
+            return;
+        };
+        self.info.logger.log(
+            &format!(
+                "kill {} (pid {})",
+                self.kind().python_class(),
+                process.pid()
+            ),
+            None,
+        );
+        self.backend.kill(self, &process);
+        self.clear(true);
+    }
+
+    /// Forgets the running launch after it ended or was killed.
+    fn clear(&self, released: bool) {
+        self.backend.stopped(released);
+        self.shell.clear();
+        let run = self.run.lock().unwrap().take();
+        if let Some(mut run) = run {
+            if self.kind().keeps_last_process() {
+                *self.last_process.lock().unwrap() = Some(run.process.clone());
+            }
+            // Whatever is left of the process group may hold the console open.
+            run.process.kill();
+            if let Some(reader) = run.console_reader.take() {
+                let _ = reader.join();
+            }
+        }
+    }
+}
+
+/// A shell on `stream`, driven as `setup` says.
+fn new_shell(stream: crate::transport::stream::Stream, setup: &ShellSetup) -> Shell {
+    let shell = Shell::new(stream).with_preamble(setup.preamble);
+    if setup.raw_output {
+        shell.with_raw_output()
+    } else {
+        shell
+    }
+}
+
+impl Host for Machine {
+    fn info(&self) -> &MachineInfo {
+        &self.info
+    }
+
+    fn console(&self) -> &Arc<Console> {
+        &self.console
+    }
+
+    fn process(&self) -> Option<Arc<ChildProcess>> {
+        self.run.lock().unwrap().as_ref().map(|r| r.process.clone())
+    }
+
+    fn adopt(&self, launched: Launched) {
+        let old = self.run.lock().unwrap().take();
+        self.shell.clear();
+        if let Some(mut old) = old {
+            self.backend.kill(self, &old.process);
+            if let Some(reader) = old.console_reader.take() {
+                let _ = reader.join();
+            }
+        }
+        self.console.reopen();
+        if let Err(e) = self.install(launched) {
+            // Only a ready connector can fail here, which a launch handed over never does.
+            self.log(&format!(
+                "the new launch's shell could not be installed: {e}"
+            ));
+        }
+    }
+
+    fn guest_error(&self, message: String) -> Error {
+        guest_error(&self.info, &self.console, message)
+    }
+}

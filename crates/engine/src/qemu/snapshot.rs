@@ -1,0 +1,138 @@
+//! QEMU's snapshots: internal snapshots (`savevm`/`loadvm`) in the qcow2 disks, a warm
+//! standby (`standby/`) that makes a restore a switch, and what QEMU's refusals mean.
+
+use super::QemuBackend;
+use crate::backend::shares::{is_nix_store, Mount, NIXOS_STORE_FIX};
+use crate::backend::{Host, MachineInfo, Rewind, Snapshots};
+use crate::error::{Error, Result};
+
+/// Why QEMU refused a `savevm` (its `Error: ...` text, without `Error: `) and what fixes it.
+fn savevm_refusal(text: &str) -> (String, String) {
+    let reason = format!("QEMU refused: {text}");
+    let fix = if let Some(tag) = text
+        .contains("VirtFS")
+        .then(|| text.split("mount_tag '").nth(1))
+        .flatten()
+        .and_then(|rest| rest.split('\'').next())
+    {
+        if is_nix_store(tag, "") {
+            NIXOS_STORE_FIX.to_string()
+        } else {
+            format!(
+                "the guest still uses the 9p share `{tag}` after it was unmounted (as the lower \
+                 layer of an overlay, or mounted in another mount namespace): release it there \
+                 before taking snapshots"
+            )
+        }
+    } else if text.contains("does not support snapshots") {
+        "every writable disk of the VM must be qcow2 or attached read-only (`readonly=on`); \
+         for the store image of `virtualisation.useNixStoreImage`, nixos-test-ng's test module \
+         does that with `nixos-test-ng.snapshots = true;`"
+            .to_string()
+    } else if text.to_lowercase().contains("no block device") || text.contains("vmstate") {
+        "the VM needs a writable qcow2 disk for snapshots (start scripts written by \
+         `nixos-test-ng guest scripts` have one; NixOS VMs have one unless \
+         `virtualisation.diskImage = null`)"
+            .to_string()
+    } else {
+        String::new()
+    };
+    (reason, fix)
+}
+
+/// The `Error: ...` line of an HMP answer, without `Error: `.
+fn hmp_error(answer: &str) -> Option<&str> {
+    let i = answer.find("Error")?;
+    let line = answer[i..].lines().next().unwrap_or_default().trim();
+    Some(line.strip_prefix("Error:").map_or(line, str::trim))
+}
+
+fn invalid(info: &MachineInfo, message: String) -> Error {
+    Error::InvalidState {
+        machine: info.name.clone(),
+        message,
+    }
+}
+
+impl QemuBackend {
+    /// Runs an HMP command that prints nothing on success; its `Error: ...` as an error.
+    fn monitor_checked(&self, info: &MachineInfo, command: &str) -> Result<()> {
+        match hmp_error(&self.hmp(info, command)?) {
+            Some(text) => Err(invalid(info, format!("`{command}` failed: {text}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Snapshots for QemuBackend {
+    /// Pauses the VM (which also flushes its disks to the host).
+    fn pause(&self, info: &MachineInfo) -> Result<()> {
+        self.hmp(info, "stop").map(drop)
+    }
+
+    fn resume(&self, info: &MachineInfo) -> Result<()> {
+        self.hmp(info, "cont").map(drop)
+    }
+
+    /// `savevm`; the disks also get a golden copy for warm standbys.
+    fn save(&self, info: &MachineInfo, name: &str) -> Result<()> {
+        if let Some(text) = hmp_error(&self.hmp(info, &format!("savevm {name}"))?) {
+            let (reason, fix) = savevm_refusal(text);
+            return Err(Error::SnapshotRefused {
+                machine: info.name.clone(),
+                name: name.to_string(),
+                reason,
+                fix,
+            });
+        }
+        // `stop` again: it flushes QEMU's caches of the disks to the host before they are copied.
+        self.pause(info)?;
+        self.keep_golden(info, name)
+    }
+
+    /// By switching to its warm standby, or else by `loadvm`.
+    fn rewind(&self, host: &dyn Host, name: &str, mounts: &[Mount]) -> Result<Rewind> {
+        let info = host.info();
+        if self.switch_to_standby(host, name, mounts)? {
+            return Ok(Rewind::Adopted);
+        }
+        self.pause(info)?;
+        self.monitor_checked(info, &format!("loadvm {name}"))?;
+        Ok(Rewind::InPlace)
+    }
+
+    fn prepare(&self, info: &MachineInfo, name: &str, mounts: &[Mount]) {
+        self.prepare_standby(info, name, mounts);
+    }
+
+    fn wait_ready(&self, timeout: Option<std::time::Duration>) -> Result<bool> {
+        self.wait_for_standby(timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_refusals_name_their_fix() {
+        let answer = "savevm x\r\nError: Migration is disabled when VirtFS export path \
+                      '/nix/store' is mounted in the guest using mount_tag 'nix-store'\r\n";
+        let text = hmp_error(answer).unwrap();
+        assert!(text.starts_with("Migration is disabled"), "{text}");
+        let (reason, fix) = savevm_refusal(text);
+        assert_eq!(reason, format!("QEMU refused: {text}"));
+        assert_eq!(fix, NIXOS_STORE_FIX);
+        assert!(fix.contains("virtualisation.useNixStoreImage = true;"));
+
+        let other = "Migration is disabled when VirtFS export path '/srv' is mounted in the \
+                     guest using mount_tag 'data'";
+        assert!(savevm_refusal(other).1.contains("the 9p share `data`"));
+        let (_, fix) = savevm_refusal("Device 'drive2' is writable but does not support snapshots");
+        assert!(fix.contains("qcow2 or attached read-only"), "{fix}");
+        let (_, fix) = savevm_refusal("no block device can store vmstate for snapshot");
+        assert!(fix.contains("needs a writable qcow2 disk"), "{fix}");
+        assert_eq!(savevm_refusal("Input/output error").1, "");
+        assert_eq!(hmp_error("savevm x\r\n(qemu) "), None);
+    }
+}

@@ -1,0 +1,563 @@
+//! Connectors: how a machine's shell stream is reached. The shell protocol
+//! ([`super::shell`]) runs over whatever stream a connector yields:
+//!
+//! - [`AcceptUnix`]: accept one connection on a listening unix socket (QEMU's virtconsole
+//!   chardev connects to the driver);
+//! - [`ConnectUnix`]: connect to a unix socket, optionally with the hybrid-vsock prelude
+//!   `CONNECT <port>\n` answered by `OK <host port>\n` (Firecracker, Cloud Hypervisor);
+//! - [`Vsock`]: an `AF_VSOCK` connection to `<cid>:<port>`;
+//! - [`Ready`]: a stream that is connected already (a socket pair, a stream accepted at launch).
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::stream::{SocketStream, Stream};
+use crate::interrupt::{self, Deadline};
+use crate::process::ChildProcess;
+
+/// How getting a stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The machine's process exited first.
+    #[error("the machine's process exited ({0})")]
+    Exited(ExitStatus),
+    /// Nothing connected or answered before the deadline.
+    #[error("no connection in time")]
+    TimedOut,
+    /// SIGINT/SIGTERM/global timeout while waiting.
+    #[error("interrupted")]
+    Interrupted,
+    /// The other side answered the prelude with something else than `OK`.
+    #[error("the connection was refused: {0}")]
+    Refused(String),
+    /// The guest failed, as the connector describes it (reported with the console's tail).
+    #[error("{0}")]
+    Guest(String),
+    /// The host lacks something the connection needs (a program, a kernel module).
+    #[error("{0}")]
+    Host(String),
+    /// A socket error.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ConnectError {
+    fn io(context: impl Into<String>, source: io::Error) -> Self {
+        ConnectError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Yields the byte stream of a machine's shell.
+pub trait Connector: Send {
+    /// A stream to the guest's shell, waiting until `deadline`.
+    fn connect(&mut self, deadline: Deadline) -> Result<Stream, ConnectError>;
+    /// True when the stream is there already: [`Connector::connect`] does not wait (the
+    /// machine installs its shell at launch, so raw bytes can be sent before the handshake).
+    fn is_ready(&self) -> bool {
+        false
+    }
+    /// True when every handshake needs a new stream (a vsock, an `nsenter` shell); false when
+    /// the one stream carries the guest's next shell too (a virtconsole across a reboot).
+    /// A stream that disconnects before its handshake is then tried again until the deadline.
+    fn reconnects(&self) -> bool {
+        false
+    }
+    /// The stream last returned did not reach the handshake: end what came with it.
+    fn abandon(&mut self) {}
+}
+
+/// The exit status of the machine's process, when it exited.
+pub type Alive<'a> = &'a (dyn Fn() -> Option<ExitStatus> + Sync);
+
+/// Waits until someone connects to `listener`, or `exited` says the process that should have
+/// ended, or `deadline` passes.
+pub fn accept_unix(
+    listener: &UnixListener,
+    exited: Alive<'_>,
+    deadline: Deadline,
+) -> Result<UnixStream, ConnectError> {
+    loop {
+        let mut fds = [libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, deadline.slice().as_millis() as i32) };
+        if n > 0 {
+            return listener
+                .accept()
+                .map(|(stream, _)| stream)
+                .map_err(|e| ConnectError::io("accepting", e));
+        }
+        if let Some(status) = exited() {
+            return Err(ConnectError::Exited(status));
+        }
+        if interrupt::check().is_err() {
+            return Err(ConnectError::Interrupted);
+        }
+        if deadline.expired() {
+            return Err(ConnectError::TimedOut);
+        }
+    }
+}
+
+/// Accepts one connection on a listening unix socket while the machine's process runs.
+pub struct AcceptUnix {
+    listener: UnixListener,
+    process: Arc<ChildProcess>,
+}
+
+impl AcceptUnix {
+    /// Accepts on `listener` while `process` runs.
+    pub fn new(listener: UnixListener, process: Arc<ChildProcess>) -> Self {
+        AcceptUnix { listener, process }
+    }
+}
+
+impl Connector for AcceptUnix {
+    fn connect(&mut self, deadline: Deadline) -> Result<Stream, ConnectError> {
+        let process = self.process.clone();
+        let exited = move || process.exit_status();
+        accept_unix(&self.listener, &exited, deadline).map(Stream::from)
+    }
+}
+
+/// A stream that is connected already: each connect hands out another handle on it.
+pub struct Ready {
+    stream: Stream,
+}
+
+impl Ready {
+    /// Hands out `stream`.
+    pub fn new(stream: impl Into<Stream>) -> Self {
+        Ready {
+            stream: stream.into(),
+        }
+    }
+}
+
+impl Connector for Ready {
+    fn connect(&mut self, _deadline: Deadline) -> Result<Stream, ConnectError> {
+        self.stream
+            .try_clone_stream()
+            .map_err(|e| ConnectError::io("the shell stream", e))
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+/// How long to wait before trying a refused or dropped connection again.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+/// Connects to a unix socket; with `vsock_port`, speaks the hybrid-vsock prelude of
+/// Firecracker and Cloud Hypervisor first: `CONNECT <port>\n`, answered by `OK <n>\n`. A socket
+/// that is not there yet, a refused connection and a connection dropped during the prelude
+/// (nothing listens in the guest yet) are tried again until the deadline.
+pub struct ConnectUnix {
+    path: PathBuf,
+    vsock_port: Option<u32>,
+}
+
+impl ConnectUnix {
+    /// A plain connection to `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        ConnectUnix {
+            path: path.into(),
+            vsock_port: None,
+        }
+    }
+
+    /// A hybrid-vsock connection to guest port `port` through the VMM's socket at `path`.
+    pub fn hybrid_vsock(path: impl Into<PathBuf>, port: u32) -> Self {
+        ConnectUnix {
+            path: path.into(),
+            vsock_port: Some(port),
+        }
+    }
+
+    /// One try: `Ok(None)` when it should be tried again.
+    fn try_once(&self, deadline: Deadline) -> Result<Option<UnixStream>, ConnectError> {
+        let mut stream = match UnixStream::connect(&self.path) {
+            Ok(s) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => {
+                return Err(ConnectError::io(
+                    format!("connecting to {}", self.path.display()),
+                    e,
+                ))
+            }
+        };
+        let Some(port) = self.vsock_port else {
+            return Ok(Some(stream));
+        };
+        let io = |e| ConnectError::io(format!("CONNECT {port} on {}", self.path.display()), e);
+        match stream.write_all(format!("CONNECT {port}\n").as_bytes()) {
+            Ok(()) => {}
+            Err(e) if is_dropped(&e) => return Ok(None),
+            Err(e) => return Err(io(e)),
+        }
+        // Byte by byte: what follows the answer is the guest's, not ours to buffer.
+        let mut answer = Vec::new();
+        let mut byte = [0u8; 1];
+        while !answer.ends_with(b"\n") {
+            if deadline.expired() {
+                return Err(ConnectError::TimedOut);
+            }
+            if interrupt::check().is_err() {
+                return Err(ConnectError::Interrupted);
+            }
+            stream
+                .set_read_timeout(Some(deadline.slice()))
+                .map_err(io)?;
+            match stream.read(&mut byte) {
+                Ok(0) => return Ok(None),
+                Ok(_) => answer.push(byte[0]),
+                Err(e) if is_dropped(&e) => return Ok(None),
+                Err(e) if is_slice_end(&e) => {}
+                Err(e) => return Err(io(e)),
+            }
+            if answer.len() > 200 {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&answer).trim().to_string();
+        if text.starts_with("OK ") || text == "OK" {
+            stream.set_read_timeout(None).map_err(io)?;
+            Ok(Some(stream))
+        } else {
+            Err(ConnectError::Refused(format!(
+                "`CONNECT {port}` on {} was answered {text:?}",
+                self.path.display()
+            )))
+        }
+    }
+}
+
+fn is_dropped(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
+}
+
+fn is_slice_end(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
+impl Connector for ConnectUnix {
+    fn connect(&mut self, deadline: Deadline) -> Result<Stream, ConnectError> {
+        loop {
+            if let Some(stream) = self.try_once(deadline)? {
+                return Ok(stream.into());
+            }
+            if interrupt::check().is_err() {
+                return Err(ConnectError::Interrupted);
+            }
+            if deadline.expired() {
+                return Err(ConnectError::TimedOut);
+            }
+            std::thread::sleep(RETRY_PAUSE.min(deadline.slice()));
+        }
+    }
+
+    fn reconnects(&self) -> bool {
+        true
+    }
+}
+
+/// An `AF_VSOCK` connection to `<cid>:<port>` (a guest of a VMM with vhost-vsock). A refused
+/// connection (nothing listens in the guest yet) is tried again until the deadline.
+pub struct Vsock {
+    cid: u32,
+    port: u32,
+}
+
+impl Vsock {
+    /// A connection to port `port` of the guest with context id `cid`.
+    pub fn new(cid: u32, port: u32) -> Self {
+        Vsock { cid, port }
+    }
+
+    /// One try: `Ok(None)` when it should be tried again (refused: nothing listens yet).
+    fn try_once(&self, deadline: Deadline) -> Result<Option<SocketStream>, ConnectError> {
+        let fd = unsafe {
+            // SAFETY: plain socket(2).
+            libc::socket(
+                libc::AF_VSOCK,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                0,
+            )
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::EAFNOSUPPORT) | Some(libc::EPROTONOSUPPORT) => ConnectError::Host(
+                    "AF_VSOCK sockets are not available on this host (is the vsock module loaded?)"
+                        .to_string(),
+                ),
+                _ => ConnectError::io("creating an AF_VSOCK socket", e),
+            });
+        }
+        // SAFETY: `fd` was just created and is owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_vm is plain data; all-zero is a valid start.
+        let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+        addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+        addr.svm_cid = self.cid;
+        addr.svm_port = self.port;
+        let what = || format!("connecting to vsock {}:{}", self.cid, self.port);
+        // SAFETY: a valid fd and an address of the size given.
+        let r = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_vm).cast(),
+                std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+            )
+        };
+        let mut error = if r == 0 {
+            0
+        } else {
+            io::Error::last_os_error().raw_os_error().unwrap_or(0)
+        };
+        if error == libc::EINPROGRESS {
+            error = wait_connected(&fd, deadline).map_err(|e| ConnectError::io(what(), e))?;
+            if error == libc::EINPROGRESS {
+                return Err(ConnectError::TimedOut);
+            }
+        }
+        match error {
+            0 => {
+                set_blocking(&fd).map_err(|e| ConnectError::io(what(), e))?;
+                Ok(Some(SocketStream::new(fd)))
+            }
+            libc::ECONNREFUSED | libc::ECONNRESET | libc::EINTR => Ok(None),
+            e => Err(ConnectError::io(what(), io::Error::from_raw_os_error(e))),
+        }
+    }
+}
+
+/// Waits for a non-blocking connect to finish: its error (0: connected), or `EINPROGRESS`
+/// when the deadline passed first.
+fn wait_connected(fd: &OwnedFd, deadline: Deadline) -> io::Result<i32> {
+    loop {
+        let mut fds = [libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, deadline.slice().as_millis() as i32) };
+        if n > 0 {
+            let mut error: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: a valid fd and an int of the size given.
+            let r = unsafe {
+                libc::getsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_ERROR,
+                    (&mut error as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            return Ok(error);
+        }
+        if interrupt::check().is_err() || deadline.expired() {
+            return Ok(libc::EINPROGRESS);
+        }
+    }
+}
+
+fn set_blocking(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fcntl on a valid fd.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+impl Connector for Vsock {
+    fn connect(&mut self, deadline: Deadline) -> Result<Stream, ConnectError> {
+        loop {
+            if let Some(stream) = self.try_once(deadline)? {
+                return Ok(Box::new(stream));
+            }
+            if interrupt::check().is_err() {
+                return Err(ConnectError::Interrupted);
+            }
+            if deadline.expired() {
+                return Err(ConnectError::TimedOut);
+            }
+            std::thread::sleep(RETRY_PAUSE.min(deadline.slice()));
+        }
+    }
+
+    fn reconnects(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::BufRead;
+
+    fn deadline() -> Deadline {
+        Deadline::after(Some(Duration::from_secs(10)))
+    }
+
+    /// A hybrid-vsock endpoint: drops the first connection without answering (nothing
+    /// listens in the guest yet), then answers `CONNECT <port>` with `OK <n>` and a line from
+    /// the guest, or another port with `NO`; returns the preludes it got.
+    fn vsock_mux(path: &std::path::Path, port: u32) -> std::thread::JoinHandle<Vec<String>> {
+        let listener = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let mut asked = Vec::new();
+            for (i, conn) in listener.incoming().enumerate() {
+                let mut conn = conn.unwrap();
+                let mut line = String::new();
+                std::io::BufReader::new(conn.try_clone().unwrap())
+                    .read_line(&mut line)
+                    .unwrap();
+                asked.push(line.clone());
+                if i == 0 {
+                    continue; // dropped
+                }
+                if line != format!("CONNECT {port}\n") {
+                    conn.write_all(b"NO\n").unwrap();
+                    return asked;
+                }
+                conn.write_all(b"OK 1073741824\nhello from the guest\n")
+                    .unwrap();
+                return asked;
+            }
+            asked
+        })
+    }
+
+    #[test]
+    fn hybrid_vsock_prelude_is_sent_retried_and_answered() {
+        let dir = std::env::temp_dir().join(format!("ntng-connector-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vsock.sock");
+        let _ = std::fs::remove_file(&path);
+        let mux = vsock_mux(&path, 1234);
+        let mut stream = ConnectUnix::hybrid_vsock(&path, 1234)
+            .connect(deadline())
+            .unwrap();
+        // the greeting after `OK` is left in the stream for the shell
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\n") {
+            stream.read_exact(&mut byte).unwrap();
+            got.push(byte[0]);
+        }
+        assert_eq!(got, b"hello from the guest\n");
+        assert_eq!(mux.join().unwrap(), ["CONNECT 1234\n", "CONNECT 1234\n"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn hybrid_vsock_refusal_and_a_missing_socket() {
+        let dir = std::env::temp_dir().join(format!("ntng-refusal-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vsock.sock");
+        let _ = std::fs::remove_file(&path);
+        let mux = vsock_mux(&path, 1234);
+        let e = ConnectUnix::hybrid_vsock(&path, 99)
+            .connect(deadline())
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&e, ConnectError::Refused(text) if text.contains("answered \"NO\"")),
+            "{e:?}"
+        );
+        assert_eq!(mux.join().unwrap(), ["CONNECT 99\n", "CONNECT 99\n"]);
+        let missing = dir.join("nothing-here");
+        let e = ConnectUnix::new(&missing)
+            .connect(Deadline::after(Some(Duration::from_millis(100))))
+            .err()
+            .unwrap();
+        assert!(matches!(e, ConnectError::TimedOut), "{e:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn accept_unix_reports_an_exited_process() {
+        let dir = std::env::temp_dir().join(format!("ntng-accept-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("shell");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let process = Arc::new(crate::process::spawn(std::process::Command::new("true")).unwrap());
+        let e = AcceptUnix::new(listener, process)
+            .connect(Deadline::NEVER)
+            .err()
+            .unwrap();
+        assert!(matches!(e, ConnectError::Exited(s) if s.success()), "{e:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_ready_stream_is_handed_out_again() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let mut ready = Ready::new(ours);
+        assert!(ready.is_ready() && !ready.reconnects());
+        let mut a = ready.connect(deadline()).unwrap();
+        let mut b = ready.connect(deadline()).unwrap();
+        a.write_all(b"a").unwrap();
+        b.write_all(b"b").unwrap();
+        let mut buf = [0u8; 2];
+        theirs.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ab");
+    }
+
+    /// AF_VSOCK is optional on a host: without it the error says so; with it, nothing
+    /// listens on this port of the host itself (cid 1, local), so the wait runs out.
+    #[test]
+    fn vsock_without_a_listener() {
+        // SAFETY: plain socket(2) and close(2), a probe.
+        let available = unsafe {
+            let fd = libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0);
+            fd >= 0 && libc::close(fd) == 0
+        };
+        let r =
+            Vsock::new(1, 0x7fff_fff0).connect(Deadline::after(Some(Duration::from_millis(200))));
+        match r.err().unwrap() {
+            ConnectError::Host(text) if !available => assert!(text.contains("AF_VSOCK"), "{text}"),
+            ConnectError::TimedOut if available => {}
+            e => panic!("unexpected {e:?} (AF_VSOCK available: {available})"),
+        }
+    }
+}
