@@ -19,32 +19,7 @@ from nixos_test_ng.machine import BaseMachine, Machine, NspawnMachine, QemuMachi
 from nixos_test_ng.retry import LazyAssertionTester, Poll, PollingCondition, retry
 
 #: The names every test script sees besides the machines and VLANs (upstream's namespace).
-GENERAL_SYMBOLS = (
-    "start_all",
-    "test_script",
-    "machines",
-    "machines_qemu",
-    "machines_nspawn",
-    "vlans",
-    "driver",
-    "log",
-    "os",
-    "create_machine",
-    "subtest",
-    "run_tests",
-    "join_all",
-    "retry",
-    "serial_stdout_off",
-    "serial_stdout_on",
-    "polling_condition",
-    "Machine",
-    "BaseMachine",
-    "QemuMachine",
-    "NspawnMachine",
-    "t",
-    "debug",
-    "dump_machine_ssh",
-)
+GENERAL_SYMBOLS = tuple(_native.GENERAL_SYMBOLS)
 
 
 class RaceTimer:

@@ -39,7 +39,7 @@ pub struct Machine {
     inner: Arc<EngineMachine>,
 }
 
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(900);
+const DEFAULT_TIMEOUT: Duration = ntng_engine::config::DEFAULT_COMMAND_TIMEOUT;
 
 /// A Python callable `matcher(text) -> bool` as the engine's `accept` callback: called with
 /// the GIL taken again, its exceptions carried back to Python.

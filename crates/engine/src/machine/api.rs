@@ -25,7 +25,7 @@ impl Default for ExecOptions {
         ExecOptions {
             check_return: true,
             check_output: true,
-            timeout: Some(Duration::from_secs(900)),
+            timeout: Some(crate::config::DEFAULT_COMMAND_TIMEOUT),
         }
     }
 }
