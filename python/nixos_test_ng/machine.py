@@ -51,14 +51,18 @@ class BaseMachine(_native.Machine):
         pattern = re.compile(regex)
         self._wait_for_text(regex, lambda text: pattern.search(text) is not None, timeout)
 
-    def wait_until_tty_matches(self, tty: str | int, regexp: str, timeout: Timeout = _native.DEFAULT_COMMAND_TIMEOUT) -> None:
+    def wait_until_tty_matches(
+        self, tty: str | int, regexp: str, timeout: Timeout = _native.DEFAULT_COMMAND_TIMEOUT
+    ) -> None:
         """Wait until the text of virtual terminal `tty` matches `regexp` (`re.search`)."""
         pattern = re.compile(regexp)
         self._wait_until_tty_matches(
             tty, regexp, lambda text: pattern.search(text) is not None, timeout
         )
 
-    def wait_for_window(self, regexp: str, timeout: Timeout = _native.DEFAULT_COMMAND_TIMEOUT) -> None:
+    def wait_for_window(
+        self, regexp: str, timeout: Timeout = _native.DEFAULT_COMMAND_TIMEOUT
+    ) -> None:
         """Wait until an X window whose name matches `regexp` (`re.search`) exists."""
         pattern = re.compile(regexp)
         self._wait_for_window(regexp, lambda name: pattern.search(name) is not None, timeout)
