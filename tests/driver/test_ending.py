@@ -13,7 +13,8 @@ import sys
 import xml.etree.ElementTree as ET
 
 import pytest
-from conftest import driver_command, wait_until_gone
+from support.driver import driver_command
+from support.leaks import wait_until_gone
 
 KILLED_BY_SIGTERM = -signal.SIGTERM
 
@@ -30,15 +31,13 @@ CAUGHT_ERROR = 'Test "expected to fail" failed with error: "command `exit 9` fai
 
 
 @pytest.fixture
-def one_vm(fake_vm, write_script, driver_env):
+def one_vm(driver_env):
     """`one_vm(body, *extra)`: args running `body` on one fake VM `alpha`, with JUnit and the
     HTML report in the output directory."""
 
     def make(body: str, *extra: str) -> list:
-        vm = fake_vm("alpha")
-        script = write_script("t.py", body)
         out = ["--junit-xml", "junit.xml", "-o", driver_env.out]
-        return ["--vm-start-scripts", vm.script, *out, *extra, "--", script]
+        return driver_env.script_args(body, extra=[*out, *extra])[1]
 
     return make
 

@@ -49,7 +49,7 @@ GENERAL_SYMBOLS = [
 
 
 @pytest.fixture
-def run_script(fake_vm, write_script, run_driver, driver_env):
+def run_script(run_driver, driver_env):
     """`run_script(body, machines=("alpha",), extra=[], ok=True)`: runs `body` (with `@G@`
     replaced by a scratch dir the guest and the script share) on fake VMs; returns the
     result, asserting exit 0 unless `ok=False`."""
@@ -57,14 +57,12 @@ def run_script(fake_vm, write_script, run_driver, driver_env):
     def run(body, machines=("alpha",), extra=(), ok=True, timeout=60, **knobs):
         scratch = driver_env.tmp / "guest"
         scratch.mkdir(exist_ok=True)
-        vms = [fake_vm(name, **knobs) for name in machines]
         text = PRELUDE + textwrap.dedent(body).replace("@G@", str(scratch))
-        script = write_script("t.py", text)
-        args = ["--vm-start-scripts", *[vm.script for vm in vms], *extra, "--", script]
+        vms, args = driver_env.script_args(text, machines, extra=extra, **knobs)
         r = run_driver(args, timeout=timeout)
         if ok:
             assert r.returncode == 0, str(r)
-        r.vms = {vm.name: vm for vm in vms}
+        r.vms = vms
         return r
 
     return run

@@ -22,19 +22,18 @@ def raises(name, fn, *args, **kwargs):
 
 
 @pytest.fixture
-def run_vm_script(driver_env, fake_vm, run_driver):
+def run_vm_script(driver_env, run_driver):
     """`run_vm_script(body, extra=(), **knobs)`: runs `body` on one fake VM `alpha`
     (`@G@` is a directory the guest and the script share); asserts exit 0."""
 
     def run(body, extra=(), **knobs):
         scratch = driver_env.tmp / "guest"
         scratch.mkdir(exist_ok=True)
-        vm = fake_vm("alpha", **knobs)
         text = PRELUDE + textwrap.dedent(body).replace("@G@", str(scratch))
-        script = driver_env.write_script("t.py", text)
-        r = run_driver(["--vm-start-scripts", vm.script, *extra, "--", script])
+        vms, args = driver_env.script_args(text, extra=extra, **knobs)
+        r = run_driver(args)
         assert r.returncode == 0, str(r)
-        r.vm = vm
+        r.vm = vms["alpha"]
         return r
 
     return run
