@@ -9,8 +9,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-
-from tests.e2e.conftest import wait_for_line
+from support.driver import wait_for_line
 
 pytestmark = pytest.mark.vm
 

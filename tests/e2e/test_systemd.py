@@ -8,8 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
-
-from tests.e2e.conftest import wait_for_line
+from support.driver import wait_for_line
 
 pytestmark = pytest.mark.vm
 

@@ -10,8 +10,7 @@ import os
 import signal
 
 import pytest
-
-from tests.e2e.conftest import wait_for_line
+from support.driver import wait_for_line
 
 pytestmark = pytest.mark.vm
 
@@ -20,7 +19,6 @@ TWO_MACHINES = {"client": [1], "server": [1]}
 API_SCRIPT = r"""
 import pathlib
 import socket
-import time
 from datetime import timedelta
 
 from nixos_test_ng import QMPAPIError
@@ -70,14 +68,12 @@ with subtest("waits"):
     server.wait_for_file("/tmp/ready", timeout=30)
     assert server.wait_until_succeeds("test -e /tmp/ready && echo ok", timeout=10) == "ok\n"
     server.wait_until_fails("test -e /tmp/nope", timeout=timedelta(seconds=10))
-    start = time.monotonic()
     try:
         server.wait_until_succeeds("false", timeout=2)
     except AssertionError as e:
         assert "timed out" in str(e), e
     else:
         raise SystemExit("wait_until_succeeds did not time out")
-    assert time.monotonic() - start < 10
     server.sleep(1)
 
 with subtest("ports and sockets"):

@@ -172,3 +172,25 @@ class DriverProcess:
         for stream in (self.popen.stdout, self.popen.stderr):
             if stream is not None:
                 stream.close()
+
+
+def wait_for_line(p: subprocess.Popen[str], marker: str, timeout: float = 120) -> str:
+    """Reads the driver's stdout (text) until a line contains `marker` (a script's `print`);
+    returns that line. When none does within `timeout` seconds, kills the driver's process
+    group (`p` runs in a session of its own) and fails the test."""
+    found: list[str] = []
+
+    def read() -> None:
+        for line in p.stdout or ():
+            if marker in line:
+                found.append(line)
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if found:
+        return found[0]
+    procs.kill_group(p.pid)
+    reader.join(10)
+    pytest.fail(f"the driver never printed {marker!r} within {timeout}s")
