@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from nixos_test_ng.cli import EXIT_USAGE, run_driver
+from nixos_test_ng.procs import driver_arguments
 
 MACHINE_SPEC = re.compile(r"^([A-Za-z0-9_][A-Za-z0-9_.-]*)(?::(\d+(?:,\d+)*))?(?:@([a-z-]+))?$")
 
@@ -101,14 +102,6 @@ def main(argv: list[str]) -> int:
         scripts = guest.write_start_scripts(
             out, nodes, guest_dir=guest_dir, memory=args.memory, kinds=kinds
         )
-        vms = [str(p) for n, p in scripts.items() if kinds[n] != "systemd-nspawn"]
-        containers = [str(p) for n, p in scripts.items() if kinds[n] == "systemd-nspawn"]
-        vlans = sorted({v for vs in nodes.values() for v in vs})
-        cmd = []
-        if vms:
-            cmd += ["--vm-start-scripts", *vms]
-        if containers:
-            cmd += ["--container-start-scripts", *containers]
-        if vlans:
-            cmd += ["--vlans", *map(str, vlans)]
+        vlans = [v for vs in nodes.values() for v in vs]
+        cmd = driver_arguments(scripts, kinds, vlans)
         return run_driver([*cmd, *driver_args, "--", args.script])

@@ -4,7 +4,6 @@ minimal stand-in for the driver's side of a VM (sockets, start script, backdoor,
 from __future__ import annotations
 
 import base64
-import json
 import os
 import select
 import shlex
@@ -18,8 +17,8 @@ from pathlib import Path
 
 import pytest
 from nixos_test_ng.guest import BuildError, ensure_built
-from nixos_test_ng.guest.builder import INITRD_FILE, MANIFEST_FILE
 from nixos_test_ng.procs import Reaper
+from support.guest import make_fake_guest
 from support.qemu_args import appended_args
 
 HANDSHAKE = b"Spawning backdoor root shell..."
@@ -42,21 +41,6 @@ def reaper() -> Iterator[Reaper]:
 
 # --------------------------------------------------------------------------------------------
 # fake guest and fake QEMU
-
-
-def make_fake_guest(path: Path, *, kvm: bool = False) -> Path:
-    """A guest directory with a manifest and empty artifacts (enough for start scripts)."""
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "vmlinux").write_bytes(b"")
-    (path / INITRD_FILE).write_bytes(b"")
-    manifest = {
-        "format": 1,
-        "kernel_file": "vmlinux",
-        "artifacts": {},
-        "kvm": {"usable": kvm, "detail": "fake"},
-    }
-    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
-    return path
 
 
 @pytest.fixture
