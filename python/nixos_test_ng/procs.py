@@ -187,7 +187,10 @@ def end_run(marker: Marker, grace: float = 0.0) -> dict[int, str]:
     the rest and whatever descends from them; returns what it killed (pid → command line)."""
     left = survivors(marker, grace)
     if left:
-        kill(set(left) | descendants(left))
+        victims = set(left) | descendants(left)
+        kill(victims)
+        # SIGKILL is delivered at once, yet a process takes a moment to exit
+        wait_until(lambda: not any(alive(pid) for pid in victims), 10)
     return left
 
 
