@@ -300,7 +300,7 @@ def test_config_generation_c_end_to_end(run_driver, fake_vm, write_script, drive
         REPORT
         + """
         start_all()
-        assert srv.succeed("echo from-config") == "from-config\\n"
+        t.assertEqual(srv.succeed("echo from-config"), "from-config\\n")
         """.replace("\n        ", "\n"),
     )
     cfg = write_script(

@@ -148,9 +148,9 @@ def test_next_command_after_a_crash_restarts_the_machine(one_vm, run_driver):
     alpha.start()
     first = alpha.pid
     alpha.crash()
-    assert not alpha.booted and alpha.pid is None, (alpha.booted, alpha.pid)
-    assert alpha.execute("echo again") == (0, "again\\n")
-    assert alpha.booted and alpha.pid != first
+    t.assertTrue(not alpha.booted and alpha.pid is None, (alpha.booted, alpha.pid))
+    t.assertEqual(alpha.execute("echo again"), (0, "again\\n"))
+    t.assertTrue(alpha.booted and alpha.pid != first)
     print("RESTART-OK")
     """
     vm, args = one_vm(body)
@@ -169,9 +169,9 @@ def test_next_command_after_a_crash_restarts_the_machine(one_vm, run_driver):
 def test_huge_output(one_vm, run_driver, framing):
     body = """
     out = alpha.succeed("head -c 100000000 /dev/zero")
-    assert len(out) == 100_000_000, len(out)
-    assert out.count("\\0") == 100_000_000
-    assert alpha.succeed("echo still-in-sync") == "still-in-sync\\n"
+    t.assertEqual(len(out), 100_000_000, len(out))
+    t.assertEqual(out.count("\\0"), 100_000_000)
+    t.assertEqual(alpha.succeed("echo still-in-sync"), "still-in-sync\\n")
     print("HUGE-OK")
     """
     _, args = one_vm(body)
@@ -183,9 +183,9 @@ def test_huge_output(one_vm, run_driver, framing):
 def test_non_utf8_output_is_replaced(one_vm, run_driver, framing):
     body = r"""
     out = alpha.succeed("printf 'a\\xffb\\xfe\\xc3(\\n'")
-    assert out == "a\ufffdb\ufffd\ufffd(\n", repr(out)
+    t.assertEqual(out, "a\ufffdb\ufffd\ufffd(\n", repr(out))
     status, out = alpha.execute("printf '\\x80'; exit 3")
-    assert (status, out) == (3, "\ufffd"), (status, out)
+    t.assertEqual((status, out), (3, "\ufffd"), (status, out))
     print("UTF8-OK")
     """
     _, args = one_vm(body)
@@ -210,17 +210,16 @@ def test_protocol_lookalike_output(one_vm, run_driver, framing):
     ]
     for text in tricky:
         status, out = alpha.execute("printf '%s\\n' " + repr(text).replace('"', "'"))
-        assert status == 0, (text, status)
+        t.assertEqual(status, 0, (text, status))
     # the same, without going through printf quoting: written to a file and cat'ed
     alpha.succeed("cat > /tmp/tricky.txt <<'EOF'\n" + "\n".join(tricky) + "\nEOF")
     out = alpha.succeed("cat /tmp/tricky.txt; rm /tmp/tricky.txt")
-    assert out == "\n".join(tricky) + "\n", repr(out)
-    assert alpha.succeed("echo -n ' 0'") == " 0"
-    assert alpha.succeed("echo 'Spawning backdoor root shell...'; echo ' 1'") == (
-        "Spawning backdoor root shell...\n 1\n"
-    )
-    assert alpha.execute("echo ' 0'; exit 5") == (5, " 0\n")
-    assert alpha.execute("echo -n x") == (0, "x")
+    t.assertEqual(out, "\n".join(tricky) + "\n", repr(out))
+    t.assertEqual(alpha.succeed("echo -n ' 0'"), " 0")
+    out = alpha.succeed("echo 'Spawning backdoor root shell...'; echo ' 1'")
+    t.assertEqual(out, "Spawning backdoor root shell...\n 1\n")
+    t.assertEqual(alpha.execute("echo ' 0'; exit 5"), (5, " 0\n"))
+    t.assertEqual(alpha.execute("echo -n x"), (0, "x"))
     print("LOOKALIKE-OK")
     """
     _, args = one_vm(body)
@@ -232,7 +231,7 @@ def test_protocol_lookalike_output(one_vm, run_driver, framing):
 def test_background_child_holding_stdout(one_vm, run_driver, framing):
     body = """
     out = alpha.succeed("(sleep 2; echo late) & echo early")
-    assert out == "early\\nlate\\n", repr(out)  # "late": it waited for the child
+    t.assertEqual(out, "early\\nlate\\n", repr(out))  # "late": it waited for the child
     print("BG-OK")
     """
     _, args = one_vm(body)
@@ -244,9 +243,9 @@ def test_background_child_holding_stdout(one_vm, run_driver, framing):
 def test_command_timeout_gives_124(one_vm, run_driver, framing):
     body = """
     status, out = alpha.execute("echo before; sleep 20; echo after", timeout=1)
-    assert status == 124, status
-    assert out == "before\\n", repr(out)
-    assert alpha.succeed("echo next") == "next\\n"
+    t.assertEqual(status, 124, status)
+    t.assertEqual(out, "before\\n", repr(out))
+    t.assertEqual(alpha.succeed("echo next"), "next\\n")
     print("TIMEOUT-OK")
     """
     _, args = one_vm(body)
