@@ -83,6 +83,7 @@ def vm_env(tmp_path: Path, guest_dir: Path):
             kinds: dict[str, str] | None = None,
             keep_scripts: bool = False,
             after: tuple[str, ...] = (),
+            stdin: int | None = subprocess.DEVNULL,
         ) -> subprocess.Popen:
             (tmp_path / "xdg").mkdir(exist_ok=True)
             self.out.mkdir(exist_ok=True)
@@ -110,6 +111,7 @@ def vm_env(tmp_path: Path, guest_dir: Path):
                 args,
                 env=self.environ(),
                 cwd=tmp_path,
+                stdin=stdin,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -128,13 +130,17 @@ def vm_env(tmp_path: Path, guest_dir: Path):
             kinds: dict[str, str] | None = None,
             keep_scripts: bool = False,
             after: tuple[str, ...] = (),
+            input: str | None = None,
         ) -> Run:
-            """Runs the driver to its end; `timeout` is the hang detector (the test fails)."""
+            """Runs the driver to its end, `input` on its stdin (else /dev/null); `timeout`
+            is the hang detector (the test fails)."""
+            stdin = subprocess.PIPE if input is not None else subprocess.DEVNULL
             p = self.spawn(
-                nodes, script, *extra, kinds=kinds, keep_scripts=keep_scripts, after=after
-            )
+                nodes, script, *extra, kinds=kinds, keep_scripts=keep_scripts, after=after,
+                stdin=stdin,
+            )  # fmt: skip
             try:
-                out, err = p.communicate(timeout=timeout)
+                out, err = p.communicate(input, timeout=timeout)
             except subprocess.TimeoutExpired:
                 procs.kill_group(p.pid)
                 out, err = p.communicate()

@@ -213,8 +213,9 @@ class Fake:
                     }
                 }
             elif cmd in ("stop", "cont"):
+                # as QEMU: the STOP/RESUME event goes out before the command's reply
+                self.set_running(cmd == "cont")
                 reply = {"return": {}}
-                after = lambda c=cmd: self.set_running(c == "cont")  # noqa: E731
             elif cmd == "query-vnc":
                 reply = {"return": self.vnc_info()}
             elif cmd == "human-monitor-command":
@@ -272,7 +273,8 @@ class Fake:
         if cmd in ("quit", "q"):
             return "", lambda: self.quit("host-qmp-quit")
         if cmd in ("stop", "cont", "c"):
-            return "", lambda: self.set_running(cmd != "stop")
+            self.set_running(cmd != "stop")  # the event before the answer, as QEMU
+            return "", None
         if cmd == "info" and words[1:2] == ["status"]:
             return f"VM status: {'running' if self.running else 'paused'}\r\n", None
         if cmd == "info" and words[1:2] == ["name"]:
