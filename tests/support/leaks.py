@@ -21,11 +21,6 @@ def marker(tmp: Path) -> procs.Marker:
     return procs.Marker(needles=names, env=tuple(f"{MARKER_VAR}={n}" for n in names))
 
 
-def processes_marked_with(tmp: Path) -> dict[int, str]:
-    """The test's live processes: pid → command line."""
-    return procs.marked(marker(tmp))
-
-
 def wait_until_gone(tmp: Path, timeout: float = GRACE_S) -> dict[int, str]:
     """Waits up to `timeout` s for every process of the test to end; returns the survivors.
     The processes end by themselves; `timeout` only bounds how long the check waits."""
