@@ -66,10 +66,12 @@ def main() -> int:
         ours, theirs = [], []
         for _ in range(args.runs):
             t, r = timed(check, d)
-            assert "undefined name 'undefined_helper'" in r.stdout, r.stdout + r.stderr
+            if "undefined name 'undefined_helper'" not in r.stdout:
+                raise SystemExit(f"check missed the seeded mistake:\n{r.stdout}{r.stderr}")
             ours.append(t)
             t, r = timed(mypy, d)
-            assert "undefined_helper" in r.stdout, r.stdout + r.stderr
+            if "undefined_helper" not in r.stdout:
+                raise SystemExit(f"mypy missed the seeded mistake:\n{r.stdout}{r.stderr}")
             theirs.append(t)
     mc, mm = statistics.median(ours), statistics.median(theirs)
     doc = {

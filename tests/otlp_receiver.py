@@ -98,7 +98,8 @@ class OtlpReceiver:
 
     def one(self, name: str) -> ReceivedSpan:
         found = self.named(name)
-        assert len(found) == 1, f"{len(found)} spans named {name!r}; got {self.names()}"
+        if len(found) != 1:
+            raise AssertionError(f"{len(found)} spans named {name!r}; got {self.names()}")
         return found[0]
 
     def names(self) -> list[str]:

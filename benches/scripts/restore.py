@@ -12,6 +12,8 @@ import os
 import time
 from pathlib import Path
 
+from nixos_test_ng import procs
+
 iters = int(os.environ.get("NTNG_BENCH_RESTORE_ITERS", "5"))
 state = Path(os.environ["XDG_RUNTIME_DIR"]) / f"vm-state-{machine.name}"
 
@@ -35,16 +37,8 @@ def rss_kib(pid):
 
 def standby_pid():
     """The standby QEMU: the process started with `-loadvm` whose sockets are in `state`."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"-loadvm" in cmd and any(str(state).encode() in a for a in cmd):
-            return int(proc.name)
-    return None
+    found = procs.marked(procs.Marker(needles=(str(state),)))
+    return next((pid for pid, cmd in found.items() if " -loadvm " in f" {cmd} "), None)
 
 
 def du(path):
@@ -63,14 +57,16 @@ golden_bytes = du(state / "golden-ready")
 
 ready_s, standby_ready_after_s = [], []
 tic = time.perf_counter()
-assert machine.wait_for_standby(), "no warm standby"
+if not machine.wait_for_standby():
+    raise RuntimeError("no warm standby")
 first_standby_s = time.perf_counter() - tic
 standby_rss_kib = rss_kib(standby_pid())
 live_rss_kib = rss_kib(machine.pid)
 for _ in range(iters):
     ready_s.append(restore("ready"))
     tic = time.perf_counter()
-    assert machine.wait_for_standby(), "no warm standby"
+    if not machine.wait_for_standby():
+        raise RuntimeError("no warm standby")
     standby_ready_after_s.append(time.perf_counter() - tic)
 
 # back to back: each restore right after the previous one (the first of these follows a

@@ -13,6 +13,7 @@ from pathlib import Path
 from nixos_test_ng import machine_spec
 from nixos_test_ng.cli import run_driver
 from nixos_test_ng.exit_status import ExitStatus
+from nixos_test_ng.procs import driver_arguments
 
 
 def parse_machine(text: str) -> tuple[str, list[int], str]:
@@ -84,14 +85,6 @@ def main(argv: list[str]) -> int:
         scripts = guest.write_start_scripts(
             out, nodes, guest_dir=guest_dir, memory=args.memory, kinds=kinds
         )
-        vms = [str(p) for n, p in scripts.items() if kinds[n] != "systemd-nspawn"]
-        containers = [str(p) for n, p in scripts.items() if kinds[n] == "systemd-nspawn"]
-        vlans = sorted({v for vs in nodes.values() for v in vs})
-        cmd = []
-        if vms:
-            cmd += ["--vm-start-scripts", *vms]
-        if containers:
-            cmd += ["--container-start-scripts", *containers]
-        if vlans:
-            cmd += ["--vlans", *map(str, vlans)]
+        vlans = [v for vs in nodes.values() for v in vs]
+        cmd = driver_arguments(scripts, kinds, vlans)
         return run_driver([*cmd, *driver_args, "--", args.script])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.conftest import driver_command
+from support.driver import driver_command
 
 GOOD = """\
 start_all()

@@ -18,7 +18,6 @@ def assert_usage_error(result, *fragments: str) -> None:
     for fragment in fragments:
         assert fragment in result.stderr, f"{fragment!r} missing\n{result}"
     assert "Traceback" not in result.output, result
-    assert result.duration < 15, result
 
 
 @pytest.fixture
@@ -194,7 +193,7 @@ def test_bad_values(run_driver, script, args, fragments):
 def test_help_exits_zero(run_driver):
     r = run_driver(["--help"])
     assert r.returncode == 0, r
-    assert "Usage" in r.stdout or "usage" in r.stdout, r
+    assert "\nUsage: nixos-test-driver [OPTIONS] [TESTSCRIPT]" in r.stdout, r
     for flag in ("--vm-start-scripts", "--vlans", "--global-timeout", "--config", "--junit-xml"):
         assert flag in r.stdout, f"{flag} missing from --help\n{r}"
     assert r.stderr == "", r
@@ -301,7 +300,7 @@ def test_config_generation_c_end_to_end(run_driver, fake_vm, write_script, drive
         REPORT
         + """
         start_all()
-        assert srv.succeed("echo from-config") == "from-config\\n"
+        t.assertEqual(srv.succeed("echo from-config"), "from-config\\n")
         """.replace("\n        ", "\n"),
     )
     cfg = write_script(

@@ -13,7 +13,8 @@ import sys
 import xml.etree.ElementTree as ET
 
 import pytest
-from conftest import driver_command, wait_until_gone
+from support.driver import driver_command
+from support.leaks import wait_until_gone
 
 KILLED_BY_SIGTERM = -signal.SIGTERM
 
@@ -30,15 +31,13 @@ CAUGHT_ERROR = 'Test "expected to fail" failed with error: "command `exit 9` fai
 
 
 @pytest.fixture
-def one_vm(fake_vm, write_script, driver_env):
+def one_vm(driver_env):
     """`one_vm(body, *extra)`: args running `body` on one fake VM `alpha`, with JUnit and the
     HTML report in the output directory."""
 
     def make(body: str, *extra: str) -> list:
-        vm = fake_vm("alpha")
-        script = write_script("t.py", body)
         out = ["--junit-xml", "junit.xml", "-o", driver_env.out]
-        return ["--vm-start-scripts", vm.script, *out, *extra, "--", script]
+        return driver_env.script_args(body, extra=[*out, *extra])[1]
 
     return make
 
@@ -239,14 +238,14 @@ def test_terminate_test_ends_the_run_as_upstream(one_vm, run_driver, driver_env)
 
 def test_global_timeout_and_race_timer(one_vm, run_driver):
     body = """
-    assert driver.global_timeout == 3, driver.global_timeout
-    assert driver.race_timer.interval == 3
-    assert driver.race_timer.is_alive()  # run_tests() started it
+    t.assertEqual(driver.global_timeout, 3, driver.global_timeout)
+    t.assertEqual(driver.race_timer.interval, 3)
+    t.assertTrue(driver.race_timer.is_alive())  # run_tests() started it
     driver.race_timer.cancel()
     retry(lambda _: not driver.race_timer.is_alive())
     alpha.succeed("sleep 4")  # beyond the cancelled timeout
     driver.race_timer.start()  # started once: a second start does nothing
-    assert not driver.race_timer.is_alive()
+    t.assertFalse(driver.race_timer.is_alive())
     print("PASSED", flush=True)
     """
     r = run_driver(["--global-timeout", "3", *one_vm(body)])
@@ -263,8 +262,10 @@ from nixos_test_ng import _native
 from nixos_test_ng.driver import Driver
 config = _native.parse_args(["--vm-start-scripts", {str(vm.script)!r}, "--interactive"], {{}})
 driver = Driver(config, _native.Logger())
-assert driver.global_timeout == 7 * 24 * 3600, driver.global_timeout
-assert not driver.race_timer.is_alive()
+if driver.global_timeout != 7 * 24 * 3600:
+    raise SystemExit("global timeout: " + repr(driver.global_timeout))
+if driver.race_timer.is_alive():
+    raise SystemExit("the race timer runs before run_tests()")
 driver.cleanup()
 print("OK")
 """

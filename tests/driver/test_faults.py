@@ -1,29 +1,29 @@
 """Faults, on the fake QEMU: guests that never say hello, start scripts that fail, guests
 that die mid-command, nasty output, timeouts and signals. Every failure must be a clear
-message and a non-zero exit, within a bounded time, with no process left behind (the
-autouse leak check in conftest.py)."""
+message and the exit status docs/cli.md promises, with no process left behind (the autouse
+leak check in conftest.py). No test measures time: a driver that hangs instead of failing is
+caught by `run_driver`'s timeout, which fails the test."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
-import time
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
-from conftest import wait_until_gone
+from nixos_test_ng import procs
+from support.leaks import wait_until_gone
 
 
 @pytest.fixture
-def one_vm(fake_vm, write_script):
-    """`one_vm(body, name="alpha", **knobs)`: args running `body` on one fake VM."""
+def one_vm(driver_env):
+    """`one_vm(body, name="alpha", extra=(), **knobs)`: the fake VM and the driver's
+    arguments running `body` on it."""
 
     def make(body: str, name: str = "alpha", extra: list | None = None, **knobs):
-        vm = fake_vm(name, **knobs)
-        script = write_script("t.py", body)
-        return vm, ["--vm-start-scripts", vm.script, *(extra or []), "--", script]
+        vms, args = driver_env.script_args(body, [name], extra=extra or (), **knobs)
+        return vms[name], args
 
     return make
 
@@ -43,9 +43,7 @@ def error_lines(result) -> list[str]:
 
 def test_guest_without_handshake_hits_boot_timeout(one_vm, run_driver):
     vm, args = one_vm('alpha.succeed("true")\n', no_handshake=True)
-    t0 = time.monotonic()
     r = run_driver(["--boot-timeout", "3", *args], timeout=30)
-    took = time.monotonic() - t0
     assert r.returncode == 1, r
     errors = "\n".join(error_lines(r))
     assert "alpha: no backdoor handshake within 3 s" in errors, r
@@ -53,7 +51,6 @@ def test_guest_without_handshake_hits_boot_timeout(one_vm, run_driver):
     # the last console lines are part of the error
     assert re.search(r"last \d+ console lines:", errors), r
     assert "  | " in errors and "waiting for device dev-hvc0.device" in errors, r
-    assert 3 <= took < 15, r
     assert vm.start_count == 1
     assert "cleanup" in r.stderr
 
@@ -62,7 +59,8 @@ def test_boot_timeout_from_environment(one_vm, run_driver):
     _, args = one_vm('alpha.succeed("true")\n', no_handshake=True)
     r = run_driver(args, env={"NIXOS_TEST_NG_BOOT_TIMEOUT": "1.5"}, timeout=30)
     assert r.returncode == 1, r
-    assert "no backdoor handshake within 2 s" in r.stderr or "within 1.5 s" in r.stderr, r
+    # 1.5 s, shown rounded to whole seconds
+    assert "alpha: no backdoor handshake within 2 s of the start" in r.stderr, r
 
 
 def test_slow_boot_within_boot_timeout_is_fine(one_vm, run_driver):
@@ -83,7 +81,6 @@ def test_start_script_exits_early(one_vm, run_driver):
     assert "alpha" in errors, r
     # QEMU's own complaint (its stderr) reaches the driver's stderr
     assert "Could not open 'nixos.qcow2'" in r.stderr, r
-    assert r.duration < 15, r
 
 
 def test_start_script_exits_early_on_first_command(one_vm, run_driver):
@@ -102,7 +99,6 @@ def test_guest_dies_before_the_handshake(one_vm, run_driver):
     assert "alpha: the machine stopped before the backdoor handshake" in errors, r
     assert "exit status: 5" in errors, r
     assert "  | [    1.500000] Kernel panic - not syncing: VFS" in errors, r
-    assert r.duration < 15, r
     assert vm.exits()[-1]["reason"] == "panic"
 
 
@@ -110,10 +106,9 @@ def test_start_script_that_cannot_exec(write_script, run_driver):
     bad = write_script("run-broken-vm", "#!/nonexistent/interpreter\n", executable=True)
     t = write_script("t.py", "start_all()\n")
     r = run_driver(["--vm-start-scripts", bad, "--", t], timeout=30)
-    assert r.returncode != 0, r
+    assert r.returncode == 1, r
     assert "broken" in r.stderr and str(bad) in r.stderr, r
     assert "Traceback (most recent call last)" in r.stderr  # upstream-style script frames
-    assert r.duration < 15, r
 
 
 # -- the guest dies ---------------------------------------------------------------------------
@@ -128,7 +123,6 @@ def test_guest_crashes_mid_command(one_vm, run_driver, framing):
     assert "alpha: the machine stopped while running `fake-qemu-ctl crash 7; sleep 30`" in errors
     assert "exit status: 7" in errors, r
     assert "Kernel panic - not syncing: fake crash" in errors, r  # console tail
-    assert r.duration < 15, r
     assert vm.exits()[-1]["reason"] == "crash"
 
 
@@ -146,7 +140,6 @@ def test_qemu_killed_mid_command(one_vm, run_driver):
     assert "alpha: the machine stopped while running `sleep 30`" in r.stderr, r
     assert "signal: 9" in r.stderr, r
     assert 'alpha.succeed("sleep 30")' in r.stderr, r  # the script line, upstream style
-    assert r.duration < 15, r
 
 
 def test_next_command_after_a_crash_restarts_the_machine(one_vm, run_driver):
@@ -155,9 +148,9 @@ def test_next_command_after_a_crash_restarts_the_machine(one_vm, run_driver):
     alpha.start()
     first = alpha.pid
     alpha.crash()
-    assert not alpha.booted and alpha.pid is None, (alpha.booted, alpha.pid)
-    assert alpha.execute("echo again") == (0, "again\\n")
-    assert alpha.booted and alpha.pid != first
+    t.assertTrue(not alpha.booted and alpha.pid is None, (alpha.booted, alpha.pid))
+    t.assertEqual(alpha.execute("echo again"), (0, "again\\n"))
+    t.assertTrue(alpha.booted and alpha.pid != first)
     print("RESTART-OK")
     """
     vm, args = one_vm(body)
@@ -176,9 +169,9 @@ def test_next_command_after_a_crash_restarts_the_machine(one_vm, run_driver):
 def test_huge_output(one_vm, run_driver, framing):
     body = """
     out = alpha.succeed("head -c 100000000 /dev/zero")
-    assert len(out) == 100_000_000, len(out)
-    assert out.count("\\0") == 100_000_000
-    assert alpha.succeed("echo still-in-sync") == "still-in-sync\\n"
+    t.assertEqual(len(out), 100_000_000, len(out))
+    t.assertEqual(out.count("\\0"), 100_000_000)
+    t.assertEqual(alpha.succeed("echo still-in-sync"), "still-in-sync\\n")
     print("HUGE-OK")
     """
     _, args = one_vm(body)
@@ -190,9 +183,9 @@ def test_huge_output(one_vm, run_driver, framing):
 def test_non_utf8_output_is_replaced(one_vm, run_driver, framing):
     body = r"""
     out = alpha.succeed("printf 'a\\xffb\\xfe\\xc3(\\n'")
-    assert out == "a\ufffdb\ufffd\ufffd(\n", repr(out)
+    t.assertEqual(out, "a\ufffdb\ufffd\ufffd(\n", repr(out))
     status, out = alpha.execute("printf '\\x80'; exit 3")
-    assert (status, out) == (3, "\ufffd"), (status, out)
+    t.assertEqual((status, out), (3, "\ufffd"), (status, out))
     print("UTF8-OK")
     """
     _, args = one_vm(body)
@@ -217,17 +210,16 @@ def test_protocol_lookalike_output(one_vm, run_driver, framing):
     ]
     for text in tricky:
         status, out = alpha.execute("printf '%s\\n' " + repr(text).replace('"', "'"))
-        assert status == 0, (text, status)
+        t.assertEqual(status, 0, (text, status))
     # the same, without going through printf quoting: written to a file and cat'ed
     alpha.succeed("cat > /tmp/tricky.txt <<'EOF'\n" + "\n".join(tricky) + "\nEOF")
     out = alpha.succeed("cat /tmp/tricky.txt; rm /tmp/tricky.txt")
-    assert out == "\n".join(tricky) + "\n", repr(out)
-    assert alpha.succeed("echo -n ' 0'") == " 0"
-    assert alpha.succeed("echo 'Spawning backdoor root shell...'; echo ' 1'") == (
-        "Spawning backdoor root shell...\n 1\n"
-    )
-    assert alpha.execute("echo ' 0'; exit 5") == (5, " 0\n")
-    assert alpha.execute("echo -n x") == (0, "x")
+    t.assertEqual(out, "\n".join(tricky) + "\n", repr(out))
+    t.assertEqual(alpha.succeed("echo -n ' 0'"), " 0")
+    out = alpha.succeed("echo 'Spawning backdoor root shell...'; echo ' 1'")
+    t.assertEqual(out, "Spawning backdoor root shell...\n 1\n")
+    t.assertEqual(alpha.execute("echo ' 0'; exit 5"), (5, " 0\n"))
+    t.assertEqual(alpha.execute("echo -n x"), (0, "x"))
     print("LOOKALIKE-OK")
     """
     _, args = one_vm(body)
@@ -238,12 +230,8 @@ def test_protocol_lookalike_output(one_vm, run_driver, framing):
 
 def test_background_child_holding_stdout(one_vm, run_driver, framing):
     body = """
-    import time
-    t0 = time.monotonic()
     out = alpha.succeed("(sleep 2; echo late) & echo early")
-    took = time.monotonic() - t0
-    assert out == "early\\nlate\\n", repr(out)
-    assert took >= 1.5, took
+    t.assertEqual(out, "early\\nlate\\n", repr(out))  # "late": it waited for the child
     print("BG-OK")
     """
     _, args = one_vm(body)
@@ -254,13 +242,10 @@ def test_background_child_holding_stdout(one_vm, run_driver, framing):
 
 def test_command_timeout_gives_124(one_vm, run_driver, framing):
     body = """
-    import time
-    t0 = time.monotonic()
     status, out = alpha.execute("echo before; sleep 20; echo after", timeout=1)
-    assert status == 124, status
-    assert out == "before\\n", repr(out)
-    assert time.monotonic() - t0 < 5
-    assert alpha.succeed("echo next") == "next\\n"
+    t.assertEqual(status, 124, status)
+    t.assertEqual(out, "before\\n", repr(out))
+    t.assertEqual(alpha.succeed("echo next"), "next\\n")
     print("TIMEOUT-OK")
     """
     _, args = one_vm(body)
@@ -283,8 +268,7 @@ def test_succeed_with_timeout_fails_with_124(one_vm, run_driver):
 def test_global_timeout(one_vm, run_driver, driver_env):
     _, args = one_vm('alpha.succeed("sleep 60")\n')
     r = run_driver(["--global-timeout", "3", *args], timeout=30)
-    assert r.returncode != 0, r
-    assert r.duration < 15, r
+    assert r.returncode == -signal.SIGTERM, r
     assert "global timeout" in r.stderr, r
     assert "Test will time out and terminate in 3 seconds" in r.stderr, r
     assert "timeout reached; test terminating..." in r.stderr, r
@@ -306,8 +290,7 @@ def test_global_timeout_is_reported_as_the_global_timeout(one_vm, run_driver):
 def test_global_timeout_while_booting(one_vm, run_driver):
     _, args = one_vm('alpha.succeed("true")\n', no_handshake=True)
     r = run_driver(["--global-timeout", "2", *args], timeout=30)
-    assert r.returncode != 0, r
-    assert r.duration < 12, r
+    assert r.returncode == -signal.SIGTERM, r
     assert "global timeout" in r.stderr, r
 
 
@@ -321,15 +304,13 @@ def test_global_timeout_while_booting(one_vm, run_driver):
     ids=["SIGINT", "SIGTERM"],
 )
 def test_signal_while_command_runs(one_vm, start_driver, driver_env, sig, status, message):
-    vm, args = one_vm('alpha.succeed("sleep 60")\nprint("NOT REACHED")\n')
+    running = driver_env.tmp / "running"
+    vm, args = one_vm(f'alpha.succeed("touch {running}; sleep 60")\nprint("NOT REACHED")\n')
     proc = start_driver(args)
-    proc.wait_for_output(r"alpha: must succeed: sleep 60")
-    time.sleep(0.5)  # the command is in the guest now
-    t0 = time.monotonic()
+    proc.wait_for_file(running)  # the command is in the guest now
     proc.send_signal(sig)
     r = proc.wait(timeout=20)
     assert r.returncode == status, r
-    assert time.monotonic() - t0 < 10, r
     assert message in r.stderr, r
     # the cleanup block ran and finished
     assert re.search(r"^cleanup$", r.stderr, re.M), r
@@ -343,21 +324,11 @@ def test_sigint_while_booting(one_vm, start_driver, driver_env):
     _, args = one_vm('alpha.succeed("true")\n', no_handshake=True)
     proc = start_driver(args)
     proc.wait_for_output(r"waiting for the VM to finish booting")
-    time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     r = proc.wait(timeout=20)
     assert r.returncode == -signal.SIGINT, r
     assert "(finished: cleanup" in r.stderr, r
     assert not wait_until_gone(driver_env.tmp, timeout=3)
-
-
-def _pid_gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state in (b"Z", b"X")
 
 
 def test_sigkill_of_the_driver_takes_everything_down(one_vm, start_driver, driver_env):
@@ -371,17 +342,14 @@ def test_sigkill_of_the_driver_takes_everything_down(one_vm, start_driver, drive
     out = proc.wait_for_output(r"PIDS \d+ \d+", stream="stdout")
     qemu_pid, vde_pid = map(int, re.search(r"PIDS (\d+) (\d+)", out).groups())
     proc.wait_for_output(r"must succeed: sleep 60")
-    time.sleep(0.3)
-    assert not _pid_gone(qemu_pid) and not _pid_gone(vde_pid)
-    cmdline = Path(f"/proc/{vde_pid}/cmdline").read_bytes()
-    assert b"vde_switch" in cmdline
+    assert procs.alive(qemu_pid) and procs.alive(vde_pid)
+    assert "vde_switch" in procs.cmdline(vde_pid)
     os.kill(proc.pid, signal.SIGKILL)  # the driver only, not its process group
     proc.popen.wait(5)
-    deadline = time.monotonic() + 2.5
-    while time.monotonic() < deadline and not (_pid_gone(qemu_pid) and _pid_gone(vde_pid)):
-        time.sleep(0.05)
-    assert _pid_gone(qemu_pid), "the (fake) QEMU survived its driver"
-    assert _pid_gone(vde_pid), "vde_switch survived its driver"
+    # the parent-death signal ends them at once; the timeout only detects a hang
+    procs.wait_until(lambda: not (procs.alive(qemu_pid) or procs.alive(vde_pid)), 20)
+    assert not procs.alive(qemu_pid), "the (fake) QEMU survived its driver"
+    assert not procs.alive(vde_pid), "vde_switch survived its driver"
     assert not wait_until_gone(driver_env.tmp, timeout=3)
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.conftest import close_terminal, driver_command, spawn_on_terminal
+from support.driver import driver_command
+from support.terminal import CTRL_C, CTRL_D, Terminal
 
 
 def test_repl_reads_commands_with_the_namespace(driver_env, fake_vm):
@@ -37,73 +38,33 @@ def test_repl_reads_commands_with_the_namespace(driver_env, fake_vm):
 def test_repl_and_shell_interact_through_a_terminal(driver_env, fake_vm):
     """Drives `--interactive` through a pseudo-terminal: the REPL prompt, shell_interact's
     prompt, a command, Ctrl-C interrupting a guest command (not the driver), Ctrl-D out."""
-    import contextlib
-    import os
-    import select
-    import time
-
     vm = fake_vm("alpha")
     argv = [*driver_command(), "--interactive", "--vm-start-scripts", str(vm.script)]
-    pid, fd = spawn_on_terminal(argv, driver_env.env, driver_env.work)
-    seen = b""
-
-    def expect(marker: bytes, timeout: float = 30) -> None:
-        nonlocal seen
-        deadline = time.monotonic() + timeout
-        while marker not in seen:
-            left = deadline - time.monotonic()
-            assert left > 0, (
-                f"no {marker!r} on the terminal; it shows:\n{seen.decode(errors='replace')}"
-            )
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
-                try:
-                    chunk = os.read(fd, 4096)
-                except OSError:
-                    chunk = b""
-                assert chunk, (
-                    f"the terminal closed waiting for {marker!r}:\n{seen.decode(errors='replace')}"
-                )
-                seen += chunk
-        seen = seen[seen.index(marker) + len(marker) :]
-
-    try:
-        expect(b">>> ")
-        os.write(fd, b"alpha.shell_interact()\n")
+    with Terminal(argv, driver_env.env, driver_env.work) as term:
+        term.expect(b">>> ")
+        term.type(b"alpha.shell_interact()\n")
         # the first prompt may be cut by a late console line ("alpha$alpha # FakeOS login:")
-        expect(b"alpha$")
-        time.sleep(0.5)
-        os.write(fd, b"echo hi-$((40 + 2))\n")
-        expect(b"hi-42")
-        expect(b"alpha$ ")
-        os.write(fd, b"sleep 30; echo not-reached\n")
-        time.sleep(1)
-        os.write(fd, b"\x03")  # Ctrl-C: the terminal sends SIGINT to the driver
-        expect(b"[exit status 130]", timeout=10)
-        expect(b"alpha$ ")
-        os.write(fd, b"echo still-$((1 + 1))\n")
-        expect(b"still-2")
-        expect(b"alpha$ ")
-        os.write(fd, b"\x04")  # Ctrl-D leaves shell_interact
-        expect(b">>> ")
-        os.write(fd, b"print('repl', 6 * 7)\n")
-        expect(b"repl 42")
+        term.expect(b"alpha$")
+        term.type(b"echo hi-$((40 + 2))\n")
+        term.expect(b"hi-42")
+        term.expect(b"alpha$ ")
+        term.type(b"echo started-$((2 * 3)); sleep 30; echo reached-$((3 * 3))\n")
+        term.expect(b"started-6")  # the command runs in the guest now
+        term.type(CTRL_C)  # the terminal sends SIGINT to the driver
+        term.expect(b"[exit status 130]")
+        term.expect(b"alpha$ ")
+        term.type(b"echo still-$((1 + 1))\n")
+        term.expect(b"still-2")
+        term.expect(b"alpha$ ")
+        term.type(CTRL_D)  # leaves shell_interact
+        term.expect(b">>> ")
+        term.type(b"print('repl', 6 * 7)\n")
+        term.expect(b"repl 42")
         # the next prompt first: a Ctrl-D typed before readline has the terminal is lost
-        expect(b">>> ")
-        os.write(fd, b"\x04")  # and the REPL
-        deadline = time.monotonic() + 30
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            assert time.monotonic() < deadline, f"the driver did not exit:\n{seen!r}"
-            with contextlib.suppress(OSError):
-                if select.select([fd], [], [], 0.1)[0]:
-                    seen += os.read(fd, 4096)
-        assert os.waitstatus_to_exitcode(status) == 0, seen.decode(errors="replace")
-        assert b"not-reached" not in seen
-    finally:
-        close_terminal(pid, fd)
+        term.expect(b">>> ")
+        term.type(CTRL_D)  # and the REPL
+        assert term.wait(timeout=30) == 0, term.text()
+        assert b"reached-9" not in term.shown
 
 
 def test_console_interact_sends_the_terminal_lines_to_the_serial_console(

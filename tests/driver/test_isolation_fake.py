@@ -40,11 +40,10 @@ def isolation_properties(junit) -> dict[str, str]:
 
 
 def run(driver_env, fake_vm, run_driver, write_script, script, *extra, **knobs):
-    vm = fake_vm("alpha", **knobs)
-    test = write_script("t.py", script)
-    args = ["--vm-start-scripts", vm.script, "-o", driver_env.out, "--junit-xml", "junit.xml"]
-    args += [*extra, "--", test, "-s"]  # -s: pytest captures nothing, the log is on stderr
-    return vm, run_driver(args, timeout=120)
+    out = ["-o", driver_env.out, "--junit-xml", "junit.xml"]
+    # -s: pytest captures nothing, the log is on stderr
+    vms, args = driver_env.script_args(script, extra=[*out, *extra], after=["-s"], **knobs)
+    return vms["alpha"], run_driver(args, timeout=120)
 
 
 def test_isolation_falls_back_to_a_clean_restart(driver_env, fake_vm, run_driver, write_script):

@@ -18,7 +18,7 @@ def raises(name, fn, *args, **kwargs):
     try:
         fn(*args, **kwargs)
     except BaseException as e:
-        assert type(e).__name__ == name, f"expected {name}, got {type(e).__name__}: {e}"
+        t.assertEqual(type(e).__name__, name, f"expected {name}, got {type(e).__name__}: {e}")
         return str(e)
     raise AssertionError(f"{fn} did not raise {name}")
 """
@@ -49,7 +49,7 @@ GENERAL_SYMBOLS = [
 
 
 @pytest.fixture
-def run_script(fake_vm, write_script, run_driver, driver_env):
+def run_script(run_driver, driver_env):
     """`run_script(body, machines=("alpha",), extra=[], ok=True)`: runs `body` (with `@G@`
     replaced by a scratch dir the guest and the script share) on fake VMs; returns the
     result, asserting exit 0 unless `ok=False`."""
@@ -57,14 +57,12 @@ def run_script(fake_vm, write_script, run_driver, driver_env):
     def run(body, machines=("alpha",), extra=(), ok=True, timeout=60, **knobs):
         scratch = driver_env.tmp / "guest"
         scratch.mkdir(exist_ok=True)
-        vms = [fake_vm(name, **knobs) for name in machines]
         text = PRELUDE + textwrap.dedent(body).replace("@G@", str(scratch))
-        script = write_script("t.py", text)
-        args = ["--vm-start-scripts", *[vm.script for vm in vms], *extra, "--", script]
+        vms, args = driver_env.script_args(text, machines, extra=extra, **knobs)
         r = run_driver(args, timeout=timeout)
         if ok:
             assert r.returncode == 0, str(r)
-        r.vms = {vm.name: vm for vm in vms}
+        r.vms = vms
         return r
 
     return run
@@ -78,25 +76,25 @@ def test_symbols_with_one_machine_and_vlans(run_script, driver_env):
     import datetime
     g = globals()
     for name in GENERAL:
-        assert name in g, name
+        t.assertIn(name, g, name)
     # the machine under its pythonized name, and `machine` as there is exactly one
-    assert my_box.name == "my-box"
-    assert machine is my_box
-    assert machines == [my_box]
-    assert driver.machines is machines
-    assert [v.nr for v in vlans] == [1, 2]
-    assert vlan1 is vlans[0] and vlan2 is vlans[1]
-    assert vlan1.pid > 0 and vlan1.socket_dir.endswith("vde1.ctl")
-    assert os is __import__("os")
-    assert os.environ["QEMU_VDE_SOCKET_1"] == vlan1.socket_dir
-    assert isinstance(my_box, QemuMachine) and isinstance(my_box, BaseMachine)
-    assert isinstance(my_box, Machine)
-    assert not isinstance(my_box, NspawnMachine)
-    assert callable(run_tests) and callable(test_script) and callable(start_all)
-    assert debug.breakpoint() is None
+    t.assertEqual(my_box.name, "my-box")
+    t.assertIs(machine, my_box)
+    t.assertEqual(machines, [my_box])
+    t.assertIs(driver.machines, machines)
+    t.assertEqual([v.nr for v in vlans], [1, 2])
+    t.assertTrue(vlan1 is vlans[0] and vlan2 is vlans[1])
+    t.assertTrue(vlan1.pid > 0 and vlan1.socket_dir.endswith("vde1.ctl"))
+    t.assertIs(os, __import__("os"))
+    t.assertEqual(os.environ["QEMU_VDE_SOCKET_1"], vlan1.socket_dir)
+    t.assertTrue(isinstance(my_box, QemuMachine) and isinstance(my_box, BaseMachine))
+    t.assertIsInstance(my_box, Machine)
+    t.assertFalse(isinstance(my_box, NspawnMachine))
+    t.assertTrue(callable(run_tests) and callable(test_script) and callable(start_all))
+    t.assertIsNone(debug.breakpoint())
     t.assertEqual(1, 1)
     t.assertIn("a", "abc")
-    assert repr(my_box) == "<QemuMachine 'my-box'>", repr(my_box)
+    t.assertEqual(repr(my_box), "<QemuMachine 'my-box'>", repr(my_box))
     print("SYMBOLS-OK")
     """.replace("GENERAL", repr(GENERAL_SYMBOLS))
     r = run_script(body, machines=("my-box",), extra=["--vlans", "1", "2"])
@@ -114,18 +112,18 @@ def test_symbols_with_one_machine_and_vlans(run_script, driver_env):
 
 def test_symbols_with_two_machines(run_script):
     body = """
-    assert "machine" not in globals()
-    assert [m.name for m in machines] == ["alpha", "beta"]
-    assert machines == [alpha, beta]
-    assert not alpha.booted and not beta.booted
+    t.assertNotIn("machine", globals())
+    t.assertEqual([m.name for m in machines], ["alpha", "beta"])
+    t.assertEqual(machines, [alpha, beta])
+    t.assertTrue(not alpha.booted and not beta.booted)
     start_all()
-    assert alpha.booted and beta.booted
-    assert alpha.pid != beta.pid
-    assert alpha.succeed("echo a") + beta.succeed("echo b") == "a\\nb\\n"
+    t.assertTrue(alpha.booted and beta.booted)
+    t.assertNotEqual(alpha.pid, beta.pid)
+    t.assertEqual(alpha.succeed("echo a") + beta.succeed("echo b"), "a\\nb\\n")
     for m in machines:
         m.execute("poweroff", check_return=False, check_output=False)
     join_all()
-    assert not alpha.booted and not beta.booted
+    t.assertTrue(not alpha.booted and not beta.booted)
     print("TWO-OK")
     """
     # listed out of order: machines are sorted by name
@@ -145,10 +143,15 @@ def test_retry_forms(run_script):
         calls.append(last)
         return len(calls) >= 2
 
-    t0 = time.monotonic()
-    retry(second_time)  # default timeout
-    assert calls == [False, False], calls
-    assert time.monotonic() - t0 >= 0.9  # one second between attempts
+    # one second between attempts: what retry asks time.sleep for
+    slept, real_sleep = [], time.sleep
+    time.sleep = lambda secs: (slept.append(secs), real_sleep(secs))[1]
+    try:
+        retry(second_time)  # default timeout
+    finally:
+        time.sleep = real_sleep
+    t.assertEqual(calls, [False, False], calls)
+    t.assertEqual(slept, [1], slept)
 
     for how in (
         dict(timeout=5),
@@ -157,10 +160,10 @@ def test_retry_forms(run_script):
     ):
         calls.clear()
         retry(lambda last: calls.append(last) or True, **how)
-        assert calls == [False], (how, calls)
+        t.assertEqual(calls, [False], (how, calls))
     calls.clear()
     retry(lambda last: calls.append(last) or True, 5)
-    assert calls == [False]
+    t.assertEqual(calls, [False])
 
     # a zero timeout: only the last chance, then the failure
     calls.clear()
@@ -170,11 +173,11 @@ def test_retry_forms(run_script):
         lambda last: calls.append(last) or False,
         timeout=datetime.timedelta(0),
     )
-    assert calls == [True], calls
-    assert "action timed out" in msg, msg
+    t.assertEqual(calls, [True], calls)
+    t.assertIn("action timed out", msg, msg)
     calls.clear()
     raises("RequestedAssertionFailed", retry, lambda last: calls.append(last) or False, 1)
-    assert calls[-1] is True and calls[0] is False, calls
+    t.assertTrue(calls[-1] is True and calls[0] is False, calls)
     print("RETRY-OK")
     """
     r = run_script(body)
@@ -199,18 +202,18 @@ def test_polling_conditions(run_script):
 
     with healthy:
         alpha.succeed("true")
-        assert state["checks"] == 1, state
+        t.assertEqual(state["checks"], 1, state)
         alpha.succeed("true")  # checked less than 2 s ago: not checked again
-        assert state["checks"] == 1, state
-    assert driver.polling_conditions == []
+        t.assertEqual(state["checks"], 1, state)
+    t.assertEqual(driver.polling_conditions, [])
 
     with strict:
         alpha.succeed("true")
         alpha.send_monitor_command("info status")  # monitor commands check too
-        assert state["checks"] == 3, state
+        t.assertEqual(state["checks"], 3, state)
         state["ok"] = False
         msg = raises("PollingConditionError", alpha.succeed, "true")
-        assert msg == "Polling condition failed: custom description", msg
+        t.assertEqual(msg, "Polling condition failed: custom description", msg)
     # not active any more: commands run again
     alpha.succeed("true")
     state["ok"] = True
@@ -328,7 +331,7 @@ def test_serial_stdout_on_off(run_script):
     serial_stdout_on()
     alpha.succeed("echo SHOWN-AFTER >&2")
     alpha.wait_for_console_text("SHOWN-AFTER")
-    assert "HIDDEN-LINE" in alpha.get_console_log()
+    t.assertIn("HIDDEN-LINE", alpha.get_console_log())
     print("SERIAL-OK")
     """
     r = run_script(body)
@@ -342,18 +345,18 @@ def test_create_machine(run_script, fake_vm, driver_env):
     extra = fake_vm("extra")
     body = f"""
     m = create_machine({str(extra.script)!r})
-    assert m.name == "extra", m.name
-    assert isinstance(m, QemuMachine)
-    assert m not in machines
-    assert repr(m) == "<QemuMachine 'extra'>"
-    assert m.succeed("echo created") == "created\\n"
+    t.assertEqual(m.name, "extra", m.name)
+    t.assertIsInstance(m, QemuMachine)
+    t.assertNotIn(m, machines)
+    t.assertEqual(repr(m), "<QemuMachine 'extra'>")
+    t.assertEqual(m.succeed("echo created"), "created\\n")
     named = create_machine({str(extra.script)!r}, name="other", keep_machine_state=True)
-    assert named.name == "other"
-    assert named.state_dir.name == "vm-state-other"  # a Path, as upstream
+    t.assertEqual(named.name, "other")
+    t.assertEqual(named.state_dir.name, "vm-state-other")  # a Path, as upstream
     m.release()
-    assert not m.booted
+    t.assertFalse(m.booted)
     start_all()  # only the driver's machines
-    assert not named.booted
+    t.assertFalse(named.booted)
     print("CREATE-OK")
     """
     r = run_script(body)
@@ -369,7 +372,7 @@ def test_create_machine_with_a_shell_command_line(run_script, driver_env):
     command = f"FAKE_QEMU_RECORD={record} {sys.executable} {FAKE_QEMU} -m 512"
     body = f"""
     m = create_machine({command!r}, name="cmdline")
-    assert m.succeed("echo from-cmdline") == "from-cmdline\\n"
+    t.assertEqual(m.succeed("echo from-cmdline"), "from-cmdline\\n")
     m.release()
     print("CMDLINE-OK")
     """
@@ -384,8 +387,8 @@ def test_create_machine_with_a_shell_command_line(run_script, driver_env):
 def test_create_machine_with_a_command_without_assignments(run_script):
     body = f"""
     m = create_machine({f"{sys.executable} {FAKE_QEMU} -m 512"!r})
-    assert m.name == "machine"
-    assert m.succeed("echo plain") == "plain\\n"
+    t.assertEqual(m.name, "machine")
+    t.assertEqual(m.succeed("echo plain"), "plain\\n")
     m.release()
     print("PLAIN-OK")
     """
@@ -398,31 +401,33 @@ def test_create_machine_with_a_command_without_assignments(run_script):
 
 def test_execute_succeed_fail(run_script):
     body = """
-    assert alpha.execute("echo out; echo err >&2; exit 3") == (3, "out\\n")
-    assert alpha.execute("echo x", check_return=False) == (-1, "x\\n")
-    assert alpha.execute("echo x", check_output=False) == (-2, "")
-    assert alpha.execute("sleep 5", timeout=0.5)[0] == 124
-    assert alpha.execute("echo fast", timeout=5) == (0, "fast\\n")
+    t.assertEqual(alpha.execute("echo out; echo err >&2; exit 3"), (3, "out\\n"))
+    t.assertEqual(alpha.execute("echo x", check_return=False), (-1, "x\\n"))
+    t.assertEqual(alpha.execute("echo x", check_output=False), (-2, ""))
+    t.assertEqual(alpha.execute("sleep 5", timeout=0.5)[0], 124)
+    t.assertEqual(alpha.execute("echo fast", timeout=5), (0, "fast\\n"))
     import datetime
-    assert alpha.execute("sleep 5", timeout=datetime.timedelta(seconds=0.5))[0] == 124
-    assert alpha.wait_until_succeeds("echo td", timeout=datetime.timedelta(seconds=5)) == "td\\n"
+    t.assertEqual(alpha.execute("sleep 5", timeout=datetime.timedelta(seconds=0.5))[0], 124)
+    out = alpha.wait_until_succeeds("echo td", timeout=datetime.timedelta(seconds=5))
+    t.assertEqual(out, "td\\n")
     # replies not waited for must not end up in the next command's output
-    assert alpha.execute("echo skipped; sleep 0.2", check_output=False) == (-2, "")
-    assert alpha.execute("echo only-output; exit 9", check_return=False) == (-1, "only-output\\n")
-    assert alpha.succeed("echo next") == "next\\n"
+    t.assertEqual(alpha.execute("echo skipped; sleep 0.2", check_output=False), (-2, ""))
+    out = alpha.execute("echo only-output; exit 9", check_return=False)
+    t.assertEqual(out, (-1, "only-output\\n"))
+    t.assertEqual(alpha.succeed("echo next"), "next\\n")
     # each command runs in a fresh shell: no state carries over, and `set -euo pipefail`
     alpha.succeed("cd /; export FOO=1")
-    assert alpha.succeed("pwd; echo ${FOO:-unset}") == "/tmp\\nunset\\n"
-    assert alpha.execute("false; echo not reached")[0] == 1
-    assert alpha.execute("false | true")[0] == 1
-    assert alpha.succeed("echo a", "echo b", "printf c") == "a\\nb\\nc"
-    assert alpha.fail("false", "exit 3") == ""
-    assert alpha.fail("echo partial; false") == "partial\\n"
+    t.assertEqual(alpha.succeed("pwd; echo ${FOO:-unset}"), "/tmp\\nunset\\n")
+    t.assertEqual(alpha.execute("false; echo not reached")[0], 1)
+    t.assertEqual(alpha.execute("false | true")[0], 1)
+    t.assertEqual(alpha.succeed("echo a", "echo b", "printf c"), "a\\nb\\nc")
+    t.assertEqual(alpha.fail("false", "exit 3"), "")
+    t.assertEqual(alpha.fail("echo partial; false"), "partial\\n")
     msg = raises("RequestedAssertionFailed", alpha.succeed, "true", "exit 7", "echo never")
-    assert msg == "command `exit 7` failed (exit code 7)", msg
+    t.assertEqual(msg, "command `exit 7` failed (exit code 7)", msg)
     msg = raises("RequestedAssertionFailed", alpha.fail, "exit 1", "true")
-    assert msg == "command `true` unexpectedly succeeded", msg
-    assert alpha.succeed("echo \\"it's\\" 'a \\"b\\"'") == "it's a \\"b\\"\\n"
+    t.assertEqual(msg, "command `true` unexpectedly succeeded", msg)
+    t.assertEqual(alpha.succeed("echo \\"it's\\" 'a \\"b\\"'"), "it's a \\"b\\"\\n")
     print("EXEC-OK")
     """
     r = run_script(body)
@@ -434,35 +439,33 @@ def test_execute_succeed_fail(run_script):
 
 def test_waits(run_script):
     body = """
-    import time
     g = "@G@"
     # wait_until_succeeds returns the output of the successful attempt
     alpha.succeed(f"(sleep 0.5; touch {g}/ready) >/dev/null 2>&1 &")
     out = alpha.wait_until_succeeds(f"test -e {g}/ready && echo there", timeout=10)
-    assert out == "there\\n", out
+    t.assertEqual(out, "there\\n", out)
     alpha.succeed(f"(sleep 0.5; rm {g}/ready) >/dev/null 2>&1 &")
     alpha.wait_until_fails(f"test -e {g}/ready", timeout=10)
-    # attempt_timeout: a hanging first attempt is cut short, the next one succeeds
-    t0 = time.monotonic()
+    # attempt_timeout: a hanging first attempt is cut short, the next one succeeds (were it
+    # not cut, the first attempt would outlast `timeout` and the call fail)
     script = f"if [ -e {g}/once ]; then echo second; else touch {g}/once; sleep 30; fi"
     out = alpha.wait_until_succeeds(script, timeout=20, attempt_timeout=1)
-    assert out == "second\\n" and time.monotonic() - t0 < 10, out
+    t.assertEqual(out, "second\\n", out)
     msg = raises("RequestedAssertionFailed", alpha.wait_until_succeeds, "false", timeout=1)
-    assert "waiting for success: false" in msg and "timed out" in msg, msg
+    t.assertTrue("waiting for success: false" in msg and "timed out" in msg, msg)
     raises("RequestedAssertionFailed", alpha.wait_until_fails, "true", timeout=1)
     # wait_for_file
     alpha.succeed(f"(sleep 0.3; touch {g}/file) >/dev/null 2>&1 &")
     alpha.wait_for_file(f"{g}/file", timeout=10)
     raises("RequestedAssertionFailed", alpha.wait_for_file, f"{g}/missing", timeout=1)
-    # sleep runs in the guest
-    t0 = time.monotonic()
+    # sleep runs in the guest (the log line below)
     alpha.sleep(0.3)
-    assert time.monotonic() - t0 >= 0.3
     print("WAITS-OK")
     """
     r = run_script(body)
     assert "WAITS-OK" in r.stdout, r
     assert "alpha: waiting for success: test -e" in r.stderr
+    assert "alpha: must succeed: sleep 0.3" in r.stderr, r
     assert "alpha: waiting for failure: test -e" in r.stderr
     assert "waiting for file '" in r.stderr
     assert "alpha: must succeed: sleep 0.3" in r.stderr
@@ -472,16 +475,16 @@ def test_monitor_qmp_and_links(run_script):
     body = """
     alpha.start()
     answer = alpha.send_monitor_command("info status")
-    assert "VM status: running" in answer and answer.endswith("(qemu) "), repr(answer)
+    t.assertTrue("VM status: running" in answer and answer.endswith("(qemu) "), repr(answer))
     alpha.send_monitor_command("stop")
     event = alpha.wait_for_qmp_event(lambda e: e["event"] == "STOP", timeout=5)
-    assert event["event"] == "STOP" and "timestamp" in event, event
+    t.assertTrue(event["event"] == "STOP" and "timestamp" in event, event)
     alpha.send_monitor_command("cont")
     alpha.wait_for_qmp_event(lambda e: e["event"] == "RESUME", timeout=5)
     # an event the guest triggers; non-matching events are skipped
     alpha.succeed("fake-qemu-ctl event OTHER; fake-qemu-ctl event CUSTOM '{\\"n\\": 7}'")
     event = alpha.wait_for_qmp_event(lambda e: e["event"] == "CUSTOM", timeout=5)
-    assert event["data"] == {"n": 7}, event
+    t.assertEqual(event["data"], {"n": 7}, event)
     raises("TimeoutError", alpha.wait_for_qmp_event, lambda e: False, timeout=0.3)
     alpha.block()
     alpha.unblock()
@@ -521,9 +524,9 @@ def test_console(run_script):
     alpha.wait_for_console_text("serial input: hello serial", timeout=10)
     raises("RequestedAssertionFailed", alpha.wait_for_console_text, "never-printed", timeout=0.5)
     text = alpha.get_console_log()
-    assert text.startswith("SeaBIOS"), text[:100]
-    assert "late-console-42" in text and "serial input: hello serial" in text
-    assert "\r" not in text
+    t.assertTrue(text.startswith("SeaBIOS"), text[:100])
+    t.assertTrue("late-console-42" in text and "serial input: hello serial" in text)
+    t.assertNotIn("\r", text)
     print("CONSOLE-OK")
     """
     r = run_script(body)
@@ -533,40 +536,40 @@ def test_console(run_script):
 
 def test_lifecycle_and_attributes(run_script, driver_env):
     body = f"""
-    assert alpha.name == "alpha"
-    assert not alpha.booted and not alpha.connected and not alpha.is_up()
-    assert alpha.pid is None
+    t.assertEqual(alpha.name, "alpha")
+    t.assertTrue(not alpha.booted and not alpha.connected and not alpha.is_up())
+    t.assertIsNone(alpha.pid)
     import pathlib
     # Paths, as upstream (`machine.state_dir / "file"` works)
-    assert alpha.state_dir == pathlib.Path({str(driver_env.state_dir("alpha"))!r}), alpha.state_dir
-    assert alpha.shared_dir == pathlib.Path({str(driver_env.runtime / "shared-xchg")!r})
-    assert alpha.out_dir == pathlib.Path({str(driver_env.out)!r}), alpha.out_dir
-    assert repr(alpha) == "<QemuMachine 'alpha'>"
+    t.assertEqual(alpha.state_dir, pathlib.Path({str(driver_env.state_dir("alpha"))!r}))
+    t.assertEqual(alpha.shared_dir, pathlib.Path({str(driver_env.runtime / "shared-xchg")!r}))
+    t.assertEqual(alpha.out_dir, pathlib.Path({str(driver_env.out)!r}))
+    t.assertEqual(repr(alpha), "<QemuMachine 'alpha'>")
 
     alpha.start()
-    assert alpha.booted and not alpha.connected and not alpha.is_up()
+    t.assertTrue(alpha.booted and not alpha.connected and not alpha.is_up())
     first = alpha.pid
-    assert isinstance(first, int) and first > 0
+    t.assertTrue(isinstance(first, int) and first > 0)
     alpha.connect()
-    assert alpha.connected and alpha.is_up()
+    t.assertTrue(alpha.connected and alpha.is_up())
 
     alpha.shutdown()  # poweroff typed into the backdoor shell
-    assert not alpha.booted and not alpha.is_up() and alpha.pid is None
+    t.assertTrue(not alpha.booted and not alpha.is_up() and alpha.pid is None)
 
     alpha.start()
     alpha.execute("poweroff", check_return=False, check_output=False)
     alpha.wait_for_shutdown()  # the guest powered itself off
-    assert not alpha.booted
+    t.assertFalse(alpha.booted)
 
     alpha.start()
     alpha.connect()
     alpha.crash()
-    assert not alpha.booted
+    t.assertFalse(alpha.booted)
 
     alpha.start()
     pid = alpha.pid
     alpha.release()
-    assert not alpha.booted
+    t.assertFalse(alpha.booted)
     print("PIDS", first, pid)
     """
     r = run_script(body, extra=["-o", str(driver_env.out)])
@@ -586,12 +589,12 @@ def test_lifecycle_and_attributes(run_script, driver_env):
 def test_switch_root_leaves_the_initrd_for_a_new_shell(run_script):
     r = run_script(
         """
-        assert alpha.succeed("echo $FAKE_QEMU_SHELL") == "0\\n"
+        t.assertEqual(alpha.succeed("echo $FAKE_QEMU_SHELL"), "0\\n")
         alpha.wait_for_job("initrd.target")  # generation A's alias of wait_for_unit
         alpha.switch_root()
-        assert alpha.connected
-        assert alpha.succeed("echo $FAKE_QEMU_SHELL") == "1\\n"  # the root's shell
-        assert alpha.succeed("echo root") == "root\\n"
+        t.assertTrue(alpha.connected)
+        t.assertEqual(alpha.succeed("echo $FAKE_QEMU_SHELL"), "1\\n")  # the root's shell
+        t.assertEqual(alpha.succeed("echo root"), "root\\n")
         """,
         initrd=True,
     )
@@ -650,19 +653,19 @@ def test_x_and_tty_helpers_run_upstreams_commands(run_script):
         finally:
             if made:
                 os.unlink("/tmp/.X11-unix/X0")
-        assert open("@G@/journalctl").read() == "-b SYSLOG_IDENTIFIER=systemd\\n"
-        assert alpha.get_window_names() == ["xterm: root@machine", "Firefox"]
+        t.assertEqual(open("@G@/journalctl").read(), "-b SYSLOG_IDENTIFIER=systemd\\n")
+        t.assertEqual(alpha.get_window_names(), ["xterm: root@machine", "Firefox"])
         alpha.wait_for_window(r"^Fire", timeout=10)
         try:
             alpha.wait_for_window("chromium", timeout=1)
         except Exception as e:
-            assert "waiting for a window to appear" in str(e), e
+            t.assertIn("waiting for a window to appear", str(e), e)
         else:
             raise AssertionError("a missing window was found")
         tool("fold", 'echo "fold $*" > @G@/fold; echo screen text\\n')
         alpha.dump_tty_contents(2)
-        assert open("@G@/fold").read() == "fold -w 80 /dev/vcs2\\n"
-        assert open("@G@/journal-input").read() == "screen text\\n"
+        t.assertEqual(open("@G@/fold").read(), "fold -w 80 /dev/vcs2\\n")
+        t.assertEqual(open("@G@/journal-input").read(), "screen text\\n")
         """
     )
 
@@ -698,12 +701,12 @@ def test_dump_vsocks_prints_the_ssh_commands(run_script):
 def test_upstreams_smaller_machine_members(run_script):
     r = run_script(
         """
-        assert alpha.callbacks and alpha.logger is log
-        assert alpha.keep_machine_state is False and alpha.keep_vm_state is False
+        t.assertTrue(alpha.callbacks and alpha.logger is log)
+        t.assertTrue(alpha.keep_machine_state is False and alpha.keep_vm_state is False)
         alpha.run_callbacks()
         alpha.start()
-        assert alpha.wait_for_monitor_prompt().endswith("(qemu) ")
-        assert alpha.ssh_backdoor_command(3) == "ssh -o User=root vsock/3"
+        t.assertTrue(alpha.wait_for_monitor_prompt().endswith("(qemu) "))
+        t.assertEqual(alpha.ssh_backdoor_command(3), "ssh -o User=root vsock/3")
         print("MEMBERS-OK")
         """
     )

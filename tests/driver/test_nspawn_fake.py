@@ -20,13 +20,13 @@ def test_commands_run_with_the_profile_and_an_empty_environment(
         run_driver,
         [script],
         """
-        assert isinstance(box, NspawnMachine) and machines_nspawn == [box]
-        assert machines_qemu == []
+        t.assertTrue(isinstance(box, NspawnMachine) and machines_nspawn == [box])
+        t.assertEqual(machines_qemu, [])
         box.start()
-        assert box.booted
-        assert box.succeed("echo $PATH").startswith("/")  # from /etc/profile
-        assert box.succeed("echo ${RUN_NSPAWN_ROOT_DIR:-unset}") == "unset\\n"
-        assert box.execute("exit 3") == (3, "")
+        t.assertTrue(box.booted)
+        t.assertTrue(box.succeed("echo $PATH").startswith("/"))  # from /etc/profile
+        t.assertEqual(box.succeed("echo ${RUN_NSPAWN_ROOT_DIR:-unset}"), "unset\\n")
+        t.assertEqual(box.execute("exit 3"), (3, ""))
         box.fail("false")
         try:
             box.succeed("echo $UNDEFINED_VARIABLE")  # set -u, as upstream
@@ -35,7 +35,7 @@ def test_commands_run_with_the_profile_and_an_empty_environment(
         else:
             raise SystemExit("set -u is not in effect")
         box.wait_for_console_text("Welcome to the fake")
-        assert "Welcome to the fake container!" in box.get_console_log()
+        t.assertIn("Welcome to the fake container!", box.get_console_log())
         print("PID", box.pid)
         """,
     )
@@ -69,9 +69,9 @@ def test_a_command_after_release_restarts_the_container(driver_env, run_driver, 
         box.succeed("true")
         first = box.pid
         box.release()
-        assert not box.booted and box.pid is None
-        assert box.succeed("echo back") == "back\\n"
-        assert box.pid != first
+        t.assertTrue(not box.booted and box.pid is None)
+        t.assertEqual(box.succeed("echo back"), "back\\n")
+        t.assertNotEqual(box.pid, first)
         """,
     )
     assert r.returncode == 0, r
@@ -90,10 +90,10 @@ def test_wait_for_shutdown_and_restart(driver_env, run_driver, fake_container):
         # the fake "poweroff": end the start script
         box.execute(f"kill {first}", check_return=False, check_output=False)
         box.wait_for_shutdown()
-        assert not box.is_up() and not box.booted
+        t.assertTrue(not box.is_up() and not box.booted)
         box.start()
-        assert box.succeed("echo again") == "again\\n"
-        assert box.pid != first
+        t.assertEqual(box.succeed("echo again"), "again\\n")
+        t.assertNotEqual(box.pid, first)
         """,
     )
     assert r.returncode == 0, r
@@ -108,10 +108,10 @@ def test_containers_and_machine_names(driver_env, run_driver, fake_container):
         scripts,
         """
         start_all()
-        assert [m.name for m in machines] == ["c1", "my-box"]
-        assert my_box.succeed("echo hi") == "hi\\n"
-        assert c1.succeed("echo ho") == "ho\\n"
-        assert repr(my_box) == "<NspawnMachine 'my-box'>"
+        t.assertEqual([m.name for m in machines], ["c1", "my-box"])
+        t.assertEqual(my_box.succeed("echo hi"), "hi\\n")
+        t.assertEqual(c1.succeed("echo ho"), "ho\\n")
+        t.assertEqual(repr(my_box), "<NspawnMachine 'my-box'>")
         """,
     )
     assert r.returncode == 0, r

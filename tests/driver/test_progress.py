@@ -3,36 +3,17 @@ terminal, plain lines otherwise, and the timing summary at the end of a run."""
 
 from __future__ import annotations
 
-import os
-import select
-import time
-
-from tests.conftest import close_terminal, driver_command, spawn_on_terminal
+from support.driver import driver_command
+from support.terminal import Terminal
 
 SCRIPT = "start_all()\nalpha.succeed('true')\nbeta.succeed('echo hi')\n"
 
 
 def run_on_terminal(argv: list[str], env: dict[str, str], cwd, timeout: float = 60) -> bytes:
     """Runs `argv` with stdin, stdout and stderr on a pseudo-terminal; returns what it showed."""
-    pid, fd = spawn_on_terminal(argv, env, cwd)
-    seen = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            assert time.monotonic() < deadline, seen.decode(errors="replace")
-            if select.select([fd], [], [], 0.1)[0]:
-                try:
-                    chunk = os.read(fd, 4096)
-                except OSError:
-                    chunk = b""
-                if not chunk:
-                    break
-                seen += chunk
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0, seen.decode(errors="replace")
-        return seen
-    finally:
-        close_terminal(pid, fd)
+    with Terminal(argv, env, cwd) as term:
+        assert term.wait(timeout) == 0, term.text()
+        return term.shown
 
 
 def test_a_terminal_shows_which_machines_are_booting(driver_env, fake_vm):

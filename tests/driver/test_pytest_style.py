@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 import xml.etree.ElementTree as ET
 
 from nixos_test_ng.pytest_style import is_pytest_style
@@ -46,9 +45,7 @@ def test_detection_reads_the_syntax_tree():
 
 
 def run(driver_env, fake_vm, run_driver, write_script, body, *after, extra=()):
-    vm = fake_vm("alpha")
-    test = write_script("t.py", textwrap.dedent(body))
-    args = ["--vm-start-scripts", vm.script, "-o", driver_env.out, *extra, "--", test, *after]
+    _, args = driver_env.script_args(body, extra=["-o", driver_env.out, *extra], after=after)
     return run_driver(args, timeout=120)
 
 
@@ -107,7 +104,9 @@ def test_a_plugin_passed_with_p(driver_env, fake_vm, run_driver, write_script):
     body = "def test_answer(answer, alpha):\n    assert answer == 42\n"
     vm = fake_vm("alpha")
     test = write_script("t.py", body)
-    env = {"PYTHONPATH": str(plugdir)}
+    # the plugin's directory first; the package under test stays importable
+    path = [str(plugdir), driver_env.env.get("PYTHONPATH", "")]
+    env = {"PYTHONPATH": os.pathsep.join(p for p in path if p)}
     r = run_driver(["--vm-start-scripts", vm.script, "--", test, "-p", "answer_plugin"], env=env)
     assert r.returncode == 0, r
     assert "1 passed" in r.stdout

@@ -15,26 +15,25 @@ def raises(name, fn, *args, **kwargs):
     try:
         fn(*args, **kwargs)
     except BaseException as e:
-        assert type(e).__name__ == name, f"expected {name}, got {type(e).__name__}: {e}"
+        t.assertEqual(type(e).__name__, name, f"expected {name}, got {type(e).__name__}: {e}")
         return e
     raise AssertionError(f"{fn} did not raise {name}")
 """
 
 
 @pytest.fixture
-def run_vm_script(driver_env, fake_vm, run_driver):
+def run_vm_script(driver_env, run_driver):
     """`run_vm_script(body, extra=(), **knobs)`: runs `body` on one fake VM `alpha`
     (`@G@` is a directory the guest and the script share); asserts exit 0."""
 
     def run(body, extra=(), **knobs):
         scratch = driver_env.tmp / "guest"
         scratch.mkdir(exist_ok=True)
-        vm = fake_vm("alpha", **knobs)
         text = PRELUDE + textwrap.dedent(body).replace("@G@", str(scratch))
-        script = driver_env.write_script("t.py", text)
-        r = run_driver(["--vm-start-scripts", vm.script, *extra, "--", script])
+        vms, args = driver_env.script_args(text, extra=extra, **knobs)
+        r = run_driver(args)
         assert r.returncode == 0, str(r)
-        r.vm = vm
+        r.vm = vms["alpha"]
         return r
 
     return run
@@ -44,26 +43,26 @@ def test_qmp_client_send_returns_the_answer_and_raises_on_an_error(run_vm_script
     r = run_vm_script(
         """
         from nixos_test_ng import MachineError, QMPAPIError
-        assert alpha.qmp_client is None  # as upstream: none before the start
+        t.assertIsNone(alpha.qmp_client)  # as upstream: none before the start
         alpha.start()
-        assert alpha.qmp_client is not None
+        t.assertIsNotNone(alpha.qmp_client)
         answer = alpha.qmp_client.send("query-status")
         status = {"status": "running", "singlestep": False, "running": True}
-        assert answer == {"return": status}, answer
+        t.assertEqual(answer, {"return": status}, answer)
         answer = alpha.qmp_client.send("human-monitor-command", {"command-line": "info status"})
-        assert "VM status: running" in answer["return"], answer
+        t.assertIn("VM status: running", answer["return"], answer)
         e = raises("QMPAPIError", alpha.qmp_client.send, "device_del", {"id": "disk3dev"})
-        assert e.class_name == "CommandNotFound", e.class_name
-        assert e.description == "The command device_del has not been found", e.description
-        assert e.transaction_id is None
-        assert isinstance(e, MachineError) and isinstance(e, RuntimeError)
-        assert "device_del has not been found" in str(e)
+        t.assertEqual(e.class_name, "CommandNotFound", e.class_name)
+        t.assertEqual(e.description, "The command device_del has not been found", e.description)
+        t.assertIsNone(e.transaction_id)
+        t.assertTrue(isinstance(e, MachineError) and isinstance(e, RuntimeError))
+        t.assertIn("device_del has not been found", str(e))
         # upstream's keyword, and events through the session
         alpha.qmp_client.send("stop", args={})
-        assert alpha.qmp_client.wait_for_event()["event"] == "STOP"
+        t.assertEqual(alpha.qmp_client.wait_for_event()["event"], "STOP")
         alpha.qmp_client.send("cont")
-        assert [e["event"] for e in alpha.qmp_client.events()] == ["RESUME"]
-        assert list(alpha.qmp_client.events()) == []
+        t.assertEqual([e["event"] for e in alpha.qmp_client.events()], ["RESUME"])
+        t.assertEqual(list(alpha.qmp_client.events()), [])
         print("QMP-OK")
         """
     )
@@ -77,28 +76,28 @@ def test_process_is_a_popen_for_scripts(run_vm_script):
     r = run_vm_script(
         """
         import subprocess
-        assert alpha.process is None
+        t.assertIsNone(alpha.process)
         alpha.start()
         p = alpha.process
-        assert p.pid == alpha.pid and p.poll() is None and p.returncode is None
+        t.assertTrue(p.pid == alpha.pid and p.poll() is None and p.returncode is None)
         raises("TimeoutExpired", p.wait, timeout=0.2)
         # nixpkgs' pattern: power off through the raw shell, wait for QEMU, then the driver
         alpha.connect()
         alpha.shell.send(b"poweroff\\n")
-        assert p.wait(timeout=30) == 0
+        t.assertEqual(p.wait(timeout=30), 0)
         alpha.wait_for_shutdown()
-        assert not alpha.booted and alpha.pid is None
-        assert alpha.process.returncode == 0  # a VM keeps its last process, as upstream
+        t.assertTrue(not alpha.booted and alpha.pid is None)
+        t.assertEqual(alpha.process.returncode, 0)  # a VM keeps its last process, as upstream
         alpha.start()
-        assert alpha.process.pid != p.pid
+        t.assertNotEqual(alpha.process.pid, p.pid)
         alpha.process.kill()
-        assert alpha.process.returncode == -9 and alpha.process.poll() == -9
+        t.assertTrue(alpha.process.returncode == -9 and alpha.process.poll() == -9)
         alpha.wait_for_shutdown()
         alpha.start()
         alpha.process.terminate()  # QEMU (the fake too) ends cleanly on SIGTERM
-        assert alpha.process.wait(timeout=30) == 0
+        t.assertEqual(alpha.process.wait(timeout=30), 0)
         alpha.wait_for_shutdown()
-        assert "terminating on signal 15" in alpha.get_console_log()
+        t.assertIn("terminating on signal 15", alpha.get_console_log())
         print("PROCESS-OK")
         """
     )
@@ -109,16 +108,16 @@ def test_out_dir_and_the_socket_paths_are_paths(run_vm_script, driver_env):
     r = run_vm_script(
         f"""
         import pathlib
-        assert driver.out_dir == pathlib.Path({str(driver_env.out)!r}), driver.out_dir
+        t.assertEqual(driver.out_dir, pathlib.Path({str(driver_env.out)!r}))
         (driver.out_dir / "artifact.txt").write_text("written by the script")
         state = alpha.state_dir
-        assert alpha.tmp_dir == pathlib.Path({str(driver_env.runtime)!r}), alpha.tmp_dir
-        assert state == alpha.tmp_dir / "vm-state-alpha"
+        t.assertEqual(alpha.tmp_dir, pathlib.Path({str(driver_env.runtime)!r}))
+        t.assertEqual(state, alpha.tmp_dir / "vm-state-alpha")
         paths = (alpha.monitor_path, alpha.qmp_path, alpha.shell_path)
-        assert paths == (state / "monitor", state / "qmp", state / "shell"), paths
+        t.assertEqual(paths, (state / "monitor", state / "qmp", state / "shell"), paths)
         alpha.start()
         alpha.connect()
-        assert all(p.is_socket() for p in paths), paths
+        t.assertTrue(all(p.is_socket() for p in paths), paths)
         print("PATHS-OK")
         """,
         extra=["-o", str(driver_env.out)],
@@ -130,10 +129,10 @@ def test_out_dir_and_the_socket_paths_are_paths(run_vm_script, driver_env):
 def test_shell_monitor_and_connected(run_vm_script):
     r = run_vm_script(
         """
-        assert alpha.shell is None and alpha.monitor is None
+        t.assertTrue(alpha.shell is None and alpha.monitor is None)
         alpha.start()
         alpha.connect()
-        assert alpha.shell is alpha.shell and alpha.monitor is alpha.monitor
+        t.assertTrue(alpha.shell is alpha.shell and alpha.monitor is alpha.monitor)
         # a command handed to the guest's shell without framing, its output elsewhere
         alpha.shell.send(b"echo raw > @G@/raw\\n")
         alpha.wait_until_succeeds("test -e @G@/raw", timeout=10)
@@ -142,15 +141,15 @@ def test_shell_monitor_and_connected(run_vm_script):
         got = b""
         while not got.endswith(b"hi-raw\\n"):
             chunk = alpha.shell.recv(3)
-            assert 0 < len(chunk) <= 3, chunk
+            t.assertTrue(0 < len(chunk) <= 3, chunk)
             got += chunk
-        assert got == b"hi-raw\\n", got
-        assert alpha.succeed("echo framed") == "framed\\n"
+        t.assertEqual(got, b"hi-raw\\n", got)
+        t.assertEqual(alpha.succeed("echo framed"), "framed\\n")
         # the monitor: lines are commands, the answers are read back
-        assert alpha.monitor.send(b"info status\\n") == len(b"info status\\n")
+        t.assertEqual(alpha.monitor.send(b"info status\\n"), len(b"info status\\n"))
         answer = alpha.monitor.recv(4096).decode()
-        assert "VM status: running" in answer and answer.endswith("(qemu) "), answer
-        assert alpha.monitor.recv(4096) == b""
+        t.assertTrue("VM status: running" in answer and answer.endswith("(qemu) "), answer)
+        t.assertEqual(alpha.monitor.recv(4096), b"")
         print("SHELL-OK")
         """
     )
@@ -163,18 +162,18 @@ def test_connected_false_waits_for_a_new_handshake(run_vm_script):
     initrd's switch to the real root brings the new shell and handshake."""
     r = run_vm_script(
         """
-        assert alpha.succeed("echo $FAKE_QEMU_SHELL") == "0\\n"
+        t.assertEqual(alpha.succeed("echo $FAKE_QEMU_SHELL"), "0\\n")
         alpha.connected = True  # already: nothing to do
         alpha.shell.send(
             b"systemctl isolate --no-block initrd-switch-root.target >/dev/null 2>&1\\n"
         )
         alpha.connected = False
-        assert not alpha.connected and alpha.booted
-        assert alpha.succeed("echo $FAKE_QEMU_SHELL") == "1\\n"
-        assert alpha.connected
+        t.assertTrue(not alpha.connected and alpha.booted)
+        t.assertEqual(alpha.succeed("echo $FAKE_QEMU_SHELL"), "1\\n")
+        t.assertTrue(alpha.connected)
         alpha.connected = False
         e = raises("ValueError", setattr, alpha, "connected", True)
-        assert "connect()" in str(e)
+        t.assertIn("connect()", str(e))
         print("RECONNECT-OK")
         """,
         initrd=True,
@@ -187,12 +186,12 @@ def test_last_lines_serial_thread_and_log_serial(run_vm_script):
     r = run_vm_script(
         """
         import queue
-        assert alpha.serial_thread is None
+        t.assertIsNone(alpha.serial_thread)
         alpha.start()
         alpha.connect()
         lines = alpha.last_lines
-        assert lines.qsize() > 0 and not lines.empty()
-        assert lines.get_nowait().startswith("SeaBIOS")  # the console's first line
+        t.assertTrue(lines.qsize() > 0 and not lines.empty())
+        t.assertTrue(lines.get_nowait().startswith("SeaBIOS"))  # the console's first line
         alpha.succeed("echo marker-line >&2")
         seen = []
         while "marker-line" not in seen:
@@ -208,16 +207,16 @@ def test_last_lines_serial_thread_and_log_serial(run_vm_script):
         # lines taken here are gone for the waits too, as with upstream's shared queue
         alpha.succeed("echo again-line >&2")
         alpha.wait_for_console_text("again-line", timeout=10)
-        assert "marker-line" in alpha.get_console_log()
+        t.assertIn("marker-line", alpha.get_console_log())
 
         alpha.log_serial("said through log_serial")
         reader = alpha.serial_thread
-        assert reader.is_alive()
+        t.assertTrue(reader.is_alive())
         reader.join(timeout=0.1)  # the console is open: returns after the timeout
-        assert reader.is_alive()
+        t.assertTrue(reader.is_alive())
         alpha.crash()
         reader.join()
-        assert not reader.is_alive() and alpha.serial_thread is None
+        t.assertTrue(not reader.is_alive() and alpha.serial_thread is None)
         print("CONSOLE-OK")
         """
     )
@@ -231,12 +230,12 @@ def test_cleanup_statedir(run_vm_script, driver_env):
         """
         alpha.start()
         e = raises("MachineError", alpha.cleanup_statedir)
-        assert "running machine" in str(e), e
+        t.assertIn("running machine", str(e), e)
         alpha.release()
         (alpha.state_dir / "disk.qcow2").write_text("old state")
         alpha.cleanup_statedir()
-        assert alpha.state_dir.is_dir() and list(alpha.state_dir.iterdir()) == []
-        assert alpha.succeed("echo fresh") == "fresh\\n"  # starts again in the new dir
+        t.assertTrue(alpha.state_dir.is_dir() and list(alpha.state_dir.iterdir()) == [])
+        t.assertEqual(alpha.succeed("echo fresh"), "fresh\\n")  # starts again in the new dir
         print("CLEANUP-OK")
         """
     )
@@ -252,36 +251,35 @@ def test_start_command_callbacks_and_create_machine(run_vm_script, fake_vm):
         f"""
         import os
         cmd = alpha.start_command
-        assert isinstance(cmd, str) and cmd.endswith("run-alpha-vm"), cmd
-        assert cmd.machine_name == "alpha"
+        t.assertTrue(isinstance(cmd, str) and cmd.endswith("run-alpha-vm"), cmd)
+        t.assertEqual(cmd.machine_name, "alpha")
         line = cmd.cmd("/s/monitor", "/s/qmp", "/s/shell", allow_reboot=True)
-        assert line == (
-            cmd + " -qmp unix:/s/qmp,server=on,wait=off -monitor unix:/s/monitor"
+        t.assertEqual(line, cmd + " -qmp unix:/s/qmp,server=on,wait=off -monitor unix:/s/monitor"
             " -chardev socket,id=shell,path=/s/shell -device virtio-serial"
             " -device virtconsole,chardev=shell -device virtio-rng-pci -serial stdio"
-            " -nographic"
-        ), line
-        assert "-no-reboot" in cmd.cmd("/s/m", "/s/q", "/s/s")
+            " -nographic", line)
+        t.assertIn("-no-reboot", cmd.cmd("/s/m", "/s/q", "/s/s"))
         env = cmd.build_environment(alpha.state_dir, alpha.shared_dir)
-        assert env["TMPDIR"] == str(alpha.state_dir) and env["USE_TMPDIR"] == "1"
-        assert env["SHARED_DIR"] == str(alpha.shared_dir) and env["PATH"] == os.environ["PATH"]
+        t.assertEqual((env["TMPDIR"], env["USE_TMPDIR"]), (str(alpha.state_dir), "1"))
+        t.assertEqual(env["SHARED_DIR"], str(alpha.shared_dir))
+        t.assertEqual(env["PATH"], os.environ["PATH"])
         e = raises("NotImplementedError", cmd.run)
-        assert "machine.start()" in str(e)
+        t.assertIn("machine.start()", str(e))
 
         # callbacks run before every command, the driver's polling check among them
         calls = []
-        assert alpha.callbacks == [driver.check_polling_conditions]
+        t.assertEqual(alpha.callbacks, [driver.check_polling_conditions])
         alpha.callbacks.append(lambda: calls.append("called"))
         alpha.succeed("true")
         alpha.send_monitor_command("info status")
-        assert calls == ["called", "called"], calls
+        t.assertEqual(calls, ["called", "called"], calls)
         alpha.run_callbacks()
-        assert len(calls) == 3
+        t.assertEqual(len(calls), 3)
 
         other = create_machine({str(extra.script)!r})
-        assert other.callbacks == [] and other.logger is log
-        assert other.keep_machine_state is False
-        assert other.start_command.machine_name == "extra"
+        t.assertTrue(other.callbacks == [] and other.logger is log)
+        t.assertIs(other.keep_machine_state, False)
+        t.assertEqual(other.start_command.machine_name, "extra")
         print("START-COMMAND-OK")
         """
     )
@@ -293,25 +291,24 @@ def test_container_members(driver_env, run_driver, fake_container):
     body = PRELUDE + textwrap.dedent(
         f"""
         import os, pathlib
-        assert box.start_command == {script!r} and type(box.start_command) is str
-        assert NspawnMachine.machine_name_from_start_command("/x/run-c12-nspawn") == "c12"
+        t.assertEqual(box.start_command, {script!r})
+        t.assertIs(type(box.start_command), str)
+        t.assertEqual(NspawnMachine.machine_name_from_start_command("/x/run-c12-nspawn"), "c12")
         raises("AssertionError", box.machine_name_from_start_command, "/x/run-box-vm")
-        assert box.process is None
-        assert box.tmp_dir == pathlib.Path({str(driver_env.runtime)!r})
+        t.assertIsNone(box.process)
+        t.assertEqual(box.tmp_dir, pathlib.Path({str(driver_env.runtime)!r}))
         init = box.get_systemd_process  # starts the container, as upstream's first command
-        assert box.booted and box.process.pid == box.pid
-        assert isinstance(init, int) and init != box.pid
+        t.assertTrue(box.booted and box.process.pid == box.pid)
+        t.assertTrue(isinstance(init, int) and init != box.pid)
         children = pathlib.Path(f"/proc/{{box.pid}}/task/{{box.pid}}/children").read_text()
-        assert children.split() == [str(init)], children
-        assert box.ssh_backdoor_command(3) == (
-            'ssh -o User=root -o ProxyCommand='
-            '"socat - UNIX-CLIENT:/run/systemd/nspawn/unix-export/box/ssh" bash'
-        )
+        t.assertEqual(children.split(), [str(init)], children)
+        t.assertEqual(box.ssh_backdoor_command(3), 'ssh -o User=root -o ProxyCommand='
+            '"socat - UNIX-CLIENT:/run/systemd/nspawn/unix-export/box/ssh" bash')
         for name in ("qmp_client", "shell", "monitor", "monitor_path"):
-            assert not hasattr(box, name), name  # VM-only, as upstream
+            t.assertFalse(hasattr(box, name), name)  # VM-only, as upstream
         box.log_serial("container line")
         box.release()
-        assert box.process is None  # as upstream's release()
+        t.assertIsNone(box.process)  # as upstream's release()
         print("CONTAINER-OK")
         """
     )

@@ -7,8 +7,7 @@ import subprocess
 
 import pytest
 from nixos_test_ng import _native
-
-from tests.conftest import driver_command
+from support.driver import driver_command
 
 VNC_ARGS = ["-vnc", "127.0.0.1:0,to=99"]
 

@@ -1,14 +1,22 @@
-"""VM end-to-end tests: real QEMU (TCG) on the busybox guest, driven by nixos-test-driver."""
+"""VM end-to-end tests: real QEMU (TCG) on the busybox guest, driven by nixos-test-driver.
+
+- `vm_env`: runs `nixos-test-driver` on start scripts for the built guests, isolated in the
+  test's tmp dir (`run(nodes, script, ...)` to the end, `spawn(...)` in the background, in a
+  session of its own); its processes carry the leak check's marker (`support.leaks`).
+- `leftovers(marker, wait=3)`: the processes still running after `wait` s whose command line
+  names `marker` or that carry the marker variable, as `pid: command line` strings.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from nixos_test_ng import procs
+from support.leaks import GRACE_S, MARKER_VAR, wait_until_gone
 
 
 @dataclass
@@ -35,6 +43,11 @@ def systemd_guest(guest_dir):
         pytest.skip(f"the Debian systemd guest cannot be built here: {e}")
 
 
+def script_name(name: str, kind: str | None) -> str:
+    """The start script `write_start_scripts` writes for a machine of `kind`."""
+    return f"run-{name}-{'nspawn' if kind == procs.CONTAINER_KIND else 'vm'}"
+
+
 @pytest.fixture
 def vm_env(tmp_path: Path, guest_dir: Path):
     """Runs nixos-test-driver on start scripts for the busybox guest, isolated in tmp_path."""
@@ -57,6 +70,7 @@ def vm_env(tmp_path: Path, guest_dir: Path):
         def environ(self) -> dict[str, str]:
             env = dict(os.environ)
             env["XDG_RUNTIME_DIR"] = str(tmp_path / "xdg")
+            env[MARKER_VAR] = str(tmp_path)
             env.pop("DISPLAY", None)
             env.pop("WAYLAND_DISPLAY", None)
             return env
@@ -69,42 +83,40 @@ def vm_env(tmp_path: Path, guest_dir: Path):
             kinds: dict[str, str] | None = None,
             keep_scripts: bool = False,
             after: tuple[str, ...] = (),
+            stdin: int | None = subprocess.DEVNULL,
         ) -> subprocess.Popen:
             (tmp_path / "xdg").mkdir(exist_ok=True)
             self.out.mkdir(exist_ok=True)
             test = tmp_path / "test.py"
             test.write_text(script)
-            vlans = sorted({v for vs in nodes.values() for v in vs})
             kinds = kinds or {}
             if keep_scripts:  # as the test left them in scripts/
                 scripts = {
-                    n: str(
-                        tmp_path
-                        / "scripts"
-                        / f"run-{n}-{'nspawn' if kinds.get(n) == 'systemd-nspawn' else 'vm'}"
-                    )
-                    for n in nodes
+                    n: str(tmp_path / "scripts" / script_name(n, kinds.get(n))) for n in nodes
                 }
             else:
                 scripts = self.scripts(nodes, kinds)
-            vms = [p for n, p in scripts.items() if kinds.get(n) != "systemd-nspawn"]
-            containers = [p for n, p in scripts.items() if kinds.get(n) == "systemd-nspawn"]
-            args = ["nixos-test-driver", "-o", str(self.out)]
-            if vms:
-                args += ["--vm-start-scripts", *vms]
-            if containers:
-                args += ["--container-start-scripts", *containers]
-            if vlans:
-                args += ["--vlans", *map(str, vlans)]
-            args += [*extra, "--", str(test), *after]
+            vlans = [v for vs in nodes.values() for v in vs]
+            args = [
+                "nixos-test-driver",
+                "-o",
+                str(self.out),
+                *procs.driver_arguments(scripts, kinds, vlans),
+                *extra,
+                "--",
+                str(test),
+                *after,
+            ]
             p = subprocess.Popen(
                 args,
                 env=self.environ(),
                 cwd=tmp_path,
+                stdin=stdin,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
                 errors="replace",
+                start_new_session=True,
             )
             started.append(p)
             return p
@@ -118,51 +130,41 @@ def vm_env(tmp_path: Path, guest_dir: Path):
             kinds: dict[str, str] | None = None,
             keep_scripts: bool = False,
             after: tuple[str, ...] = (),
+            input: str | None = None,
         ) -> Run:
+            """Runs the driver to its end, `input` on its stdin (else /dev/null); `timeout`
+            is the hang detector (the test fails)."""
+            stdin = subprocess.PIPE if input is not None else subprocess.DEVNULL
             p = self.spawn(
-                nodes, script, *extra, kinds=kinds, keep_scripts=keep_scripts, after=after
-            )
-            out, err = p.communicate(timeout=timeout)
+                nodes, script, *extra, kinds=kinds, keep_scripts=keep_scripts, after=after,
+                stdin=stdin,
+            )  # fmt: skip
+            try:
+                out, err = p.communicate(input, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                procs.kill_group(p.pid)
+                out, err = p.communicate()
+                pytest.fail(f"the driver did not exit within {timeout}s\n{out}\n{err[-5000:]}")
             return Run(p.returncode, out, err)
 
     yield Env()
+    # a driver still running (the test failed half-way): end it; what it left behind is the
+    # leak check's (tests/conftest.py)
     for p in started:
         if p.poll() is None:
-            p.kill()
+            procs.kill_group(p.pid)
             p.wait()
-    assert not leftover_processes(tmp_path), "processes survived the test"
-
-
-def wait_for_line(p: subprocess.Popen, marker: str, timeout: float = 120) -> None:
-    """Reads the driver's stdout until a line contains `marker` (a script's `print`)."""
-    deadline = time.monotonic() + timeout
-    line = ""
-    while marker not in line and time.monotonic() < deadline:
-        line = p.stdout.readline()
-    assert marker in line, f"the driver never printed {marker!r}"
-
-
-def leftover_processes(marker: Path, wait: float = 3.0) -> list[str]:
-    """Processes whose command line mentions `marker` (QEMU, vde_switch of this test)."""
-    deadline = time.monotonic() + wait
-    while True:
-        found = []
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if str(marker) in cmdline and state != "Z" and int(proc.name) != os.getpid():
-                found.append(f"{proc.name}: {cmdline[:200]}")
-        if not found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.1)
+        for stream in (p.stdout, p.stderr):
+            if stream is not None:
+                stream.close()
 
 
 @pytest.fixture
 def leftovers():
-    """`leftovers(marker, wait)`: processes still running whose command line names `marker`."""
-    return leftover_processes
+    """`leftovers(marker, wait=3)`: processes still running after up to `wait` s whose command
+    line names `marker` or that carry the marker variable for it (`pid: command line`)."""
+
+    def find(marker: Path, wait: float = GRACE_S) -> list[str]:
+        return [f"{pid}: {cmd[:200]}" for pid, cmd in sorted(wait_until_gone(marker, wait).items())]
+
+    return find

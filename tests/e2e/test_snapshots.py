@@ -9,8 +9,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-
-from tests.e2e.conftest import wait_for_line
+from support.driver import wait_for_line
 
 pytestmark = pytest.mark.vm
 
@@ -71,33 +70,33 @@ for m in machines:
 driver.snapshot_all("both")
 standby = os.environ.get("NIXOS_TEST_NG_STANDBY") != "0"
 for m in machines:
-    assert m.wait_for_standby() == standby
+    t.assertEqual(m.wait_for_standby(), standby)
 client.succeed("echo changed > /etc/state")
 driver.restore_all("both")
 client.fail("test -e /etc/state")
 for a, b in [(client, server), (server, client)]:
     out = a.succeed(f"ping -c 3 -i 0.2 -W 10 {b.name} 2>&1")
-    assert "3 packets received" in out and "DUP!" not in out, out
+    t.assertTrue("3 packets received" in out and "DUP!" not in out, out)
 for m in machines:
-    assert m.succeed("cat /proc/mounts | grep -c ' 9p '").strip() == "2"
+    t.assertEqual(m.succeed("cat /proc/mounts | grep -c ' 9p '").strip(), "2")
 with subtest("bad input"):
     try:
         server.restore("never-taken")
     except Exception as e:
-        assert "no snapshot named \"never-taken\" (taken: both)" in str(e), e
+        t.assertIn("no snapshot named \"never-taken\" (taken: both)", str(e), e)
     else:
         raise AssertionError("an unknown snapshot was restored")
     try:
         server.snapshot("no spaces")
     except Exception as e:
-        assert "invalid snapshot name" in str(e), e
+        t.assertIn("invalid snapshot name", str(e), e)
     else:
         raise AssertionError("an invalid name was taken")
     client.shutdown()
     try:
         client.restore("both")
     except Exception as e:
-        assert "the machine is not running" in str(e), e
+        t.assertIn("the machine is not running", str(e), e)
     else:
         raise AssertionError("a stopped machine was restored")
 """
@@ -129,24 +128,24 @@ with subtest("a restore switches to the warm standby"):
     machine.start()
     machine.succeed("true")
     machine.snapshot("ready")
-    assert machine.wait_for_standby()
+    t.assertTrue(machine.wait_for_standby())
     machine.succeed("echo dirty > /etc/dirty")
     machine.restore("ready")
     machine.fail("test -e /etc/dirty")
-    assert machine.succeed("grep -c ' 9p ' /proc/mounts").strip() == "2"
+    t.assertEqual(machine.succeed("grep -c ' 9p ' /proc/mounts").strip(), "2")
     machine.succeed("echo hi > /tmp/shared/from-guest")
     shared = os.path.join(os.environ["XDG_RUNTIME_DIR"], "shared-xchg")
-    assert open(os.path.join(shared, "from-guest")).read() == "hi\n"
+    t.assertEqual(open(os.path.join(shared, "from-guest")).read(), "hi\n")
 
 with subtest("the restored machine's disk is its own, and writes persist until a restore"):
     info = machine.send_monitor_command("info block")
-    assert "/vm-state-machine/standby-" in info, info
+    t.assertIn("/vm-state-machine/standby-", info, info)
     machine.succeed("echo kept > /etc/kept && sync")
     machine.succeed("test -e /etc/kept")
     machine.snapshot("second")
     machine.restore("ready")
     machine.fail("test -e /etc/kept")
-    assert machine.wait_for_standby()
+    t.assertTrue(machine.wait_for_standby())
     machine.restore("ready")  # the standby's disk copy knows nothing of "second"
     machine.restore("second")  # so it comes back from its golden copy
     machine.succeed("test -e /etc/kept")
@@ -157,7 +156,7 @@ with subtest("restores back to back"):
         machine.restore("second")
         machine.fail("test -e /etc/dirty")
         machine.succeed("test -e /etc/kept")
-        assert machine.succeed("grep -c ' 9p ' /proc/mounts").strip() == "2"
+        t.assertEqual(machine.succeed("grep -c ' 9p ' /proc/mounts").strip(), "2")
 """
 
 
@@ -185,7 +184,7 @@ def test_warm_standby_on_a_systemd_vm(vm_env, systemd_guest):
 machine.start()
 machine.wait_for_unit("multi-user.target", timeout=120)
 machine.snapshot("ready")
-assert machine.wait_for_standby()
+t.assertTrue(machine.wait_for_standby())
 machine.succeed("echo dirty > /etc/dirty")
 machine.restore("ready")
 machine.fail("test -e /etc/dirty")
@@ -209,7 +208,7 @@ FALLBACK = r"""
 machine.start()
 machine.succeed("true")
 machine.snapshot("ready")
-assert not machine.wait_for_standby()
+t.assertFalse(machine.wait_for_standby())
 machine.succeed("echo dirty > /etc/dirty")
 machine.restore("ready")
 machine.fail("test -e /etc/dirty")

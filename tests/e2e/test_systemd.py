@@ -8,8 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
-
-from tests.e2e.conftest import wait_for_line
+from support.driver import wait_for_line
 
 pytestmark = pytest.mark.vm
 
@@ -22,14 +21,14 @@ with subtest("wait_for_unit"):
     m.wait_for_unit("dbus.service", timeout=60)
 
 with subtest("unit info and properties"):
-    assert m.get_unit_info("dbus.service")["ActiveState"] == "active"
-    assert m.get_unit_property("dbus.service", "ActiveState") == "active"
+    t.assertEqual(m.get_unit_info("dbus.service")["ActiveState"], "active")
+    t.assertEqual(m.get_unit_property("dbus.service", "ActiveState"), "active")
     m.require_unit_state("dbus.service")
     m.require_unit_state("does-not-exist.service", "inactive")
     try:
         m.require_unit_state("dbus.service", "failed")
     except AssertionError as e:
-        assert "to to be in state 'failed' but it is in state 'active'" in str(e), e
+        t.assertIn("to to be in state 'failed' but it is in state 'active'", str(e), e)
     else:
         raise SystemExit("require_unit_state did not fail")
 
@@ -37,12 +36,12 @@ with subtest("systemctl, start_job, stop_job"):
     m.succeed(
         "printf '[Service]\\nExecStart=/bin/sleep 600\\n' > /etc/systemd/system/sleeper.service"
     )
-    assert m.systemctl("daemon-reload")[0] == 0
-    assert m.start_job("sleeper.service")[0] == 0
+    t.assertEqual(m.systemctl("daemon-reload")[0], 0)
+    t.assertEqual(m.start_job("sleeper.service")[0], 0)
     m.wait_for_unit("sleeper.service")
-    assert m.stop_job("sleeper.service")[0] == 0
+    t.assertEqual(m.stop_job("sleeper.service")[0], 0)
     m.require_unit_state("sleeper.service", "inactive")
-    assert m.systemctl("is-active sleeper.service") == (3, "inactive\n")
+    t.assertEqual(m.systemctl("is-active sleeper.service"), (3, "inactive\n"))
 
 with subtest("upstream's failure rules, with status and journal"):
     m.succeed(
@@ -54,14 +53,14 @@ with subtest("upstream's failure rules, with status and journal"):
     try:
         m.wait_for_unit("broken.service", timeout=60)
     except AssertionError as e:
-        assert 'unit "broken.service" reached state "failed"' in str(e), e
-        assert "broken-unit-says-hi" in str(e), e  # the journal tail is in the error
+        t.assertIn('unit "broken.service" reached state "failed"', str(e), e)
+        t.assertIn("broken-unit-says-hi", str(e), e)  # the journal tail is in the error
     else:
         raise SystemExit("wait_for_unit did not fail on a failed unit")
     try:
         m.wait_for_unit("never-started.service", timeout=60)
     except AssertionError as e:
-        assert "is inactive and there are no pending jobs" in str(e), e
+        t.assertIn("is inactive and there are no pending jobs", str(e), e)
     else:
         raise SystemExit("wait_for_unit did not fail on an inactive unit")
     m.succeed(
@@ -72,7 +71,7 @@ with subtest("upstream's failure rules, with status and journal"):
     try:
         m.wait_for_unit("slow.service", timeout=3)
     except AssertionError as e:
-        assert "timed out" in str(e), e
+        t.assertIn("timed out", str(e), e)
     else:
         raise SystemExit("wait_for_unit did not time out")
 
@@ -84,21 +83,21 @@ with subtest("user units of a lingering user"):
         "printf '[Service]\\nExecStart=/bin/sleep 600\\n' > ~alice/.config/systemd/user/nap.service",
         "chown -R alice: ~alice/.config",
     )
-    assert m.systemctl("daemon-reload", user="alice")[0] == 0
-    assert m.start_job("nap.service", user="alice")[0] == 0
+    t.assertEqual(m.systemctl("daemon-reload", user="alice")[0], 0)
+    t.assertEqual(m.start_job("nap.service", user="alice")[0], 0)
     m.wait_for_unit("nap.service", user="alice")
-    assert m.get_unit_property("nap.service", "ActiveState", user="alice") == "active"
-    assert m.stop_job("nap.service", user="alice")[0] == 0
+    t.assertEqual(m.get_unit_property("nap.service", "ActiveState", user="alice"), "active")
+    t.assertEqual(m.stop_job("nap.service", user="alice")[0], 0)
 
 with subtest("files"):
     import pathlib
     src = pathlib.Path(driver.config.out_dir) / "in.txt"
     src.write_text("to the machine\n")
     m.copy_from_host(str(src), "/root/in.txt")
-    assert m.succeed("cat /root/in.txt") == "to the machine\n"
+    t.assertEqual(m.succeed("cat /root/in.txt"), "to the machine\n")
     m.succeed("echo from the machine > /root/out.txt")
     m.copy_from_machine("/root/out.txt")
-    assert (pathlib.Path(driver.config.out_dir) / "out.txt").read_text() == "from the machine\n"
+    t.assertEqual((pathlib.Path(driver.config.out_dir) / "out.txt").read_text(), "from the machine\n")
 """
 
 
@@ -120,9 +119,9 @@ c.start()
 c.wait_for_unit("multi-user.target", timeout=120)
 with subtest("shutdown and restart"):
     c.shutdown()
-    assert not c.booted
+    t.assertFalse(c.booted)
     c.start()
-    assert c.succeed("echo back") == "back\n"
+    t.assertEqual(c.succeed("echo back"), "back\n")
 with subtest("a command into a container that died"):
     os.kill(c.pid, 9)
     import time
@@ -132,7 +131,7 @@ with subtest("a command into a container that died"):
     try:
         c.succeed("true")
     except Exception as e:
-        assert "machine" in str(e) and ("stopped" in str(e) or "not running" in str(e)), e
+        t.assertTrue("machine" in str(e) and ("stopped" in str(e) or "not running" in str(e)), e)
     else:
         raise SystemExit("a command into a dead container succeeded")
 """
@@ -158,8 +157,8 @@ MIXED = r"""
 start_all()
 with subtest("the containers' VLAN NICs are a VM's"):
     out = c.succeed("ip -o link show eth1; ip -o -4 addr show eth1")
-    assert "52:54:00:12:01:01" in out and "192.168.1.1/24" in out, out
-    assert "192.168.1.3 vm" in c.succeed("cat /etc/hosts")
+    t.assertTrue("52:54:00:12:01:01" in out and "192.168.1.1/24" in out, out)
+    t.assertIn("192.168.1.3 vm", c.succeed("cat /etc/hosts"))
 with subtest("ping by name, both ways and between containers"):
     vm.succeed("ping -c 1 -W 10 c")
     c.succeed("ping -c 1 -W 10 vm")

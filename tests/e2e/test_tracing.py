@@ -4,9 +4,9 @@ export (decoded with the official protobuf classes) and a span a guest posts its
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
+from support.driver import wait_for_line
 
 from tests.otlp_receiver import OtlpReceiver
 
@@ -154,7 +154,7 @@ def test_pytest_style_tests_are_spans_under_an_outer_traceparent(vm_env, receive
 def test_spans_are_flushed_on_the_global_timeout(vm_env, receiver):
     script = "machine.start()\nmachine.succeed('true')\nmachine.succeed('sleep 600')\n"
     run = vm_env.run({"machine": []}, script, "--global-timeout", "20", timeout=120)
-    assert run.returncode != 0
+    assert run.returncode == -signal.SIGTERM, run.stderr[-3000:]
     r = receiver
     assert r.wait_for(lambda spans: any(s.name == "run test.py" for s in spans)), r.names()
     root = r.one("run test.py")
@@ -165,15 +165,18 @@ def test_spans_are_flushed_on_the_global_timeout(vm_env, receiver):
 
 
 def test_spans_are_flushed_on_ctrl_c(vm_env, receiver):
-    script = "machine.start()\nmachine.succeed('true')\nmachine.succeed('sleep 600')\n"
+    script = (
+        "machine.start()\nmachine.succeed('true')\nprint('sleeping', flush=True)\n"
+        "machine.succeed('sleep 600')\n"
+    )
     p = vm_env.spawn({"machine": []}, script)
     r = receiver
     # the boot span is exported (batched) once the machine answered; then the sleep runs
     assert r.wait_for(lambda spans: any(s.name == "boot machine" for s in spans), timeout=120)
-    time.sleep(1)
+    wait_for_line(p, "sleeping")
     p.send_signal(signal.SIGINT)
     p.communicate(timeout=60)
-    assert p.returncode != 0
+    assert p.returncode == -signal.SIGINT
     assert r.wait_for(lambda spans: any(s.name == "run test.py" for s in spans)), r.names()
     root = r.one("run test.py")
     assert root.status_code == 2 and "interrupted" in root.status_message

@@ -31,7 +31,7 @@ print("BOOTED", flush=True)
 wait_for_file({go!r})
 server.screenshot("vnc-on")
 server.snapshot("s")
-assert server.wait_for_standby(600), "no warm standby"
+t.assertTrue(server.wait_for_standby(600), "no warm standby")
 server.restore("s")
 server.succeed("true")
 print("RESTORED", flush=True)

@@ -65,6 +65,11 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for `support`
+
+from nixos_test_ng import procs  # noqa: E402
+from support.qemu_args import MissingSockets, Sockets  # noqa: E402
+
 HANDSHAKE = b"Spawning backdoor root shell...\n"
 
 # The initrd's systemctl (FAKE_QEMU_INITRD=1): the root file system's shell has none.
@@ -100,7 +105,9 @@ class Fake:
 
     def __init__(self, argv: list[str]) -> None:
         self.argv = argv
-        self.qmp_path, self.monitor_path, self.shell_path = parse_args(argv)
+        sockets = Sockets.parse(argv)
+        self.qmp_path, self.monitor_path = sockets.qmp, sockets.monitor
+        self.shell_path = sockets.shell
         self.state_dir = Path(self.qmp_path).parent
         self.disk = self.state_dir / "fake-disk"
         self.record_path = os.environ.get("FAKE_QEMU_RECORD") or None
@@ -206,8 +213,9 @@ class Fake:
                     }
                 }
             elif cmd in ("stop", "cont"):
+                # as QEMU: the STOP/RESUME event goes out before the command's reply
+                self.set_running(cmd == "cont")
                 reply = {"return": {}}
-                after = lambda c=cmd: self.set_running(c == "cont")  # noqa: E731
             elif cmd == "query-vnc":
                 reply = {"return": self.vnc_info()}
             elif cmd == "human-monitor-command":
@@ -265,7 +273,8 @@ class Fake:
         if cmd in ("quit", "q"):
             return "", lambda: self.quit("host-qmp-quit")
         if cmd in ("stop", "cont", "c"):
-            return "", lambda: self.set_running(cmd != "stop")
+            self.set_running(cmd != "stop")  # the event before the answer, as QEMU
+            return "", None
         if cmd == "info" and words[1:2] == ["status"]:
             return f"VM status: {'running' if self.running else 'paused'}\r\n", None
         if cmd == "info" and words[1:2] == ["name"]:
@@ -413,15 +422,11 @@ class Fake:
 
     def kill_guest(self) -> None:
         me = os.getpid()
-        victims = descendants(me)
+        victims = procs.descendants([me])
         if os.getpgrp() == me:
-            victims |= group_members(me)
+            victims |= set(procs.marked(procs.Marker(group=me)))
         victims.discard(me)
-        for pid in victims:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        procs.kill(victims)
 
     # -- main --------------------------------------------------------------------------------
 
@@ -578,23 +583,6 @@ class Fake:
         return status
 
 
-def parse_args(argv: list[str]) -> tuple[str, str, str]:
-    qmp = monitor = shell = None
-    for flag, value in zip(argv, argv[1:], strict=False):
-        if flag == "-qmp" and value.startswith("unix:"):
-            qmp = value[len("unix:") :].split(",")[0]
-        elif flag == "-monitor" and value.startswith("unix:"):
-            monitor = value[len("unix:") :].split(",")[0]
-        elif flag == "-chardev" and "id=shell" in value.split(","):
-            for part in value.split(","):
-                if part.startswith("path="):
-                    shell = part[len("path=") :]
-    if not (qmp and monitor and shell):
-        sys.stderr.write(f"fake_qemu: missing -qmp/-monitor/-chardev shell in {argv!r}\n")
-        sys.exit(1)
-    return qmp, monitor, shell
-
-
 def connect(path: str) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     deadline = time.monotonic() + 10
@@ -639,48 +627,12 @@ def pidns_command() -> list[str]:
     return _pidns
 
 
-def _stat_fields(pid: str) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    except OSError:
-        return None
-    # fields after "(comm)": state ppid pgrp ...
-    return text.rsplit(")", 1)[1].split()
-
-
-def _all_procs() -> list[tuple[int, int, int]]:
-    """(pid, ppid, pgrp) of every process."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            f = _stat_fields(entry)
-            if f is not None:
-                out.append((int(entry), int(f[1]), int(f[2])))
-    return out
-
-
-def descendants(root: int) -> set[int]:
-    procs = _all_procs()
-    children: dict[int, list[int]] = {}
-    for pid, ppid, _ in procs:
-        children.setdefault(ppid, []).append(pid)
-    found: set[int] = set()
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def group_members(pgrp: int) -> set[int]:
-    return {pid for pid, _, g in _all_procs() if g == pgrp}
-
-
 def main() -> None:
-    fake = Fake(sys.argv[1:])
+    try:
+        fake = Fake(sys.argv[1:])
+    except MissingSockets as e:
+        sys.stderr.write(f"fake_qemu: {e}\n")
+        sys.exit(1)
     status = fake.run()
     sys.stdout.flush()
     os._exit(status)

@@ -4,11 +4,9 @@ minimal stand-in for the driver's side of a VM (sockets, start script, backdoor,
 from __future__ import annotations
 
 import base64
-import json
 import os
 import select
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -16,11 +14,12 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from nixos_test_ng.guest import BuildError, ensure_built
-from nixos_test_ng.guest.cache import INITRD_FILE, MANIFEST_FILE
+from nixos_test_ng.procs import Reaper
+from support.guest import make_fake_guest
+from support.qemu_args import appended_args
 
 HANDSHAKE = b"Spawning backdoor root shell..."
 
@@ -29,58 +28,19 @@ HANDSHAKE = b"Spawning backdoor root shell..."
 # processes
 
 
-class Reaper:
-    """Starts processes in their own session and kills every one of them at teardown."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[Any]] = []
-
-    def spawn(self, cmd: list[str] | str, **kw: Any) -> subprocess.Popen[Any]:
-        proc = subprocess.Popen(cmd, start_new_session=True, **kw)
-        self.procs.append(proc)
-        return proc
-
-    def kill_all(self) -> None:
-        for proc in self.procs:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
-
-
 @pytest.fixture
 def reaper() -> Iterator[Reaper]:
+    """`reaper.spawn(cmd, **popen)`: a process in a session of its own; the whole session is
+    killed at teardown."""
     r = Reaper()
     try:
         yield r
     finally:
-        r.kill_all()
+        r.reap_all()
 
 
 # --------------------------------------------------------------------------------------------
 # fake guest and fake QEMU
-
-
-def make_fake_guest(path: Path, *, kvm: bool = False) -> Path:
-    """A guest directory with a manifest and empty artifacts (enough for start scripts)."""
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "vmlinux").write_bytes(b"")
-    (path / INITRD_FILE).write_bytes(b"")
-    manifest = {
-        "format": 1,
-        "kernel_file": "vmlinux",
-        "artifacts": {},
-        "kvm": {"usable": kvm, "detail": "fake"},
-    }
-    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
-    return path
 
 
 @pytest.fixture
@@ -133,23 +93,6 @@ def fake_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 # the driver's side of a real VM
 
 
-def driver_args(state: Path, allow_reboot: bool = False) -> list[str]:
-    """The arguments the upstream driver appends to a start script, in its order (without
-    `-no-reboot` for a machine with `allow_reboot = true`)."""
-    args = [
-        "-qmp", f"unix:{state}/qmp,server=on,wait=off",
-        "-monitor", f"unix:{state}/monitor",
-        "-chardev", f"socket,id=shell,path={state}/shell",
-        "-device", "virtio-serial",
-        "-device", "virtconsole,chardev=shell",
-        "-device", "virtio-rng-pci",
-        "-serial", "stdio",
-        "-no-reboot",
-        "-nographic",
-    ]  # fmt: skip
-    return [a for a in args if a != "-no-reboot"] if allow_reboot else args
-
-
 class VM:
     """Plays the upstream driver's part for one start script: listening `shell` and `monitor`
     sockets before the spawn, the driver's arguments and environment, the handshake, and
@@ -182,7 +125,7 @@ class VM:
             "SHARED_DIR": str(shared),
             "USE_TMPDIR": "1",
         }
-        cmd = " ".join(shlex.quote(a) for a in [str(script), *driver_args(state, allow_reboot)])
+        cmd = shlex.join([str(script), *appended_args(state, allow_reboot)])
         self.serial_log = state / "serial.log"
         self.started = time.monotonic()
         with open(self.serial_log, "wb") as log:
@@ -295,7 +238,7 @@ class VM:
 @pytest.fixture
 def upstream_driver_args() -> Callable[[Path], list[str]]:
     """`driver_args(state_dir)`: what the upstream driver appends to a start script."""
-    return driver_args
+    return appended_args
 
 
 @pytest.fixture

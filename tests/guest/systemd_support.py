@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nixos_test_ng import procs
 from nixos_test_ng.guest import BuildError, ensure_systemd_built, systemd_dir
 from nixos_test_ng.guest.cache import INITRD_FILE, MANIFEST_FILE
 
@@ -69,15 +70,6 @@ def _pdeathsig() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def proc_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
-
-
 def pid_namespace(pid: int) -> str | None:
     try:
         return os.readlink(f"/proc/{pid}/ns/pid")
@@ -86,11 +78,7 @@ def pid_namespace(pid: int) -> str | None:
 
 
 def processes_in_pid_namespace(ns: str) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and pid_namespace(int(entry)) == ns and proc_alive(int(entry)):
-            out.append(int(entry))
-    return out
+    return [p.pid for p in procs.snapshot() if pid_namespace(p.pid) == ns]
 
 
 def cgroup2_root() -> Path:
@@ -133,7 +121,7 @@ def container_init(nspawn: int, timeout: float = 30, console: Any = lambda: "") 
                 if pid_namespace(kid) not in (None, pid_namespace(nspawn)) and comm == "systemd":
                     return kid
         except OSError:
-            if not proc_alive(nspawn):
+            if not procs.alive(nspawn):
                 raise RuntimeError(f"systemd-nspawn exited; console:\n{console()}") from None
         time.sleep(0.005)
     raise TimeoutError(f"no container init; console:\n{console()}")
@@ -208,7 +196,8 @@ class Container:
         """The pid of the PID line, which must be the first line on stdout."""
         self.wait_for_line(lambda _: True, timeout)
         first = self.lines[0]
-        assert first.startswith(PID_LINE), f"first stdout line: {first!r}"
+        if not first.startswith(PID_LINE):
+            pytest.fail(f"the first stdout line is not the PID line: {first!r}")
         return int(first[len(PID_LINE) :])
 
     def init_pid(self, timeout: float = 30) -> int:
@@ -229,7 +218,8 @@ class Container:
 
     def succeed(self, command: str, timeout: float = 60) -> str:
         r = self.nsenter(f"set -eo pipefail; source /etc/profile; set -u; {command}", timeout)
-        assert r.returncode == 0, f"`{command}` failed ({r.returncode}): {r.stdout}{r.stderr}"
+        if r.returncode != 0:
+            pytest.fail(f"`{command}` failed ({r.returncode}): {r.stdout}{r.stderr}")
         return r.stdout
 
     def wait_running(self, timeout: float = 60) -> str:
@@ -246,20 +236,16 @@ class Container:
 
     def kill(self) -> None:
         """What the driver does when it dies: SIGKILL to the script's process group."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        procs.kill_group(self.proc.pid)
         self.proc.wait(timeout=30)
         for t in self._threads:
             t.join(timeout=10)
 
 
 def wait_gone(check: Any, timeout: float = 10) -> Any:
-    """Polls `check()` until it returns something false; returns the last value."""
+    """Polls `check()` until it returns something false; returns the last value. `timeout`
+    is the hang detector: the caller asserts on the value."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if not value or time.monotonic() > deadline:
-            return value
+    while (value := check()) and time.monotonic() < deadline:
         time.sleep(0.05)
+    return value

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nixos_test_ng import procs
 from nixos_test_ng.guest import systemd_dir, write_start_scripts
 from nixos_test_ng.guest.systemd_guest import machine_id
 from systemd_support import (
@@ -24,7 +25,6 @@ from systemd_support import (
     host_mounts,
     own_cgroup_dir,
     pid_namespace,
-    proc_alive,
     processes_in_pid_namespace,
     require_nspawn,
     systemd_guest,  # noqa: F401  (a fixture)
@@ -37,9 +37,9 @@ pytestmark = pytest.mark.vm
 def leftovers(nspawn: int, init: int, pidns: str, cgroup: Path) -> list[str]:
     """What of a container is still there."""
     left = []
-    if proc_alive(nspawn):
+    if procs.alive(nspawn):
         left.append(f"systemd-nspawn (pid {nspawn})")
-    if proc_alive(init):
+    if procs.alive(init):
         left.append(f"the container's init (pid {init})")
     in_ns = processes_in_pid_namespace(pidns)
     if in_ns:

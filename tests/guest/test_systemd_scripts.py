@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nixos_test_ng import procs
 from nixos_test_ng.guest import GuestError, LayoutError, systemd_dir, write_start_scripts
 from nixos_test_ng.guest.nspawn import PATH, render_nspawn_script
 from nixos_test_ng.guest.scripts import Node
@@ -25,7 +26,6 @@ from systemd_support import (
     host_mounts,
     make_fake_systemd_guest,
     own_cgroup_dir,
-    proc_alive,
     require_root,
     wait_gone,
 )
@@ -355,7 +355,7 @@ def test_nspawn_script_contract(fake_container: Any, sd_guest: Path, tmp_path: P
     finally:
         c.kill()
     # killed as the driver kills it: the watcher removes the cgroup, nothing stays mounted
-    assert not proc_alive(pid)
+    assert not procs.alive(pid)
     assert not wait_gone(cg.exists, 10), f"{cg} was not removed"
     assert host_mounts() == mounts_before
 

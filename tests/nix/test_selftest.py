@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from nixos_test_ng import procs
 
 from .conftest import NIX_DIR, NixRun
 
@@ -55,17 +56,7 @@ class SelfTest:
 
 def build_processes() -> list[str]:
     """Processes (QEMU, vde_switch, the driver) still running in a self-test's build dir."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if b"nix-build-vm-test-run-" in cmdline:
-            found.append(cmdline.decode(errors="replace"))
-    return found
+    return list(procs.marked(procs.Marker(needles=("nix-build-vm-test-run-",))).values())
 
 
 @pytest.fixture(scope="session")
