@@ -168,9 +168,12 @@ trap 'finish halt' USR1
 trap 'finish poweroff' USR2
 trap 'finish reboot' TERM INT
 
-# the backdoor, respawned when it exits; it waits for /dev/hvc0 (the driver's virtconsole)
-(
-	trap - USR1 USR2 TERM INT
+# the backdoor, respawned when it exits; it waits for /dev/hvc0 (the driver's virtconsole).
+# Not an asynchronous list (`( ... ) &`): in a shell without job control that would start it
+# with SIGINT and SIGQUIT ignored, which nothing can undo later, so Ctrl-C could not interrupt
+# a command of the backdoor. start-stop-daemon -b forks from here and execs the loop, which
+# then gets every signal's default action (the traps above are reset by exec).
+start-stop-daemon -S -b -p /run/ntng-backdoor-loop.pid -x /bin/sh -- -c '
 	while :; do
 		i=0
 		while [ ! -e /dev/hvc0 ]; do
@@ -178,10 +181,9 @@ trap 'finish reboot' TERM INT
 			if [ $i -lt 200 ]; then sleep 0.05; else sleep 1; fi
 		done
 		env -i PATH="$PATH" /bin/bash /lib/nixos-test-ng/backdoor
-		log "backdoor exited with status $?; restarting it"
+		echo "init: backdoor exited with status $?; restarting it" >/dev/console
 		sleep 0.5
-	done
-) &
+	done'
 log "started the backdoor after $(cut -d' ' -f1 /proc/uptime)s"
 echo "nixos-test-ng guest $hostname: backdoor on hvc0" >/dev/tty0 2>/dev/null
 
