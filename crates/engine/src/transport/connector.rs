@@ -164,6 +164,26 @@ impl Connector for Ready {
 /// How long to wait before trying a refused or dropped connection again.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
+/// Calls `try_once` until it yields a stream, pausing between tries, until the deadline or an
+/// interruption.
+fn retry_until<T>(
+    deadline: Deadline,
+    mut try_once: impl FnMut() -> Result<Option<T>, ConnectError>,
+) -> Result<T, ConnectError> {
+    loop {
+        if let Some(stream) = try_once()? {
+            return Ok(stream);
+        }
+        if interrupt::check().is_err() {
+            return Err(ConnectError::Interrupted);
+        }
+        if deadline.expired() {
+            return Err(ConnectError::TimedOut);
+        }
+        std::thread::sleep(RETRY_PAUSE.min(deadline.slice()));
+    }
+}
+
 /// Connects to a unix socket; with `vsock_port`, speaks the hybrid-vsock prelude of
 /// Firecracker and Cloud Hypervisor first: `CONNECT <port>\n`, answered by `OK <n>\n`. A socket
 /// that is not there yet, a refused connection and a connection dropped during the prelude
@@ -271,18 +291,7 @@ fn is_slice_end(e: &io::Error) -> bool {
 
 impl Connector for ConnectUnix {
     fn connect(&mut self, deadline: Deadline) -> Result<Stream, ConnectError> {
-        loop {
-            if let Some(stream) = self.try_once(deadline)? {
-                return Ok(stream.into());
-            }
-            if interrupt::check().is_err() {
-                return Err(ConnectError::Interrupted);
-            }
-            if deadline.expired() {
-                return Err(ConnectError::TimedOut);
-            }
-            std::thread::sleep(RETRY_PAUSE.min(deadline.slice()));
-        }
+        retry_until(deadline, || self.try_once(deadline)).map(Into::into)
     }
 
     fn reconnects(&self) -> bool {
@@ -409,18 +418,8 @@ fn set_blocking(fd: &OwnedFd) -> io::Result<()> {
 
 impl Connector for Vsock {
     fn connect(&mut self, deadline: Deadline) -> Result<Stream, ConnectError> {
-        loop {
-            if let Some(stream) = self.try_once(deadline)? {
-                return Ok(Box::new(stream));
-            }
-            if interrupt::check().is_err() {
-                return Err(ConnectError::Interrupted);
-            }
-            if deadline.expired() {
-                return Err(ConnectError::TimedOut);
-            }
-            std::thread::sleep(RETRY_PAUSE.min(deadline.slice()));
-        }
+        let stream = retry_until(deadline, || self.try_once(deadline))?;
+        Ok(Box::new(stream))
     }
 
     fn reconnects(&self) -> bool {
