@@ -44,6 +44,22 @@ pub struct FakeBackend {
 }
 
 impl FakeBackend {
+    /// Starts the guest's bash, its stderr read as the machine's console, and counts the launch.
+    fn spawn_guest(
+        &self,
+        host: &dyn Host,
+        cmd: Command,
+    ) -> Result<(process::ChildProcess, std::thread::JoinHandle<()>)> {
+        let info = host.info();
+        let process = process::spawn(cmd).map_err(|e| Error::io("starting bash", e))?;
+        let stderr = process.take_stderr().expect("stderr is piped");
+        let console_reader =
+            host.console()
+                .spawn_reader(stderr, info.name.clone(), info.logger.clone());
+        self.record.launches.fetch_add(1, Ordering::SeqCst);
+        Ok((process, console_reader))
+    }
+
     /// A guest that runs `before` in bash, then the backdoor.
     pub fn new(before: impl Into<String>) -> Self {
         FakeBackend {
@@ -78,7 +94,6 @@ impl Backend for FakeBackend {
         if self.reconnecting {
             return self.launch_reconnecting(host);
         }
-        let info = host.info();
         let (ours, theirs) = UnixStream::pair().map_err(|e| Error::io("socket pair", e))?;
         let stdout = theirs
             .try_clone()
@@ -93,12 +108,7 @@ impl Backend for FakeBackend {
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::from(OwnedFd::from(stdout)))
             .stderr(Stdio::piped());
-        let process = process::spawn(cmd).map_err(|e| Error::io("starting bash", e))?;
-        let stderr = process.take_stderr().expect("stderr is piped");
-        let console_reader =
-            host.console()
-                .spawn_reader(stderr, info.name.clone(), info.logger.clone());
-        self.record.launches.fetch_add(1, Ordering::SeqCst);
+        let (process, console_reader) = self.spawn_guest(host, cmd)?;
         Ok(Launched {
             process: Arc::new(process),
             console_reader,
@@ -126,7 +136,6 @@ impl Backend for FakeBackend {
 
 impl FakeBackend {
     fn launch_reconnecting(&self, host: &dyn Host) -> Result<Launched> {
-        let info = host.info();
         let mut cmd = Command::new("bash");
         cmd.args(["--norc", "-c"])
             .arg(format!(
@@ -136,12 +145,7 @@ impl FakeBackend {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let process = process::spawn(cmd).map_err(|e| Error::io("starting bash", e))?;
-        let stderr = process.take_stderr().expect("stderr is piped");
-        let console_reader =
-            host.console()
-                .spawn_reader(stderr, info.name.clone(), info.logger.clone());
-        self.record.launches.fetch_add(1, Ordering::SeqCst);
+        let (process, console_reader) = self.spawn_guest(host, cmd)?;
         Ok(Launched {
             process: Arc::new(process),
             console_reader,
