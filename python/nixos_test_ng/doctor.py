@@ -26,6 +26,13 @@ SETUP_FIX = "make setup (scripts/setup-system.sh)"
 #: Below this, the guest builds and a few VM disks may not fit in the tmp dir.
 MIN_FREE_BYTES = 2 * 1024**3
 VHOST_VSOCK = Path("/dev/vhost-vsock")
+
+# The commands each line checks; the `tools` line checks every other command of the table.
+QEMU_COMMANDS = ("qemu-system-x86_64", "qemu-img")
+VLAN_COMMANDS = ("vde_switch", "vde_plug2tap")
+CONTAINER_COMMANDS = ("systemd-nspawn", "nsenter", "unshare", "ip")
+OCR_COMMANDS = ("tesseract",)
+NIX_COMMANDS = ("nix-build", "nix-instantiate")
 DEV_KVM = Path("/dev/kvm")
 
 
@@ -105,7 +112,7 @@ def _commands_check(
 
 
 def check_qemu(table: dict[str, HostCommand], which: Which = shutil.which) -> Check:
-    names = ["qemu-system-x86_64", "qemu-img"]
+    names = QEMU_COMMANDS
     if all(which(n) for n in names):
         system = _first_line(["qemu-system-x86_64", "--version"]).partition("version ")[2]
         img = _first_line(["qemu-img", "--version"]).partition("version ")[2]
@@ -177,16 +184,13 @@ def check_vsock(which: Which = shutil.which, device: Path = VHOST_VSOCK) -> Chec
 
 
 def check_vlans(table: dict[str, HostCommand], which: Which = shutil.which) -> Check:
-    return _commands_check(
-        "VLANs", ["vde_switch", "vde_plug2tap"], table, which, "vde_switch, vde_plug2tap"
-    )
+    return _commands_check("VLANs", VLAN_COMMANDS, table, which, ", ".join(VLAN_COMMANDS))
 
 
 def check_containers(
     table: dict[str, HostCommand], which: Which = shutil.which, euid: int | None = None
 ) -> Check:
-    names = ["systemd-nspawn", "nsenter", "unshare", "ip"]
-    found = _commands_check("containers", names, table, which, "")
+    found = _commands_check("containers", CONTAINER_COMMANDS, table, which, "")
     if found.status is not Status.OK:
         return found
     version = _first_line(["systemd-nspawn", "--version"])
@@ -202,7 +206,7 @@ def check_containers(
 
 def check_ocr(table: dict[str, HostCommand], which: Which = shutil.which) -> Check:
     if which("tesseract") is None:
-        return _commands_check("OCR", ["tesseract"], table, which, "")
+        return _commands_check("OCR", OCR_COMMANDS, table, which, "")
     version = _first_line(["tesseract", "--version"])
     return Check(Status.OK, "OCR", f"{version} (get_screen_text, wait_for_text)")
 
@@ -276,7 +280,7 @@ def check_tmp_dir(min_free: int = MIN_FREE_BYTES) -> Check:
 
 
 def check_nix(table: dict[str, HostCommand], which: Which = shutil.which) -> Check:
-    names = ["nix-build", "nix-instantiate"]
+    names = NIX_COMMANDS
     if all(which(n) for n in names):
         return Check(Status.OK, "Nix", _first_line(["nix-build", "--version"]))
     found = _commands_check("Nix", names, table, which, "")
@@ -291,17 +295,11 @@ def check_nix(table: dict[str, HostCommand], which: Which = shutil.which) -> Che
 def check_tools(table: dict[str, HostCommand], which: Which = shutil.which) -> Check:
     """The commands no other line covers (guest building, shell_interact, the report test)."""
     covered = {
-        "qemu-system-x86_64",
-        "qemu-img",
-        "vde_switch",
-        "vde_plug2tap",
-        "systemd-nspawn",
-        "nsenter",
-        "unshare",
-        "ip",
-        "tesseract",
-        "nix-build",
-        "nix-instantiate",
+        *QEMU_COMMANDS,
+        *VLAN_COMMANDS,
+        *CONTAINER_COMMANDS,
+        *OCR_COMMANDS,
+        *NIX_COMMANDS,
     }
     names = [name for name in table if name not in covered]
     return _commands_check("tools", names, table, which, ", ".join(names))
