@@ -5,6 +5,9 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+#: The metric-key prefix of each `transport-*` suite.
+TRANSPORT_KEYS = {"backdoor": "bd", "agent": "ag"}
+
 
 def quantile(values: list[float], q: float) -> float:
     """Linear-interpolation quantile (q in 0..1)."""
@@ -86,6 +89,22 @@ def per_run_figures(suite: str, raw: dict[str, Any]) -> dict[str, float]:
         f["ocr_all_variants_s"] = statistics.median(raw["all_variants_s"])
         f["ocr_early_exit_s"] = statistics.median(raw["early_exit_s"])
         f["ocr_raw_s"] = statistics.median(raw["raw_s"])
+    elif suite == "stdout100":
+        f["mb100_stdout_s"] = raw["stdout_s"]
+        f["rss_stdout100_mb"] = raw["vm_hwm_kib"] / 1000
+    elif suite.startswith("transport-"):
+        key = TRANSPORT_KEYS[suite.removeprefix("transport-")]
+        t = raw["true_s"]
+        f[f"{key}_connecting_s"] = raw["connecting_s"]["machine"]
+        f[f"{key}_first_command_s"] = raw["start_to_first_command_s"]
+        f[f"{key}_true_median_s"] = statistics.median(t)
+        f[f"{key}_true_mean_s"] = statistics.fmean(t)
+        f[f"{key}_mb_stdout_s"] = statistics.median(raw["mb_stdout_s"])
+        if raw["big_stdout_s"] is not None:
+            f[f"{key}_mb100_stdout_s"] = raw["big_stdout_s"]
+        f[f"{key}_copy_to_s"] = statistics.median(raw["copy_to_machine_s"])
+        f[f"{key}_copy_from_s"] = statistics.median(raw["copy_from_machine_s"])
+        f[f"rss_{key}_mb"] = raw["vm_hwm_kib"] / 1000
     elif suite == "systemd-vm":
         f["sd_connecting_s"] = raw["connecting_s"]["machine"]
         f["sd_first_command_s"] = raw["first_command_s"]

@@ -1,5 +1,6 @@
 """The command line of `benches/run.py`: which suites, how many runs, where the results go;
-the warm-up run, the rounds (round robin over the suites), the result files."""
+the warm-up run, the rounds (round robin over the suites; with `--upstream`, each run of
+ours followed by upstream's run of the same suite), the result files."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import REPO, RESULTS, results
+from harness import REPO, RESULTS, results, upstream
 from harness.environment import environment, resolve_driver
 from harness.figures import per_run_figures
-from harness.suites import SYSTEMD_SUITES, suites
+from harness.suites import GROUPS, SYSTEMD_SUITES, suites
 
 DESCRIPTION = (
     "Benchmark harness of nixos-test-ng: the busybox guest under TCG, driven by"
@@ -36,8 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--driver", default="nixos-test-driver", help="the driver command to measure")
     p.add_argument(
+        "--upstream",
+        metavar="CMD",
+        help="upstream's driver (a command line): every suite that has an upstream"
+        " counterpart also runs it, alternating with ours run by run, and the report compares"
+        " with its medians of this same run",
+    )
+    p.add_argument(
         "--only",
-        help="comma-separated suites (minimal, commands, start2, start4, start2-vlan)",
+        help="comma-separated suites (minimal, commands, stdout100, start2, ...; groups: "
+        + ", ".join(f"{g} = {'+'.join(m)}" for g, m in GROUPS.items())
+        + ")",
     )
     p.add_argument("--name", help="results file stem (default: latest, or quick with --quick)")
     p.add_argument("--note", help="a note recorded in the results (e.g. 'machine busy')")
@@ -50,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     calls, warmup, mb_iters = (50, 2, 2) if args.quick else (200, 5, 5)
     selected = suites(calls, warmup, mb_iters)
     if args.only:
-        wanted = set(args.only.split(","))
+        wanted = {n for w in args.only.split(",") for n in GROUPS.get(w, [w])}
         unknown = wanted - {s.name for s in selected}
         if unknown:
             p.error(f"unknown suite(s): {', '.join(sorted(unknown))}")
@@ -64,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from nixos_test_ng.procs import Reaper
 
-    from harness.runner import Context, RunFailed, run_once
+    from harness.runner import Context, Driver, RunFailed, run_once
 
     guest_dir = ensure_built()
     if any(s.name in SYSTEMD_SUITES for s in selected):
@@ -75,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     if not os.access(driver, os.X_OK):
         print(f"bench: driver `{args.driver}` not found", file=sys.stderr)
         return 2
+    theirs: Driver | None = None
+    if args.upstream:
+        try:
+            theirs = Driver(upstream.command(args.upstream), kind="upstream")
+        except upstream.UpstreamError as e:
+            print(f"bench: {e}", file=sys.stderr)
+            return 2
 
     receiver = None
     if any(s.name == "tracing" for s in selected):
@@ -92,43 +109,64 @@ def main(argv: list[str] | None = None) -> int:
     reaper = Reaper().guard()
     started = datetime.datetime.now(datetime.UTC)
     env = environment(driver, shim, guest_dir)
+    env["upstream_driver"] = upstream.provenance(theirs.command) if theirs else None
     tmp_root = Path(tempfile.mkdtemp(prefix="ntng-bench-"))
-    ctx = Context(driver, guest_dir, tmp_root, reaper, args.keep_tmp)
+    ours = Context(Driver((driver,)), guest_dir, tmp_root, reaper, args.keep_tmp)
+    upstream_ctx = dataclasses.replace(ours, driver=theirs) if theirs else None
     raw_runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in selected}
+    upstream_runs: dict[str, list[dict[str, Any]]] | None = None
+    if theirs:
+        upstream_runs = {s.name: [] for s in selected if s.upstream}
     failures: list[dict[str, str]] = []
-    try:
-        # One discarded run first, so that the page cache and the like are warm for all.
-        print("bench: warm-up run (discarded)", file=sys.stderr, flush=True)
+
+    def one_run(ctx: Context, s: Any, label: str, i: int, into: dict[str, Any]) -> None:
+        """One run; its figures go into `into`, its failure into `failures` (the bench goes
+        on: a failed run is reported, not fatal)."""
+        time.sleep(PAUSE_BETWEEN_RUNS_S)
+        tic = time.monotonic()
+        before = len(receiver.spans) if receiver else 0
         try:
-            run_once(ctx, selected[0], "warmup")
+            raw = run_once(ctx, s, label)
+            if receiver:
+                raw["spans_received"] = len(receiver.spans) - before
+            raw["round"] = i
+            raw["figures"] = per_run_figures(s.name, raw)
         except RunFailed as e:
-            print(f"bench: warm-up failed: {e}", file=sys.stderr)
-            return 1
-        # Round robin, so that a change in the machine's load spreads over all suites.
+            print(f"bench: {label}: FAILED\n{e}", file=sys.stderr, flush=True)
+            failures.append({"run": label, "error": str(e)})
+            return
+        except (KeyError, TypeError, ValueError) as e:  # a result file without its figures
+            print(f"bench: {label}: FAILED (bad result: {e!r})", file=sys.stderr, flush=True)
+            failures.append({"run": label, "error": f"{label}: bad result: {e!r}"})
+            return
+        into[s.name].append(raw)
+        if raw["leftover_processes"]:
+            print(f"bench: {label}: killed {raw['leftover_processes']}", file=sys.stderr)
+        shown = {k: round(v, 4) for k, v in raw["figures"].items()}
+        print(f"bench: {label} ({time.monotonic() - tic:.1f} s): {shown}", file=sys.stderr)
+
+    try:
+        # One discarded run first (of each driver), so that the page cache, the bytecode
+        # caches and the like are warm for all.
+        print("bench: warm-up run (discarded)", file=sys.stderr, flush=True)
+        warm = [(ours, selected[0], "warmup")]
+        first_upstream = next((s for s in selected if s.upstream), None)
+        if upstream_ctx and first_upstream:
+            warm.append((upstream_ctx, first_upstream, "warmup-upstream"))
+        for ctx, s, label in warm:
+            try:
+                run_once(ctx, s, label)
+            except RunFailed as e:
+                print(f"bench: {label} failed: {e}", file=sys.stderr)
+                return 1
+        # Round robin, so that a change in the machine's load spreads over all suites; with
+        # --upstream, upstream's run of a suite follows ours at once (ours, upstream, ours,
+        # upstream, ...), so that drifts hit both alike.
         for i in range(1, runs + 1):
             for s in selected:
-                time.sleep(PAUSE_BETWEEN_RUNS_S)
-                label = f"{s.name}-{i}"
-                tic = time.monotonic()
-                before = len(receiver.spans) if receiver else 0
-                try:
-                    raw = run_once(ctx, s, label)
-                    if receiver:
-                        raw["spans_received"] = len(receiver.spans) - before
-                except RunFailed as e:
-                    print(f"bench: {label}: FAILED\n{e}", file=sys.stderr, flush=True)
-                    failures.append({"run": label, "error": str(e)})
-                    continue
-                raw["figures"] = per_run_figures(s.name, raw)
-                raw_runs[s.name].append(raw)
-                if raw["leftover_processes"]:
-                    print(f"bench: {label}: killed {raw['leftover_processes']}", file=sys.stderr)
-                shown = {k: round(v, 4) for k, v in raw["figures"].items()}
-                print(
-                    f"bench: {label} ({time.monotonic() - tic:.1f} s): {shown}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                one_run(ours, s, f"{s.name}-{i}", i, raw_runs)
+                if upstream_ctx and upstream_runs is not None and s.upstream:
+                    one_run(upstream_ctx, s, f"{s.name}-upstream-{i}", i, upstream_runs)
     finally:
         for pid, cmd in reaper.reap_all().items():
             print(f"bench: killed leftover {pid}: {cmd[:160]}", file=sys.stderr)
@@ -150,9 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": warmup,
         "mb_iters": mb_iters,
         "suites": [s.name for s in selected],
+        "upstream_suites": [s.name for s in selected if s.upstream] if theirs else [],
         "note": args.note,
     }
-    doc = results.document(meta, env, raw_runs, failures)
+    doc = results.document(meta, env, raw_runs, failures, upstream_runs)
     print(results.write(doc, name))
     print(f"bench: wrote {RESULTS / name}.json and .md", file=sys.stderr)
     return 1 if failures else 0

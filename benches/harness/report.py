@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.targets import STRICT_TARGETS, TARGETS, UPSTREAM
+from harness.targets import RATIO_TARGETS, STRICT_TARGETS, TARGETS
 
 # (id, metric key, what, unit): the rows of the markdown table, in order.
 ROWS = [
@@ -22,6 +22,8 @@ ROWS = [
     ("d", "mb_stdout_s", "1 MB stdout `head -c 1000000 /dev/zero \\| tr '\\0' a`", "s"),
     ("d", "mb_devnull_s", "… same command `> /dev/null` (guest's own cost)", "s"),
     ("d", "mb_transfer_s", "… difference (transfer + decoding)", "s"),
+    ("d", "mb100_stdout_s", "100 MB stdout, one command (`stdout100`)", "s"),
+    ("f", "rss_stdout100_mb", "… driver peak RSS of that run", "MB"),
     ("e", "start2_up_s", "`start_all()` 2 VMs, no VLAN → all answered", "s"),
     ("e", "start4_up_s", "`start_all()` 4 VMs, no VLAN → all answered", "s"),
     ("e", "start2_vlan_up_s", "`start_all()` 2 VMs on VLAN 1 → all answered", "s"),
@@ -90,6 +92,27 @@ ROWS = [
     ("i", "sd_connecting_s", "systemd VM: boot → handshake, `connecting took`", "s"),
     ("i", "sd_first_command_s", '… `start()` → first `succeed("true")` returned', "s"),
     ("i", "sd_multi_user_s", '… `start()` → `wait_for_unit("multi-user.target")` returned', "s"),
+    *(
+        row
+        for key, name in (("bd", "backdoor"), ("ag", "agent"))
+        for row in (
+            ("m", f"{key}_connecting_s", f"{name}: handshake, driver's `connecting took`", "s"),
+            ("m", f"{key}_first_command_s", '… `start()` → first `succeed("true")`', "s"),
+            ("m", f"{key}_true_median_s", '… `succeed("true")`, median of per-run medians', "ms"),
+            ("m", f"{key}_true_mean_s", "… … per-run mean", "ms"),
+            ("m", f"{key}_mb_stdout_s", "… 1 MB stdout", "s"),
+            ("m", f"{key}_mb100_stdout_s", "… 100 MB stdout", "s"),
+            ("m", f"{key}_copy_to_s", "… `copy_from_host` of 10 MB", "s"),
+            ("m", f"{key}_copy_from_s", "… `copy_from_machine` of 10 MB", "s"),
+            ("m", f"rss_{key}_mb", "… driver peak RSS", "MB"),
+        )
+    ),
+    ("m", "ag_bd_connecting_s_ratio", "agent / backdoor, same round: handshake", "r"),
+    ("m", "ag_bd_true_median_s_ratio", '… `succeed("true")` median', "r"),
+    ("m", "ag_bd_mb_stdout_s_ratio", "… 1 MB stdout", "r"),
+    ("m", "ag_bd_mb100_stdout_s_ratio", "… 100 MB stdout", "r"),
+    ("m", "ag_bd_copy_to_s_ratio", "… `copy_from_host` 10 MB", "r"),
+    ("m", "ag_bd_copy_from_s_ratio", "… `copy_from_machine` 10 MB", "r"),
 ]
 
 
@@ -102,6 +125,8 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:.1f} MB"
     if unit == "x":
         return f"{value:.1%}"
+    if unit == "r":
+        return f"{value:.2f}"
     if unit == "n":
         return f"{value:.0f}"
     return f"{value:.3f} s"
@@ -109,6 +134,9 @@ def fmt(value: float | None, unit: str) -> str:
 
 def markdown(doc: dict[str, Any]) -> str:
     meta, env, metrics = doc["meta"], doc["environment"], doc["metrics"]
+    # Only upstream's runs of this same run are compared with (older documents recorded
+    # figures from another day under "upstream": those are not shown).
+    theirs = doc.get("upstream_metrics")
     lines = [
         "# nixos-test-ng benchmark results",
         "",
@@ -124,36 +152,60 @@ def markdown(doc: dict[str, Any]) -> str:
         f"- git {env['git_commit']}{' (dirty tree)' if env['git_dirty'] else ''};"
         f" driver {env['driver']} ({env['driver_version_python']})",
     ]
+    up = env.get("upstream_driver")
+    if theirs is not None and up:
+        commits = ", ".join(f"`{f['local']}` @{f['commit'][:12]}" for f in up.get("files", []))
+        lines.append(
+            f"- upstream's driver, run in this same run on the same guest, alternating with ours"
+            f" run by run: `{up['command']}` ({up.get('python') or 'Python ?'};"
+            f" NixOS/nixpkgs {commits or 'commits unknown'}; sha256 of each file in the JSON)"
+        )
     if meta.get("note"):
         lines.append(f"- note: {meta['note']}")
     if doc["failures"]:
-        lines.append(f"- **failed runs: {len(doc['failures'])}** (see the JSON)")
-    lines += [
-        "",
-        "min / median / max over runs; `upstream` is the median from upstream-baseline.md,"
-        " `ratio` = ours / upstream (below 1 = faster or smaller); `target` from the issue,"
-        " met when our median is at or below it (below it for the driver's share).",
-        "",
-        "| # | what | min | median | max | n | upstream | ratio | target | met |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+        n = len(doc["failures"])
+        lines.append(f"- **failed runs: {n}** (the errors: below and in the JSON)")
+    lines.append("")
+    if theirs is None:
+        lines += [
+            "**No upstream comparison was made in this run** (no `--upstream`): the figures"
+            " are ours only. A comparison with upstream's driver is only ever taken in the same"
+            " run, on the same guest (`benches/run.py --upstream CMD`).",
+            "",
+            "min / median / max over runs; `target` from the issues, met when our median is at"
+            " or below it (below it for the driver's share).",
+            "",
+            "| # | what | min | median | max | n | target | met |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+    else:
+        lines += [
+            "min / median / max over runs; `upstream` is the median of upstream's driver over"
+            " its runs of this same run, `ratio` = our median / upstream's (below 1 = faster or"
+            " smaller); `target` from the issues: an upper bound on our median, or on the"
+            " ratio (`× upstream`).",
+            "",
+            "| # | what | min | median | max | n | upstream | ratio | target | met |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
     for ident, key, what, unit in ROWS:
         m = metrics.get(key)
         if m is None:
             continue
-        up = UPSTREAM.get(key)
-        target = TARGETS.get(key)
-        ratio = f"{m['median'] / up:.2f}" if up else "–"
-        met = ""
-        if target is not None:
-            # "< 0.1 s" for the driver's share; "at most" for the others.
-            ok = m["median"] < target if key in STRICT_TARGETS else m["median"] <= target
-            met = "yes" if ok else "**no**"
-        lines.append(
-            f"| {ident} | {what} | {fmt(m['min'], unit)} | {fmt(m['median'], unit)} |"
-            f" {fmt(m['max'], unit)} | {m['n']} | {fmt(up, unit)} | {ratio} |"
-            f" {fmt(target, unit) if target is not None else ''} | {met} |"
-        )
+        cells = [ident, what, fmt(m["min"], unit), fmt(m["median"], unit), fmt(m["max"], unit)]
+        cells.append(str(m["n"]))
+        target, met = target_cells(key, m["median"], unit)
+        if theirs is not None:
+            u = theirs.get(key)
+            ratio = m["median"] / u["median"] if u and u["median"] else None
+            cells += [fmt(u["median"] if u else None, unit), f"{ratio:.2f}" if ratio else "–"]
+            rt = RATIO_TARGETS.get(key)
+            if rt is not None:
+                target = ", ".join(t for t in (target, f"≤ {rt:.2f} × upstream") if t)
+                ok = ratio is not None and ratio <= rt
+                met = ", ".join(x for x in (met, "yes" if ok else "**no**") if x)
+        cells += [target, met]
+        lines.append("| " + " | ".join(cells) + " |")
     c = doc.get("true_pooled")
     if c:
         lines += [
@@ -162,19 +214,34 @@ def markdown(doc: dict[str, Any]) -> str:
             f" median {fmt(c['median'], 'ms')}, p90 {fmt(c['p90'], 'ms')},"
             f" fastest {fmt(c['min'], 'ms')}, slowest {fmt(c['max'], 'ms')}.",
         ]
+    if doc["failures"]:
+        lines += ["", "Failed runs (each a run of its own; the others went on):", ""]
+        for f in doc["failures"]:
+            first = f["error"].splitlines()
+            why = next((ln for ln in reversed(first) if ln.strip()), first[0] if first else "")
+            lines.append(f"- `{f['run']}`: {first[0] if first else ''} — last line: `{why[:200]}`")
     lines += [
         "",
         "Notes: (e) runs the first commands in parallel threads, one per machine, right after"
-        " `start_all()` returns. Upstream's (e) waited for the guests' IP addresses, which"
-        " this guest configures before its backdoor starts. Upstream's driver share (g) is"
-        " derived from its medians (4.94 s − 4.33 s). MB = the kernel's kB / 1000, as in"
-        " upstream's `/usr/bin/time -v` figures. (k): `standby off` is a snapshot taken with"
+        " `start_all()` returns (upstream's `start_all()` starts its machines one after the"
+        " other). MB = the kernel's kB / 1000. (k): `standby off` is a snapshot taken with"
         " `NIXOS_TEST_NG_STANDBY=0`; back to back, a restore follows the previous one at once"
         " (its standby is not ready yet: loadvm, or the standby when it became ready)."
-        " Method: benches/README.md.",
+        " (m): our driver with `NIXOS_TEST_NG_TRANSPORT=backdoor` and `=agent`, one after the"
+        " other in every round. Method: benches/README.md.",
         "",
     ]
     return "\n".join(lines)
+
+
+def target_cells(key: str, median: float, unit: str) -> tuple[str, str]:
+    """The absolute target of a metric and whether our median meets it ("" when none)."""
+    target = TARGETS.get(key)
+    if target is None:
+        return "", ""
+    # "< 0.1 s" for the driver's share; "at most" for the others.
+    ok = median < target if key in STRICT_TARGETS else median <= target
+    return fmt(target, unit), "yes" if ok else "**no**"
 
 
 def fmt_load(load: Any) -> str:

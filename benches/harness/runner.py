@@ -1,7 +1,7 @@
-"""One `nixos-test-driver` run of a suite. Every run gets its own temporary directory
-(XDG_RUNTIME_DIR, output directory, start scripts) and its own session; whatever is left of
-it is killed after it (`nixos_test_ng.procs.Reaper`, which also kills every run in flight
-when the harness exits)."""
+"""One driver run of a suite: ours (`nixos-test-driver`) or upstream's (`--upstream CMD`).
+Every run gets its own temporary directory (XDG_RUNTIME_DIR, output directory, start
+scripts) and its own session; whatever is left of it is killed after it
+(`nixos_test_ng.procs.Reaper`, which also kills every run in flight when the harness exits)."""
 
 from __future__ import annotations
 
@@ -34,24 +34,110 @@ printf '%s\\n' "$EPOCHREALTIME" > {stamp}
 exec {real} "$@"
 """
 
+# Upstream's QemuMachine runs the start script through `/bin/sh -c` and, on cleanup,
+# SIGTERMs what it spawned and joins the thread reading QEMU's stdout: should `sh` fork
+# rather than exec, QEMU would outlive it and the join would hang (upstream-baseline.md,
+# "things the baseline run exposed", 1). The parent-death signal ends QEMU with its parent.
+UPSTREAM_VM_WRAPPER = """#!/bin/bash
+# Benchmark wrapper for upstream's driver: record when it ran the start script, then exec
+# the real one, which ends with its parent (upstream's `/bin/sh -c`).
+printf '%s\\n' "$EPOCHREALTIME" > {stamp}
+exec setpriv --pdeathsig TERM {real} "$@"
+"""
+
+# Upstream's NspawnMachine takes the container as started at a line of its stdout containing
+# "Welcome to NixOS" (after "systemd-nspawn's PID is N"), stops reading stdout there, and
+# runs its commands at once; the baseline's start script printed that marker after
+# multi-user.target, and so does this wrapper (the Debian guest says "Welcome to Debian").
+# It starts the real script with upstream's empty environment plus PATH, and ends it on
+# SIGTERM (upstream's `release()` terminates what it spawned).
+UPSTREAM_NSPAWN_WRAPPER = """#!/bin/bash
+# Benchmark wrapper for upstream's driver: see benches/harness/runner.py.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+printf '%s\\n' "$EPOCHREALTIME" > {stamp}
+{real} "$@" > >(
+    while IFS= read -r line; do
+        printf '%s\\n' "$line"
+        case $line in
+        *"Reached target"*"Multi-User System"*)
+            echo "Welcome to NixOS (benchmark wrapper: multi-user.target reached)"
+            exec cat >/dev/null ;;
+        esac
+    done
+) &
+real=$!
+trap 'kill -TERM "$real" 2>/dev/null' TERM INT
+while kill -0 "$real" 2>/dev/null; do wait "$real"; done
+"""
+
+CONTAINER_KIND = "systemd-nspawn"
+
 
 class RunFailed(Exception):
     """A run that did not give its figures (its exit status, its missing lines)."""
 
 
+@dataclass(frozen=True)
+class Driver:
+    """The driver a run measures: ours (`kind="ours"`) or upstream's (`kind="upstream"`),
+    by its command, with extra environment (e.g. our transport)."""
+
+    command: tuple[str, ...]
+    kind: str = "ours"
+
+    @property
+    def upstream(self) -> bool:
+        return self.kind == "upstream"
+
+
 @dataclass
 class Context:
-    driver: str
+    driver: str | Driver
     guest_dir: Path
     tmp_root: Path
     reaper: procs.Reaper
     keep_tmp: bool
 
+    @property
+    def the_driver(self) -> Driver:
+        d = self.driver
+        return d if isinstance(d, Driver) else Driver((d,))
+
+
+def command_line(driver: Driver, suite: Suite, wrappers: dict[str, Path], out: Path) -> list[str]:
+    """The driver's command line for a run. Ours: as Nix passes it. Upstream's: the test
+    script first (its `--vm-start-scripts` takes `nargs="*"`), `--vlans` always given (it
+    crashes without), in a private mount namespace (it mounts cgroup2 over /sys/fs/cgroup
+    for containers on a host without the unified hierarchy): as upstream-baseline.md."""
+    script = str(SCRIPTS / suite.script)
+    vlans = sorted({v for vs in suite.nodes.values() for v in vs})
+    if not driver.upstream:
+        args = procs.driver_arguments(wrappers, suite.kinds, vlans)
+        return [*driver.command, *args, "-o", str(out), "--", script]
+    vms = [str(p) for n, p in wrappers.items() if suite.kinds.get(n) != CONTAINER_KIND]
+    containers = [str(p) for n, p in wrappers.items() if suite.kinds.get(n) == CONTAINER_KIND]
+    cmd = ["unshare", "--mount", "--propagation", "private", *driver.command, script]
+    cmd += ["-o", str(out), "--vlans", *map(str, vlans)]
+    if vms:
+        cmd += ["--vm-start-scripts", *vms]
+    if containers:
+        cmd += ["--container-start-scripts", *containers]
+    return cmd
+
+
+def _wrapper_text(driver: Driver, suite: Suite, name: str, stamp: str, real: str) -> str:
+    if not driver.upstream:
+        return WRAPPER.format(stamp=stamp, real=real)
+    if suite.kinds.get(name) == CONTAINER_KIND:
+        return UPSTREAM_NSPAWN_WRAPPER.format(stamp=stamp, real=real)
+    return UPSTREAM_VM_WRAPPER.format(stamp=stamp, real=real)
+
 
 def run_once(ctx: Context, suite: Suite, label: str) -> dict[str, Any]:
-    """One `nixos-test-driver` run of a suite; returns the raw figures of that run."""
+    """One driver run of a suite; returns the raw figures of that run."""
     from nixos_test_ng.guest import write_start_scripts
 
+    driver = ctx.the_driver
     tmp = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=ctx.tmp_root))
     xdg, out, real, bindir, stamps = (tmp / d for d in ("xdg", "out", "real", "bin", "stamps"))
     for d in (xdg, out, bindir, stamps):
@@ -61,19 +147,18 @@ def run_once(ctx: Context, suite: Suite, label: str) -> dict[str, Any]:
     for name, path in written.items():
         w = bindir / path.name
         stamp = shlex.quote(str(stamps / name))
-        w.write_text(WRAPPER.format(stamp=stamp, real=shlex.quote(str(path))))
+        w.write_text(_wrapper_text(driver, suite, name, stamp, shlex.quote(str(path))))
         w.chmod(0o755)
         wrappers[name] = w
-    vlans = [v for vs in suite.nodes.values() for v in vs]
     result_file = tmp / "result.json"
-    cmd = [ctx.driver, *procs.driver_arguments(wrappers, suite.kinds, vlans)]
-    cmd += ["-o", str(out), "--", str(SCRIPTS / suite.script)]
+    cmd = command_line(driver, suite, wrappers, out)
 
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     env.update(suite.env)
     env.update(
         XDG_RUNTIME_DIR=str(xdg),
         NTNG_BENCH_RESULT=str(result_file),
+        NTNG_BENCH_OUT=str(out),
         NIXOS_TEST_NG_ACCEL="tcg",
         NO_COLOR="1",
     )
@@ -114,7 +199,11 @@ def run_once(ctx: Context, suite: Suite, label: str) -> dict[str, Any]:
         for name in written:
             text = (stamps / name).read_text().strip().replace(",", ".")
             raw["exec_stamps"][name] = float(text)
-        missing = set(written) - set(raw["connecting_s"])
+        # upstream's driver logs no handshake for a container
+        expected = {
+            n for n in written if not (driver.upstream and suite.kinds.get(n) == CONTAINER_KIND)
+        }
+        missing = expected - set(raw["connecting_s"])
         if missing:
             raise RunFailed(f"{label}: no `connecting took` line for {sorted(missing)}")
         return raw
