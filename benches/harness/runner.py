@@ -55,7 +55,9 @@ UPSTREAM_NSPAWN_WRAPPER = """#!/bin/bash
 # Benchmark wrapper for upstream's driver: see benches/harness/runner.py.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 printf '%s\\n' "$EPOCHREALTIME" > {stamp}
-{real} "$@" > >(
+# the filter is this shell's child, not the real script's: upstream takes the container's init
+# to be the only child of the PID the script announces
+exec {{console}}> >(
     while IFS= read -r line; do
         printf '%s\\n' "$line"
         case $line in
@@ -64,8 +66,10 @@ printf '%s\\n' "$EPOCHREALTIME" > {stamp}
             exec cat >/dev/null ;;
         esac
     done
-) &
+)
+{real} "$@" >&"$console" {{console}}>&- &
 real=$!
+exec {{console}}>&-
 trap 'kill -TERM "$real" 2>/dev/null' TERM INT
 while kill -0 "$real" 2>/dev/null; do wait "$real"; done
 """
