@@ -66,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown suite(s): {', '.join(sorted(unknown))}")
         selected = [s for s in selected if s.name in wanted]
     name = args.name or ("quick" if args.quick else "latest")
+    upstream_command: tuple[str, ...] | None = None
+    if args.upstream:  # checked before any guest is built
+        try:
+            upstream_command = upstream.command(args.upstream)
+        except upstream.UpstreamError as e:
+            print(f"bench: {e}", file=sys.stderr)
+            return 2
 
     try:
         from nixos_test_ng.guest import ensure_built
@@ -76,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from harness.runner import Context, Driver, RunFailed, run_once
 
+    theirs = Driver(upstream_command, kind="upstream") if upstream_command else None
+
     guest_dir = ensure_built()
     if any(s.name in SYSTEMD_SUITES for s in selected):
         from nixos_test_ng.guest import ensure_systemd_built
@@ -85,13 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     if not os.access(driver, os.X_OK):
         print(f"bench: driver `{args.driver}` not found", file=sys.stderr)
         return 2
-    theirs: Driver | None = None
-    if args.upstream:
-        try:
-            theirs = Driver(upstream.command(args.upstream), kind="upstream")
-        except upstream.UpstreamError as e:
-            print(f"bench: {e}", file=sys.stderr)
-            return 2
 
     receiver = None
     if any(s.name == "tracing" for s in selected):

@@ -76,6 +76,10 @@ while kill -0 "$real" 2>/dev/null; do wait "$real"; done
 
 CONTAINER_KIND = "systemd-nspawn"
 
+# Upstream's driver runs in a private mount namespace: for containers on a host without the
+# unified cgroup hierarchy it mounts cgroup2 over /sys/fs/cgroup (upstream-baseline.md).
+UPSTREAM_PREFIX = ("unshare", "--mount", "--propagation", "private")
+
 
 class RunFailed(Exception):
     """A run that did not give its figures (its exit status, its missing lines)."""
@@ -120,7 +124,7 @@ def command_line(driver: Driver, suite: Suite, wrappers: dict[str, Path], out: P
         return [*driver.command, *args, "-o", str(out), "--", script]
     vms = [str(p) for n, p in wrappers.items() if suite.kinds.get(n) != CONTAINER_KIND]
     containers = [str(p) for n, p in wrappers.items() if suite.kinds.get(n) == CONTAINER_KIND]
-    cmd = ["unshare", "--mount", "--propagation", "private", *driver.command, script]
+    cmd = [*UPSTREAM_PREFIX, *driver.command, script]
     cmd += ["-o", str(out), "--vlans", *map(str, vlans)]
     if vms:
         cmd += ["--vm-start-scripts", *vms]
