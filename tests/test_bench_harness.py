@@ -370,12 +370,15 @@ def test_the_transport_suites_force_each_transport_and_are_compared_round_by_rou
     assert m["ag_bd_copy_from_s_ratio"]["median"] == 1.0
     failed = {
         "run": "transport-agent-4",
-        "error": "transport-agent-4: the driver exited with 1\nmachine: no agent set up",
+        "error": "transport-agent-4: the driver exited with 1\n"
+        "!!! MachineError: machine: no agent set up\ntiming summary:\n  0.07 s  machine: true",
     }
     table = markdown(results.document(META, ENV, runs, [failed]))
     assert (
         "agent / backdoor, same round" in table
         and "| 2.00 ms | 2.00 ms | 3 | 2.50 ms | yes |" in table
     )
-    assert "- `transport-agent-4`: transport-agent-4: the driver exited with 1" in table
-    assert "`machine: no agent set up`" in table
+    assert (
+        "- `transport-agent-4`: transport-agent-4: the driver exited with 1"
+        " — `!!! MachineError: machine: no agent set up`" in table
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from harness.targets import RATIO_TARGETS, STRICT_TARGETS, TARGETS
@@ -217,9 +218,8 @@ def markdown(doc: dict[str, Any]) -> str:
     if doc["failures"]:
         lines += ["", "Failed runs (each a run of its own; the others went on):", ""]
         for f in doc["failures"]:
-            first = f["error"].splitlines()
-            why = next((ln for ln in reversed(first) if ln.strip()), first[0] if first else "")
-            lines.append(f"- `{f['run']}`: {first[0] if first else ''} — last line: `{why[:200]}`")
+            first, why = failure_lines(f["error"])
+            lines.append(f"- `{f['run']}`: {first} — `{why[:200]}`")
     lines += [
         "",
         "Notes: (e) runs the first commands in parallel threads, one per machine, right after"
@@ -232,6 +232,19 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+ERROR_LINE = re.compile(r"Error\b|error:|!!! \w+:|FAILED|failed")
+
+
+def failure_lines(error: str) -> tuple[str, str]:
+    """A failed run's first line (which run, the exit status) and the line that says why: the
+    last one naming an error (the driver's timing summary may follow it), else the last."""
+    lines = [ln.strip() for ln in error.splitlines() if ln.strip()]
+    if not lines:
+        return "", ""
+    why = next((ln for ln in reversed(lines[1:]) if ERROR_LINE.search(ln)), lines[-1])
+    return lines[0], why
 
 
 def target_cells(key: str, median: float, unit: str) -> tuple[str, str]:
