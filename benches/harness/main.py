@@ -20,7 +20,7 @@ from typing import Any
 from harness import REPO, RESULTS, results, upstream
 from harness.environment import environment, resolve_driver
 from harness.figures import per_run_figures
-from harness.suites import GROUPS, SYSTEMD_SUITES, suites
+from harness.suites import GROUPS, SYSTEMD_SUITES, Suite, suites
 
 DESCRIPTION = (
     "Benchmark harness of nixos-test-ng: the busybox guest under TCG, driven by"
@@ -73,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         except upstream.UpstreamError as e:
             print(f"bench: {e}", file=sys.stderr)
             return 2
+        if not any(s.upstream for s in selected):
+            print(
+                "bench: --upstream: none of the selected suites has an upstream counterpart"
+                f" (those that have: {', '.join(s.name for s in suites(1, 1, 1) if s.upstream)})",
+                file=sys.stderr,
+            )
 
     try:
         from nixos_test_ng.guest import ensure_built
@@ -121,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         upstream_runs = {s.name: [] for s in selected if s.upstream}
     failures: list[dict[str, str]] = []
 
-    def one_run(ctx: Context, s: Any, label: str, i: int, into: dict[str, Any]) -> None:
+    def one_run(ctx: Context, s: Suite, label: str, i: int, into: dict[str, Any]) -> None:
         """One run; its figures go into `into`, its failure into `failures` (the bench goes
         on: a failed run is reported, not fatal)."""
         time.sleep(PAUSE_BETWEEN_RUNS_S)
