@@ -74,7 +74,7 @@ trap 'kill -TERM "$real" 2>/dev/null' TERM INT
 while kill -0 "$real" 2>/dev/null; do wait "$real"; done
 """
 
-CONTAINER_KIND = "systemd-nspawn"
+CONTAINER_KIND = procs.CONTAINER_KIND
 
 # Upstream's driver runs in a private mount namespace: for containers on a host without the
 # unified cgroup hierarchy it mounts cgroup2 over /sys/fs/cgroup (upstream-baseline.md).
@@ -87,8 +87,8 @@ class RunFailed(Exception):
 
 @dataclass(frozen=True)
 class Driver:
-    """The driver a run measures: ours (`kind="ours"`) or upstream's (`kind="upstream"`),
-    by its command, with extra environment (e.g. our transport)."""
+    """The driver a run measures, by its command: ours (`kind="ours"`) or upstream's
+    (`kind="upstream"`, run as upstream-baseline.md ran it: `command_line`, the wrappers)."""
 
     command: tuple[str, ...]
     kind: str = "ours"
