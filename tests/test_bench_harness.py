@@ -78,6 +78,9 @@ now = time.time()
 result = dict(t_script=t_script, t_started=now, t_first=now + 0.5, vm_hwm_kib=20000, t_end=now)
 with open(os.environ["NTNG_BENCH_RESULT"], "w") as f:
     json.dump(result, f)
+if os.environ.get("FAKE_DRIVER_HANG"):
+    os.remove(os.environ["NTNG_BENCH_RESULT"])
+    time.sleep(600)
 sys.exit(int(os.environ.get("FAKE_DRIVER_STATUS", "0")))
 """
 
@@ -118,6 +121,14 @@ def test_a_run_gives_its_figures_and_leaves_nothing(bench: Context):
     for entry in killed:
         assert not procs.alive(int(entry.split(":")[0])), entry
     assert list(bench.tmp_root.iterdir()) == []  # the run's directory is gone
+    assert bench.reaper.runs == []
+
+
+def test_a_hung_run_is_killed_and_said_to_have_hung(bench: Context, monkeypatch):
+    monkeypatch.setattr(runner, "RUN_TIMEOUT_S", 0.5)
+    monkeypatch.setenv("FAKE_DRIVER_HANG", "1")
+    with pytest.raises(RunFailed, match=r"minimal-1: the driver killed after 0.5 s without exit"):
+        run_once(bench, MINIMAL, "minimal-1")
     assert bench.reaper.runs == []
 
 

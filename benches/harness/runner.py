@@ -178,7 +178,13 @@ def run_once(ctx: Context, suite: Suite, label: str) -> dict[str, Any]:
             stderr=se,
         )  # fmt: skip
         # A blocking wait (Popen.wait with a timeout polls at up to 50 ms steps).
-        timer = threading.Timer(RUN_TIMEOUT_S, lambda: ctx.reaper.reap(proc))
+        hung = threading.Event()
+
+        def kill_hung() -> None:
+            hung.set()
+            ctx.reaper.reap(proc)
+
+        timer = threading.Timer(RUN_TIMEOUT_S, kill_hung)
         timer.daemon = True
         timer.start()
         try:
@@ -194,6 +200,9 @@ def run_once(ctx: Context, suite: Suite, label: str) -> dict[str, Any]:
     try:
         if rc != 0 or not result_file.exists():
             tail = "\n".join(stderr.splitlines()[-25:])
+            if hung.is_set():
+                why = f"killed after {RUN_TIMEOUT_S:g} s without exiting (it hung)"
+                raise RunFailed(f"{label}: the driver {why}\n{tail}\nFAILED: {why}")
             raise RunFailed(f"{label}: the driver exited with {rc}\n{tail}")
         raw: dict[str, Any] = json.loads(result_file.read_text())
         raw["t_launch"] = t_launch
