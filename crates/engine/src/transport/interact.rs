@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::shell::{shell_quote, Shell, ShellError};
+use super::shell::{find, shell_quote, Shell, ShellError};
 use crate::interrupt::{self, Deadline, Reason};
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -41,6 +41,8 @@ impl Shell {
         );
         let done = format!("\nntng-done-{token} ");
         let ready = format!("ntng-ready-{token}\n");
+        // what an earlier command still owes first: its shell may wait for acknowledgements
+        self.settle(Deadline::NEVER)?;
         self.send_raw(interact_line(command, &token).as_bytes())?;
         let status = loop {
             if let Some(i) = find(self.buffer(), done.as_bytes()) {
@@ -97,10 +99,6 @@ impl Shell {
             }
         }
     }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The length of the longest suffix of `buf` that is a proper prefix of `marker`.

@@ -7,6 +7,11 @@
 //! costs one round trip and one process (the command's own). The stream must be 8-bit clean:
 //! NixOS's backdoor puts hvc0 in raw mode (`stty raw -echo`), and a container's socket pair is.
 //!
+//! QEMU drops what a virtio *console* writes while the host's socket is full, so on a console
+//! (the shell's stdin is a tty) the bulk goes in chunks of [`ACK_EVERY`] bytes, each after the
+//! host acknowledged the one before it with an empty line: never more than one chunk in
+//! flight. The host acknowledges on every stream (an empty line is nothing to bash).
+//!
 //! [`Framing::Base64`] (`NIXOS_TEST_NG_SHELL_FRAMING=base64`, for a console that is not raw)
 //! runs the command in a subshell piped into `base64`, the exit status on the output's line.
 //! [`Framing::Upstream`] sends upstream's bytes exactly: `bash -c '<cmd>' | (base64 -w 0; echo)`,
@@ -84,9 +89,8 @@ fn timeout_arg(t: Duration) -> String {
 /// How a command is wrapped for the guest's bash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
-    /// The output raw, copied by [`RAW_ENCODER`]'s function, then `<nonce>E<status>\n`;
-    /// `<nonce>S` before it when an earlier reply is still to be skipped. For 8-bit clean
-    /// streams only.
+    /// The output raw, copied by [`RAW_ENCODER`]'s function, then `<nonce>E<status>\n`. For
+    /// 8-bit clean streams only.
     Raw,
     /// A subshell of the backdoor bash (`( eval '…' )`) when no timeout is asked for, piped
     /// into `base64`, and the exit status on the output's line.
@@ -128,15 +132,27 @@ pub const CONTAINER_SETUP: &str = concat!(
     "until [ -S /run/systemd/private ]; do sleep 0.01; done; fi; unset _init\n"
 );
 
-/// The bash function of [`Framing::Raw`] (one line, sent once per shell), copying a command's
-/// output from its stdin to its stdout unchanged: with builtins (no process) up to 4 KiB,
-/// which is every short answer, then with `cat`, since bash reads a pipe one byte per system
-/// call. `read -d ''` stops at a NUL, which bash strings cannot hold: it is printed back.
-/// Bytes are counted in the C locale.
+/// The bash functions of [`Framing::Raw`] (one line, sent once per shell). `__ntng_out`
+/// copies a command's output from its stdin to its stdout unchanged: with builtins (no
+/// process) up to 4 KiB, which is every short answer, then with `__ntng_bulk`, since bash
+/// reads a pipe one byte per system call. `read -d ''` stops at a NUL, which bash strings
+/// cannot hold: it is printed back. Bytes are counted in the C locale. `__ntng_bulk` is `cat`,
+/// or on a console (fd 3, the shell's stdin, is a tty; `__ntng_pace` set: for tests) `dd`
+/// chunks of [`ACK_EVERY`] bytes, each but the first after one byte more was found (not the
+/// end) and the host's acknowledgement (an empty line on fd 3) came.
 pub const RAW_ENCODER: &str = "__ntng_out() { local LC_ALL=C c n=0; \
      while IFS= read -r -d '' -n 4096 c; do \
      if [ ${#c} -lt 4096 ]; then printf '%s\\0' \"$c\"; else printf %s \"$c\"; fi; \
-     n=$((n + ${#c} + 1)); [ $n -lt 4096 ] || { cat; return; }; done; printf %s \"$c\"; }; ";
+     n=$((n + ${#c} + 1)); [ $n -lt 4096 ] || { __ntng_bulk; return; }; done; printf %s \"$c\"; }; \
+     __ntng_bulk() { [ -t 3 ] || [ -n \"${__ntng_pace-}\" ] || { cat; return; }; local c a; \
+     while dd bs=65536 count=1 iflag=fullblock 2>/dev/null; \
+     IFS= read -r -d '' -n 1 c || { printf %s \"$c\"; return; }; do \
+     IFS= read -r -u 3 a; if [ -n \"$c\" ]; then printf %s \"$c\"; else printf '\\0'; fi; done; }; ";
+
+/// The chunk of [`RAW_ENCODER`]'s paced bulk: the host sends an empty line each time it has
+/// received this many more bytes of a reply. With one chunk in flight, QEMU's socket (212992
+/// bytes of send buffer by default) never fills.
+pub const ACK_EVERY: usize = 65536;
 
 /// What [`command_line`] sends for one command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,15 +167,14 @@ pub struct CommandLine {
 
 /// Builds the line sent for one command. With [`Framing::Upstream`] that is the first of
 /// upstream's two lines; [`Shell::execute`] sends [`UPSTREAM_STATUS_QUERY`] after reading its
-/// reply when the status is wanted. `skip` ([`Framing::Raw`]): an earlier reply is still owed,
-/// so the reply starts with `<nonce>S`.
+/// reply when the status is wanted. With [`Framing::Raw`], fd 3 of `__ntng_out` is the
+/// shell's stdin, which the command does not get.
 pub fn command_line(
     preamble: &str,
     command: &str,
     timeout: Option<Duration>,
     reply: Reply,
     framing: Framing,
-    skip: bool,
 ) -> CommandLine {
     let script = shell_quote(&format!("{preamble}{command}"));
     let timed = timeout.map(|t| format!("timeout {} bash -c {script}", timeout_arg(t)));
@@ -184,11 +199,6 @@ pub fn command_line(
         )),
         (Framing::Raw, _) => {
             let nonce = new_nonce();
-            let start = if skip {
-                format!("printf {nonce}S; ")
-            } else {
-                String::new()
-            };
             let end = if reply == Reply::OutputOnly {
                 format!("printf '{nonce}E\\n'")
             } else {
@@ -196,7 +206,7 @@ pub fn command_line(
             };
             CommandLine {
                 line: format!(
-                    "{start}__ntng_out < <({}); {end}\n",
+                    "__ntng_out 3<&0 < <(exec 3<&-; {}); {end}\n",
                     run(format!("eval {script}"))
                 ),
                 lines: 0,
@@ -233,10 +243,13 @@ pub struct Shell {
     /// The framing was forced (`NIXOS_TEST_NG_SHELL_FRAMING`): the stream does not change it.
     forced: bool,
     preamble: &'static str,
-    /// Replies of an abandoned command (interrupted or timed out) still to be skipped, so the
-    /// next command reads its own answer: lines, or with [`Framing::Raw`] any number (the
-    /// next reply then starts with its own marker).
+    /// Reply lines of an abandoned command (interrupted or timed out) still to be skipped, so
+    /// the next command reads its own answer.
     owed_lines: usize,
+    /// With [`Framing::Raw`]: the marker of a reply not read to its end yet (an abandoned
+    /// command's, or one not waited for), and the acknowledgements sent for it so far.
+    owed_reply: Option<String>,
+    acks_sent: usize,
     /// The guest's shell has [`RAW_ENCODER`]'s function (sent with the first command).
     encoder_sent: bool,
     /// `TRACEPARENT` as the next commands should see it, and as the guest's persistent shell
@@ -269,6 +282,8 @@ impl Shell {
             buf: Vec::new(),
             scratch: vec![0u8; 256 * 1024].into_boxed_slice(),
             owed_lines: 0,
+            owed_reply: None,
+            acks_sent: 0,
             encoder_sent: false,
         }
     }
@@ -304,6 +319,7 @@ impl Shell {
                 // Nothing is printed after the handshake but its newline; drop whatever is.
                 self.buf.clear();
                 self.owed_lines = 0;
+                self.owed_reply = None;
                 self.encoder_sent = false;
                 return Ok(());
             }
@@ -348,19 +364,12 @@ impl Shell {
         reply: Reply,
         deadline: Deadline,
     ) -> Result<(i32, Vec<u8>), ShellError> {
-        let skip = self.framing == Framing::Raw && self.owed_lines > 0;
-        if skip {
-            self.owed_lines = 0;
-        }
-        while self.owed_lines > 0 {
-            self.read_line(deadline)?;
-            self.owed_lines -= 1;
-        }
+        self.settle(deadline)?;
         let CommandLine {
             mut line,
             lines,
             nonce,
-        } = command_line(self.preamble, command, timeout, reply, self.framing, skip);
+        } = command_line(self.preamble, command, timeout, reply, self.framing);
         if self.framing == Framing::Raw && !self.encoder_sent {
             line.insert_str(0, RAW_ENCODER);
             self.encoder_sent = true;
@@ -374,14 +383,15 @@ impl Shell {
             self.traceparent_sent = self.traceparent_wanted.clone();
         }
         self.send_raw(line.as_bytes())?;
-        // Until the reply is read whole, it is owed (a Raw reply counts as one).
-        self.owed_lines = lines.max(1);
+        self.owed_lines = lines;
+        self.acks_sent = 0;
+        self.owed_reply = nonce.clone();
         if reply == Reply::Nothing {
             return Ok((-2, Vec::new()));
         }
         if let Some(nonce) = nonce {
-            let (output, status) = self.read_raw(&nonce, skip, deadline)?;
-            self.owed_lines = 0;
+            let (output, status) = self.read_raw(&nonce, deadline)?;
+            self.owed_reply = None;
             return Ok((status.unwrap_or(-1), output));
         }
         let first = self.read_line(deadline)?;
@@ -413,20 +423,29 @@ impl Shell {
         Ok((status, output))
     }
 
-    /// Reads one [`Framing::Raw`] reply: after `<nonce>S` when `skip` (what comes before it is
-    /// an abandoned command's), the output up to `<nonce>E`, and the status up to the newline
-    /// (none when the line is empty). Nothing of the reply is consumed until it is complete,
-    /// so an interrupted read leaves it whole for the next try.
+    /// Reads what earlier commands still owe (see [`Shell::execute`]), so that the guest's
+    /// shell reads the next line as a command: a paced reply waits for acknowledgements.
+    pub(crate) fn settle(&mut self, deadline: Deadline) -> Result<(), ShellError> {
+        if let Some(nonce) = self.owed_reply.clone() {
+            self.read_raw(&nonce, deadline)?;
+            self.owed_reply = None;
+        }
+        while self.owed_lines > 0 {
+            self.read_line(deadline)?;
+            self.owed_lines -= 1;
+        }
+        Ok(())
+    }
+
+    /// Reads one [`Framing::Raw`] reply, which starts at the start of the buffer: the output
+    /// up to `<nonce>E`, and the status up to the newline (none when the line is empty),
+    /// acknowledging every [`ACK_EVERY`] bytes. Nothing is consumed until the reply is
+    /// complete, so an interrupted read leaves it whole for the next try.
     fn read_raw(
         &mut self,
         nonce: &str,
-        skip: bool,
         deadline: Deadline,
     ) -> Result<(Vec<u8>, Option<i32>), ShellError> {
-        if skip {
-            let start = format!("{nonce}S");
-            self.skip_past(start.as_bytes(), deadline)?;
-        }
         let end = format!("{nonce}E");
         let end = end.as_bytes();
         let mut scanned = 0;
@@ -435,6 +454,7 @@ impl Shell {
                 break scanned + i;
             }
             scanned = self.buf.len().saturating_sub(end.len() - 1);
+            self.acknowledge()?;
             self.fill_or_time_out(deadline)?;
         };
         let mut scanned = at + end.len();
@@ -463,18 +483,14 @@ impl Shell {
         Ok((output, status))
     }
 
-    /// Drops everything up to and including `marker`, reading until it came. What is scanned
-    /// is dropped as it goes: an abandoned command may have printed without bound.
-    fn skip_past(&mut self, marker: &[u8], deadline: Deadline) -> Result<(), ShellError> {
-        loop {
-            if let Some(i) = find(&self.buf, marker) {
-                self.buf.drain(..i + marker.len());
-                return Ok(());
-            }
-            let keep = self.buf.len().min(marker.len() - 1);
-            self.buf.drain(..self.buf.len() - keep);
-            self.fill_or_time_out(deadline)?;
+    /// Sends the acknowledgements the buffered part of a [`Framing::Raw`] reply earned.
+    fn acknowledge(&mut self) -> Result<(), ShellError> {
+        let due = self.buf.len() / ACK_EVERY;
+        if due > self.acks_sent {
+            self.send_raw(&b"\n".repeat(due - self.acks_sent))?;
+            self.acks_sent = due;
         }
+        Ok(())
     }
 
     /// One read into the buffer; [`ShellError::TimedOut`] once the deadline passed.
@@ -540,6 +556,7 @@ impl Shell {
     pub fn resync(&mut self, deadline: Deadline) -> Result<(), ShellError> {
         self.buf.clear();
         self.owed_lines = 0;
+        self.owed_reply = None;
         // a restored guest's shell has the environment of its snapshot, which may lack the
         // encoder (or hold an older one)
         self.traceparent_sent = None;
@@ -611,8 +628,19 @@ fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
     hay.iter().position(|&b| b == needle)
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// Where `needle` (not empty) first occurs in `hay`: its first byte is looked for, then the
+/// rest compared, which scans a megabyte of output in well under a millisecond.
+pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let (&first, rest) = needle.split_first()?;
+    let mut from = 0;
+    while from + needle.len() <= hay.len() {
+        let i = from + memchr(first, &hay[from..=hay.len() - needle.len()])?;
+        if hay[i + 1..i + needle.len()] == *rest {
+            return Some(i);
+        }
+        from = i + 1;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -678,6 +706,17 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn find_finds_the_first_occurrence() {
+        assert_eq!(find(b"abcabd", b"abd"), Some(3));
+        assert_eq!(find(b"aab", b"ab"), Some(1));
+        assert_eq!(find(b"ab", b"ab"), Some(0));
+        assert_eq!(find(b"ab", b"abc"), None);
+        assert_eq!(find(b"", b"a"), None);
+        assert_eq!(find(b"xxa", b"a"), Some(2));
+        assert_eq!(find(b"abab", b"b"), Some(1));
+    }
+
+    #[test]
     fn quote_matches_python_shlex() {
         assert_eq!(shell_quote(""), "''");
         assert_eq!(shell_quote("abc/d-e.f"), "abc/d-e.f");
@@ -686,19 +725,12 @@ pub(crate) mod tests {
     }
 
     fn line(command: &str, timeout: Option<Duration>, reply: Reply, framing: Framing) -> String {
-        command_line(VM_PREAMBLE, command, timeout, reply, framing, false).line
+        command_line(VM_PREAMBLE, command, timeout, reply, framing).line
     }
 
     #[test]
     fn lines_sent_for_each_framing() {
-        let upstream = command_line(
-            VM_PREAMBLE,
-            "true",
-            None,
-            Reply::Full,
-            Framing::Upstream,
-            false,
-        );
+        let upstream = command_line(VM_PREAMBLE, "true", None, Reply::Full, Framing::Upstream);
         assert_eq!(
             (upstream.line.as_str(), upstream.lines, upstream.nonce),
             (
@@ -724,13 +756,13 @@ pub(crate) mod tests {
             line("x", Some(Duration::from_millis(1500)), Reply::Full, Framing::Base64),
             "timeout 1.500 bash -c 'set -euo pipefail; x' | base64 -w 0; echo \" ${PIPESTATUS[0]}\"\n"
         );
-        let raw = command_line(VM_PREAMBLE, "true", None, Reply::Full, Framing::Raw, false);
+        let raw = command_line(VM_PREAMBLE, "true", None, Reply::Full, Framing::Raw);
         let n = raw.nonce.unwrap();
         assert_eq!(n.len(), 16);
         assert_eq!(
             raw.line,
             format!(
-                "__ntng_out < <(eval 'set -euo pipefail; true'); wait $!; printf '{n}E%d\\n' $?\n"
+                "__ntng_out 3<&0 < <(exec 3<&-; eval 'set -euo pipefail; true'); wait $!; printf '{n}E%d\\n' $?\n"
             )
         );
         let raw = command_line(
@@ -739,13 +771,12 @@ pub(crate) mod tests {
             Some(Duration::from_secs(2)),
             Reply::OutputOnly,
             Framing::Raw,
-            true,
         );
         let m = raw.nonce.unwrap();
         assert_ne!(m, n, "a new marker for each command");
         assert_eq!(
             raw.line,
-            format!("printf {m}S; __ntng_out < <(timeout 2 bash -c 'set -euo pipefail; x'); printf '{m}E\\n'\n")
+            format!("__ntng_out 3<&0 < <(exec 3<&-; timeout 2 bash -c 'set -euo pipefail; x'); printf '{m}E\\n'\n")
         );
     }
 
@@ -1040,11 +1071,73 @@ pub(crate) mod tests {
         assert_eq!((rc, out), (0, (0u8..=255).collect::<Vec<u8>>()));
     }
 
+    /// A fake guest whose shell paces its bulk output as on a console.
+    fn paced_guest() -> (Shell, crate::process::ChildProcess) {
+        let (mut shell, child) = fake_guest();
+        shell.send_raw(b"__ntng_pace=1\n").unwrap();
+        (shell, child)
+    }
+
+    #[test]
+    fn paced_raw_output_round_trips_every_size_around_the_chunks() {
+        let (mut shell, _child) = paced_guest();
+        for n in [
+            4097,
+            65_535,
+            65_536,
+            65_537,
+            4096 + 65_536,
+            4097 + 65_536,
+            3 * 65_536 + 7,
+        ] {
+            let (rc, out) = run(&mut shell, &bytes_of(n, "x"));
+            assert_eq!((rc, out.len()), (0, n), "{n} bytes");
+            assert!(out.iter().all(|&b| b == b'x'), "{n} bytes");
+            // NULs where a chunk ends and the next byte is looked for
+            let (rc, out) = run(&mut shell, &format!("head -c {n} /dev/zero; echo end"));
+            assert_eq!((rc, out.len()), (0, n + 4), "{n} NULs");
+            assert!(out[..n].iter().all(|&b| b == 0) && out.ends_with(b"end\n"));
+        }
+        // the acknowledgements the guest did not wait for are empty lines to its shell
+        assert_eq!(run(&mut shell, "echo after"), (0, b"after\n".to_vec()));
+    }
+
+    #[test]
+    fn paced_raw_output_of_an_abandoned_command_is_acknowledged_by_the_next() {
+        let (mut shell, _child) = paced_guest();
+        // the guest waits for acknowledgements nobody sends while nobody reads
+        let r = shell.execute(
+            "sleep 0.3; head -c 300000 /dev/zero | tr '\\0' z",
+            None,
+            Reply::Full,
+            Deadline::after(Some(Duration::from_millis(100))),
+        );
+        assert!(matches!(r, Err(ShellError::TimedOut)), "{r:?}");
+        let r = shell.execute(
+            "head -c 200000 /dev/zero",
+            None,
+            Reply::Nothing,
+            Deadline::NEVER,
+        );
+        assert_eq!(r.unwrap(), (-2, Vec::new()));
+        assert_eq!(run(&mut shell, "echo mine"), (0, b"mine\n".to_vec()));
+    }
+
+    #[test]
+    fn the_command_gets_the_same_file_descriptors_as_in_a_pipeline() {
+        let (mut shell, _child) = fake_guest();
+        let fds = "ls /proc/self/fd/ | sort -n | tr '\\n' ' '";
+        let raw = run(&mut shell, fds);
+        shell.framing = Framing::Base64;
+        let piped = run(&mut shell, fds);
+        assert_eq!(raw, piped);
+    }
+
     #[test]
     fn raw_output_that_looks_like_the_markers_is_output() {
         let (mut shell, _child) = fake_guest();
         // the marker of an earlier command, printed by a later one, is just output
-        let old = command_line(VM_PREAMBLE, "true", None, Reply::Full, Framing::Raw, false)
+        let old = command_line(VM_PREAMBLE, "true", None, Reply::Full, Framing::Raw)
             .nonce
             .unwrap();
         let fake = format!("{old}E0\n{old}S__ntng_out\nE1\n");
