@@ -139,20 +139,23 @@ pub const CONTAINER_SETUP: &str = concat!(
 /// cannot hold: it is printed back. Bytes are counted in the C locale. `__ntng_bulk` is `cat`,
 /// or on a console (fd 3, the shell's stdin, is a tty; `__ntng_pace` set: for tests) `dd`
 /// chunks of [`ACK_EVERY`] bytes, each but the first after one byte more was found (not the
-/// end) and the host's acknowledgement (an empty line on fd 3) came.
-pub const RAW_ENCODER: &str = "__ntng_out() { local LC_ALL=C c n=0; \
+/// end) and the host's acknowledgement (an empty line on fd 3) came. Process substitution
+/// opens `/dev/fd/N`: a container's shell may start before its systemd made that link.
+pub const RAW_ENCODER: &str = "[ -e /dev/fd/0 ] || ln -sfn /proc/self/fd /dev/fd; \
+     __ntng_out() { local LC_ALL=C c n=0; \
      while IFS= read -r -d '' -n 4096 c; do \
      if [ ${#c} -lt 4096 ]; then printf '%s\\0' \"$c\"; else printf %s \"$c\"; fi; \
      n=$((n + ${#c} + 1)); [ $n -lt 4096 ] || { __ntng_bulk; return; }; done; printf %s \"$c\"; }; \
      __ntng_bulk() { [ -t 3 ] || [ -n \"${__ntng_pace-}\" ] || { cat; return; }; local c a; \
-     while dd bs=65536 count=1 iflag=fullblock 2>/dev/null; \
+     while dd bs=131072 count=1 iflag=fullblock 2>/dev/null; \
      IFS= read -r -d '' -n 1 c || { printf %s \"$c\"; return; }; do \
      IFS= read -r -u 3 a; if [ -n \"$c\" ]; then printf %s \"$c\"; else printf '\\0'; fi; done; }; ";
 
 /// The chunk of [`RAW_ENCODER`]'s paced bulk: the host sends an empty line each time it has
-/// received this many more bytes of a reply. With one chunk in flight, QEMU's socket (212992
-/// bytes of send buffer by default) never fills.
-pub const ACK_EVERY: usize = 65536;
+/// received this many more bytes of a reply. With one chunk in flight (and at most 4 KiB
+/// before it), QEMU's socket never fills: 212992 bytes of send buffer by default, which the
+/// kernel charges about 1.2 times the data written in pages.
+pub const ACK_EVERY: usize = 131_072;
 
 /// What [`command_line`] sends for one command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -706,6 +709,11 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_encoder_chunks_as_the_host_acknowledges() {
+        assert!(RAW_ENCODER.contains(&format!(" dd bs={ACK_EVERY} count=1 ")));
+    }
+
+    #[test]
     fn find_finds_the_first_occurrence() {
         assert_eq!(find(b"abcabd", b"abd"), Some(3));
         assert_eq!(find(b"aab", b"ab"), Some(1));
@@ -1081,15 +1089,8 @@ pub(crate) mod tests {
     #[test]
     fn paced_raw_output_round_trips_every_size_around_the_chunks() {
         let (mut shell, _child) = paced_guest();
-        for n in [
-            4097,
-            65_535,
-            65_536,
-            65_537,
-            4096 + 65_536,
-            4097 + 65_536,
-            3 * 65_536 + 7,
-        ] {
+        let k = ACK_EVERY;
+        for n in [4097, k - 1, k, k + 1, 4096 + k, 4097 + k, 3 * k + 7] {
             let (rc, out) = run(&mut shell, &bytes_of(n, "x"));
             assert_eq!((rc, out.len()), (0, n), "{n} bytes");
             assert!(out.iter().all(|&b| b == b'x'), "{n} bytes");
