@@ -1,8 +1,8 @@
 //! The NixOS shell backdoor: a bash reading commands from a virtio console.
 //!
-//! Framing: by default ([`Framing::Raw`]) a command runs in a process substitution of the
-//! backdoor bash, whose output a function of the shell itself ([`RAW_ENCODER`], sent once)
-//! copies raw to the stream: with builtins up to 4 KiB (no process at all), then with `cat`.
+//! Framing: by default ([`Framing::Raw`]) a command runs in a subshell of the backdoor bash,
+//! piped into a function that the shell itself runs (`lastpipe`; [`RAW_ENCODER`], sent once),
+//! which copies the output raw to the stream: with builtins up to 4 KiB (no process at all), then with `cat`.
 //! A random marker ends the output, with the exit status: `<nonce>E<status>\n`. Each command
 //! costs one round trip and one process (the command's own). The stream must be 8-bit clean:
 //! NixOS's backdoor puts hvc0 in raw mode (`stty raw -echo`), and a container's socket pair is.
@@ -139,10 +139,9 @@ pub const CONTAINER_SETUP: &str = concat!(
 /// cannot hold: it is printed back. Bytes are counted in the C locale. `__ntng_bulk` is `cat`,
 /// or on a console (fd 3, the shell's stdin, is a tty; `__ntng_pace` set: for tests) `dd`
 /// chunks of [`ACK_EVERY`] bytes, each but the first after one byte more was found (not the
-/// end) and the host's acknowledgement (an empty line on fd 3) came. Process substitution
-/// opens `/dev/fd/N`: a container's shell may start before its systemd made that link.
-pub const RAW_ENCODER: &str = "[ -e /dev/fd/0 ] || ln -sfn /proc/self/fd /dev/fd; \
-     __ntng_out() { local LC_ALL=C c n=0; \
+/// end) and the host's acknowledgement (an empty line on fd 3) came. `lastpipe` runs the last
+/// command of a pipeline in the shell itself (no process for it); commands run without it.
+pub const RAW_ENCODER: &str = "shopt -s lastpipe; __ntng_out() { local LC_ALL=C c n=0; \
      while IFS= read -r -d '' -n 4096 c; do \
      if [ ${#c} -lt 4096 ]; then printf '%s\\0' \"$c\"; else printf %s \"$c\"; fi; \
      n=$((n + ${#c} + 1)); [ $n -lt 4096 ] || { __ntng_bulk; return; }; done; printf %s \"$c\"; }; \
@@ -171,7 +170,7 @@ pub struct CommandLine {
 /// Builds the line sent for one command. With [`Framing::Upstream`] that is the first of
 /// upstream's two lines; [`Shell::execute`] sends [`UPSTREAM_STATUS_QUERY`] after reading its
 /// reply when the status is wanted. With [`Framing::Raw`], fd 3 of `__ntng_out` is the
-/// shell's stdin, which the command does not get.
+/// shell's stdin, which the command does not get (nor `lastpipe`).
 pub fn command_line(
     preamble: &str,
     command: &str,
@@ -182,6 +181,10 @@ pub fn command_line(
     let script = shell_quote(&format!("{preamble}{command}"));
     let timed = timeout.map(|t| format!("timeout {} bash -c {script}", timeout_arg(t)));
     let run = |untimed: String| timed.clone().unwrap_or(untimed);
+    let raw_run = match &timed {
+        Some(timed) => format!("{timed} 3<&-"),
+        None => format!("( shopt -u lastpipe; exec 3<&-; eval {script} )"),
+    };
     let base64 = |line: String| CommandLine {
         line,
         lines: 1,
@@ -205,13 +208,10 @@ pub fn command_line(
             let end = if reply == Reply::OutputOnly {
                 format!("printf '{nonce}E\\n'")
             } else {
-                format!("wait $!; printf '{nonce}E%d\\n' $?")
+                format!("printf '{nonce}E%d\\n' ${{PIPESTATUS[0]}}")
             };
             CommandLine {
-                line: format!(
-                    "__ntng_out 3<&0 < <(exec 3<&-; {}); {end}\n",
-                    run(format!("eval {script}"))
-                ),
+                line: format!("{{ {raw_run} | __ntng_out; {end}; }} 3<&0\n"),
                 lines: 0,
                 nonce: Some(nonce),
             }
@@ -770,7 +770,7 @@ pub(crate) mod tests {
         assert_eq!(
             raw.line,
             format!(
-                "__ntng_out 3<&0 < <(exec 3<&-; eval 'set -euo pipefail; true'); wait $!; printf '{n}E%d\\n' $?\n"
+                "{{ ( shopt -u lastpipe; exec 3<&-; eval 'set -euo pipefail; true' ) | __ntng_out; printf '{n}E%d\\n' ${{PIPESTATUS[0]}}; }} 3<&0\n"
             )
         );
         let raw = command_line(
@@ -784,7 +784,7 @@ pub(crate) mod tests {
         assert_ne!(m, n, "a new marker for each command");
         assert_eq!(
             raw.line,
-            format!("__ntng_out 3<&0 < <(exec 3<&-; timeout 2 bash -c 'set -euo pipefail; x'); printf '{m}E\\n'\n")
+            format!("{{ timeout 2 bash -c 'set -euo pipefail; x' 3<&- | __ntng_out; printf '{m}E\\n'; }} 3<&0\n")
         );
     }
 
@@ -1147,6 +1147,9 @@ pub(crate) mod tests {
         // a command may not redefine how its own output is framed: it runs in a child
         let (rc, out) = run(&mut shell, "__ntng_out() { echo hijacked; }; echo mine");
         assert_eq!((rc, out), (0, b"mine\n".to_vec()));
+        // nor does it run with the shell's `lastpipe`
+        let (rc, out) = run(&mut shell, "echo x | read v; echo ${v-unset}");
+        assert_eq!((rc, out), (0, b"unset\n".to_vec()));
         assert_eq!(run(&mut shell, "echo next"), (0, b"next\n".to_vec()));
     }
 
