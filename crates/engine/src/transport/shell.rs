@@ -2,7 +2,8 @@
 //!
 //! Framing: by default ([`Framing::Raw`]) a command runs in a subshell of the backdoor bash,
 //! piped into a function that the shell itself runs (`lastpipe`; [`RAW_ENCODER`], sent once),
-//! which copies the output raw to the stream: with builtins up to 4 KiB (no process at all), then with `cat`.
+//! which copies the output raw to the stream: with builtins up to 2 KiB (no process at all),
+//! then with `cat`.
 //! A random marker ends the output, with the exit status: `<nonce>E<status>\n`. Each command
 //! costs one round trip and one process (the command's own). The stream must be 8-bit clean:
 //! NixOS's backdoor puts hvc0 in raw mode (`stty raw -echo`), and a container's socket pair is.
@@ -133,25 +134,27 @@ pub const CONTAINER_SETUP: &str = concat!(
 );
 
 /// The bash functions of [`Framing::Raw`] (one line, sent once per shell). `__ntng_out`
-/// copies a command's output from its stdin to its stdout unchanged: with builtins (no
-/// process) up to 4 KiB, which is every short answer, then with `__ntng_bulk`, since bash
-/// reads a pipe one byte per system call. `read -d ''` stops at a NUL, which bash strings
-/// cannot hold: it is printed back. Bytes are counted in the C locale. `__ntng_bulk` is `cat`,
+/// copies a command's output from its stdin to its stdout unchanged: an output shorter than
+/// 2 KiB without a NUL with one `read` (no process), which is most short answers; otherwise
+/// that `read`'s part, then the rest with `__ntng_bulk` (bash reads a pipe one byte per system
+/// call, and under TCG each builtin it runs costs as much as a hundred bytes read). `read -d
+/// ''` stops at a NUL, which bash strings cannot hold: it is printed back. Bytes are counted
+/// in the C locale. `__ntng_bulk` is `cat`,
 /// or on a console (fd 3, the shell's stdin, is a tty; `__ntng_pace` set: for tests) `dd`
 /// chunks of [`ACK_EVERY`] bytes, each but the first after one byte more was found (not the
 /// end) and the host's acknowledgement (an empty line on fd 3) came. `lastpipe` runs the last
 /// command of a pipeline in the shell itself (no process for it); commands run without it.
-pub const RAW_ENCODER: &str = "shopt -s lastpipe; __ntng_out() { local LC_ALL=C c n=0; \
-     while IFS= read -r -d '' -n 4096 c; do \
-     if [ ${#c} -lt 4096 ]; then printf '%s\\0' \"$c\"; else printf %s \"$c\"; fi; \
-     n=$((n + ${#c} + 1)); [ $n -lt 4096 ] || { __ntng_bulk; return; }; done; printf %s \"$c\"; }; \
+pub const RAW_ENCODER: &str = "shopt -s lastpipe; __ntng_out() { local LC_ALL=C c; \
+     if IFS= read -r -d '' -n 2048 c; then \
+     if [ ${#c} -lt 2048 ]; then printf '%s\\0' \"$c\"; else printf %s \"$c\"; fi; \
+     __ntng_bulk; else printf %s \"$c\"; fi; }; \
      __ntng_bulk() { [ -t 3 ] || [ -n \"${__ntng_pace-}\" ] || { cat; return; }; local c a; \
      while dd bs=131072 count=1 iflag=fullblock 2>/dev/null; \
      IFS= read -r -d '' -n 1 c || { printf %s \"$c\"; return; }; do \
      IFS= read -r -u 3 a; if [ -n \"$c\" ]; then printf %s \"$c\"; else printf '\\0'; fi; done; }; ";
 
 /// The chunk of [`RAW_ENCODER`]'s paced bulk: the host sends an empty line each time it has
-/// received this many more bytes of a reply. With one chunk in flight (and at most 4 KiB
+/// received this many more bytes of a reply. With one chunk in flight (and at most 2 KiB
 /// before it), QEMU's socket never fills: 212992 bytes of send buffer by default, which the
 /// kernel charges about 1.2 times the data written in pages.
 pub const ACK_EVERY: usize = 131_072;
@@ -1055,9 +1058,9 @@ pub(crate) mod tests {
             run(&mut shell, "printf 'a\\0\\0b '; exit 3"),
             (3, b"a\0\0b ".to_vec())
         );
-        // the builtins copy up to 4096 bytes (NULs counted), then `cat` the rest; the pipe
+        // the builtins copy up to 2048 bytes or the first NUL, then `cat` the rest; the pipe
         // holds 65536, the host reads 262144 at a time
-        for n in [1, 4094, 4095, 4096, 4097, 8193, 65_537, 262_145] {
+        for n in [1, 2046, 2047, 2048, 2049, 4097, 65_537, 262_145] {
             let (rc, out) = run(&mut shell, &bytes_of(n, "x"));
             assert_eq!((rc, out.len()), (0, n), "{n} bytes");
             assert!(out.iter().all(|&b| b == b'x'), "{n} bytes");
@@ -1090,7 +1093,7 @@ pub(crate) mod tests {
     fn paced_raw_output_round_trips_every_size_around_the_chunks() {
         let (mut shell, _child) = paced_guest();
         let k = ACK_EVERY;
-        for n in [4097, k - 1, k, k + 1, 4096 + k, 4097 + k, 3 * k + 7] {
+        for n in [2049, k - 1, k, k + 1, 2048 + k, 2049 + k, 3 * k + 7] {
             let (rc, out) = run(&mut shell, &bytes_of(n, "x"));
             assert_eq!((rc, out.len()), (0, n), "{n} bytes");
             assert!(out.iter().all(|&b| b == b'x'), "{n} bytes");
