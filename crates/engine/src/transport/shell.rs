@@ -142,14 +142,16 @@ pub const CONTAINER_SETUP: &str = concat!(
 /// in the C locale. `__ntng_bulk` is `cat`,
 /// or on a console (fd 3, the shell's stdin, is a tty; `__ntng_pace` set: for tests) `dd`
 /// chunks of [`ACK_EVERY`] bytes, each but the first after one byte more was found (not the
-/// end) and the host's acknowledgement (an empty line on fd 3) came. `lastpipe` runs the last
+/// end) and the host's acknowledgement (an empty line on fd 3) came; a `dd` without
+/// `iflag=fullblock` (whose short reads would leave the host's count behind) fails at once,
+/// and `cat` copies instead. `lastpipe` runs the last
 /// command of a pipeline in the shell itself (no process for it); commands run without it.
 pub const RAW_ENCODER: &str = "shopt -s lastpipe; __ntng_out() { local LC_ALL=C c; \
      if IFS= read -r -d '' -n 2048 c; then \
      if [ ${#c} -lt 2048 ]; then printf '%s\\0' \"$c\"; else printf %s \"$c\"; fi; \
      __ntng_bulk; else printf %s \"$c\"; fi; }; \
      __ntng_bulk() { [ -t 3 ] || [ -n \"${__ntng_pace-}\" ] || { cat; return; }; local c a; \
-     while dd bs=131072 count=1 iflag=fullblock 2>/dev/null; \
+     while dd bs=131072 count=1 iflag=fullblock 2>/dev/null || { cat; return; }; \
      IFS= read -r -d '' -n 1 c || { printf %s \"$c\"; return; }; do \
      IFS= read -r -u 3 a; if [ -n \"$c\" ]; then printf %s \"$c\"; else printf '\\0'; fi; done; }; ";
 
@@ -1104,6 +1106,18 @@ pub(crate) mod tests {
         }
         // the acknowledgements the guest did not wait for are empty lines to its shell
         assert_eq!(run(&mut shell, "echo after"), (0, b"after\n".to_vec()));
+    }
+
+    #[test]
+    fn paced_output_falls_back_to_cat_without_a_full_block_dd() {
+        let (mut shell, _child) = paced_guest();
+        // a `dd` that rejects `iflag=fullblock`, as an old one would
+        shell
+            .send_raw(b"dd() { echo 'dd: invalid input flag' >&2; return 1; }\n")
+            .unwrap();
+        let (rc, out) = run(&mut shell, &bytes_of(300_000, "q"));
+        assert_eq!((rc, out.len()), (0, 300_000));
+        assert!(out.iter().all(|&b| b == b'q'));
     }
 
     #[test]
