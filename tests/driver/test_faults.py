@@ -28,9 +28,10 @@ def one_vm(driver_env):
     return make
 
 
-@pytest.fixture(params=["fast", "upstream"])
+@pytest.fixture(params=["default", "base64", "upstream"])
 def framing(request):
-    """Both shell framings of the engine (`NIXOS_TEST_NG_SHELL_FRAMING`)."""
+    """Every shell framing of the engine (`NIXOS_TEST_NG_SHELL_FRAMING`; the default is the
+    raw one)."""
     return {"NIXOS_TEST_NG_SHELL_FRAMING": request.param}
 
 

@@ -86,7 +86,7 @@ pub struct LaunchOptions {
 pub struct ShellSetup {
     /// Runs before every command (the shell options).
     pub preamble: &'static str,
-    /// The stream is 8-bit clean and the shell has the segments encoder (`Framing::Segments`).
+    /// The stream is 8-bit clean, so the output may come back raw (`Framing::Raw`).
     pub raw_output: bool,
     /// Sent on a new stream before the handshake is awaited (a container's shell setup and
     /// its `echo` of the handshake line).
@@ -99,11 +99,12 @@ pub struct ShellSetup {
 }
 
 impl ShellSetup {
-    /// The NixOS backdoor (`backdoor.service` on a console of the guest).
+    /// The NixOS backdoor (`backdoor.service` on a console of the guest), which puts the
+    /// console in raw mode (`stty raw -echo`) before its handshake.
     pub fn backdoor() -> Self {
         ShellSetup {
             preamble: VM_PREAMBLE,
-            raw_output: false,
+            raw_output: true,
             greeting: None,
             idle_hint: Some(
                 "  To debug, enter the VM and run 'systemctl status backdoor.service'.",

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::shell::{shell_quote, Shell, ShellError};
+use super::shell::{find, shell_quote, Shell, ShellError};
 use crate::interrupt::{self, Deadline, Reason};
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -16,7 +16,7 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 /// The line sent for one interactive command, and its two markers.
 fn interact_line(command: &str, token: &str) -> String {
     format!(
-        "set -m; ( eval {cmd} ) </dev/null 2>&1 & __ntng_p=$!; set +m; \
+        "set -m; ( shopt -u lastpipe; eval {cmd} ) </dev/null 2>&1 & __ntng_p=$!; set +m; \
          ( while read -r __ntng_c; do case $__ntng_c in \
          INT) kill -INT -- -$__ntng_p 2>/dev/null ;; END) exit 0 ;; esac; done ) <&0 & \
          __ntng_w=$!; wait $__ntng_p; __ntng_s=$?; printf '\\nntng-done-{token} %d\\n' $__ntng_s; \
@@ -41,6 +41,8 @@ impl Shell {
         );
         let done = format!("\nntng-done-{token} ");
         let ready = format!("ntng-ready-{token}\n");
+        // what an earlier command still owes first: its shell may wait for acknowledgements
+        self.settle(Deadline::NEVER)?;
         self.send_raw(interact_line(command, &token).as_bytes())?;
         let status = loop {
             if let Some(i) = find(self.buffer(), done.as_bytes()) {
@@ -99,10 +101,6 @@ impl Shell {
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
 /// The length of the longest suffix of `buf` that is a proper prefix of `marker`.
 fn partial_suffix(buf: &[u8], marker: &[u8]) -> usize {
     (1..marker.len().min(buf.len() + 1))
@@ -144,5 +142,29 @@ mod tests {
             )
             .unwrap();
         assert_eq!((rc, out), (0, b"after\n".to_vec()));
+        // the raw framing's `lastpipe`, now on in the shell, is off for the command
+        let mut seen = Vec::new();
+        let status = shell
+            .interact("echo x | read v; echo ${v-unset}", &mut |b| {
+                seen.extend_from_slice(b)
+            })
+            .unwrap();
+        assert_eq!((status, seen), (0, b"unset\n".to_vec()));
+    }
+
+    #[test]
+    fn an_unread_paced_reply_is_read_before_an_interactive_command() {
+        let (mut shell, _child) = fake_guest();
+        shell.send_raw(b"__ntng_pace=1\n").unwrap();
+        let r = shell.execute(
+            "head -c 400000 /dev/zero",
+            None,
+            super::super::shell::Reply::Nothing,
+            Deadline::NEVER,
+        );
+        assert_eq!(r.unwrap().0, -2);
+        let mut seen = Vec::new();
+        let status = shell.interact("echo mine", &mut |b| seen.extend_from_slice(b));
+        assert_eq!((status.unwrap(), seen), (0, b"mine\n".to_vec()));
     }
 }

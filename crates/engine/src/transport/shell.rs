@@ -1,15 +1,25 @@
 //! The NixOS shell backdoor: a bash reading commands from a virtio console.
 //!
-//! Framing: by default ([`Framing::Fast`]) a command runs in a subshell of the backdoor bash
-//! and its output comes back base64-encoded with the exit status on the same line, so each
-//! command costs one round trip. [`Framing::Upstream`] sends upstream's bytes exactly:
-//! `bash -c '<cmd>' | (base64 -w 0; echo)`, and once the output line is read, a second line
-//! `echo ${PIPESTATUS[0]}` (two round trips). The output is base64 in both, so anything the
-//! command prints (binary, framing look-alikes) is safe.
+//! Framing: by default ([`Framing::Raw`]) a command runs in a subshell of the backdoor bash,
+//! piped into a function that the shell itself runs (`lastpipe`; [`RAW_ENCODER`], sent once),
+//! which copies the output raw to the stream: with builtins up to 2 KiB (no process at all),
+//! then with `cat`.
+//! A random marker ends the output, with the exit status: `<nonce>E<status>\n`. Each command
+//! costs one round trip and one process (the command's own). The stream must be 8-bit clean:
+//! NixOS's backdoor puts hvc0 in raw mode (`stty raw -echo`), and a container's socket pair is.
 //!
-//! Containers talk over a socket pair, which is 8-bit clean, so their shells use
-//! [`Framing::Segments`]: the output comes back raw in length-prefixed segments, encoded by a
-//! bash function of the shell itself, which saves the `base64` process per command.
+//! QEMU drops what a virtio *console* writes while the host's socket is full, so on a console
+//! (the shell's stdin is a tty) the bulk goes in chunks of [`ACK_EVERY`] bytes, each after the
+//! host acknowledged the one before it with an empty line: never more than one chunk in
+//! flight. The host acknowledges on every stream (an empty line is nothing to bash).
+//!
+//! [`Framing::Base64`] (`NIXOS_TEST_NG_SHELL_FRAMING=base64`, for a console that is not raw)
+//! runs the command in a subshell piped into `base64`, the exit status on the output's line.
+//! [`Framing::Upstream`] sends upstream's bytes exactly: `bash -c '<cmd>' | (base64 -w 0; echo)`,
+//! and once the output line is read, a second line `echo ${PIPESTATUS[0]}` (two round trips).
+//!
+//! In every framing the command's stdout is a pipe that the shell reads to its end, as
+//! upstream's: a background child holding it open keeps the command waiting.
 
 use std::io::{self, Read, Write};
 use std::time::Duration;
@@ -80,25 +90,25 @@ fn timeout_arg(t: Duration) -> String {
 /// How a command is wrapped for the guest's bash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
-    /// A subshell of the backdoor bash (`( eval '…' )`) when no timeout is asked for, and
-    /// the exit status on the output's line: half the guest work of upstream's line.
-    Fast,
+    /// The output raw, copied by [`RAW_ENCODER`]'s function, then `<nonce>E<status>\n`. For
+    /// 8-bit clean streams only.
+    Raw,
+    /// A subshell of the backdoor bash (`( eval '…' )`) when no timeout is asked for, piped
+    /// into `base64`, and the exit status on the output's line.
+    Base64,
     /// Upstream's exact bytes: `bash -c '…' | (base64 -w 0; echo)`, then, after the output
     /// line came back, [`UPSTREAM_STATUS_QUERY`]. Nothing else is sent (no `TRACEPARENT`).
     Upstream,
-    /// As [`Framing::Fast`], but the output is piped into [`SEGMENTS_ENCODER`]'s function
-    /// instead of `base64`: for 8-bit clean channels only (a container's socket pair). The
-    /// reply is `D<n>:<n raw bytes>` segments, `Z` for a NUL byte, and after 4 KiB
-    /// `B<base64 of the rest>`, then ` <status>\n` (or `\n` when no status is asked for).
-    Segments,
 }
 
 impl Framing {
-    /// `NIXOS_TEST_NG_SHELL_FRAMING=upstream` selects upstream's exact framing.
-    pub fn from_env() -> Framing {
+    /// `NIXOS_TEST_NG_SHELL_FRAMING`: `upstream` or `base64` forces that framing; otherwise
+    /// `None` (the stream decides: [`Framing::Raw`] when it is 8-bit clean).
+    pub fn from_env() -> Option<Framing> {
         match std::env::var("NIXOS_TEST_NG_SHELL_FRAMING").as_deref() {
-            Ok("upstream") => Framing::Upstream,
-            _ => Framing::Fast,
+            Ok("upstream") => Some(Framing::Upstream),
+            Ok("base64") => Some(Framing::Base64),
+            _ => None,
         }
     }
 }
@@ -113,74 +123,123 @@ pub const VM_PREAMBLE: &str = "set -euo pipefail; ";
 /// environment; the container's persistent shell sources the profile once when it starts
 /// ([`CONTAINER_SETUP`]), and every command's subshell inherits exactly that environment.
 pub const CONTAINER_PREAMBLE: &str = "set -eo pipefail; set -u; ";
-/// Run once in a container's shell before its handshake: the profile, the output encoder of
-/// [`Framing::Segments`], and, when PID 1 is systemd, a wait for its private bus socket, so
-/// that the first command may be a `systemctl` (upstream's first command races systemd's
-/// start-up and can fail with "Host is down").
+/// Run once in a container's shell before its handshake: the profile, and, when PID 1 is
+/// systemd, a wait for its private bus socket, so that the first command may be a
+/// `systemctl` (upstream's first command races systemd's start-up and can fail with "Host is
+/// down").
 pub const CONTAINER_SETUP: &str = concat!(
     "source /etc/profile >/dev/null 2>&1 </dev/null; set +eu\n",
-    segments_encoder!(),
     "read -r _init </proc/1/comm; if [ \"$_init\" = systemd ]; then ",
     "until [ -S /run/systemd/private ]; do sleep 0.01; done; fi; unset _init\n"
 );
 
-/// The bash function of [`Framing::Segments`] (one line), reading a command's output from its
-/// stdin: builtins only (a subshell, no exec) up to 4 KiB, which is every short answer, then
-/// `base64` for the rest, since bash reads a pipe one byte per system call. Bytes are counted
-/// in the C locale; `read -d ''` stops at a NUL, which bash strings cannot hold: sent as `Z`.
-macro_rules! segments_encoder {
-    () => {
-        "__ntng_out() { local LC_ALL=C c n=0; \
-         while IFS= read -r -d '' -n 4096 c; do \
-         if [ ${#c} -lt 4096 ]; then printf 'D%d:%sZ' ${#c} \"$c\"; n=$((n + ${#c} + 1)); \
-         [ $n -lt 4096 ] && continue; else printf 'D%d:%s' ${#c} \"$c\"; fi; \
-         printf B; exec base64 -w 0; done; \
-         [ -z \"$c\" ] || printf 'D%d:%s' ${#c} \"$c\"; }\n"
-    };
-}
-use segments_encoder;
-/// The definition of the [`Framing::Segments`] encoder, to send to a shell once.
-pub const SEGMENTS_ENCODER: &str = segments_encoder!();
+/// The bash functions of [`Framing::Raw`] (one line, sent once per shell). `__ntng_out`
+/// copies a command's output from its stdin to its stdout unchanged: an output shorter than
+/// 2 KiB without a NUL with one `read` (no process), which is most short answers; otherwise
+/// that `read`'s part, then the rest with `__ntng_bulk` (bash reads a pipe one byte per system
+/// call, and under TCG each builtin it runs costs as much as a hundred bytes read). `read -d
+/// ''` stops at a NUL, which bash strings cannot hold: it is printed back. Bytes are counted
+/// in the C locale. `__ntng_bulk` is `cat`,
+/// or on a console (fd 3, the shell's stdin, is a tty; `__ntng_pace` set: for tests) `dd`
+/// chunks of [`ACK_EVERY`] bytes, each but the first after one byte more was found (not the
+/// end) and the host's acknowledgement (an empty line on fd 3) came; a `dd` without
+/// `iflag=fullblock` (whose short reads would leave the host's count behind) fails at once,
+/// and `cat` copies instead. `lastpipe` runs the last
+/// command of a pipeline in the shell itself (no process for it); commands run without it.
+pub const RAW_ENCODER: &str = "shopt -s lastpipe; __ntng_out() { local LC_ALL=C c; \
+     if IFS= read -r -d '' -n 2048 c; then \
+     if [ ${#c} -lt 2048 ]; then printf '%s\\0' \"$c\"; else printf %s \"$c\"; fi; \
+     __ntng_bulk; else printf %s \"$c\"; fi; }; \
+     __ntng_bulk() { [ -t 3 ] || [ -n \"${__ntng_pace-}\" ] || { cat; return; }; local c a; \
+     while dd bs=131072 count=1 iflag=fullblock 2>/dev/null || { cat; return; }; \
+     IFS= read -r -d '' -n 1 c || { printf %s \"$c\"; return; }; do \
+     IFS= read -r -u 3 a; if [ -n \"$c\" ]; then printf %s \"$c\"; else printf '\\0'; fi; done; }; ";
 
-/// Builds the line sent for one command, and how many reply lines it produces. With
-/// [`Framing::Upstream`] that is the first of upstream's two lines; [`Shell::execute`] sends
-/// [`UPSTREAM_STATUS_QUERY`] after reading its reply when the status is wanted.
+/// The chunk of [`RAW_ENCODER`]'s paced bulk: the host sends an empty line each time it has
+/// received this many more bytes of a reply. With one chunk in flight (and at most 2 KiB
+/// before it), QEMU's socket never fills: 212992 bytes of send buffer by default, which the
+/// kernel charges about 1.2 times the data written in pages.
+pub const ACK_EVERY: usize = 131_072;
+
+/// What [`command_line`] sends for one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandLine {
+    /// The line, `\n`-terminated.
+    pub line: String,
+    /// Lines of reply it produces ([`Framing::Base64`], [`Framing::Upstream`]).
+    pub lines: usize,
+    /// The marker of its reply ([`Framing::Raw`]).
+    pub nonce: Option<String>,
+}
+
+/// Builds the line sent for one command. With [`Framing::Upstream`] that is the first of
+/// upstream's two lines; [`Shell::execute`] sends [`UPSTREAM_STATUS_QUERY`] after reading its
+/// reply when the status is wanted. With [`Framing::Raw`], fd 3 of `__ntng_out` is the
+/// shell's stdin, which the command does not get (nor `lastpipe`).
 pub fn command_line(
-    command: &str,
-    timeout: Option<Duration>,
-    reply: Reply,
-    framing: Framing,
-) -> (String, usize) {
-    command_line_with(VM_PREAMBLE, command, timeout, reply, framing)
-}
-
-/// [`command_line`] with another preamble.
-pub fn command_line_with(
     preamble: &str,
     command: &str,
     timeout: Option<Duration>,
     reply: Reply,
     framing: Framing,
-) -> (String, usize) {
+) -> CommandLine {
     let script = shell_quote(&format!("{preamble}{command}"));
-    let run = match (timeout, framing) {
-        (Some(t), _) => format!("timeout {} bash -c {script}", timeout_arg(t)),
-        (None, Framing::Upstream) => format!(" bash -c {script}"),
-        (None, Framing::Fast | Framing::Segments) => format!("( eval {script} )"),
+    let timed = timeout.map(|t| format!("timeout {} bash -c {script}", timeout_arg(t)));
+    let run = |untimed: String| timed.clone().unwrap_or(untimed);
+    let raw_run = match &timed {
+        Some(timed) => format!("{timed} 3<&-"),
+        None => format!("( shopt -u lastpipe; exec 3<&-; eval {script} )"),
+    };
+    let base64 = |line: String| CommandLine {
+        line,
+        lines: 1,
+        nonce: None,
     };
     match (framing, reply) {
-        (Framing::Upstream, _) => (format!("{run} | (base64 -w 0; echo)\n"), 1),
-        (Framing::Fast, Reply::Full) => (
-            format!("{run} | base64 -w 0; echo \" ${{PIPESTATUS[0]}}\"\n"),
-            1,
-        ),
-        (Framing::Fast, _) => (format!("{run} | base64 -w 0; echo\n"), 1),
-        (Framing::Segments, Reply::Full) => (
-            format!("{run} | __ntng_out; echo \" ${{PIPESTATUS[0]}}\"\n"),
-            1,
-        ),
-        (Framing::Segments, _) => (format!("{run} | __ntng_out; echo\n"), 1),
+        (Framing::Upstream, _) => base64(format!(
+            "{} | (base64 -w 0; echo)\n",
+            run(format!(" bash -c {script}"))
+        )),
+        (Framing::Base64, Reply::Full) => base64(format!(
+            "{} | base64 -w 0; echo \" ${{PIPESTATUS[0]}}\"\n",
+            run(format!("( eval {script} )"))
+        )),
+        (Framing::Base64, _) => base64(format!(
+            "{} | base64 -w 0; echo\n",
+            run(format!("( eval {script} )"))
+        )),
+        (Framing::Raw, _) => {
+            let nonce = new_nonce();
+            let end = if reply == Reply::OutputOnly {
+                format!("printf '{nonce}E\\n'")
+            } else {
+                format!("printf '{nonce}E%d\\n' ${{PIPESTATUS[0]}}")
+            };
+            CommandLine {
+                line: format!("{{ {raw_run} | __ntng_out; {end}; }} 3<&0\n"),
+                lines: 0,
+                nonce: Some(nonce),
+            }
+        }
     }
+}
+
+/// 16 random hex digits: the marker ending one [`Framing::Raw`] reply. A command cannot see
+/// it (it is not in the command's environment), so its output cannot forge it.
+fn new_nonce() -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut bytes = [0u8; 8];
+    // SAFETY: a buffer of 8 writable bytes.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    let value = if got == bytes.len() as isize {
+        u64::from_ne_bytes(bytes)
+    } else {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        h.finish()
+    };
+    format!("{value:016x}")
 }
 
 /// A connected backdoor shell, over any byte stream (see [`super::connector`]).
@@ -189,10 +248,18 @@ pub struct Shell {
     buf: Vec<u8>,
     scratch: Box<[u8]>,
     framing: Framing,
+    /// The framing was forced (`NIXOS_TEST_NG_SHELL_FRAMING`): the stream does not change it.
+    forced: bool,
     preamble: &'static str,
-    /// Reply lines of an abandoned command (interrupted or timed out) still to be skipped,
-    /// so the next command reads its own answer.
+    /// Reply lines of an abandoned command (interrupted or timed out) still to be skipped, so
+    /// the next command reads its own answer.
     owed_lines: usize,
+    /// With [`Framing::Raw`]: the marker of a reply not read to its end yet (an abandoned
+    /// command's, or one not waited for), and the acknowledgements sent for it so far.
+    owed_reply: Option<String>,
+    acks_sent: usize,
+    /// The guest's shell has [`RAW_ENCODER`]'s function (sent with the first command).
+    encoder_sent: bool,
     /// `TRACEPARENT` as the next commands should see it, and as the guest's persistent shell
     /// has it exported: sent again only when it changes, since every byte of a command line
     /// costs time in a guest under TCG.
@@ -201,9 +268,13 @@ pub struct Shell {
 }
 
 impl Shell {
-    /// Wraps a connected stream.
+    /// Wraps a connected stream, with the framing of the environment (else
+    /// [`Framing::Base64`], until [`Shell::with_raw_output`]).
     pub fn new(stream: impl Into<Stream>) -> Self {
-        Shell::with_framing(stream, Framing::from_env())
+        let forced = Framing::from_env();
+        let mut shell = Shell::with_framing(stream, forced.unwrap_or(Framing::Base64));
+        shell.forced = forced.is_some();
+        shell
     }
 
     /// Wraps a connected stream, with the given framing.
@@ -211,6 +282,7 @@ impl Shell {
         let stream = stream.into();
         Shell {
             framing,
+            forced: true,
             preamble: VM_PREAMBLE,
             traceparent_wanted: None,
             traceparent_sent: None,
@@ -218,6 +290,9 @@ impl Shell {
             buf: Vec::new(),
             scratch: vec![0u8; 256 * 1024].into_boxed_slice(),
             owed_lines: 0,
+            owed_reply: None,
+            acks_sent: 0,
+            encoder_sent: false,
         }
     }
 
@@ -227,13 +302,17 @@ impl Shell {
         self
     }
 
-    /// Uses [`Framing::Segments`] instead of [`Framing::Fast`] (upstream's framing stays): for
-    /// an 8-bit clean channel whose shell has [`SEGMENTS_ENCODER`] defined.
+    /// The stream is 8-bit clean: uses [`Framing::Raw`], unless a framing was forced.
     pub fn with_raw_output(mut self) -> Self {
-        if self.framing == Framing::Fast {
-            self.framing = Framing::Segments;
+        if !self.forced {
+            self.framing = Framing::Raw;
         }
         self
+    }
+
+    /// The framing in use.
+    pub fn framing(&self) -> Framing {
+        self.framing
     }
 
     /// Reads until the handshake line; `on_idle` is called when a slice passes without data
@@ -248,6 +327,8 @@ impl Shell {
                 // Nothing is printed after the handshake but its newline; drop whatever is.
                 self.buf.clear();
                 self.owed_lines = 0;
+                self.owed_reply = None;
+                self.encoder_sent = false;
                 return Ok(());
             }
             if !self.fill(deadline)? && !on_idle() {
@@ -291,16 +372,16 @@ impl Shell {
         reply: Reply,
         deadline: Deadline,
     ) -> Result<(i32, Vec<u8>), ShellError> {
-        while self.owed_lines > 0 {
-            if self.framing == Framing::Segments {
-                self.read_segments(deadline)?;
-            } else {
-                self.read_line(deadline)?;
-            }
-            self.owed_lines -= 1;
+        self.settle(deadline)?;
+        let CommandLine {
+            mut line,
+            lines,
+            nonce,
+        } = command_line(self.preamble, command, timeout, reply, self.framing);
+        if self.framing == Framing::Raw && !self.encoder_sent {
+            line.insert_str(0, RAW_ENCODER);
+            self.encoder_sent = true;
         }
-        let (mut line, lines) =
-            command_line_with(self.preamble, command, timeout, reply, self.framing);
         if self.framing != Framing::Upstream && self.traceparent_wanted != self.traceparent_sent {
             let set = match &self.traceparent_wanted {
                 Some(tp) => format!("export TRACEPARENT={}; ", shell_quote(tp)),
@@ -310,14 +391,15 @@ impl Shell {
             self.traceparent_sent = self.traceparent_wanted.clone();
         }
         self.send_raw(line.as_bytes())?;
+        self.owed_lines = lines;
+        self.acks_sent = 0;
+        self.owed_reply = nonce.clone();
         if reply == Reply::Nothing {
-            self.owed_lines = lines;
             return Ok((-2, Vec::new()));
         }
-        self.owed_lines = lines;
-        if self.framing == Framing::Segments {
-            let (output, status) = self.read_segments(deadline)?;
-            self.owed_lines -= 1;
+        if let Some(nonce) = nonce {
+            let (output, status) = self.read_raw(&nonce, deadline)?;
+            self.owed_reply = None;
             return Ok((status.unwrap_or(-1), output));
         }
         let first = self.read_line(deadline)?;
@@ -331,60 +413,100 @@ impl Shell {
                 self.owed_lines -= 1;
                 (first, Some(status))
             }
-            (_, Framing::Fast | Framing::Segments) => {
-                match first.iter().rposition(|&b| b == b' ') {
-                    Some(i) => (first[..i].to_vec(), Some(first[i + 1..].to_vec())),
-                    None => {
-                        return Err(ShellError::Protocol(format!(
-                            "expected `<base64> <status>`, got {:?}",
-                            String::from_utf8_lossy(&first[..first.len().min(200)])
-                        )))
-                    }
+            _ => match first.iter().rposition(|&b| b == b' ') {
+                Some(i) => (first[..i].to_vec(), Some(first[i + 1..].to_vec())),
+                None => {
+                    return Err(ShellError::Protocol(format!(
+                        "expected `<base64> <status>`, got {:?}",
+                        String::from_utf8_lossy(&first[..first.len().min(200)])
+                    )))
                 }
-            }
+            },
         };
         let output = decode(&encoded)?;
         let Some(status_line) = status_text else {
             return Ok((-1, output));
         };
-        let text = String::from_utf8_lossy(&status_line);
-        let status = text.trim().parse::<i32>().map_err(|_| {
-            ShellError::Protocol(format!("expected an exit status, got {:?}", text.trim()))
-        })?;
+        let status = parse_status(&status_line)?;
         Ok((status, output))
     }
 
-    /// Reads one [`Framing::Segments`] reply: the output, and the status when one was sent.
-    /// Nothing is consumed from the buffer until the reply is complete, so an interrupted read
-    /// leaves it whole for the next try.
-    fn read_segments(&mut self, deadline: Deadline) -> Result<(Vec<u8>, Option<i32>), ShellError> {
-        let mut out = Vec::new();
-        let mut pos = 0;
-        loop {
-            match parse_segment(&self.buf[pos..])? {
-                Segment::Incomplete => {
-                    if !self.fill(deadline)? && deadline.expired() {
-                        return Err(ShellError::TimedOut);
-                    }
-                }
-                Segment::Data(range, used) => {
-                    out.extend_from_slice(&self.buf[pos + range.start..pos + range.end]);
-                    pos += used;
-                }
-                Segment::Nul => {
-                    out.push(0);
-                    pos += 1;
-                }
-                Segment::Base64(range, used) => {
-                    out.extend(decode(&self.buf[pos + range.start..pos + range.end])?);
-                    pos += used;
-                }
-                Segment::End(status, used) => {
-                    self.buf.drain(..pos + used);
-                    return Ok((out, status));
-                }
-            }
+    /// Reads what earlier commands still owe (see [`Shell::execute`]), so that the guest's
+    /// shell reads the next line as a command: a paced reply waits for acknowledgements.
+    pub(crate) fn settle(&mut self, deadline: Deadline) -> Result<(), ShellError> {
+        if let Some(nonce) = self.owed_reply.clone() {
+            self.read_raw(&nonce, deadline)?;
+            self.owed_reply = None;
         }
+        while self.owed_lines > 0 {
+            self.read_line(deadline)?;
+            self.owed_lines -= 1;
+        }
+        Ok(())
+    }
+
+    /// Reads one [`Framing::Raw`] reply, which starts at the start of the buffer: the output
+    /// up to `<nonce>E`, and the status up to the newline (none when the line is empty),
+    /// acknowledging every [`ACK_EVERY`] bytes. Nothing is consumed until the reply is
+    /// complete, so an interrupted read leaves it whole for the next try.
+    fn read_raw(
+        &mut self,
+        nonce: &str,
+        deadline: Deadline,
+    ) -> Result<(Vec<u8>, Option<i32>), ShellError> {
+        let end = format!("{nonce}E");
+        let end = end.as_bytes();
+        let mut scanned = 0;
+        let at = loop {
+            if let Some(i) = find(&self.buf[scanned..], end) {
+                break scanned + i;
+            }
+            scanned = self.buf.len().saturating_sub(end.len() - 1);
+            self.acknowledge()?;
+            self.fill_or_time_out(deadline)?;
+        };
+        let mut scanned = at + end.len();
+        let newline = loop {
+            if let Some(i) = memchr(b'\n', &self.buf[scanned..]) {
+                break scanned + i;
+            }
+            if self.buf.len() - at > end.len() + 16 {
+                return Err(ShellError::Protocol(format!(
+                    "expected an exit status after the output, got {:?}",
+                    String::from_utf8_lossy(&self.buf[at + end.len()..])
+                )));
+            }
+            scanned = self.buf.len();
+            self.fill_or_time_out(deadline)?;
+        };
+        let status_text = &self.buf[at + end.len()..newline];
+        let status = if status_text.is_empty() {
+            None
+        } else {
+            Some(parse_status(status_text)?)
+        };
+        let rest = self.buf.split_off(newline + 1);
+        let mut output = std::mem::replace(&mut self.buf, rest);
+        output.truncate(at);
+        Ok((output, status))
+    }
+
+    /// Sends the acknowledgements the buffered part of a [`Framing::Raw`] reply earned.
+    fn acknowledge(&mut self) -> Result<(), ShellError> {
+        let due = self.buf.len() / ACK_EVERY;
+        if due > self.acks_sent {
+            self.send_raw(&b"\n".repeat(due - self.acks_sent))?;
+            self.acks_sent = due;
+        }
+        Ok(())
+    }
+
+    /// One read into the buffer; [`ShellError::TimedOut`] once the deadline passed.
+    fn fill_or_time_out(&mut self, deadline: Deadline) -> Result<(), ShellError> {
+        if !self.fill(deadline)? && deadline.expired() {
+            return Err(ShellError::TimedOut);
+        }
+        Ok(())
     }
 
     /// Reads one `\n`-terminated line (without the newline).
@@ -399,9 +521,7 @@ impl Shell {
                 return Ok(line);
             }
             scanned = self.buf.len();
-            if !self.fill(deadline)? && deadline.expired() {
-                return Err(ShellError::TimedOut);
-            }
+            self.fill_or_time_out(deadline)?;
         }
     }
 
@@ -444,8 +564,11 @@ impl Shell {
     pub fn resync(&mut self, deadline: Deadline) -> Result<(), ShellError> {
         self.buf.clear();
         self.owed_lines = 0;
-        // a restored guest's shell has the environment of its snapshot
+        self.owed_reply = None;
+        // a restored guest's shell has the environment of its snapshot, which may lack the
+        // encoder (or hold an older one)
         self.traceparent_sent = None;
+        self.encoder_sent = false;
         let token = format!(
             "ntng-resync-{}-{:?}",
             std::process::id(),
@@ -501,74 +624,31 @@ fn decode(encoded: &[u8]) -> Result<Vec<u8>, ShellError> {
         })
 }
 
-/// One piece of a [`Framing::Segments`] reply at the start of a buffer; ranges and lengths
-/// are relative to that start.
-#[derive(Debug, PartialEq)]
-enum Segment {
-    Incomplete,
-    /// Raw bytes, and the length of the whole segment.
-    Data(std::ops::Range<usize>, usize),
-    Nul,
-    /// Base64 text up to the terminator (not included in the length).
-    Base64(std::ops::Range<usize>, usize),
-    /// The terminator: ` <status>\n`, or `\n` when no status was asked for.
-    End(Option<i32>, usize),
-}
-
-fn parse_segment(buf: &[u8]) -> Result<Segment, ShellError> {
-    let protocol = |what: &str| {
-        let shown = String::from_utf8_lossy(&buf[..buf.len().min(80)]).into_owned();
-        ShellError::Protocol(format!("{what} in the container's reply: {shown:?}"))
-    };
-    let Some(&tag) = buf.first() else {
-        return Ok(Segment::Incomplete);
-    };
-    match tag {
-        b'D' => {
-            let Some(colon) = memchr(b':', buf) else {
-                return if buf.len() > 12 {
-                    Err(protocol("a segment without a length"))
-                } else {
-                    Ok(Segment::Incomplete)
-                };
-            };
-            let len: usize = std::str::from_utf8(&buf[1..colon])
-                .ok()
-                .and_then(|t| t.parse().ok())
-                .ok_or_else(|| protocol("a bad segment length"))?;
-            let start = colon + 1;
-            if buf.len() < start + len {
-                return Ok(Segment::Incomplete);
-            }
-            Ok(Segment::Data(start..start + len, start + len))
-        }
-        b'Z' => Ok(Segment::Nul),
-        b'B' => match buf.iter().position(|&b| b == b' ' || b == b'\n') {
-            Some(end) => Ok(Segment::Base64(1..end, end)),
-            None => Ok(Segment::Incomplete),
-        },
-        b'\n' => Ok(Segment::End(None, 1)),
-        b' ' => match memchr(b'\n', buf) {
-            Some(end) => {
-                let text = String::from_utf8_lossy(&buf[1..end]);
-                let status = text
-                    .trim()
-                    .parse::<i32>()
-                    .map_err(|_| protocol("a bad exit status"))?;
-                Ok(Segment::End(Some(status), end + 1))
-            }
-            None => Ok(Segment::Incomplete),
-        },
-        _ => Err(protocol("an unknown segment")),
-    }
+/// An exit status as the guest printed it.
+fn parse_status(text: &[u8]) -> Result<i32, ShellError> {
+    let text = String::from_utf8_lossy(text);
+    text.trim().parse::<i32>().map_err(|_| {
+        ShellError::Protocol(format!("expected an exit status, got {:?}", text.trim()))
+    })
 }
 
 fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
     hay.iter().position(|&b| b == needle)
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// Where `needle` (not empty) first occurs in `hay`: its first byte is looked for, then the
+/// rest compared, which scans a megabyte of output in well under a millisecond.
+pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let (&first, rest) = needle.split_first()?;
+    let mut from = 0;
+    while from + needle.len() <= hay.len() {
+        let i = from + memchr(first, &hay[from..=hay.len() - needle.len()])?;
+        if hay[i + 1..i + needle.len()] == *rest {
+            return Some(i);
+        }
+        from = i + 1;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -591,28 +671,18 @@ pub(crate) mod tests {
         .stdout(Stdio::from(std::os::fd::OwnedFd::from(stdout)))
         .stderr(Stdio::null());
         let child = crate::process::spawn(cmd).unwrap();
-        let mut shell = Shell::new(ours);
+        let mut shell = Shell::with_framing(ours, Framing::Raw);
         let deadline = Deadline::after(Some(Duration::from_secs(10)));
         shell.wait_for_handshake(deadline, &mut || true).unwrap();
         (shell, child)
     }
 
     fn both_framings(check: impl Fn(&mut Shell)) {
-        for framing in [Framing::Fast, Framing::Upstream, Framing::Segments] {
+        for framing in [Framing::Raw, Framing::Base64, Framing::Upstream] {
             let (mut shell, _child) = fake_guest();
             shell.framing = framing;
-            if framing == Framing::Segments {
-                shell.send_raw(SEGMENTS_ENCODER.as_bytes()).unwrap();
-            }
             check(&mut shell);
         }
-    }
-
-    fn segments_guest() -> (Shell, crate::process::ChildProcess) {
-        let (shell, child) = fake_guest();
-        let mut shell = shell.with_raw_output();
-        shell.send_raw(SEGMENTS_ENCODER.as_bytes()).unwrap();
-        (shell, child)
     }
 
     fn run(shell: &mut Shell, cmd: &str) -> (i32, Vec<u8>) {
@@ -644,6 +714,22 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_encoder_chunks_as_the_host_acknowledges() {
+        assert!(RAW_ENCODER.contains(&format!(" dd bs={ACK_EVERY} count=1 ")));
+    }
+
+    #[test]
+    fn find_finds_the_first_occurrence() {
+        assert_eq!(find(b"abcabd", b"abd"), Some(3));
+        assert_eq!(find(b"aab", b"ab"), Some(1));
+        assert_eq!(find(b"ab", b"ab"), Some(0));
+        assert_eq!(find(b"ab", b"abc"), None);
+        assert_eq!(find(b"", b"a"), None);
+        assert_eq!(find(b"xxa", b"a"), Some(2));
+        assert_eq!(find(b"abab", b"b"), Some(1));
+    }
+
+    #[test]
     fn quote_matches_python_shlex() {
         assert_eq!(shell_quote(""), "''");
         assert_eq!(shell_quote("abc/d-e.f"), "abc/d-e.f");
@@ -651,36 +737,59 @@ pub(crate) mod tests {
         assert_eq!(shell_quote("a b"), "'a b'");
     }
 
+    fn line(command: &str, timeout: Option<Duration>, reply: Reply, framing: Framing) -> String {
+        command_line(VM_PREAMBLE, command, timeout, reply, framing).line
+    }
+
     #[test]
     fn lines_sent_for_each_framing() {
+        let upstream = command_line(VM_PREAMBLE, "true", None, Reply::Full, Framing::Upstream);
         assert_eq!(
-            command_line("true", None, Reply::Full, Framing::Upstream),
+            (upstream.line.as_str(), upstream.lines, upstream.nonce),
             (
-                " bash -c 'set -euo pipefail; true' | (base64 -w 0; echo)\n".to_string(),
-                1
+                " bash -c 'set -euo pipefail; true' | (base64 -w 0; echo)\n",
+                1,
+                None
             )
         );
         assert_eq!(
-            command_line(
+            line(
                 "true",
                 Some(Duration::from_secs(900)),
                 Reply::OutputOnly,
                 Framing::Upstream
-            )
-            .0,
+            ),
             "timeout 900 bash -c 'set -euo pipefail; true' | (base64 -w 0; echo)\n"
         );
         assert_eq!(
-            command_line("true", None, Reply::Full, Framing::Fast),
-            (
-                "( eval 'set -euo pipefail; true' ) | base64 -w 0; echo \" ${PIPESTATUS[0]}\"\n"
-                    .to_string(),
-                1
-            )
+            line("true", None, Reply::Full, Framing::Base64),
+            "( eval 'set -euo pipefail; true' ) | base64 -w 0; echo \" ${PIPESTATUS[0]}\"\n"
         );
         assert_eq!(
-            command_line("x", Some(Duration::from_millis(1500)), Reply::Full, Framing::Fast).0,
+            line("x", Some(Duration::from_millis(1500)), Reply::Full, Framing::Base64),
             "timeout 1.500 bash -c 'set -euo pipefail; x' | base64 -w 0; echo \" ${PIPESTATUS[0]}\"\n"
+        );
+        let raw = command_line(VM_PREAMBLE, "true", None, Reply::Full, Framing::Raw);
+        let n = raw.nonce.unwrap();
+        assert_eq!(n.len(), 16);
+        assert_eq!(
+            raw.line,
+            format!(
+                "{{ ( shopt -u lastpipe; exec 3<&-; eval 'set -euo pipefail; true' ) | __ntng_out; printf '{n}E%d\\n' ${{PIPESTATUS[0]}}; }} 3<&0\n"
+            )
+        );
+        let raw = command_line(
+            VM_PREAMBLE,
+            "x",
+            Some(Duration::from_secs(2)),
+            Reply::OutputOnly,
+            Framing::Raw,
+        );
+        let m = raw.nonce.unwrap();
+        assert_ne!(m, n, "a new marker for each command");
+        assert_eq!(
+            raw.line,
+            format!("{{ timeout 2 bash -c 'set -euo pipefail; x' 3<&- | __ntng_out; printf '{m}E\\n'; }} 3<&0\n")
         );
     }
 
@@ -936,59 +1045,209 @@ pub(crate) mod tests {
         assert_eq!(rc, 124);
     }
 
+    /// A command printing `n` bytes of `pattern` (one byte, shell `printf` escape) repeated.
+    fn bytes_of(n: usize, pattern: &str) -> String {
+        format!("head -c {n} /dev/zero | tr '\\0' '{pattern}'")
+    }
+
     #[test]
-    fn segments_round_trip_every_size_and_nul_pattern() {
-        let (mut shell, _child) = segments_guest();
+    fn raw_output_round_trips_every_size_around_the_builtin_limit_and_nuls() {
+        let (mut shell, _child) = fake_guest();
+        assert_eq!(shell.framing(), Framing::Raw);
         assert_eq!(run(&mut shell, "true"), (0, Vec::new()));
         assert_eq!(run(&mut shell, "printf '\\0'"), (0, vec![0]));
         assert_eq!(
             run(&mut shell, "printf 'a\\0\\0b '; exit 3"),
             (3, b"a\0\0b ".to_vec())
         );
-        for n in [4095, 4096, 4097, 10_000] {
-            let (rc, out) = run(&mut shell, &format!("head -c {n} /dev/zero | tr '\\0' x"));
+        // the builtins copy up to 2048 bytes or the first NUL, then `cat` the rest; the pipe
+        // holds 65536, the host reads 262144 at a time
+        for n in [1, 2046, 2047, 2048, 2049, 4097, 65_537, 262_145] {
+            let (rc, out) = run(&mut shell, &bytes_of(n, "x"));
             assert_eq!((rc, out.len()), (0, n), "{n} bytes");
-            assert!(out.iter().all(|&b| b == b'x'));
-            // NULs: each is a segment of its own until 4 KiB, then base64 takes over
+            assert!(out.iter().all(|&b| b == b'x'), "{n} bytes");
             let (rc, out) = run(&mut shell, &format!("head -c {n} /dev/zero"));
-            assert_eq!((rc, out), (0, vec![0; n]), "{n} NULs");
+            assert_eq!((rc, out.len()), (0, n), "{n} NULs");
+            assert!(out.iter().all(|&b| b == 0), "{n} NULs");
+            // a NUL right at the limit, and text after it
+            let cmd = format!("{}; printf '\\0\\377tail'", bytes_of(n, "y"));
+            let (rc, out) = run(&mut shell, &cmd);
+            assert_eq!(rc, 0);
+            assert_eq!(out.len(), n + 6, "{n} bytes, a NUL, more");
+            assert_eq!(&out[n..], b"\0\xfftail");
         }
-        let (_, out) = run(&mut shell, "printf 'D9:B Z\\n 0\\n'; printf '\\xff\\xfe'");
-        assert_eq!(out, b"D9:B Z\n 0\n\xff\xfe");
+        // every byte value, and invalid UTF-8
+        let (rc, out) = run(
+            &mut shell,
+            "for i in $(seq 0 255); do printf \"\\\\$(printf %o $i)\"; done",
+        );
+        assert_eq!((rc, out), (0, (0u8..=255).collect::<Vec<u8>>()));
+    }
+
+    /// A fake guest whose shell paces its bulk output as on a console.
+    fn paced_guest() -> (Shell, crate::process::ChildProcess) {
+        let (mut shell, child) = fake_guest();
+        shell.send_raw(b"__ntng_pace=1\n").unwrap();
+        (shell, child)
     }
 
     #[test]
-    fn segments_output_only_and_abandoned_commands() {
-        let (mut shell, _child) = segments_guest();
-        let r = shell.execute("echo bye", None, Reply::OutputOnly, Deadline::NEVER);
+    fn paced_raw_output_round_trips_every_size_around_the_chunks() {
+        let (mut shell, _child) = paced_guest();
+        let k = ACK_EVERY;
+        for n in [2049, k - 1, k, k + 1, 2048 + k, 2049 + k, 3 * k + 7] {
+            let (rc, out) = run(&mut shell, &bytes_of(n, "x"));
+            assert_eq!((rc, out.len()), (0, n), "{n} bytes");
+            assert!(out.iter().all(|&b| b == b'x'), "{n} bytes");
+            // NULs where a chunk ends and the next byte is looked for
+            let (rc, out) = run(&mut shell, &format!("head -c {n} /dev/zero; echo end"));
+            assert_eq!((rc, out.len()), (0, n + 4), "{n} NULs");
+            assert!(out[..n].iter().all(|&b| b == 0) && out.ends_with(b"end\n"));
+        }
+        // the acknowledgements the guest did not wait for are empty lines to its shell
+        assert_eq!(run(&mut shell, "echo after"), (0, b"after\n".to_vec()));
+    }
+
+    #[test]
+    fn paced_output_falls_back_to_cat_without_a_full_block_dd() {
+        let (mut shell, _child) = paced_guest();
+        // a `dd` that rejects `iflag=fullblock`, as an old one would
+        shell
+            .send_raw(b"dd() { echo 'dd: invalid input flag' >&2; return 1; }\n")
+            .unwrap();
+        let (rc, out) = run(&mut shell, &bytes_of(300_000, "q"));
+        assert_eq!((rc, out.len()), (0, 300_000));
+        assert!(out.iter().all(|&b| b == b'q'));
+    }
+
+    #[test]
+    fn paced_raw_output_of_an_abandoned_command_is_acknowledged_by_the_next() {
+        let (mut shell, _child) = paced_guest();
+        // the guest waits for acknowledgements nobody sends while nobody reads
+        let r = shell.execute(
+            "sleep 0.3; head -c 300000 /dev/zero | tr '\\0' z",
+            None,
+            Reply::Full,
+            Deadline::after(Some(Duration::from_millis(100))),
+        );
+        assert!(matches!(r, Err(ShellError::TimedOut)), "{r:?}");
+        let r = shell.execute(
+            "head -c 200000 /dev/zero",
+            None,
+            Reply::Nothing,
+            Deadline::NEVER,
+        );
+        assert_eq!(r.unwrap(), (-2, Vec::new()));
+        assert_eq!(run(&mut shell, "echo mine"), (0, b"mine\n".to_vec()));
+    }
+
+    #[test]
+    fn the_command_gets_the_same_file_descriptors_as_in_a_pipeline() {
+        let (mut shell, _child) = fake_guest();
+        let fds = "ls /proc/self/fd/ | sort -n | tr '\\n' ' '";
+        let raw = run(&mut shell, fds);
+        shell.framing = Framing::Base64;
+        let piped = run(&mut shell, fds);
+        assert_eq!(raw, piped);
+    }
+
+    #[test]
+    fn raw_output_that_looks_like_the_markers_is_output() {
+        let (mut shell, _child) = fake_guest();
+        // the marker of an earlier command, printed by a later one, is just output
+        let old = command_line(VM_PREAMBLE, "true", None, Reply::Full, Framing::Raw)
+            .nonce
+            .unwrap();
+        let fake = format!("{old}E0\n{old}S__ntng_out\nE1\n");
+        let (rc, out) = run(&mut shell, &format!("printf %s {}", shell_quote(&fake)));
+        assert_eq!((rc, out), (0, fake.into_bytes()));
+        // a command may not redefine how its own output is framed: it runs in a child
+        let (rc, out) = run(&mut shell, "__ntng_out() { echo hijacked; }; echo mine");
+        assert_eq!((rc, out), (0, b"mine\n".to_vec()));
+        // nor does it run with the shell's `lastpipe`
+        let (rc, out) = run(&mut shell, "echo x | read v; echo ${v-unset}");
+        assert_eq!((rc, out), (0, b"unset\n".to_vec()));
+        assert_eq!(run(&mut shell, "echo next"), (0, b"next\n".to_vec()));
+    }
+
+    #[test]
+    fn raw_output_only_nothing_and_abandoned_commands() {
+        let (mut shell, _child) = fake_guest();
+        let r = shell.execute("echo bye; exit 5", None, Reply::OutputOnly, Deadline::NEVER);
         assert_eq!(r.unwrap(), (-1, b"bye\n".to_vec()));
         let r = shell.execute(
-            "sleep 0.5; printf 'late\\n 0\\n'",
+            "sleep 0.5; echo late",
             None,
             Reply::Full,
             Deadline::after(Some(Duration::from_millis(100))),
         );
         assert!(matches!(r, Err(ShellError::TimedOut)), "{r:?}");
         assert_eq!(run(&mut shell, "echo mine"), (0, b"mine\n".to_vec()));
-        assert_eq!(
-            shell
-                .execute("true", None, Reply::Nothing, Deadline::NEVER)
-                .unwrap()
-                .0,
-            -2
+        let r = shell.execute(
+            "echo ignored; exit 7",
+            None,
+            Reply::Nothing,
+            Deadline::NEVER,
         );
+        assert_eq!(r.unwrap(), (-2, Vec::new()));
         assert_eq!(run(&mut shell, "echo next"), (0, b"next\n".to_vec()));
+        // two abandoned in a row, one of them printing more than the host reads at once
+        let short = Deadline::after(Some(Duration::from_millis(100)));
+        let r = shell.execute(
+            "sleep 0.3; head -c 600000 /dev/zero",
+            None,
+            Reply::Full,
+            short,
+        );
+        assert!(matches!(r, Err(ShellError::TimedOut)), "{r:?}");
+        shell
+            .execute("echo x", None, Reply::Nothing, Deadline::NEVER)
+            .unwrap();
+        assert_eq!(run(&mut shell, "echo third"), (0, b"third\n".to_vec()));
     }
 
     #[test]
-    fn segment_parser_rejects_garbage() {
-        assert!(matches!(
-            parse_segment(b"Dx:"),
-            Err(ShellError::Protocol(_))
-        ));
-        assert!(matches!(parse_segment(b"?"), Err(ShellError::Protocol(_))));
-        assert_eq!(parse_segment(b"D5:ab").unwrap(), Segment::Incomplete);
-        assert_eq!(parse_segment(b"D2:ab").unwrap(), Segment::Data(3..5, 5));
-        assert_eq!(parse_segment(b" 7\n").unwrap(), Segment::End(Some(7), 3));
+    fn raw_encoder_is_sent_once_and_again_after_a_resync() {
+        let (mut shell, _child) = fake_guest();
+        assert_eq!(run(&mut shell, "echo a"), (0, b"a\n".to_vec()));
+        assert!(shell.encoder_sent);
+        // the guest's shell loses it (as a restored snapshot taken before it was sent would)
+        run(&mut shell, "true");
+        shell.send_raw(b"unset -f __ntng_out\n").unwrap();
+        shell
+            .resync(Deadline::after(Some(Duration::from_secs(10))))
+            .unwrap();
+        assert!(!shell.encoder_sent);
+        assert_eq!(run(&mut shell, "echo b"), (0, b"b\n".to_vec()));
+        assert_eq!(
+            run(&mut shell, "type -t __ntng_out"),
+            (0, b"function\n".to_vec())
+        );
+    }
+
+    #[test]
+    fn raw_reply_with_a_bad_status_is_a_protocol_error() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let mut shell = Shell::with_framing(ours, Framing::Raw);
+        let guest = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut byte = [0u8; 1];
+            while !got.ends_with(b"\n") {
+                theirs.read_exact(&mut byte).unwrap();
+                got.push(byte[0]);
+            }
+            let line = String::from_utf8(got).unwrap();
+            let nonce = line.rsplit("printf '").next().unwrap()[..16].to_string();
+            theirs
+                .write_all(format!("out{nonce}Egarbage\n").as_bytes())
+                .unwrap();
+            theirs
+        });
+        let r = shell.execute("true", None, Reply::Full, Deadline::NEVER);
+        assert!(
+            matches!(&r, Err(ShellError::Protocol(m)) if m.contains("garbage")),
+            "{r:?}"
+        );
+        drop(guest.join().unwrap());
     }
 }
