@@ -293,6 +293,7 @@ pub fn parse_args(argv: &[String], env: &HashMap<String, String>) -> Result<Pars
     }
 
     cfg.reporting = super::Reporting::from_env(env);
+    cfg.transport = super::Transport::from_env(env)?;
     validate_machines(&mut cfg)?;
     Ok(Parsed::Run(Box::new(cfg)))
 }

@@ -4,12 +4,14 @@
 mod cli;
 mod json;
 mod reporting;
+mod transport;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use cli::{parse_args, Parsed, USAGE_EXIT_CODE};
 pub use reporting::{OtlpSettings, Reporting};
+pub use transport::{Transport, TRANSPORT_VAR};
 
 pub use crate::kind::MachineKind;
 
@@ -68,6 +70,8 @@ pub struct Config {
     /// The XML log, the OTLP exporter and the trace parent (`LOGFILE`, `OTEL_*`,
     /// `TRACEPARENT`).
     pub reporting: Reporting,
+    /// Which transport commands take (`NIXOS_TEST_NG_TRANSPORT`).
+    pub transport: Transport,
 }
 
 /// Generation C's log levels.
@@ -133,6 +137,7 @@ impl Default for Config {
             log_level: LogLevel::Info,
             warnings: Vec::new(),
             reporting: Reporting::default(),
+            transport: Transport::Auto,
         }
     }
 }

@@ -115,6 +115,7 @@ impl Backend for FakeBackend {
             connector: Box::new(Ready::new(ours)),
             shell: ShellSetup::backdoor(),
             shell_in_step: None,
+            agent: None,
         })
     }
 
@@ -155,6 +156,7 @@ impl FakeBackend {
             }),
             shell: ShellSetup::backdoor(),
             shell_in_step: None,
+            agent: None,
         })
     }
 }

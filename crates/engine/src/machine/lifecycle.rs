@@ -140,6 +140,7 @@ impl Machine {
             mut connector,
             shell,
             shell_in_step,
+            agent: _,
         } = launched;
         if let Some(in_step) = shell_in_step {
             self.shell.set_synced(in_step);

@@ -45,6 +45,7 @@ fn machine_with(backend: FakeBackend, boot_timeout: Option<Duration>) -> Fixture
         boot_timeout,
         env: Vec::new(),
         vnc: false,
+        transport: crate::config::Transport::Auto,
     };
     let record = backend.record.clone();
     let m = Machine::new(info, Box::new(backend), false).unwrap();

@@ -420,6 +420,7 @@ impl Backend for QemuBackend {
             connector: Box::new(Ready::new(shell)),
             shell: ShellSetup::backdoor(),
             shell_in_step: None,
+            agent: None,
         })
     }
 
