@@ -47,6 +47,8 @@ struct Run {
     process: Arc<ChildProcess>,
     console_reader: Option<JoinHandle<()>>,
     connector: Arc<Mutex<Box<dyn Connector>>>,
+    /// The agent's connector, when the machine uses the agent (see `lifecycle.rs`).
+    agent: Option<Arc<Mutex<Box<dyn Connector>>>>,
     setup: Arc<ShellSetup>,
 }
 

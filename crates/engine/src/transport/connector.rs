@@ -78,6 +78,10 @@ pub trait Connector: Send {
     }
     /// The stream last returned did not reach the handshake: end what came with it.
     fn abandon(&mut self) {}
+    /// What carries the stream, for the log ("connected ... over hybrid vsock").
+    fn describe(&self) -> String {
+        "a connected stream".to_string()
+    }
 }
 
 /// The exit status of the machine's process, when it exited.
@@ -227,6 +231,10 @@ impl Connector for ConnectUnix {
     fn reconnects(&self) -> bool {
         true
     }
+
+    fn describe(&self) -> String {
+        format!("the unix socket {}", self.path.display())
+    }
 }
 
 /// A hybrid-vsock connection (Firecracker, Cloud Hypervisor, `vhost-device-vsock`): connect
@@ -328,6 +336,10 @@ impl Connector for HybridVsock {
     fn reconnects(&self) -> bool {
         true
     }
+
+    fn describe(&self) -> String {
+        "hybrid vsock".to_string()
+    }
 }
 
 fn is_dropped(e: &io::Error) -> bool {
@@ -355,6 +367,12 @@ impl Vsock {
     /// A connection to port `port` of the guest with context id `cid`.
     pub fn new(cid: u32, port: u32) -> Self {
         Vsock { cid, port }
+    }
+
+    /// A connection to the guest agent's port ([`agent_protocol::AGENT_PORT`]) of the guest
+    /// with context id `cid`.
+    pub fn agent(cid: u32) -> Self {
+        Vsock::new(cid, agent_protocol::AGENT_PORT)
     }
 
     /// One try: `Ok(None)` when it should be tried again (refused: nothing listens yet).
@@ -469,6 +487,10 @@ impl Connector for Vsock {
 
     fn reconnects(&self) -> bool {
         true
+    }
+
+    fn describe(&self) -> String {
+        "AF_VSOCK".to_string()
     }
 }
 
