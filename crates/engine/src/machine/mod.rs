@@ -11,6 +11,8 @@ mod lifecycle;
 mod restart;
 mod screen;
 mod screens;
+#[cfg(test)]
+mod session_tests;
 pub mod shell;
 pub mod snapshot;
 mod systemd;

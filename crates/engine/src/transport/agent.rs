@@ -113,7 +113,7 @@ impl Agent {
         };
         if frame.kind != Kind::Hello {
             return Err(self.out_of_step(format!(
-                "expected HELLO from the guest's agent, got a {:?} frame",
+                "expected HELLO from the guest's agent, got a {} frame",
                 frame.kind
             )));
         }
@@ -222,7 +222,7 @@ impl Agent {
         let frame = self.wait_frame(deadline)?;
         match frame.kind {
             Kind::Pong => self.parse(&frame),
-            kind => Err(self.out_of_step(format!("expected PONG, got a {kind:?} frame"))),
+            kind => Err(self.out_of_step(format!("expected PONG, got a {kind} frame"))),
         }
     }
 
@@ -256,7 +256,7 @@ impl Agent {
             Kind::Done => Ok(()),
             Kind::Error => Err(TreeError::Refused(self.parse::<Failure>(&frame)?.message)),
             kind => Err(self
-                .out_of_step(format!("expected DONE after a PUT, got a {kind:?} frame"))
+                .out_of_step(format!("expected DONE after a PUT, got a {kind} frame"))
                 .into()),
         }
     }
@@ -330,7 +330,7 @@ impl Agent {
                 Kind::Data => writer.data(&frame.body),
                 kind => {
                     return Err(self
-                        .out_of_step(format!("a {kind:?} frame in the tree of a GET"))
+                        .out_of_step(format!("a {kind} frame in the tree of a GET"))
                         .into())
                 }
             };
@@ -406,7 +406,7 @@ impl Agent {
                     failure.message
                 )))
             }
-            kind => Err(self.out_of_step(format!("a {kind:?} frame while a command runs"))),
+            kind => Err(self.out_of_step(format!("a {kind} frame while a command runs"))),
         }
     }
 
@@ -506,7 +506,7 @@ impl Agent {
         message: &T,
     ) -> Result<(), ShellError> {
         let bytes = encode_json(kind, message)
-            .map_err(|e| ShellError::Protocol(format!("encoding a {kind:?} frame: {e}")))?;
+            .map_err(|e| ShellError::Protocol(format!("encoding a {kind} frame: {e}")))?;
         if let Some(why) = &self.broken {
             return Err(ShellError::Protocol(why.clone()));
         }
