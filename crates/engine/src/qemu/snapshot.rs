@@ -76,6 +76,14 @@ impl Snapshots for QemuBackend {
 
     /// `savevm`; the disks also get a golden copy for warm standbys.
     fn save(&self, info: &MachineInfo, name: &str) -> Result<()> {
+        if self.running(info)?.vsock_daemon.is_some() {
+            return Err(Error::SnapshotRefused {
+                machine: info.name.clone(),
+                name: name.to_string(),
+                reason: super::vsock::SNAPSHOT_REASON.to_string(),
+                fix: super::vsock::SNAPSHOT_FIX.to_string(),
+            });
+        }
         if let Some(text) = hmp_error(&self.hmp(info, &format!("savevm {name}"))?) {
             let (reason, fix) = savevm_refusal(text);
             return Err(Error::SnapshotRefused {

@@ -451,6 +451,7 @@ impl QemuBackend {
                 qmp,
             }))),
             dir: dir.clone(),
+            vsock_daemon: None,
         }));
         {
             let mut st = self.standbys.shared.state.lock().unwrap();
