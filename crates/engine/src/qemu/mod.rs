@@ -362,6 +362,8 @@ impl Backend for QemuBackend {
 
         self.allow_reboot
             .store(options.allow_reboot, Ordering::SeqCst);
+        // A previous QEMU's vsock daemon goes first: the new one's sockets have the same paths.
+        drop(self.running.lock().unwrap().take());
         let plan = vsock::Plan::for_launch(info, &self.start_command, self.index);
         let vsock = vsock::Attached::set_up(info, plan)?;
         let mut qemu = self.command_for(info, &info.state_dir, options.allow_reboot);

@@ -189,7 +189,10 @@ impl Daemon {
 
     /// Starts the daemon of `info`'s machine with guest CID `cid` and waits for its socket.
     pub fn start(info: &MachineInfo, cid: u32) -> Result<Daemon> {
-        let program = Self::program();
+        Self::start_program(info, cid, Self::program())
+    }
+
+    fn start_program(info: &MachineInfo, cid: u32, program: String) -> Result<Daemon> {
         let socket = info.state_dir.join(VHOST_USER_SOCKET);
         let uds = info.state_dir.join(UDS_SOCKET);
         for stale in [&socket, &uds] {
@@ -336,12 +339,13 @@ pub struct DaemonConnector {
 
 impl Connector for DaemonConnector {
     fn connect(&mut self, deadline: Deadline) -> std::result::Result<Stream, ConnectError> {
+        // reported as the guest's failure: with the machine's name and its console's tail
         if let Some(why) = self.daemon.gone() {
-            return Err(ConnectError::Host(why));
+            return Err(ConnectError::Guest(why));
         }
         match self.inner.connect(deadline) {
             Err(ConnectError::TimedOut) => match self.daemon.gone() {
-                Some(why) => Err(ConnectError::Host(why)),
+                Some(why) => Err(ConnectError::Guest(why)),
                 None => Err(ConnectError::TimedOut),
             },
             other => other,
@@ -350,6 +354,14 @@ impl Connector for DaemonConnector {
 
     fn reconnects(&self) -> bool {
         true
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "hybrid vsock ({} {})",
+            self.daemon.program,
+            self.daemon.uds.display()
+        )
     }
 }
 
@@ -397,6 +409,114 @@ impl Attached {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A machine's facts in a fresh directory, and a fake daemon there running `body` (sh).
+    fn fixture(tag: &str, body: &str) -> (MachineInfo, String) {
+        let dir = std::env::temp_dir().join(format!("ntng-vsockd-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = dir.join("vm-state-box");
+        std::fs::create_dir_all(&state).unwrap();
+        let program = dir.join("fake-vhost-device-vsock");
+        std::fs::write(&program, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let info = MachineInfo {
+            name: "box".to_string(),
+            logger: Arc::new(crate::log::Logger::default()),
+            state_dir: state,
+            shared_dir: dir.join("shared"),
+            out_dir: dir.clone(),
+            boot_timeout: None,
+            env: Vec::new(),
+            vnc: false,
+            transport: Transport::Auto,
+        };
+        (info, program.display().to_string())
+    }
+
+    fn message(e: Error) -> String {
+        e.to_string()
+    }
+
+    #[test]
+    fn a_missing_daemon_names_the_machine_and_the_fix() {
+        let (info, _) = fixture("missing", "");
+        let e = Daemon::start_program(&info, 3, "/nonexistent/vhost-device-vsock".into())
+            .err()
+            .unwrap();
+        let text = message(e);
+        assert!(
+            text.starts_with("box: cannot start the vsock daemon"),
+            "{text}"
+        );
+        assert!(text.contains("scripts/setup-system.sh"), "{text}");
+        assert!(text.contains("NIXOS_TEST_NG_TRANSPORT=backdoor"), "{text}");
+    }
+
+    #[test]
+    fn a_daemon_that_exits_at_start_is_reported_with_its_output() {
+        let (info, program) = fixture("exits", "echo \"bad option: $*\" >&2; exit 2");
+        let text = message(Daemon::start_program(&info, 7, program).err().unwrap());
+        assert!(text.starts_with("box: the vsock daemon"), "{text}");
+        assert!(text.contains("exited at start"), "{text}");
+        let socket = info.state_dir.join(VHOST_USER_SOCKET);
+        let uds = info.state_dir.join(UDS_SOCKET);
+        let args = format!(
+            "bad option: --guest-cid 7 --socket {} --uds-path {}",
+            socket.display(),
+            uds.display()
+        );
+        assert!(text.contains(&args), "{text}");
+    }
+
+    #[test]
+    fn a_daemon_stuck_in_its_fatal_error_loop_is_killed_and_reported() {
+        // vhost-device-vsock 0.3.0 logs a fatal error again and again instead of exiting
+        let (info, program) = fixture(
+            "fatal",
+            "echo $$ >pid; while :; do echo '[ERROR vhost_device_vsock] Fatal error: cannot \
+             create vhost-user listener' >&2; sleep 0.01; done",
+        );
+        let text = message(Daemon::start_program(&info, 3, program).err().unwrap());
+        assert!(text.contains("failed at start"), "{text}");
+        assert!(text.contains("Fatal error: cannot create"), "{text}");
+        let pid = std::fs::read_to_string(info.state_dir.join("pid")).unwrap();
+        let gone = Deadline::after(Some(Duration::from_secs(10)));
+        while Path::new(&format!("/proc/{}", pid.trim())).exists() && !gone.expired() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!Path::new(&format!("/proc/{}", pid.trim())).exists());
+    }
+
+    #[test]
+    fn a_running_daemon_serves_until_dropped_and_its_death_fails_connects_at_once() {
+        // the fake binds both sockets (python3: sh cannot), then serves nothing
+        let (info, program) = fixture(
+            "runs",
+            "exec python3 -c 'import socket, sys, time\nfor p in (sys.argv[4], sys.argv[6]):\n    \
+             s = socket.socket(socket.AF_UNIX); s.bind(p); s.listen(); globals()[p] = s\n\
+             print(\"ready\", flush=True)\ntime.sleep(300)' \"$@\"",
+        );
+        let daemon = Arc::new(Daemon::start_program(&info, 3, program).unwrap());
+        assert!(daemon.socket.exists() && daemon.uds.exists());
+        let mut connector = DaemonConnector {
+            inner: HybridVsock::new(&daemon.uds, AGENT_PORT),
+            daemon: daemon.clone(),
+        };
+        daemon.process.kill();
+        let e = connector
+            .connect(Deadline::after(Some(Duration::from_secs(60))))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&e, ConnectError::Guest(text) if text.contains("exited") && text.contains("ready")),
+            "{e:?}"
+        );
+        drop(connector);
+        let (socket, uds) = (daemon.socket.clone(), daemon.uds.clone());
+        drop(daemon);
+        assert!(!socket.exists() && !uds.exists());
+    }
 
     #[test]
     fn the_plan_follows_the_announcement_the_transport_and_the_host() {
