@@ -124,3 +124,53 @@ def test_sigkill_of_the_driver_leaves_no_daemon_and_no_qemu(vm_env, leftovers):
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert not leftovers(vm_env.root, wait=5)
+
+
+REFUSE = """
+from nixos_test_ng.errors import SnapshotRefused
+
+box.succeed("true")
+try:
+    box.snapshot("x")
+except SnapshotRefused as e:
+    print("REFUSED:", e, flush=True)
+t.assertEqual(box.succeed("echo still"), "still\\n")
+"""
+
+
+def test_a_snapshot_of_a_vm_with_the_vhost_user_device_is_refused_naming_the_fix(
+    tmp_path, guest_dir
+):
+    r = run_ng(tmp_path, REFUSE, "-m", "box")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
+    (line,) = [line for line in r.stdout.splitlines() if line.startswith("REFUSED:")]
+    assert 'box: cannot take snapshot "x": the VM has a vhost-user vsock device' in line, line
+    assert "NIXOS_TEST_NG_TRANSPORT=backdoor" in line, line
+    assert "connected to the guest agent" in r.stderr
+
+
+ISOLATED = """
+import os
+
+import pytest
+
+
+@pytest.mark.isolated
+def test_isolated(box):
+    # no daemon, no device: the VM can be saved, and was
+    assert os.environ["NIXOS_TEST_NG_SNAPSHOTS"] == "1"
+    assert not (box.monitor_path.parent / "vhost-user-vsock.sock").exists()
+    assert "ntng-ready" in box.snapshots
+    box.succeed("echo dirty > /root/state")
+
+
+@pytest.mark.isolated
+def test_again(box):
+    box.fail("test -e /root/state")
+"""
+
+
+def test_pytest_isolation_starts_the_vm_without_the_device_and_snapshots_it(tmp_path, guest_dir):
+    r = run_ng(tmp_path, ISOLATED, "-m", "box")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
+    assert "2 passed" in r.stdout, r.stdout + r.stderr[-3000:]
