@@ -198,8 +198,8 @@ def check_vsock(
     return Check(
         Status.DEGRADED,
         "vsock",
-        f"neither {command} nor {device}: VMs are driven through the console backdoor only "
-        "(no guest agent)",
+        f"not found: {command} ({table[command].purpose}), and no {device}: VMs are driven "
+        "through the console backdoor only (no guest agent)",
         f"{install_command(table[command].package)}, or {SETUP_FIX}; or `modprobe vhost_vsock`",
     )
 
