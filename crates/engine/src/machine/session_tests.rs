@@ -390,6 +390,8 @@ fn garbage_truncated_and_oversized_frames_are_clear_errors() {
 
 #[test]
 fn an_agent_that_never_answers_runs_out_of_boot_time() {
+    // built before the clock starts (a first build takes longer than the boot timeout)
+    crate::fake::agent_bin();
     let f = machine_over(
         FakeBackend::new("echo 'no agent here' >&2; sleep 600").with_agent(),
         Some(Duration::from_millis(500)),
