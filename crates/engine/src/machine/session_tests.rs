@@ -449,3 +449,51 @@ fn the_agent_session_reconnects_after_a_rewind() {
     assert_eq!(run(m, "echo after"), (0, "after\n".to_string()));
     m.release();
 }
+
+/// Keeps the machine's log lines.
+struct Lines(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl crate::event::Reporter for Lines {
+    fn event(&mut self, event: &crate::event::Event<'_>) {
+        if let crate::event::Event::Line { msg, .. } = *event {
+            self.0.lock().unwrap().push(msg.to_string());
+        }
+    }
+}
+
+#[test]
+fn the_log_says_which_transport_connected() {
+    for agent in [false, true] {
+        let backend = if agent {
+            FakeBackend::new("true").with_agent()
+        } else {
+            FakeBackend::new("true")
+        };
+        let f = machine_over(backend, BOOT, Transport::Auto);
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        f.m.info()
+            .logger
+            .add_reporter(Box::new(Lines(lines.clone())));
+        f.m.connect().unwrap();
+        let lines = lines.lock().unwrap().clone();
+        let expected = if agent {
+            format!(
+                "connected to the guest agent (nixos-test-ng-agent {}, protocol 1) over the unix socket {}",
+                env!("CARGO_PKG_VERSION"),
+                f.m.info().state_dir.join("agent.sock").display()
+            )
+        } else {
+            "connected to guest root shell".to_string()
+        };
+        assert_eq!(
+            lines.iter().filter(|l| **l == expected).count(),
+            1,
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with("(connecting took ")),
+            "{lines:?}"
+        );
+        f.m.release();
+    }
+}
