@@ -170,12 +170,14 @@ impl Machine {
     /// command reads that output as its own answer.
     pub fn send_to_shell(&self, data: &[u8]) -> Result<()> {
         self.require_running("writing to the shell")?;
+        self.require_backdoor("writing to the shell")?;
         self.shell.send_raw(&self.info, &self.console, data)
     }
 
     /// Reads up to `max` raw bytes from the backdoor shell until `deadline`.
     pub fn recv_from_shell(&self, max: usize, deadline: Deadline) -> Result<Vec<u8>> {
         self.require_running("reading from the shell")?;
+        self.require_backdoor("reading from the shell")?;
         self.shell
             .recv_raw(&self.info, &self.console, max, deadline)
     }
@@ -212,6 +214,21 @@ impl Machine {
         }
         delete_state_dir(&self.info)?;
         create_state_dir(&self.info)
+    }
+
+    /// Raw shell access needs the backdoor's stream, which a launch reached only through its
+    /// agent does not have.
+    fn require_backdoor(&self, what: &str) -> Result<()> {
+        if !self.shell.agent_only() {
+            return Ok(());
+        }
+        Err(crate::error::Error::InvalidState {
+            machine: self.name().to_string(),
+            message: format!(
+                "{what}: this machine's commands go through its guest agent and it has no backdoor shell to write to raw (set {}=backdoor for raw shell access)",
+                crate::config::TRANSPORT_VAR
+            ),
+        })
     }
 
     fn require_running(&self, what: &str) -> Result<()> {

@@ -497,3 +497,22 @@ fn the_log_says_which_transport_connected() {
         f.m.release();
     }
 }
+
+#[test]
+fn a_lost_agent_connection_fails_its_command_and_the_next_one_reconnects() {
+    let f = session(true);
+    let m = &f.m;
+    assert_eq!(run(m, "echo one"), (0, "one\n".to_string()));
+    // the connection goes (the agent lives on)
+    m.shell.agent_stream().unwrap().shutdown().unwrap();
+    let e = m.execute("echo two", ExecOptions::default()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("the guest's agent disconnected while running `echo two`"),
+        "{e}"
+    );
+    assert_eq!(m.state(), State::Booting);
+    assert_eq!(run(m, "echo three"), (0, "three\n".to_string()));
+    assert!(m.shell.has_agent());
+    m.release();
+}

@@ -86,6 +86,11 @@ impl Agent {
         self.hello.as_ref()
     }
 
+    /// True once the connection is out of step or gone: a new one is needed.
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
+    }
+
     /// A second handle on the stream (to wake a blocked reader by shutting it down).
     pub fn clone_stream(&self) -> io::Result<Stream> {
         self.stream.try_clone_stream()
@@ -236,6 +241,27 @@ impl Agent {
         gid: u32,
         deadline: Deadline,
     ) -> Result<(), TreeError> {
+        let result = self.put_tree_once(host, guest, uid, gid, deadline);
+        self.abandon_tree_on(result)
+    }
+
+    /// A tree transfer given up halfway (a deadline, an interrupt) leaves the connection
+    /// out of step: it is dropped, so the next request gets a new one.
+    fn abandon_tree_on(&mut self, result: Result<(), TreeError>) -> Result<(), TreeError> {
+        if let Err(TreeError::Transport(ShellError::TimedOut | ShellError::Interrupted)) = &result {
+            let _ = self.out_of_step("a file copy was given up halfway".to_string());
+        }
+        result
+    }
+
+    fn put_tree_once(
+        &mut self,
+        host: &Path,
+        guest: &str,
+        uid: u32,
+        gid: u32,
+        deadline: Deadline,
+    ) -> Result<(), TreeError> {
         let entries = read_host_tree(host, uid, gid).map_err(TreeError::Host)?;
         self.settle(deadline, &mut |_| {})?;
         self.send_json(
@@ -296,6 +322,17 @@ impl Agent {
     /// Copies the guest's file or tree at `guest` (an absolute path) to `<parent>/<name>` on
     /// the host, symlinks as links; nothing outside that path is read or written.
     pub fn get_tree(
+        &mut self,
+        guest: &str,
+        parent: &Path,
+        name: &str,
+        deadline: Deadline,
+    ) -> Result<(), TreeError> {
+        let result = self.get_tree_once(guest, parent, name, deadline);
+        self.abandon_tree_on(result)
+    }
+
+    fn get_tree_once(
         &mut self,
         guest: &str,
         parent: &Path,
