@@ -516,3 +516,31 @@ fn a_lost_agent_connection_fails_its_command_and_the_next_one_reconnects() {
     assert!(m.shell.has_agent());
     m.release();
 }
+
+#[test]
+fn a_guest_that_dies_before_its_agent_answers() {
+    crate::fake::agent_bin();
+    let f = machine_over(
+        FakeBackend::new("echo 'the guest is dying' >&2; exit 3").with_agent(),
+        BOOT,
+        Transport::Auto,
+    );
+    let e = f.m.connect().unwrap_err();
+    let Error::Guest {
+        message,
+        console_tail,
+        ..
+    } = &e
+    else {
+        panic!("{e:?}")
+    };
+    assert_eq!(
+        message,
+        "the machine stopped before the agent handshake (fake exit status: 3)"
+    );
+    assert!(
+        console_tail.iter().any(|l| l == "the guest is dying"),
+        "{e}"
+    );
+    f.m.release();
+}
