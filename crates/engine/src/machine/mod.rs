@@ -1,7 +1,7 @@
 //! A machine of a test: a [`Backend`] (which only launches and stops it) plus everything
 //! written once for all backends: the lifecycle (`lifecycle.rs`: start, connect and the
-//! handshake, shutdown, release, adopting a new launch), the shell connection and its error
-//! mapping (`shell.rs`), logging, polling-condition hooks, `succeed`, the `wait_*` family,
+//! handshake, shutdown, release, adopting a new launch), the command session (the backdoor
+//! shell or the guest agent) and its error mapping (`shell.rs`), logging, polling-condition hooks, `succeed`, the `wait_*` family,
 //! systemd, screens, snapshots, and the operations that need a capability (`control.rs`).
 
 mod api;
