@@ -722,6 +722,48 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Ctrl-C during `shell_interact` reaches the command as SIGINT (a SIGNAL frame), and the
+    /// connection stays usable. The interrupt flag is the process's, so the scenario runs in
+    /// a child process of this test binary, where nothing else runs.
+    #[test]
+    fn ctrl_c_interrupts_the_interactive_command_in_the_guest() {
+        const CHILD: &str = "NTNG_TEST_CTRL_C_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            let (mut a, child, dir) = real_agent();
+            let mut seen = Vec::new();
+            let status = a
+                .interact(
+                    "trap 'echo got-int; exit 5' INT; echo ready; sleep 30 & wait",
+                    &mut |b| {
+                        seen.extend_from_slice(b);
+                        if seen.ends_with(b"ready\n") {
+                            interrupt::raise(Reason::Interrupt);
+                        }
+                    },
+                )
+                .unwrap();
+            assert_eq!((status, seen.as_slice()), (5, &b"ready\ngot-int\n"[..]));
+            assert!(interrupt::pending().is_none(), "the Ctrl-C was not cleared");
+            assert_eq!(run(&mut a, "echo after"), (0, b"after\n".to_vec()));
+            child.kill();
+            std::fs::remove_dir_all(&dir).unwrap();
+            return;
+        }
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "transport::agent::tests::ctrl_c_interrupts_the_interactive_command_in_the_guest",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && text.contains("1 passed"), "{text}");
+    }
+
     /// Frames (some well-formed, some not) and raw garbage, as a misbehaving agent might
     /// send after its HELLO.
     fn wire() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
