@@ -180,8 +180,9 @@ class Config:
     @property
     def warnings(self) -> list[str]: ...
     def with_reporting_from(self, env: dict[str, str]) -> Config:
-        """This configuration with the XML log, OTLP exporter and trace parent `env` asks for
-        (`LOGFILE`, `OTEL_*`, `TRACEPARENT`) instead of its own."""
+        """This configuration with the XML log, OTLP exporter, trace parent and transport `env`
+        asks for (`LOGFILE`, `OTEL_*`, `TRACEPARENT`, `NIXOS_TEST_NG_TRANSPORT`) instead of its
+        own; a bad `NIXOS_TEST_NG_TRANSPORT` raises."""
 
 @final
 class LogBlock:

@@ -331,13 +331,14 @@ def pytest_configure(config: pytest.Config) -> None:
     if opt.nixos_config:
         args += ["--config", opt.nixos_config]
     args += ["-o", opt.nixos_out or ".", "--interactive"]  # --interactive: no script needed
+
     try:
         parsed = _native.parse_args(args, {})
+        # the machines come from the options only; the XML log, spans and transport from
+        # the environment
+        parsed = parsed.with_reporting_from(dict(os.environ))
     except Exception as e:
         raise pytest.UsageError(f"nixos-test-ng: {e}") from None
-
-    # the machines come from the options only; the XML log and spans from the environment
-    parsed = parsed.with_reporting_from(dict(os.environ))
     logger = _native.Logger(color=False)
     logger.start_run(parsed, "run pytest")
     driver = Driver(parsed, logger)

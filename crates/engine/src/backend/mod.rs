@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! Machine::start ──► Backend::launch(host, options) ──► Launched { process, console reader,
-//!                                                          connector, shell setup }
+//!                                                          connector, shell setup, agent }
 //! Machine::connect ─► Connector::connect ─► Shell (transport) ─► handshake
+//!                  or, with an agent: agent connector ─► Agent (transport) ─► HELLO
 //! Machine::release ─► Backend::kill ─► Backend::stopped
 //! ```
 //!

@@ -106,6 +106,19 @@ pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Upstream's default limit for a command, a wait or a retry (`timeout=900`).
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(900);
 
+impl Config {
+    /// Applies what the environment decides whatever the command line says: the reporting
+    /// (`LOGFILE`, `OTEL_*`, `TRACEPARENT`) and the transport (`NIXOS_TEST_NG_TRANSPORT`).
+    pub fn apply_env(
+        &mut self,
+        env: &std::collections::HashMap<String, String>,
+    ) -> crate::error::Result<()> {
+        self.reporting = Reporting::from_env(env);
+        self.transport = Transport::from_env(env)?;
+        Ok(())
+    }
+}
+
 /// The run that generation C's `--config FILE` alone describes, on the defaults: how
 /// `nixos-test-ng check` and `stubs` read a test's machines and VLANs as the driver does.
 pub fn from_json_file(path: &std::path::Path) -> crate::error::Result<Config> {

@@ -25,7 +25,7 @@ use crate::interrupt::{self, Deadline};
 use crate::process::ChildProcess;
 use crate::trace::{SpanKind, SpanStatus};
 use crate::transport::agent::Agent;
-use crate::transport::connector::Connector;
+use crate::transport::connector::{ConnectError, Connector};
 use crate::transport::shell::{Reply, Shell, ShellError};
 
 /// How often "Guest root shell did not produce any data yet..." is logged.
@@ -35,6 +35,8 @@ const IDLE_NOTE_EVERY: Duration = Duration::from_secs(30);
 const EXIT_NOTE_WAIT: Duration = Duration::from_secs(2);
 /// How long the console may take to close after the machine's process ended.
 const CONSOLE_CLOSE_WAIT: Duration = Duration::from_millis(500);
+/// How long one try to reach the agent's port lasts before the machine's process is checked.
+const AGENT_CONNECT_SLICE: Duration = Duration::from_millis(250);
 /// Before connecting again when a fresh stream disconnected before its handshake.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
 
@@ -320,9 +322,7 @@ impl Machine {
             !deadline.expired()
         };
         loop {
-            let stream = connector
-                .connect(deadline)
-                .map_err(|e| agent_connect_error(&self.info, self.kind(), &self.console, e))?;
+            let stream = self.agent_stream(connector, deadline, &mut on_idle)?;
             self.shell
                 .set_agent(Agent::new(stream).with_preamble(setup.preamble));
             match self.shell.agent_handshake(deadline, &mut on_idle) {
@@ -343,6 +343,60 @@ impl Machine {
                         &|| self.exit_note(),
                     ));
                 }
+            }
+        }
+    }
+
+    /// A connection to the agent's port, tried in slices so that a machine that stops
+    /// meanwhile ends the wait (a connector knows nothing of the machine's process).
+    fn agent_stream(
+        &self,
+        connector: &mut dyn Connector,
+        deadline: Deadline,
+        on_idle: &mut dyn FnMut() -> bool,
+    ) -> Result<crate::transport::stream::Stream> {
+        let mut refused = None;
+        loop {
+            let slice = deadline.min(Deadline::after(Some(AGENT_CONNECT_SLICE)));
+            match connector.connect(slice) {
+                Ok(stream) => return Ok(stream),
+                Err(ConnectError::Refused(answer)) => refused = Some(answer),
+                Err(ConnectError::TimedOut) => {}
+                Err(e) => {
+                    return Err(agent_connect_error(
+                        &self.info,
+                        self.kind(),
+                        &self.console,
+                        e,
+                    ))
+                }
+            }
+            let exited = self
+                .run
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_some_and(|r| !r.process.is_running());
+            if exited {
+                return Err(handshake_error(
+                    &self.info,
+                    &self.console,
+                    Via::Agent,
+                    ShellError::Disconnected,
+                    &|| self.exit_note(),
+                ));
+            }
+            if deadline.expired() || !on_idle() {
+                let last = match refused {
+                    Some(answer) => ConnectError::Refused(answer),
+                    None => ConnectError::TimedOut,
+                };
+                return Err(agent_connect_error(
+                    &self.info,
+                    self.kind(),
+                    &self.console,
+                    last,
+                ));
             }
         }
     }

@@ -390,6 +390,8 @@ fn garbage_truncated_and_oversized_frames_are_clear_errors() {
 
 #[test]
 fn an_agent_that_never_answers_runs_out_of_boot_time() {
+    // built before the clock starts (a first build takes longer than the boot timeout)
+    crate::fake::agent_bin();
     let f = machine_over(
         FakeBackend::new("echo 'no agent here' >&2; sleep 600").with_agent(),
         Some(Duration::from_millis(500)),
@@ -446,4 +448,99 @@ fn the_agent_session_reconnects_after_a_rewind() {
     assert!(m.connected() && m.shell.has_agent());
     assert_eq!(run(m, "echo after"), (0, "after\n".to_string()));
     m.release();
+}
+
+/// Keeps the machine's log lines.
+struct Lines(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl crate::event::Reporter for Lines {
+    fn event(&mut self, event: &crate::event::Event<'_>) {
+        if let crate::event::Event::Line { msg, .. } = *event {
+            self.0.lock().unwrap().push(msg.to_string());
+        }
+    }
+}
+
+#[test]
+fn the_log_says_which_transport_connected() {
+    for agent in [false, true] {
+        let backend = if agent {
+            FakeBackend::new("true").with_agent()
+        } else {
+            FakeBackend::new("true")
+        };
+        let f = machine_over(backend, BOOT, Transport::Auto);
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        f.m.info()
+            .logger
+            .add_reporter(Box::new(Lines(lines.clone())));
+        f.m.connect().unwrap();
+        let lines = lines.lock().unwrap().clone();
+        let expected = if agent {
+            format!(
+                "connected to the guest agent (nixos-test-ng-agent {}, protocol 1) over the unix socket {}",
+                env!("CARGO_PKG_VERSION"),
+                f.m.info().state_dir.join("agent.sock").display()
+            )
+        } else {
+            "connected to guest root shell".to_string()
+        };
+        assert_eq!(
+            lines.iter().filter(|l| **l == expected).count(),
+            1,
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with("(connecting took ")),
+            "{lines:?}"
+        );
+        f.m.release();
+    }
+}
+
+#[test]
+fn a_lost_agent_connection_fails_its_command_and_the_next_one_reconnects() {
+    let f = session(true);
+    let m = &f.m;
+    assert_eq!(run(m, "echo one"), (0, "one\n".to_string()));
+    // the connection goes (the agent lives on)
+    m.shell.agent_stream().unwrap().shutdown().unwrap();
+    let e = m.execute("echo two", ExecOptions::default()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("the guest's agent disconnected while running `echo two`"),
+        "{e}"
+    );
+    assert_eq!(m.state(), State::Booting);
+    assert_eq!(run(m, "echo three"), (0, "three\n".to_string()));
+    assert!(m.shell.has_agent());
+    m.release();
+}
+
+#[test]
+fn a_guest_that_dies_before_its_agent_answers() {
+    crate::fake::agent_bin();
+    let f = machine_over(
+        FakeBackend::new("echo 'the guest is dying' >&2; exit 3").with_agent(),
+        BOOT,
+        Transport::Auto,
+    );
+    let e = f.m.connect().unwrap_err();
+    let Error::Guest {
+        message,
+        console_tail,
+        ..
+    } = &e
+    else {
+        panic!("{e:?}")
+    };
+    assert_eq!(
+        message,
+        "the machine stopped before the agent handshake (fake exit status: 3)"
+    );
+    assert!(
+        console_tail.iter().any(|l| l == "the guest is dying"),
+        "{e}"
+    );
+    f.m.release();
 }

@@ -253,6 +253,16 @@ impl ShellSlot {
         self.connected.store(false, Ordering::SeqCst);
     }
 
+    /// A second handle on the agent's stream, for tests that cut the connection.
+    #[cfg(test)]
+    pub(crate) fn agent_stream(&self) -> Option<Stream> {
+        self.agent_socket
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(|s| s.try_clone_stream().ok())
+    }
+
     /// True while an agent connection is installed (the agent runs the commands).
     pub fn has_agent(&self) -> bool {
         self.agent.lock().unwrap().is_some()
@@ -285,6 +295,7 @@ impl ShellSlot {
         let mut guard = self.agent.lock().unwrap();
         let agent = guard.as_mut().ok_or_else(|| not_running(info, &what))?;
         let result = agent.put_tree(host, guest, 0, 0, deadline);
+        self.note_broken(agent);
         drop(guard);
         result.map_err(|e| self.tree_error(info, console, &what, e))
     }
@@ -304,8 +315,22 @@ impl ShellSlot {
         let mut guard = self.agent.lock().unwrap();
         let agent = guard.as_mut().ok_or_else(|| not_running(info, &what))?;
         let result = agent.get_tree(guest, parent, name, deadline);
+        self.note_broken(agent);
         drop(guard);
         result.map_err(|e| self.tree_error(info, console, &what, e))
+    }
+
+    /// An agent connection out of step or gone is replaced at the machine's next connect.
+    fn note_broken(&self, agent: &Agent) {
+        if agent.is_broken() {
+            self.connected.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// True when raw shell access has no shell to reach: the agent runs the commands and the
+    /// launch has no backdoor stream.
+    pub fn agent_only(&self) -> bool {
+        self.has_agent() && !self.has_shell()
     }
 
     fn tree_error(&self, info: &MachineInfo, console: &Console, what: &str, e: TreeError) -> Error {
@@ -387,6 +412,7 @@ impl ShellSlot {
             agent.set_traceparent(info.logger.command_traceparent());
             let mut lines = ConsoleLines::new(info, console);
             let result = agent.execute(command, timeout, reply, deadline, &mut |b| lines.push(b));
+            self.note_broken(agent);
             drop(lines);
             drop(guard);
             return result.map_err(|e| self.command_error(info, console, command, e, exit_note));
@@ -414,11 +440,6 @@ impl ShellSlot {
             ShellError::Interrupted => Error::Interrupted,
             // killed by the global timeout
             ShellError::Disconnected if crate::interrupt::timed_out() => Error::Interrupted,
-            // an agent connection out of step is replaced at the next connect
-            ShellError::Protocol(_) if self.has_agent() => {
-                self.connected.store(false, Ordering::SeqCst);
-                guest_error(info, console, format!("running `{command}`: {e}"))
-            }
             ShellError::Disconnected if self.has_agent() => {
                 self.connected.store(false, Ordering::SeqCst);
                 let note = exit_note();
@@ -457,6 +478,7 @@ impl ShellSlot {
         let mut guard = self.agent.lock().unwrap();
         if let Some(agent) = guard.as_mut() {
             let result = agent.interact(command, out);
+            self.note_broken(agent);
             drop(guard);
             return result.map_err(|e| self.command_error(info, console, command, e, &String::new));
         }

@@ -86,6 +86,11 @@ impl Agent {
         self.hello.as_ref()
     }
 
+    /// True once the connection is out of step or gone: a new one is needed.
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
+    }
+
     /// A second handle on the stream (to wake a blocked reader by shutting it down).
     pub fn clone_stream(&self) -> io::Result<Stream> {
         self.stream.try_clone_stream()
@@ -236,6 +241,27 @@ impl Agent {
         gid: u32,
         deadline: Deadline,
     ) -> Result<(), TreeError> {
+        let result = self.put_tree_once(host, guest, uid, gid, deadline);
+        self.abandon_tree_on(result)
+    }
+
+    /// A tree transfer given up halfway (a deadline, an interrupt) leaves the connection
+    /// out of step: it is dropped, so the next request gets a new one.
+    fn abandon_tree_on(&mut self, result: Result<(), TreeError>) -> Result<(), TreeError> {
+        if let Err(TreeError::Transport(ShellError::TimedOut | ShellError::Interrupted)) = &result {
+            let _ = self.out_of_step("a file copy was given up halfway".to_string());
+        }
+        result
+    }
+
+    fn put_tree_once(
+        &mut self,
+        host: &Path,
+        guest: &str,
+        uid: u32,
+        gid: u32,
+        deadline: Deadline,
+    ) -> Result<(), TreeError> {
         let entries = read_host_tree(host, uid, gid).map_err(TreeError::Host)?;
         self.settle(deadline, &mut |_| {})?;
         self.send_json(
@@ -296,6 +322,17 @@ impl Agent {
     /// Copies the guest's file or tree at `guest` (an absolute path) to `<parent>/<name>` on
     /// the host, symlinks as links; nothing outside that path is read or written.
     pub fn get_tree(
+        &mut self,
+        guest: &str,
+        parent: &Path,
+        name: &str,
+        deadline: Deadline,
+    ) -> Result<(), TreeError> {
+        let result = self.get_tree_once(guest, parent, name, deadline);
+        self.abandon_tree_on(result)
+    }
+
+    fn get_tree_once(
         &mut self,
         guest: &str,
         parent: &Path,
@@ -514,5 +551,293 @@ impl Agent {
             io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => ShellError::Disconnected,
             _ => ShellError::Io(e),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::connector::{ConnectUnix, Connector};
+    use agent_protocol::{encode_frame, Kind};
+    use std::os::unix::net::UnixStream;
+    use std::process::{Command, Stdio};
+
+    fn deadline() -> Deadline {
+        Deadline::after(Some(Duration::from_secs(30)))
+    }
+
+    fn hello_frame(agent: &str, protocol: u32) -> Vec<u8> {
+        encode_json(
+            Kind::Hello,
+            &Hello {
+                agent: agent.into(),
+                version: "9.9.9".into(),
+                protocol,
+                pid: 42,
+            },
+        )
+        .unwrap()
+    }
+
+    /// A client whose agent is played by `wire`: written at once, then the stream closes.
+    fn scripted(wire: Vec<u8>) -> (Agent, std::thread::JoinHandle<()>) {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let peer = std::thread::spawn(move || {
+            let _ = theirs.write_all(&wire);
+            // read what the client sends until it hangs up, so closing is a clean end
+            let _ = theirs.shutdown(std::net::Shutdown::Write);
+            let mut sink = Vec::new();
+            let _ = theirs.read_to_end(&mut sink);
+        });
+        (Agent::new(ours), peer)
+    }
+
+    #[test]
+    fn the_handshake_checks_name_and_protocol_version() {
+        let (mut a, peer) = scripted(hello_frame(AGENT_NAME, PROTOCOL_VERSION));
+        let hello = a.handshake(deadline(), &mut || true).unwrap();
+        assert_eq!((hello.version.as_str(), hello.pid), ("9.9.9", 42));
+        drop(a);
+        peer.join().unwrap();
+
+        let (mut a, peer) = scripted(hello_frame(AGENT_NAME, PROTOCOL_VERSION + 1));
+        let e = a
+            .handshake(deadline(), &mut || true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("speaks protocol 2, this driver speaks 1")
+                && e.contains("NIXOS_TEST_NG_TRANSPORT=backdoor"),
+            "{e}"
+        );
+        drop(a);
+        peer.join().unwrap();
+
+        let (mut a, peer) = scripted(hello_frame("something-else", PROTOCOL_VERSION));
+        let e = a
+            .handshake(deadline(), &mut || true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"something-else\", not nixos-test-ng-agent"),
+            "{e}"
+        );
+        drop(a);
+        peer.join().unwrap();
+
+        let (mut a, peer) = scripted(encode_frame(Kind::Stdout, b"hi"));
+        let e = a
+            .handshake(deadline(), &mut || true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected HELLO"), "{e}");
+        // out of step: every later request fails at once, naming why
+        let e = a
+            .execute("true", None, Reply::Full, deadline(), &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected HELLO"), "{e}");
+        drop(a);
+        peer.join().unwrap();
+    }
+
+    #[test]
+    fn no_hello_in_time_is_a_timeout() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let mut a = Agent::new(ours);
+        let d = Deadline::after(Some(Duration::from_millis(100)));
+        let r = a.handshake(d, &mut || !d.expired());
+        assert!(matches!(r, Err(ShellError::TimedOut)), "{r:?}");
+    }
+
+    /// The real agent on a unix socket, and a client that passed its handshake.
+    fn real_agent() -> (Agent, crate::process::ChildProcess, std::path::PathBuf) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ntng-agent-client-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("agent.sock");
+        let mut cmd = Command::new(crate::fake::agent_bin());
+        cmd.arg("--listen")
+            .arg(format!("unix:{}", socket.display()))
+            .current_dir("/tmp")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = crate::process::spawn(cmd).unwrap();
+        let stream = ConnectUnix::new(&socket).connect(deadline()).unwrap();
+        let mut a = Agent::new(stream);
+        a.handshake(deadline(), &mut || true).unwrap();
+        (a, child, dir)
+    }
+
+    fn run(a: &mut Agent, command: &str) -> (i32, Vec<u8>) {
+        a.execute(command, None, Reply::Full, deadline(), &mut |_| {})
+            .unwrap()
+    }
+
+    #[test]
+    fn traceparent_stderr_ping_and_an_abandoned_command() {
+        let (mut a, child, dir) = real_agent();
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        a.set_traceparent(Some(tp.into()));
+        assert_eq!(
+            run(&mut a, "sh -c 'echo $TRACEPARENT'").1,
+            format!("{tp}\n").as_bytes()
+        );
+        a.set_traceparent(None);
+        assert_eq!(run(&mut a, "echo ${TRACEPARENT:-none}").1, b"none\n");
+        let mut err = Vec::new();
+        let r = a.execute(
+            "echo out; echo err >&2; exit 7",
+            None,
+            Reply::Full,
+            deadline(),
+            &mut |b| err.extend_from_slice(b),
+        );
+        assert_eq!(r.unwrap(), (7, b"out\n".to_vec()));
+        assert_eq!(err, b"err\n");
+        let pong = a.ping(deadline()).unwrap();
+        assert!(pong.realtime_ns > 0 && pong.monotonic_ns > 0);
+        // abandoned: its answer is read and dropped before the next command's
+        let r = a.execute(
+            "sleep 0.5; echo late",
+            None,
+            Reply::Full,
+            Deadline::after(Some(Duration::from_millis(100))),
+            &mut |_| {},
+        );
+        assert!(matches!(r, Err(ShellError::TimedOut)), "{r:?}");
+        assert_eq!(run(&mut a, "echo mine"), (0, b"mine\n".to_vec()));
+        // a missing file is the agent's refusal; the connection stays usable
+        let r = a.get_tree("/nonexistent/ntng", &dir, "x", deadline());
+        assert!(matches!(r, Err(TreeError::Refused(_))), "{r:?}");
+        assert_eq!(run(&mut a, "echo still"), (0, b"still\n".to_vec()));
+        child.kill();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Ctrl-C during `shell_interact` reaches the command as SIGINT (a SIGNAL frame), and the
+    /// connection stays usable. The interrupt flag is the process's, so the scenario runs in
+    /// a child process of this test binary, where nothing else runs.
+    #[test]
+    fn ctrl_c_interrupts_the_interactive_command_in_the_guest() {
+        const CHILD: &str = "NTNG_TEST_CTRL_C_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            let (mut a, child, dir) = real_agent();
+            let mut seen = Vec::new();
+            let status = a
+                .interact(
+                    "trap 'echo got-int; exit 5' INT; echo ready; sleep 30 & wait",
+                    &mut |b| {
+                        seen.extend_from_slice(b);
+                        if seen.ends_with(b"ready\n") {
+                            interrupt::raise(Reason::Interrupt);
+                        }
+                    },
+                )
+                .unwrap();
+            assert_eq!((status, seen.as_slice()), (5, &b"ready\ngot-int\n"[..]));
+            assert!(interrupt::pending().is_none(), "the Ctrl-C was not cleared");
+            assert_eq!(run(&mut a, "echo after"), (0, b"after\n".to_vec()));
+            child.kill();
+            std::fs::remove_dir_all(&dir).unwrap();
+            return;
+        }
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "transport::agent::tests::ctrl_c_interrupts_the_interactive_command_in_the_guest",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && text.contains("1 passed"), "{text}");
+    }
+
+    /// Frames (some well-formed, some not) and raw garbage, as a misbehaving agent might
+    /// send after its HELLO.
+    fn wire() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let kinds: Vec<u8> = Kind::ALL.iter().map(|k| *k as u8).collect();
+        let frame = (
+            proptest::sample::select(kinds),
+            proptest::collection::vec(any::<u8>(), 0..64),
+            prop_oneof![Just(0i64), -3i64..3, Just(1 << 21)],
+        )
+            .prop_map(|(kind, body, skew)| {
+                let len = (body.len() as i64 + skew).max(0) as u32;
+                let mut out = vec![kind];
+                out.extend_from_slice(&len.to_le_bytes());
+                out.extend_from_slice(&body);
+                out
+            });
+        let json = prop_oneof![
+            Just(encode_frame(Kind::Exit, br#"{"status":3}"#)),
+            Just(encode_frame(
+                Kind::Entry,
+                br#"{"path":"","kind":"dir","mode":493,"uid":0,"gid":0}"#
+            )),
+            Just(encode_frame(
+                Kind::Entry,
+                br#"{"path":"../up","kind":"file","mode":420,"uid":0,"gid":0,"size":2}"#
+            )),
+            Just(encode_frame(
+                Kind::Entry,
+                br#"{"path":"l","kind":"symlink","mode":511,"uid":0,"gid":0,"target":"/"}"#
+            )),
+            Just(encode_frame(
+                Kind::Entry,
+                br#"{"path":"l/x","kind":"file","mode":420,"uid":0,"gid":0,"size":1}"#
+            )),
+            Just(encode_frame(Kind::Data, b"xy")),
+            Just(encode_frame(Kind::End, b"")),
+        ];
+        let piece = prop_oneof![frame, json, proptest::collection::vec(any::<u8>(), 0..16),];
+        proptest::collection::vec(piece, 0..8).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever follows the HELLO, the client answers or fails cleanly: no panic, no
+        /// hang, and a GET's tree is written only inside its target.
+        #[test]
+        fn arbitrary_bytes_never_panic_or_escape(wire in wire()) {
+            let mut all = hello_frame(AGENT_NAME, PROTOCOL_VERSION);
+            all.extend_from_slice(&wire);
+            let (mut a, peer) = scripted(all.clone());
+            a.handshake(deadline(), &mut || true).unwrap();
+            let _ = a.execute("true", None, Reply::Full, deadline(), &mut |_| {});
+            drop(a);
+            peer.join().unwrap();
+
+            let dir = std::env::temp_dir().join(format!(
+                "ntng-agent-prop-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(dir.join("target")).unwrap();
+            let (mut a, peer) = scripted(all);
+            a.handshake(deadline(), &mut || true).unwrap();
+            let _ = a.get_tree("/x", &dir.join("target"), "t", deadline());
+            drop(a);
+            peer.join().unwrap();
+            let top: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+            proptest::prop_assert_eq!(top, vec![std::ffi::OsString::from("target")]);
+            let inside: Vec<_> = std::fs::read_dir(dir.join("target")).unwrap().map(|e| e.unwrap().file_name()).collect();
+            proptest::prop_assert!(inside.iter().all(|n| n == "t"), "{:?}", inside);
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 }
