@@ -113,16 +113,17 @@ impl Conn {
     }
 }
 
-/// Serves one connection until it ends; logs why it ended.
+/// Serves one connection until it ends; logs why, unless the host simply closed it (the log
+/// may be the guest's console: one line per connection would crowd it).
 pub fn serve(fd: OwnedFd, peer: &str) {
     let mut conn = Conn::new(fd);
-    match serve_requests(&mut conn) {
-        Ok(()) | Err(End::Closed) => log::line(format_args!("{peer}: closed")),
-        Err(End::Broken(why)) => log::line(format_args!("{peer}: dropped: {why}")),
+    if let Err(End::Broken(why)) = serve_requests(&mut conn) {
+        log::line(format_args!("{peer}: dropped: {why}"));
     }
 }
 
 fn serve_requests(conn: &mut Conn) -> Result<(), End> {
+    // Returns only by an error: End::Closed when the host is done.
     conn.send_encoded(encode_json(
         Kind::Hello,
         &Hello {

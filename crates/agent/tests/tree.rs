@@ -253,3 +253,30 @@ fn a_get_of_a_missing_path_is_an_error_and_the_connection_goes_on() {
     assert!(err.contains("absolute"), "{err}");
     assert_eq!(c.run("echo fine").stdout, b"fine\n");
 }
+
+#[test]
+fn a_name_that_is_not_utf8_fails_the_get_and_the_connection_goes_on() {
+    use std::os::unix::ffi::OsStrExt;
+    let agent = Agent::start();
+    let mut c = agent.connect();
+    let src = agent.dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join(std::ffi::OsStr::from_bytes(b"bad\xff")), b"x").unwrap();
+    let err = get(&mut c, &src).unwrap_err();
+    assert!(err.contains("not UTF-8"), "{err}");
+    c.ping();
+}
+
+#[test]
+fn special_files_inside_a_tree_are_left_out() {
+    let agent = Agent::start();
+    let mut c = agent.connect();
+    let src = agent.dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), b"a").unwrap();
+    let fifo = std::ffi::CString::new(src.join("fifo").to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let got = get(&mut c, &src).unwrap();
+    let paths: Vec<&str> = got.iter().map(|(e, _)| e.path.as_str()).collect();
+    assert_eq!(paths, vec!["", "a"]);
+}

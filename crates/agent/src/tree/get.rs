@@ -12,6 +12,9 @@ use super::{describe, Anchor, DIR_FLAGS};
 use crate::conn::{Conn, End};
 use crate::sys;
 
+/// How deep a tree may be: the walk recurses, and a thread's stack is finite.
+const MAX_DEPTH: usize = 256;
+
 enum Stop {
     /// The connection broke: it ends.
     Conn(End),
@@ -31,7 +34,7 @@ pub fn send(conn: &mut Conn, req: Get) -> Result<(), End> {
         .and_then(|anchor| {
             let (dir, name) = anchor.locate(&[]).map_err(|e| Stop::Fs(describe("", &e)))?;
             let mut buf = vec![0u8; DATA_CHUNK];
-            walk(conn, &dir, &name, String::new(), &mut buf)
+            walk(conn, &dir, &name, String::new(), 0, &mut buf)
         });
     match result {
         Ok(()) => conn.send(Kind::End, b""),
@@ -45,8 +48,12 @@ fn walk(
     dir: &OwnedFd,
     name: &CStr,
     rel: String,
+    depth: usize,
     buf: &mut [u8],
 ) -> Result<(), Stop> {
+    if depth > MAX_DEPTH {
+        return Err(Stop::Fs(format!("{rel:?}: deeper than {MAX_DEPTH} levels")));
+    }
     let fs = |e: std::io::Error| Stop::Fs(describe(&rel, &e));
     let st = sys::lstatat(dir.as_raw_fd(), name).map_err(fs)?;
     let entry = |kind, size, target| Entry {
@@ -79,7 +86,7 @@ fn walk(
                     format!("{rel}/{child_name}")
                 };
                 let cname = sys::cname(&child_name).map_err(fs)?;
-                walk(conn, &sub, &cname, child_rel, buf)?;
+                walk(conn, &sub, &cname, child_rel, depth + 1, buf)?;
             }
         }
         libc::S_IFREG => {
