@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs every system package nixos-test-ng needs to build, build its guests and run its
-# tests, in one apt transaction, then checks its own result: every command the project runs
-# must be on PATH afterwards, or the script fails naming each missing command and its package.
+# tests, in one apt transaction, then the programs that come from crates.io (`cargo install
+# --locked`, into $CARGO_INSTALL_ROOT, default /usr/local; only when missing or at another
+# version: vhost-device-vsock for the guest agent's vsock device), then checks its own result:
+# every command the project runs must be on PATH afterwards, or the script fails naming each
+# missing command and its package.
 #
 #   scripts/setup-system.sh           install what is missing, then verify
 #   scripts/setup-system.sh --check   verify only (no apt): exit 1 naming what is missing
@@ -17,10 +20,14 @@ set -euo pipefail
 table="$(dirname "$0")/../python/nixos_test_ng/data/host_commands.tsv"
 commands=()
 packages=()
+crates=() # command:crate@version
 while IFS=$'\t' read -r command package _; do
   case "$command" in '#'* | '') continue ;; esac
   commands+=("$command:$package")
-  [[ " ${packages[*]} " == *" $package "* ]] || packages+=("$package")
+  case "$package" in
+  cargo:*) crates+=("$command:${package#cargo:}") ;;
+  *) [[ " ${packages[*]} " == *" $package "* ]] || packages+=("$package") ;;
+  esac
 done <"$table"
 
 say() { echo "setup-system: $*"; }
@@ -57,6 +64,34 @@ candidate_version() {
   apt-cache policy "$1" 2>/dev/null | sed -n 's/^ *Candidate: //p' | grep -v '(none)' || true
 }
 
+# The crates.io programs: `cargo install --locked CRATE --version V` unless `COMMAND --version`
+# already says `COMMAND V`.
+install_crates() {
+  local entry command crate version have
+  for entry in "${crates[@]}"; do
+    command=${entry%%:*}
+    crate=${entry#*:}
+    version=${crate#*@}
+    crate=${crate%@*}
+    have=$("$command" --version 2>/dev/null | head -n 1 || true)
+    if [ "$have" = "$command $version" ]; then
+      say "$command $version present"
+      continue
+    fi
+    if ! command -v cargo >/dev/null 2>&1; then
+      say "error: $command $version comes from crates.io, and cargo is not installed" \
+        "(https://rustup.rs, or apt-get install cargo)" >&2
+      return 1
+    fi
+    say "installing $crate $version with cargo${have:+ (found: $have)}"
+    if ! cargo install --locked --force "$crate" --version "$version" \
+      --root "${CARGO_INSTALL_ROOT:-/usr/local}"; then
+      say "error: cargo install $crate $version failed (its messages are above)" >&2
+      return 1
+    fi
+  done
+}
+
 if [ "${1:-}" = "--check" ]; then
   verify
   exit
@@ -68,6 +103,10 @@ for p in "${packages[@]}"; do
 done
 if [ ${#missing_packages[@]} -eq 0 ]; then
   say "all system packages present"
+  install_crates || {
+    verify || true
+    exit 1
+  }
   verify
   exit
 fi
@@ -102,4 +141,8 @@ if ! $SUDO apt-get "${apt_opts[@]}" install -y -q --no-install-recommends --no-r
   verify || true
   exit 1
 fi
+install_crates || {
+  verify || true
+  exit 1
+}
 verify

@@ -4,6 +4,8 @@ machine ships a newer qemu-utils than its sources offer, and verifies every comm
 
 The stand-ins keep a package state in a JSON file; installing a package puts stand-ins of its
 commands (from the shared table) on PATH, so the script's own verification sees the result.
+Commands from crates.io (`cargo:CRATE@VERSION` in the table) come from a stand-in `cargo`, whose
+stand-in programs print `COMMAND VERSION` for `--version`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,30 @@ OLD_QEMU = "1:7.2+dfsg-7+deb12u18"
 NEW_QEMU = "1:10.0.2+ds-2+deb13u1~bpo12+1"
 
 # What the script itself runs besides the stand-ins.
-TOOLS = ("bash", "sed", "grep", "dirname", "id", "cat", "env")
+TOOLS = ("bash", "sed", "grep", "dirname", "id", "cat", "env", "head")
+
+FAKE_CARGO = textwrap.dedent(
+    """\
+    #!{python}
+    # Stand-in for `cargo install --locked --force CRATE --version V --root R`: puts a program
+    # printing `CRATE V` into the fake bin directory; calls logged beside the apt state.
+    import json, os, sys
+    state_file = os.environ["FAKE_APT_STATE"]
+    state = json.load(open(state_file))
+    args = sys.argv[1:]
+    with open(state_file + ".calls", "a") as log:
+        log.write(json.dumps(["cargo"] + args) + "\\n")
+    if state.get("fail_cargo"):
+        print("error: failed to compile", file=sys.stderr)
+        sys.exit(101)
+    crate = [a for a in args[1:] if not a.startswith("-")][0]
+    version = args[args.index("--version") + 1]
+    path = os.path.join(state["bin"], crate)
+    with open(path, "w") as f:
+        f.write(f"#!/bin/sh\\necho '{{crate}} {{version}}'\\n")
+    os.chmod(path, 0o755)
+    """
+)
 
 FAKE_APT = textwrap.dedent(
     """\
@@ -44,6 +69,9 @@ FAKE_APT = textwrap.dedent(
         json.dump(state, open(state_file, "w"))
 
     def install(pkg, version):
+        if pkg.startswith("cargo:"):
+            print(f"E: Unable to locate package {{pkg}}", file=sys.stderr)
+            sys.exit(100)
         state["installed"][pkg] = version
         for command in state["commands"].get(pkg, []):
             path = os.path.join(state["bin"], command)
@@ -86,6 +114,11 @@ FAKE_APT = textwrap.dedent(
 )
 
 
+def _crate_version(package: str) -> str:
+    """`cargo:CRATE@VERSION` -> VERSION."""
+    return package.rpartition("@")[2]
+
+
 def _table() -> dict[str, list[str]]:
     commands: dict[str, list[str]] = {}
     for line in TABLE.read_text().splitlines():
@@ -113,6 +146,10 @@ class FakeHost:
         fake.chmod(0o755)
         for tool in ("dpkg-query", "apt-cache", "apt-get"):
             (self.tools / tool).symlink_to(fake)
+        cargo = root / "fake-cargo"
+        cargo.write_text(FAKE_CARGO.format(python=sys.executable))
+        cargo.chmod(0o755)
+        (self.tools / "cargo").symlink_to(cargo)
         self.state_file = root / "state.json"
         self.state = {
             "installed": {},
@@ -128,11 +165,16 @@ class FakeHost:
         self.state_file.write_text(json.dumps(self.state))
 
     def install(self, pkg: str, version: str) -> None:
-        self.state["installed"][pkg] = version
+        """Installs an apt package, or puts a crates.io program at the table's version."""
         for command in self.state["commands"][pkg]:
             path = self.bin / command
-            path.write_text("#!/bin/sh\nexit 0\n")
+            if pkg.startswith("cargo:"):
+                path.write_text(f"#!/bin/sh\necho '{command} {_crate_version(pkg)}'\n")
+            else:
+                path.write_text("#!/bin/sh\nexit 0\n")
             path.chmod(0o755)
+        if not pkg.startswith("cargo:"):
+            self.state["installed"][pkg] = version
         self._save()
 
     def set(self, key: str, value: object) -> None:
@@ -212,3 +254,58 @@ def test_apt_failure_is_shown_and_fails(tmp_path):
     assert "E: Unable to fetch some archives" in res.stderr
     assert "apt-get install failed" in res.stderr
     assert "qemu-system-x86_64 (package qemu-system-x86)" in res.stderr
+
+
+CRATE = "cargo:vhost-device-vsock@0.3.0"
+
+
+def test_the_table_names_vhost_device_vsock_from_crates_io():
+    assert _table()[CRATE] == ["vhost-device-vsock"]
+
+
+def test_a_missing_crate_is_installed_with_cargo_and_apt_never_sees_it(tmp_path):
+    table = _table()
+    host = FakeHost(tmp_path, {pkg: OLD_QEMU for pkg in table if pkg != CRATE})
+    res = host.run()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "installing vhost-device-vsock 0.3.0 with cargo" in res.stdout
+    cargo = [c for c in host.calls() if c[0] == "cargo"]
+    assert cargo == [
+        [
+            "cargo",
+            "install",
+            "--locked",
+            "--force",
+            "vhost-device-vsock",
+            "--version",
+            "0.3.0",
+            "--root",
+            "/usr/local",
+        ]
+    ]
+    assert not [c for c in host.calls() if c[0] == "apt-get"]
+    assert (host.bin / "vhost-device-vsock").exists()
+
+
+def test_another_version_is_replaced_and_the_right_one_kept(tmp_path):
+    table = _table()
+    host = FakeHost(tmp_path, {pkg: OLD_QEMU for pkg in table})
+    res = host.run()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "vhost-device-vsock 0.3.0 present" in res.stdout
+    assert not [c for c in host.calls() if c[0] == "cargo"]
+    (host.bin / "vhost-device-vsock").write_text("#!/bin/sh\necho 'vhost-device-vsock 0.2.0'\n")
+    res = host.run()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "(found: vhost-device-vsock 0.2.0)" in res.stdout
+    assert len([c for c in host.calls() if c[0] == "cargo"]) == 1
+
+
+def test_a_failed_cargo_install_fails_the_setup_naming_the_crate(tmp_path):
+    table = _table()
+    host = FakeHost(tmp_path, {pkg: OLD_QEMU for pkg in table if pkg != CRATE})
+    host.set("fail_cargo", True)
+    res = host.run()
+    assert res.returncode == 1
+    assert "cargo install vhost-device-vsock 0.3.0 failed" in res.stderr
+    assert f"vhost-device-vsock (package {CRATE})" in res.stderr

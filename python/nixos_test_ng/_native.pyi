@@ -124,6 +124,10 @@ def read_config_file(path: Path | str) -> Config:
     """The run that generation C's `--config FILE` alone describes (its machines and VLANs),
     read by the driver's own parser. Raises ConfigError naming the file and the field."""
 
+def agent_binary() -> bytes:
+    """The guest agent (`nixos-test-ng-agent`, a static x86_64 Linux executable), built from the
+    same source as this module, for the guest builder to install in a guest."""
+
 EXIT_OK: int
 """Exit status 0: the test passed (`nixos_test_ng.exit_status.ExitStatus`)."""
 EXIT_FAILED: int
@@ -180,8 +184,9 @@ class Config:
     @property
     def warnings(self) -> list[str]: ...
     def with_reporting_from(self, env: dict[str, str]) -> Config:
-        """This configuration with the XML log, OTLP exporter and trace parent `env` asks for
-        (`LOGFILE`, `OTEL_*`, `TRACEPARENT`) instead of its own."""
+        """This configuration with the XML log, OTLP exporter, trace parent and transport `env`
+        asks for (`LOGFILE`, `OTEL_*`, `TRACEPARENT`, `NIXOS_TEST_NG_TRANSPORT`) instead of its
+        own; a bad `NIXOS_TEST_NG_TRANSPORT` raises."""
 
 @final
 class LogBlock:

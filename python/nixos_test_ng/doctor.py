@@ -33,6 +33,7 @@ VLAN_COMMANDS = ("vde_switch", "vde_plug2tap")
 CONTAINER_COMMANDS = ("systemd-nspawn", "nsenter", "unshare", "ip")
 OCR_COMMANDS = ("tesseract",)
 NIX_COMMANDS = ("nix-build", "nix-instantiate")
+VSOCK_COMMANDS = ("vhost-device-vsock",)
 DEV_KVM = Path("/dev/kvm")
 
 
@@ -101,12 +102,14 @@ def _commands_check(
     blocks = any(table[n].demo for n in names)
     if not missing:
         return Check(Status.OK, topic, ok_detail, blocks_demo=blocks)
-    packages = sorted({c.package for c in missing})
+    apt = sorted({c.package for c in missing if not c.package.startswith("cargo:")})
+    others = sorted({install_command(c.package) for c in missing if c.package.startswith("cargo:")})
+    installs = ([f"apt-get install {' '.join(apt)}"] if apt else []) + others
     return Check(
         Status.MISSING,
         topic,
         "not found: " + ", ".join(f"{c.command} ({c.purpose})" for c in missing),
-        f"apt-get install {' '.join(packages)}, or {SETUP_FIX}",
+        f"{'; '.join(installs)}, or {SETUP_FIX}",
         blocks_demo=any(c.demo for c in missing),
     )
 
@@ -167,19 +170,37 @@ def check_kvm(
     )
 
 
-def check_vsock(which: Which = shutil.which, device: Path = VHOST_VSOCK) -> Check:
-    if device.exists() and os.access(device, os.R_OK | os.W_OK):
-        return Check(Status.OK, "vsock", f"AF_VSOCK through {device} (vhost-vsock-pci)")
-    tool = which("vhost-device-vsock")
+def install_command(package: str) -> str:
+    """How the table's package is installed: `apt-get install P` or `cargo install ...`."""
+    if package.startswith("cargo:"):
+        crate, _, version = package.removeprefix("cargo:").partition("@")
+        return f"cargo install --locked {crate} --version {version} --root /usr/local"
+    return f"apt-get install {package}"
+
+
+def check_vsock(
+    table: dict[str, HostCommand], which: Which = shutil.which, device: Path = VHOST_VSOCK
+) -> Check:
+    """The guest agent's vsock device: vhost-user (a vhost-device-vsock daemon per VM) and/or
+    the kernel's vhost-vsock; with neither, VMs use the console backdoor only."""
+    found = []
+    (command,) = VSOCK_COMMANDS
+    tool = which(command)
     if tool:
-        return Check(
-            Status.OK, "vsock", f"vhost-user-vsock-pci through {tool} (no {device} needed)"
+        version = _first_line([tool, "--version"]).removeprefix(command).strip()
+        found.append(
+            f"vhost-user vsock through {command} {version or '(version unknown)'} ({tool})"
         )
+    if device.exists() and os.access(device, os.R_OK | os.W_OK):
+        found.append(f"kernel vhost-vsock through {device}")
+    if found:
+        return Check(Status.OK, "vsock", "; ".join(found) + ": the guest agent is used")
     return Check(
         Status.DEGRADED,
         "vsock",
-        f"no {device}, no vhost-device-vsock: guests are driven through the console backdoor",
-        "`modprobe vhost_vsock`, or `cargo install vhost-device-vsock`",
+        f"not found: {command} ({table[command].purpose}), and no {device}: VMs are driven "
+        "through the console backdoor only (no guest agent)",
+        f"{install_command(table[command].package)}, or {SETUP_FIX}; or `modprobe vhost_vsock`",
     )
 
 
@@ -300,6 +321,7 @@ def check_tools(table: dict[str, HostCommand], which: Which = shutil.which) -> C
         *CONTAINER_COMMANDS,
         *OCR_COMMANDS,
         *NIX_COMMANDS,
+        *VSOCK_COMMANDS,
     }
     names = [name for name in table if name not in covered]
     return _commands_check("tools", names, table, which, ", ".join(names))
@@ -310,7 +332,7 @@ def diagnose(guest_dir: Path, which: Which = shutil.which) -> list[Check]:
     return [
         check_qemu(table, which),
         check_kvm(guest_dir),
-        check_vsock(which),
+        check_vsock(table, which),
         check_vlans(table, which),
         check_containers(table, which),
         check_ocr(table, which),

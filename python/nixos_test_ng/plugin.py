@@ -19,7 +19,11 @@ uses as they were when first ready. A machine is snapshotted then (`ntng-ready`)
 before each isolated test; a machine that cannot be snapshotted (QEMU refuses: a 9p share the
 guest keeps, NixOS's host store; no disk for the state) is restarted on a fresh state directory
 instead, which the log says once with the reason and the fix, and each test's `isolation`
-property too. Tests that are not isolated never depend on the snapshot.
+property too. Tests that are not isolated never depend on the snapshot. With isolation in use
+the plugin sets `NIXOS_TEST_NG_SNAPSHOTS=1` before any machine starts: with the transport
+unset, VMs then start without the guest agent's vhost-user vsock device (QEMU cannot save a VM
+that has one) and use the backdoor; `NIXOS_TEST_NG_TRANSPORT=agent` keeps the device, and the
+machines are then isolated by restart.
 
 Reports: every test is a span (`nixos_test_ng.trace` of the run: OTLP, the HTML report), and
 every subtest inside a test is reported to pytest as a result of its own, with node id
@@ -28,6 +32,7 @@ every subtest inside a test is reported to pytest as a result of its own, with n
 
 from __future__ import annotations
 
+import os
 import types
 from typing import Any
 
@@ -39,6 +44,8 @@ from nixos_test_ng.errors import GlobalTimeout, MachineError, Terminated
 CONSOLE_LINES = 30
 #: The snapshot taken when a machine is first ready, which isolated tests start from.
 READY_SNAPSHOT = "ntng-ready"
+#: Tells the QEMU backend that the run takes snapshots (`qemu::SNAPSHOTS_VAR` in the engine).
+SNAPSHOTS_ENV = "NIXOS_TEST_NG_SNAPSHOTS"
 
 
 class DriverPlugin:
@@ -131,6 +138,8 @@ class DriverPlugin:
         self.isolation_in_use = self.isolate_all or any(
             item.get_closest_marker("isolated") for item in items
         )
+        if self.isolation_in_use:
+            os.environ.setdefault(SNAPSHOTS_ENV, "1")
 
     def pytest_report_header(self, config: pytest.Config) -> str:
         machines = ", ".join(sorted(self.machine_names)) or "none"
@@ -322,14 +331,14 @@ def pytest_configure(config: pytest.Config) -> None:
     if opt.nixos_config:
         args += ["--config", opt.nixos_config]
     args += ["-o", opt.nixos_out or ".", "--interactive"]  # --interactive: no script needed
+
     try:
         parsed = _native.parse_args(args, {})
+        # the machines come from the options only; the XML log, spans and transport from
+        # the environment
+        parsed = parsed.with_reporting_from(dict(os.environ))
     except Exception as e:
         raise pytest.UsageError(f"nixos-test-ng: {e}") from None
-    import os
-
-    # the machines come from the options only; the XML log and spans from the environment
-    parsed = parsed.with_reporting_from(dict(os.environ))
     logger = _native.Logger(color=False)
     logger.start_run(parsed, "run pytest")
     driver = Driver(parsed, logger)

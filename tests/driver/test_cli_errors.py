@@ -190,6 +190,14 @@ def test_bad_values(run_driver, script, args, fragments):
     assert_usage_error(r, *fragments)
 
 
+def test_bad_transport_is_named(run_driver, script):
+    r = run_driver([script], env={"NIXOS_TEST_NG_TRANSPORT": "ssh"})
+    assert_usage_error(
+        r, 'NIXOS_TEST_NG_TRANSPORT="ssh" is not a transport', "use `backdoor`, `agent`"
+    )
+    assert "SCRIPT RAN" not in r.stdout
+
+
 def test_help_exits_zero(run_driver):
     r = run_driver(["--help"])
     assert r.returncode == 0, r

@@ -32,7 +32,7 @@ def run_doctor(tmp_path: Path, without: tuple[str, ...] = (), guest_dir: Path | 
     """Runs the command with a PATH holding every host command but `without`."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name in (*TABLE, "vhost-device-vsock"):
+    for name in TABLE:
         found = shutil.which(name)
         if found and name not in without:
             (bin_dir / name).symlink_to(found)
@@ -111,14 +111,35 @@ def test_containers_without_root_are_degraded():
 
 
 def test_vsock_lines(tmp_path):
+    table = {c.command: c for c in doctor.host_commands()}
     absent = tmp_path / "vhost-vsock"
-    check = doctor.check_vsock(which=lambda _name: None, device=absent)
-    assert check.status is Status.DEGRADED and "vhost-device-vsock" in check.fix
-    check = doctor.check_vsock(which=lambda _name: "/usr/bin/vhost-device-vsock", device=absent)
-    assert check.status is Status.OK and "vhost-user-vsock-pci" in check.detail
+    fake = tmp_path / "vhost-device-vsock"
+    fake.write_text("#!/bin/sh\necho 'vhost-device-vsock 0.3.0'\n")
+    fake.chmod(0o755)
+    check = doctor.check_vsock(table, which=lambda _name: None, device=absent)
+    assert check.status is Status.DEGRADED and "console backdoor only" in check.detail
+    assert check.detail.startswith("not found: vhost-device-vsock (the guest agent's vsock")
+    assert (
+        "cargo install --locked vhost-device-vsock --version 0.3.0 --root /usr/local" in check.fix
+    )
+    assert "modprobe vhost_vsock" in check.fix
+    check = doctor.check_vsock(table, which=lambda _name: str(fake), device=absent)
+    assert check.status is Status.OK
+    assert f"vhost-user vsock through vhost-device-vsock 0.3.0 ({fake})" in check.detail
+    assert "kernel" not in check.detail
     absent.touch()
-    check = doctor.check_vsock(which=lambda _name: None, device=absent)
-    assert check.status is Status.OK and "AF_VSOCK" in check.detail
+    check = doctor.check_vsock(table, which=lambda _name: None, device=absent)
+    assert check.status is Status.OK and f"kernel vhost-vsock through {absent}" in check.detail
+    check = doctor.check_vsock(table, which=lambda _name: str(fake), device=absent)
+    assert "vhost-user vsock" in check.detail and "kernel vhost-vsock" in check.detail
+
+
+def test_a_missing_crates_io_command_names_cargo_install(tmp_path):
+    table = {c.command: c for c in doctor.host_commands()}
+    check = doctor._commands_check(
+        "x", ["vhost-device-vsock", "socat"], table, lambda _name: None, ""
+    )
+    assert check.fix.startswith("apt-get install socat; cargo install --locked vhost-device-vsock")
 
 
 def test_kvm_lines(tmp_path):

@@ -3,6 +3,8 @@
 - `vm_env`: runs `nixos-test-driver` on start scripts for the built guests, isolated in the
   test's tmp dir (`run(nodes, script, ...)` to the end, `spawn(...)` in the background, in a
   session of its own); its processes carry the leak check's marker (`support.leaks`).
+- `takes_snapshots`: the run takes snapshots (`NIXOS_TEST_NG_SNAPSHOTS=1`): VMs start without
+  the guest agent's vhost-user vsock device, which QEMU cannot save, and use the backdoor.
 - `leftovers(marker, wait=3)`: the processes still running after `wait` s whose command line
   names `marker` or that carry the marker variable, as `pid: command line` strings.
 """
@@ -157,6 +159,11 @@ def vm_env(tmp_path: Path, guest_dir: Path):
         for stream in (p.stdout, p.stderr):
             if stream is not None:
                 stream.close()
+
+
+@pytest.fixture
+def takes_snapshots(monkeypatch):
+    monkeypatch.setenv("NIXOS_TEST_NG_SNAPSHOTS", "1")
 
 
 @pytest.fixture

@@ -24,7 +24,13 @@ BOOT_S = 300  # hang detectors: a TCG boot on a loaded machine
 COMMAND_S = 60
 
 
-def test_ctrl_c_in_shell_interact_interrupts_the_guest_job(vm_env):
+@pytest.fixture
+def backdoor(monkeypatch):
+    """These tests are about the backdoor on hvc0: no guest agent."""
+    monkeypatch.setenv("NIXOS_TEST_NG_TRANSPORT", "backdoor")
+
+
+def test_ctrl_c_in_shell_interact_interrupts_the_guest_job(vm_env, backdoor):
     scripts = vm_env.scripts({"machine": []})
     argv = [*driver_command(), "--interactive", "--vm-start-scripts", scripts["machine"]]
     (vm_env.root / "xdg").mkdir(exist_ok=True)
@@ -80,7 +86,7 @@ print("RESPAWN-OK", first, second)
 """
 
 
-def test_a_backdoor_that_exits_is_respawned_with_a_new_handshake(vm_env):
+def test_a_backdoor_that_exits_is_respawned_with_a_new_handshake(vm_env, backdoor):
     r = vm_env.run({"machine": []}, RESPAWN, timeout=BOOT_S)
     assert r.returncode == 0, r.stderr[-5000:]
     assert re.search(r"^RESPAWN-OK \d+ \d+$", r.stdout, re.M), r.stdout

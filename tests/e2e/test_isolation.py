@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from nixos_test_ng.guest.cpio import Entry, write_newc
 
-pytestmark = pytest.mark.vm
+# snapshots: no vhost-user vsock device (QEMU cannot save it)
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("takes_snapshots")]
 
 #: Where the guest's store user writes its pid (the process keeping /nix/.ro-store busy).
 STORE_USER = "/run/nix-store-user.pid"

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from support.driver import wait_for_line
 
-pytestmark = pytest.mark.vm
+# snapshots: no vhost-user vsock device (QEMU cannot save it)
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("takes_snapshots")]
 
 ISOLATION = r"""
 import pytest

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.vm
+# snapshots: no vhost-user vsock device (QEMU cannot save it)
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("takes_snapshots")]
 
 DISPLAY_LINE = re.compile(
     r"^(\w+): display on VNC 127\.0\.0\.1:(\d+) \(vncviewer 127\.0\.0\.1::\2\)$"

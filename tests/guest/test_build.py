@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from nixos_test_ng.guest import BuildError, build, elf, load_manifest
 from nixos_test_ng.guest import busybox_guest as bb
+from nixos_test_ng.guest.agent import agent_sha256
 from nixos_test_ng.guest.apt import Package
 from nixos_test_ng.guest.cache import hash_inputs
 
@@ -59,6 +60,8 @@ def test_built_guest_artifacts(built_guest: Path) -> None:
         assert sha256(built_guest / name) == art["sha256"]
     for deb in m["inputs"]["debs"]:
         assert sha256(built_guest / "debs" / deb["file"]) == deb["sha256"]
+    # the guest agent is an input: a new agent rebuilds the guest
+    assert m["inputs"]["agent_sha256"] == agent_sha256()
     assert [d["package"] for d in m["inputs"]["debs"]][1:] == [
         "busybox-static",
         "bash-static",
@@ -85,12 +88,16 @@ def test_built_guest_artifacts(built_guest: Path) -> None:
         "etc/passwd",
         "etc/profile",
         "lib/nixos-test-ng/backdoor",
+        "lib/nixos-test-ng/agent.sh",
+        "lib/nixos-test-ng/nixos-test-ng-agent",
         f"lib/modules/{kv}/modules.dep",
         f"lib/modules/{kv}/modules.alias",
         f"lib/modules/{kv}/kernel/fs/9p/9p.ko",
         f"lib/modules/{kv}/kernel/net/9p/9pnet_virtio.ko",
         f"lib/modules/{kv}/kernel/drivers/char/virtio_console.ko",
         f"lib/modules/{kv}/kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko",
+        f"lib/modules/{kv}/kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko",
+        f"lib/modules/{kv}/kernel/net/vmw_vsock/vsock.ko",
         "bin/nc",
         "lib64/ld-linux-x86-64.so.2",
         "etc/nsswitch.conf",
@@ -248,6 +255,12 @@ def test_input_hash_covers_scripts_modules_programs_and_debs(
     monkeypatch.undo()
     real = bb.data_file
     monkeypatch.setattr(bb, "data_file", lambda n: real(n) + (b"#" if n == "init.sh" else b""))
+    assert hash_inputs(bb.inputs(pkgs, "generic")) != base
+    monkeypatch.undo()
+    monkeypatch.setattr(bb, "data_file", lambda n: real(n) + (b"#" if n == "agent.sh" else b""))
+    assert hash_inputs(bb.inputs(pkgs, "generic")) != base
+    monkeypatch.undo()
+    monkeypatch.setattr(bb, "agent_sha256", lambda: "0" * 64)
     assert hash_inputs(bb.inputs(pkgs, "generic")) != base
 
 

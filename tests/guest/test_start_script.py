@@ -307,3 +307,38 @@ def test_scripts_are_valid_shell_words(scripts: dict[str, Path]) -> None:
     text = scripts["a"].read_text()
     exec_line = text[text.index("exec qemu-system-x86_64") :].replace("\\\n", " ")
     assert shlex.split(exec_line)[0] == "exec"
+
+
+def test_the_vsock_device_only_when_the_driver_sets_its_variable(
+    scripts: dict[str, Path], state: Path, tmp_path: Path, fake_qemu: Path, reaper: Reaper
+) -> None:
+    # the variables' names in the text are the driver's cue that the script takes the device
+    text = scripts["a"].read_text()
+    assert "NIXOS_TEST_NG_VHOST_USER_VSOCK" in text and "NIXOS_TEST_NG_VSOCK_CID" in text
+    env = {**driver_env(state, tmp_path / "shared"), **vde_env(tmp_path)}
+    plain = qemu_args(run(scripts["a"], [], env, fake_qemu, reaper))
+    assert not [a for a in plain if "vhost" in a or "ntng-mem" in a or "ntng-vsock" in a], plain
+    sock = tmp_path / "with,comma" / "vhost-user-vsock.sock"
+    args = qemu_args(
+        run(
+            scripts["a"],
+            ["-serial", "stdio"],
+            {**env, "NIXOS_TEST_NG_VHOST_USER_VSOCK": str(sock)},
+            fake_qemu,
+            reaper,
+        )
+    )
+    # -m 256 (the busybox default): the shared memory backend has the same size
+    assert option_values(args, "-m") == ["256"]
+    assert option_values(args, "-object") == ["memory-backend-memfd,id=ntng-mem,size=256M,share=on"]
+    assert option_values(args, "-machine") == ["memory-backend=ntng-mem"]
+    assert f"socket,id=ntng-vsock,path={str(sock).replace(',', ',,')}" in option_values(
+        args, "-chardev"
+    )
+    assert "vhost-user-vsock-pci,chardev=ntng-vsock" in option_values(args, "-device")
+    assert args[-2:] == ["-serial", "stdio"]  # the driver's arguments stay last
+    cid = qemu_args(
+        run(scripts["a"], [], {**env, "NIXOS_TEST_NG_VSOCK_CID": "42"}, fake_qemu, reaper)
+    )
+    assert "vhost-vsock-pci,guest-cid=42" in option_values(cid, "-device")
+    assert not option_values(cid, "-object")

@@ -21,6 +21,7 @@ from nixos_test_ng.guest import (
     systemd_dir,
 )
 from nixos_test_ng.guest import systemd_guest as sg
+from nixos_test_ng.guest.agent import agent_binary
 from nixos_test_ng.guest.cache import hash_inputs, sha256_file
 from nixos_test_ng.guest.common import data_file
 from systemd_support import systemd_guest  # noqa: F401  (a fixture)
@@ -34,6 +35,30 @@ def append_to_data_file(monkeypatch: pytest.MonkeyPatch, name: str, extra: bytes
 
 # ---------------------------------------------------------------------------------------------
 # the configuration, without a real tree
+
+
+def test_the_agent_starts_with_the_backdoors_environment() -> None:
+    files = sg.rootfs_files()
+    script = files["usr/local/lib/nixos-test-ng/agent.sh"][0].decode()
+    steps = [
+        "export USER=root",
+        "export HOME=/root",
+        "export DISPLAY=:0.0",
+        "source /etc/profile",
+        "export PAGER=",
+        "cd /tmp",
+        'exec "${BASH_SOURCE[0]%/*}/nixos-test-ng-agent" "$@"',
+    ]
+    at = [script.index(step) for step in steps]
+    assert at == sorted(at), steps
+    unit = files["etc/systemd/system/nixos-test-ng-agent.service"][0].decode().splitlines()
+    for line in (
+        "ConditionVirtualization=!container",
+        "ConditionKernelCommandLine=!ntng.agent=0",
+        "Restart=always",
+        "ExecStart=/bin/bash /usr/local/lib/nixos-test-ng/agent.sh",
+    ):
+        assert line in unit, line
 
 
 def test_backdoor_unit_is_nixos_backdoor_service() -> None:
@@ -107,8 +132,15 @@ def test_configure_a_tree(tmp_path: Path) -> None:
     assert os.readlink(root / "etc/systemd/system/multi-user.target.wants/ntng-setup.service") == (
         "/etc/systemd/system/ntng-setup.service"
     )
-    # the backdoor is not statically wanted: the generator adds it outside containers
-    assert not (root / "etc/systemd/system/multi-user.target.wants/backdoor.service").exists()
+    # the backdoor and the agent are not statically wanted: the generator adds them outside
+    # containers
+    for unit in ("backdoor.service", "nixos-test-ng-agent.service"):
+        assert not (root / "etc/systemd/system/multi-user.target.wants" / unit).exists()
+    agent = root / sg.GUEST_LIB / "nixos-test-ng-agent"
+    assert agent.read_bytes() == agent_binary() and agent.stat().st_mode & 0o777 == 0o755
+    assert (root / sg.GUEST_LIB / "agent.sh").read_bytes() == data_file("agent.sh")
+    unit = (root / "etc/systemd/system/nixos-test-ng-agent.service").read_text()
+    assert f"ExecStart=/bin/bash /{sg.GUEST_LIB}/agent.sh" in unit and "Restart=always" in unit
     assert (root / "etc/machine-id").read_text() == ""
     assert os.readlink(root / "var/lib/dbus/machine-id") == "/etc/machine-id"
     assert not (root / "etc/hostname").exists()
@@ -139,10 +171,11 @@ def test_generator_wants_the_backdoor_outside_containers(
         env={"PATH": os.environ["PATH"], "SYSTEMD_VIRTUALIZATION": virtualization},
         check=True,
     )
-    link = out / "multi-user.target.wants/backdoor.service"
-    assert link.is_symlink() == wanted
-    if wanted:
-        assert os.readlink(link) == "/etc/systemd/system/backdoor.service"
+    for unit in ("backdoor.service", "nixos-test-ng-agent.service"):
+        link = out / "multi-user.target.wants" / unit
+        assert link.is_symlink() == wanted
+        if wanted:
+            assert os.readlink(link) == f"/etc/systemd/system/{unit}"
 
 
 def test_input_hash_covers_configuration_packages_and_busybox(

@@ -28,6 +28,7 @@ def test_the_nix_files_are_all_there():
         "nix/overlay.nix",
         "nix/test-module.nix",
         "nix/snapshots.nix",
+        "nix/agent.nix",
         "nix/split.nix",
         "nix/checks.nix",
     ):

@@ -141,6 +141,7 @@ impl Driver {
             boot_timeout: self.config.boot_timeout,
             env: self.vlan_env.clone(),
             vnc: self.config.vnc,
+            transport: self.config.transport,
         };
         let script = spec.start_script.display().to_string();
         let backend: Box<dyn Backend> = match spec.kind {

@@ -178,11 +178,12 @@ impl Config {
     fn warnings(&self) -> Vec<String> {
         self.inner.warnings.clone()
     }
-    /// This configuration with the XML log, OTLP exporter and trace parent `env` asks for
-    /// (`LOGFILE`, `OTEL_*`, `TRACEPARENT`) instead of its own.
-    fn with_reporting_from(&self, env: HashMap<String, String>) -> Config {
+    /// This configuration with the XML log, OTLP exporter, trace parent and transport `env`
+    /// asks for (`LOGFILE`, `OTEL_*`, `TRACEPARENT`, `NIXOS_TEST_NG_TRANSPORT`) instead of its
+    /// own.
+    fn with_reporting_from(&self, env: HashMap<String, String>) -> PyResult<Config> {
         let mut inner = self.inner.clone();
-        inner.reporting = engine::Reporting::from_env(&env);
-        Config { inner }
+        inner.apply_env(&env).map_err(crate::errors::to_pyerr)?;
+        Ok(Config { inner })
     }
 }

@@ -12,6 +12,13 @@ use std::collections::HashMap;
 
 use pyo3::prelude::*;
 
+/// The guest agent: a static executable built from this source tree with this module
+/// (crates/python/build.rs), for the guest builder to install.
+#[pyfunction]
+fn agent_binary() -> &'static [u8] {
+    include_bytes!(env!("NTNG_AGENT_BINARY"))
+}
+
 /// Parses the `nixos-test-driver` command line. Returns a `Config`, or the help text.
 #[pyfunction]
 fn parse_args(
@@ -145,6 +152,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<process::MachineProcess>()?;
     errors::register(m)?;
     m.add_function(wrap_pyfunction!(read_config_file, m)?)?;
+    m.add_function(wrap_pyfunction!(agent_binary, m)?)?;
     m.add("EXIT_OK", ntng_engine::exit_status::OK)?;
     m.add("EXIT_FAILED", ntng_engine::exit_status::FAILED)?;
     m.add("EXIT_USAGE", ntng_engine::exit_status::USAGE)?;

@@ -9,7 +9,7 @@ Guest directory layout (see docs/guests.md):
     vmlinux          the kernel: the uncompressed ELF, booted through PVH (see kernel.py);
                      `vmlinuz` (the bzImage) instead when the payload cannot be PVH-booted
     initrd.img       gzip-compressed newc initramfs (busybox, bash, OpenBSD netcat and its shared
-                     libraries, modules, /init, backdoor)
+                     libraries, modules, /init, backdoor, guest agent)
     manifest.json    inputs, their hash, artifact hashes, kernel version, KVM probe result
     debs/            the downloaded .deb files (the download cache)
     .lock            serialises concurrent builds
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import apt, cpio
+from .agent import AGENT_FILE, agent_binary, agent_sha256
 from .apt import AptError, Package
 from .cache import (
     DEBS_DIR,
@@ -95,6 +96,8 @@ MODULES = (
     "9p",
     "virtiofs",
     "overlay",
+    "vsock",  # the guest agent's (with the two below)
+    "vmw_vsock_virtio_transport_common",
     "vmw_vsock_virtio_transport",
     "qemu_fw_cfg",  # the host list, when it is too long for the kernel command line
     "bochs",  # -vga std's DRM driver: the console on the screen (screenshots, OCR)
@@ -132,6 +135,8 @@ def inputs(pkgs: list[Package], flavour: str) -> dict[str, Any]:
         "init_sha256": hashlib.sha256(data_file("init.sh")).hexdigest(),
         "backdoor_sha256": hashlib.sha256(data_file("backdoor.sh")).hexdigest(),
         "profile_sha256": hashlib.sha256(data_file("profile.sh")).hexdigest(),
+        "agent_sha256": agent_sha256(),
+        "agent_script_sha256": hashlib.sha256(data_file("agent.sh")).hexdigest(),
         "modules": flavour_modules(flavour),
         "programs": dict(DYNAMIC_PROGRAMS),
         "source_date_epoch": source_date_epoch(),
@@ -230,6 +235,8 @@ def _assemble(
 
     write_file(root / "init", data_file("init.sh"), 0o755)
     write_file(root / "lib/nixos-test-ng/backdoor", data_file("backdoor.sh"), 0o755)
+    write_file(root / "lib/nixos-test-ng/agent.sh", data_file("agent.sh"), 0o755)
+    write_file(root / f"lib/nixos-test-ng/{AGENT_FILE}", agent_binary(), 0o755)
     write_file(root / "etc/profile", data_file("profile.sh"), 0o644)
     write_file(root / "etc/passwd", b"root:x:0:0:root:/root:/bin/bash\n", 0o644)
     # empty root password, as in NixOS tests

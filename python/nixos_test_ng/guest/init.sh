@@ -13,8 +13,10 @@
 #                                         guest: ext4 on /dev/vda): mount it, move /dev, /proc,
 #                                         /sys and /run there and switch_root to its /sbin/init,
 #                                         which then does all of the above itself
+#   ntng.agent=0                          do not start the guest agent
 # Progress goes to the console (ttyS0). The backdoor (/lib/nixos-test-ng/backdoor) runs on
-# /dev/hvc0 and is respawned when it exits.
+# /dev/hvc0 and is respawned when it exits; so does the guest agent (/lib/nixos-test-ng/agent.sh,
+# vsock port 7001) when the VM has a virtio vsock device.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 umask 022
 
@@ -49,6 +51,7 @@ if_specs=
 hosts=
 root=
 rootfstype=ext4
+agent=1
 set -f
 for arg in $(cat /proc/cmdline); do
 	case $arg in
@@ -57,6 +60,7 @@ for arg in $(cat /proc/cmdline); do
 	ntng.hosts=*) hosts=${arg#*=} ;;
 	root=*) root=${arg#*=} ;;
 	rootfstype=*) rootfstype=${arg#*=} ;;
+	ntng.agent=*) agent=${arg#*=} ;;
 	esac
 done
 set +f
@@ -185,6 +189,19 @@ start-stop-daemon -S -b -p /run/ntng-backdoor-loop.pid -x /bin/sh -- -c '
 		sleep 0.5
 	done'
 log "started the backdoor after $(cut -d' ' -f1 /proc/uptime)s"
+
+# the guest agent, respawned when it exits, when there is a virtio vsock device (id 19, whose
+# driver the coldplug above loaded) and ntng.agent=0 does not say otherwise
+if [ "$agent" != 0 ] && grep -qs '^virtio:d00000013v' /sys/bus/virtio/devices/*/modalias; then
+	modprobe -a vsock vmw_vsock_virtio_transport || log "cannot load the vsock modules"
+	start-stop-daemon -S -b -p /run/ntng-agent-loop.pid -x /bin/sh -- -c '
+		while :; do
+			env -i PATH="$PATH" /bin/bash /lib/nixos-test-ng/agent.sh </dev/null >/dev/ttyS0 2>&1
+			echo "init: the guest agent exited with status $?; restarting it" >/dev/console
+			sleep 0.5
+		done'
+	log "started the guest agent after $(cut -d' ' -f1 /proc/uptime)s"
+fi
 echo "nixos-test-ng guest $hostname: backdoor on hvc0" >/dev/tty0 2>/dev/null
 
 # reap orphans; `wait` returns early when a trapped signal arrives, so the traps run promptly

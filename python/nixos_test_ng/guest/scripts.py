@@ -18,6 +18,9 @@ code), all reproduced here:
 - `$QEMU_KERNEL_PARAMS` is appended to the kernel command line, and
   `NIXPKGS_QEMU_KERNEL_<node>` (`-` as `_`) replaces the kernel.
 
+They also name `NIXOS_TEST_NG_VHOST_USER_VSOCK` and `NIXOS_TEST_NG_VSOCK_CID`: that announces to
+nixos-test-ng's driver that they take the guest agent's vsock device (the driver sets one of them).
+
 Each node has a kind (`kinds`): "busybox" (the default), "systemd-vm" (the same script plus the
 systemd guest's disk: a qcow2 overlay `$TMPDIR/<node>.qcow2` on its ext4 image, `root=/dev/vda`)
 or "systemd-nspawn" (a `run-<node>-nspawn` container script, see nspawn.py).
@@ -182,7 +185,8 @@ def render_start_script(
         "# Environment: TMPDIR + USE_TMPDIR, SHARED_DIR, QEMU_OPTS, QEMU_NET_OPTS,",
         "# QEMU_KERNEL_PARAMS,"
         f" QEMU_VDE_SOCKET_<vlan>, NIXOS_TEST_NG_ACCEL (default {accel}), {kernel_var}"
-        + (", NIX_DISK_IMAGE." if disk_image else "."),
+        + (", NIX_DISK_IMAGE," if disk_image else ",")
+        + " NIXOS_TEST_NG_VHOST_USER_VSOCK, NIXOS_TEST_NG_VSOCK_CID.",
         "set -e",
         "",
         f"kernel=${{{kernel_var}:-{shlex.quote(str(kernel))}}}",
@@ -238,6 +242,21 @@ def render_start_script(
             f'snapshot_disk="$TMPDIR/{node.name}-snapshots.qcow2"',
             '[ -e "$snapshot_disk" ] || qemu-img create -q -f qcow2 "$snapshot_disk" 16M >&2',
         ]
+    lines += [
+        "",
+        "# the guest agent's vsock device, when the test driver asks for one: the socket of a",
+        "# vhost-device-vsock daemon (vhost-user; the guest's memory must then be shared with it)",
+        "# or a guest CID for the kernel's vhost-vsock",
+        "vsock=()",
+        'if [ -n "${NIXOS_TEST_NG_VHOST_USER_VSOCK:-}" ]; then',
+        f'    vsock=(-object "memory-backend-memfd,id=ntng-mem,size={memory}M,share=on"',
+        "        -machine memory-backend=ntng-mem",
+        '        -chardev "socket,id=ntng-vsock,path=${NIXOS_TEST_NG_VHOST_USER_VSOCK//,/,,}"',
+        "        -device vhost-user-vsock-pci,chardev=ntng-vsock)",
+        'elif [ -n "${NIXOS_TEST_NG_VSOCK_CID:-}" ]; then',
+        '    vsock=(-device "vhost-vsock-pci,guest-cid=$NIXOS_TEST_NG_VSOCK_CID")',
+        "fi",
+    ]
     qemu = [
         "exec qemu-system-x86_64",
         f"-name {shlex.quote(node.name)}",
@@ -256,6 +275,7 @@ def render_start_script(
         f'-append "{params} $QEMU_KERNEL_PARAMS"',
         "-net nic,netdev=user.0,model=virtio",
         '-netdev "user,id=user.0${net_opts:+,$net_opts}"',
+        '"${vsock[@]}"',
     ]
     for i, v in enumerate(node.vlans, start=1):
         qemu.append(f"-device virtio-net-pci,netdev=vlan{i},mac={node.mac(v)}")

@@ -1,6 +1,6 @@
 #!/bin/sh
-# /etc/systemd/system-generators/nixos-test-ng: makes multi-user.target want backdoor.service,
-# outside containers only. The backdoor needs dev-hvc0.device and dev-ttyS0.device, which never
+# /etc/systemd/system-generators/nixos-test-ng: makes multi-user.target want backdoor.service
+# and nixos-test-ng-agent.service, outside containers only. The backdoor needs dev-hvc0.device and dev-ttyS0.device, which never
 # appear in a container (device units are unsupported there), so a static `WantedBy=` would make
 # every container boot log a failed dependency; its ConditionVirtualization=!container cannot help
 # because dependencies are queued before conditions are checked.
@@ -11,3 +11,5 @@ esac
 /usr/bin/systemd-detect-virt --container --quiet && exit 0
 mkdir -p "$normal_dir/multi-user.target.wants"
 ln -sf /etc/systemd/system/backdoor.service "$normal_dir/multi-user.target.wants/backdoor.service"
+ln -sf /etc/systemd/system/nixos-test-ng-agent.service \
+	"$normal_dir/multi-user.target.wants/nixos-test-ng-agent.service"

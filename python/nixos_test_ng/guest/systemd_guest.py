@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from . import cpio
+from .agent import AGENT_FILE, agent_binary
 from .busybox_guest import DEFAULT_FLAVOUR, build, flavour_modules
 from .cache import (
     DEBS_DIR,
@@ -180,6 +181,8 @@ GUEST_LIB = "usr/local/lib/nixos-test-ng"
 #: The tree's files from this package's data files: path in the tree -> (data file, mode).
 DATA_FILES = {
     f"{GUEST_LIB}/backdoor": ("backdoor.sh", 0o755),  # the busybox guest's very script
+    f"{GUEST_LIB}/agent.sh": ("agent.sh", 0o755),  # starts the guest agent beside it
+    "etc/systemd/system/nixos-test-ng-agent.service": ("systemd_agent.service", 0o644),
     f"{GUEST_LIB}/setup": ("systemd_setup.sh", 0o755),
     "etc/systemd/system-generators/nixos-test-ng": ("systemd_generator.sh", 0o755),
     "etc/systemd/system/backdoor.service": ("systemd_backdoor.service", 0o644),
@@ -222,6 +225,7 @@ def _mirror(mirror: str | None) -> str:
 def rootfs_files() -> dict[str, tuple[bytes, int]]:
     """The files the configuration writes into the tree: path -> (content, mode)."""
     files = {path: (data_file(name), mode) for path, (name, mode) in DATA_FILES.items()}
+    files[f"{GUEST_LIB}/{AGENT_FILE}"] = (agent_binary(), 0o755)
     files.update({path: (b"", mode) for path, mode in EMPTY_FILES.items()})
     return files
 

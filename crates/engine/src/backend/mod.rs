@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! Machine::start ──► Backend::launch(host, options) ──► Launched { process, console reader,
-//!                                                          connector, shell setup }
+//!                                                          connector, shell setup, agent }
 //! Machine::connect ─► Connector::connect ─► Shell (transport) ─► handshake
+//!                  or, with an agent: agent connector ─► Agent (transport) ─► HELLO
 //! Machine::release ─► Backend::kill ─► Backend::stopped
 //! ```
 //!
@@ -51,6 +52,8 @@ pub struct MachineInfo {
     pub env: Vec<(String, String)>,
     /// Show the display over VNC on 127.0.0.1 (`--vnc`).
     pub vnc: bool,
+    /// Which transport commands take (`NIXOS_TEST_NG_TRANSPORT`).
+    pub transport: crate::config::Transport,
 }
 
 impl MachineInfo {
@@ -127,6 +130,10 @@ pub struct Launched {
     pub shell: ShellSetup,
     /// A shell already in step with the guest (a warm standby's): no handshake is needed.
     pub shell_in_step: Option<Shell>,
+    /// How to reach the guest's agent (`transport/agent.rs`), when the launch set one up;
+    /// the machine then uses it instead of the shell unless `NIXOS_TEST_NG_TRANSPORT` says
+    /// otherwise.
+    pub agent: Option<Box<dyn Connector>>,
 }
 
 /// What a backend may use of its machine; the machine implements it.

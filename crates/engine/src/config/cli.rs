@@ -292,7 +292,7 @@ pub fn parse_args(argv: &[String], env: &HashMap<String, String>) -> Result<Pars
         ));
     }
 
-    cfg.reporting = super::Reporting::from_env(env);
+    cfg.apply_env(env)?;
     validate_machines(&mut cfg)?;
     Ok(Parsed::Run(Box::new(cfg)))
 }
@@ -513,6 +513,25 @@ mod tests {
         fn drop(&mut self) {
             let _ = fs::remove_dir_all(&self.dir);
         }
+    }
+
+    #[test]
+    fn the_transport_comes_from_the_environment() {
+        let f = Fixture::new("transport");
+        let script = f.p("t.py");
+        let c = f.parse(&[&script], &[]).unwrap();
+        assert_eq!(c.transport, crate::config::Transport::Auto);
+        let c = f
+            .parse(&[&script], &[("NIXOS_TEST_NG_TRANSPORT", "backdoor")])
+            .unwrap();
+        assert_eq!(c.transport, crate::config::Transport::Backdoor);
+        let e = f
+            .parse(&[&script], &[("NIXOS_TEST_NG_TRANSPORT", "ssh")])
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Config(m) if m.starts_with("NIXOS_TEST_NG_TRANSPORT=\"ssh\" is not a transport")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -4,12 +4,14 @@
 mod cli;
 mod json;
 mod reporting;
+mod transport;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use cli::{parse_args, Parsed, USAGE_EXIT_CODE};
 pub use reporting::{OtlpSettings, Reporting};
+pub use transport::{Transport, TRANSPORT_VAR};
 
 pub use crate::kind::MachineKind;
 
@@ -68,6 +70,8 @@ pub struct Config {
     /// The XML log, the OTLP exporter and the trace parent (`LOGFILE`, `OTEL_*`,
     /// `TRACEPARENT`).
     pub reporting: Reporting,
+    /// Which transport commands take (`NIXOS_TEST_NG_TRANSPORT`).
+    pub transport: Transport,
 }
 
 /// Generation C's log levels.
@@ -102,6 +106,19 @@ pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Upstream's default limit for a command, a wait or a retry (`timeout=900`).
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(900);
 
+impl Config {
+    /// Applies what the environment decides whatever the command line says: the reporting
+    /// (`LOGFILE`, `OTEL_*`, `TRACEPARENT`) and the transport (`NIXOS_TEST_NG_TRANSPORT`).
+    pub fn apply_env(
+        &mut self,
+        env: &std::collections::HashMap<String, String>,
+    ) -> crate::error::Result<()> {
+        self.reporting = Reporting::from_env(env);
+        self.transport = Transport::from_env(env)?;
+        Ok(())
+    }
+}
+
 /// The run that generation C's `--config FILE` alone describes, on the defaults: how
 /// `nixos-test-ng check` and `stubs` read a test's machines and VLANs as the driver does.
 pub fn from_json_file(path: &std::path::Path) -> crate::error::Result<Config> {
@@ -133,6 +150,7 @@ impl Default for Config {
             log_level: LogLevel::Info,
             warnings: Vec::new(),
             reporting: Reporting::default(),
+            transport: Transport::Auto,
         }
     }
 }

@@ -4,6 +4,11 @@
 //!
 //! Its "start command" is bash run before the backdoor starts (`exit 3`: a guest that dies
 //! while booting; `sleep 30`: one that never answers). The console is the guest's stderr.
+//!
+//! With [`FakeBackend::with_agent`] the guest also starts the real guest agent
+//! (`nixos-test-ng-agent --listen unix:<state dir>/agent.sock`, see [`agent_bin`]) beside the
+//! backdoor, and the launch sets `Launched.agent` to a unix-socket connector for it: the
+//! machine's tests then run the same assertions over both sessions.
 
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -15,8 +20,49 @@ use crate::backend::{Backend, Host, LaunchOptions, Launched, MachineKind, PowerO
 use crate::error::{Error, Result};
 use crate::interrupt::Deadline;
 use crate::process;
-use crate::transport::connector::{ConnectError, Connector, Ready};
+use crate::transport::connector::{ConnectError, ConnectUnix, Connector, Ready};
 use crate::transport::stream::Stream;
+
+/// Where the fake guest's agent binary is: `NIXOS_TEST_NG_AGENT_BIN` when set; else, in the
+/// engine's tests, the workspace's `nixos-test-ng-agent`, built once per test process by
+/// `cargo build -q -p nixos-test-ng-agent --target-dir target/test-agent` (a target directory
+/// of its own, so the build never waits for the lock of the `cargo test` that runs it);
+/// else `nixos-test-ng-agent` on `PATH`.
+pub fn agent_bin() -> std::path::PathBuf {
+    if let Some(bin) = std::env::var_os("NIXOS_TEST_NG_AGENT_BIN") {
+        return bin.into();
+    }
+    #[cfg(test)]
+    return built_agent();
+    #[cfg(not(test))]
+    std::path::PathBuf::from("nixos-test-ng-agent")
+}
+
+#[cfg(test)]
+fn built_agent() -> std::path::PathBuf {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let target = root.join("target/test-agent");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "nixos-test-ng-agent", "--target-dir"])
+            .arg(&target)
+            .current_dir(&root)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_TARGET_DIR")
+            .status()
+            .expect("running cargo to build the agent");
+        assert!(status.success(), "building nixos-test-ng-agent failed");
+        target.join("debug/nixos-test-ng-agent")
+    })
+    .clone()
+}
+
+/// Where the fake guest's agent listens.
+fn agent_socket(host: &dyn Host) -> std::path::PathBuf {
+    host.info().state_dir.join("agent.sock")
+}
 
 /// What happened to a fake machine, for its tests.
 #[derive(Default)]
@@ -39,6 +85,10 @@ pub struct FakeBackend {
     /// Each handshake gets a new bash (as a container's `nsenter` shell), the first of which
     /// dies before its handshake; the machine's process only holds the console.
     reconnecting: bool,
+    /// The guest runs the agent beside the backdoor, and the launch sets it up.
+    agent: bool,
+    /// The launch sets up an agent connector to this socket, served by the test itself.
+    agent_at: Option<std::path::PathBuf>,
     /// What happened to it.
     pub record: Arc<Record>,
 }
@@ -74,6 +124,18 @@ impl FakeBackend {
         self
     }
 
+    /// A guest that runs the real agent beside the backdoor (see the module's docs).
+    pub fn with_agent(mut self) -> Self {
+        self.agent = true;
+        self
+    }
+
+    /// A launch whose agent connector reaches `path`, where the test serves its own agent.
+    pub fn with_agent_at(mut self, path: std::path::PathBuf) -> Self {
+        self.agent_at = Some(path);
+        self
+    }
+
     /// A guest whose restart is its reset (as a container's): its snapshots are restarts.
     pub fn restart_resets(mut self) -> Self {
         self.restart_resets = true;
@@ -98,10 +160,21 @@ impl Backend for FakeBackend {
         let stdout = theirs
             .try_clone()
             .map_err(|e| Error::io("socket pair", e))?;
+        let agent = if self.agent {
+            let socket = agent_socket(host);
+            let _ = std::fs::remove_file(&socket);
+            format!(
+                "export NTNG_FAKE_GUEST=$$; {} --listen unix:{} & ",
+                crate::transport::shell::shell_quote(&agent_bin().display().to_string()),
+                crate::transport::shell::shell_quote(&socket.display().to_string())
+            )
+        } else {
+            String::new()
+        };
         let mut cmd = Command::new("bash");
         cmd.args(["--norc", "-c"])
             .arg(format!(
-                "cd /tmp; {}\necho 'fake console: booted' >&2; \
+                "cd /tmp; {}\n{agent}echo 'fake console: booted' >&2; \
                  echo 'Spawning backdoor root shell...'; PS1= exec bash --norc",
                 self.before
             ))
@@ -115,12 +188,21 @@ impl Backend for FakeBackend {
             connector: Box::new(Ready::new(ours)),
             shell: ShellSetup::backdoor(),
             shell_in_step: None,
+            agent: match (&self.agent_at, self.agent) {
+                (Some(path), _) => Some(Box::new(ConnectUnix::new(path)) as Box<dyn Connector>),
+                (None, true) => Some(Box::new(ConnectUnix::new(agent_socket(host))) as _),
+                (None, false) => None,
+            },
         })
     }
 
     fn power_off(&self) -> PowerOff {
         if self.reconnecting {
             return PowerOff::Command("true", libc::SIGTERM);
+        }
+        if self.agent {
+            // the guest's bash ends itself, whether it reads this or the agent runs it
+            return PowerOff::Raw(b"kill $NTNG_FAKE_GUEST\n");
         }
         PowerOff::Raw(b"exit\n")
     }
@@ -155,6 +237,7 @@ impl FakeBackend {
             }),
             shell: ShellSetup::backdoor(),
             shell_in_step: None,
+            agent: None,
         })
     }
 }

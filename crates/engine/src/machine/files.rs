@@ -1,11 +1,18 @@
-//! Copying files between the host and a machine through the shared directory, which the
-//! guest sees at `/tmp/shared` (upstream's `copy_from_host` / `copy_from_machine`).
+//! Copying files between the host and a machine (upstream's `copy_from_host` /
+//! `copy_from_machine`): through the guest's agent (PUT and GET) when the machine uses it,
+//! else through the shared directory, which the guest sees at `/tmp/shared`. Both land where
+//! upstream's `cp -r` lands: `copy_from_host` into `<target>/<name>` when the target is a
+//! directory, else at `<target>`; `copy_from_machine` at `<out_dir>/<target_dir>/<name>`.
 
 use std::path::{Path, PathBuf};
 
-use super::Machine;
+use super::{ExecOptions, Machine};
 use crate::error::{Error, Result};
+use crate::interrupt::Deadline;
 use crate::transport::shell::shell_quote;
+
+/// How long a copy through the agent may take (upstream's command timeout plus the grace).
+const AGENT_COPY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(960);
 
 /// The guest's view of the driver's shared directory.
 pub const GUEST_SHARED_DIR: &str = "/tmp/shared";
@@ -82,9 +89,66 @@ fn base_name(path: &str, what: &str) -> Result<String> {
 }
 
 impl Machine {
+    /// True when the machine's commands (and copies) go through its agent; connects first.
+    fn via_agent(&self) -> Result<bool> {
+        self.run_hook()?;
+        self.connect()?;
+        Ok(self.shell.has_agent())
+    }
+
+    /// The absolute, symlink-free guest path that `target` (a shell word, already quoted or
+    /// not, as the caller's upstream counterpart has it) names, with `name` appended when it
+    /// is a directory and `into_dir` (as `cp -r` does); its parent directory is made.
+    fn guest_destination(&self, target_word: &str, name: Option<&str>) -> Result<String> {
+        let into = match name {
+            Some(n) => format!("[ -d \"$t\" ] && t=\"$t\"/{}; ", shell_quote(n)),
+            None => String::new(),
+        };
+        let command = format!(
+            "t={target_word}; {into}mkdir -p -- \"$(dirname -- \"$t\")\"; \
+             cd -P -- \"$(dirname -- \"$t\")\"; printf '%s/%s' \"$(pwd -P)\" \"$(basename -- \"$t\")\""
+        );
+        self.resolved(&command, target_word)
+    }
+
+    /// The absolute, symlink-free guest path of `source` (its last component kept as is).
+    fn guest_source(&self, source: &str) -> Result<String> {
+        let s = shell_quote(source);
+        let command = format!(
+            "cd -P -- \"$(dirname -- {s})\"; printf '%s/%s' \"$(pwd -P)\" \"$(basename -- {s})\""
+        );
+        self.resolved(&command, source)
+    }
+
+    fn resolved(&self, command: &str, what: &str) -> Result<String> {
+        let (status, out) = self.execute_unhooked(command, ExecOptions::default())?;
+        if status != 0 {
+            return Err(Error::CommandFailed {
+                machine: self.name().to_string(),
+                command: format!("finding the guest path of {what}"),
+                status,
+                output: out,
+            });
+        }
+        Ok(match out.strip_prefix("//") {
+            Some(rest) => format!("/{rest}"),
+            None => out,
+        })
+    }
+
     /// Copies `source` (a host file or directory) to `target` in the machine.
     pub fn copy_from_host(&self, source: &Path, target: &str) -> Result<()> {
         let name = base_name(&source.display().to_string(), "source")?;
+        if self.via_agent()? {
+            let dest = self.guest_destination(&shell_quote(target), Some(&name))?;
+            return self.shell.put_tree(
+                &self.info,
+                &self.console,
+                source,
+                &dest,
+                Deadline::after(Some(AGENT_COPY_TIMEOUT)),
+            );
+        }
         let xchg = Exchange::new(&self.info().shared_dir)?;
         self.succeed(&[quoted(&["mkdir", "-p", &xchg.guest])], None)?;
         copy_tree(source, &xchg.host.join(&name))
@@ -104,6 +168,23 @@ impl Machine {
     /// needed; limited by the command-line length).
     pub fn copy_from_host_via_shell(&self, source: &Path, target: &str) -> Result<()> {
         use base64::Engine as _;
+        if self.via_agent()? {
+            if !source.is_file() {
+                return Err(Error::io(
+                    format!("reading {}", source.display()),
+                    std::io::Error::other("not a file"),
+                ));
+            }
+            // the target is a shell word, unquoted, as upstream sends it
+            let dest = self.guest_destination(target, None)?;
+            return self.shell.put_tree(
+                &self.info,
+                &self.console,
+                source,
+                &dest,
+                Deadline::after(Some(AGENT_COPY_TIMEOUT)),
+            );
+        }
         let data = std::fs::read(source)
             .map_err(|e| Error::io(format!("reading {}", source.display()), e))?;
         let encoded = base64::engine::general_purpose::STANDARD.encode(data);
@@ -120,6 +201,21 @@ impl Machine {
     /// Copies `source` (a file or directory in the machine) to `<out_dir>/<target_dir>/`.
     pub fn copy_from_machine(&self, source: &str, target_dir: &str) -> Result<PathBuf> {
         let name = base_name(source, "source")?;
+        if self.via_agent()? {
+            let from = self.guest_source(source.trim_end_matches('/'))?;
+            let dest_dir = self.info().out_dir.join(target_dir);
+            std::fs::create_dir_all(&dest_dir)
+                .map_err(|e| Error::io(format!("creating {}", dest_dir.display()), e))?;
+            self.shell.get_tree(
+                &self.info,
+                &self.console,
+                &from,
+                &dest_dir,
+                &name,
+                Deadline::after(Some(AGENT_COPY_TIMEOUT)),
+            )?;
+            return Ok(dest_dir.join(&name));
+        }
         let xchg = Exchange::new(&self.info().shared_dir)?;
         self.succeed(&[quoted(&["mkdir", "-p", &xchg.guest])], None)?;
         let to = format!("{}/{name}", xchg.guest);

@@ -15,15 +15,17 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::shell::{connect_error, guest_error, handshake_error};
+use super::shell::{agent_connect_error, connect_error, guest_error, handshake_error, Via};
 use super::{Machine, Run};
 use crate::backend::{Host, LaunchOptions, Launched, MachineInfo, PowerOff, ShellSetup};
+use crate::config::{Transport, TRANSPORT_VAR};
 use crate::console::Console;
 use crate::error::{Error, Result};
 use crate::interrupt::{self, Deadline};
 use crate::process::ChildProcess;
 use crate::trace::{SpanKind, SpanStatus};
-use crate::transport::connector::Connector;
+use crate::transport::agent::Agent;
+use crate::transport::connector::{ConnectError, Connector};
 use crate::transport::shell::{Reply, Shell, ShellError};
 
 /// How often "Guest root shell did not produce any data yet..." is logged.
@@ -33,6 +35,8 @@ const IDLE_NOTE_EVERY: Duration = Duration::from_secs(30);
 const EXIT_NOTE_WAIT: Duration = Duration::from_secs(2);
 /// How long the console may take to close after the machine's process ended.
 const CONSOLE_CLOSE_WAIT: Duration = Duration::from_millis(500);
+/// How long one try to reach the agent's port lasts before the machine's process is checked.
+const AGENT_CONNECT_SLICE: Duration = Duration::from_millis(250);
 /// Before connecting again when a fresh stream disconnected before its handshake.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
 
@@ -140,7 +144,17 @@ impl Machine {
             mut connector,
             shell,
             shell_in_step,
+            agent,
         } = launched;
+        let agent = match self.choose_agent(agent) {
+            Ok(agent) => agent,
+            Err(e) => {
+                self.backend.kill(self, &process);
+                let _ = console_reader.join();
+                self.backend.stopped(false);
+                return Err(e);
+            }
+        };
         if let Some(in_step) = shell_in_step {
             self.shell.set_synced(in_step);
         } else if connector.is_ready() {
@@ -154,9 +168,31 @@ impl Machine {
             process,
             console_reader: Some(console_reader),
             connector: Arc::new(Mutex::new(connector)),
+            agent: agent.map(|a| Arc::new(Mutex::new(a))),
             setup: Arc::new(shell),
         });
         Ok(())
+    }
+
+    /// The agent's connector when the machine is to use it: `NIXOS_TEST_NG_TRANSPORT` unset,
+    /// the agent when the launch set one up; `backdoor`, never; `agent`, always (an error
+    /// naming the machine when there is none).
+    fn choose_agent(
+        &self,
+        agent: Option<Box<dyn Connector>>,
+    ) -> Result<Option<Box<dyn Connector>>> {
+        match (self.info.transport, agent) {
+            (Transport::Backdoor, _) => Ok(None),
+            (Transport::Auto, agent) => Ok(agent),
+            (Transport::Agent, Some(agent)) => Ok(Some(agent)),
+            (Transport::Agent, None) => Err(Error::InvalidState {
+                machine: self.name().to_string(),
+                message: format!(
+                    "{TRANSPORT_VAR}=agent, but the {} backend set up no guest agent for this machine (its guest has none, or its start script takes no vsock device): unset {TRANSPORT_VAR} or set it to `backdoor`",
+                    self.kind().backend_name()
+                ),
+            }),
+        }
     }
 
     /// Waits for the backdoor (starting the machine first when needed, as upstream).
@@ -180,8 +216,8 @@ impl Machine {
         let noun = self.kind().noun();
         let block = self.nested(&format!("waiting for the {noun} to finish booting"));
         self.launch(false)?;
-        let (connector, setup) = match &*self.run.lock().unwrap() {
-            Some(r) => (r.connector.clone(), r.setup.clone()),
+        let (connector, agent, setup) = match &*self.run.lock().unwrap() {
+            Some(r) => (r.connector.clone(), r.agent.clone(), r.setup.clone()),
             None => {
                 return Err(Error::InvalidState {
                     machine: self.name().to_string(),
@@ -192,8 +228,20 @@ impl Machine {
         let started = self.started_at.lock().unwrap().unwrap_or_else(Instant::now);
         let deadline = self.info.boot_deadline(started);
         let tic = Instant::now();
-        self.handshake(&mut **connector.lock().unwrap(), &setup, deadline)?;
-        self.log(setup.connected_line);
+        if let Some(agent) = agent {
+            let mut agent = agent.lock().unwrap();
+            let hello = self.agent_handshake(&mut **agent, &setup, deadline)?;
+            self.log(&format!(
+                "connected to the guest agent ({} {}, protocol {}) over {}",
+                hello.agent,
+                hello.version,
+                hello.protocol,
+                agent.describe()
+            ));
+        } else {
+            self.handshake(&mut **connector.lock().unwrap(), &setup, deadline)?;
+            self.log(setup.connected_line);
+        }
         self.log(&format!(
             "(connecting took {:.2} seconds)",
             tic.elapsed().as_secs_f64()
@@ -246,11 +294,130 @@ impl Machine {
                     if fresh {
                         connector.abandon();
                     }
-                    return Err(handshake_error(&self.info, &self.console, e, &|| {
-                        self.exit_note()
-                    }));
+                    return Err(handshake_error(
+                        &self.info,
+                        &self.console,
+                        Via::Backdoor,
+                        e,
+                        &|| self.exit_note(),
+                    ));
                 }
             }
+        }
+    }
+
+    /// Connects to the guest's agent (a new connection each time) and waits for its HELLO.
+    fn agent_handshake(
+        &self,
+        connector: &mut dyn Connector,
+        setup: &ShellSetup,
+        deadline: Deadline,
+    ) -> Result<agent_protocol::Hello> {
+        let mut last_note = Instant::now();
+        let mut on_idle = || {
+            if last_note.elapsed() >= IDLE_NOTE_EVERY {
+                last_note = Instant::now();
+                self.log("The guest's agent did not say hello yet...");
+            }
+            !deadline.expired()
+        };
+        loop {
+            let stream = self.agent_stream(connector, deadline, &mut on_idle)?;
+            self.shell
+                .set_agent(Agent::new(stream).with_preamble(setup.preamble));
+            match self.shell.agent_handshake(deadline, &mut on_idle) {
+                Ok(hello) => return Ok(hello),
+                Err(ShellError::Disconnected) if connector.reconnects() && !deadline.expired() => {
+                    // The port answered before the agent was ready: again.
+                    connector.abandon();
+                    std::thread::sleep(RECONNECT_PAUSE);
+                }
+                Err(e) => {
+                    connector.abandon();
+                    self.shell.drop_agent();
+                    return Err(handshake_error(
+                        &self.info,
+                        &self.console,
+                        Via::Agent,
+                        e,
+                        &|| self.exit_note(),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// A connection to the agent's port, tried in slices so that a machine that stops
+    /// meanwhile ends the wait (a connector knows nothing of the machine's process).
+    fn agent_stream(
+        &self,
+        connector: &mut dyn Connector,
+        deadline: Deadline,
+        on_idle: &mut dyn FnMut() -> bool,
+    ) -> Result<crate::transport::stream::Stream> {
+        let mut refused = None;
+        loop {
+            let slice = deadline.min(Deadline::after(Some(AGENT_CONNECT_SLICE)));
+            match connector.connect(slice) {
+                Ok(stream) => return Ok(stream),
+                Err(ConnectError::Refused(answer)) => refused = Some(answer),
+                Err(ConnectError::TimedOut) => {}
+                Err(e) => {
+                    return Err(agent_connect_error(
+                        &self.info,
+                        self.kind(),
+                        &self.console,
+                        e,
+                    ))
+                }
+            }
+            let exited = self
+                .run
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_some_and(|r| !r.process.is_running());
+            if exited {
+                return Err(handshake_error(
+                    &self.info,
+                    &self.console,
+                    Via::Agent,
+                    ShellError::Disconnected,
+                    &|| self.exit_note(),
+                ));
+            }
+            if deadline.expired() || !on_idle() {
+                let last = match refused {
+                    Some(answer) => ConnectError::Refused(answer),
+                    None => ConnectError::TimedOut,
+                };
+                return Err(agent_connect_error(
+                    &self.info,
+                    self.kind(),
+                    &self.console,
+                    last,
+                ));
+            }
+        }
+    }
+
+    /// After the guest was rewound in place: the backdoor shell reads up to a marker; the
+    /// agent gets a new connection and HELLO (the old one belongs to the guest's past).
+    pub(crate) fn resync_session(&self, deadline: Deadline) -> Result<()> {
+        let agent = self
+            .run
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(|r| r.agent.clone().map(|a| (a, r.setup.clone())));
+        match agent {
+            Some((agent, setup)) => {
+                self.shell.drop_agent();
+                let mut agent = agent.lock().unwrap();
+                self.agent_handshake(&mut **agent, &setup, deadline)
+                    .map(drop)
+            }
+            None => self.shell.resync(&self.info, &self.console, deadline),
         }
     }
 
@@ -306,6 +473,11 @@ impl Machine {
             return Ok(());
         }
         match self.backend.power_off() {
+            // the agent runs the bytes as a command, not waited for
+            PowerOff::Raw(bytes) if self.shell.has_agent() && self.connected() => {
+                let command = String::from_utf8_lossy(bytes).trim().to_string();
+                self.shell_execute(&command, None, Reply::Nothing, Deadline::NEVER)?;
+            }
             PowerOff::Raw(bytes) => self.shell.send_raw(&self.info, &self.console, bytes)?,
             PowerOff::Command(command, _) if self.connected() => {
                 self.shell_execute(command, None, Reply::Nothing, Deadline::NEVER)?;

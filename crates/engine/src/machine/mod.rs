@@ -1,7 +1,7 @@
 //! A machine of a test: a [`Backend`] (which only launches and stops it) plus everything
 //! written once for all backends: the lifecycle (`lifecycle.rs`: start, connect and the
-//! handshake, shutdown, release, adopting a new launch), the shell connection and its error
-//! mapping (`shell.rs`), logging, polling-condition hooks, `succeed`, the `wait_*` family,
+//! handshake, shutdown, release, adopting a new launch), the command session (the backdoor
+//! shell or the guest agent) and its error mapping (`shell.rs`), logging, polling-condition hooks, `succeed`, the `wait_*` family,
 //! systemd, screens, snapshots, and the operations that need a capability (`control.rs`).
 
 mod api;
@@ -11,6 +11,8 @@ mod lifecycle;
 mod restart;
 mod screen;
 mod screens;
+#[cfg(test)]
+mod session_tests;
 pub mod shell;
 pub mod snapshot;
 mod systemd;
@@ -47,6 +49,8 @@ struct Run {
     process: Arc<ChildProcess>,
     console_reader: Option<JoinHandle<()>>,
     connector: Arc<Mutex<Box<dyn Connector>>>,
+    /// The agent's connector, when the machine uses the agent (see `lifecycle.rs`).
+    agent: Option<Arc<Mutex<Box<dyn Connector>>>>,
     setup: Arc<ShellSetup>,
 }
 
@@ -166,12 +170,14 @@ impl Machine {
     /// command reads that output as its own answer.
     pub fn send_to_shell(&self, data: &[u8]) -> Result<()> {
         self.require_running("writing to the shell")?;
+        self.require_backdoor("writing to the shell")?;
         self.shell.send_raw(&self.info, &self.console, data)
     }
 
     /// Reads up to `max` raw bytes from the backdoor shell until `deadline`.
     pub fn recv_from_shell(&self, max: usize, deadline: Deadline) -> Result<Vec<u8>> {
         self.require_running("reading from the shell")?;
+        self.require_backdoor("reading from the shell")?;
         self.shell
             .recv_raw(&self.info, &self.console, max, deadline)
     }
@@ -208,6 +214,21 @@ impl Machine {
         }
         delete_state_dir(&self.info)?;
         create_state_dir(&self.info)
+    }
+
+    /// Raw shell access needs the backdoor's stream, which a launch reached only through its
+    /// agent does not have.
+    fn require_backdoor(&self, what: &str) -> Result<()> {
+        if !self.shell.agent_only() {
+            return Ok(());
+        }
+        Err(crate::error::Error::InvalidState {
+            machine: self.name().to_string(),
+            message: format!(
+                "{what}: this machine's commands go through its guest agent and it has no backdoor shell to write to raw (set {}=backdoor for raw shell access)",
+                crate::config::TRANSPORT_VAR
+            ),
+        })
     }
 
     fn require_running(&self, what: &str) -> Result<()> {

@@ -1,5 +1,8 @@
-//! A machine's shell connection: the connection, whether it passed the handshake, and the
-//! mapping of transport failures (shell and connector errors) to errors naming the machine.
+//! A machine's command session: the backdoor shell or the guest's agent, whether it passed
+//! its handshake, and the mapping of transport failures (shell, agent and connector errors) to
+//! errors naming the machine. The rest of `machine/` does not care which one runs commands:
+//! with an agent installed, commands, interactive commands and file trees go through it; the
+//! backdoor shell (when the launch has one) keeps only raw access (`send_to_shell`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -9,19 +12,84 @@ use crate::backend::{MachineInfo, MachineKind};
 use crate::console::Console;
 use crate::error::{Error, Result};
 use crate::interrupt::Deadline;
+use crate::transport::agent::{Agent, TreeError};
 use crate::transport::connector::ConnectError;
 use crate::transport::shell::{Reply, Shell, ShellError};
 use crate::transport::stream::Stream;
+use agent_protocol::Hello;
 
 const CONSOLE_TAIL: usize = 20;
 
-/// The shell of one machine.
+/// The command session of one machine.
 #[derive(Default)]
 pub struct ShellSlot {
     shell: Mutex<Option<Shell>>,
     /// A second handle on the stream, so `clear` can wake a blocked reader.
     socket: Mutex<Option<Stream>>,
+    /// The guest's agent, when the machine uses it: it then runs the commands.
+    agent: Mutex<Option<Agent>>,
+    agent_socket: Mutex<Option<Stream>>,
     connected: AtomicBool,
+}
+
+/// Which handshake a machine waits for, for its errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The backdoor shell's `Spawning backdoor root shell...`.
+    Backdoor,
+    /// The agent's HELLO.
+    Agent,
+}
+
+impl Via {
+    fn handshake(self) -> &'static str {
+        match self {
+            Via::Backdoor => "backdoor handshake",
+            Via::Agent => "agent handshake",
+        }
+    }
+}
+
+/// Shows a command's stderr as the console shows its lines (`machine # line`): in the log,
+/// and in the console's text (where the backdoor's stderr goes too).
+struct ConsoleLines<'a> {
+    info: &'a MachineInfo,
+    console: &'a Console,
+    partial: Vec<u8>,
+}
+
+impl<'a> ConsoleLines<'a> {
+    fn new(info: &'a MachineInfo, console: &'a Console) -> Self {
+        ConsoleLines {
+            info,
+            console,
+            partial: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.partial.extend_from_slice(bytes);
+        while let Some(i) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=i).collect();
+            self.show(&line);
+        }
+    }
+
+    fn show(&self, raw: &[u8]) {
+        let raw: Vec<u8> = raw.iter().copied().filter(|&b| b != b'\r').collect();
+        let line = String::from_utf8_lossy(&raw).trim_end().to_string();
+        self.info.logger.serial(&self.info.name, &line);
+        self.console.push(line);
+    }
+}
+
+impl Drop for ConsoleLines<'_> {
+    fn drop(&mut self) {
+        if !self.partial.is_empty() {
+            let rest = std::mem::take(&mut self.partial);
+            self.show(&rest);
+        }
+    }
 }
 
 fn not_running(info: &MachineInfo, command: &str) -> Error {
@@ -45,30 +113,67 @@ pub fn guest_error(info: &MachineInfo, console: &Console, message: String) -> Er
 pub fn handshake_error(
     info: &MachineInfo,
     console: &Console,
+    via: Via,
     e: ShellError,
     exit_note: &dyn Fn() -> String,
 ) -> Error {
     match e {
         ShellError::Interrupted => Error::Interrupted,
-        ShellError::TimedOut => {
-            let secs = info.boot_timeout.unwrap_or_default().as_secs_f64();
-            guest_error(
-                info,
-                console,
-                format!(
-                    "no backdoor handshake within {secs:.0} s of the start: the guest never printed `Spawning backdoor root shell...` (raise --boot-timeout if it is just slow)"
-                ),
-            )
-        }
+        ShellError::TimedOut => handshake_timeout(info, console, via, None),
         ShellError::Disconnected => guest_error(
             info,
             console,
             format!(
-                "the machine stopped before the backdoor handshake{}",
+                "the machine stopped before the {}{}",
+                via.handshake(),
                 exit_note()
             ),
         ),
-        e => guest_error(info, console, format!("waiting for the handshake: {e}")),
+        e => guest_error(
+            info,
+            console,
+            format!("waiting for the {}: {e}", via.handshake()),
+        ),
+    }
+}
+
+/// No handshake before the boot deadline; `detail`: what the connector last heard.
+fn handshake_timeout(
+    info: &MachineInfo,
+    console: &Console,
+    via: Via,
+    detail: Option<String>,
+) -> Error {
+    let secs = info.boot_timeout.unwrap_or_default().as_secs_f64();
+    let what = match via {
+        Via::Backdoor => "the guest never printed `Spawning backdoor root shell...`".to_string(),
+        Via::Agent => format!(
+            "the guest's agent (nixos-test-ng-agent) never said hello{}",
+            detail.map(|d| format!(" ({d})")).unwrap_or_default()
+        ),
+    };
+    guest_error(
+        info,
+        console,
+        format!(
+            "no {} within {secs:.0} s of the start: {what} (raise --boot-timeout if it is just slow)",
+            via.handshake()
+        ),
+    )
+}
+
+/// A failure of the agent's connector as an error naming the machine: running out of time
+/// (or only hearing refusals until then) is the handshake's timeout.
+pub fn agent_connect_error(
+    info: &MachineInfo,
+    kind: MachineKind,
+    console: &Console,
+    e: ConnectError,
+) -> Error {
+    match e {
+        ConnectError::TimedOut => handshake_timeout(info, console, Via::Agent, None),
+        ConnectError::Refused(answer) => handshake_timeout(info, console, Via::Agent, Some(answer)),
+        e => connect_error(info, kind, console, e),
     }
 }
 
@@ -122,13 +227,121 @@ impl ShellSlot {
         self.shell.lock().unwrap().is_some()
     }
 
-    /// Drops the connection, waking any reader.
+    /// Drops the connections (shell and agent), waking any reader.
     pub fn clear(&self) {
         if let Some(sock) = self.socket.lock().unwrap().take() {
             let _ = sock.shutdown();
         }
         *self.shell.lock().unwrap() = None;
+        self.drop_agent();
+    }
+
+    /// Installs a new agent connection (not yet connected: its HELLO comes next). From now
+    /// on the agent runs the commands.
+    pub fn set_agent(&self, agent: Agent) {
+        self.drop_agent();
+        *self.agent_socket.lock().unwrap() = agent.clone_stream().ok();
+        *self.agent.lock().unwrap() = Some(agent);
+    }
+
+    /// Drops the agent connection, waking any reader.
+    pub fn drop_agent(&self) {
+        if let Some(sock) = self.agent_socket.lock().unwrap().take() {
+            let _ = sock.shutdown();
+        }
+        *self.agent.lock().unwrap() = None;
         self.connected.store(false, Ordering::SeqCst);
+    }
+
+    /// A second handle on the agent's stream, for tests that cut the connection.
+    #[cfg(test)]
+    pub(crate) fn agent_stream(&self) -> Option<Stream> {
+        self.agent_socket
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(|s| s.try_clone_stream().ok())
+    }
+
+    /// True while an agent connection is installed (the agent runs the commands).
+    pub fn has_agent(&self) -> bool {
+        self.agent.lock().unwrap().is_some()
+    }
+
+    /// Waits for the agent's HELLO; `on_idle` runs when a slice passes without data.
+    pub fn agent_handshake(
+        &self,
+        deadline: Deadline,
+        on_idle: &mut dyn FnMut() -> bool,
+    ) -> std::result::Result<Hello, ShellError> {
+        let mut guard = self.agent.lock().unwrap();
+        let agent = guard.as_mut().ok_or(ShellError::Disconnected)?;
+        let hello = agent.handshake(deadline, on_idle)?;
+        drop(guard);
+        self.connected.store(true, Ordering::SeqCst);
+        Ok(hello)
+    }
+
+    /// Copies a host file or tree to `guest` through the agent (see [`Agent::put_tree`]).
+    pub fn put_tree(
+        &self,
+        info: &MachineInfo,
+        console: &Console,
+        host: &std::path::Path,
+        guest: &str,
+        deadline: Deadline,
+    ) -> Result<()> {
+        let what = format!("copying {} to {guest}", host.display());
+        let mut guard = self.agent.lock().unwrap();
+        let agent = guard.as_mut().ok_or_else(|| not_running(info, &what))?;
+        let result = agent.put_tree(host, guest, 0, 0, deadline);
+        self.note_broken(agent);
+        drop(guard);
+        result.map_err(|e| self.tree_error(info, console, &what, e))
+    }
+
+    /// Copies the guest's file or tree at `guest` to `<parent>/<name>` on the host through
+    /// the agent (see [`Agent::get_tree`]).
+    pub fn get_tree(
+        &self,
+        info: &MachineInfo,
+        console: &Console,
+        guest: &str,
+        parent: &std::path::Path,
+        name: &str,
+        deadline: Deadline,
+    ) -> Result<()> {
+        let what = format!("copying {guest} from the machine");
+        let mut guard = self.agent.lock().unwrap();
+        let agent = guard.as_mut().ok_or_else(|| not_running(info, &what))?;
+        let result = agent.get_tree(guest, parent, name, deadline);
+        self.note_broken(agent);
+        drop(guard);
+        result.map_err(|e| self.tree_error(info, console, &what, e))
+    }
+
+    /// An agent connection out of step or gone is replaced at the machine's next connect.
+    fn note_broken(&self, agent: &Agent) {
+        if agent.is_broken() {
+            self.connected.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// True when raw shell access has no shell to reach: the agent runs the commands and the
+    /// launch has no backdoor stream.
+    pub fn agent_only(&self) -> bool {
+        self.has_agent() && !self.has_shell()
+    }
+
+    fn tree_error(&self, info: &MachineInfo, console: &Console, what: &str, e: TreeError) -> Error {
+        match e {
+            TreeError::Transport(e) => self.command_error(info, console, what, e, &String::new),
+            TreeError::Refused(message) => guest_error(info, console, format!("{what}: {message}")),
+            TreeError::Host(fault) => Error::io(
+                format!("{}: {what}", info.name),
+                std::io::Error::other(fault.to_string()),
+            ),
+        }
     }
 
     /// True once the handshake passed.
@@ -194,6 +407,17 @@ impl ShellSlot {
         deadline: Deadline,
         exit_note: &dyn Fn() -> String,
     ) -> Result<(i32, Vec<u8>)> {
+        let mut guard = self.agent.lock().unwrap();
+        if let Some(agent) = guard.as_mut() {
+            agent.set_traceparent(info.logger.command_traceparent());
+            let mut lines = ConsoleLines::new(info, console);
+            let result = agent.execute(command, timeout, reply, deadline, &mut |b| lines.push(b));
+            self.note_broken(agent);
+            drop(lines);
+            drop(guard);
+            return result.map_err(|e| self.command_error(info, console, command, e, exit_note));
+        }
+        drop(guard);
         let mut guard = self.shell.lock().unwrap();
         let shell = guard.as_mut().ok_or_else(|| not_running(info, command))?;
         shell.set_traceparent(info.logger.command_traceparent());
@@ -216,6 +440,15 @@ impl ShellSlot {
             ShellError::Interrupted => Error::Interrupted,
             // killed by the global timeout
             ShellError::Disconnected if crate::interrupt::timed_out() => Error::Interrupted,
+            ShellError::Disconnected if self.has_agent() => {
+                self.connected.store(false, Ordering::SeqCst);
+                let note = exit_note();
+                guest_error(
+                    info,
+                    console,
+                    format!("the guest's agent disconnected while running `{command}`{note}"),
+                )
+            }
             ShellError::Disconnected => {
                 self.connected.store(false, Ordering::SeqCst);
                 let note = exit_note();
@@ -242,6 +475,14 @@ impl ShellSlot {
         command: &str,
         out: &mut dyn FnMut(&[u8]),
     ) -> Result<i32> {
+        let mut guard = self.agent.lock().unwrap();
+        if let Some(agent) = guard.as_mut() {
+            let result = agent.interact(command, out);
+            self.note_broken(agent);
+            drop(guard);
+            return result.map_err(|e| self.command_error(info, console, command, e, &String::new));
+        }
+        drop(guard);
         let mut guard = self.shell.lock().unwrap();
         let shell = guard.as_mut().ok_or_else(|| not_running(info, command))?;
         let result = shell.interact(command, out);

@@ -224,11 +224,7 @@ impl Machine {
         mounts: &[Mount],
     ) -> Result<()> {
         if how == Rewind::InPlace {
-            self.shell.resync(
-                &self.info,
-                &self.console,
-                Deadline::after(Some(RESYNC_TIMEOUT)),
-            )?;
+            self.resync_session(Deadline::after(Some(RESYNC_TIMEOUT)))?;
             self.mount_shares(mounts)?;
         }
         snapshots.prepare(&self.info, name, mounts);

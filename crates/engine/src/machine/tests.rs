@@ -17,7 +17,7 @@ use crate::transport::shell::Shell;
 static DIRS: AtomicUsize = AtomicUsize::new(0);
 
 /// A fresh tmp dir for one machine (deleted by the guard).
-struct TmpDir(PathBuf);
+pub(super) struct TmpDir(pub(super) PathBuf);
 
 impl Drop for TmpDir {
     fn drop(&mut self) {
@@ -26,13 +26,22 @@ impl Drop for TmpDir {
 }
 
 /// A machine over `backend`, with what happens to it, and its tmp dir.
-struct Fixture {
-    m: Machine,
-    record: Arc<Record>,
-    _tmp: TmpDir,
+pub(super) struct Fixture {
+    pub(super) m: Machine,
+    pub(super) record: Arc<Record>,
+    pub(super) _tmp: TmpDir,
 }
 
 fn machine_with(backend: FakeBackend, boot_timeout: Option<Duration>) -> Fixture {
+    machine_over(backend, boot_timeout, crate::config::Transport::Auto)
+}
+
+/// A machine over `backend` with the transport choice `transport`.
+pub(super) fn machine_over(
+    backend: FakeBackend,
+    boot_timeout: Option<Duration>,
+    transport: crate::config::Transport,
+) -> Fixture {
     let n = DIRS.fetch_add(1, Ordering::SeqCst);
     let tmp = std::env::temp_dir().join(format!("ntng-machine-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
@@ -45,6 +54,7 @@ fn machine_with(backend: FakeBackend, boot_timeout: Option<Duration>) -> Fixture
         boot_timeout,
         env: Vec::new(),
         vnc: false,
+        transport,
     };
     let record = backend.record.clone();
     let m = Machine::new(info, Box::new(backend), false).unwrap();

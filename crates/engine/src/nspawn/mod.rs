@@ -348,6 +348,7 @@ impl Backend for NspawnBackend {
                 connected_line: "connected to the container's root shell",
             },
             shell_in_step: None,
+            agent: None,
         })
     }
 

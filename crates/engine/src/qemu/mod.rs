@@ -7,6 +7,7 @@ mod qmp;
 mod snapshot;
 mod standby;
 mod vnc;
+mod vsock;
 
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ pub use ops::char_to_key;
 pub use qmp::Qmp;
 use standby::Standbys;
 pub use vnc::VncAddress;
+pub use vsock::{CID_VAR, SNAPSHOTS_VAR, VHOST_USER_VAR};
 
 use crate::backend::{
     self, Backend, Host, Keyboard, LaunchOptions, Launched, Links, MachineInfo, MachineKind,
@@ -85,6 +87,9 @@ pub struct Running {
     control: Mutex<ControlState>,
     /// Its TMPDIR: the machine's state directory, or the directory of the standby it was.
     dir: PathBuf,
+    /// The agent's vsock daemon when the QEMU has a vhost-user vsock device (it goes with
+    /// the QEMU).
+    vsock_daemon: Option<Arc<vsock::Daemon>>,
 }
 
 impl Running {
@@ -178,6 +183,8 @@ pub struct QemuBackend {
     standbys: Standbys,
     /// Where the machine's display was last served (`--vnc`).
     vnc: Arc<Mutex<Option<VncAddress>>>,
+    /// The machine's number among the run's QEMU machines (its guest CID is 3 + this).
+    index: u32,
 }
 
 impl QemuBackend {
@@ -195,6 +202,7 @@ impl QemuBackend {
             allow_reboot: AtomicBool::new(false),
             standbys: Standbys::default(),
             vnc: Arc::default(),
+            index: vsock::next_index(),
         }
     }
 
@@ -354,9 +362,13 @@ impl Backend for QemuBackend {
 
         self.allow_reboot
             .store(options.allow_reboot, Ordering::SeqCst);
-        let cmd = self
-            .command_for(info, &info.state_dir, options.allow_reboot)
-            .command();
+        // A previous QEMU's vsock daemon goes first: the new one's sockets have the same paths.
+        drop(self.running.lock().unwrap().take());
+        let plan = vsock::Plan::for_launch(info, &self.start_command, self.index);
+        let vsock = vsock::Attached::set_up(info, plan)?;
+        let mut qemu = self.command_for(info, &info.state_dir, options.allow_reboot);
+        qemu.env.extend(vsock.as_ref().map(|v| v.env.clone()));
+        let cmd = qemu.command();
         let process = process::spawn(cmd).map_err(|e| {
             Error::Config(format!(
                 "cannot run start script `{}` of machine `{}`: {e}",
@@ -412,6 +424,7 @@ impl Backend for QemuBackend {
             process: process.clone(),
             control: Mutex::new(ControlState::Pending(control)),
             dir: info.state_dir.clone(),
+            vsock_daemon: vsock.as_ref().and_then(|v| v.daemon.clone()),
         }));
         info.log(&format!("QEMU running (pid {pid})"));
         Ok(Launched {
@@ -420,6 +433,7 @@ impl Backend for QemuBackend {
             connector: Box::new(Ready::new(shell)),
             shell: ShellSetup::backdoor(),
             shell_in_step: None,
+            agent: vsock.map(|v| v.connector),
         })
     }
 

@@ -24,6 +24,8 @@ fn savevm_refusal(text: &str) -> (String, String) {
                  before taking snapshots"
             )
         }
+    } else if text.contains("non-migratable device") && text.contains("vhost-user-vsock") {
+        super::vsock::SNAPSHOT_FIX.to_string()
     } else if text.contains("does not support snapshots") {
         "every writable disk of the VM must be qcow2 or attached read-only (`readonly=on`); \
          for the store image of `virtualisation.useNixStoreImage`, nixos-test-ng's test module \
@@ -76,6 +78,14 @@ impl Snapshots for QemuBackend {
 
     /// `savevm`; the disks also get a golden copy for warm standbys.
     fn save(&self, info: &MachineInfo, name: &str) -> Result<()> {
+        if self.running(info)?.vsock_daemon.is_some() {
+            return Err(Error::SnapshotRefused {
+                machine: info.name.clone(),
+                name: name.to_string(),
+                reason: super::vsock::SNAPSHOT_REASON.to_string(),
+                fix: super::vsock::SNAPSHOT_FIX.to_string(),
+            });
+        }
         if let Some(text) = hmp_error(&self.hmp(info, &format!("savevm {name}"))?) {
             let (reason, fix) = savevm_refusal(text);
             return Err(Error::SnapshotRefused {
@@ -132,6 +142,11 @@ mod tests {
         assert!(fix.contains("qcow2 or attached read-only"), "{fix}");
         let (_, fix) = savevm_refusal("no block device can store vmstate for snapshot");
         assert!(fix.contains("needs a writable qcow2 disk"), "{fix}");
+        // QEMU 7.2's words for a vhost-user vsock device the driver did not set up itself
+        let (_, fix) = savevm_refusal(
+            "State blocked by non-migratable device '0000:00:04.0/vhost-user-vsock'",
+        );
+        assert!(fix.contains("NIXOS_TEST_NG_TRANSPORT=backdoor"), "{fix}");
         assert_eq!(savevm_refusal("Input/output error").1, "");
         assert_eq!(hmp_error("savevm x\r\n(qemu) "), None);
     }

@@ -3,15 +3,17 @@
 //!
 //! - [`AcceptUnix`]: accept one connection on a listening unix socket (QEMU's virtconsole
 //!   chardev connects to the driver);
-//! - [`ConnectUnix`]: connect to a unix socket, optionally with the hybrid-vsock prelude
-//!   `CONNECT <port>\n` answered by `OK <host port>\n` (Firecracker, Cloud Hypervisor);
+//! - [`ConnectUnix`]: connect to a unix socket;
+//! - [`HybridVsock`]: connect to a VMM's unix socket and ask for a guest port with
+//!   `CONNECT <port>\n`, answered by `OK <host port>\n` (Firecracker, Cloud Hypervisor,
+//!   `vhost-device-vsock`);
 //! - [`Vsock`]: an `AF_VSOCK` connection to `<cid>:<port>`;
 //! - [`Ready`]: a stream that is connected already (a socket pair, a stream accepted at launch).
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +78,10 @@ pub trait Connector: Send {
     }
     /// The stream last returned did not reach the handshake: end what came with it.
     fn abandon(&mut self) {}
+    /// What carries the stream, for the log ("connected ... over hybrid vsock").
+    fn describe(&self) -> String {
+        "a connected stream".to_string()
+    }
 }
 
 /// The exit status of the machine's process, when it exited.
@@ -184,64 +190,99 @@ fn retry_until<T>(
     }
 }
 
-/// Connects to a unix socket; with `vsock_port`, speaks the hybrid-vsock prelude of
-/// Firecracker and Cloud Hypervisor first: `CONNECT <port>\n`, answered by `OK <n>\n`. A socket
-/// that is not there yet, a refused connection and a connection dropped during the prelude
-/// (nothing listens in the guest yet) are tried again until the deadline.
+/// Connects to a unix socket. A socket that is not there yet and a refused connection are
+/// tried again until the deadline.
 pub struct ConnectUnix {
     path: PathBuf,
-    vsock_port: Option<u32>,
 }
 
 impl ConnectUnix {
     /// A plain connection to `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        ConnectUnix {
-            path: path.into(),
-            vsock_port: None,
+        ConnectUnix { path: path.into() }
+    }
+}
+
+/// One unix connection to `path`: `Ok(None)` when it should be tried again (not there yet,
+/// refused).
+fn connect_unix_once(path: &Path) -> Result<Option<UnixStream>, ConnectError> {
+    match UnixStream::connect(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(ConnectError::io(
+            format!("connecting to {}", path.display()),
+            e,
+        )),
+    }
+}
+
+impl Connector for ConnectUnix {
+    fn connect(&mut self, deadline: Deadline) -> Result<Stream, ConnectError> {
+        retry_until(deadline, || connect_unix_once(&self.path)).map(Into::into)
+    }
+
+    fn reconnects(&self) -> bool {
+        true
+    }
+
+    fn describe(&self) -> String {
+        format!("the unix socket {}", self.path.display())
+    }
+}
+
+/// A hybrid-vsock connection (Firecracker, Cloud Hypervisor, `vhost-device-vsock`): connect
+/// to the VMM's unix socket at `uds_path`, send `CONNECT <port>\n`, read one line: `OK
+/// <anything>\n` is a connection to guest port `port`. Anything else, or the connection
+/// dropped, means nothing listens on that port in the guest yet: tried again until the
+/// deadline, which then reports the last answer as [`ConnectError::Refused`].
+pub struct HybridVsock {
+    /// The VMM's unix socket.
+    pub uds_path: PathBuf,
+    /// The guest's vsock port.
+    pub port: u32,
+}
+
+/// The longest answer line to `CONNECT` read before it counts as garbage.
+const MAX_ANSWER: usize = 200;
+
+/// What one `CONNECT` try came to.
+enum Answer {
+    Connected(UnixStream),
+    /// Not (yet): the answer line, when there was one.
+    Again(Option<String>),
+}
+
+impl HybridVsock {
+    /// A connection to guest port `port` through the VMM's socket at `uds_path`.
+    pub fn new(uds_path: impl Into<PathBuf>, port: u32) -> Self {
+        HybridVsock {
+            uds_path: uds_path.into(),
+            port,
         }
     }
 
-    /// A hybrid-vsock connection to guest port `port` through the VMM's socket at `path`.
-    pub fn hybrid_vsock(path: impl Into<PathBuf>, port: u32) -> Self {
-        ConnectUnix {
-            path: path.into(),
-            vsock_port: Some(port),
-        }
-    }
-
-    /// One try: `Ok(None)` when it should be tried again.
-    fn try_once(&self, deadline: Deadline) -> Result<Option<UnixStream>, ConnectError> {
-        let mut stream = match UnixStream::connect(&self.path) {
-            Ok(s) => s,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-                ) =>
-            {
-                return Ok(None)
-            }
-            Err(e) => {
-                return Err(ConnectError::io(
-                    format!("connecting to {}", self.path.display()),
-                    e,
-                ))
-            }
+    fn try_once(&self, deadline: Deadline) -> Result<Answer, ConnectError> {
+        let Some(mut stream) = connect_unix_once(&self.uds_path)? else {
+            return Ok(Answer::Again(None));
         };
-        let Some(port) = self.vsock_port else {
-            return Ok(Some(stream));
-        };
-        let io = |e| ConnectError::io(format!("CONNECT {port} on {}", self.path.display()), e);
+        let port = self.port;
+        let io = |e| ConnectError::io(format!("CONNECT {port} on {}", self.uds_path.display()), e);
         match stream.write_all(format!("CONNECT {port}\n").as_bytes()) {
             Ok(()) => {}
-            Err(e) if is_dropped(&e) => return Ok(None),
+            Err(e) if is_dropped(&e) => return Ok(Answer::Again(None)),
             Err(e) => return Err(io(e)),
         }
         // Byte by byte: what follows the answer is the guest's, not ours to buffer.
         let mut answer = Vec::new();
         let mut byte = [0u8; 1];
-        while !answer.ends_with(b"\n") {
+        while !answer.ends_with(b"\n") && answer.len() <= MAX_ANSWER {
             if deadline.expired() {
                 return Err(ConnectError::TimedOut);
             }
@@ -252,26 +293,52 @@ impl ConnectUnix {
                 .set_read_timeout(Some(deadline.slice()))
                 .map_err(io)?;
             match stream.read(&mut byte) {
-                Ok(0) => return Ok(None),
+                Ok(0) => return Ok(Answer::Again(None)),
                 Ok(_) => answer.push(byte[0]),
-                Err(e) if is_dropped(&e) => return Ok(None),
+                Err(e) if is_dropped(&e) => return Ok(Answer::Again(None)),
                 Err(e) if is_slice_end(&e) => {}
                 Err(e) => return Err(io(e)),
             }
-            if answer.len() > 200 {
-                break;
-            }
         }
         let text = String::from_utf8_lossy(&answer).trim().to_string();
-        if text.starts_with("OK ") || text == "OK" {
+        if answer.ends_with(b"\n") && (text.starts_with("OK ") || text == "OK") {
             stream.set_read_timeout(None).map_err(io)?;
-            Ok(Some(stream))
+            Ok(Answer::Connected(stream))
         } else {
-            Err(ConnectError::Refused(format!(
-                "`CONNECT {port}` on {} was answered {text:?}",
-                self.path.display()
-            )))
+            Ok(Answer::Again(Some(text)))
         }
+    }
+}
+
+impl Connector for HybridVsock {
+    fn connect(&mut self, deadline: Deadline) -> Result<Stream, ConnectError> {
+        let mut last = None;
+        let result = retry_until(deadline, || match self.try_once(deadline)? {
+            Answer::Connected(stream) => Ok(Some(stream)),
+            Answer::Again(answer) => {
+                if answer.is_some() {
+                    last = answer;
+                }
+                Ok(None)
+            }
+        });
+        match (result, last) {
+            (Ok(stream), _) => Ok(stream.into()),
+            (Err(ConnectError::TimedOut), Some(answer)) => Err(ConnectError::Refused(format!(
+                "`CONNECT {}` on {} was answered {answer:?}",
+                self.port,
+                self.uds_path.display()
+            ))),
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    fn reconnects(&self) -> bool {
+        true
+    }
+
+    fn describe(&self) -> String {
+        "hybrid vsock".to_string()
     }
 }
 
@@ -289,16 +356,6 @@ fn is_slice_end(e: &io::Error) -> bool {
     )
 }
 
-impl Connector for ConnectUnix {
-    fn connect(&mut self, deadline: Deadline) -> Result<Stream, ConnectError> {
-        retry_until(deadline, || self.try_once(deadline)).map(Into::into)
-    }
-
-    fn reconnects(&self) -> bool {
-        true
-    }
-}
-
 /// An `AF_VSOCK` connection to `<cid>:<port>` (a guest of a VMM with vhost-vsock). A refused
 /// connection (nothing listens in the guest yet) is tried again until the deadline.
 pub struct Vsock {
@@ -310,6 +367,12 @@ impl Vsock {
     /// A connection to port `port` of the guest with context id `cid`.
     pub fn new(cid: u32, port: u32) -> Self {
         Vsock { cid, port }
+    }
+
+    /// A connection to the guest agent's port ([`agent_protocol::AGENT_PORT`]) of the guest
+    /// with context id `cid`.
+    pub fn agent(cid: u32) -> Self {
+        Vsock::new(cid, agent_protocol::AGENT_PORT)
     }
 
     /// One try: `Ok(None)` when it should be tried again (refused: nothing listens yet).
@@ -425,6 +488,10 @@ impl Connector for Vsock {
     fn reconnects(&self) -> bool {
         true
     }
+
+    fn describe(&self) -> String {
+        "AF_VSOCK".to_string()
+    }
 }
 
 #[cfg(test)]
@@ -436,46 +503,64 @@ mod tests {
         Deadline::after(Some(Duration::from_secs(10)))
     }
 
-    /// A hybrid-vsock endpoint: drops the first connection without answering (nothing
-    /// listens in the guest yet), then answers `CONNECT <port>` with `OK <n>` and a line from
-    /// the guest, or another port with `NO`; returns the preludes it got.
-    fn vsock_mux(path: &std::path::Path, port: u32) -> std::thread::JoinHandle<Vec<String>> {
+    /// A fake hybrid-vsock endpoint (a VMM's unix socket): each connection's `CONNECT` line
+    /// is recorded and answered by `answer(i, line)` (`None`: dropped without an answer),
+    /// until `stop` is set. Returns the lines it got.
+    fn hybrid_server(
+        path: &std::path::Path,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+        answer: impl Fn(usize, &str) -> Option<&'static [u8]> + Send + 'static,
+    ) -> std::thread::JoinHandle<Vec<String>> {
         let listener = UnixListener::bind(path).unwrap();
+        listener.set_nonblocking(true).unwrap();
         std::thread::spawn(move || {
             let mut asked = Vec::new();
-            for (i, conn) in listener.incoming().enumerate() {
-                let mut conn = conn.unwrap();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut conn = match listener.accept() {
+                    Ok((conn, _)) => conn,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(2));
+                        continue;
+                    }
+                    Err(e) => panic!("{e}"),
+                };
+                conn.set_nonblocking(false).unwrap();
                 let mut line = String::new();
                 std::io::BufReader::new(conn.try_clone().unwrap())
                     .read_line(&mut line)
                     .unwrap();
-                asked.push(line.clone());
-                if i == 0 {
-                    continue; // dropped
+                if let Some(bytes) = answer(asked.len(), &line) {
+                    conn.write_all(bytes).unwrap();
+                    // keep it open until the client is done with it
+                    let mut rest = Vec::new();
+                    let _ = conn.read_to_end(&mut rest);
                 }
-                if line != format!("CONNECT {port}\n") {
-                    conn.write_all(b"NO\n").unwrap();
-                    return asked;
-                }
-                conn.write_all(b"OK 1073741824\nhello from the guest\n")
-                    .unwrap();
-                return asked;
+                asked.push(line);
             }
             asked
         })
     }
 
-    #[test]
-    fn hybrid_vsock_prelude_is_sent_retried_and_answered() {
-        let dir = std::env::temp_dir().join(format!("ntng-connector-{}", std::process::id()));
+    fn scratch_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ntng-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn hybrid_vsock_retries_until_the_guest_listens() {
+        let dir = scratch_dir("hybrid-ok");
         let path = dir.join("vsock.sock");
-        let _ = std::fs::remove_file(&path);
-        let mux = vsock_mux(&path, 1234);
-        let mut stream = ConnectUnix::hybrid_vsock(&path, 1234)
-            .connect(deadline())
-            .unwrap();
-        // the greeting after `OK` is left in the stream for the shell
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // dropped, refused (nothing listens in the guest yet), then connected
+        let server = hybrid_server(&path, stop.clone(), |i, _| match i {
+            0 => None,
+            1 => Some(b"NO\n"),
+            _ => Some(b"OK 1073741824\nhello from the guest\n"),
+        });
+        let mut stream = HybridVsock::new(&path, 1234).connect(deadline()).unwrap();
+        // the greeting after `OK` is left in the stream for the protocol
         let mut got = Vec::new();
         let mut byte = [0u8; 1];
         while !got.ends_with(b"\n") {
@@ -483,32 +568,57 @@ mod tests {
             got.push(byte[0]);
         }
         assert_eq!(got, b"hello from the guest\n");
-        assert_eq!(mux.join().unwrap(), ["CONNECT 1234\n", "CONNECT 1234\n"]);
+        drop(stream);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(server.join().unwrap(), ["CONNECT 1234\n"; 3]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn hybrid_vsock_refusal_and_a_missing_socket() {
-        let dir = std::env::temp_dir().join(format!("ntng-refusal-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+    fn hybrid_vsock_that_never_listens_reports_the_last_answer() {
+        let dir = scratch_dir("hybrid-no");
         let path = dir.join("vsock.sock");
-        let _ = std::fs::remove_file(&path);
-        let mux = vsock_mux(&path, 1234);
-        let e = ConnectUnix::hybrid_vsock(&path, 99)
-            .connect(deadline())
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let server = hybrid_server(&path, stop.clone(), |_, _| Some(b"NO\n"));
+        let e = HybridVsock::new(&path, 99)
+            .connect(Deadline::after(Some(Duration::from_millis(300))))
             .err()
             .unwrap();
         assert!(
-            matches!(&e, ConnectError::Refused(text) if text.contains("answered \"NO\"")),
+            matches!(&e, ConnectError::Refused(text)
+                if text.contains("`CONNECT 99`") && text.contains("answered \"NO\"")),
             "{e:?}"
         );
-        assert_eq!(mux.join().unwrap(), ["CONNECT 99\n", "CONNECT 99\n"]);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let asked = server.join().unwrap();
+        assert!(asked.len() >= 2, "tried once only: {asked:?}");
+        assert!(asked.iter().all(|l| l == "CONNECT 99\n"), "{asked:?}");
+        // a socket that is not there: the deadline, nothing to report
         let missing = dir.join("nothing-here");
+        let e = HybridVsock::new(&missing, 1)
+            .connect(Deadline::after(Some(Duration::from_millis(100))))
+            .err()
+            .unwrap();
+        assert!(matches!(e, ConnectError::TimedOut), "{e:?}");
         let e = ConnectUnix::new(&missing)
             .connect(Deadline::after(Some(Duration::from_millis(100))))
             .err()
             .unwrap();
         assert!(matches!(e, ConnectError::TimedOut), "{e:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_plain_unix_connection() {
+        let dir = scratch_dir("unix-plain");
+        let path = dir.join("s.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let mut stream = ConnectUnix::new(&path).connect(deadline()).unwrap();
+        let (mut theirs, _) = listener.accept().unwrap();
+        stream.write_all(b"x").unwrap();
+        let mut buf = [0u8; 1];
+        theirs.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"x");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -430,6 +430,7 @@ impl QemuBackend {
             connector: Box::new(Ready::new(socket)),
             shell: ShellSetup::backdoor(),
             shell_in_step: Some(shell),
+            agent: None,
         });
         relay.attach(
             host.console().clone(),
@@ -450,6 +451,7 @@ impl QemuBackend {
                 qmp,
             }))),
             dir: dir.clone(),
+            vsock_daemon: None,
         }));
         {
             let mut st = self.standbys.shared.state.lock().unwrap();

@@ -1,0 +1,93 @@
+//! nixos-test-ng-agent: the guest side of nixos-test-ng's vsock transport. It serves the
+//! protocol of the `agent_protocol` crate on every connection, one thread per connection.
+
+mod args;
+mod conn;
+mod exec;
+mod listen;
+mod log;
+mod sys;
+mod tree;
+
+use std::fs::OpenOptions;
+use std::process::ExitCode;
+use std::thread;
+
+use listen::Listener;
+
+fn main() -> ExitCode {
+    let args = match args::parse(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("nixos-test-ng-agent: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(path) = &args.log {
+        match OpenOptions::new().create(true).append(true).open(path) {
+            Ok(file) => log::init(Box::new(file)),
+            Err(e) => {
+                eprintln!(
+                    "nixos-test-ng-agent: cannot open the log {}: {e}",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let mut listeners = Vec::new();
+    if let Some(port) = args.vsock_port {
+        match Listener::vsock(port) {
+            Ok(l) => listeners.push((l, format!("vsock port {port}"))),
+            Err(e) => return fail(format_args!("cannot listen on vsock port {port}: {e}")),
+        }
+    }
+    for path in &args.unix {
+        match Listener::unix(path) {
+            Ok(l) => listeners.push((l, format!("unix:{}", path.display()))),
+            Err(e) => {
+                return fail(format_args!(
+                    "cannot listen on unix:{}: {e}",
+                    path.display()
+                ))
+            }
+        }
+    }
+    let threads: Vec<_> = listeners
+        .into_iter()
+        .map(|(listener, name)| {
+            log::line(format_args!("listening on {name}"));
+            thread::spawn(move || accept_loop(&listener, &name))
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    ExitCode::from(1)
+}
+
+fn fail(message: std::fmt::Arguments<'_>) -> ExitCode {
+    log::line(message);
+    ExitCode::from(1)
+}
+
+fn accept_loop(listener: &Listener, name: &str) {
+    loop {
+        match listener.accept() {
+            Ok((fd, peer)) => {
+                let spawned = thread::Builder::new().spawn(move || conn::serve(fd, &peer));
+                if let Err(e) = spawned {
+                    log::line(format_args!(
+                        "{name}: cannot start a connection thread: {e}"
+                    ));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                log::line(format_args!("{name}: accept failed: {e}"));
+                // EMFILE and friends: back off instead of spinning.
+                thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+}
