@@ -5,20 +5,14 @@ vsock socket (`CONNECT 7001`). Needs vhost-device-vsock on PATH (scripts/setup-s
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 
 import pytest
 from support.driver import wait_for_line
 
-pytestmark = [
-    pytest.mark.vm,
-    pytest.mark.skipif(
-        shutil.which("vhost-device-vsock") is None,
-        reason="vhost-device-vsock is not installed (scripts/setup-system.sh installs it)",
-    ),
-]
+# No skip without the daemon: setup-system.sh installs it, and its absence is a failure.
+pytestmark = pytest.mark.vm
 
 DAEMON = "vhost-device-vsock"
 

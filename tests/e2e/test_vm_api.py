@@ -95,10 +95,6 @@ with subtest("networking over the VLAN"):
 
 with subtest("monitor, QMP and port forwarding"):
     t.assertIn("running", server.send_monitor_command("info status"))
-    server.send_monitor_command("stop")
-    event = server.wait_for_qmp_event(lambda e: e["event"] == "STOP", timeout=10)
-    t.assertEqual(event["event"], "STOP")
-    server.send_monitor_command("cont")
     # upstream's QMP session, as hot-plug tests use it; a QEMU error answer raises
     t.assertEqual(server.qmp_client.send("query-status")["return"]["status"], "running")
     try:
@@ -325,3 +321,22 @@ def test_screens_ocr_and_ttys(vm_env):
     assert "machine: waiting for WORLD \\d+ to appear on screen" in r.stderr
     assert "Last OCR attempt failed. Text was: " in r.stderr
     assert "machine: sending keys 'typed Words 42!\\n'" in r.stderr
+
+
+STOP_CONT_SCRIPT = r"""
+machine.succeed("true")
+machine.send_monitor_command("stop")
+event = machine.wait_for_qmp_event(lambda e: e["event"] == "STOP", timeout=10)
+t.assertEqual(event["event"], "STOP")
+machine.send_monitor_command("cont")
+t.assertEqual(machine.succeed("echo after"), "after\n")
+"""
+
+
+def test_monitor_stop_and_cont(vm_env, monkeypatch):
+    # On the backdoor: after QEMU's `stop`/`cont`, vhost-device-vsock 0.3.0 no longer moves
+    # the agent's traffic (docs/agent.md, known limits), so a VM paused by hand uses the console.
+    monkeypatch.setenv("NIXOS_TEST_NG_TRANSPORT", "backdoor")
+    r = vm_env.run({"machine": [1]}, STOP_CONT_SCRIPT)
+    assert r.returncode == 0, r.stderr[-6000:]
+    assert "machine: connected to guest root shell" in r.stderr, r.stderr[-3000:]

@@ -71,6 +71,10 @@ pub struct Hello {
     /// [`crate::PROTOCOL_VERSION`] of the agent.
     pub protocol: u32,
     pub pid: u32,
+    /// The guest kernel's boot id (`/proc/sys/kernel/random/boot_id`): tells the host whether
+    /// the agent answering after a reboot is the new boot's or still the old one's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 /// EXIT: the command ended.

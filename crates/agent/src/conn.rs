@@ -131,6 +131,9 @@ fn serve_requests(conn: &mut Conn) -> Result<(), End> {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol: PROTOCOL_VERSION,
             pid: std::process::id(),
+            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|id| id.trim().to_owned()),
         },
     ))?;
     loop {

@@ -39,6 +39,9 @@ const CONSOLE_CLOSE_WAIT: Duration = Duration::from_millis(500);
 const AGENT_CONNECT_SLICE: Duration = Duration::from_millis(250);
 /// Before connecting again when a fresh stream disconnected before its handshake.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
+/// How long the backdoor's stream must stay quiet for its old boot's output to be dropped
+/// (a reboot takes seconds before the new boot says anything).
+const STALE_OUTPUT_QUIET: Duration = Duration::from_millis(50);
 
 /// Where a machine is in its lifecycle (as Firecracker's `VmState`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,6 +309,35 @@ impl Machine {
         }
     }
 
+    /// After a reboot was asked for: an agent whose connector does not survive the guest's
+    /// reset is given up for the rest of this launch, and the backdoor takes over. What the
+    /// backdoor's stream still holds from the old boot (unread while the agent ran, its
+    /// handshake line among it) is dropped first, so the next handshake is the new boot's.
+    pub(super) fn leave_agent_after_reset(&self) {
+        let (connector, setup) = {
+            let mut run = self.run.lock().unwrap();
+            let Some(r) = run.as_mut() else { return };
+            match &r.agent {
+                Some(agent) if !agent.lock().unwrap().survives_guest_reset() => {}
+                _ => return,
+            }
+            r.agent = None;
+            (r.connector.clone(), r.setup.clone())
+        };
+        self.shell.drop_agent();
+        self.log(
+            "the vsock device does not survive the guest's reset (vhost-device-vsock): \
+             the backdoor runs the commands until the machine starts again",
+        );
+        if !self.shell.has_shell() {
+            let deadline = Deadline::after(Some(AGENT_CONNECT_SLICE));
+            if let Ok(stream) = connector.lock().unwrap().connect(deadline) {
+                self.shell.set(new_shell(stream, &setup));
+            }
+        }
+        self.shell.discard_pending(STALE_OUTPUT_QUIET);
+    }
+
     /// Connects to the guest's agent (a new connection each time) and waits for its HELLO.
     fn agent_handshake(
         &self,
@@ -326,7 +358,25 @@ impl Machine {
             self.shell
                 .set_agent(Agent::new(stream).with_preamble(setup.preamble));
             match self.shell.agent_handshake(deadline, &mut on_idle) {
-                Ok(hello) => return Ok(hello),
+                Ok(hello) if self.shell.from_ended_boot(&hello) => {
+                    // Asked to reboot, the guest still runs its old boot: again, later.
+                    self.shell.drop_agent();
+                    connector.abandon();
+                    if deadline.expired() {
+                        return Err(handshake_error(
+                            &self.info,
+                            &self.console,
+                            Via::Agent,
+                            ShellError::TimedOut,
+                            &|| self.exit_note(),
+                        ));
+                    }
+                    std::thread::sleep(RECONNECT_PAUSE);
+                }
+                Ok(hello) => {
+                    self.shell.record_boot(&hello);
+                    return Ok(hello);
+                }
                 Err(ShellError::Disconnected) if connector.reconnects() && !deadline.expired() => {
                     // The port answered before the agent was ready: again.
                     connector.abandon();

@@ -163,6 +163,7 @@ impl Machine {
     /// (after the script made the guest reboot by itself).
     pub fn mark_disconnected(&self) {
         self.shell.disconnect();
+        self.leave_agent_after_reset();
     }
 
     /// Writes raw bytes to the backdoor shell, bypassing the command framing (upstream's

@@ -333,6 +333,7 @@ fn bad_agent(path: &Path, then: Vec<u8>) -> std::thread::JoinHandle<()> {
                 version: "0.0.0-test".into(),
                 protocol: agent_protocol::PROTOCOL_VERSION,
                 pid: 1,
+                boot_id: None,
             },
         )
         .unwrap();

@@ -30,6 +30,10 @@ pub struct ShellSlot {
     agent: Mutex<Option<Agent>>,
     agent_socket: Mutex<Option<Stream>>,
     connected: AtomicBool,
+    /// The boot id of the agent's last HELLO, and the one a reboot left behind: after a
+    /// reboot, an agent still answering from that boot is not the one to talk to.
+    boot_id: Mutex<Option<String>>,
+    stale_boot_id: Mutex<Option<String>>,
 }
 
 /// Which handshake a machine waits for, for its errors.
@@ -352,6 +356,19 @@ impl ShellSlot {
     /// Marks the shell as needing a new handshake (after a reboot).
     pub fn disconnect(&self) {
         self.connected.store(false, Ordering::SeqCst);
+        *self.stale_boot_id.lock().unwrap() = self.boot_id.lock().unwrap().clone();
+    }
+
+    /// True when `hello` comes from the boot a reboot was asked to end (the old agent still
+    /// answers until the guest goes down); false once another boot answered.
+    pub fn from_ended_boot(&self, hello: &Hello) -> bool {
+        hello.boot_id.is_some() && *self.stale_boot_id.lock().unwrap() == hello.boot_id
+    }
+
+    /// Remembers which boot the connected agent runs in.
+    pub fn record_boot(&self, hello: &Hello) {
+        *self.boot_id.lock().unwrap() = hello.boot_id.clone();
+        *self.stale_boot_id.lock().unwrap() = None;
     }
 
     /// Waits for the handshake; `on_idle` runs when a slice passes without data.
@@ -366,6 +383,17 @@ impl ShellSlot {
         drop(guard);
         self.connected.store(true, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Drops what the backdoor's stream holds, reading until it stayed quiet for `quiet`.
+    pub fn discard_pending(&self, quiet: Duration) {
+        if let Some(shell) = self.shell.lock().unwrap().as_mut() {
+            while let Ok(bytes) = shell.recv_raw(1 << 20, Deadline::after(Some(quiet))) {
+                if bytes.is_empty() {
+                    break;
+                }
+            }
+        }
     }
 
     /// Sends raw bytes (e.g. `poweroff\n`); nothing happens without a connection.

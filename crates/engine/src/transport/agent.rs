@@ -574,6 +574,7 @@ mod tests {
                 version: "9.9.9".into(),
                 protocol,
                 pid: 42,
+                boot_id: None,
             },
         )
         .unwrap()

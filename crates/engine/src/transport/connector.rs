@@ -78,6 +78,11 @@ pub trait Connector: Send {
     }
     /// The stream last returned did not reach the handshake: end what came with it.
     fn abandon(&mut self) {}
+    /// False when what carries the stream stops working once the guest resets its devices
+    /// (a reboot): the machine then uses its backdoor until its next launch.
+    fn survives_guest_reset(&self) -> bool {
+        true
+    }
     /// What carries the stream, for the log ("connected ... over hybrid vsock").
     fn describe(&self) -> String {
         "a connected stream".to_string()
