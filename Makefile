@@ -3,7 +3,6 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip --disable-pip-version-check -q
 export NIXOS_TEST_NG_GUEST_DIR ?= $(CURDIR)/build/guest
 PYTEST_ARGS ?=
-BACKDOOR_E2E := tests/e2e/test_vm_api.py tests/e2e/test_systemd.py tests/e2e/test_ending.py
 
 .PHONY: all setup install doctor guest demo test lint test-rust test-python bench clean
 
@@ -40,11 +39,8 @@ lint: setup
 test-rust:
 	cargo test --workspace
 
-## The whole suite (VMs on the guest agent where they have one), then the VM API tests again
-## on the console backdoor, which every stock NixOS guest uses.
 test-python: guest
 	$(PYTHON) -m pytest -ra $(PYTEST_ARGS)
-	NIXOS_TEST_NG_TRANSPORT=backdoor $(PYTHON) -m pytest -ra -m vm $(BACKDOOR_E2E)
 
 ## Everything CI runs.
 test: guest lint test-rust test-python

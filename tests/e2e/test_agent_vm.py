@@ -16,6 +16,13 @@ pytestmark = pytest.mark.vm
 
 DAEMON = "vhost-device-vsock"
 
+
+@pytest.fixture(autouse=True)
+def agent_asked_for(monkeypatch):
+    """The agent over vhost-device-vsock is used when asked for (docs/agent.md)."""
+    monkeypatch.setenv("NIXOS_TEST_NG_TRANSPORT", "agent")
+
+
 STATUSES = """
 box.start()
 t.assertEqual(box.succeed("echo hello; echo to-stderr >&2"), "hello\\n")
@@ -33,7 +40,8 @@ def run_ng(tmp_path, script: str, *machines: str, env: dict[str, str] | None = N
     test = tmp_path / "test.py"
     test.write_text(script)
     environ = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
-    environ.pop("NIXOS_TEST_NG_TRANSPORT", None)
+    # the agent over vhost-device-vsock is used when asked for (docs/agent.md)
+    environ["NIXOS_TEST_NG_TRANSPORT"] = "agent"
     environ.update(env or {})
     return subprocess.run(
         ["nixos-test-ng", "run", str(test), *machines],
@@ -165,6 +173,6 @@ def test_again(box):
 
 
 def test_pytest_isolation_starts_the_vm_without_the_device_and_snapshots_it(tmp_path, guest_dir):
-    r = run_ng(tmp_path, ISOLATED, "-m", "box")
+    r = run_ng(tmp_path, ISOLATED, "-m", "box", env={"NIXOS_TEST_NG_TRANSPORT": ""})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     assert "2 passed" in r.stdout, r.stdout + r.stderr[-3000:]

@@ -56,6 +56,12 @@ pub const SNAPSHOT_FIX: &str = "run with NIXOS_TEST_NG_TRANSPORT=backdoor, or wi
     NIXOS_TEST_NG_SNAPSHOTS=1 and the transport unset (as the pytest plugin's isolation does): \
     the VM then starts without the vsock device and uses the backdoor";
 
+/// Whether a VM gets the vhost-user device with the transport unset. Not yet: besides
+/// guest resets and `stop`/`cont`, after which vhost-device-vsock 0.3.0 moves no more
+/// traffic, it sometimes never carries a connection to the guest after a start (3 of about
+/// 40 launches here); `NIXOS_TEST_NG_TRANSPORT=agent` asks for it.
+const VHOST_USER_BY_DEFAULT: bool = false;
+
 /// Which devices a start script can take.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Announcement {
@@ -106,7 +112,9 @@ impl Plan {
             Plan::Kernel {
                 cid: host_unique_cid(std::process::id(), index),
             }
-        } else if announced.vhost_user && (transport == Transport::Agent || !snapshots) {
+        } else if announced.vhost_user
+            && (transport == Transport::Agent || (VHOST_USER_BY_DEFAULT && !snapshots))
+        {
             Plan::VhostUser { cid: 3 + index }
         } else {
             Plan::None
@@ -540,10 +548,8 @@ mod tests {
         };
         let none = Announcement::default();
         use Transport::*;
-        assert_eq!(
-            Plan::choose(Auto, user, 0, false, true),
-            Plan::VhostUser { cid: 3 }
-        );
+        // vhost-user only when the agent is asked for (VHOST_USER_BY_DEFAULT)
+        assert_eq!(Plan::choose(Auto, user, 0, false, true), Plan::None);
         assert_eq!(
             Plan::choose(Agent, user, 2, false, false),
             Plan::VhostUser { cid: 5 }
@@ -551,10 +557,7 @@ mod tests {
         assert_eq!(Plan::choose(Backdoor, both, 0, false, true), Plan::None);
         assert_eq!(Plan::choose(Auto, none, 0, false, true), Plan::None);
         assert_eq!(Plan::choose(Auto, cid, 0, false, false), Plan::None);
-        assert_eq!(
-            Plan::choose(Auto, both, 1, false, false),
-            Plan::VhostUser { cid: 4 }
-        );
+        assert_eq!(Plan::choose(Auto, both, 1, false, false), Plan::None);
         // a run that takes snapshots: no vhost-user device unless the agent is forced
         assert_eq!(Plan::choose(Auto, user, 0, true, false), Plan::None);
         assert_eq!(
