@@ -7,7 +7,7 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::time::Duration;
 
-use super::tests::{machine_over, Fixture};
+use super::tests::{guest_failure, machine_over, Fixture};
 use super::{ExecOptions, Machine, State};
 use crate::config::Transport;
 use crate::error::Error;
@@ -399,14 +399,7 @@ fn an_agent_that_never_answers_runs_out_of_boot_time() {
         Transport::Auto,
     );
     let e = f.m.connect().unwrap_err();
-    let Error::Guest {
-        message,
-        console_tail,
-        ..
-    } = &e
-    else {
-        panic!("{e:?}")
-    };
+    let (message, console_tail) = guest_failure(&e);
     assert!(
         message.starts_with("no agent handshake within 0 s of the start: the guest's agent (nixos-test-ng-agent) never said hello"),
         "{message}"
@@ -527,14 +520,7 @@ fn a_guest_that_dies_before_its_agent_answers() {
         Transport::Auto,
     );
     let e = f.m.connect().unwrap_err();
-    let Error::Guest {
-        message,
-        console_tail,
-        ..
-    } = &e
-    else {
-        panic!("{e:?}")
-    };
+    let (message, console_tail) = guest_failure(&e);
     assert_eq!(
         message,
         "the machine stopped before the agent handshake (fake exit status: 3)"

@@ -204,14 +204,7 @@ fn release_kills_the_process_group_and_frees_the_launch() {
 fn a_guest_that_dies_while_booting() {
     let Fixture { m, _tmp, .. } = machine("echo 'the guest is dying' >&2; exit 3");
     let e = m.connect().unwrap_err();
-    let Error::Guest {
-        message,
-        console_tail,
-        ..
-    } = &e
-    else {
-        panic!("{e:?}")
-    };
+    let (message, console_tail) = guest_failure(&e);
     assert_eq!(
         message,
         "the machine stopped before the backdoor handshake (fake exit status: 3)"
@@ -362,4 +355,17 @@ fn a_stream_that_dies_before_its_handshake_is_replaced_when_the_connector_reconn
     m.shutdown().unwrap();
     assert_eq!(m.state(), State::Off);
     assert_eq!(record.stops.lock().unwrap().len(), 1);
+}
+
+/// The message and console tail of a guest failure (any other error fails the test).
+pub(super) fn guest_failure(e: &Error) -> (&String, &Vec<String>) {
+    let Error::Guest {
+        message,
+        console_tail,
+        ..
+    } = e
+    else {
+        panic!("{e:?}")
+    };
+    (message, console_tail)
 }
