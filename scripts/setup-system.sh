@@ -2,7 +2,8 @@
 # Installs every system package nixos-test-ng needs to build, build its guests and run its
 # tests, in one apt transaction, then the programs that come from crates.io (`cargo install
 # --locked`, into $CARGO_INSTALL_ROOT, default /usr/local; only when missing or at another
-# version: vhost-device-vsock for the guest agent's vsock device), then checks its own result:
+# version: vhost-device-vsock for the guest agent's vsock device, built from its crate's source
+# with our fix in scripts/patches/), then checks its own result:
 # every command the project runs must be on PATH afterwards, or the script fails naming each
 # missing command and its package.
 #
@@ -18,6 +19,7 @@ set -euo pipefail
 # Every command the project runs and the package that provides it: one table, shared with
 # `nixos-test-ng doctor`.
 table="$(dirname "$0")/../python/nixos_test_ng/data/host_commands.tsv"
+patches="$(cd "$(dirname "$0")" && pwd)/patches"
 commands=()
 packages=()
 crates=() # command:crate@version
@@ -84,12 +86,50 @@ install_crates() {
       return 1
     fi
     say "installing $crate $version with cargo${have:+ (found: $have)}"
-    if ! cargo install --locked --force "$crate" --version "$version" \
-      --root "${CARGO_INSTALL_ROOT:-/usr/local}"; then
+    if ! cargo_install "$crate" "$version"; then
       say "error: cargo install $crate $version failed (its messages are above)" >&2
       return 1
     fi
   done
+}
+
+# `cargo install` of CRATE at VERSION. A version `V+ntng.N` is crates.io's V with our patch
+# scripts/patches/CRATE-V+ntng.N.patch: its source is fetched, patched and installed.
+cargo_install() {
+  local crate=$1 version=$2 root=${CARGO_INSTALL_ROOT:-/usr/local}
+  local patch="$patches/$crate-$version.patch"
+  if [ "$version" = "${version%%+*}" ]; then
+    cargo install --locked --force "$crate" --version "$version" --root "$root"
+    return
+  fi
+  [ -f "$patch" ] || {
+    say "error: $crate $version needs $patch, which is not there" >&2
+    return 1
+  }
+  local work status=0
+  work=$(mktemp -d)
+  (
+    set -e
+    cd "$work"
+    # a throwaway package that depends on the crate: `cargo fetch` unpacks its source into
+    # cargo's registry (a crate without a library is left out of `cargo metadata`)
+    mkdir src
+    : >src/lib.rs
+    printf '[package]\nname = "fetch"\nversion = "0.0.0"\nedition = "2021"\n[dependencies]\n%s = "=%s"\n' \
+      "$crate" "${version%%+*}" >Cargo.toml
+    cargo fetch -q
+    sources=("${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"$crate-${version%%+*}")
+    [ -f "${sources[0]}/Cargo.toml" ] || {
+      echo "cargo fetch did not unpack $crate ${version%%+*} into ${sources[0]}" >&2
+      exit 1
+    }
+    cp -r "${sources[0]}" "$work/source"
+    cd "$work/source"
+    git apply -p1 "$patch"
+    CARGO_TARGET_DIR="$work/target" cargo install --locked --force --path . --root "$root"
+  ) || status=$?
+  rm -rf "$work"
+  return $status
 }
 
 if [ "${1:-}" = "--check" ]; then

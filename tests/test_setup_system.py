@@ -28,14 +28,34 @@ OLD_QEMU = "1:7.2+dfsg-7+deb12u18"
 NEW_QEMU = "1:10.0.2+ds-2+deb13u1~bpo12+1"
 
 # What the script itself runs besides the stand-ins.
-TOOLS = ("bash", "sed", "grep", "dirname", "id", "cat", "env", "head")
+TOOLS = (
+    "bash",
+    "sed",
+    "grep",
+    "dirname",
+    "id",
+    "cat",
+    "env",
+    "head",
+    "mktemp",
+    "mkdir",
+    "cp",
+    "rm",
+)
+# ... and for a patched crate (`CRATE@V+ntng.N`): git (git apply)
+PATCH_TOOLS = ("git",)
 
 FAKE_CARGO = textwrap.dedent(
     """\
     #!{python}
-    # Stand-in for `cargo install --locked --force CRATE --version V --root R`: puts a program
-    # printing `CRATE V` into the fake bin directory; calls logged beside the apt state.
-    import json, os, sys
+    # Stand-in for cargo; calls logged beside the apt state.
+    # - `install --locked --force CRATE --version V --root R`: puts a program printing
+    #   `CRATE V` into the fake bin directory;
+    # - `fetch` in a package that depends on `CRATE = "=V"`: unpacks into $CARGO_HOME's
+    #   registry a stand-in source of CRATE made of what the patch of CRATE-V+... expects to
+    #   find (its hunks' old side);
+    # - `install --locked --force --path DIR --root R`: the program, at DIR's version.
+    import glob, json, os, re, sys
     state_file = os.environ["FAKE_APT_STATE"]
     state = json.load(open(state_file))
     args = sys.argv[1:]
@@ -44,12 +64,42 @@ FAKE_CARGO = textwrap.dedent(
     if state.get("fail_cargo"):
         print("error: failed to compile", file=sys.stderr)
         sys.exit(101)
-    crate = [a for a in args[1:] if not a.startswith("-")][0]
-    version = args[args.index("--version") + 1]
-    path = os.path.join(state["bin"], crate)
-    with open(path, "w") as f:
-        f.write(f"#!/bin/sh\\necho '{{crate}} {{version}}'\\n")
-    os.chmod(path, 0o755)
+
+    def dependency():
+        text = open("Cargo.toml").read()
+        return re.search(r'\\[dependencies\\]\\n(\\S+) = "=([^"]+)"', text).groups()
+
+    def put(crate, version):
+        path = os.path.join(state["bin"], crate)
+        with open(path, "w") as f:
+            f.write(f"#!/bin/sh\\necho '{{crate}} {{version}}'\\n")
+        os.chmod(path, 0o755)
+
+    if args[0] == "fetch":
+        crate, version = dependency()
+        (patch,) = glob.glob(os.path.join(state["patches"], f"{{crate}}-{{version}}+*.patch"))
+        source = os.path.join(
+            os.environ["CARGO_HOME"], "registry", "src", "index-x", f"{{crate}}-{{version}}"
+        )
+        old, name = {{}}, None
+        for line in open(patch).read().splitlines():
+            if line.startswith("--- a/"):
+                name = line[len("--- a/"):]
+                old[name] = []
+            elif name and line[:1] in (" ", "-") and not line.startswith("---"):
+                old[name].append(line[1:])
+        for name, lines in old.items():
+            path = os.path.join(source, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write("\\n".join(lines) + "\\n")
+    elif "--path" in args:
+        text = open(os.path.join(args[args.index("--path") + 1], "Cargo.toml")).read()
+        crate = re.search(r'name = "([^"]+)"', text).group(1)
+        put(crate, re.search(r'version = "([^"]+)"', text).group(1))
+    else:
+        crate = [a for a in args[1:] if not a.startswith("-")][0]
+        put(crate, args[args.index("--version") + 1])
     """
 )
 
@@ -137,7 +187,7 @@ class FakeHost:
         self.tools = root / "tools"
         self.bin.mkdir()
         self.tools.mkdir()
-        for tool in TOOLS:
+        for tool in TOOLS + PATCH_TOOLS:
             found = shutil.which(tool)
             assert found, tool
             (self.tools / tool).symlink_to(found)
@@ -156,6 +206,7 @@ class FakeHost:
             "candidate": OLD_QEMU,
             "commands": _table(),
             "bin": str(self.bin),
+            "patches": str(REPO / "scripts" / "patches"),
         }
         self._save()
         for pkg, version in installed.items():
@@ -181,14 +232,15 @@ class FakeHost:
         self.state[key] = value
         self._save()
 
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, script: Path = SETUP) -> subprocess.CompletedProcess[str]:
         env = {
             "PATH": f"{self.bin}:{self.tools}",
             "FAKE_APT_STATE": str(self.state_file),
             "HOME": os.environ.get("HOME", "/root"),
+            "CARGO_HOME": str(self.state_file.parent / "cargo-home"),
         }
         return subprocess.run(
-            ["bash", str(SETUP), *args], env=env, capture_output=True, text=True, timeout=60
+            ["bash", str(script), *args], env=env, capture_output=True, text=True, timeout=60
         )
 
     def installed(self) -> dict[str, str]:
@@ -256,19 +308,46 @@ def test_apt_failure_is_shown_and_fails(tmp_path):
     assert "qemu-system-x86_64 (package qemu-system-x86)" in res.stderr
 
 
-CRATE = "cargo:vhost-device-vsock@0.3.0"
+CRATE = next(p for p in _table() if p.startswith("cargo:vhost-device-vsock@"))
+VERSION = _crate_version(CRATE)  # 0.3.0+ntng.N: crates.io's 0.3.0 with our patch
 
 
-def test_the_table_names_vhost_device_vsock_from_crates_io():
+def test_the_table_names_vhost_device_vsock_from_crates_io_with_our_patch():
     assert _table()[CRATE] == ["vhost-device-vsock"]
+    assert VERSION.startswith("0.3.0+ntng."), VERSION
+    assert (REPO / "scripts" / "patches" / f"vhost-device-vsock-{VERSION}.patch").is_file()
 
 
-def test_a_missing_crate_is_installed_with_cargo_and_apt_never_sees_it(tmp_path):
+def test_a_missing_patched_crate_is_built_from_its_source_with_the_patch(tmp_path):
     table = _table()
     host = FakeHost(tmp_path, {pkg: OLD_QEMU for pkg in table if pkg != CRATE})
     res = host.run()
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "installing vhost-device-vsock 0.3.0 with cargo" in res.stdout
+    assert f"installing vhost-device-vsock {VERSION} with cargo" in res.stdout
+    cargo = [c[:2] for c in host.calls() if c[0] == "cargo"]
+    assert cargo == [["cargo", "fetch"], ["cargo", "install"]]
+    install = [c for c in host.calls() if c[0] == "cargo"][-1]
+    assert install[install.index("--root") + 1] == "/usr/local"
+    assert "--locked" in install and "--path" in install
+    assert not [c for c in host.calls() if c[0] == "apt-get"]
+    # the program it built says the patched version (git apply changed Cargo.toml)
+    out = subprocess.run([host.bin / "vhost-device-vsock", "--version"], capture_output=True)
+    assert out.stdout.decode().strip() == f"vhost-device-vsock {VERSION}"
+
+
+def test_a_plain_crate_version_is_cargo_installed_from_crates_io(tmp_path):
+    table = _table()
+    host = FakeHost(tmp_path, {pkg: OLD_QEMU for pkg in table if pkg != CRATE})
+    tsv = tmp_path / "host_commands.tsv"
+    tsv.write_text(TABLE.read_text().replace(CRATE, "cargo:vhost-device-vsock@0.3.0"))
+    script = tmp_path / "scripts" / "setup-system.sh"
+    script.parent.mkdir()
+    shutil.copy(SETUP, script)
+    data = tmp_path / "python" / "nixos_test_ng" / "data"
+    data.mkdir(parents=True)
+    shutil.copy(tsv, data / "host_commands.tsv")
+    res = host.run(script=script)
+    assert res.returncode == 0, res.stdout + res.stderr
     cargo = [c for c in host.calls() if c[0] == "cargo"]
     assert cargo == [
         [
@@ -283,8 +362,6 @@ def test_a_missing_crate_is_installed_with_cargo_and_apt_never_sees_it(tmp_path)
             "/usr/local",
         ]
     ]
-    assert not [c for c in host.calls() if c[0] == "apt-get"]
-    assert (host.bin / "vhost-device-vsock").exists()
 
 
 def test_another_version_is_replaced_and_the_right_one_kept(tmp_path):
@@ -292,13 +369,14 @@ def test_another_version_is_replaced_and_the_right_one_kept(tmp_path):
     host = FakeHost(tmp_path, {pkg: OLD_QEMU for pkg in table})
     res = host.run()
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "vhost-device-vsock 0.3.0 present" in res.stdout
+    assert f"vhost-device-vsock {VERSION} present" in res.stdout
     assert not [c for c in host.calls() if c[0] == "cargo"]
-    (host.bin / "vhost-device-vsock").write_text("#!/bin/sh\necho 'vhost-device-vsock 0.2.0'\n")
+    # a stock build (no fix) is replaced like any other version
+    (host.bin / "vhost-device-vsock").write_text("#!/bin/sh\necho 'vhost-device-vsock 0.3.0'\n")
     res = host.run()
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "(found: vhost-device-vsock 0.2.0)" in res.stdout
-    assert len([c for c in host.calls() if c[0] == "cargo"]) == 1
+    assert "(found: vhost-device-vsock 0.3.0)" in res.stdout
+    assert [c[1] for c in host.calls() if c[0] == "cargo"][-1] == "install"
 
 
 def test_a_failed_cargo_install_fails_the_setup_naming_the_crate(tmp_path):
@@ -307,5 +385,5 @@ def test_a_failed_cargo_install_fails_the_setup_naming_the_crate(tmp_path):
     host.set("fail_cargo", True)
     res = host.run()
     assert res.returncode == 1
-    assert "cargo install vhost-device-vsock 0.3.0 failed" in res.stderr
+    assert f"cargo install vhost-device-vsock {VERSION} failed" in res.stderr
     assert f"vhost-device-vsock (package {CRATE})" in res.stderr

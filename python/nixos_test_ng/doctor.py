@@ -174,6 +174,12 @@ def install_command(package: str) -> str:
     """How the table's package is installed: `apt-get install P` or `cargo install ...`."""
     if package.startswith("cargo:"):
         crate, _, version = package.removeprefix("cargo:").partition("@")
+        base, patched, _ = version.partition("+")
+        if patched:
+            return (
+                f"scripts/setup-system.sh (builds {crate} {base} from crates.io with "
+                f"scripts/patches/{crate}-{version}.patch)"
+            )
         return f"cargo install --locked {crate} --version {version} --root /usr/local"
     return f"apt-get install {package}"
 
@@ -186,11 +192,19 @@ def check_vsock(
     found = []
     (command,) = VSOCK_COMMANDS
     tool = which(command)
+    wanted = table[command].package.partition("@")[2]
     if tool:
         version = _first_line([tool, "--version"]).removeprefix(command).strip()
-        found.append(
-            f"vhost-user vsock through {command} {version or '(version unknown)'} ({tool})"
-        )
+        if version != wanted:
+            return Check(
+                Status.DEGRADED,
+                "vsock",
+                f"{command} {version or '(version unknown)'} ({tool}), not {wanted}: without "
+                "nixos-test-ng's fix the daemon can stop carrying the agent's traffic "
+                "(docs/agent.md#known-limits)",
+                f"{install_command(table[command].package)}, or {SETUP_FIX}",
+            )
+        found.append(f"vhost-user vsock through {command} {version} ({tool})")
     if device.exists() and os.access(device, os.R_OK | os.W_OK):
         found.append(f"kernel vhost-vsock through {device}")
     if found:

@@ -112,26 +112,35 @@ def test_containers_without_root_are_degraded():
 
 def test_vsock_lines(tmp_path):
     table = {c.command: c for c in doctor.host_commands()}
+    wanted = table["vhost-device-vsock"].package.partition("@")[2]
+    assert wanted.startswith("0.3.0+ntng."), wanted
     absent = tmp_path / "vhost-vsock"
     fake = tmp_path / "vhost-device-vsock"
-    fake.write_text("#!/bin/sh\necho 'vhost-device-vsock 0.3.0'\n")
+    fake.write_text(f"#!/bin/sh\necho 'vhost-device-vsock {wanted}'\n")
     fake.chmod(0o755)
     check = doctor.check_vsock(table, which=lambda _name: None, device=absent)
     assert check.status is Status.DEGRADED and "console backdoor only" in check.detail
     assert check.detail.startswith("not found: vhost-device-vsock (the guest agent's vsock")
     assert (
-        "cargo install --locked vhost-device-vsock --version 0.3.0 --root /usr/local" in check.fix
+        "scripts/setup-system.sh (builds vhost-device-vsock 0.3.0 from crates.io with "
+        f"scripts/patches/vhost-device-vsock-{wanted}.patch)" in check.fix
     )
     assert "modprobe vhost_vsock" in check.fix
     check = doctor.check_vsock(table, which=lambda _name: str(fake), device=absent)
     assert check.status is Status.OK
-    assert f"vhost-user vsock through vhost-device-vsock 0.3.0 ({fake})" in check.detail
+    assert f"vhost-user vsock through vhost-device-vsock {wanted} ({fake})" in check.detail
     assert "kernel" not in check.detail
     absent.touch()
     check = doctor.check_vsock(table, which=lambda _name: None, device=absent)
     assert check.status is Status.OK and f"kernel vhost-vsock through {absent}" in check.detail
     check = doctor.check_vsock(table, which=lambda _name: str(fake), device=absent)
     assert "vhost-user vsock" in check.detail and "kernel vhost-vsock" in check.detail
+    # a stock build, without the fix: degraded, naming both versions and the fix
+    fake.write_text("#!/bin/sh\necho 'vhost-device-vsock 0.3.0'\n")
+    check = doctor.check_vsock(table, which=lambda _name: str(fake), device=absent)
+    assert check.status is Status.DEGRADED, check
+    assert f"vhost-device-vsock 0.3.0 ({fake}), not {wanted}" in check.detail
+    assert "scripts/setup-system.sh" in check.fix
 
 
 def test_a_missing_crates_io_command_names_cargo_install(tmp_path):

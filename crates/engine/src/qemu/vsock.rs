@@ -56,10 +56,10 @@ pub const SNAPSHOT_FIX: &str = "run with NIXOS_TEST_NG_TRANSPORT=backdoor, or wi
     NIXOS_TEST_NG_SNAPSHOTS=1 and the transport unset (as the pytest plugin's isolation does): \
     the VM then starts without the vsock device and uses the backdoor";
 
-/// Whether a VM gets the vhost-user device with the transport unset. Not yet: besides
-/// guest resets and `stop`/`cont`, after which vhost-device-vsock 0.3.0 moves no more
-/// traffic, it sometimes never carries a connection to the guest after a start (3 of about
-/// 40 launches here); `NIXOS_TEST_NG_TRANSPORT=agent` asks for it.
+/// Whether a VM gets the vhost-user device with the transport unset. No: QEMU cannot save
+/// it (no snapshots, no warm standby), and vhost-device-vsock (even with our fix for its
+/// start, `scripts/patches/`) does not reliably carry traffic after a guest reset or
+/// `stop`/`cont`; `NIXOS_TEST_NG_TRANSPORT=agent` asks for it.
 const VHOST_USER_BY_DEFAULT: bool = false;
 
 /// Which devices a start script can take.
@@ -364,8 +364,8 @@ impl Connector for DaemonConnector {
         true
     }
 
-    /// vhost-device-vsock 0.3.0 moves no more traffic once QEMU restarted the device's
-    /// queues (a guest reset, or `stop`/`cont`): seen here on every try.
+    /// vhost-device-vsock 0.3.0 does not reliably carry traffic once QEMU restarted the
+    /// device's queues (a guest reset, or `stop`/`cont`), even with our fix.
     fn survives_guest_reset(&self) -> bool {
         false
     }

@@ -256,12 +256,22 @@ pub struct HybridVsock {
 
 /// The longest answer line to `CONNECT` read before it counts as garbage.
 const MAX_ANSWER: usize = 200;
+/// How long the first `CONNECT` waits for its answer before it is dropped and tried again;
+/// each unanswered try doubles it, up to [`ANSWER_WAIT_MAX`]. A VMM's socket may take a
+/// `CONNECT` and never answer it: vhost-device-vsock 0.3.0 loses a request that reaches it
+/// while the guest's vsock queues are not ready, and Firecracker holds one until the guest
+/// answers. A fresh connection is a fresh request.
+const ANSWER_WAIT_FIRST: Duration = Duration::from_millis(500);
+/// See [`ANSWER_WAIT_FIRST`].
+const ANSWER_WAIT_MAX: Duration = Duration::from_secs(4);
 
 /// What one `CONNECT` try came to.
 enum Answer {
     Connected(UnixStream),
     /// Not (yet): the answer line, when there was one.
     Again(Option<String>),
+    /// No answer within the try's wait.
+    Unanswered,
 }
 
 impl HybridVsock {
@@ -273,7 +283,9 @@ impl HybridVsock {
         }
     }
 
-    fn try_once(&self, deadline: Deadline) -> Result<Answer, ConnectError> {
+    /// One `CONNECT`: `deadline` ends the whole wait, `answer_wait` this try's.
+    fn try_once(&self, deadline: Deadline, answer_wait: Duration) -> Result<Answer, ConnectError> {
+        let try_deadline = deadline.min(Deadline::after(Some(answer_wait)));
         let Some(mut stream) = connect_unix_once(&self.uds_path)? else {
             return Ok(Answer::Again(None));
         };
@@ -291,11 +303,14 @@ impl HybridVsock {
             if deadline.expired() {
                 return Err(ConnectError::TimedOut);
             }
+            if try_deadline.expired() {
+                return Ok(Answer::Unanswered);
+            }
             if interrupt::check().is_err() {
                 return Err(ConnectError::Interrupted);
             }
             stream
-                .set_read_timeout(Some(deadline.slice()))
+                .set_read_timeout(Some(try_deadline.slice()))
                 .map_err(io)?;
             match stream.read(&mut byte) {
                 Ok(0) => return Ok(Answer::Again(None)),
@@ -318,12 +333,17 @@ impl HybridVsock {
 impl Connector for HybridVsock {
     fn connect(&mut self, deadline: Deadline) -> Result<Stream, ConnectError> {
         let mut last = None;
-        let result = retry_until(deadline, || match self.try_once(deadline)? {
+        let mut answer_wait = ANSWER_WAIT_FIRST;
+        let result = retry_until(deadline, || match self.try_once(deadline, answer_wait)? {
             Answer::Connected(stream) => Ok(Some(stream)),
             Answer::Again(answer) => {
                 if answer.is_some() {
                     last = answer;
                 }
+                Ok(None)
+            }
+            Answer::Unanswered => {
+                answer_wait = (answer_wait * 2).min(ANSWER_WAIT_MAX);
                 Ok(None)
             }
         });
@@ -576,6 +596,31 @@ mod tests {
         drop(stream);
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         assert_eq!(server.join().unwrap(), ["CONNECT 1234\n"; 3]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn hybrid_vsock_tries_again_when_a_connect_is_never_answered() {
+        let dir = scratch_dir("hybrid-lost");
+        let path = dir.join("vsock.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        // the first CONNECT is taken and held open without an answer (a lost request)
+        let server = std::thread::spawn(move || {
+            let (held, _) = listener.accept().unwrap();
+            let (mut second, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(second.try_clone().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            second.write_all(b"OK 1\n").unwrap();
+            let mut rest = Vec::new();
+            let _ = second.read_to_end(&mut rest);
+            drop(held);
+            line
+        });
+        let stream = HybridVsock::new(&path, 5).connect(deadline()).unwrap();
+        drop(stream);
+        assert_eq!(server.join().unwrap(), "CONNECT 5\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
