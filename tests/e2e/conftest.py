@@ -3,6 +3,10 @@
 - `vm_env`: runs `nixos-test-driver` on start scripts for the built guests, isolated in the
   test's tmp dir (`run(nodes, script, ...)` to the end, `spawn(...)` in the background, in a
   session of its own); its processes carry the leak check's marker (`support.leaks`).
+- `vm_transport`: every VM test runs twice, on the backdoor and on the guest agent
+  (`NIXOS_TEST_NG_TRANSPORT`), as `test[backdoor]` and `test[agent]`; not the tests that take
+  snapshots (QEMU cannot save the agent's vhost-user device) nor those marked `one_transport`
+  (they set the transport themselves).
 - `takes_snapshots`: the run takes snapshots (`NIXOS_TEST_NG_SNAPSHOTS=1`): VMs start without
   the guest agent's vhost-user vsock device, which QEMU cannot save, and use the backdoor.
 - `leftovers(marker, wait=3)`: the processes still running after `wait` s whose command line
@@ -159,6 +163,29 @@ def vm_env(tmp_path: Path, guest_dir: Path):
         for stream in (p.stdout, p.stderr):
             if stream is not None:
                 stream.close()
+
+
+TRANSPORTS = ("backdoor", "agent")
+
+
+def pytest_generate_tests(metafunc):
+    definition = metafunc.definition
+    if (
+        "vm_transport" in metafunc.fixturenames
+        and definition.get_closest_marker("vm")
+        and not definition.get_closest_marker("one_transport")
+        and "takes_snapshots" not in metafunc.fixturenames
+    ):
+        metafunc.parametrize("vm_transport", TRANSPORTS, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def vm_transport(request, monkeypatch) -> str | None:
+    """The transport this run of a VM test forces (see `pytest_generate_tests`)."""
+    transport = getattr(request, "param", None)
+    if transport is not None:
+        monkeypatch.setenv("NIXOS_TEST_NG_TRANSPORT", transport)
+    return transport
 
 
 @pytest.fixture

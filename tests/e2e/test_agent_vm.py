@@ -12,7 +12,7 @@ import pytest
 from support.driver import wait_for_line
 
 # No skip without the daemon: setup-system.sh installs it, and its absence is a failure.
-pytestmark = pytest.mark.vm
+pytestmark = [pytest.mark.vm, pytest.mark.one_transport]
 
 DAEMON = "vhost-device-vsock"
 

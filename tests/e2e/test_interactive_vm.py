@@ -25,11 +25,12 @@ COMMAND_S = 60
 
 
 @pytest.fixture
-def backdoor(monkeypatch):
+def backdoor(monkeypatch):  # the tests that use it are marked one_transport
     """These tests are about the backdoor on hvc0: no guest agent."""
     monkeypatch.setenv("NIXOS_TEST_NG_TRANSPORT", "backdoor")
 
 
+@pytest.mark.one_transport
 def test_ctrl_c_in_shell_interact_interrupts_the_guest_job(vm_env, backdoor):
     scripts = vm_env.scripts({"machine": []})
     argv = [*driver_command(), "--interactive", "--vm-start-scripts", scripts["machine"]]
@@ -86,6 +87,7 @@ print("RESPAWN-OK", first, second)
 """
 
 
+@pytest.mark.one_transport
 def test_a_backdoor_that_exits_is_respawned_with_a_new_handshake(vm_env, backdoor):
     r = vm_env.run({"machine": []}, RESPAWN, timeout=BOOT_S)
     assert r.returncode == 0, r.stderr[-5000:]

@@ -333,6 +333,7 @@ t.assertEqual(machine.succeed("echo after"), "after\n")
 """
 
 
+@pytest.mark.one_transport
 def test_monitor_stop_and_cont(vm_env, monkeypatch):
     # On the backdoor: after QEMU's `stop`/`cont`, vhost-device-vsock 0.3.0 no longer moves
     # the agent's traffic (docs/agent.md, known limits), so a VM paused by hand uses the console.

@@ -40,6 +40,9 @@ pub struct Facts {
     /// Each VLAN gets a tap in the driver's network namespace when such a machine takes part
     /// (nixpkgs' container scripts bridge their veths with it, see `Vlan::plug_host_tap`).
     pub wants_vlan_host_tap: bool,
+    /// Its guests can be reached through the guest agent, so `NIXOS_TEST_NG_TRANSPORT` applies
+    /// to it. A container has its own shell socket and no agent: the variable leaves it alone.
+    pub takes_guest_agent: bool,
 }
 
 impl MachineKind {
@@ -60,6 +63,7 @@ impl MachineKind {
                 keeps_last_process: true,
                 booted_while_process_runs: false,
                 wants_vlan_host_tap: false,
+                takes_guest_agent: true,
             },
             MachineKind::Nspawn => Facts {
                 name: "nspawn",
@@ -72,6 +76,7 @@ impl MachineKind {
                 keeps_last_process: false,
                 booted_while_process_runs: true,
                 wants_vlan_host_tap: true,
+                takes_guest_agent: false,
             },
             #[cfg(test)]
             MachineKind::Fake => Facts {
@@ -85,6 +90,7 @@ impl MachineKind {
                 keeps_last_process: true,
                 booted_while_process_runs: false,
                 wants_vlan_host_tap: false,
+                takes_guest_agent: true,
             },
         }
     }
@@ -132,6 +138,11 @@ impl MachineKind {
     /// See [`Facts::booted_while_process_runs`].
     pub fn booted_while_process_runs(self) -> bool {
         self.facts().booted_while_process_runs
+    }
+
+    /// See [`Facts::takes_guest_agent`].
+    pub fn takes_guest_agent(self) -> bool {
+        self.facts().takes_guest_agent
     }
 
     /// See [`Facts::wants_vlan_host_tap`].

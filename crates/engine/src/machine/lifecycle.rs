@@ -179,11 +179,15 @@ impl Machine {
 
     /// The agent's connector when the machine is to use it: `NIXOS_TEST_NG_TRANSPORT` unset,
     /// the agent when the launch set one up; `backdoor`, never; `agent`, always (an error
-    /// naming the machine when there is none).
+    /// naming the machine when there is none). Backends without agents (containers) ignore
+    /// the variable.
     fn choose_agent(
         &self,
         agent: Option<Box<dyn Connector>>,
     ) -> Result<Option<Box<dyn Connector>>> {
+        if !self.kind().takes_guest_agent() {
+            return Ok(None);
+        }
         match (self.info.transport, agent) {
             (Transport::Backdoor, _) => Ok(None),
             (Transport::Auto, agent) => Ok(agent),
