@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -21,6 +22,13 @@ CLOUD_HYPERVISOR = HERE / "cloud-hypervisor"
 #: when one expires, it never waits them out.
 START_TIMEOUT_S = 15.0
 EXIT_TIMEOUT_S = 15.0
+
+
+def is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -87,7 +95,7 @@ class StandIn:
     def wait_for_socket(self) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not os.path.exists(self.socket):
+        while not is_socket(self.socket):
             if self.proc.poll() is not None:
                 raise AssertionError(
                     f"the stand-in exited with {self.proc.returncode}: {self.stderr()}"

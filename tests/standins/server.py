@@ -99,7 +99,10 @@ def serve(api: Api, socket_path: str, server_name: str, replace_stale: bool = Fa
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    server = _Server(socket_path, _handler_class(api, lock, server_name))
+    # Bound and listening under a temporary name, then renamed: the socket appears ready.
+    temporary = f"{socket_path}.{os.getpid()}.tmp"
+    server = _Server(temporary, _handler_class(api, lock, server_name))
+    os.rename(temporary, socket_path)
     thread = threading.Thread(target=server.serve_forever, name="api", daemon=True)
     thread.start()
     status: int | None = None
