@@ -460,3 +460,53 @@ def test_firecracker_keep_alive_serves_many_requests_on_one_connection(vmm):
     first = vmm.conn.sock
     vmm.get("/machine-config")
     assert vmm.conn.sock is first
+
+
+def test_firecracker_patch_drive_after_boot(vmm, files, tmp_path):
+    patch = {"drive_id": "rootfs", "rate_limiter": {"ops": {"size": 10, "refill_time": 10}}}
+    assert fault(vmm.patch("/drives/rootfs", patch)) == fc.BEFORE_START
+    configure(vmm, files, tmp_path)
+    start(vmm)
+    assert vmm.patch("/drives/rootfs", patch).status == 204
+    drives = {d["drive_id"]: d for d in vmm.get("/vm/config").data["drives"]}
+    assert drives["rootfs"]["rate_limiter"] == patch["rate_limiter"]
+    same_path = {"drive_id": "rootfs", "path_on_host": files["root.img"]}
+    assert vmm.patch("/drives/rootfs", same_path).status == 204
+    swap = {"drive_id": "rootfs", "path_on_host": files["data.img"]}
+    assert fault(vmm.patch("/drives/rootfs", swap)) == (
+        "not supported by the stand-in: changing a drive's path_on_host after boot"
+    )
+    assert fault(vmm.patch("/drives/nope", {"drive_id": "nope"})) == (
+        "Drive config error: no drive with id nope"
+    )
+
+
+def test_firecracker_metrics_and_logger(vmm, tmp_path):
+    assert fault(vmm.put("/actions", {"action_type": "FlushMetrics"})) == (
+        "Metrics error: The metrics system is not initialized."
+    )
+    metrics = {"metrics_path": str(tmp_path / "m.json")}
+    assert vmm.put("/metrics", metrics).status == 204
+    assert fault(vmm.put("/metrics", metrics)) == (
+        "Metrics error: Reinitialization of metrics not allowed."
+    )
+    bad = {"log_path": str(tmp_path / "no" / "such" / "log")}
+    assert fault(vmm.put("/logger", bad)) == (
+        "Logger error: Failed to open target file: No such file or directory"
+    )
+    assert fault(vmm.put("/logger", {"level": "Loud"})).startswith(
+        DESERIALIZE + "unknown variant `Loud`"
+    )
+
+
+def test_firecracker_patch_machine_config_merges(vmm):
+    assert vmm.put("/machine-config", {"vcpu_count": 2, "mem_size_mib": 256}).status == 204
+    assert vmm.patch("/machine-config", {"mem_size_mib": 512}).status == 204
+    config = vmm.get("/machine-config").data
+    assert (config["vcpu_count"], config["mem_size_mib"]) == (2, 512)
+    assert vmm.put("/machine-config", {"vcpu_count": 1, "mem_size_mib": 64}).status == 204
+    assert vmm.get("/machine-config").data == {
+        **fc.spec.DEFAULT_MACHINE_CONFIG,
+        "vcpu_count": 1,
+        "mem_size_mib": 64,
+    }
