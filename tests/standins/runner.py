@@ -175,8 +175,14 @@ class FakeRunner:
         if name in self.exit_on:
             self._status = self.exit_on[name]
 
-    def boot(self, spec: VmSpec) -> None:
+    def _new_vm(self) -> None:
+        """A new VM starts: an exit reported for the one before no longer counts."""
         self._status = None
+        if self.record_dir is not None:
+            (self.record_dir / "exit").unlink(missing_ok=True)
+
+    def boot(self, spec: VmSpec) -> None:
+        self._new_vm()
         self._call("boot", spec=spec.to_json())
 
     def pause(self) -> None:
@@ -191,7 +197,7 @@ class FakeRunner:
         Path(mem_path).write_bytes(b"fake memory")
 
     def restore(self, state_path: str, mem_path: str, spec: VmSpec, resume: bool) -> None:
-        self._status = None
+        self._new_vm()
         self._call(
             "restore", state_path=state_path, mem_path=mem_path, spec=spec.to_json(), resume=resume
         )

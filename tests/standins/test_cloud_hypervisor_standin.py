@@ -440,15 +440,6 @@ def test_cloud_hypervisor_power_button_powers_the_guest_off(standin, files, tmp_
     assert vmm.wait() == 5
 
 
-def test_cloud_hypervisor_does_not_exit_when_it_shut_the_vm_down(vmm, files, tmp_path):
-    put(vmm, "vm.create", vm_config(files, tmp_path))
-    put(vmm, "vm.boot")
-    put(vmm, "vm.shutdown")
-    vmm.vm_exits(0)  # the runner reports the VM it was told to kill as ended
-    assert vmm.get(f"{API}/vm.info").data["state"] == "Shutdown"
-    assert vmm.proc.poll() is None
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_cloud_hypervisor_signal_ends_it_cleanly(vmm, files, tmp_path, signum):
     put(vmm, "vm.create", vm_config(files, tmp_path))

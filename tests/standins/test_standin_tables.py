@@ -181,3 +181,22 @@ def test_standin_fake_runner_fails_and_exits_as_told(tmp_path):
     assert fake.exited() == 7
     lines = (tmp_path / "calls.jsonl").read_text().splitlines()
     assert [json.loads(line)["call"] for line in lines] == ["pause", "reboot"]
+
+
+def test_cloud_hypervisor_a_vm_it_shut_down_does_not_end_the_stand_in(tmp_path):
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(b"x")
+    fake = FakeRunner(record_dir=str(tmp_path))
+    api = CloudHypervisorApi(fake)
+    create = json.dumps({"payload": {"kernel": str(kernel)}}).encode()
+    assert api.handle("PUT", "/api/v1/vm.create", create).status == 204
+    assert api.handle("PUT", "/api/v1/vm.boot", None).status == 204
+    assert api.exit_status() is None
+    assert api.handle("PUT", "/api/v1/vm.shutdown", None).status == 204
+    (tmp_path / "exit").write_text("0")  # the runner now reports the killed VM as ended
+    assert fake.exited() == 0
+    assert api.exit_status() is None
+    assert api.handle("PUT", "/api/v1/vm.boot", None).status == 204
+    assert fake.exited() is None and api.exit_status() is None
+    api.stop()
+    assert [c["call"] for c in fake.calls] == ["boot", "shutdown", "boot", "shutdown"]
