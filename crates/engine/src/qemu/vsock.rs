@@ -38,10 +38,12 @@ pub const SNAPSHOTS_VAR: &str = "NIXOS_TEST_NG_SNAPSHOTS";
 pub const DAEMON: &str = "vhost-device-vsock";
 /// Overrides the daemon's path (tests; a daemon outside PATH).
 pub const DAEMON_VAR: &str = "NIXOS_TEST_NG_VHOST_DEVICE_VSOCK";
-/// The daemon's vhost-user socket (QEMU connects) in the state directory.
-pub const VHOST_USER_SOCKET: &str = "vhost-user-vsock.sock";
-/// The daemon's hybrid-vsock socket (the driver connects, `CONNECT <port>`).
-pub const UDS_SOCKET: &str = "vsock.sock";
+/// The daemon's vhost-user socket (QEMU connects) in the state directory:
+/// `vhost-user-vsock-<launch>.sock`.
+pub const VHOST_USER_SOCKET: &str = "vhost-user-vsock";
+/// The daemon's hybrid-vsock socket (the driver connects, `CONNECT <port>`):
+/// `vsock-<launch>.sock`.
+pub const UDS_SOCKET: &str = "vsock";
 /// The host's kernel vhost-vsock device.
 const VHOST_VSOCK_DEV: &str = "/dev/vhost-vsock";
 /// How long the daemon may take to create its socket.
@@ -200,9 +202,22 @@ impl Daemon {
         Self::start_program(info, cid, Self::program())
     }
 
+    /// The sockets of a launch. Each launch has its own: the daemon of the launch before
+    /// may still be alive while the next one starts (it goes with its machine's old run), and
+    /// 0.3.0 binds its sockets again when its QEMU goes, which must not take the new
+    /// daemon's paths; nor may the old one's cleanup remove them.
+    fn socket_paths(info: &MachineInfo) -> (PathBuf, PathBuf) {
+        static LAUNCHES: AtomicU32 = AtomicU32::new(0);
+        let launch = LAUNCHES.fetch_add(1, Ordering::Relaxed);
+        (
+            info.state_dir
+                .join(format!("{VHOST_USER_SOCKET}-{launch}.sock")),
+            info.state_dir.join(format!("{UDS_SOCKET}-{launch}.sock")),
+        )
+    }
+
     fn start_program(info: &MachineInfo, cid: u32, program: String) -> Result<Daemon> {
-        let socket = info.state_dir.join(VHOST_USER_SOCKET);
-        let uds = info.state_dir.join(UDS_SOCKET);
+        let (socket, uds) = Self::socket_paths(info);
         for stale in [&socket, &uds] {
             let _ = std::fs::remove_file(stale);
         }
@@ -473,14 +488,13 @@ mod tests {
         let text = message(Daemon::start_program(&info, 7, program).err().unwrap());
         assert!(text.starts_with("box: the vsock daemon"), "{text}");
         assert!(text.contains("exited at start"), "{text}");
-        let socket = info.state_dir.join(VHOST_USER_SOCKET);
-        let uds = info.state_dir.join(UDS_SOCKET);
-        let args = format!(
-            "bad option: --guest-cid 7 --socket {} --uds-path {}",
-            socket.display(),
-            uds.display()
+        let socket = format!("{}/{VHOST_USER_SOCKET}-", info.state_dir.display());
+        let uds = format!("{}/{UDS_SOCKET}-", info.state_dir.display());
+        assert!(
+            text.contains(&format!("bad option: --guest-cid 7 --socket {socket}")),
+            "{text}"
         );
-        assert!(text.contains(&args), "{text}");
+        assert!(text.contains(&format!(".sock --uds-path {uds}")), "{text}");
     }
 
     #[test]
@@ -500,6 +514,23 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(!Path::new(&format!("/proc/{}", pid.trim())).exists());
+    }
+
+    #[test]
+    fn the_daemon_of_the_launch_before_never_touches_the_next_ones_sockets() {
+        let (info, program) = fixture(
+            "relaunch",
+            "exec python3 -c 'import socket, sys, time\nfor p in (sys.argv[4], sys.argv[6]):\n    \
+             s = socket.socket(socket.AF_UNIX); s.bind(p); s.listen(); globals()[p] = s\n\
+             time.sleep(300)' \"$@\"",
+        );
+        let before = Daemon::start_program(&info, 3, program.clone()).unwrap();
+        let next = Daemon::start_program(&info, 3, program).unwrap();
+        assert_ne!(before.socket, next.socket);
+        assert_ne!(before.uds, next.uds);
+        // the old run goes after the next launch started: its cleanup leaves the new sockets
+        drop(before);
+        assert!(next.socket.exists() && next.uds.exists());
     }
 
     #[test]
