@@ -30,9 +30,13 @@ CONNECTING = re.compile(r"^(?:(\S+): )?\(connecting took ([0-9.]+) seconds\)", r
 
 WRAPPER = """#!/bin/bash
 # Benchmark wrapper: record when the driver ran the start script, then exec the real one.
-printf '%s\\n' "$EPOCHREALTIME" > {stamp}
+{announces}printf '%s\\n' "$EPOCHREALTIME" > {stamp}
 exec {real} "$@"
 """
+
+# The variables by which a start script announces that it takes the guest agent's vsock
+# device (docs/agent.md): the driver reads them in the script it runs, the wrapper.
+AGENT_DEVICE_VARS = ("NIXOS_TEST_NG_VHOST_USER_VSOCK", "NIXOS_TEST_NG_VSOCK_CID")
 
 # Upstream's QemuMachine runs the start script through `/bin/sh -c` and, on cleanup,
 # SIGTERMs what it spawned and joins the thread reading QEMU's stdout: should `sh` fork
@@ -133,9 +137,14 @@ def command_line(driver: Driver, suite: Suite, wrappers: dict[str, Path], out: P
     return cmd
 
 
-def _wrapper_text(driver: Driver, suite: Suite, name: str, stamp: str, real: str) -> str:
+def _wrapper_text(
+    driver: Driver, suite: Suite, name: str, stamp: str, real: str, real_text: str
+) -> str:
     if not driver.upstream:
-        return WRAPPER.format(stamp=stamp, real=real)
+        announces = "".join(
+            f"# the real script takes ${var}\n" for var in AGENT_DEVICE_VARS if var in real_text
+        )
+        return WRAPPER.format(stamp=stamp, real=real, announces=announces)
     if suite.kinds.get(name) == CONTAINER_KIND:
         return UPSTREAM_NSPAWN_WRAPPER.format(stamp=stamp, real=real)
     return UPSTREAM_VM_WRAPPER.format(stamp=stamp, real=real)
@@ -155,7 +164,9 @@ def run_once(ctx: Context, suite: Suite, label: str) -> dict[str, Any]:
     for name, path in written.items():
         w = bindir / path.name
         stamp = shlex.quote(str(stamps / name))
-        w.write_text(_wrapper_text(driver, suite, name, stamp, shlex.quote(str(path))))
+        w.write_text(
+            _wrapper_text(driver, suite, name, stamp, shlex.quote(str(path)), path.read_text())
+        )
         w.chmod(0o755)
         wrappers[name] = w
     result_file = tmp / "result.json"
