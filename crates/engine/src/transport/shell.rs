@@ -151,15 +151,16 @@ pub const RAW_ENCODER: &str = "shopt -s lastpipe; __ntng_out() { local LC_ALL=C 
      if [ ${#c} -lt 2048 ]; then printf '%s\\0' \"$c\"; else printf %s \"$c\"; fi; \
      __ntng_bulk; else printf %s \"$c\"; fi; }; \
      __ntng_bulk() { [ -t 3 ] || [ -n \"${__ntng_pace-}\" ] || { cat; return; }; local c a; \
-     while dd bs=131072 count=1 iflag=fullblock 2>/dev/null || { cat; return; }; \
+     while dd bs=32768 count=1 iflag=fullblock 2>/dev/null || { cat; return; }; \
      IFS= read -r -d '' -n 1 c || { printf %s \"$c\"; return; }; do \
      IFS= read -r -u 3 a; if [ -n \"$c\" ]; then printf %s \"$c\"; else printf '\\0'; fi; done; }; ";
 
 /// The chunk of [`RAW_ENCODER`]'s paced bulk: the host sends an empty line each time it has
-/// received this many more bytes of a reply. With one chunk in flight (and at most 2 KiB
-/// before it), QEMU's socket never fills: 212992 bytes of send buffer by default, which the
-/// kernel charges about 1.2 times the data written in pages.
-pub const ACK_EVERY: usize = 131_072;
+/// received this many more bytes of a reply. One chunk in flight (and at most 2 KiB before
+/// it) must fit QEMU's socket with room to spare: 212992 bytes of send buffer by default,
+/// against which the kernel charges each write's buffers, more than its data. 128 KiB chunks
+/// did not: under load a 1 MB and a 100 MB reply each lost bytes and hung (2 in one bench).
+pub const ACK_EVERY: usize = 32_768;
 
 /// What [`command_line`] sends for one command.
 #[derive(Debug, Clone, PartialEq, Eq)]
