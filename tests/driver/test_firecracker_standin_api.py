@@ -1,0 +1,204 @@
+"""The Firecracker backend against the Firecracker API stand-in (`tests/standins/firecracker`)
+with its fake runner: no guest runs, the runner records what the API was asked to boot. The
+stand-in validates every request against the official spec's operations and fields, so a
+call the driver got wrong is a fault that fails the start.
+
+What needs a guest (the shell over the agent, snapshots, VLANs) is tested end to end on the
+stand-in's QEMU runner in tests/e2e."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+STANDIN = Path(__file__).resolve().parents[1] / "standins" / "firecracker"
+
+
+@pytest.fixture
+def firecracker_env(driver_env):
+    """The variables that run the stand-in with its fake runner recording into `fake/`."""
+    fake = driver_env.tmp / "fake"
+    fake.mkdir()
+    return fake, {
+        "NIXOS_TEST_NG_FIRECRACKER": str(STANDIN),
+        "NTNG_STANDIN_RUNNER": "fake",
+        "NTNG_FAKE_RUNNER_DIR": str(fake),
+    }
+
+
+def firecracker_script(driver_env, name: str = "fc", **extra) -> Path:
+    """`run-<name>-firecracker` printing a configuration with a kernel, an initrd, a root disk
+    and a data disk in the work dir (the stand-in opens them as Firecracker would)."""
+    for f in ("vmlinux", "initrd", "root.img", "data.img"):
+        (driver_env.work / f).write_text(f)
+    config = {
+        "kernel": str(driver_env.work / "vmlinux"),
+        "initrd": str(driver_env.work / "initrd"),
+        "root_disk": str(driver_env.work / "root.img"),
+        "disks": [{"path": str(driver_env.work / "data.img"), "read_only": True}],
+        "cmdline": "console=ttyS0 reboot=k panic=1",
+        "vcpus": 2,
+        "memory_mib": 256,
+        **extra,
+    }
+    body = f"""\
+        #!/bin/sh
+        echo "state dir: $NIXOS_TEST_NG_STATE_DIR" >&2
+        cat <<'EOF'
+        {json.dumps(config)}
+        EOF
+        """
+    return driver_env.write_script(f"run-{name}-firecracker", body, executable=True)
+
+
+def run(driver_env, run_driver, env, script: Path, body: str):
+    test = driver_env.write_script("t.py", textwrap.dedent(body))
+    return run_driver(["--start-scripts", script, "--", test], env=env)
+
+
+def calls(fake: Path) -> list[dict]:
+    path = fake / "calls.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_firecracker_start_configures_the_microvm_through_the_api(
+    driver_env, run_driver, firecracker_env
+):
+    fake, env = firecracker_env
+    script = firecracker_script(driver_env)
+    r = run(
+        driver_env,
+        run_driver,
+        env,
+        script,
+        """
+        t.assertTrue(isinstance(fc, FirecrackerMachine))
+        t.assertEqual(machines_qemu, [])
+        fc.start()
+        t.assertTrue(fc.booted)
+        print("STARTED")
+        """,
+    )
+    assert r.returncode == 0, r
+    assert "STARTED" in r.stdout, r
+    assert "fc: starting vm" in r.stderr, r
+    assert "fc: Firecracker running (pid " in r.stderr, r
+    assert "kill FirecrackerMachine (pid " in r.stderr, r
+    state = driver_env.state_dir("fc")
+    work = driver_env.work
+    (boot,) = calls(fake)
+    assert boot["call"] == "boot"
+    assert boot["spec"] == {
+        "kernel": f"{work}/vmlinux",
+        "initrd": f"{work}/initrd",
+        # Firecracker appends the root device to the boot arguments
+        "cmdline": "console=ttyS0 reboot=k panic=1 root=/dev/vda rw",
+        "vcpus": 2,
+        "mem_mib": 256,
+        "disks": [
+            {"id": "rootfs", "path": f"{work}/root.img", "read_only": False, "is_root": True},
+            {"id": "disk1", "path": f"{work}/data.img", "read_only": True, "is_root": False},
+        ],
+        "nets": [],
+        "vsock": {"cid": 3, "uds_path": f"{state}/vsock.sock"},
+        "console": "stdout",
+    }
+
+
+def test_a_firecracker_api_fault_is_a_machine_error_naming_the_machine_and_the_fault(
+    driver_env, run_driver, firecracker_env
+):
+    fake, env = firecracker_env
+    env = {**env, "NTNG_FAKE_RUNNER_FAIL": "boot=KVM is not available"}
+    script = firecracker_script(driver_env)
+    r = run(
+        driver_env,
+        run_driver,
+        env,
+        script,
+        """
+        from nixos_test_ng import MachineError
+        try:
+            fc.start()
+        except MachineError as e:
+            print("ERROR:", e)
+        else:
+            raise SystemExit("the start did not fail")
+        t.assertFalse(fc.booted)
+        """,
+    )
+    assert r.returncode == 0, r
+    assert (
+        "ERROR: fc: Firecracker API call PUT /actions failed: "
+        "Start microvm error: KVM is not available (HTTP 400)"
+    ) in r.stdout, r
+    assert [c["call"] for c in calls(fake)] == ["boot"]
+
+
+def test_firecracker_reboot_is_ctrl_alt_del_and_a_new_launch(
+    driver_env, run_driver, firecracker_env
+):
+    fake, env = firecracker_env
+    # The guest resets on Ctrl-Alt-Delete, which ends Firecracker.
+    env = {**env, "NTNG_FAKE_RUNNER_EXIT_ON": "ctrl_alt_del=0"}
+    script = firecracker_script(driver_env)
+    r = run(
+        driver_env,
+        run_driver,
+        env,
+        script,
+        """
+        fc.start()
+        first = fc.pid
+        fc.reboot()
+        t.assertTrue(fc.booted)
+        t.assertNotEqual(fc.pid, first)
+        fc.crash()
+        t.assertFalse(fc.booted)
+        print("REBOOTED")
+        """,
+    )
+    assert r.returncode == 0, r
+    assert "REBOOTED" in r.stdout, r
+    assert "fc: sending key 'ctrl-alt-delete'" in r.stderr, r
+    assert [c["call"] for c in calls(fake)] == ["boot", "ctrl_alt_del", "boot"]
+
+
+def test_firecracker_machines_have_no_backdoor_and_no_display(
+    driver_env, run_driver, firecracker_env
+):
+    fake, env = firecracker_env
+    env = {**env, "NIXOS_TEST_NG_TRANSPORT": "backdoor"}
+    script = firecracker_script(driver_env)
+    r = run(
+        driver_env,
+        run_driver,
+        env,
+        script,
+        """
+        from nixos_test_ng import MachineError, Unsupported
+        try:
+            fc.screenshot("x")
+        except Unsupported as e:
+            t.assertEqual((e.operation, e.backend), ("screenshot", "Firecracker"))
+            print("UNSUPPORTED:", e)
+        try:
+            fc.succeed("true")
+        except MachineError as e:
+            print("NO-BACKDOOR:", e)
+        else:
+            raise SystemExit("a command ran over a backdoor that does not exist")
+        """,
+    )
+    assert r.returncode == 0, r
+    assert (
+        "UNSUPPORTED: fc: screenshot: not supported by the Firecracker backend (no display)"
+        in r.stdout
+    ), r
+    assert (
+        "NO-BACKDOOR: fc: firecracker machines have no console backdoor; their shell is the "
+        "guest agent over vsock"
+    ) in r.stdout, r
