@@ -183,7 +183,9 @@ impl MachineKind {
         let base = script.trim_end().rsplit('/').next().unwrap_or(script);
         MachineKind::ALL
             .into_iter()
-            .find(|k| k.found_by_suffix() && base.starts_with("run-") && base.ends_with(k.script_suffix()))
+            .find(|k| {
+                k.found_by_suffix() && base.starts_with("run-") && base.ends_with(k.script_suffix())
+            })
             .unwrap_or(MachineKind::Qemu)
     }
 
@@ -238,7 +240,10 @@ mod tests {
             MachineKind::words(),
             "\"vm\" or \"nspawn\" or \"firecracker\""
         );
-        assert_eq!(MachineKind::parse("Firecracker"), Some(MachineKind::Firecracker));
+        assert_eq!(
+            MachineKind::parse("Firecracker"),
+            Some(MachineKind::Firecracker)
+        );
     }
 
     #[test]

@@ -18,9 +18,9 @@ pub mod driver;
 pub mod error;
 pub mod event;
 pub mod exit_status;
-pub mod firecracker;
 #[cfg(test)]
 pub mod fake;
+pub mod firecracker;
 pub mod interrupt;
 pub mod junit;
 pub mod kind;

@@ -212,9 +212,11 @@ impl Api {
 /// What an error answer says: its `fault_message`, else its body.
 fn fault_message(status: u16, body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body).trim().to_string();
-    let fault = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("fault_message").and_then(Value::as_str).map(String::from));
+    let fault = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+        v.get("fault_message")
+            .and_then(Value::as_str)
+            .map(String::from)
+    });
     match fault {
         Some(f) => format!("{f} (HTTP {status})"),
         None if text.is_empty() => format!("HTTP {status} without a message"),
@@ -420,7 +422,10 @@ mod tests {
         s.disks.clear();
         let calls = boot_calls(&s, &dir.path().join("v.sock"), &[]);
         let paths: Vec<&str> = calls.iter().map(|c| c.path.as_str()).collect();
-        assert_eq!(paths, ["/machine-config", "/boot-source", "/vsock", "/actions"]);
+        assert_eq!(
+            paths,
+            ["/machine-config", "/boot-source", "/vsock", "/actions"]
+        );
         assert!(calls[1].body.get("initrd_path").is_none());
     }
 
@@ -447,11 +452,17 @@ mod tests {
             // nothing after the failed call was sent
             assert_eq!(fake.calls().last().unwrap(), &key);
         }
-        for call in [vm_state(true), snapshot_create(&SnapshotFiles::in_dir(dir.path(), "a"))] {
+        for call in [
+            vm_state(true),
+            snapshot_create(&SnapshotFiles::in_dir(dir.path(), "a")),
+        ] {
             let key = format!("{} {}", call.method, call.path);
             fake.fail(&key, 400, "Create snapshot error: no");
             let e = api.send(&call).unwrap_err().to_string();
-            assert!(e.starts_with(&format!("server: Firecracker API call {key} failed: ")), "{e}");
+            assert!(
+                e.starts_with(&format!("server: Firecracker API call {key} failed: ")),
+                "{e}"
+            );
         }
     }
 
@@ -473,7 +484,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.starts_with("m: Firecracker API call PUT /actions failed: cannot reach its API socket"),
+            e.starts_with(
+                "m: Firecracker API call PUT /actions failed: cannot reach its API socket"
+            ),
             "{e}"
         );
     }

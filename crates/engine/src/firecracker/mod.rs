@@ -12,9 +12,9 @@ mod api;
 mod ops;
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -117,7 +117,7 @@ enum Binary {
     Lookup,
     /// This one (tests).
     #[cfg(test)]
-    Fixed(PathBuf),
+    Fixed(std::path::PathBuf),
     /// Looked for on this PATH, without the variable (tests).
     #[cfg(test)]
     Search(String),
@@ -157,7 +157,11 @@ impl FirecrackerBackend {
     /// Runs `binary` instead of the one `NIXOS_TEST_NG_FIRECRACKER` or PATH names, and waits
     /// `socket_timeout` for its API socket (tests).
     #[cfg(test)]
-    pub(crate) fn with_binary(mut self, binary: PathBuf, socket_timeout: Duration) -> Self {
+    pub(crate) fn with_binary(
+        mut self,
+        binary: std::path::PathBuf,
+        socket_timeout: Duration,
+    ) -> Self {
         self.binary = Binary::Fixed(binary);
         self.socket_timeout = socket_timeout;
         self
@@ -245,9 +249,8 @@ impl FirecrackerBackend {
                 with_output(&stderr.text())
             )));
         }
-        VmmSpec::parse(&self.start_command, &output, &info.state_dir).map_err(|e| {
-            Error::Config(format!("machine `{}`: {e}", info.name))
-        })
+        VmmSpec::parse(&self.start_command, &output, &info.state_dir)
+            .map_err(|e| Error::Config(format!("machine `{}`: {e}", info.name)))
     }
 
     /// The machine's VLAN NICs, made on first use.
@@ -259,7 +262,8 @@ impl FirecrackerBackend {
         if !fits {
             *network = None;
             if !spec.vlans.is_empty() {
-                let net_err = |e: tap::TapError| Error::Config(format!("machine `{}`: {e}", info.name));
+                let net_err =
+                    |e: tap::TapError| Error::Config(format!("machine `{}`: {e}", info.name));
                 tap::check(&spec.vlans, &info.env).map_err(net_err)?;
                 let ns = Netns::shared().map_err(net_err)?;
                 let taps = spec

@@ -75,7 +75,10 @@ fn serve_when_started(dir: &Path) -> std::thread::JoinHandle<(Arc<FakeApi>, Stri
         while !args.exists() {
             std::thread::sleep(Duration::from_millis(2));
         }
-        (FakeApi::serve(&sock), std::fs::read_to_string(&args).unwrap())
+        (
+            FakeApi::serve(&sock),
+            std::fs::read_to_string(&args).unwrap(),
+        )
     })
 }
 
@@ -178,9 +181,12 @@ fn the_vmm_exiting_at_start_shows_its_stderr() {
     let dir = TestDir::new();
     let script = start_script(dir.path(), "");
     let bin = dir.path().join("firecracker");
-    executable(&bin, "echo 'Arguments parsing error: bad --api-sock' >&2\nexit 1");
-    let backend =
-        FirecrackerBackend::new(script.display().to_string()).with_binary(bin.clone(), Duration::from_secs(30));
+    executable(
+        &bin,
+        "echo 'Arguments parsing error: bad --api-sock' >&2\nexit 1",
+    );
+    let backend = FirecrackerBackend::new(script.display().to_string())
+        .with_binary(bin.clone(), Duration::from_secs(30));
     let m = machine(dir.path(), backend, Transport::Auto);
     let e = m.start(false).unwrap_err().to_string();
     assert!(
@@ -231,7 +237,10 @@ fn a_bad_configuration_names_the_script_and_the_key() {
     let m = machine(dir.path(), backend, Transport::Auto);
     let e = m.start(false).unwrap_err().to_string();
     assert!(e.contains("machine `m`: start script `"), "{e}");
-    assert!(e.contains("run-m-firecracker` printed a bad VMM configuration: unknown key `vcpu`"), "{e}");
+    assert!(
+        e.contains("run-m-firecracker` printed a bad VMM configuration: unknown key `vcpu`"),
+        "{e}"
+    );
     // Firecracker was not started.
     assert!(!dir.path().join("args").exists());
 
@@ -241,7 +250,10 @@ fn a_bad_configuration_names_the_script_and_the_key() {
         .with_binary(fake_binary(dir.path()), Duration::from_secs(30));
     let m = machine(dir.path(), backend, Transport::Auto);
     let e = m.start(false).unwrap_err().to_string();
-    assert!(e.contains("failed (exit status: 3):\nno kernel built"), "{e}");
+    assert!(
+        e.contains("failed (exit status: 3):\nno kernel built"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -270,7 +282,11 @@ fn what_it_cannot_do_is_unsupported() {
     let m = machine(dir.path(), backend, Transport::Auto);
     let checks: Vec<(Error, &str, &str)> = vec![
         (m.screenshot("x").unwrap_err(), "screenshot", "no display"),
-        (m.send_key("a", None, false).unwrap_err(), "send_key", "no keyboard"),
+        (
+            m.send_key("a", None, false).unwrap_err(),
+            "send_key",
+            "no keyboard",
+        ),
         (
             m.send_monitor_command("info").unwrap_err(),
             "send_monitor_command",

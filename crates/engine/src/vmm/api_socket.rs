@@ -85,7 +85,10 @@ mod tests {
         let p = sh("exit 4");
         let e = wait_for_socket(&dir.path().join("api.sock"), &p, Duration::from_secs(300))
             .unwrap_err();
-        assert!(matches!(e, SocketWaitError::Exited(s) if s.code() == Some(4)), "{e:?}");
+        assert!(
+            matches!(e, SocketWaitError::Exited(s) if s.code() == Some(4)),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -119,7 +119,9 @@ mod tests {
         let found = Vmm::Firecracker.binary_from(None, Some(&path)).unwrap();
         assert_eq!(found, bin.join("firecracker"));
         // empty counts as unset
-        let found = Vmm::Firecracker.binary_from(Some(" "), Some(&path)).unwrap();
+        let found = Vmm::Firecracker
+            .binary_from(Some(" "), Some(&path))
+            .unwrap();
         assert_eq!(found, bin.join("firecracker"));
     }
 

@@ -111,10 +111,11 @@ impl Client {
                 }
             }
         };
-        let mut stream = UnixStream::connect(&self.socket).map_err(|source| HttpError::Connect {
-            path: self.socket.clone(),
-            source,
-        })?;
+        let mut stream =
+            UnixStream::connect(&self.socket).map_err(|source| HttpError::Connect {
+                path: self.socket.clone(),
+                source,
+            })?;
         let remaining = || {
             timeout
                 .checked_sub(started.elapsed())
@@ -296,9 +297,9 @@ fn dechunk(mut rest: &[u8]) -> Result<Option<Vec<u8>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmm::test_dir::TestDir;
     use std::io::BufRead;
     use std::os::unix::net::UnixListener;
-    use crate::vmm::test_dir::TestDir;
 
     /// Serves one connection with `answer` and returns the request it got.
     fn serve_once(answer: &'static [u8]) -> (TestDir, std::thread::JoinHandle<String>) {
@@ -344,8 +345,14 @@ mod tests {
         assert!(r.is_success());
         assert!(r.body.is_empty());
         let request = server.join().unwrap();
-        assert!(request.starts_with("PUT /machine-config HTTP/1.1\r\n"), "{request}");
-        assert!(request.contains("Content-Type: application/json\r\n"), "{request}");
+        assert!(
+            request.starts_with("PUT /machine-config HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains("Content-Type: application/json\r\n"),
+            "{request}"
+        );
         assert!(request.ends_with("\r\n\r\n{\"vcpu_count\":2}"), "{request}");
     }
 
@@ -395,8 +402,7 @@ mod tests {
 
     #[test]
     fn a_truncated_answer_is_malformed() {
-        let (dir, server) =
-            serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort");
+        let (dir, server) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort");
         let client = Client::new(dir.path().join("api.sock"));
         let e = client.request("GET", "/", None, SECOND).unwrap_err();
         assert!(e.to_string().contains("closed after 5 of 10"), "{e}");
@@ -422,7 +428,10 @@ mod tests {
             .request("GET", "/", None, Duration::from_millis(100))
             .unwrap_err();
         assert!(matches!(e, HttpError::TimedOut { .. }), "{e:?}");
-        assert!(e.to_string().contains("GET /: no answer within 0.1 s"), "{e}");
+        assert!(
+            e.to_string().contains("GET /: no answer within 0.1 s"),
+            "{e}"
+        );
         drop(listener);
     }
 }

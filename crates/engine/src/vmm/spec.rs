@@ -89,10 +89,9 @@ impl Parser<'_> {
     }
 
     fn path(&self, key: &str, v: &Value) -> Result<PathBuf, SpecError> {
-        let text = v
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| self.err(format!("`{key}`: expected a file path (a string), got {v}")))?;
+        let text = v.as_str().filter(|s| !s.is_empty()).ok_or_else(|| {
+            self.err(format!("`{key}`: expected a file path (a string), got {v}"))
+        })?;
         let path = self.base.join(text);
         if !path.is_file() {
             return Err(self.err(format!(
@@ -118,7 +117,13 @@ impl Parser<'_> {
         }
     }
 
-    fn count(&self, key: &str, v: Option<&Value>, default: u32, max: u32) -> Result<u32, SpecError> {
+    fn count(
+        &self,
+        key: &str,
+        v: Option<&Value>,
+        default: u32,
+        max: u32,
+    ) -> Result<u32, SpecError> {
         match v {
             None => Ok(default),
             Some(v) => v
@@ -143,7 +148,10 @@ impl Parser<'_> {
                         "`{key}`: expected an object {{\"path\": ..., \"read_only\": ...}}, got {d}"
                     ))
                 })?;
-                if let Some(k) = obj.keys().find(|k| !["path", "read_only"].contains(&k.as_str())) {
+                if let Some(k) = obj
+                    .keys()
+                    .find(|k| !["path", "read_only"].contains(&k.as_str()))
+                {
                     return Err(self.err(format!(
                         "`{key}`: unknown key `{k}` (expected `path` and `read_only`)"
                     )));
@@ -169,9 +177,8 @@ impl Parser<'_> {
             let nr = item
                 .as_u64()
                 .filter(|n| (1..=255).contains(n))
-                .ok_or_else(|| {
-                    self.err(format!("`vlans`: expected integers 1-255, got {item}"))
-                })? as u32;
+                .ok_or_else(|| self.err(format!("`vlans`: expected integers 1-255, got {item}")))?
+                as u32;
             if out.contains(&nr) {
                 return Err(self.err(format!("`vlans`: VLAN {nr} is listed twice")));
             }
@@ -316,12 +323,18 @@ mod tests {
             ("[1]", "expected one JSON object"),
             (r#"{"cmdline": ""}"#, "`kernel` is missing"),
             (r#"{"kernel": "vmlinux"}"#, "`cmdline` is missing"),
-            (r#"{"kernel": "vmlinux", "cmdline": 3}"#, "`cmdline`: expected a string"),
+            (
+                r#"{"kernel": "vmlinux", "cmdline": 3}"#,
+                "`cmdline`: expected a string",
+            ),
             (
                 r#"{"kernel": "vmlinux", "cmdline": "", "memory": 3}"#,
                 "unknown key `memory` (expected `kernel`",
             ),
-            (r#"{"kernel": 7, "cmdline": ""}"#, "`kernel`: expected a file path"),
+            (
+                r#"{"kernel": 7, "cmdline": ""}"#,
+                "`kernel`: expected a file path",
+            ),
             (
                 r#"{"kernel": "vmlinux", "cmdline": "", "vcpus": 0}"#,
                 "`vcpus`: expected an integer 1-32, got 0",
@@ -381,7 +394,10 @@ mod tests {
             dir.path(),
             r#"{"kernel": "vmlinux", "cmdline": "", "disks": [{"path": "/no/such.img"}]}"#,
         );
-        assert!(e.contains("`disks[0].path`: /no/such.img does not exist"), "{e}");
+        assert!(
+            e.contains("`disks[0].path`: /no/such.img does not exist"),
+            "{e}"
+        );
         let e = err(
             dir.path(),
             r#"{"kernel": "vmlinux", "cmdline": "", "root_disk": "gone.img"}"#,

@@ -28,7 +28,9 @@ pub enum TapError {
     )]
     NotRoot(u32),
     /// The machine's VLAN has no switch in this run.
-    #[error("VLAN {0} is not one of the run's VLANs (no QEMU_VDE_SOCKET_{0}): add it with --vlans")]
+    #[error(
+        "VLAN {0} is not one of the run's VLANs (no QEMU_VDE_SOCKET_{0}): add it with --vlans"
+    )]
     NoSwitch(u32),
     /// A helper program failed.
     #[error("{what}: {detail}")]
