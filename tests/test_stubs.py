@@ -162,7 +162,7 @@ def test_generated_declarations_match_the_namespace():
         if isinstance(n, ast.FunctionDef)
         or (isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name))
     }
-    classes = {"Machine", "BaseMachine", "QemuMachine", "NspawnMachine", "os"}
+    classes = {"Machine", "BaseMachine", "QemuMachine", "NspawnMachine", "FirecrackerMachine", "os"}
     assert set(GENERAL_SYMBOLS) - classes - set(declared) == set()
     assert {"server", "box", "vlan1"} <= set(declared)
     assert "server: QemuMachine" in text and "box: NspawnMachine" in text
