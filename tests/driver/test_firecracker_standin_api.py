@@ -3,16 +3,23 @@ with its fake runner: no guest runs, the runner records what the API was asked t
 stand-in validates every request against the official spec's operations and fields, so a
 call the driver got wrong is a fault that fails the start.
 
-What needs a guest (the shell over the agent, snapshots, VLANs) is tested end to end on the
-stand-in's QEMU runner in tests/e2e."""
+The shell and snapshots run against a fake guest (`tests/fakes/vsock_guest.py`: the real guest
+agent on the host, behind a socket that answers `CONNECT` as Firecracker's vsock does). A
+real guest, VLANs and `block`/`unblock` come with the stand-in's QEMU runner in tests/e2e."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from fakes import VSOCK_GUEST
+from nixos_test_ng import _native
 
 STANDIN = Path(__file__).resolve().parents[1] / "standins" / "firecracker"
 
@@ -202,3 +209,62 @@ def test_firecracker_machines_have_no_backdoor_and_no_display(
         "NO-BACKDOOR: fc: firecracker machines have no console backdoor; their shell is the "
         "guest agent over vsock"
     ) in r.stdout, r
+
+
+@pytest.fixture
+def vsock_guest(driver_env):
+    """A fake guest serving machine `fc`'s hybrid vsock socket with the real agent."""
+    agent = driver_env.tmp / "nixos-test-ng-agent"
+    agent.write_bytes(_native.agent_binary())
+    agent.chmod(0o755)
+    guest_dir = driver_env.tmp / "guest"
+    guest_dir.mkdir()
+    vsock = driver_env.state_dir("fc") / "vsock.sock"
+    proc = subprocess.Popen(
+        [sys.executable, str(VSOCK_GUEST), str(vsock), str(agent), str(guest_dir)],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+    )
+    yield guest_dir
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_firecracker_commands_snapshot_and_restore_over_the_agent(
+    driver_env, run_driver, firecracker_env, vsock_guest
+):
+    fake, env = firecracker_env
+    script = firecracker_script(driver_env)
+    r = run(
+        driver_env,
+        run_driver,
+        env,
+        script,
+        f"""
+        fc.start()
+        t.assertEqual(fc.succeed("echo hi"), "hi\\n")
+        fc.succeed("echo one > {vsock_guest}/mark")
+        fc.snapshot("ready")
+        fc.restore("ready")
+        t.assertEqual(fc.succeed("cat {vsock_guest}/mark"), "one\\n")
+        print("RESTORED")
+        """,
+    )
+    assert r.returncode == 0, r
+    assert "RESTORED" in r.stdout, r
+    state = driver_env.state_dir("fc")
+    recorded = calls(fake)
+    assert [c["call"] for c in recorded] == ["boot", "pause", "snapshot", "resume", "restore"]
+    files = {
+        "state_path": f"{state}/snapshot-ready.vmstate",
+        "mem_path": f"{state}/snapshot-ready.mem",
+    }
+    assert {k: recorded[2][k] for k in files} == files
+    assert recorded[2]["diff"] is False
+    assert {k: recorded[4][k] for k in files} == files
+    assert recorded[4]["resume"] is True
+    # the restored microVM is a new Firecracker, and the agent is reached again
+    assert r.stderr.count("fc: Firecracker running (pid ") == 2, r
+    connects = (vsock_guest / "connects").read_text().splitlines()
+    assert len(connects) == 2 and len(set(connects)) == 1, connects
+    assert connects[0].startswith("CONNECT "), connects
