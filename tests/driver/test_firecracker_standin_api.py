@@ -268,3 +268,64 @@ def test_firecracker_commands_snapshot_and_restore_over_the_agent(
     connects = (vsock_guest / "connects").read_text().splitlines()
     assert len(connects) == 2 and len(set(connects)) == 1, connects
     assert connects[0].startswith("CONNECT "), connects
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="TAP devices need root")
+def test_firecracker_vlan_nic_is_a_tap_bridged_to_the_switch_and_block_cuts_its_link(
+    driver_env, run_driver, firecracker_env
+):
+    fake, env = firecracker_env
+    script = firecracker_script(driver_env, vlans=[1])
+    test = driver_env.write_script(
+        "t.py",
+        """
+        import re
+        import subprocess
+
+        def link(name):
+            out = subprocess.run(
+                ["nsenter", f"--net=/proc/{fc.pid}/ns/net", "ip", "-o", "link", "show", name],
+                capture_output=True, text=True, check=True,
+            ).stdout
+            flags = re.search(r"<([^>]*)>", out).group(1).split(",")
+            return "UP" in flags, re.search(r"master (\\S+)", out).group(1)
+
+        fc.start()
+        t.assertEqual(link("ntng1n1"), (True, "ntngb1n1"))
+        t.assertEqual(link("ntngp1n1"), (True, "ntngb1n1"))
+        fc.block()
+        t.assertEqual(link("ntng1n1"), (False, "ntngb1n1"))
+        fc.unblock()
+        t.assertEqual(link("ntng1n1"), (True, "ntngb1n1"))
+        # the run's network namespace is not the driver's
+        t.assertNotEqual(os.readlink(f"/proc/{fc.pid}/ns/net"), os.readlink("/proc/self/ns/net"))
+        print("LINKS-OK")
+        """,
+    )
+    r = run_driver(["--start-scripts", script, "--vlans", "1", "--", test], env=env)
+    assert r.returncode == 0, r
+    assert "LINKS-OK" in r.stdout, r
+    (boot,) = calls(fake)
+    assert boot["spec"]["nets"] == [{"id": "eth0", "tap": "ntng1n1", "mac": "52:54:00:12:01:01"}]
+
+
+def test_firecracker_vlans_name_the_missing_switch(driver_env, run_driver, firecracker_env):
+    fake, env = firecracker_env
+    script = firecracker_script(driver_env, vlans=[2])
+    r = run(
+        driver_env,
+        run_driver,
+        env,
+        script,
+        """
+        from nixos_test_ng import ConfigError
+        try:
+            fc.start()
+        except ConfigError as e:
+            print("ERROR:", e)
+        """,
+    )
+    assert r.returncode == 0, r
+    want = "VLAN 2 is not one of the run's VLANs" if os.geteuid() == 0 else "needs root"
+    assert "ERROR: machine `fc`: " in r.stdout and want in r.stdout, r
+    assert calls(fake) == []
