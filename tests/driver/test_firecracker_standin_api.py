@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import pytest
 from fakes import VSOCK_GUEST
-from nixos_test_ng import _native
+from nixos_test_ng import _native, procs
+from support.leaks import marker, wait_until_gone
 
 STANDIN = Path(__file__).resolve().parents[1] / "standins" / "firecracker"
 
@@ -329,3 +331,32 @@ def test_firecracker_vlans_name_the_missing_switch(driver_env, run_driver, firec
     want = "VLAN 2 is not one of the run's VLANs" if os.geteuid() == 0 else "needs root"
     assert "ERROR: machine `fc`: " in r.stdout and want in r.stdout, r
     assert calls(fake) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="TAP devices need root")
+def test_sigkill_of_the_driver_leaves_no_firecracker_tap_or_namespace(
+    driver_env, start_driver, firecracker_env
+):
+    fake, env = firecracker_env
+    script = firecracker_script(driver_env, vlans=[1])
+    test = driver_env.write_script(
+        "t.py",
+        """
+        import time
+        fc.start()
+        print("PID", fc.pid, os.readlink(f"/proc/{fc.pid}/ns/net"), flush=True)
+        time.sleep(600)
+        """,
+    )
+    proc = start_driver(["--start-scripts", script, "--vlans", "1", "--", test], env=env)
+    out = proc.wait_for_output(r"PID \d+ net:\[\d+\]", stream="stdout")
+    pid = int(re.search(r"PID (\d+)", out).group(1))
+    assert procs.alive(pid)
+    # the namespace's holder (`unshare --net` exec'd `sleep infinity`), the switch plug and the
+    # stand-in carry the test's marker
+    cmdlines = list(procs.marked(marker(driver_env.tmp)).values())
+    assert "sleep infinity" in cmdlines, cmdlines
+    assert any(c.startswith("vde_plug2tap ") for c in cmdlines), cmdlines
+    os.kill(proc.pid, signal.SIGKILL)  # the driver only, not its process group
+    proc.popen.wait(5)
+    assert not wait_until_gone(driver_env.tmp, timeout=20)
