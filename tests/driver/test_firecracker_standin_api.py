@@ -360,3 +360,40 @@ def test_sigkill_of_the_driver_leaves_no_firecracker_tap_or_namespace(
     os.kill(proc.pid, signal.SIGKILL)  # the driver only, not its process group
     proc.popen.wait(5)
     assert not wait_until_gone(driver_env.tmp, timeout=20)
+
+
+def test_a_firecracker_snapshot_fault_names_it_and_the_machine_runs_on(
+    driver_env, run_driver, firecracker_env, vsock_guest
+):
+    fake, env = firecracker_env
+    env = {**env, "NTNG_FAKE_RUNNER_FAIL": "snapshot=no space left on device"}
+    script = firecracker_script(driver_env)
+    r = run(
+        driver_env,
+        run_driver,
+        env,
+        script,
+        """
+        from nixos_test_ng import MachineError
+        fc.start()
+        try:
+            fc.snapshot("ready")
+        except MachineError as e:
+            print("ERROR:", e)
+        else:
+            raise SystemExit("the snapshot did not fail")
+        t.assertEqual(fc.succeed("echo still"), "still\\n")
+        try:
+            fc.restore("ready")
+        except MachineError as e:
+            print("NO-SNAPSHOT:", e)
+        """,
+    )
+    assert r.returncode == 0, r
+    assert (
+        "ERROR: fc: Firecracker API call PUT /snapshot/create failed: "
+        "Create snapshot error: no space left on device (HTTP 400)"
+    ) in r.stdout, r
+    assert 'NO-SNAPSHOT: fc: no snapshot named "ready" (taken: none)' in r.stdout, r
+    # paused for the snapshot, resumed after its failure
+    assert [c["call"] for c in calls(fake)] == ["boot", "pause", "snapshot", "resume"]

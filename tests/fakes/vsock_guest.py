@@ -11,6 +11,9 @@ appended to WORK_DIR/connects). The socket is bound
 again whenever its path disappears (the driver removes a stale one before each VMM start,
 and the machine's state directory is made anew), so it outlives a restore's new VMM process.
 It runs until killed; the agent dies with it (its parent-death signal).
+
+The "guest" is the host: its commands run on the host as the test's user, so a test must
+never ask it to power off or reboot (`shutdown()`, `poweroff`).
 """
 
 from __future__ import annotations
