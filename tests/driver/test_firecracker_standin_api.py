@@ -397,3 +397,52 @@ def test_a_firecracker_snapshot_fault_names_it_and_the_machine_runs_on(
     assert 'NO-SNAPSHOT: fc: no snapshot named "ready" (taken: none)' in r.stdout, r
     # paused for the snapshot, resumed after its failure
     assert [c["call"] for c in calls(fake)] == ["boot", "pause", "snapshot", "resume"]
+
+
+def test_firecracker_pytest_isolation_restores_its_snapshot(
+    driver_env, run_driver, firecracker_env, vsock_guest
+):
+    import xml.etree.ElementTree as ET
+
+    fake, env = firecracker_env
+    script = firecracker_script(driver_env)
+    test = driver_env.write_script(
+        "test_fc.py",
+        """
+        import pytest
+
+        def test_first(fc):
+            fc.succeed("true")
+
+        @pytest.mark.isolated
+        def test_isolated(fc):
+            fc.succeed("true")
+        """,
+    )
+    junit = driver_env.out / "junit.xml"
+    r = run_driver(
+        [
+            "--start-scripts",
+            script,
+            "-o",
+            driver_env.out,
+            "--junit-xml",
+            "junit.xml",
+            "--",
+            test,
+            "-s",
+        ],
+        env=env,
+        timeout=120,
+    )
+    assert r.returncode == 0, r
+    assert "2 passed" in r.stdout, r
+    isolation = {
+        case.get("name"): prop.get("value")
+        for case in ET.parse(junit).getroot().iter("testcase")
+        for prop in case.iter("property")
+        if prop.get("name") == "isolation"
+    }
+    assert isolation["test_isolated"] == "isolated: fc restored", isolation
+    # the snapshot at the first ready, and its restore by a new Firecracker
+    assert [c["call"] for c in calls(fake)] == ["boot", "pause", "snapshot", "resume", "restore"]
