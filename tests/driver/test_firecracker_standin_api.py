@@ -446,3 +446,59 @@ def test_firecracker_pytest_isolation_restores_its_snapshot(
     assert isolation["test_isolated"] == "isolated: fc restored", isolation
     # the snapshot at the first ready, and its restore by a new Firecracker
     assert [c["call"] for c in calls(fake)] == ["boot", "pause", "snapshot", "resume", "restore"]
+
+
+def test_firecracker_guest_reset_with_allow_reboot_is_a_new_launch(
+    driver_env, run_driver, firecracker_env, vsock_guest
+):
+    fake, env = firecracker_env
+    script = firecracker_script(driver_env)
+    exit_marker = fake / "exit"
+    r = run(
+        driver_env,
+        run_driver,
+        env,
+        script,
+        f"""
+        from pathlib import Path
+        fc.start(allow_reboot=True)
+        first = fc.pid
+        # the guest resets: Firecracker ends (the fake runner's VM exits 0)
+        Path("{exit_marker}").write_text("0")
+        t.assertEqual(fc.process.wait(60), 0)
+        Path("{exit_marker}").unlink()
+        t.assertEqual(fc.succeed("echo back"), "back\\n")
+        t.assertNotEqual(fc.pid, first)
+        print("BACK")
+        """,
+    )
+    assert r.returncode == 0, r
+    assert "BACK" in r.stdout, r
+    assert "fc: the guest's reset ended its process: starting it again" in r.stderr, r
+    assert [c["call"] for c in calls(fake)] == ["boot", "boot"]
+
+
+def test_firecracker_guest_reset_without_allow_reboot_ends_the_machine(
+    driver_env, run_driver, firecracker_env
+):
+    fake, env = firecracker_env
+    env = {**env, "NTNG_FAKE_RUNNER_EXIT_ON": "boot=0"}
+    script = firecracker_script(driver_env)
+    r = run(
+        driver_env,
+        run_driver,
+        env,
+        script,
+        """
+        from nixos_test_ng import MachineError
+        fc.start()
+        t.assertEqual(fc.process.wait(60), 0)
+        try:
+            fc.succeed("true")
+        except MachineError as e:
+            print("STOPPED:", e)
+        """,
+    )
+    assert r.returncode == 0, r
+    assert "STOPPED: fc: " in r.stdout, r
+    assert [c["call"] for c in calls(fake)] == ["boot"]

@@ -45,6 +45,10 @@ pub struct Facts {
     /// Its guests can be reached through the guest agent, so `NIXOS_TEST_NG_TRANSPORT` applies
     /// to it. A container has its own shell socket and no agent: the variable leaves it alone.
     pub takes_guest_agent: bool,
+    /// The VMM cannot reset a guest: the guest's reset (a reboot) ends its process. With
+    /// `allow_reboot`, the machine then launches it again for the next command, as QEMU
+    /// without `-no-reboot` reboots in place.
+    pub reset_ends_process: bool,
     /// A start script in `--start-scripts` whose name ends with the kind's suffix is one of
     /// its machines (upstream's flag knows only QEMU VMs, so only kinds that are not upstream's
     /// are found so).
@@ -74,6 +78,7 @@ impl MachineKind {
                 booted_while_process_runs: false,
                 wants_vlan_host_tap: false,
                 takes_guest_agent: true,
+                reset_ends_process: false,
                 found_by_suffix: false,
             },
             MachineKind::Nspawn => Facts {
@@ -88,6 +93,7 @@ impl MachineKind {
                 booted_while_process_runs: true,
                 wants_vlan_host_tap: true,
                 takes_guest_agent: false,
+                reset_ends_process: false,
                 found_by_suffix: false,
             },
             MachineKind::Firecracker => Facts {
@@ -102,6 +108,7 @@ impl MachineKind {
                 booted_while_process_runs: false,
                 wants_vlan_host_tap: false,
                 takes_guest_agent: true,
+                reset_ends_process: true,
                 found_by_suffix: true,
             },
             #[cfg(test)]
@@ -117,6 +124,7 @@ impl MachineKind {
                 booted_while_process_runs: false,
                 wants_vlan_host_tap: false,
                 takes_guest_agent: true,
+                reset_ends_process: false,
                 found_by_suffix: false,
             },
         }
@@ -170,6 +178,11 @@ impl MachineKind {
     /// See [`Facts::takes_guest_agent`].
     pub fn takes_guest_agent(self) -> bool {
         self.facts().takes_guest_agent
+    }
+
+    /// See [`Facts::reset_ends_process`].
+    pub fn reset_ends_process(self) -> bool {
+        self.facts().reset_ends_process
     }
 
     /// See [`Facts::found_by_suffix`].
