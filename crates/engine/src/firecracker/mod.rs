@@ -130,9 +130,6 @@ pub struct FirecrackerBackend {
     socket_timeout: Duration,
     running: Mutex<Option<Arc<Running>>>,
     network: Mutex<Option<Network>>,
-    /// The configuration of the last launch from the start script (a snapshot load runs in
-    /// the same network namespace).
-    spec: Mutex<Option<VmmSpec>>,
 }
 
 impl FirecrackerBackend {
@@ -150,7 +147,6 @@ impl FirecrackerBackend {
             socket_timeout: SOCKET_TIMEOUT,
             running: Mutex::new(None),
             network: Mutex::new(None),
-            spec: Mutex::new(None),
         }
     }
 
@@ -432,7 +428,6 @@ impl Backend for FirecrackerBackend {
         drop(self.running.lock().unwrap().take());
         let spec = self.run_script(info)?;
         let launched = self.start_vmm(host, Boot::Fresh(&spec))?;
-        *self.spec.lock().unwrap() = Some(spec);
         if info.vnc {
             info.log("no display over VNC: a Firecracker microVM has no screen");
         }

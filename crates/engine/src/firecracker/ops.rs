@@ -45,7 +45,6 @@ impl Power for FirecrackerBackend {
         info.log("the guest reset, which ends Firecracker: starting it again");
         let spec = self.run_script(info)?;
         let launched = self.start_vmm(host, Boot::Fresh(&spec))?;
-        *self.spec.lock().unwrap() = Some(spec);
         host.adopt(launched);
         Ok(())
     }
