@@ -502,3 +502,34 @@ def test_firecracker_guest_reset_without_allow_reboot_ends_the_machine(
     assert r.returncode == 0, r
     assert "STOPPED: fc: " in r.stdout, r
     assert [c["call"] for c in calls(fake)] == ["boot"]
+
+
+def test_a_dead_firecracker_fails_the_snapshot_naming_its_exit(
+    driver_env, run_driver, firecracker_env, vsock_guest
+):
+    fake, env = firecracker_env
+    script = firecracker_script(driver_env)
+    r = run(
+        driver_env,
+        run_driver,
+        env,
+        script,
+        """
+        import signal
+        from nixos_test_ng import MachineError
+        fc.start()
+        fc.succeed("true")
+        os.kill(fc.pid, signal.SIGKILL)  # the VMM dies; the (fake) guest's agent does not
+        try:
+            fc.snapshot("ready")
+        except MachineError as e:
+            print("ERROR:", e)
+        else:
+            raise SystemExit("the snapshot did not fail")
+        """,
+    )
+    assert r.returncode == 0, r
+    # (its socket file is left behind: a connection is refused or reset, as it happens)
+    assert "ERROR: fc: Firecracker API call PATCH /vm failed: " in r.stdout, r
+    assert "(Firecracker exited: signal: 9 (SIGKILL))" in r.stdout, r
+    assert [c["call"] for c in calls(fake)] == ["boot"]

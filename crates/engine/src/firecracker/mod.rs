@@ -96,6 +96,37 @@ pub(crate) struct Running {
     paused: AtomicBool,
 }
 
+impl Running {
+    /// Sends `call`; a failure says so when Firecracker has exited meanwhile.
+    fn send(&self, call: &Call) -> Result<serde_json::Value> {
+        self.api
+            .send(call)
+            .map_err(|e| with_exit_note(e, &self.process))
+    }
+}
+
+/// How long a failed call waits for Firecracker's end, to say it exited.
+const EXIT_NOTE_WAIT: Duration = Duration::from_millis(300);
+
+/// `e` with "(Firecracker exited: <status>)" when `process` ended (or ends right away).
+fn with_exit_note(e: Error, process: &ChildProcess) -> Error {
+    match (e, process.wait(Deadline::after(Some(EXIT_NOTE_WAIT)))) {
+        (
+            Error::Guest {
+                machine,
+                message,
+                console_tail,
+            },
+            Some(status),
+        ) => Error::Guest {
+            machine,
+            message: format!("{message} (Firecracker exited: {status})"),
+            console_tail,
+        },
+        (e, _) => e,
+    }
+}
+
 /// The machine's VLAN NICs: they outlive a launch (a restored or rebooted microVM reopens
 /// the same TAPs) and go when the machine is released.
 struct Network {
@@ -355,9 +386,12 @@ impl FirecrackerBackend {
                     with_output(&stderr.text())
                 )),
             })
-            .and_then(|()| match boot {
-                Boot::Fresh(spec) => api.send_all(&api::boot_calls(spec, &vsock, &nics)),
-                Boot::Snapshot(files) => api.send(&api::snapshot_load(files)).map(drop),
+            .and_then(|()| {
+                match boot {
+                    Boot::Fresh(spec) => api.send_all(&api::boot_calls(spec, &vsock, &nics)),
+                    Boot::Snapshot(files) => api.send(&api::snapshot_load(files)).map(drop),
+                }
+                .map_err(|e| with_exit_note(e, &process))
             });
         if let Err(e) = ready {
             process.kill();

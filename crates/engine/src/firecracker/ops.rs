@@ -28,7 +28,7 @@ impl Power for FirecrackerBackend {
     fn reboot(&self, host: &dyn Host) -> Result<()> {
         let info = host.info();
         let running = self.running(info)?;
-        running.api.send(&api::action("SendCtrlAltDel"))?;
+        running.send(&api::action("SendCtrlAltDel"))?;
         match running
             .process
             .wait_until(Deadline::after(Some(RESET_TIMEOUT)))?
@@ -58,7 +58,7 @@ impl Snapshots for FirecrackerBackend {
 
     fn pause(&self, info: &MachineInfo) -> Result<()> {
         let running = self.running(info)?;
-        running.api.send(&api::vm_state(true))?;
+        running.send(&api::vm_state(true))?;
         running.paused.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -67,7 +67,7 @@ impl Snapshots for FirecrackerBackend {
     fn resume(&self, info: &MachineInfo) -> Result<()> {
         let running = self.running(info)?;
         if running.paused.load(Ordering::SeqCst) {
-            running.api.send(&api::vm_state(false))?;
+            running.send(&api::vm_state(false))?;
             running.paused.store(false, Ordering::SeqCst);
         }
         Ok(())
@@ -80,7 +80,6 @@ impl Snapshots for FirecrackerBackend {
             let _ = std::fs::remove_file(f);
         }
         self.running(info)?
-            .api
             .send(&api::snapshot_create(&files))
             .map(drop)
     }

@@ -153,6 +153,12 @@ impl Client {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(io_err(e)),
             };
+            if n == 0 && buf.is_empty() {
+                return Err(io_err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the connection closed without an answer",
+                )));
+            }
             if n == 0 {
                 // The server closed: what we have must be the whole answer.
                 return parse_closed(&buf).map_err(|detail| HttpError::Malformed {
@@ -249,9 +255,6 @@ fn parse(buf: &[u8]) -> Result<Option<Response>, String> {
 
 /// The answer in `buf` when the server closed the connection.
 fn parse_closed(buf: &[u8]) -> Result<Response, String> {
-    if buf.is_empty() {
-        return Err("the connection closed without an answer".to_string());
-    }
     let h = head(buf)?.ok_or_else(|| "the connection closed within the head".to_string())?;
     let rest = &buf[h.body_start..];
     match h.content_length {
@@ -407,6 +410,21 @@ mod tests {
         let e = client.request("GET", "/", None, SECOND).unwrap_err();
         assert!(e.to_string().contains("closed after 5 of 10"), "{e}");
         server.join().unwrap();
+    }
+
+    #[test]
+    fn a_server_that_closes_without_an_answer_is_an_io_error() {
+        let dir = TestDir::new();
+        let listener = UnixListener::bind(dir.path().join("api.sock")).unwrap();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            drop(stream);
+        });
+        let client = Client::new(dir.path().join("api.sock"));
+        let e = client.request("PUT", "/vm", None, SECOND).unwrap_err();
+        server.join().unwrap();
+        // the request may meet the closed socket while writing or while reading
+        assert!(matches!(e, HttpError::Io { .. }), "{e:?}");
     }
 
     #[test]
