@@ -162,7 +162,7 @@ def test_generated_declarations_match_the_namespace():
         if isinstance(n, ast.FunctionDef)
         or (isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name))
     }
-    classes = {"Machine", "BaseMachine", "QemuMachine", "NspawnMachine", "os"}
+    classes = {"Machine", "BaseMachine", "QemuMachine", "NspawnMachine", "FirecrackerMachine", "os"}
     assert set(GENERAL_SYMBOLS) - classes - set(declared) == set()
     assert {"server", "box", "vlan1"} <= set(declared)
     assert "server: QemuMachine" in text and "box: NspawnMachine" in text
@@ -172,3 +172,11 @@ def test_generated_declarations_match_the_namespace():
         real = retry if name == "retry" else getattr(Driver, name)
         want = [p for p in inspect.signature(real).parameters if p != "self"]
         assert [a[0] for a in stub_params(node)] == want, name
+
+
+def test_a_firecracker_machine_gets_its_class_in_the_stubs():
+    from nixos_test_ng.check_cli import render_stubs
+
+    text = render_stubs({"fc": "firecracker"}, [])
+    assert "\nfc: FirecrackerMachine\n" in text
+    assert "\nmachine: FirecrackerMachine\n" in text

@@ -14,11 +14,18 @@ from nixos_test_ng.errors import (
     TestScriptError,
     Unsupported,
 )
-from nixos_test_ng.machine import BaseMachine, Machine, NspawnMachine, QemuMachine
+from nixos_test_ng.machine import (
+    BaseMachine,
+    FirecrackerMachine,
+    Machine,
+    NspawnMachine,
+    QemuMachine,
+)
 
 __all__ = [
     "BaseMachine",
     "ConfigError",
+    "FirecrackerMachine",
     "Machine",
     "MachineError",
     "NspawnMachine",

@@ -72,16 +72,18 @@ class MachineKind:
 
     @property
     def name(self) -> str:
-        """The engine's name ("qemu", "nspawn"): `MachineHandle.kind`, `Config.machines`."""
+        """The engine's name ("qemu", "nspawn", "firecracker"): `MachineHandle.kind`,
+        `Config.machines`."""
     @property
     def spec_word(self) -> str:
-        """The word of machine specs ("vm", "nspawn")."""
+        """The word of machine specs ("vm", "nspawn", "firecracker")."""
     @property
     def script_suffix(self) -> str:
-        """The end of the start script's name ("-vm", "-nspawn")."""
+        """The end of the start script's name ("-vm", "-nspawn", "-firecracker")."""
     @property
     def python_class(self) -> str:
-        """The Python class of such machines ("QemuMachine", "NspawnMachine")."""
+        """The Python class of such machines ("QemuMachine", "NspawnMachine",
+        "FirecrackerMachine")."""
     @property
     def needs_root(self) -> bool:
         """The driver must run as root."""
@@ -90,7 +92,7 @@ class MachineKind:
         """What the log calls such a machine ("VM", "container")."""
     @property
     def backend(self) -> str:
-        """The backend's name ("QEMU", "systemd-nspawn")."""
+        """The backend's name ("QEMU", "systemd-nspawn", "Firecracker")."""
 
 def machine_kinds() -> list[MachineKind]:
     """Every kind of machine."""
@@ -251,7 +253,7 @@ class MachineHandle:
 
     @property
     def kind(self) -> str:
-        """The kind's name ("qemu", "nspawn"; see `machine_kinds()`)."""
+        """The kind's name ("qemu", "nspawn", "firecracker"; see `machine_kinds()`)."""
 
 @final
 class Driver:
@@ -300,7 +302,8 @@ class MachineProcess:
     def kill(self) -> None: ...
 
 class Machine:
-    """A machine of the test (subclassed as `QemuMachine` and `NspawnMachine`)."""
+    """A machine of the test (subclassed as `QemuMachine`, `NspawnMachine` and
+    `FirecrackerMachine`)."""
 
     def __init__(self, handle: MachineHandle) -> None: ...
     @property

@@ -182,9 +182,10 @@ def check_source(
     vlans: Iterable[int] = (),
     names_only: bool = False,
 ) -> list[Problem]:
-    """The problems of a script whose machines are `machines` (name -> "vm" | "nspawn")."""
+    """The problems of a script whose machines are `machines` (name -> a kind's word: "vm",
+    "nspawn", "firecracker")."""
     from nixos_test_ng import _native
-    from nixos_test_ng.machine import NspawnMachine, QemuMachine
+    from nixos_test_ng.machine import CLASSES
 
     try:
         tree = ast.parse(source, filename=filename)
@@ -194,7 +195,7 @@ def check_source(
     problems = list(_undefined_names(tree, source, filename, known))
     if not names_only:
         classes = {
-            _native.pythonize_name(n): NspawnMachine if k == "nspawn" else QemuMachine
+            _native.pythonize_name(n): CLASSES[_native.machine_kind(k).name]
             for n, k in machines.items()
         }
         if len(classes) == 1:

@@ -43,7 +43,7 @@ def _machines(args: argparse.Namespace) -> tuple[dict[str, str], list[int]]:
     if args.config:  # read as the driver reads it: the same names, the same errors
         config = _native.read_config_file(args.config)
         for name, _, kind in config.machines:
-            machines[name] = "nspawn" if kind == "nspawn" else "vm"
+            machines[name] = _native.machine_kind(kind).spec_word
         vlans += config.vlans
     return machines, list(dict.fromkeys(vlans))
 
@@ -84,6 +84,7 @@ from nixos_test_ng.debug import Debug, DebugNop
 from nixos_test_ng.driver import Driver
 # `X as X`: re-exported, so scripts see upstream's class names
 from nixos_test_ng.machine import BaseMachine as BaseMachine
+from nixos_test_ng.machine import FirecrackerMachine as FirecrackerMachine
 from nixos_test_ng.machine import Machine as Machine
 from nixos_test_ng.machine import NspawnMachine as NspawnMachine
 from nixos_test_ng.machine import QemuMachine as QemuMachine
@@ -91,7 +92,9 @@ from nixos_test_ng.retry import LazyAssertionTester, Poll, PollingCondition
 """
 
 #: The general names the header's imports declare (`X as X`).
-IMPORTED_SYMBOLS = frozenset({"os", "Machine", "BaseMachine", "QemuMachine", "NspawnMachine"})
+IMPORTED_SYMBOLS = frozenset(
+    {"os", "Machine", "BaseMachine", "QemuMachine", "NspawnMachine", "FirecrackerMachine"}
+)
 
 #: The declaration of every other general name (`_native.GENERAL_SYMBOLS`, the engine's
 #: list, decides which are written, in its order).
@@ -143,11 +146,11 @@ def render_stubs(machines: dict[str, str], vlans: list[int]) -> str:
         if name not in IMPORTED_SYMBOLS:
             lines.append(DECLARATIONS[name])
     for name, kind in machines.items():
-        cls = "NspawnMachine" if kind == "nspawn" else "QemuMachine"
+        cls = _native.machine_kind(kind).python_class
         lines.append(f"{_native.pythonize_name(name)}: {cls}")
     if len(machines) == 1:
         kind = next(iter(machines.values()))
-        lines.append(f"machine: {'NspawnMachine' if kind == 'nspawn' else 'QemuMachine'}")
+        lines.append(f"machine: {_native.machine_kind(kind).python_class}")
     for v in vlans:
         lines.append(f"vlan{v}: VLan")
     return "\n".join(lines) + "\n"

@@ -57,9 +57,7 @@ def run_driver(argv: list[str]) -> int:
     if script and not config.skip_check and not config.interactive:
         from nixos_test_ng.check import check_source
 
-        machines = {
-            name: ("nspawn" if kind == "nspawn" else "vm") for name, _, kind in config.machines
-        }
+        machines = {name: _native.machine_kind(kind).spec_word for name, _, kind in config.machines}
         problems = check_source(script, config.test_script, machines, config.vlans, names_only=True)
         if problems:
             for problem in problems:

@@ -15,7 +15,14 @@ from nixos_test_ng import _native
 from nixos_test_ng.debug import Debug, DebugNop
 from nixos_test_ng.ending import ending_exception
 from nixos_test_ng.errors import GlobalTimeout, MachineError, RequestedAssertionFailed, Terminated
-from nixos_test_ng.machine import BaseMachine, Machine, NspawnMachine, QemuMachine, wrap
+from nixos_test_ng.machine import (
+    BaseMachine,
+    FirecrackerMachine,
+    Machine,
+    NspawnMachine,
+    QemuMachine,
+    wrap,
+)
 from nixos_test_ng.retry import LazyAssertionTester, Poll, PollingCondition, retry
 
 #: The names every test script sees besides the machines and VLANs (upstream's namespace).
@@ -216,6 +223,7 @@ class Driver:
             "BaseMachine": BaseMachine,
             "QemuMachine": QemuMachine,
             "NspawnMachine": NspawnMachine,
+            "FirecrackerMachine": FirecrackerMachine,
             "t": LazyAssertionTester(),
             "debug": self.debug,
             "dump_machine_ssh": self.dump_machine_ssh,

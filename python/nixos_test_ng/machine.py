@@ -1,6 +1,7 @@
 """Machine classes of the script namespace: thin names over the native machine.
 
-`BaseMachine` is what every machine is; `QemuMachine` a VM; `NspawnMachine` a container.
+`BaseMachine` is what every machine is; `QemuMachine` a VM; `NspawnMachine` a container;
+`FirecrackerMachine` a Firecracker microVM.
 `Machine` is the generation-A name, kept for scripts that annotate with it.
 """
 
@@ -246,6 +247,12 @@ class NspawnMachine(BaseMachine):
         """The command that reaches this container's SSH through systemd's unix-export."""
         socket_path = f"/run/systemd/nspawn/unix-export/{self.name}/ssh"
         return f'ssh -o User=root -o ProxyCommand="socat - UNIX-CLIENT:{socket_path}" bash'
+
+
+class FirecrackerMachine(BaseMachine):
+    """A Firecracker microVM configured by a `run-<name>-firecracker` script (which prints
+    its kernel, disks, command line, vCPUs, memory and VLANs as JSON). Its shell is the guest
+    agent over vsock; it has no display, keyboard, monitor or serial console input."""
 
 
 Machine = BaseMachine

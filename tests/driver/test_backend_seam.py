@@ -7,13 +7,23 @@ import textwrap
 
 import pytest
 from nixos_test_ng import MachineError, Unsupported, _native
-from nixos_test_ng.machine import CLASSES, BaseMachine, NspawnMachine, QemuMachine
+from nixos_test_ng.machine import (
+    CLASSES,
+    BaseMachine,
+    FirecrackerMachine,
+    NspawnMachine,
+    QemuMachine,
+)
 
 
 def test_every_kind_has_its_python_class_and_its_words() -> None:
     kinds = {k.name: k for k in _native.machine_kinds()}
-    assert sorted(kinds) == ["nspawn", "qemu"]
-    assert CLASSES == {"qemu": QemuMachine, "nspawn": NspawnMachine}
+    assert sorted(kinds) == ["firecracker", "nspawn", "qemu"]
+    assert CLASSES == {
+        "qemu": QemuMachine,
+        "nspawn": NspawnMachine,
+        "firecracker": FirecrackerMachine,
+    }
     for name, kind in kinds.items():
         assert CLASSES[name].__name__ == kind.python_class
         assert issubclass(CLASSES[name], BaseMachine)
@@ -23,7 +33,11 @@ def test_every_kind_has_its_python_class_and_its_words() -> None:
     assert (kinds["nspawn"].noun, kinds["nspawn"].needs_root) == ("container", True)
     assert _native.machine_kind("container").name == "nspawn"
     assert _native.machine_name_from_script("/x/run-c1-nspawn", "container") == "c1"
-    with pytest.raises(ValueError, match='kind must be "vm" or "nspawn", not "docker"'):
+    assert (kinds["firecracker"].script_suffix, kinds["firecracker"].noun) == ("-firecracker", "VM")
+    assert _native.machine_name_from_script("/x/run-fc1-firecracker", "firecracker") == "fc1"
+    with pytest.raises(
+        ValueError, match='kind must be "vm" or "nspawn" or "firecracker", not "docker"'
+    ):
         _native.machine_kind("docker")
 
 

@@ -43,6 +43,7 @@ GENERAL_SYMBOLS = [
     "BaseMachine",
     "QemuMachine",
     "NspawnMachine",
+    "FirecrackerMachine",
     "t",
     "debug",
 ]

@@ -142,11 +142,20 @@ impl Driver {
             env: self.vlan_env.clone(),
             vnc: self.config.vnc,
             transport: self.config.transport,
+            node: 1 + self
+                .config
+                .machines
+                .iter()
+                .filter(|m| m.name < spec.name)
+                .count() as u32,
         };
         let script = spec.start_script.display().to_string();
         let backend: Box<dyn Backend> = match spec.kind {
             MachineKind::Qemu => Box::new(crate::qemu::QemuBackend::new(script)),
             MachineKind::Nspawn => Box::new(crate::nspawn::NspawnBackend::new(script)),
+            MachineKind::Firecracker => {
+                Box::new(crate::firecracker::FirecrackerBackend::new(script))
+            }
             #[cfg(test)]
             MachineKind::Fake => Box::new(crate::fake::FakeBackend::new(script)),
         };

@@ -9,6 +9,8 @@ pub enum MachineKind {
     Qemu,
     /// A systemd-nspawn container (`run-<name>-nspawn`).
     Nspawn,
+    /// A Firecracker microVM (`run-<name>-firecracker`).
+    Firecracker,
     /// The engine's own test backend (`fake/`): a local bash as the guest.
     #[cfg(test)]
     Fake,
@@ -43,11 +45,23 @@ pub struct Facts {
     /// Its guests can be reached through the guest agent, so `NIXOS_TEST_NG_TRANSPORT` applies
     /// to it. A container has its own shell socket and no agent: the variable leaves it alone.
     pub takes_guest_agent: bool,
+    /// The VMM cannot reset a guest: the guest's reset (a reboot) ends its process. With
+    /// `allow_reboot`, the machine then launches it again for the next command, as QEMU
+    /// without `-no-reboot` reboots in place.
+    pub reset_ends_process: bool,
+    /// A start script in `--start-scripts` whose name ends with the kind's suffix is one of
+    /// its machines (upstream's flag knows only QEMU VMs, so only kinds that are not upstream's
+    /// are found so).
+    pub found_by_suffix: bool,
 }
 
 impl MachineKind {
     /// Every kind Python sees, in a fixed order.
-    pub const ALL: [MachineKind; 2] = [MachineKind::Qemu, MachineKind::Nspawn];
+    pub const ALL: [MachineKind; 3] = [
+        MachineKind::Qemu,
+        MachineKind::Nspawn,
+        MachineKind::Firecracker,
+    ];
 
     /// The facts of the kind: one arm per kind, the one place a new backend adds its own.
     pub fn facts(self) -> Facts {
@@ -64,6 +78,8 @@ impl MachineKind {
                 booted_while_process_runs: false,
                 wants_vlan_host_tap: false,
                 takes_guest_agent: true,
+                reset_ends_process: false,
+                found_by_suffix: false,
             },
             MachineKind::Nspawn => Facts {
                 name: "nspawn",
@@ -77,6 +93,23 @@ impl MachineKind {
                 booted_while_process_runs: true,
                 wants_vlan_host_tap: true,
                 takes_guest_agent: false,
+                reset_ends_process: false,
+                found_by_suffix: false,
+            },
+            MachineKind::Firecracker => Facts {
+                name: "firecracker",
+                spec_word: "firecracker",
+                script_suffix: "-firecracker",
+                python_class: "FirecrackerMachine",
+                needs_root: false,
+                noun: "VM",
+                backend_name: "Firecracker",
+                keeps_last_process: true,
+                booted_while_process_runs: false,
+                wants_vlan_host_tap: false,
+                takes_guest_agent: true,
+                reset_ends_process: true,
+                found_by_suffix: true,
             },
             #[cfg(test)]
             MachineKind::Fake => Facts {
@@ -91,6 +124,8 @@ impl MachineKind {
                 booted_while_process_runs: false,
                 wants_vlan_host_tap: false,
                 takes_guest_agent: true,
+                reset_ends_process: false,
+                found_by_suffix: false,
             },
         }
     }
@@ -145,6 +180,28 @@ impl MachineKind {
         self.facts().takes_guest_agent
     }
 
+    /// See [`Facts::reset_ends_process`].
+    pub fn reset_ends_process(self) -> bool {
+        self.facts().reset_ends_process
+    }
+
+    /// See [`Facts::found_by_suffix`].
+    pub fn found_by_suffix(self) -> bool {
+        self.facts().found_by_suffix
+    }
+
+    /// The kind of a `--start-scripts` entry: a kind found by its suffix
+    /// ([`Facts::found_by_suffix`]), else a QEMU VM as upstream.
+    pub fn of_start_script(script: &str) -> MachineKind {
+        let base = script.trim_end().rsplit('/').next().unwrap_or(script);
+        MachineKind::ALL
+            .into_iter()
+            .find(|k| {
+                k.found_by_suffix() && base.starts_with("run-") && base.ends_with(k.script_suffix())
+            })
+            .unwrap_or(MachineKind::Qemu)
+    }
+
     /// See [`Facts::wants_vlan_host_tap`].
     pub fn wants_vlan_host_tap(self) -> bool {
         self.facts().wants_vlan_host_tap
@@ -192,6 +249,27 @@ mod tests {
         assert_eq!(MachineKind::parse("container"), Some(MachineKind::Nspawn));
         assert_eq!(MachineKind::parse("vm"), Some(MachineKind::Qemu));
         assert_eq!(MachineKind::parse("docker"), None);
-        assert_eq!(MachineKind::words(), "\"vm\" or \"nspawn\"");
+        assert_eq!(
+            MachineKind::words(),
+            "\"vm\" or \"nspawn\" or \"firecracker\""
+        );
+        assert_eq!(
+            MachineKind::parse("Firecracker"),
+            Some(MachineKind::Firecracker)
+        );
+    }
+
+    #[test]
+    fn start_scripts_are_vms_unless_their_kind_is_found_by_suffix() {
+        use MachineKind::*;
+        for (script, kind) in [
+            ("/nix/store/x/bin/run-a-vm", Qemu),
+            ("/nix/store/x/bin/run-a-firecracker", Firecracker),
+            ("./run-my-box-firecracker", Firecracker),
+            ("/bin/firecracker", Qemu),
+            ("/x/run-c-nspawn", Qemu),
+        ] {
+            assert_eq!(MachineKind::of_start_script(script), kind, "{script}");
+        }
     }
 }

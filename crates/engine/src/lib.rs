@@ -3,7 +3,7 @@
 //!
 //! Data flow: [`config::Config`] → [`driver::Driver`] (VLANs, machines, global timeout,
 //! cleanup) → [`machine::Machine`] (the lifecycle, written once) over a [`backend::Backend`]
-//! ([`qemu`], [`nspawn`]: launch and stop, plus capabilities) and a transport (a
+//! ([`qemu`], [`nspawn`], [`firecracker`]: launch and stop, plus capabilities) and a transport (a
 //! [`transport::connector::Connector`]'s stream, the [`transport::shell`] protocol);
 //! everything that happens is an [`event::Event`] the [`log::Logger`] hands to the reporters
 //! [`reporters`] built for the run. `docs/architecture.md` has the map and the layers.
@@ -20,6 +20,7 @@ pub mod event;
 pub mod exit_status;
 #[cfg(test)]
 pub mod fake;
+pub mod firecracker;
 pub mod interrupt;
 pub mod junit;
 pub mod kind;
@@ -37,6 +38,7 @@ pub mod terminal;
 pub mod trace;
 pub mod transport;
 pub mod vlan;
+pub mod vmm;
 pub mod xml_log;
 
 pub use error::{Error, Result};

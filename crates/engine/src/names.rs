@@ -26,6 +26,7 @@ pub const GENERAL_SYMBOLS: &[&str] = &[
     "BaseMachine",
     "QemuMachine",
     "NspawnMachine",
+    "FirecrackerMachine",
     "t",
     "debug",
     "dump_machine_ssh",

@@ -93,7 +93,7 @@ impl From<engine::Config> for Config {
 
 #[pymethods]
 impl Config {
-    /// `(name, start_script, kind)` for each machine; kind is "qemu" or "nspawn".
+    /// `(name, start_script, kind)` for each machine; kind is "qemu", "nspawn" or "firecracker".
     #[getter]
     fn machines(&self) -> Vec<(String, String, &'static str)> {
         self.inner

@@ -27,7 +27,7 @@ pub struct MachineHandle {
 
 #[pymethods]
 impl MachineHandle {
-    /// The kind's name ("qemu", "nspawn"; see `machine_kinds()`).
+    /// The kind's name ("qemu", "nspawn", "firecracker"; see `machine_kinds()`).
     #[getter]
     fn kind(&self) -> &'static str {
         self.inner.kind().name()

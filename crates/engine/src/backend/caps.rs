@@ -59,6 +59,8 @@ impl Capability {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rewind {
     /// The running guest was rewound in place: the shell needs a resync and the shares a mount.
+    /// Also a new launch the backend had the machine adopt whose session is not in step yet
+    /// (a VMM that loaded the snapshot: its agent needs a new connection).
     InPlace,
     /// The machine adopted a new launch already at the snapshot (a warm standby), its shell in
     /// step and its shares mounted.
@@ -133,6 +135,17 @@ pub trait PortForwards: Send + Sync {
 pub trait Power: Send + Sync {
     /// Ends the machine at once, as a power cut (the machine then waits for its process).
     fn crash(&self, info: &MachineInfo) -> Result<()>;
+    /// The VMM has its own Ctrl-Alt-Delete ([`Power::reboot`]); false: `reboot` presses the
+    /// keys on the backend's keyboard.
+    fn has_reboot(&self) -> bool {
+        false
+    }
+    /// Sends Ctrl-Alt-Delete by the VMM's own means (Firecracker's `SendCtrlAltDel`) and,
+    /// when the guest's reset ends the VMM, has the machine adopt a new launch
+    /// ([`Host::adopt`]); the machine then waits for a new handshake.
+    fn reboot(&self, host: &dyn Host) -> Result<()> {
+        Err(host.guest_error("this backend has no Ctrl-Alt-Delete of its own".to_string()))
+    }
 }
 
 /// Input to the serial console.

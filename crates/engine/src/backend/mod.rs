@@ -54,6 +54,9 @@ pub struct MachineInfo {
     pub vnc: bool,
     /// Which transport commands take (`NIXOS_TEST_NG_TRANSPORT`).
     pub transport: crate::config::Transport,
+    /// The machine's number in the run, from 1 by sorted name (nixpkgs' network.nix): the
+    /// last byte of its VLAN NICs' MAC addresses, `52:54:00:12:<vlan>:<node>`.
+    pub node: u32,
 }
 
 impl MachineInfo {

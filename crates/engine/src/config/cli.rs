@@ -203,7 +203,8 @@ pub fn parse_args(argv: &[String], env: &HashMap<String, String>) -> Result<Pars
         .or_else(|| split_env(env, "containerNames"));
 
     for s in &start_scripts {
-        cfg.machines.push(machine(s, None, MachineKind::Qemu));
+        cfg.machines
+            .push(machine(s, None, MachineKind::of_start_script(s)));
     }
     add_named(
         &mut cfg,

@@ -158,14 +158,23 @@ impl Machine {
         serial.send_console(&self.info, chars)
     }
 
-    /// Presses Ctrl-Alt-Delete; the next command waits for a new handshake.
+    /// Presses Ctrl-Alt-Delete (on the keyboard, or by the VMM's own means when its power
+    /// control has them); the next command waits for a new handshake.
     pub fn reboot(&self) -> Result<()> {
-        self.press_key(
-            "reboot",
-            "ctrl-alt-delete",
-            Some(Duration::from_millis(10)),
-            true,
-        )?;
+        match self.backend.power().filter(|p| p.has_reboot()) {
+            Some(power) => {
+                let block = self.op("send_key", "sending key 'ctrl-alt-delete'");
+                self.run_hook()?;
+                block.check(power.reboot(self))?;
+                block.finish();
+            }
+            None => self.press_key(
+                "reboot",
+                "ctrl-alt-delete",
+                Some(Duration::from_millis(10)),
+                true,
+            )?,
+        }
         self.mark_disconnected();
         Ok(())
     }

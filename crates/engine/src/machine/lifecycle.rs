@@ -12,6 +12,7 @@
 //!    wait_for_shutdown / release (any state)
 //! ```
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -123,11 +124,19 @@ impl Machine {
         started
     }
 
-    /// Launches the machine unless it is booted.
+    /// Launches the machine unless it is booted, or again after the guest's reset ended a
+    /// launch that allows reboots (`Facts::reset_ends_process`; with the same
+    /// `allow_reboot`).
     fn launch(&self, allow_reboot: bool) -> Result<()> {
         let _starting = self.starting.lock().unwrap();
+        let mut allow_reboot = allow_reboot;
         if self.booted() {
-            return Ok(());
+            if !self.reset_ended_launch() {
+                return Ok(());
+            }
+            self.log("the guest's reset ended its process: starting it again");
+            allow_reboot = true;
+            self.clear(false);
         }
         // A launch whose process ended and that counts as stopped already (a container).
         if self.run.lock().unwrap().is_some() {
@@ -136,7 +145,21 @@ impl Machine {
         self.console.reset();
         *self.started_at.lock().unwrap() = Some(Instant::now());
         let launched = self.backend.launch(self, LaunchOptions { allow_reboot })?;
+        self.allow_reboot.store(allow_reboot, Ordering::SeqCst);
         self.install(launched)
+    }
+
+    /// The running launch allows reboots, and its process ended, which for this kind is the
+    /// guest's reset (a reboot, or a panic with `panic=N`).
+    fn reset_ended_launch(&self) -> bool {
+        self.kind().reset_ends_process()
+            && self.allow_reboot.load(Ordering::SeqCst)
+            && self
+                .run
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_some_and(|r| !r.process.is_running())
     }
 
     /// Makes `launched` the machine's running launch.

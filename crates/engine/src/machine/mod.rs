@@ -67,6 +67,8 @@ pub struct Machine {
     started_at: Mutex<Option<Instant>>,
     /// Held while a launch is being started, so two callers do not both launch.
     starting: Mutex<()>,
+    /// The running launch was started with `allow_reboot` (see `Facts::reset_ends_process`).
+    allow_reboot: std::sync::atomic::AtomicBool,
     hook: RwLock<Option<Hook>>,
     /// Snapshots taken, by name, with the shared-directory mounts to restore after them.
     snapshots: Mutex<std::collections::BTreeMap<String, Vec<Mount>>>,
@@ -89,6 +91,7 @@ impl Machine {
             last_process: Mutex::new(None),
             started_at: Mutex::new(None),
             starting: Mutex::new(()),
+            allow_reboot: Default::default(),
             hook: RwLock::new(None),
             snapshots: Default::default(),
             boot_span: Default::default(),

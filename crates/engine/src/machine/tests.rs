@@ -55,6 +55,7 @@ pub(super) fn machine_over(
         env: Vec::new(),
         vnc: false,
         transport,
+        node: 1,
     };
     let record = backend.record.clone();
     let m = Machine::new(info, Box::new(backend), false).unwrap();

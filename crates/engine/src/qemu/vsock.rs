@@ -459,6 +459,7 @@ mod tests {
             env: Vec::new(),
             vnc: false,
             transport: Transport::Auto,
+            node: 1,
         };
         (info, program.display().to_string())
     }

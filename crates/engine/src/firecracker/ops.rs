@@ -1,0 +1,130 @@
+//! Firecracker's capabilities: power (a power cut; a reboot through `SendCtrlAltDel`, after
+//! which the guest's reset ends Firecracker and the machine gets a new launch), snapshots
+//! through the API (pause, `snapshot/create`, resume; a restore is a new Firecracker that
+//! loads the snapshot), and links (the TAP's link state in the run's network namespace).
+
+use std::sync::atomic::Ordering;
+
+use super::api::{self, SnapshotFiles};
+use super::{Boot, FirecrackerBackend, RESET_TIMEOUT};
+use crate::backend::shares::Mount;
+use crate::backend::{Host, Links, MachineInfo, Power, Rewind, Snapshots};
+use crate::error::{Error, Result};
+use crate::interrupt::Deadline;
+
+impl Power for FirecrackerBackend {
+    /// Kills Firecracker: the guest stops as at a power cut.
+    fn crash(&self, info: &MachineInfo) -> Result<()> {
+        self.running(info)?.process.signal_group(libc::SIGKILL);
+        Ok(())
+    }
+
+    fn has_reboot(&self) -> bool {
+        true
+    }
+
+    /// `SendCtrlAltDel`; the guest's reset ends Firecracker (it cannot reset a microVM), so
+    /// the machine then adopts a new launch from the start script.
+    fn reboot(&self, host: &dyn Host) -> Result<()> {
+        let info = host.info();
+        let running = self.running(info)?;
+        running.send(&api::action("SendCtrlAltDel"))?;
+        match running
+            .process
+            .wait_until(Deadline::after(Some(RESET_TIMEOUT)))?
+        {
+            Some(_) => {}
+            None => {
+                return Err(host.guest_error(format!(
+                    "the guest did not reset within {} s of Ctrl-Alt-Delete (Firecracker ends \
+                     with the guest's reset: does its kernel command line have `reboot=k`?)",
+                    RESET_TIMEOUT.as_secs()
+                )))
+            }
+        }
+        info.log("the guest reset, which ends Firecracker: starting it again");
+        let spec = self.run_script(info)?;
+        let launched = self.start_vmm(host, Boot::Fresh(&spec))?;
+        host.adopt(launched);
+        Ok(())
+    }
+}
+
+impl Snapshots for FirecrackerBackend {
+    /// A microVM has no 9p or virtiofs shares.
+    fn unmounts_shares(&self) -> bool {
+        false
+    }
+
+    fn pause(&self, info: &MachineInfo) -> Result<()> {
+        let running = self.running(info)?;
+        running.send(&api::vm_state(true))?;
+        running.paused.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Resumes a paused microVM (a loaded snapshot runs already).
+    fn resume(&self, info: &MachineInfo) -> Result<()> {
+        let running = self.running(info)?;
+        if running.paused.load(Ordering::SeqCst) {
+            running.send(&api::vm_state(false))?;
+            running.paused.store(false, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// A full snapshot into the state directory (`snapshot-<name>.vmstate`, `.mem`).
+    fn save(&self, info: &MachineInfo, name: &str) -> Result<()> {
+        let files = SnapshotFiles::in_dir(&info.state_dir, name);
+        for f in [&files.state, &files.memory] {
+            let _ = std::fs::remove_file(f);
+        }
+        self.running(info)?
+            .send(&api::snapshot_create(&files))
+            .map(drop)
+    }
+
+    /// Ends the running Firecracker and has the machine adopt a new one that loaded the
+    /// snapshot (resumed). Its agent connection is new: the machine resyncs the session.
+    fn rewind(&self, host: &dyn Host, name: &str, _mounts: &[Mount]) -> Result<Rewind> {
+        let info = host.info();
+        let files = SnapshotFiles::in_dir(&info.state_dir, name);
+        if let Some(missing) = [&files.state, &files.memory]
+            .into_iter()
+            .find(|f| !f.is_file())
+        {
+            return Err(Error::InvalidState {
+                machine: info.name.clone(),
+                message: format!(
+                    "cannot restore snapshot {name:?}: its file {} is gone",
+                    missing.display()
+                ),
+            });
+        }
+        if let Some(old) = self.running.lock().unwrap().take() {
+            old.process.kill();
+        }
+        let launched = self.start_vmm(host, Boot::Snapshot(&files))?;
+        host.adopt(launched);
+        Ok(Rewind::InPlace)
+    }
+}
+
+impl Links for FirecrackerBackend {
+    /// The first VLAN NIC's TAP, down or up, in the run's network namespace.
+    fn set_link(&self, info: &MachineInfo, up: bool) -> Result<()> {
+        let network = self.network.lock().unwrap();
+        let Some((ns, tap)) = network
+            .as_ref()
+            .and_then(|n| n.taps.first().map(|t| (&n.ns, t)))
+        else {
+            return Err(Error::InvalidState {
+                machine: info.name.clone(),
+                message: "the machine has no VLAN NIC (its start script lists no `vlans`)"
+                    .to_string(),
+            });
+        };
+        ns.set_link(&tap.name, up)
+            .map_err(|e| Error::Config(format!("machine `{}`: {e}", info.name)))
+    }
+}

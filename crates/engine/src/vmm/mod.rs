@@ -1,0 +1,16 @@
+//! What the VMM backends driven through a REST API (Firecracker, Cloud Hypervisor) share:
+//! an HTTP/1.1 client over a unix socket (`http.rs`), which binary runs (`binary.rs`),
+//! waiting for the API socket (`api_socket.rs`), the machine's configuration as its start
+//! script prints it (`spec.rs`), and the VLAN NICs as TAP devices in the run's network
+//! namespace (`tap.rs`). Nothing here knows a particular VMM's API.
+
+pub mod api_socket;
+pub mod binary;
+pub mod http;
+pub mod spec;
+pub mod tap;
+#[cfg(test)]
+pub(crate) mod test_dir;
+
+pub use binary::Vmm;
+pub use spec::VmmSpec;
