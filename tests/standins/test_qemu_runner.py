@@ -1,0 +1,309 @@
+"""The stand-ins' QEMU runner on the busybox guest (TCG): hybrid vsock over the user-mode network
+to the guest agent, pause/resume, snapshot/restore, the guest's power-off, Ctrl-Alt-Del and
+reset, and QEMU dying with the stand-in. Each test boots at most one guest (slow under TCG)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.leaks import wait_until_gone
+
+from standins import qemu_runner
+from standins.runner import Disk, RunnerError, VmSpec, Vsock
+
+pytestmark = pytest.mark.vm
+
+#: Hang guards, not timings: a wait that runs this long has failed.
+BOOT_GUARD_S = 300.0
+ANSWER_TRY_S = 2.0
+EXIT_GUARD_S = 120.0
+
+HELLO, EXEC, STDOUT, STDERR, EXIT = 0x81, 0x01, 0x82, 0x83, 0x84
+TESTS = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def guest_dir() -> Path:
+    from nixos_test_ng.guest import ensure_built
+
+    return ensure_built()
+
+
+@pytest.fixture
+def state_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The runner's state directory goes under the test's tmp dir (the leak check finds its
+    QEMU by the QMP socket's path on the command line)."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    return tmp_path
+
+
+def make_spec(guest_dir: Path, tmp: Path, disks: list[Disk] | None = None) -> VmSpec:
+    return VmSpec(
+        kernel=str(guest_dir / "vmlinux"),
+        initrd=str(guest_dir / "initrd.img"),
+        cmdline="console=ttyS0 panic=1 loglevel=4 ntng.hostname=standin",
+        vcpus=1,
+        mem_mib=256,
+        disks=disks or [],
+        vsock=Vsock(cid=3, uds_path=str(tmp / "v.sock")),
+        console=("file", str(tmp / "console.log")),
+    )
+
+
+@pytest.fixture
+def runners() -> Iterator[list[qemu_runner.QemuRunner]]:
+    made: list[qemu_runner.QemuRunner] = []
+    yield made
+    for runner in made:
+        runner.shutdown()
+
+
+# --- a client of the agent through the hybrid vsock socket ----------------------------------
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError(f"the connection ended after {len(data)} of {n} bytes")
+        data += chunk
+    return data
+
+
+def read_frame(sock: socket.socket) -> tuple[int, bytes]:
+    kind, length = struct.unpack("<BI", recv_exact(sock, 5))
+    return kind, recv_exact(sock, length)
+
+
+def send_frame(sock: socket.socket, kind: int, body: bytes) -> None:
+    sock.sendall(struct.pack("<BI", kind, len(body)) + body)
+
+
+def try_connect(uds: Path) -> socket.socket | None:
+    """One `CONNECT 7001`: the stream after `OK`, or None (refused, or not answered yet)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(ANSWER_TRY_S)
+        sock.connect(str(uds))
+        sock.sendall(b"CONNECT 7001\n")
+        line = b""
+        while not line.endswith(b"\n"):
+            byte = sock.recv(1)
+            if not byte:
+                raise EOFError
+            line += byte
+    except (OSError, EOFError):
+        sock.close()
+        return None
+    assert line.startswith(b"OK "), line
+    sock.settimeout(BOOT_GUARD_S)
+    return sock
+
+
+def connect_agent(uds: Path, runner: qemu_runner.QemuRunner) -> tuple[socket.socket, dict]:
+    """A connection to the guest agent and its HELLO, once the guest serves it."""
+    deadline = time.monotonic() + BOOT_GUARD_S
+    while True:
+        assert runner.exited() is None, "the VM ended while waiting for the agent"
+        sock = try_connect(uds)
+        if sock is not None:
+            kind, body = read_frame(sock)
+            assert kind == HELLO, (kind, body)
+            return sock, json.loads(body)
+        assert time.monotonic() < deadline, f"no agent behind {uds}"
+        time.sleep(0.1)
+
+
+def run(sock: socket.socket, command: str) -> tuple[int, str]:
+    send_frame(sock, EXEC, json.dumps({"command": command}).encode())
+    out = b""
+    while True:
+        kind, body = read_frame(sock)
+        if kind == STDOUT:
+            out += body
+        elif kind == EXIT:
+            return json.loads(body)["status"], out.decode()
+        else:
+            assert kind == STDERR, (kind, body)
+
+
+def ended_by_peer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def wait_exited(runner: qemu_runner.QemuRunner) -> int:
+    deadline = time.monotonic() + EXIT_GUARD_S
+    while (status := runner.exited()) is None:
+        assert time.monotonic() < deadline, "the VM did not end"
+        time.sleep(0.05)
+    return status
+
+
+def qemu_pids(tmp: Path) -> list[int]:
+    """The QEMU processes whose command line names `tmp`."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            argv
+            and argv[0].endswith(b"qemu-system-x86_64")
+            and str(tmp).encode() in b" ".join(argv)
+        ):
+            out.append(int(entry.name))
+    return out
+
+
+# --- the tests -------------------------------------------------------------------------------
+
+
+def test_agent_through_hybrid_vsock_across_pause_snapshot_and_restore(
+    guest_dir, state_tmp, runners
+):
+    tmp = state_tmp
+    disk = tmp / "data.img"
+    disk.write_bytes(b"\0" * (1 << 20))
+    spec = make_spec(guest_dir, tmp, [Disk("data", str(disk), read_only=True, is_root=True)])
+    runner = qemu_runner.create_runner("firecracker")
+    runners.append(runner)
+    runner.boot(spec)
+    uds = Path(spec.vsock.uds_path)
+
+    conn, hello = connect_agent(uds, runner)
+    assert hello["agent"] == "nixos-test-ng-agent"
+    # the disk is virtio-blk /dev/vda, read-only
+    assert run(conn, "cat /sys/block/vda/ro") == (0, "1\n")
+    # the agent listens on the user-mode NIC only
+    status, listening = run(conn, "netstat -ltn | grep ':7001 '")
+    assert status == 0 and "10.0.2.15:7001" in listening, listening
+
+    runner.pause()
+    runner.resume()
+    after_pause, _ = connect_agent(uds, runner)
+    assert run(after_pause, "echo after pause") == (0, "after pause\n")
+
+    state, mem = tmp / "snap.state", tmp / "snap.mem"
+    runner.pause()
+    runner.snapshot(str(state), str(mem), diff=False)
+    assert state.stat().st_size > 0 and str(state) in mem.read_text()
+    runner.resume()
+    assert run(after_pause, "echo 'written after the snapshot' > /tmp/later") == (0, "")
+
+    runner.restore(str(state), str(mem), spec, resume=True)
+    # the connections of the VM before the restore end with its QEMU
+    assert ended_by_peer(after_pause)
+    restored, _ = connect_agent(uds, runner)
+    assert run(restored, "test -e /tmp/later; echo $?") == (0, "1\n")
+    assert run(restored, "cat /proc/sys/kernel/hostname") == (0, "standin\n")
+
+    # the guest powers off: QEMU ends with status 0 and the runner reports it
+    send_frame(restored, EXEC, json.dumps({"command": "poweroff"}).encode())
+    assert wait_exited(runner) == 0
+    assert not uds.exists()
+    assert wait_until_gone(tmp) == {}
+
+
+def test_ctrl_alt_del_ends_a_firecracker_vm(guest_dir, state_tmp, runners):
+    runner = qemu_runner.create_runner("firecracker")
+    runners.append(runner)
+    spec = make_spec(guest_dir, state_tmp)
+    runner.boot(spec)
+    connect_agent(Path(spec.vsock.uds_path), runner)
+    runner.ctrl_alt_del()
+    # the guest reboots; Firecracker (and so the stand-in's QEMU) ends then
+    assert wait_exited(runner) == 0
+    assert wait_until_gone(state_tmp) == {}
+
+
+def test_a_cloud_hypervisor_vm_comes_back_from_a_reset(guest_dir, state_tmp, runners):
+    runner = qemu_runner.create_runner("cloud-hypervisor")
+    runners.append(runner)
+    spec = make_spec(guest_dir, state_tmp)
+    runner.boot(spec)
+    uds = Path(spec.vsock.uds_path)
+    _, first = connect_agent(uds, runner)
+    runner.reboot()
+    while True:
+        conn, hello = connect_agent(uds, runner)
+        if hello.get("boot_id") != first.get("boot_id"):
+            break
+        conn.close()  # the old boot still answering before the reset took effect
+    assert runner.exited() is None
+    runner.shutdown()
+    assert wait_until_gone(state_tmp) == {}
+
+
+def test_operations_without_a_vm_and_bad_snapshots_are_errors(guest_dir, state_tmp, runners):
+    runner = qemu_runner.create_runner("firecracker")
+    runners.append(runner)
+    with pytest.raises(RunnerError, match="no VM runs"):
+        runner.pause()
+    spec = make_spec(guest_dir, state_tmp)
+    with pytest.raises(RunnerError, match="no snapshot file at .*missing.state"):
+        runner.restore(str(state_tmp / "missing.state"), str(state_tmp / "m"), spec, True)
+    bad = state_tmp / "bad.state"
+    bad.write_bytes(b"not a migration stream")
+    (state_tmp / "bad.mem").write_text("")
+    with pytest.raises(RunnerError, match="restore: QEMU exited with status 1"):
+        runner.restore(str(bad), str(state_tmp / "bad.mem"), spec, True)
+    spec.kernel = str(state_tmp / "no-such-kernel")
+    with pytest.raises(RunnerError, match="QEMU did not start: .*no-such-kernel"):
+        runner.boot(spec)
+    assert wait_until_gone(state_tmp) == {}
+
+
+def test_qemu_dies_with_a_sigkilled_stand_in(guest_dir, tmp_path):
+    """The stand-in's process SIGKILLed: the kernel kills its QEMU (PR_SET_PDEATHSIG)."""
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(make_spec(guest_dir, tmp_path).to_json()))
+    program = textwrap.dedent(
+        f"""
+        import json, sys, threading, time
+        sys.path.insert(0, {str(TESTS)!r})
+        from standins.qemu_runner import create_runner
+        from standins.runner import VmSpec
+        spec = VmSpec.from_json(json.loads(open({str(spec_file)!r}).read()))
+        runner = create_runner("firecracker")
+        # booted from a thread that then ends, as the API's request threads do
+        boot = threading.Thread(target=runner.boot, args=(spec,))
+        boot.start()
+        boot.join()
+        runner.pause()  # QEMU still answers after that thread's end
+        print(runner._vm.proc.pid, flush=True)
+        time.sleep(3600)
+        """
+    )
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    stand_in = subprocess.Popen(
+        [sys.executable, "-c", program], stdout=subprocess.PIPE, env=env, start_new_session=True
+    )
+    try:
+        qemu_pid = int(stand_in.stdout.readline())
+        assert qemu_pids(tmp_path) == [qemu_pid]
+        stand_in.send_signal(signal.SIGKILL)
+        assert stand_in.wait(timeout=EXIT_GUARD_S) == -signal.SIGKILL
+    finally:
+        if stand_in.poll() is None:
+            stand_in.kill()
+            stand_in.wait()
+        stand_in.stdout.close()
+    assert wait_until_gone(tmp_path) == {}
