@@ -14,7 +14,7 @@ Its QEMU:
   (`if=virtio`, the root disk first: `/dev/vda`; no image locking, as the VMMs take none); one
   TAP NIC per network interface (`-netdev tap,ifname=<tap>,script=no,downscript=no` + virtio-net
   with the spec's MAC); the console on `-serial stdio` (the stand-in's stdout), a file, or none;
-  `-nographic`, `-qmp unix:<state dir>/qmp.sock`;
+  `-nographic`, QMP on `<state dir>/qmp.sock`;
 - the user-mode NIC (MAC 52:54:00:12:34:56, first, so the guest calls it eth0) that carries the
   hybrid vsock: `hostfwd=tcp:127.0.0.1:<free port>-10.0.2.15:7001`, `restrict=on` (the guest
   reaches nothing through it); `hybrid_vsock.py` serves the spec's vsock `uds_path` on it;
@@ -67,6 +67,7 @@ AGENT_PORT = 7001
 #: The user-mode NIC: slirp's usual guest MAC and address.
 USER_MAC = "52:54:00:12:34:56"
 GUEST_ADDR = "10.0.2.15"
+QMP_SOCKET = "qmp.sock"
 #: What the guest's command line gets: the agent listens on TCP too (guest/agent.sh).
 AGENT_PARAM = "ntng.agent=tcp"
 #: How a guest reboot ends, per VMM: "shutdown" (QEMU exits) or "reset" (the VM restarts).
@@ -105,10 +106,14 @@ class Qmp:
             raise
         self._file = self._sock.makefile("rb")
         self.events: list[dict] = []
-        greeting = self._read()
-        if "QMP" not in greeting:
-            raise QmpError(f"not a QMP greeting: {greeting}")
-        self.execute("qmp_capabilities")
+        try:
+            greeting = self._read()
+            if "QMP" not in greeting:
+                raise QmpError(f"not a QMP greeting: {greeting}")
+            self.execute("qmp_capabilities")
+        except (OSError, QmpError):
+            self.close()
+            raise
 
     def _read(self) -> dict:
         try:
@@ -117,7 +122,10 @@ class Qmp:
             raise QmpError(f"QMP connection broke: {err}") from None
         if not line:
             raise QmpError("QEMU closed its QMP socket")
-        return json.loads(line)
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise QmpError(f"not a QMP message: {line[:200]!r}") from None
 
     def execute(self, command: str, **arguments: Any) -> Any:
         message: dict[str, Any] = {"execute": command}
@@ -195,6 +203,13 @@ def _spawn(args: list[str], **kwargs: Any) -> subprocess.Popen:
     )
 
 
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -258,8 +273,10 @@ def qemu_args(
         guest_cmdline(spec.cmdline),
         "-monitor",
         "none",
-        "-qmp",
-        f"unix:{_opt(str(state_dir / 'qmp.sock'))},server=on,wait=off",
+        "-chardev",
+        f"socket,id=ntng-qmp,path={_opt(str(state_dir / QMP_SOCKET))},server=on,wait=off",
+        "-mon",
+        "chardev=ntng-qmp,mode=control",
         "-action",
         f"reboot={reboot}",
     ]
@@ -436,7 +453,8 @@ class QemuRunner:
 
     def _launch(self, spec: VmSpec, incoming: bool) -> _Qemu:
         if self._state_dir is None:
-            self._state_dir = Path(tempfile.mkdtemp(prefix=f"ntng-{self.vmm}-qemu-"))
+            # short: the QMP socket's path must fit a unix socket address (108 bytes)
+            self._state_dir = Path(tempfile.mkdtemp(prefix="ntng-qemu-"))
         self._ended = False
         self._status = None
         for attempt in range(PORT_TRIES):
@@ -466,15 +484,19 @@ class QemuRunner:
     def _start(self, args: list[str], host_port: int, spec: VmSpec) -> tuple[_Qemu | None, str]:
         """Starts QEMU and connects to its QMP socket; (None, its log) when it ended first."""
         assert self._state_dir is not None
-        qmp_path = self._state_dir / "qmp.sock"
+        qmp_path = self._state_dir / QMP_SOCKET
         qmp_path.unlink(missing_ok=True)
         log_path = self._state_dir / "qemu.log"
+        on_stdout = spec.console == "stdout"
+        # The serial console's input is the stand-in's stdin, as a VMM's is; but not a
+        # terminal, which QEMU would leave in raw mode when it is killed.
+        stdin = None if on_stdout and not _isatty(0) else subprocess.DEVNULL
         try:
             with open(log_path, "wb") as log:
                 proc = _spawn(
                     args,
-                    stdin=None if spec.console == "stdout" else subprocess.DEVNULL,
-                    stdout=None if spec.console == "stdout" else subprocess.DEVNULL,
+                    stdin=stdin,
+                    stdout=None if on_stdout else subprocess.DEVNULL,
                     stderr=log,
                 )
         except OSError as err:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -112,11 +112,12 @@ def try_connect(uds: Path) -> socket.socket | None:
     return sock
 
 
-def connect_agent(uds: Path, runner: qemu_runner.QemuRunner) -> tuple[socket.socket, dict]:
-    """A connection to the guest agent and its HELLO, once the guest serves it."""
+def connect_agent(uds: Path, running: Callable[[], bool]) -> tuple[socket.socket, dict]:
+    """A connection to the guest agent and its HELLO, once the guest serves it; `running`
+    says whether the VM still runs."""
     deadline = time.monotonic() + BOOT_GUARD_S
     while True:
-        assert runner.exited() is None, "the VM ended while waiting for the agent"
+        assert running(), "the VM ended while waiting for the agent"
         sock = try_connect(uds)
         if sock is not None:
             kind, body = read_frame(sock)
@@ -139,11 +140,28 @@ def run(sock: socket.socket, command: str) -> tuple[int, str]:
             assert kind == STDERR, (kind, body)
 
 
+def listening(proc_net_tcp: str) -> list[str]:
+    """The listening addresses in a /proc/net/tcp table (hex, little-endian IPv4)."""
+    out = []
+    for line in proc_net_tcp.splitlines()[1:]:
+        fields = line.split()
+        if fields[3] != "0A":  # TCP_LISTEN
+            continue
+        addr, port = fields[1].split(":")
+        octets = bytes.fromhex(addr)[::-1]
+        out.append(f"{'.'.join(map(str, octets))}:{int(port, 16)}")
+    return out
+
+
 def ended_by_peer(sock: socket.socket) -> bool:
     try:
         return sock.recv(1) == b""
     except ConnectionResetError:
         return True
+
+
+def vm_of(runner: qemu_runner.QemuRunner) -> Callable[[], bool]:
+    return lambda: runner.exited() is None
 
 
 def wait_exited(runner: qemu_runner.QemuRunner) -> int:
@@ -188,17 +206,18 @@ def test_agent_through_hybrid_vsock_across_pause_snapshot_and_restore(
     runner.boot(spec)
     uds = Path(spec.vsock.uds_path)
 
-    conn, hello = connect_agent(uds, runner)
+    conn, hello = connect_agent(uds, vm_of(runner))
     assert hello["agent"] == "nixos-test-ng-agent"
     # the disk is virtio-blk /dev/vda, read-only
     assert run(conn, "cat /sys/block/vda/ro") == (0, "1\n")
-    # the agent listens on the user-mode NIC only
-    status, listening = run(conn, "netstat -ltn | grep ':7001 '")
-    assert status == 0 and "10.0.2.15:7001" in listening, listening
+    # the agent's TCP listener is on the user-mode NIC's address only
+    status, table = run(conn, "cat /proc/net/tcp")
+    assert status == 0
+    assert [addr for addr in listening(table) if addr.endswith(":7001")] == ["10.0.2.15:7001"]
 
     runner.pause()
     runner.resume()
-    after_pause, _ = connect_agent(uds, runner)
+    after_pause, _ = connect_agent(uds, vm_of(runner))
     assert run(after_pause, "echo after pause") == (0, "after pause\n")
 
     state, mem = tmp / "snap.state", tmp / "snap.mem"
@@ -211,7 +230,7 @@ def test_agent_through_hybrid_vsock_across_pause_snapshot_and_restore(
     runner.restore(str(state), str(mem), spec, resume=True)
     # the connections of the VM before the restore end with its QEMU
     assert ended_by_peer(after_pause)
-    restored, _ = connect_agent(uds, runner)
+    restored, _ = connect_agent(uds, vm_of(runner))
     assert run(restored, "test -e /tmp/later; echo $?") == (0, "1\n")
     assert run(restored, "cat /proc/sys/kernel/hostname") == (0, "standin\n")
 
@@ -227,7 +246,7 @@ def test_ctrl_alt_del_ends_a_firecracker_vm(guest_dir, state_tmp, runners):
     runners.append(runner)
     spec = make_spec(guest_dir, state_tmp)
     runner.boot(spec)
-    connect_agent(Path(spec.vsock.uds_path), runner)
+    connect_agent(Path(spec.vsock.uds_path), vm_of(runner))
     runner.ctrl_alt_del()
     # the guest reboots; Firecracker (and so the stand-in's QEMU) ends then
     assert wait_exited(runner) == 0
@@ -240,10 +259,10 @@ def test_a_cloud_hypervisor_vm_comes_back_from_a_reset(guest_dir, state_tmp, run
     spec = make_spec(guest_dir, state_tmp)
     runner.boot(spec)
     uds = Path(spec.vsock.uds_path)
-    _, first = connect_agent(uds, runner)
+    _, first = connect_agent(uds, vm_of(runner))
     runner.reboot()
     while True:
-        conn, hello = connect_agent(uds, runner)
+        conn, hello = connect_agent(uds, vm_of(runner))
         if hello.get("boot_id") != first.get("boot_id"):
             break
         conn.close()  # the old boot still answering before the reset took effect
@@ -307,3 +326,31 @@ def test_qemu_dies_with_a_sigkilled_stand_in(guest_dir, tmp_path):
             stand_in.wait()
         stand_in.stdout.close()
     assert wait_until_gone(tmp_path) == {}
+
+
+def test_a_firecracker_stand_in_on_qemu_serves_the_agent_and_ends_with_its_qemu(
+    guest_dir, standin, tmp_path
+):
+    """The whole stand-in (its API, this runner): InstanceStart boots the guest, whose agent
+    answers through the vsock socket; SIGTERM ends the stand-in and its QEMU."""
+    from standins.client import FIRECRACKER
+
+    vmm = standin(FIRECRACKER).start(NTNG_STANDIN_RUNNER="qemu", TMPDIR=str(tmp_path))
+    assert vmm.put("/machine-config", {"vcpu_count": 1, "mem_size_mib": 256}).status == 204
+    boot = {
+        "kernel_image_path": str(guest_dir / "vmlinux"),
+        "initrd_path": str(guest_dir / "initrd.img"),
+        "boot_args": "console=ttyS0 panic=1 ntng.hostname=fc",
+    }
+    assert vmm.put("/boot-source", boot).status == 204
+    uds = tmp_path / "fc-vsock.sock"
+    assert vmm.put("/vsock", {"guest_cid": 3, "uds_path": str(uds)}).status == 204
+    assert vmm.put("/actions", {"action_type": "InstanceStart"}).status == 204
+
+    conn, _ = connect_agent(uds, lambda: vmm.proc.poll() is None)
+    assert run(conn, "cat /proc/sys/kernel/hostname") == (0, "fc\n")
+    assert len(qemu_pids(tmp_path)) == 1
+    assert vmm.signal(signal.SIGTERM) == -signal.SIGTERM
+    assert wait_until_gone(tmp_path) == {}
+    # the serial console was the stand-in's stdout
+    assert "init: started the guest agent" in vmm.stdout_path.read_text()
