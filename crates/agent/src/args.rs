@@ -156,7 +156,13 @@ mod tests {
 
     #[test]
     fn bad_arguments_are_named() {
-        for bad in ["tcp:1", "tcp:10.0.2.15", "tcp:10.0.2.15:x", "tcp:host:1", "tcp:"] {
+        for bad in [
+            "tcp:1",
+            "tcp:10.0.2.15",
+            "tcp:10.0.2.15:x",
+            "tcp:host:1",
+            "tcp:",
+        ] {
             let e = parse_strs(&["--listen", bad]).unwrap_err();
             assert!(e.contains("tcp:ADDR:PORT") && e.contains(bad), "{e}");
         }

@@ -21,7 +21,10 @@ fn a_tcp_listener_serves_the_protocol_beside_a_unix_one() {
     let mut unix = agent.connect();
     assert_eq!(first.run("echo one").stdout, b"one\n");
     let out = second.run("echo two >&2; exit 3");
-    assert_eq!((out.stderr.as_slice(), out.exit().status), (&b"two\n"[..], 3));
+    assert_eq!(
+        (out.stderr.as_slice(), out.exit().status),
+        (&b"two\n"[..], 3)
+    );
     assert_eq!(unix.run("echo unix").stdout, b"unix\n");
     // each connection keeps serving requests
     assert!(first.ping().monotonic_ns > 0);
@@ -63,5 +66,8 @@ fn a_bad_tcp_address_is_a_usage_error() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("\"tcp:10.0.2.15\" is not tcp:ADDR:PORT"), "{stderr}");
+    assert!(
+        stderr.contains("\"tcp:10.0.2.15\" is not tcp:ADDR:PORT"),
+        "{stderr}"
+    );
 }
