@@ -260,12 +260,15 @@ def test_a_cloud_hypervisor_vm_comes_back_from_a_reset(guest_dir, state_tmp, run
     runner.boot(spec)
     uds = Path(spec.vsock.uds_path)
     _, first = connect_agent(uds, vm_of(runner))
+    assert first["boot_id"]
     runner.reboot()
+    deadline = time.monotonic() + BOOT_GUARD_S
     while True:
         conn, hello = connect_agent(uds, vm_of(runner))
-        if hello.get("boot_id") != first.get("boot_id"):
+        if hello["boot_id"] != first["boot_id"]:
             break
         conn.close()  # the old boot still answering before the reset took effect
+        assert time.monotonic() < deadline, "the VM did not come back from the reset"
     assert runner.exited() is None
     runner.shutdown()
     assert wait_until_gone(state_tmp) == {}
