@@ -13,7 +13,8 @@ Its QEMU:
   initrd, command line plus `ntng.agent=tcp`, vCPUs and memory; the disks as virtio-blk
   (`if=virtio`, the root disk first: `/dev/vda`; no image locking, as the VMMs take none); one
   TAP NIC per network interface (`-netdev tap,ifname=<tap>,script=no,downscript=no` + virtio-net
-  with the spec's MAC); the console on `-serial stdio` (the stand-in's stdout), a file, or none;
+  with the spec's MAC; no NIC has an option ROM: the firmware would spend seconds of TCG on
+  iPXE for nothing); the console on `-serial stdio` (the stand-in's stdout), a file, or none;
   `-nographic`, QMP on `<state dir>/qmp.sock`;
 - the user-mode NIC (MAC 52:54:00:12:34:56, first, so the guest calls it eth0) that carries the
   hybrid vsock: `hostfwd=tcp:127.0.0.1:<free port>-10.0.2.15:7001`, `restrict=on` (the guest
@@ -290,11 +291,11 @@ def qemu_args(
         "-netdev",
         f"user,id=ntng-user,restrict=on,hostfwd=tcp:127.0.0.1:{host_port}-{GUEST_ADDR}:{AGENT_PORT}",
         "-device",
-        f"virtio-net-pci,netdev=ntng-user,mac={user_mac(spec)}",
+        f"virtio-net-pci,netdev=ntng-user,mac={user_mac(spec)},romfile=",
     ]
     for i, net in enumerate(spec.nets):
         args += ["-netdev", f"tap,id=ntng-tap{i},ifname={_opt(net.tap)},script=no,downscript=no"]
-        device = f"virtio-net-pci,netdev=ntng-tap{i}"
+        device = f"virtio-net-pci,netdev=ntng-tap{i},romfile="
         args += ["-device", device + (f",mac={net.mac}" if net.mac else "")]
     console = spec.console
     if console == "stdout":
@@ -356,6 +357,8 @@ class QemuRunner:
         #: Set once the VM's end was seen (or caused by shutdown): its status, or None.
         self._ended = False
         self._status: int | None = None
+        #: The state file of the last snapshot, while the VM has not run since.
+        self._unchanged_since: str | None = None
         atexit.register(self._cleanup)
 
     # --- the Runner protocol ------------------------------------------------------------
@@ -370,7 +373,9 @@ class QemuRunner:
         self._qmp("stop")
 
     def resume(self) -> None:
-        self._qmp("cont")
+        with self._lock:
+            self._qmp("cont")
+            self._unchanged_since = None
 
     def snapshot(self, state_path: str, mem_path: str, diff: bool) -> None:
         # `diff` changes nothing: QEMU's migration stream is always complete.
@@ -379,10 +384,24 @@ class QemuRunner:
             vm = self._running()
             partial = f"{state_path}.partial"
             try:
-                vm.qmp.execute("migrate-set-parameters", **{"max-bandwidth": MAX_BANDWIDTH})
-                vm.qmp.execute("migrate", uri=f"exec:cat > {shlex.quote(partial)}")
-                self._wait_migration(vm, "snapshot")
+                if self._unchanged_since is not None:
+                    # QEMU refuses a second migration before the VM ran again ("Can't migrate
+                    # the vm that was paused due to previous migration"); it has not run, so
+                    # the last snapshot is this one too.
+                    try:
+                        shutil.copyfile(self._unchanged_since, partial)
+                    except FileNotFoundError:
+                        raise RunnerError(
+                            "QEMU cannot take a second snapshot before the VM ran again, and "
+                            f"the first one ({self._unchanged_since}) is gone: resume the VM "
+                            "first"
+                        ) from None
+                else:
+                    vm.qmp.execute("migrate-set-parameters", **{"max-bandwidth": MAX_BANDWIDTH})
+                    vm.qmp.execute("migrate", uri=f"exec:cat > {shlex.quote(partial)}")
+                    self._wait_migration(vm, "snapshot")
                 os.replace(partial, state_path)
+                self._unchanged_since = state_path
                 Path(mem_path).write_text(
                     "nixos-test-ng stand-in: the guest's memory is in the snapshot's state file "
                     f"{state_path} (QEMU's migration stream holds memory and device state "
@@ -457,6 +476,7 @@ class QemuRunner:
             self._state_dir = Path(tempfile.mkdtemp(prefix="ntng-qemu-"))
         self._ended = False
         self._status = None
+        self._unchanged_since = None
         for attempt in range(PORT_TRIES):
             host_port = _free_port()
             args = qemu_args(
