@@ -40,6 +40,17 @@ def guest_dir() -> Path:
     return ensure_built()
 
 
+@pytest.fixture(scope="session")
+def systemd_dir(guest_dir: Path) -> Path:
+    from nixos_test_ng.guest import GuestError, ensure_systemd_built
+    from nixos_test_ng.guest.systemd_guest import systemd_dir
+
+    try:
+        return systemd_dir(ensure_systemd_built(guest_dir))
+    except GuestError as e:
+        pytest.skip(f"the Debian systemd guest cannot be built here: {e}")
+
+
 @pytest.fixture
 def state_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The runner's state directory goes under the test's tmp dir (the leak check finds its
@@ -140,6 +151,18 @@ def run(sock: socket.socket, command: str) -> tuple[int, str]:
             assert kind == STDERR, (kind, body)
 
 
+def start_and_hold(sock: socket.socket, command: str) -> None:
+    """Runs a command that takes the guest down: until its EXIT, or the connection's end when
+    the guest goes first. (A connection closed earlier would end the command: the agent kills
+    a command whose host went away.)"""
+    send_frame(sock, EXEC, json.dumps({"command": command}).encode())
+    try:
+        while read_frame(sock)[0] != EXIT:
+            pass
+    except (EOFError, ConnectionResetError):
+        pass
+
+
 def listening(proc_net_tcp: str) -> list[str]:
     """The listening addresses in a /proc/net/tcp table (hex, little-endian IPv4)."""
     out = []
@@ -238,7 +261,7 @@ def test_agent_through_hybrid_vsock_across_pause_snapshot_and_restore(
     assert run(restored, "cat /proc/sys/kernel/hostname") == (0, "standin\n")
 
     # the guest powers off: QEMU ends with status 0 and the runner reports it
-    send_frame(restored, EXEC, json.dumps({"command": "poweroff"}).encode())
+    start_and_hold(restored, "poweroff")
     assert wait_exited(runner) == 0
     assert not uds.exists()
     assert wait_until_gone(tmp) == {}
@@ -360,3 +383,39 @@ def test_a_firecracker_stand_in_on_qemu_serves_the_agent_and_ends_with_its_qemu(
     assert wait_until_gone(tmp_path) == {}
     # the serial console was the stand-in's stdout
     assert "init: started the guest agent" in vmm.stdout_path.read_text()
+
+
+def test_the_systemd_guest_on_a_root_disk_serves_its_agent_and_survives_its_own_reboot(
+    guest_dir, systemd_dir, state_tmp, runners
+):
+    """The systemd guest's nixos-test-ng-agent.service with ntng.agent=tcp, on a Cloud
+    Hypervisor VM: a guest reboot resets the VM, which goes on (Cloud Hypervisor does not
+    exit then)."""
+    root = state_tmp / "root.img"
+    subprocess.run(
+        ["cp", "--sparse=always", str(systemd_dir / "rootfs.ext4"), str(root)], check=True
+    )
+    spec = make_spec(guest_dir, state_tmp, [Disk("root", str(root), False, True)])
+    spec.initrd = str(systemd_dir / "initrd.img")
+    spec.cmdline += " root=/dev/vda rw pci=off"
+    spec.mem_mib = 512
+    runner = qemu_runner.create_runner("cloud-hypervisor")
+    runners.append(runner)
+    runner.boot(spec)
+    uds = Path(spec.vsock.uds_path)
+
+    conn, first = connect_agent(uds, vm_of(runner))
+    assert run(conn, "systemctl is-active nixos-test-ng-agent.service") == (0, "active\n")
+    status, table = run(conn, "cat /proc/net/tcp")
+    assert [addr for addr in listening(table) if addr.endswith(":7001")] == ["10.0.2.15:7001"]
+    start_and_hold(conn, "systemctl reboot")
+    deadline = time.monotonic() + BOOT_GUARD_S
+    while True:
+        conn, hello = connect_agent(uds, vm_of(runner))
+        if hello["boot_id"] != first["boot_id"]:
+            break
+        conn.close()
+        assert time.monotonic() < deadline, "the guest did not come back from its reboot"
+    assert run(conn, "cat /proc/sys/kernel/hostname") == (0, "standin\n")
+    runner.shutdown()
+    assert wait_until_gone(state_tmp) == {}
