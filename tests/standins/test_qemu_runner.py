@@ -1,6 +1,8 @@
-"""The stand-ins' QEMU runner on the busybox guest (TCG): hybrid vsock over the user-mode network
-to the guest agent, pause/resume, snapshot/restore, the guest's power-off, Ctrl-Alt-Del and
-reset, and QEMU dying with the stand-in. Each test boots at most one guest (slow under TCG)."""
+"""The stand-ins' QEMU runner. Without a VM: QEMU's command line, and the hybrid vsock server
+against a local TCP server standing in for the guest. With VMs (marker `vm`, the busybox and
+systemd guests under TCG): hybrid vsock over the user-mode network to the guest agent,
+pause/resume, snapshot/restore, the guest's power-off, Ctrl-Alt-Del and reset, and QEMU dying
+with the stand-in. Each VM test boots one guest (slow under TCG)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,9 +23,8 @@ import pytest
 from support.leaks import wait_until_gone
 
 from standins import qemu_runner
-from standins.runner import Disk, RunnerError, VmSpec, Vsock
-
-pytestmark = pytest.mark.vm
+from standins.hybrid_vsock import HybridVsockServer
+from standins.runner import Disk, Net, RunnerError, VmSpec, Vsock
 
 #: Hang guards, not timings: a wait that runs this long has failed.
 BOOT_GUARD_S = 300.0
@@ -214,9 +216,186 @@ def qemu_pids(tmp: Path) -> list[int]:
     return out
 
 
-# --- the tests -------------------------------------------------------------------------------
+# --- without a VM ----------------------------------------------------------------------------
 
 
+def test_qemu_command_line_follows_the_spec(tmp_path):
+    root, data = tmp_path / "root.img", tmp_path / "data,1.img"
+    root.write_bytes(b"QFI\xfb" + bytes(60))
+    data.write_bytes(bytes(64))
+    spec = VmSpec(
+        kernel="/k/vmlinux",
+        initrd=None,
+        cmdline="console=ttyS0 reboot=k pci=off root=/dev/vda",
+        vcpus=2,
+        mem_mib=300,
+        disks=[Disk("data", str(data), True, False), Disk("root", str(root), False, True)],
+        nets=[Net("eth1", "tap-a", qemu_runner.USER_MAC), Net("eth2", "tap-b", None)],
+        vsock=Vsock(3, str(tmp_path / "v.sock")),
+        console=("file", str(tmp_path / "console.log")),
+    )
+    args = qemu_runner.qemu_args(
+        spec,
+        qemu="qemu-system-x86_64",
+        state_dir=tmp_path,
+        host_port=4321,
+        reboot="shutdown",
+        incoming=True,
+    )
+    line = " ".join(args)
+    assert args[:9] == ["qemu-system-x86_64", "-name", "ntng-standin", "-accel", "tcg", "-M",
+                        "pc", "-nodefaults", "-nographic"]  # fmt: skip
+    assert "-initrd" not in args
+    assert args[args.index("-append") + 1] == "console=ttyS0 reboot=k root=/dev/vda ntng.agent=tcp"
+    assert ("-m", "300") == tuple(args[args.index("-m") : args.index("-m") + 2])
+    assert ("-smp", "2") == tuple(args[args.index("-smp") : args.index("-smp") + 2])
+    drives = [args[i + 1] for i, a in enumerate(args) if a == "-drive"]
+    assert drives == [
+        f"file={root},if=virtio,format=qcow2,cache=unsafe,file.locking=off",
+        f"file={str(data).replace(',', ',,')},if=virtio,format=raw,cache=unsafe,"
+        "file.locking=off,readonly=on",
+    ]
+    devices = [args[i + 1] for i, a in enumerate(args) if a == "-device"]
+    # the user-mode NIC first (eth0), its MAC moved aside from the one a VLAN NIC has
+    assert devices == [
+        "virtio-net-pci,netdev=ntng-user,mac=52:54:00:12:34:57,romfile=",
+        "virtio-net-pci,netdev=ntng-tap0,romfile=,mac=52:54:00:12:34:56",
+        "virtio-net-pci,netdev=ntng-tap1,romfile=",
+    ]
+    assert "user,id=ntng-user,restrict=on,hostfwd=tcp:127.0.0.1:4321-10.0.2.15:7001" in args
+    assert "tap,id=ntng-tap0,ifname=tap-a,script=no,downscript=no" in args
+    assert "-serial chardev:ntng-console" in line and "-action reboot=shutdown" in line
+    assert args[-3:] == ["-S", "-incoming", "defer"]
+    spec.console = "stdout"
+    assert "-serial stdio" in " ".join(
+        qemu_runner.qemu_args(
+            spec, qemu="q", state_dir=tmp_path, host_port=1, reboot="reset", incoming=False
+        )
+    )
+
+
+def test_a_missing_disk_is_an_error_naming_it(tmp_path):
+    spec = VmSpec("/k", None, "", 1, 64, disks=[Disk("d", str(tmp_path / "nope"), False, True)])
+    with pytest.raises(RunnerError, match="cannot open the disk .*nope"):
+        qemu_runner.qemu_args(
+            spec, qemu="q", state_dir=tmp_path, host_port=1, reboot="reset", incoming=False
+        )
+
+
+class FakeGuest:
+    """A TCP server on 127.0.0.1 standing in for the guest's forwarded port: each connection
+    gets `greeting` (None: closed at once, as a refused connection reaches the host through
+    slirp) and is then echoed."""
+
+    def __init__(self, greeting: bytes | None) -> None:
+        self.greeting = greeting
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                if self.greeting is None:
+                    continue
+                conn.sendall(self.greeting)
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def fake_guest() -> Iterator[Callable[[bytes | None], FakeGuest]]:
+    made: list[FakeGuest] = []
+
+    def make(greeting: bytes | None) -> FakeGuest:
+        made.append(FakeGuest(greeting))
+        return made[-1]
+
+    yield make
+    for guest in made:
+        guest.close()
+
+
+def ask(uds: Path, line: bytes) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(EXIT_GUARD_S)
+    sock.connect(str(uds))
+    sock.sendall(line)
+    return sock
+
+
+def test_hybrid_vsock_answers_ok_once_the_guest_speaks_and_then_splices(tmp_path, fake_guest):
+    guest = fake_guest(b"HELLO")
+    uds = tmp_path / "v.sock"
+    server = HybridVsockServer(str(uds), {7001: guest.port})
+    try:
+        # bytes sent along with the CONNECT line go on to the guest
+        sock = ask(uds, b"CONNECT 7001\nearly")
+        assert recv_exact(sock, len(b"OK 1073741824\n")) == b"OK 1073741824\n"
+        assert recv_exact(sock, 10) == b"HELLOearly"
+        sock.sendall(b"x" * 300_000)
+        assert recv_exact(sock, 300_000) == b"x" * 300_000
+        # a half-close reaches the guest, whose end comes back
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(1) == b""
+        second = ask(uds, b"CONNECT 7001\n")
+        assert recv_exact(second, 19) == b"OK 1073741825\nHELLO"
+        second.close()
+    finally:
+        server.close()
+    assert not uds.exists()
+
+
+def test_hybrid_vsock_closes_what_the_guest_does_not_answer(tmp_path, fake_guest):
+    refusing = fake_guest(None)
+    nobody = socket.create_server(("127.0.0.1", 0))
+    gone = nobody.getsockname()[1]
+    nobody.close()
+    uds = tmp_path / "v.sock"
+    uds.touch(mode=0o600)
+    with pytest.raises(OSError):  # not a socket: never replaced
+        HybridVsockServer(str(uds), {})
+    uds.unlink()
+    server = HybridVsockServer(str(uds), {7001: refusing.port, 7002: gone})
+    try:
+        for line in (
+            b"CONNECT 7001\n",  # the guest closes at once (nothing listens there)
+            b"CONNECT 7002\n",  # no QEMU behind the forward
+            b"CONNECT 9\n",  # no such port forwarded
+            b"HELLO\n",
+            b"CONNECT x\n",
+            b"C" * 100,
+        ):
+            assert ask(uds, line).recv(100) == b"", line
+        # a restore's new QEMU: new forwards
+        guest = fake_guest(b"hi")
+        server.set_forwards({9: guest.port})
+        assert recv_exact(ask(uds, b"CONNECT 9\n"), 16) == b"OK 1073741824\nhi"
+        # close() ends the connections it carries
+        held = ask(uds, b"CONNECT 9\n")
+        assert recv_exact(held, 16).endswith(b"hi")
+    finally:
+        server.close()
+    assert held.recv(1) == b""
+    # a stale socket file of an earlier run is replaced
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(uds))
+    stale.close()
+    HybridVsockServer(str(uds), {}).close()
+
+
+# --- with VMs --------------------------------------------------------------------------------
+
+
+@pytest.mark.vm
 def test_agent_through_hybrid_vsock_across_pause_snapshot_and_restore(
     guest_dir, state_tmp, runners
 ):
@@ -267,6 +446,7 @@ def test_agent_through_hybrid_vsock_across_pause_snapshot_and_restore(
     assert wait_until_gone(tmp) == {}
 
 
+@pytest.mark.vm
 def test_ctrl_alt_del_ends_a_firecracker_vm(guest_dir, state_tmp, runners):
     runner = qemu_runner.create_runner("firecracker")
     runners.append(runner)
@@ -279,6 +459,7 @@ def test_ctrl_alt_del_ends_a_firecracker_vm(guest_dir, state_tmp, runners):
     assert wait_until_gone(state_tmp) == {}
 
 
+@pytest.mark.vm
 def test_a_cloud_hypervisor_vm_comes_back_from_a_reset(guest_dir, state_tmp, runners):
     runner = qemu_runner.create_runner("cloud-hypervisor")
     runners.append(runner)
@@ -300,6 +481,7 @@ def test_a_cloud_hypervisor_vm_comes_back_from_a_reset(guest_dir, state_tmp, run
     assert wait_until_gone(state_tmp) == {}
 
 
+@pytest.mark.vm
 def test_operations_without_a_vm_and_bad_snapshots_are_errors(guest_dir, state_tmp, runners):
     runner = qemu_runner.create_runner("firecracker")
     runners.append(runner)
@@ -319,6 +501,7 @@ def test_operations_without_a_vm_and_bad_snapshots_are_errors(guest_dir, state_t
     assert wait_until_gone(state_tmp) == {}
 
 
+@pytest.mark.vm
 def test_qemu_dies_with_a_sigkilled_stand_in(guest_dir, tmp_path):
     """The stand-in's process SIGKILLed: the kernel kills its QEMU (PR_SET_PDEATHSIG)."""
     spec_file = tmp_path / "spec.json"
@@ -357,6 +540,7 @@ def test_qemu_dies_with_a_sigkilled_stand_in(guest_dir, tmp_path):
     assert wait_until_gone(tmp_path) == {}
 
 
+@pytest.mark.vm
 def test_a_firecracker_stand_in_on_qemu_serves_the_agent_and_ends_with_its_qemu(
     guest_dir, standin, tmp_path
 ):
@@ -385,6 +569,7 @@ def test_a_firecracker_stand_in_on_qemu_serves_the_agent_and_ends_with_its_qemu(
     assert "init: started the guest agent" in vmm.stdout_path.read_text()
 
 
+@pytest.mark.vm
 def test_the_systemd_guest_on_a_root_disk_serves_its_agent_and_survives_its_own_reboot(
     guest_dir, systemd_dir, state_tmp, runners
 ):
