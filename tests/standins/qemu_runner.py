@@ -213,7 +213,13 @@ def _isatty(fd: int) -> bool:
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        try:
+            s.bind(("127.0.0.1", 0))
+        except OSError as err:
+            raise RunnerError(
+                f"the hybrid vsock forward needs 127.0.0.1, which this network namespace "
+                f"cannot bind ({err.strerror}): is its loopback up (`ip link set lo up`)?"
+            ) from None
         return s.getsockname()[1]
 
 

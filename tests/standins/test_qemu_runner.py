@@ -604,3 +604,53 @@ def test_the_systemd_guest_on_a_root_disk_serves_its_agent_and_survives_its_own_
     assert run(conn, "cat /proc/sys/kernel/hostname") == (0, "standin\n")
     runner.shutdown()
     assert wait_until_gone(state_tmp) == {}
+
+
+@pytest.mark.vm
+def test_a_tap_nic_carries_the_guests_vlan_address(guest_dir, tmp_path):
+    """A network interface of the spec is a TAP NIC with its MAC, which the guest names and
+    addresses by `ntng.if`; run in a network namespace of its own (the TAP goes with it)."""
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a network namespace here (unshare -n): needs root")
+    spec = make_spec(guest_dir, tmp_path)
+    spec.cmdline += " ntng.if=eth1,52:54:00:12:01:01,192.168.1.1/24"
+    spec.nets = [Net("eth1", "ntng-tap-t", "52:54:00:12:01:01")]
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec.to_json()))
+    program = textwrap.dedent(
+        f"""
+        import json, subprocess, sys
+        from pathlib import Path
+        sys.path.insert(0, {str(TESTS)!r})
+        import standins.test_qemu_runner as t
+        from standins.qemu_runner import create_runner
+        from standins.runner import VmSpec
+        subprocess.run(
+            "ip link set lo up && ip tuntap add dev ntng-tap-t mode tap && "
+            "ip link set ntng-tap-t up && ip addr add 192.168.1.9/24 dev ntng-tap-t",
+            shell=True, check=True,
+        )
+        spec = VmSpec.from_json(json.loads(open({str(spec_file)!r}).read()))
+        runner = create_runner("firecracker")
+        runner.boot(spec)
+        try:
+            conn, _ = t.connect_agent(Path(spec.vsock.uds_path), t.vm_of(runner))
+            addr = t.run(conn, "ip -o -4 addr show eth1")
+            ping = t.run(conn, "ping -c 1 -W 30 192.168.1.9")
+            print(json.dumps({{"addr": addr, "ping": ping}}))
+        finally:
+            runner.shutdown()
+        """
+    )
+    done = subprocess.run(
+        ["unshare", "-n", sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TMPDIR=str(tmp_path)),
+        timeout=BOOT_GUARD_S,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["addr"][0] == 0 and "192.168.1.1/24" in result["addr"][1]
+    assert result["ping"][0] == 0, result["ping"]
+    assert wait_until_gone(tmp_path) == {}
