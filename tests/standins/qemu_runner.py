@@ -5,10 +5,12 @@ Its QEMU:
 
 - `qemu-system-x86_64 -accel tcg -M pc -nodefaults`: the `pc` machine, not `microvm`. The
   built-in guests find their devices on PCI (their /init loads `virtio_pci` and then the drivers
-  of the virtio devices it finds there; the busybox guest ships no `virtio_mmio`), and `pc` has
-  the ACPI power button and the i8042 keyboard that `power_button` and `ctrl_alt_del` use.
-  Under TCG microvm would not boot faster enough to matter. Since the devices are on PCI, a
-  `pci=off` in the command line (Firecracker's default boot arguments have it) is dropped.
+  of the virtio devices it finds there; the busybox guest ships no `virtio_mmio`, so under
+  microvm it would find no device at all), and `pc` has the i8042 keyboard that `ctrl_alt_del`
+  presses (QMP `send-key`) and the ACPI power button of `power_button` (`system_powerdown`;
+  the built-in guests have no ACPI button driver, so there it does nothing). Since the devices
+  are on PCI, a `pci=off` in the command line (Firecracker's default boot arguments have it)
+  is dropped.
 - the spec's kernel (`-kernel`: the busybox guest's uncompressed vmlinux boots through PVH),
   initrd, command line plus `ntng.agent=tcp`, vCPUs and memory; the disks as virtio-blk
   (`if=virtio`, the root disk first: `/dev/vda`; no image locking, as the VMMs take none); one
@@ -20,12 +22,17 @@ Its QEMU:
   hybrid vsock: `hostfwd=tcp:127.0.0.1:<free port>-10.0.2.15:7001`, `restrict=on` (the guest
   reaches nothing through it); `hybrid_vsock.py` serves the spec's vsock `uds_path` on it;
 - what a guest reboot does follows the VMM: Firecracker ends when its guest reboots
-  (`-no-reboot`: QEMU exits with status 0), Cloud Hypervisor resets the VM and goes on.
+  (`-action reboot=shutdown`, which is what `-no-reboot` means: QEMU exits with status 0),
+  Cloud Hypervisor resets the VM and goes on (`-action reboot=reset`). `reboot` (Cloud
+  Hypervisor's vm.reboot) is QMP `system_reset` under `reboot=reset` for both; `shutdown`
+  kills QEMU; `pause`/`resume` are QMP `stop`/`cont`.
 
 Snapshots are QEMU migrations to a file: `snapshot` (VM paused, as both VMMs require) migrates
 to `exec:cat > <state file>`; QEMU's migration stream holds the memory together with the device
 state, so the memory file only gets a marker naming the state file, and `diff` makes no
-difference (always a full snapshot). `restore` starts a new QEMU with the same devices and
+difference (always a full snapshot). QEMU refuses a second migration before the VM ran again,
+so a second snapshot while still paused is a copy of the first (the VM has not changed).
+`restore` starts a new QEMU with the same devices and
 `-incoming defer`, then `migrate-incoming` from the state file; the user-mode network's
 connections are not part of the stream, so the agent's connections end at a restore (as
 Firecracker's vsock connections do after a snapshot load) and the client connects again.
