@@ -1,25 +1,61 @@
-//! `nixos-test-ng-agent [--vsock-port N] [--listen unix:PATH]... [--log PATH]`
+//! `nixos-test-ng-agent [--vsock-port N] [--listen unix:PATH | --listen tcp:ADDR:PORT]...
+//! [--log PATH]`
 
+use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use agent_protocol::AGENT_PORT;
 
-pub const USAGE: &str =
-    "usage: nixos-test-ng-agent [--vsock-port N] [--listen unix:PATH]... [--log PATH]";
+pub const USAGE: &str = "usage: nixos-test-ng-agent [--vsock-port N] \
+     [--listen unix:PATH | --listen tcp:ADDR:PORT]... [--log PATH]";
+
+/// A `--listen` endpoint besides vsock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A unix socket (how the tests run the agent as a local process).
+    Unix(PathBuf),
+    /// A TCP address (the VMM stand-ins' hybrid vsock over QEMU's user-mode network). The
+    /// address need not be up yet: the socket is bound with `IP_FREEBIND`.
+    Tcp(SocketAddr),
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+            Endpoint::Tcp(addr) => write!(f, "tcp:{addr}"),
+        }
+    }
+}
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct Args {
     /// The vsock port to listen on, if any.
     pub vsock_port: Option<u32>,
-    pub unix: Vec<PathBuf>,
+    pub listen: Vec<Endpoint>,
     pub log: Option<PathBuf>,
+}
+
+fn endpoint(value: &str) -> Result<Endpoint, String> {
+    if let Some(path) = value.strip_prefix("unix:").filter(|p| !p.is_empty()) {
+        return Ok(Endpoint::Unix(PathBuf::from(path)));
+    }
+    if let Some(addr) = value.strip_prefix("tcp:") {
+        return addr.parse().map(Endpoint::Tcp).map_err(|_| {
+            format!("--listen: {value:?} is not tcp:ADDR:PORT (e.g. tcp:10.0.2.15:7001)")
+        });
+    }
+    Err(format!(
+        "--listen: expected unix:PATH or tcp:ADDR:PORT, got {value:?}"
+    ))
 }
 
 /// Parses the arguments after the program's name. Without `--listen` the agent listens on
 /// vsock port [`AGENT_PORT`]; with it, on vsock only when `--vsock-port` is also given.
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut vsock_port = None;
-    let mut unix = Vec::new();
+    let mut listen = Vec::new();
     let mut log = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -41,25 +77,18 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
                         .map_err(|_| format!("--vsock-port: not a port number: {v:?}"))?,
                 );
             }
-            "--listen" => {
-                let v = value()?;
-                let path = v
-                    .strip_prefix("unix:")
-                    .filter(|p| !p.is_empty())
-                    .ok_or_else(|| format!("--listen: expected unix:PATH, got {v:?}"))?;
-                unix.push(PathBuf::from(path));
-            }
+            "--listen" => listen.push(endpoint(&value()?)?),
             "--log" => log = Some(PathBuf::from(value()?)),
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
-    if unix.is_empty() && vsock_port.is_none() {
+    if listen.is_empty() && vsock_port.is_none() {
         vsock_port = Some(AGENT_PORT);
     }
     Ok(Args {
         vsock_port,
-        unix,
+        listen,
         log,
     })
 }
@@ -78,7 +107,7 @@ mod tests {
             parse_strs(&[]).unwrap(),
             Args {
                 vsock_port: Some(AGENT_PORT),
-                unix: vec![],
+                listen: vec![],
                 log: None
             }
         );
@@ -88,15 +117,61 @@ mod tests {
     fn a_unix_listener_replaces_vsock_unless_a_port_is_given() {
         let a = parse_strs(&["--listen", "unix:/tmp/s"]).unwrap();
         assert_eq!(a.vsock_port, None);
-        assert_eq!(a.unix, vec![PathBuf::from("/tmp/s")]);
+        assert_eq!(a.listen, vec![Endpoint::Unix(PathBuf::from("/tmp/s"))]);
         let a = parse_strs(&["--listen=unix:/tmp/s", "--vsock-port", "9", "--log", "/l"]).unwrap();
         assert_eq!(a.vsock_port, Some(9));
         assert_eq!(a.log, Some(PathBuf::from("/l")));
     }
 
     #[test]
+    fn several_listeners_of_both_kinds_in_order() {
+        let a = parse_strs(&[
+            "--vsock-port",
+            "7001",
+            "--listen",
+            "tcp:10.0.2.15:7001",
+            "--listen=unix:/run/a.sock",
+            "--listen",
+            "tcp:[::1]:0",
+        ])
+        .unwrap();
+        assert_eq!(a.vsock_port, Some(7001));
+        assert_eq!(
+            a.listen,
+            vec![
+                Endpoint::Tcp("10.0.2.15:7001".parse().unwrap()),
+                Endpoint::Unix(PathBuf::from("/run/a.sock")),
+                Endpoint::Tcp("[::1]:0".parse().unwrap()),
+            ]
+        );
+        assert_eq!(a.listen[0].to_string(), "tcp:10.0.2.15:7001");
+        // a TCP listener alone replaces vsock, as a unix one does
+        assert_eq!(
+            parse_strs(&["--listen", "tcp:127.0.0.1:1"])
+                .unwrap()
+                .vsock_port,
+            None
+        );
+    }
+
+    #[test]
     fn bad_arguments_are_named() {
-        assert!(parse_strs(&["--listen", "tcp:1"])
+        for bad in [
+            "tcp:1",
+            "tcp:10.0.2.15",
+            "tcp:10.0.2.15:x",
+            "tcp:host:1",
+            "tcp:",
+        ] {
+            let e = parse_strs(&["--listen", bad]).unwrap_err();
+            assert!(e.contains("tcp:ADDR:PORT") && e.contains(bad), "{e}");
+        }
+        let e = parse_strs(&["--listen", "vsock:1"]).unwrap_err();
+        assert!(
+            e.contains("unix:PATH or tcp:ADDR:PORT") && e.contains("vsock:1"),
+            "{e}"
+        );
+        assert!(parse_strs(&["--listen", "unix:"])
             .unwrap_err()
             .contains("unix:PATH"));
         assert!(parse_strs(&["--vsock-port", "x"])

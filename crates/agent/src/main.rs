@@ -1,5 +1,6 @@
 //! nixos-test-ng-agent: the guest side of nixos-test-ng's vsock transport. It serves the
-//! protocol of the `agent_protocol` crate on every connection, one thread per connection.
+//! protocol of the `agent_protocol` crate on every connection (vsock, TCP or unix), one thread
+//! per connection.
 
 mod args;
 mod conn;
@@ -42,15 +43,13 @@ fn main() -> ExitCode {
             Err(e) => return fail(format_args!("cannot listen on vsock port {port}: {e}")),
         }
     }
-    for path in &args.unix {
-        match Listener::unix(path) {
-            Ok(l) => listeners.push((l, format!("unix:{}", path.display()))),
-            Err(e) => {
-                return fail(format_args!(
-                    "cannot listen on unix:{}: {e}",
-                    path.display()
-                ))
+    for endpoint in &args.listen {
+        match Listener::endpoint(endpoint) {
+            Ok(l) => {
+                let name = l.name(endpoint);
+                listeners.push((l, name));
             }
+            Err(e) => return fail(format_args!("cannot listen on {endpoint}: {e}")),
         }
     }
     let threads: Vec<_> = listeners

@@ -14,9 +14,14 @@
 #                                         /sys and /run there and switch_root to its /sbin/init,
 #                                         which then does all of the above itself
 #   ntng.agent=0                          do not start the guest agent
+#   ntng.agent=tcp                        start the guest agent also without a vsock device, and
+#                                         let it listen on TCP 10.0.2.15:7001 too: eth0, the
+#                                         user-mode NIC, never a VLAN NIC (the VMM stand-ins'
+#                                         hybrid vsock over QEMU's user-mode network, which
+#                                         forwards a host port there; see agent.sh)
 # Progress goes to the console (ttyS0). The backdoor (/lib/nixos-test-ng/backdoor) runs on
 # /dev/hvc0 and is respawned when it exits; so does the guest agent (/lib/nixos-test-ng/agent.sh,
-# vsock port 7001) when the VM has a virtio vsock device.
+# vsock port 7001) when the VM has a virtio vsock device or ntng.agent=tcp asks for it.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 umask 022
 
@@ -191,9 +196,14 @@ start-stop-daemon -S -b -p /run/ntng-backdoor-loop.pid -x /bin/sh -- -c '
 log "started the backdoor after $(cut -d' ' -f1 /proc/uptime)s"
 
 # the guest agent, respawned when it exits, when there is a virtio vsock device (id 19, whose
-# driver the coldplug above loaded) and ntng.agent=0 does not say otherwise
-if [ "$agent" != 0 ] && grep -qs '^virtio:d00000013v' /sys/bus/virtio/devices/*/modalias; then
-	modprobe -a vsock vmw_vsock_virtio_transport || log "cannot load the vsock modules"
+# driver the coldplug above loaded) or ntng.agent=tcp asks for its TCP listener (agent.sh reads
+# the key too), and ntng.agent=0 does not say otherwise
+vsock_device=
+grep -qs '^virtio:d00000013v' /sys/bus/virtio/devices/*/modalias && vsock_device=1
+if [ "$agent" != 0 ] && { [ -n "$vsock_device" ] || [ "$agent" = tcp ]; }; then
+	if [ -n "$vsock_device" ]; then
+		modprobe -a vsock vmw_vsock_virtio_transport || log "cannot load the vsock modules"
+	fi
 	start-stop-daemon -S -b -p /run/ntng-agent-loop.pid -x /bin/sh -- -c '
 		while :; do
 			env -i PATH="$PATH" /bin/bash /lib/nixos-test-ng/agent.sh </dev/null >/dev/ttyS0 2>&1

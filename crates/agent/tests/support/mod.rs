@@ -1,7 +1,9 @@
-//! The agent as a local process on a unix socket, and a client speaking the protocol to it.
+//! The agent as a local process on a unix socket (and a TCP one when asked), and a client
+//! speaking the protocol to it.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -49,6 +51,8 @@ impl Drop for TempDir {
 pub struct Agent {
     child: Child,
     pub socket: PathBuf,
+    /// The TCP address it listens on too, when started with [`Agent::start_tcp`].
+    pub tcp: Option<SocketAddr>,
     pub dir: TempDir,
     log: Arc<Mutex<String>>,
     drain: Option<JoinHandle<()>>,
@@ -56,11 +60,26 @@ pub struct Agent {
 
 impl Agent {
     pub fn start() -> Agent {
+        Agent::spawn(None)
+    }
+
+    /// Listens on the unix socket and on `tcp:<addr>` (port 0: the agent picks one, its log
+    /// line says which).
+    pub fn start_tcp(addr: &str) -> Agent {
+        Agent::spawn(Some(addr))
+    }
+
+    fn spawn(tcp: Option<&str>) -> Agent {
         let dir = TempDir::new("sock");
         let socket = dir.path().join("agent.sock");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nixos-test-ng-agent"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_nixos-test-ng-agent"));
+        command
             .arg("--listen")
-            .arg(format!("unix:{}", socket.display()))
+            .arg(format!("unix:{}", socket.display()));
+        if let Some(addr) = tcp {
+            command.arg(format!("--listen=tcp:{addr}"));
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -69,6 +88,18 @@ impl Agent {
         let mut first = String::new();
         stderr.read_line(&mut first).unwrap();
         assert!(first.contains("listening on unix:"), "agent said {first:?}");
+        let mut bound = None;
+        if tcp.is_some() {
+            let mut line = String::new();
+            stderr.read_line(&mut line).unwrap();
+            let addr = line
+                .trim_end()
+                .split_once("listening on tcp:")
+                .unwrap_or_else(|| panic!("agent said {line:?}"))
+                .1;
+            bound = Some(addr.parse().expect("a socket address"));
+            first.push_str(&line);
+        }
         let log = Arc::new(Mutex::new(first));
         let sink = log.clone();
         let drain = std::thread::spawn(move || {
@@ -79,20 +110,28 @@ impl Agent {
         Agent {
             child,
             socket,
+            tcp: bound,
             dir,
             log,
             drain: Some(drain),
         }
     }
 
+    /// A connection to the TCP listener, after its HELLO.
+    pub fn connect_tcp(&self) -> Client<TcpStream> {
+        let stream = TcpStream::connect(self.tcp.expect("started with start_tcp"))
+            .expect("connect to the agent over TCP");
+        stream.set_read_timeout(Some(HANG)).unwrap();
+        let mut client = Client { stream };
+        client.expect_hello(self.child.id());
+        client
+    }
+
     pub fn connect(&self) -> Client {
         let stream = UnixStream::connect(&self.socket).expect("connect to the agent");
         stream.set_read_timeout(Some(HANG)).unwrap();
         let mut client = Client { stream };
-        let hello: Hello = client.expect(Kind::Hello).json().unwrap();
-        assert_eq!(hello.agent, AGENT_NAME);
-        assert_eq!(hello.protocol, PROTOCOL_VERSION);
-        assert_eq!(hello.pid, self.child.id());
+        client.expect_hello(self.child.id());
         client
     }
 
@@ -132,11 +171,18 @@ impl Outcome {
     }
 }
 
-pub struct Client {
-    pub stream: UnixStream,
+pub struct Client<S = UnixStream> {
+    pub stream: S,
 }
 
-impl Client {
+impl<S: Read + Write> Client<S> {
+    fn expect_hello(&mut self, pid: u32) {
+        let hello: Hello = self.expect(Kind::Hello).json().unwrap();
+        assert_eq!(hello.agent, AGENT_NAME);
+        assert_eq!(hello.protocol, PROTOCOL_VERSION);
+        assert_eq!(hello.pid, pid);
+    }
+
     pub fn send(&mut self, kind: Kind, body: &[u8]) {
         self.stream.write_all(&encode_frame(kind, body)).unwrap();
     }
