@@ -143,12 +143,21 @@ def test_vsock_lines(tmp_path):
     assert "scripts/setup-system.sh" in check.fix
 
 
-def test_a_missing_crates_io_command_names_cargo_install(tmp_path):
+def test_a_missing_crates_io_command_names_how_it_is_installed(tmp_path):
     table = {c.command: c for c in doctor.host_commands()}
     check = doctor._commands_check(
         "x", ["vhost-device-vsock", "socat"], table, lambda _name: None, ""
     )
-    assert check.fix.startswith("apt-get install socat; cargo install --locked vhost-device-vsock")
+    # vhost-device-vsock is crates.io's 0.3.0 with our patch: the setup script builds it
+    assert check.fix.startswith(
+        "apt-get install socat; scripts/setup-system.sh (builds vhost-device-vsock 0.3.0 "
+        "from crates.io with scripts/patches/vhost-device-vsock-0.3.0+ntng."
+    ), check.fix
+    # a plain crates.io version is one `cargo install`
+    assert (
+        doctor.install_command("cargo:some-tool@1.2.3")
+        == "cargo install --locked some-tool --version 1.2.3 --root /usr/local"
+    )
 
 
 def test_kvm_lines(tmp_path):
