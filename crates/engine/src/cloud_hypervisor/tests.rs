@@ -105,6 +105,39 @@ fn snapshot_and_reboot_requests() {
 }
 
 #[test]
+fn a_restore_is_a_new_process_that_restores_the_directory_and_resumes() {
+    let dir = TestDir::new();
+    let (m, first, _) = started(dir.path(), Arc::default());
+    let info = m.info();
+    let snapshots = m.backend_for_tests().snapshots().unwrap();
+    snapshots.pause(info).unwrap();
+    snapshots.save(info, "ready").unwrap();
+    snapshots.resume(info).unwrap();
+    let old_pid = m.pid().unwrap();
+    // the next process gets its own fake API
+    std::fs::remove_file(dir.path().join("args")).unwrap();
+    let server = test_support::serve_when_started(dir.path(), API_SOCKET, Arc::default());
+    snapshots.rewind(&m, "ready", &[]).unwrap();
+    let (second, _) = server.join().unwrap();
+    let folder = dir.path().join("vm-state-m/snapshot-ready");
+    assert_eq!(
+        second.calls(),
+        ["PUT /api/v1/vm.restore", "PUT /api/v1/vm.resume"]
+    );
+    assert_eq!(
+        second.seen.lock().unwrap()[0].body,
+        json!({"source_url": format!("file://{}", folder.display())})
+    );
+    // the machine adopted the new process; the old API saw nothing more
+    assert_ne!(m.pid(), Some(old_pid));
+    assert_eq!(first.calls().len(), 5);
+    // it runs: the machine's resume after a restore has nothing to send
+    snapshots.resume(info).unwrap();
+    assert_eq!(second.calls().len(), 2);
+    m.release();
+}
+
+#[test]
 fn forced_to_the_backdoor_it_says_there_is_none() {
     let dir = TestDir::new();
     let m = machine(dir.path(), backend(dir.path(), ""), Transport::Backdoor);
