@@ -174,6 +174,31 @@ def test_cloud_hypervisor_reboot_is_vm_reboot_in_the_same_process(
     assert [c["call"] for c in calls(fake)] == ["boot", "reboot"]
 
 
+def test_cloud_hypervisor_shutdown_before_the_agent_is_vm_and_vmm_shutdown(
+    driver_env, run_driver, cloud_hypervisor_env
+):
+    fake, env = cloud_hypervisor_env
+    script = cloud_hypervisor_script(driver_env)
+    r = run(
+        driver_env,
+        run_driver,
+        env,
+        script,
+        """
+        ch.start()
+        ch.shutdown()
+        t.assertFalse(ch.booted)
+        # vmm.shutdown ends the process cleanly
+        t.assertEqual(ch.process.wait(60), 0)
+        print("STOPPED")
+        """,
+    )
+    assert r.returncode == 0, r
+    assert "STOPPED" in r.stdout, r
+    assert "ch: waiting for the VM to power off" in r.stderr, r
+    assert [c["call"] for c in calls(fake)] == ["boot", "shutdown"]
+
+
 def test_cloud_hypervisor_machines_have_no_backdoor_and_no_display(
     driver_env, run_driver, cloud_hypervisor_env
 ):

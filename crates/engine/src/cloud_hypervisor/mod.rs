@@ -143,7 +143,8 @@ impl Backend for CloudHypervisorBackend {
         Ok(launched)
     }
 
-    /// The agent runs `poweroff`; before it is connected, SIGTERM ends Cloud Hypervisor.
+    /// The agent runs `poweroff`; before it is connected, `vm.shutdown` and `vmm.shutdown`
+    /// (`Power::power_off_vmm`) end Cloud Hypervisor.
     fn power_off(&self) -> PowerOff {
         PowerOff::Command("poweroff", libc::SIGTERM)
     }

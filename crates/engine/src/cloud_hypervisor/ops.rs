@@ -28,6 +28,14 @@ impl Power for CloudHypervisorBackend {
             .send(&api::put("vm.reboot"))
             .map(drop)
     }
+
+    /// `vm.shutdown`, then `vmm.shutdown`, which ends the process.
+    fn power_off_vmm(&self, info: &MachineInfo) -> Result<bool> {
+        let running = self.running(info)?;
+        running.send(&api::put("vm.shutdown"))?;
+        running.send(&api::put("vmm.shutdown"))?;
+        Ok(true)
+    }
 }
 
 impl Snapshots for CloudHypervisorBackend {
