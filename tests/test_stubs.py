@@ -162,7 +162,15 @@ def test_generated_declarations_match_the_namespace():
         if isinstance(n, ast.FunctionDef)
         or (isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name))
     }
-    classes = {"Machine", "BaseMachine", "QemuMachine", "NspawnMachine", "FirecrackerMachine", "os"}
+    classes = {
+        "Machine",
+        "BaseMachine",
+        "QemuMachine",
+        "NspawnMachine",
+        "FirecrackerMachine",
+        "CloudHypervisorMachine",
+        "os",
+    }
     assert set(GENERAL_SYMBOLS) - classes - set(declared) == set()
     assert {"server", "box", "vlan1"} <= set(declared)
     assert "server: QemuMachine" in text and "box: NspawnMachine" in text
@@ -180,3 +188,11 @@ def test_a_firecracker_machine_gets_its_class_in_the_stubs():
     text = render_stubs({"fc": "firecracker"}, [])
     assert "\nfc: FirecrackerMachine\n" in text
     assert "\nmachine: FirecrackerMachine\n" in text
+
+
+def test_a_cloud_hypervisor_machine_gets_its_class_in_the_stubs():
+    from nixos_test_ng.check_cli import render_stubs
+
+    text = render_stubs({"ch": "cloud-hypervisor"}, [])
+    assert "\nch: CloudHypervisorMachine\n" in text
+    assert "\nmachine: CloudHypervisorMachine\n" in text

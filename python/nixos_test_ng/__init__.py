@@ -16,6 +16,7 @@ from nixos_test_ng.errors import (
 )
 from nixos_test_ng.machine import (
     BaseMachine,
+    CloudHypervisorMachine,
     FirecrackerMachine,
     Machine,
     NspawnMachine,
@@ -24,6 +25,7 @@ from nixos_test_ng.machine import (
 
 __all__ = [
     "BaseMachine",
+    "CloudHypervisorMachine",
     "ConfigError",
     "FirecrackerMachine",
     "Machine",

@@ -72,18 +72,19 @@ class MachineKind:
 
     @property
     def name(self) -> str:
-        """The engine's name ("qemu", "nspawn", "firecracker"): `MachineHandle.kind`,
-        `Config.machines`."""
+        """The engine's name ("qemu", "nspawn", "firecracker", "cloud-hypervisor"):
+        `MachineHandle.kind`, `Config.machines`."""
     @property
     def spec_word(self) -> str:
-        """The word of machine specs ("vm", "nspawn", "firecracker")."""
+        """The word of machine specs ("vm", "nspawn", "firecracker", "cloud-hypervisor")."""
     @property
     def script_suffix(self) -> str:
-        """The end of the start script's name ("-vm", "-nspawn", "-firecracker")."""
+        """The end of the start script's name ("-vm", "-nspawn", "-firecracker",
+        "-cloud-hypervisor")."""
     @property
     def python_class(self) -> str:
         """The Python class of such machines ("QemuMachine", "NspawnMachine",
-        "FirecrackerMachine")."""
+        "FirecrackerMachine", "CloudHypervisorMachine")."""
     @property
     def needs_root(self) -> bool:
         """The driver must run as root."""
@@ -92,7 +93,7 @@ class MachineKind:
         """What the log calls such a machine ("VM", "container")."""
     @property
     def backend(self) -> str:
-        """The backend's name ("QEMU", "systemd-nspawn", "Firecracker")."""
+        """The backend's name ("QEMU", "systemd-nspawn", "Firecracker", "Cloud Hypervisor")."""
 
 def machine_kinds() -> list[MachineKind]:
     """Every kind of machine."""
@@ -253,7 +254,8 @@ class MachineHandle:
 
     @property
     def kind(self) -> str:
-        """The kind's name ("qemu", "nspawn", "firecracker"; see `machine_kinds()`)."""
+        """The kind's name ("qemu", "nspawn", "firecracker", "cloud-hypervisor"; see
+        `machine_kinds()`)."""
 
 @final
 class Driver:
@@ -302,8 +304,8 @@ class MachineProcess:
     def kill(self) -> None: ...
 
 class Machine:
-    """A machine of the test (subclassed as `QemuMachine`, `NspawnMachine` and
-    `FirecrackerMachine`)."""
+    """A machine of the test (subclassed as `QemuMachine`, `NspawnMachine`,
+    `FirecrackerMachine` and `CloudHypervisorMachine`)."""
 
     def __init__(self, handle: MachineHandle) -> None: ...
     @property

@@ -183,7 +183,7 @@ def check_source(
     names_only: bool = False,
 ) -> list[Problem]:
     """The problems of a script whose machines are `machines` (name -> a kind's word: "vm",
-    "nspawn", "firecracker")."""
+    "nspawn", "firecracker", "cloud-hypervisor")."""
     from nixos_test_ng import _native
     from nixos_test_ng.machine import CLASSES
 

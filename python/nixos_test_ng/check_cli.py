@@ -84,6 +84,7 @@ from nixos_test_ng.debug import Debug, DebugNop
 from nixos_test_ng.driver import Driver
 # `X as X`: re-exported, so scripts see upstream's class names
 from nixos_test_ng.machine import BaseMachine as BaseMachine
+from nixos_test_ng.machine import CloudHypervisorMachine as CloudHypervisorMachine
 from nixos_test_ng.machine import FirecrackerMachine as FirecrackerMachine
 from nixos_test_ng.machine import Machine as Machine
 from nixos_test_ng.machine import NspawnMachine as NspawnMachine
@@ -93,7 +94,15 @@ from nixos_test_ng.retry import LazyAssertionTester, Poll, PollingCondition
 
 #: The general names the header's imports declare (`X as X`).
 IMPORTED_SYMBOLS = frozenset(
-    {"os", "Machine", "BaseMachine", "QemuMachine", "NspawnMachine", "FirecrackerMachine"}
+    {
+        "os",
+        "Machine",
+        "BaseMachine",
+        "QemuMachine",
+        "NspawnMachine",
+        "FirecrackerMachine",
+        "CloudHypervisorMachine",
+    }
 )
 
 #: The declaration of every other general name (`_native.GENERAL_SYMBOLS`, the engine's

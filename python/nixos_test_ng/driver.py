@@ -17,6 +17,7 @@ from nixos_test_ng.ending import ending_exception
 from nixos_test_ng.errors import GlobalTimeout, MachineError, RequestedAssertionFailed, Terminated
 from nixos_test_ng.machine import (
     BaseMachine,
+    CloudHypervisorMachine,
     FirecrackerMachine,
     Machine,
     NspawnMachine,
@@ -224,6 +225,7 @@ class Driver:
             "QemuMachine": QemuMachine,
             "NspawnMachine": NspawnMachine,
             "FirecrackerMachine": FirecrackerMachine,
+            "CloudHypervisorMachine": CloudHypervisorMachine,
             "t": LazyAssertionTester(),
             "debug": self.debug,
             "dump_machine_ssh": self.dump_machine_ssh,

@@ -1,7 +1,7 @@
 """Machine classes of the script namespace: thin names over the native machine.
 
 `BaseMachine` is what every machine is; `QemuMachine` a VM; `NspawnMachine` a container;
-`FirecrackerMachine` a Firecracker microVM.
+`FirecrackerMachine` a Firecracker microVM; `CloudHypervisorMachine` a Cloud Hypervisor VM.
 `Machine` is the generation-A name, kept for scripts that annotate with it.
 """
 
@@ -253,6 +253,12 @@ class FirecrackerMachine(BaseMachine):
     """A Firecracker microVM configured by a `run-<name>-firecracker` script (which prints
     its kernel, disks, command line, vCPUs, memory and VLANs as JSON). Its shell is the guest
     agent over vsock; it has no display, keyboard, monitor or serial console input."""
+
+
+class CloudHypervisorMachine(BaseMachine):
+    """A Cloud Hypervisor VM configured by a `run-<name>-cloud-hypervisor` script (the same
+    JSON as a Firecracker machine's). Its shell is the guest agent over vsock; it has no
+    display, keyboard, monitor or serial console input."""
 
 
 Machine = BaseMachine

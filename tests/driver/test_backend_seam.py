@@ -10,6 +10,7 @@ from nixos_test_ng import MachineError, Unsupported, _native
 from nixos_test_ng.machine import (
     CLASSES,
     BaseMachine,
+    CloudHypervisorMachine,
     FirecrackerMachine,
     NspawnMachine,
     QemuMachine,
@@ -18,11 +19,12 @@ from nixos_test_ng.machine import (
 
 def test_every_kind_has_its_python_class_and_its_words() -> None:
     kinds = {k.name: k for k in _native.machine_kinds()}
-    assert sorted(kinds) == ["firecracker", "nspawn", "qemu"]
+    assert sorted(kinds) == ["cloud-hypervisor", "firecracker", "nspawn", "qemu"]
     assert CLASSES == {
         "qemu": QemuMachine,
         "nspawn": NspawnMachine,
         "firecracker": FirecrackerMachine,
+        "cloud-hypervisor": CloudHypervisorMachine,
     }
     for name, kind in kinds.items():
         assert CLASSES[name].__name__ == kind.python_class
@@ -35,8 +37,19 @@ def test_every_kind_has_its_python_class_and_its_words() -> None:
     assert _native.machine_name_from_script("/x/run-c1-nspawn", "container") == "c1"
     assert (kinds["firecracker"].script_suffix, kinds["firecracker"].noun) == ("-firecracker", "VM")
     assert _native.machine_name_from_script("/x/run-fc1-firecracker", "firecracker") == "fc1"
+    ch = kinds["cloud-hypervisor"]
+    assert (ch.spec_word, ch.script_suffix, ch.noun, ch.backend) == (
+        "cloud-hypervisor",
+        "-cloud-hypervisor",
+        "VM",
+        "Cloud Hypervisor",
+    )
+    assert _native.machine_name_from_script("/x/run-ch1-cloud-hypervisor", "cloud-hypervisor") == (
+        "ch1"
+    )
     with pytest.raises(
-        ValueError, match='kind must be "vm" or "nspawn" or "firecracker", not "docker"'
+        ValueError,
+        match='kind must be "vm" or "nspawn" or "firecracker" or "cloud-hypervisor", not "docker"',
     ):
         _native.machine_kind("docker")
 

@@ -44,6 +44,7 @@ GENERAL_SYMBOLS = [
     "QemuMachine",
     "NspawnMachine",
     "FirecrackerMachine",
+    "CloudHypervisorMachine",
     "t",
     "debug",
 ]

@@ -101,7 +101,7 @@ def test_every_user_of_the_namespace_names_takes_the_engines_list(tmp_path, monk
     from nixos_test_ng import check, check_cli, driver, driver_symbols
 
     symbols = _native.GENERAL_SYMBOLS
-    assert symbols[:3] == ("start_all", "test_script", "machines") and len(set(symbols)) == 25
+    assert symbols[:3] == ("start_all", "test_script", "machines") and len(set(symbols)) == 26
     # the namespace the driver builds (its own assertion checks the dict against this tuple)
     assert driver.GENERAL_SYMBOLS == symbols
     # the pre-boot check

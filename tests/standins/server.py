@@ -99,8 +99,9 @@ def serve(api: Api, socket_path: str, server_name: str, replace_stale: bool = Fa
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    # Bound and listening under a temporary name, then renamed: the socket appears ready.
-    temporary = f"{socket_path}.{os.getpid()}.tmp"
+    # Bound and listening under a temporary name, then renamed: the socket appears ready. The
+    # name is short, so a socket path near the 107-byte limit still fits.
+    temporary = os.path.join(os.path.dirname(socket_path), f".{os.getpid()}.tmp")
     server = _Server(temporary, _handler_class(api, lock, server_name))
     os.rename(temporary, socket_path)
     thread = threading.Thread(target=server.serve_forever, name="api", daemon=True)

@@ -156,6 +156,9 @@ impl Driver {
             MachineKind::Firecracker => {
                 Box::new(crate::firecracker::FirecrackerBackend::new(script))
             }
+            MachineKind::CloudHypervisor => {
+                Box::new(crate::cloud_hypervisor::CloudHypervisorBackend::new(script))
+            }
             #[cfg(test)]
             MachineKind::Fake => Box::new(crate::fake::FakeBackend::new(script)),
         };

@@ -11,6 +11,8 @@ pub enum MachineKind {
     Nspawn,
     /// A Firecracker microVM (`run-<name>-firecracker`).
     Firecracker,
+    /// A Cloud Hypervisor VM (`run-<name>-cloud-hypervisor`).
+    CloudHypervisor,
     /// The engine's own test backend (`fake/`): a local bash as the guest.
     #[cfg(test)]
     Fake,
@@ -57,10 +59,11 @@ pub struct Facts {
 
 impl MachineKind {
     /// Every kind Python sees, in a fixed order.
-    pub const ALL: [MachineKind; 3] = [
+    pub const ALL: [MachineKind; 4] = [
         MachineKind::Qemu,
         MachineKind::Nspawn,
         MachineKind::Firecracker,
+        MachineKind::CloudHypervisor,
     ];
 
     /// The facts of the kind: one arm per kind, the one place a new backend adds its own.
@@ -109,6 +112,21 @@ impl MachineKind {
                 wants_vlan_host_tap: false,
                 takes_guest_agent: true,
                 reset_ends_process: true,
+                found_by_suffix: true,
+            },
+            MachineKind::CloudHypervisor => Facts {
+                name: "cloud-hypervisor",
+                spec_word: "cloud-hypervisor",
+                script_suffix: "-cloud-hypervisor",
+                python_class: "CloudHypervisorMachine",
+                needs_root: false,
+                noun: "VM",
+                backend_name: "Cloud Hypervisor",
+                keeps_last_process: true,
+                booted_while_process_runs: false,
+                wants_vlan_host_tap: false,
+                takes_guest_agent: true,
+                reset_ends_process: false,
                 found_by_suffix: true,
             },
             #[cfg(test)]
@@ -251,7 +269,11 @@ mod tests {
         assert_eq!(MachineKind::parse("docker"), None);
         assert_eq!(
             MachineKind::words(),
-            "\"vm\" or \"nspawn\" or \"firecracker\""
+            "\"vm\" or \"nspawn\" or \"firecracker\" or \"cloud-hypervisor\""
+        );
+        assert_eq!(
+            MachineKind::parse("Cloud Hypervisor"),
+            Some(MachineKind::CloudHypervisor)
         );
         assert_eq!(
             MachineKind::parse("Firecracker"),
@@ -266,6 +288,8 @@ mod tests {
             ("/nix/store/x/bin/run-a-vm", Qemu),
             ("/nix/store/x/bin/run-a-firecracker", Firecracker),
             ("./run-my-box-firecracker", Firecracker),
+            ("/x/run-ch1-cloud-hypervisor", CloudHypervisor),
+            ("/bin/cloud-hypervisor", Qemu),
             ("/bin/firecracker", Qemu),
             ("/x/run-c-nspawn", Qemu),
         ] {

@@ -3,8 +3,9 @@
 //!
 //! Data flow: [`config::Config`] → [`driver::Driver`] (VLANs, machines, global timeout,
 //! cleanup) → [`machine::Machine`] (the lifecycle, written once) over a [`backend::Backend`]
-//! ([`qemu`], [`nspawn`], [`firecracker`]: launch and stop, plus capabilities) and a transport (a
-//! [`transport::connector::Connector`]'s stream, the [`transport::shell`] protocol);
+//! ([`qemu`], [`nspawn`], [`firecracker`], [`cloud_hypervisor`]: launch and stop, plus
+//! capabilities) and a transport (a [`transport::connector::Connector`]'s stream, the
+//! [`transport::shell`] protocol);
 //! everything that happens is an [`event::Event`] the [`log::Logger`] hands to the reporters
 //! [`reporters`] built for the run. `docs/architecture.md` has the map and the layers.
 
@@ -12,6 +13,7 @@
 #![allow(missing_docs)] // struct fields of error variants are self-describing
 
 pub mod backend;
+pub mod cloud_hypervisor;
 pub mod config;
 pub mod console;
 pub mod driver;

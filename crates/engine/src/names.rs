@@ -27,6 +27,7 @@ pub const GENERAL_SYMBOLS: &[&str] = &[
     "QemuMachine",
     "NspawnMachine",
     "FirecrackerMachine",
+    "CloudHypervisorMachine",
     "t",
     "debug",
     "dump_machine_ssh",

@@ -93,7 +93,8 @@ impl From<engine::Config> for Config {
 
 #[pymethods]
 impl Config {
-    /// `(name, start_script, kind)` for each machine; kind is "qemu", "nspawn" or "firecracker".
+    /// `(name, start_script, kind)` for each machine; kind is "qemu", "nspawn",
+    /// "firecracker" or "cloud-hypervisor".
     #[getter]
     fn machines(&self) -> Vec<(String, String, &'static str)> {
         self.inner

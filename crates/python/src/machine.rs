@@ -27,7 +27,8 @@ pub struct MachineHandle {
 
 #[pymethods]
 impl MachineHandle {
-    /// The kind's name ("qemu", "nspawn", "firecracker"; see `machine_kinds()`).
+    /// The kind's name ("qemu", "nspawn", "firecracker", "cloud-hypervisor"; see
+    /// `machine_kinds()`).
     #[getter]
     fn kind(&self) -> &'static str {
         self.inner.kind().name()

@@ -146,6 +146,12 @@ pub trait Power: Send + Sync {
     fn reboot(&self, host: &dyn Host) -> Result<()> {
         Err(host.guest_error("this backend has no Ctrl-Alt-Delete of its own".to_string()))
     }
+    /// Powers the guest off by the VMM's own means when the guest cannot be asked (no shell
+    /// connected): true when it did, false when the VMM has none (the machine then sends
+    /// [`PowerOff::Command`](super::PowerOff)'s signal).
+    fn power_off_vmm(&self, _info: &MachineInfo) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// Input to the serial console.

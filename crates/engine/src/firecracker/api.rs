@@ -4,44 +4,12 @@
 //! the call.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::error::Error;
-use crate::vmm::http::{Client, HttpError};
+use crate::vmm::api::{plain_fault, Call, GUEST_CID};
+use crate::vmm::nics::Nic;
 use crate::vmm::spec::VmmSpec;
-
-/// How long one API call may take (a snapshot of a large guest writes its memory).
-const CALL_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The guest's vsock CID (the only guest on its socket).
-pub const GUEST_CID: u32 = 3;
-
-/// One API request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Call {
-    pub method: &'static str,
-    pub path: String,
-    pub body: Value,
-}
-
-impl Call {
-    fn new(method: &'static str, path: impl Into<String>, body: Value) -> Self {
-        Call {
-            method,
-            path: path.into(),
-            body,
-        }
-    }
-}
-
-/// A NIC: the host's TAP and the guest's MAC.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Nic {
-    pub tap: String,
-    pub mac: String,
-}
 
 /// The calls that configure a microVM and start it, in order.
 pub fn boot_calls(spec: &VmmSpec, vsock: &Path, nics: &[Nic]) -> Vec<Call> {
@@ -161,57 +129,8 @@ pub fn snapshot_load(files: &SnapshotFiles) -> Call {
     )
 }
 
-/// The API of one Firecracker process, for machine `machine`.
-#[derive(Debug, Clone)]
-pub struct Api {
-    client: Client,
-    machine: String,
-}
-
-impl Api {
-    /// The API on `socket`.
-    pub fn new(socket: impl Into<PathBuf>, machine: impl Into<String>) -> Self {
-        Api {
-            client: Client::new(socket),
-            machine: machine.into(),
-        }
-    }
-
-    /// Sends `call`; a failure is an error naming the machine, the call and the fault.
-    pub fn send(&self, call: &Call) -> Result<Value, Error> {
-        let what = format!("Firecracker API call {} {}", call.method, call.path);
-        let failed = |message: String| Error::Guest {
-            machine: self.machine.clone(),
-            message: format!("{what} failed: {message}"),
-            console_tail: Vec::new(),
-        };
-        let answer = self
-            .client
-            .request(call.method, &call.path, Some(&call.body), CALL_TIMEOUT)
-            .map_err(|e| {
-                failed(match e {
-                    HttpError::Connect { source, .. } => format!(
-                        "cannot reach its API socket {} ({source})",
-                        self.client.socket().display()
-                    ),
-                    e => e.to_string(),
-                })
-            })?;
-        if answer.is_success() {
-            return Ok(serde_json::from_slice(&answer.body).unwrap_or(Value::Null));
-        }
-        Err(failed(fault_message(answer.status, &answer.body)))
-    }
-
-    /// Sends `calls` in order, up to the first failure.
-    pub fn send_all(&self, calls: &[Call]) -> Result<(), Error> {
-        calls.iter().try_for_each(|c| self.send(c).map(drop))
-    }
-}
-
 /// What an error answer says: its `fault_message`, else its body.
-fn fault_message(status: u16, body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body).trim().to_string();
+pub(super) fn fault_message(status: u16, body: &[u8]) -> String {
     let fault = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
         v.get("fault_message")
             .and_then(Value::as_str)
@@ -219,127 +138,20 @@ fn fault_message(status: u16, body: &[u8]) -> String {
     });
     match fault {
         Some(f) => format!("{f} (HTTP {status})"),
-        None if text.is_empty() => format!("HTTP {status} without a message"),
-        None => format!("HTTP {status}: {text}"),
+        None => plain_fault(status, body),
     }
 }
 
+/// The API of one Firecracker process, for machine `machine` (tests).
 #[cfg(test)]
-pub(crate) mod fake_server {
-    //! A fake Firecracker API: records each request, answers 204, or a fault for a path.
-
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::os::unix::net::UnixListener;
-    use std::path::Path;
-    use std::sync::{Arc, Mutex};
-
-    /// A recorded request.
-    #[derive(Debug, Clone, PartialEq)]
-    pub struct Seen {
-        pub method: String,
-        pub path: String,
-        pub body: serde_json::Value,
-    }
-
-    /// The fake server's shared state.
-    #[derive(Default)]
-    pub struct FakeApi {
-        pub seen: Mutex<Vec<Seen>>,
-        /// `(method path, status, fault_message)`: that call fails.
-        pub faults: Mutex<Vec<(String, u16, String)>>,
-    }
-
-    impl FakeApi {
-        /// Serves on `path` in a thread until the process ends.
-        pub fn serve(path: &Path) -> Arc<FakeApi> {
-            let api = Arc::new(FakeApi::default());
-            Self::serve_with(path, api.clone());
-            api
-        }
-
-        /// Serves `api` on `path` in a thread until the process ends.
-        pub fn serve_with(path: &Path, api: Arc<FakeApi>) {
-            let listener = UnixListener::bind(path).unwrap();
-            let shared = api.clone();
-            std::thread::spawn(move || {
-                for stream in listener.incoming() {
-                    let Ok(stream) = stream else { return };
-                    let api = shared.clone();
-                    std::thread::spawn(move || api.answer(stream));
-                }
-            });
-        }
-
-        fn answer(&self, stream: std::os::unix::net::UnixStream) {
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut first = String::new();
-            if reader.read_line(&mut first).unwrap_or(0) == 0 {
-                return;
-            }
-            let mut parts = first.split_whitespace();
-            let method = parts.next().unwrap_or_default().to_string();
-            let path = parts.next().unwrap_or_default().to_string();
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap();
-                }
-                if line == "\r\n" || line.is_empty() {
-                    break;
-                }
-            }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).unwrap();
-            let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-            let key = format!("{method} {path}");
-            self.seen.lock().unwrap().push(Seen { method, path, body });
-            let fault = self
-                .faults
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|(k, _, _)| *k == key)
-                .cloned();
-            let mut stream = stream;
-            let answer = match fault {
-                Some((_, status, message)) => {
-                    let body = serde_json::json!({ "fault_message": message }).to_string();
-                    format!(
-                        "HTTP/1.1 {status} Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    )
-                }
-                None => "HTTP/1.1 204 No Content\r\n\r\n".to_string(),
-            };
-            let _ = stream.write_all(answer.as_bytes());
-        }
-
-        /// `method path` answers `status` with `message`.
-        pub fn fail(&self, call: &str, status: u16, message: &str) {
-            self.faults
-                .lock()
-                .unwrap()
-                .push((call.to_string(), status, message.to_string()));
-        }
-
-        /// `method path` of each request so far.
-        pub fn calls(&self) -> Vec<String> {
-            self.seen
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|s| format!("{} {}", s.method, s.path))
-                .collect()
-        }
-    }
+pub(super) fn api(socket: impl Into<PathBuf>, machine: &str) -> crate::vmm::api::Api {
+    crate::vmm::api::Api::new(socket, machine, "Firecracker", fault_message)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::fake_server::FakeApi;
     use super::*;
+    use crate::vmm::api::fake_server::FakeApi;
     use crate::vmm::spec::Disk;
     use crate::vmm::test_dir::TestDir;
 
@@ -371,7 +183,7 @@ mod tests {
         }];
         let vsock = dir.path().join("vsock.sock");
         let calls = boot_calls(&spec(dir.path()), &vsock, &nics);
-        Api::new(&sock, "m").send_all(&calls).unwrap();
+        api(&sock, "m").send_all(&calls).unwrap();
         assert_eq!(
             fake.calls(),
             [
@@ -434,12 +246,16 @@ mod tests {
         let dir = TestDir::new();
         let sock = dir.path().join("firecracker.sock");
         let fake = FakeApi::serve(&sock);
-        let api = Api::new(&sock, "server");
+        let api = api(&sock, "server");
         let calls = boot_calls(&spec(dir.path()), &dir.path().join("v.sock"), &[]);
         for call in &calls {
             let key = format!("{} {}", call.method, call.path);
             fake.faults.lock().unwrap().clear();
-            fake.fail(&key, 400, &format!("bad {}", call.path));
+            fake.fail(
+                &key,
+                400,
+                json!({"fault_message": format!("bad {}", call.path)}),
+            );
             fake.seen.lock().unwrap().clear();
             let e = api.send_all(&calls).unwrap_err().to_string();
             assert_eq!(
@@ -457,7 +273,11 @@ mod tests {
             snapshot_create(&SnapshotFiles::in_dir(dir.path(), "a")),
         ] {
             let key = format!("{} {}", call.method, call.path);
-            fake.fail(&key, 400, "Create snapshot error: no");
+            fake.fail(
+                &key,
+                400,
+                json!({"fault_message": "Create snapshot error: no"}),
+            );
             let e = api.send(&call).unwrap_err().to_string();
             assert!(
                 e.starts_with(&format!("server: Firecracker API call {key} failed: ")),
@@ -479,7 +299,7 @@ mod tests {
     #[test]
     fn an_api_that_is_gone_is_named() {
         let dir = TestDir::new();
-        let e = Api::new(dir.path().join("gone.sock"), "m")
+        let e = api(dir.path().join("gone.sock"), "m")
             .send(&action("SendCtrlAltDel"))
             .unwrap_err()
             .to_string();

@@ -113,18 +113,6 @@ impl Snapshots for FirecrackerBackend {
 impl Links for FirecrackerBackend {
     /// The first VLAN NIC's TAP, down or up, in the run's network namespace.
     fn set_link(&self, info: &MachineInfo, up: bool) -> Result<()> {
-        let network = self.network.lock().unwrap();
-        let Some((ns, tap)) = network
-            .as_ref()
-            .and_then(|n| n.taps.first().map(|t| (&n.ns, t)))
-        else {
-            return Err(Error::InvalidState {
-                machine: info.name.clone(),
-                message: "the machine has no VLAN NIC (its start script lists no `vlans`)"
-                    .to_string(),
-            });
-        };
-        ns.set_link(&tap.name, up)
-            .map_err(|e| Error::Config(format!("machine `{}`: {e}", info.name)))
+        self.nics.set_link(info, up)
     }
 }

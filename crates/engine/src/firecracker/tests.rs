@@ -5,81 +5,26 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::api::fake_server::FakeApi;
-use super::{FirecrackerBackend, API_SOCKET, NO_BACKDOOR};
-use crate::backend::MachineInfo;
+use super::{FirecrackerBackend, API_SOCKET};
 use crate::config::Transport;
 use crate::error::Error;
-use crate::log::Logger;
+use crate::kind::MachineKind;
 use crate::machine::{ExecOptions, Machine};
+use crate::vmm::api::fake_server::FakeApi;
+use crate::vmm::launch::no_backdoor;
 use crate::vmm::test_dir::TestDir;
+use crate::vmm::test_support::{self, executable, fake_binary};
 
-fn executable(path: &Path, body: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-/// A start script in `dir` printing a configuration with a kernel file there.
 fn start_script(dir: &Path, extra: &str) -> PathBuf {
-    std::fs::write(dir.join("vmlinux"), "kernel").unwrap();
-    let script = dir.join("run-m-firecracker");
-    executable(
-        &script,
-        &format!(
-            r#"echo "state=$NIXOS_TEST_NG_STATE_DIR" >&2
-cat <<EOF
-{{"kernel": "{}/vmlinux", "cmdline": "console=ttyS0 reboot=k", "memory_mib": 128{extra}}}
-EOF"#,
-            dir.display()
-        ),
-    );
-    script
+    test_support::start_script(dir, MachineKind::Firecracker, extra)
 }
 
 fn machine(dir: &Path, backend: FirecrackerBackend, transport: Transport) -> Machine {
-    let info = MachineInfo {
-        name: "m".to_string(),
-        logger: Arc::new(Logger::default()),
-        state_dir: dir.join("vm-state-m"),
-        shared_dir: dir.join("shared-xchg"),
-        out_dir: dir.to_path_buf(),
-        boot_timeout: Some(Duration::from_secs(30)),
-        env: Vec::new(),
-        vnc: false,
-        transport,
-        node: 1,
-    };
-    Machine::new(info, Box::new(backend), false).unwrap()
+    test_support::machine(dir, Box::new(backend), transport)
 }
 
-/// A fake `firecracker` that records its arguments and then waits to be killed; the test
-/// serves the API on the socket it was given.
-fn fake_binary(dir: &Path) -> PathBuf {
-    let bin = dir.join("fake-firecracker");
-    executable(
-        &bin,
-        &format!(
-            "echo \"$@\" > {}/args.tmp && mv {0}/args.tmp {0}/args\nexec sleep 300",
-            dir.display()
-        ),
-    );
-    bin
-}
-
-/// Serves a fake API at the socket the fake binary names, once it started.
 fn serve_when_started(dir: &Path) -> std::thread::JoinHandle<(Arc<FakeApi>, String)> {
-    let args = dir.join("args");
-    let sock = dir.join("vm-state-m").join(API_SOCKET);
-    std::thread::spawn(move || {
-        while !args.exists() {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        (
-            FakeApi::serve(&sock),
-            std::fs::read_to_string(&args).unwrap(),
-        )
-    })
+    test_support::serve_when_started(dir, API_SOCKET, Arc::default())
 }
 
 #[test]
@@ -134,7 +79,10 @@ fn forced_to_the_backdoor_it_says_there_is_none() {
         .execute("true", ExecOptions::default())
         .unwrap_err()
         .to_string();
-    assert!(e.starts_with(&format!("m: {NO_BACKDOOR}")), "{e}");
+    assert!(
+        e.starts_with(&format!("m: {}", no_backdoor(MachineKind::Firecracker))),
+        "{e}"
+    );
     m.release();
 }
 
@@ -145,24 +93,16 @@ fn an_api_error_at_start_names_the_machine_the_call_and_the_fault() {
     let backend = FirecrackerBackend::new(script.display().to_string())
         .with_binary(fake_binary(dir.path()), Duration::from_secs(30));
     let m = machine(dir.path(), backend, Transport::Auto);
-    let args = dir.path().join("args");
-    let sock = dir.path().join("vm-state-m").join(API_SOCKET);
-    let server = std::thread::spawn(move || {
-        while !args.exists() {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        // The fault is in place before the socket answers.
-        let fake = Arc::new(FakeApi::default());
-        fake.fail(
-            "PUT /boot-source",
-            400,
-            "Boot source error: The kernel file cannot be opened",
-        );
-        FakeApi::serve_with(&sock, fake.clone());
-        fake
-    });
+    // The fault is in place before the socket answers.
+    let fake = Arc::new(FakeApi::default());
+    fake.fail(
+        "PUT /boot-source",
+        400,
+        serde_json::json!({"fault_message": "Boot source error: The kernel file cannot be opened"}),
+    );
+    let server = test_support::serve_when_started(dir.path(), API_SOCKET, fake);
     let e = m.start(false).unwrap_err();
-    let fake = server.join().unwrap();
+    let (fake, _) = server.join().unwrap();
     assert!(matches!(e, Error::Guest { .. }), "{e:?}");
     let text = e.to_string();
     assert!(

@@ -560,8 +560,14 @@ impl Machine {
                 self.shell_execute(command, None, Reply::Nothing, Deadline::NEVER)?;
             }
             PowerOff::Command(_, signal) => {
-                if let Some(p) = self.process() {
-                    p.signal_group(signal);
+                let by_vmm = match self.backend.power() {
+                    Some(power) => power.power_off_vmm(&self.info)?,
+                    None => false,
+                };
+                if !by_vmm {
+                    if let Some(p) = self.process() {
+                        p.signal_group(signal);
+                    }
                 }
             }
         }

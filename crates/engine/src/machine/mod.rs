@@ -104,6 +104,12 @@ impl Machine {
         &self.info.name
     }
 
+    /// The backend, for tests that drive its capabilities directly.
+    #[cfg(test)]
+    pub(crate) fn backend_for_tests(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
     /// Shared facts (dirs, logger).
     pub fn info(&self) -> &MachineInfo {
         &self.info

@@ -16,6 +16,14 @@ pub enum Vmm {
 }
 
 impl Vmm {
+    /// The kind of machine it runs.
+    pub fn kind(self) -> crate::kind::MachineKind {
+        match self {
+            Vmm::Firecracker => crate::kind::MachineKind::Firecracker,
+            Vmm::CloudHypervisor => crate::kind::MachineKind::CloudHypervisor,
+        }
+    }
+
     /// The program's name on `PATH`.
     pub fn program(self) -> &'static str {
         match self {
