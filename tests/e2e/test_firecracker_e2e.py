@@ -1,0 +1,155 @@
+"""Firecracker machines end to end on the built-in guests, through the Firecracker API stand-in
+(`tests/standins/firecracker`) with its QEMU runner: the driver's Firecracker backend speaks
+Firecracker's API to the stand-in, which checks each request against the official spec and
+boots the guest under QEMU TCG, hybrid vsock emulated over user-mode networking (the guest's
+agent listens on TCP with `ntng.agent=tcp`; tests/standins/README.md).
+
+Against a real Firecracker on a KVM host: point NIXOS_TEST_NG_FIRECRACKER at the real binary
+(the `firecracker` fixture keeps a value that is already set) and the same tests run.
+
+Each TCG boot costs seconds: the checks are grouped per boot."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import textwrap
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from nixos_test_ng import procs
+from support.driver import wait_for_line
+from support.leaks import MARKER_VAR
+
+pytestmark = [pytest.mark.vm, pytest.mark.one_transport]
+
+STANDIN = Path(__file__).resolve().parents[1] / "standins" / "firecracker"
+FC = {"fc": "busybox-firecracker"}
+
+
+@pytest.fixture(autouse=True)
+def firecracker(monkeypatch) -> str:
+    """The stand-in (unless NIXOS_TEST_NG_FIRECRACKER names a real Firecracker) booting guests
+    under QEMU; the transport is the driver's choice (the agent, the only one Firecracker has)."""
+    binary = os.environ.get("NIXOS_TEST_NG_FIRECRACKER") or str(STANDIN)
+    monkeypatch.setenv("NIXOS_TEST_NG_FIRECRACKER", binary)
+    monkeypatch.setenv("NTNG_STANDIN_RUNNER", "qemu")
+    monkeypatch.delenv("NIXOS_TEST_NG_TRANSPORT", raising=False)
+    return binary
+
+
+def run_ng(tmp_path: Path, script: str, *args: str, timeout: float = 600):
+    """`nixos-test-ng run SCRIPT ARGS` in tmp_path, the leak check's marker set."""
+    test = tmp_path / "test.py"
+    test.write_text(textwrap.dedent(script))
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
+    env[MARKER_VAR] = str(tmp_path)
+    return subprocess.run(
+        ["nixos-test-ng", "run", str(test), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=timeout,
+    )
+
+
+def show(r) -> str:
+    return f"rc={r.returncode}\n--- stdout\n{r.stdout[-4000:]}\n--- stderr\n{r.stderr[-8000:]}"
+
+
+SHELL_FILES_REBOOT = """
+    from nixos_test_ng import MachineError, Unsupported
+
+    t.assertIsInstance(fc, FirecrackerMachine)
+    fc.start()
+    # the shell: statuses, check flags, output, timeouts
+    t.assertEqual(fc.succeed("echo hello; echo to-stderr >&2"), "hello\\n")
+    t.assertEqual(fc.execute("echo out; exit 3"), (3, "out\\n"))
+    t.assertEqual(fc.execute("echo out; exit 4", check_output=False), (-2, ""))  # upstream's
+    t.assertEqual(fc.execute("echo out; exit 4", check_return=False), (-1, "out\\n"))
+    t.assertEqual(fc.fail("echo no; false"), "no\\n")
+    t.assertEqual(fc.succeed("hostname"), "fc\\n")
+    try:
+        fc.succeed("exit 5")
+    except Exception as e:
+        print("FAILED:", e, flush=True)
+    try:
+        fc.succeed("sleep 60", timeout=2)
+    except Exception as e:
+        print("TIMEOUT:", type(e).__name__, e, flush=True)
+    t.assertEqual(fc.succeed("echo after-timeout"), "after-timeout\\n")
+    fc.wait_until_succeeds("test -e /proc/uptime", timeout=30)
+
+    # files, both ways
+    src = os.path.join(os.environ["XDG_RUNTIME_DIR"], "from-host.txt")
+    with open(src, "w") as f:
+        f.write("host data\\n")
+    fc.copy_from_host(src, "/tmp/in/from-host.txt")
+    t.assertEqual(fc.succeed("cat /tmp/in/from-host.txt"), "host data\\n")
+    fc.succeed("mkdir -p /tmp/dir/sub && echo guest data >/tmp/dir/sub/g.txt")
+    fc.copy_from_machine("/tmp/dir", "copied")
+
+    # the serial console is the machine's console
+    fc.wait_for_console_text("guest agent")
+
+    # what Firecracker has not: the named error
+    for call in (
+        lambda: fc.screenshot("shot"),
+        lambda: fc.get_screen_text(),
+        lambda: fc.send_monitor_command("info status"),
+        lambda: fc.forward_port(8080, 80),
+        lambda: fc.send_console("x"),
+    ):
+        try:
+            call()
+        except Unsupported as e:
+            print("UNSUPPORTED:", e, flush=True)
+        else:
+            raise SystemExit("an unsupported call did not raise Unsupported")
+
+    # reboot: Ctrl-Alt-Del ends this Firecracker, a new one boots the guest again
+    first = fc.pid
+    fc.succeed("touch /run/before-reboot")
+    fc.reboot()
+    t.assertNotEqual(fc.pid, first)
+    t.assertEqual(fc.execute("test -e /run/before-reboot")[0], 1)
+    t.assertEqual(fc.succeed("echo rebooted"), "rebooted\\n")
+    print("ALL-DONE", flush=True)
+"""
+
+
+def test_firecracker_shell_files_console_unsupported_and_reboot(tmp_path, guest_dir, leftovers):
+    """One boot of `nixos-test-ng run -m fc@firecracker` (and the reboot's second)."""
+    (tmp_path / "out").mkdir()
+    r = run_ng(tmp_path, SHELL_FILES_REBOOT, "-m", "fc@firecracker", "--", "-o", "out")
+    assert r.returncode == 0, show(r)
+    assert "ALL-DONE" in r.stdout, show(r)
+    log = r.stderr
+    assert "fc: Firecracker running (pid " in log, show(r)
+    assert "fc: connected to the guest agent" in log, show(r)
+    # the serial console in the log, and a command's stderr as the console shows it
+    assert "fc # init: started the guest agent" in log, show(r)
+    assert "fc # to-stderr" in log, show(r)
+    assert "FAILED: command `exit 5` failed (exit code 5)" in r.stdout, show(r)
+    # upstream's timeout: `timeout N` around the command in the guest, whose status is 124
+    assert "TIMEOUT: RequestedAssertionFailed command `sleep 60` failed (exit code 124)" in (
+        r.stdout
+    ), show(r)
+    unsupported = re.findall(r"UNSUPPORTED: (.*)", r.stdout)
+    assert len(unsupported) == 5, show(r)
+    for line, op in zip(
+        unsupported,
+        ("screenshot", "get_screen_text", "send_monitor_command", "forward_port", "send_console"),
+        strict=True,
+    ):
+        assert line.startswith(f"fc: {op}: not supported by the Firecracker backend ("), line
+    # copied from the machine into the output directory
+    copied = tmp_path / "out" / "copied" / "dir" / "sub" / "g.txt"
+    assert copied.read_text() == "guest data\n", show(r)
+    # reboot: a second launch, and the first Firecracker was ended
+    assert log.count("fc: Firecracker running (pid ") == 2, show(r)
+    assert not leftovers(tmp_path)
