@@ -17,6 +17,7 @@ import signal
 import subprocess
 import textwrap
 import xml.etree.ElementTree as ET
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,48 @@ def test_firecracker_shell_files_console_unsupported_and_reboot(tmp_path, guest_
     # reboot: a second launch, and the first Firecracker was ended
     assert log.count("fc: Firecracker running (pid ") == 2, show(r)
     assert not leftovers(tmp_path)
+
+
+SNAPSHOT_TESTS = """
+    import pytest
+
+    def test_snapshot_and_restore(fc):
+        fc.succeed("echo one >/run/state")
+        fc.snapshot("mine")
+        fc.succeed("echo two >/run/state")
+        fc.restore("mine")
+        assert fc.succeed("cat /run/state") == "one\\n"
+        # a command that outlives no restore: the agent's connection is new
+        assert fc.execute("echo after-restore; exit 7") == (7, "after-restore\\n")
+
+    @pytest.mark.isolated
+    def test_isolated(fc):
+        # back to the machine as it was when first ready: the other test's file is gone
+        assert fc.execute("test -e /run/state")[0] == 1
+        fc.succeed("echo mine >/run/state")
+"""
+
+
+def test_firecracker_snapshot_restore_and_pytest_isolation(vm_env, leftovers):
+    r = vm_env.run(
+        {"fc": []},
+        textwrap.dedent(SNAPSHOT_TESTS),
+        "--junit-xml",
+        "junit.xml",
+        kinds=FC,
+        after=("-p", "no:cacheprovider"),
+    )
+    assert r.returncode == 0, show(r)
+    assert "2 passed" in r.stdout, show(r)
+    isolation = {
+        case.get("name"): prop.get("value")
+        for case in ET.parse(vm_env.out / "junit.xml").getroot().iter("testcase")
+        for prop in case.iter("property")
+        if prop.get("name") == "isolation"
+    }
+    assert isolation["test_isolated"] == "isolated: fc restored", isolation
+    # both restores were snapshot loads (the report's operations), not new boots
+    report = (vm_env.out / "report.html").read_text()
+    assert "restoring snapshot mine" in report
+    assert "restoring snapshot ntng-ready" in report
+    assert not leftovers(vm_env.root)
