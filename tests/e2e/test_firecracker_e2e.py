@@ -11,19 +11,20 @@ Each TCG boot costs seconds: the checks are grouped per boot."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import textwrap
 import xml.etree.ElementTree as ET
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 from nixos_test_ng import procs
+from nixos_test_ng.exit_status import ExitStatus
 from support.driver import wait_for_line
-from support.leaks import MARKER_VAR
+from support.leaks import MARKER_VAR, marker
 
 pytestmark = [pytest.mark.vm, pytest.mark.one_transport]
 
@@ -199,3 +200,112 @@ def test_firecracker_snapshot_restore_and_pytest_isolation(vm_env, leftovers):
     assert "restoring snapshot mine" in report
     assert "restoring snapshot ntng-ready" in report
     assert not leftovers(vm_env.root)
+
+
+def fc_script(vm_env, guest_dir: Path, **overrides) -> str:
+    """`run-fc-firecracker` printing the built-in guest's configuration with `overrides`."""
+    from nixos_test_ng.guest import write_start_scripts
+
+    written = write_start_scripts(vm_env.root / "gen", {"fc": []}, guest_dir, kinds=FC)
+    out = subprocess.run(
+        [str(written["fc"])], capture_output=True, text=True, check=True, cwd=vm_env.root
+    ).stdout
+    config = {**json.loads(out), **overrides}
+    script = vm_env.root / "scripts" / "run-fc-firecracker"
+    script.parent.mkdir(exist_ok=True)
+    script.write_text(f"#!/bin/sh\ncat <<'EOF'\n{json.dumps(config)}\nEOF\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+START_FAILS = """
+    from nixos_test_ng import MachineError
+    try:
+        fc.start()
+    except MachineError as e:
+        print("START-FAILED:", e, flush=True)
+    else:
+        raise SystemExit("the start did not fail")
+"""
+
+
+def test_firecracker_missing_binary_names_it_and_the_variable(vm_env, monkeypatch, leftovers):
+    """A configuration error (exit status USAGE), before any process is started."""
+    missing = str(vm_env.root / "no" / "firecracker")
+    monkeypatch.setenv("NIXOS_TEST_NG_FIRECRACKER", missing)
+    r = vm_env.run({"fc": []}, "fc.start()\n", kinds=FC)
+    assert r.returncode == ExitStatus.USAGE, show(r)
+    assert (
+        f'!!! NIXOS_TEST_NG_FIRECRACKER="{missing}" is not an executable file: point it at the '
+        "firecracker binary, or unset it to use `firecracker` from PATH"
+    ) in r.stderr, show(r)
+    assert "Firecracker running" not in r.stderr, show(r)
+    assert not leftovers(vm_env.root)
+
+
+def test_firecracker_api_error_is_shown_naming_the_machine(vm_env, guest_dir, leftovers):
+    """A kernel file that is no kernel: Firecracker's InstanceStart answers an error (the
+    stand-in's QEMU cannot load it), which the start's MachineError shows."""
+    bogus = vm_env.root / "not-a-kernel"
+    bogus.write_bytes(b"\0" * 4096)
+    script = fc_script(vm_env, guest_dir, kernel=str(bogus))
+    r = vm_env.run({}, textwrap.dedent(START_FAILS), "--start-scripts", script, keep_scripts=True)
+    assert r.returncode == 0, show(r)
+    line = re.search(r"START-FAILED: (.*)", r.stdout)
+    assert line, show(r)
+    assert line.group(1).startswith("fc: Firecracker API call PUT /actions failed: "), show(r)
+    assert "(HTTP 400)" in line.group(1), line.group(1)
+    assert not leftovers(vm_env.root)
+
+
+KILLED_MID_COMMAND = """
+    import signal, threading
+    from nixos_test_ng import MachineError
+    fc.succeed("true")  # booted
+    vmm = fc.pid
+    # the VMM dies while the command runs (the kill comes while `sleep 300` is in flight)
+    threading.Timer(1.0, os.kill, (vmm, signal.SIGKILL)).start()
+    try:
+        fc.succeed("sleep 300")
+    except MachineError as e:
+        print("DIED:", e, flush=True)
+    else:
+        raise SystemExit("the command outlived its VMM")
+    # and the next command fails the same way, it does not hang
+    try:
+        fc.succeed("true")
+    except MachineError as e:
+        print("STILL-DEAD:", e, flush=True)
+"""
+
+
+def test_firecracker_killed_mid_command_is_a_machine_error(vm_env, leftovers):
+    r = vm_env.run({"fc": []}, textwrap.dedent(KILLED_MID_COMMAND), kinds=FC)
+    assert r.returncode == 0, show(r)
+    for what in ("DIED", "STILL-DEAD"):
+        line = re.search(rf"{what}: (.*)", r.stdout)
+        assert line and line.group(1).startswith("fc: "), show(r)
+    assert not leftovers(vm_env.root)
+
+
+SIGKILL_DRIVER = """
+    fc.start()
+    fc.succeed("true")
+    print("NETNS", os.readlink(f"/proc/{fc.pid}/ns/net"), flush=True)
+    import time
+    time.sleep(600)
+"""
+
+
+def test_sigkill_of_the_driver_leaves_no_firecracker_qemu_tap_or_namespace(vm_env, leftovers):
+    vlans = [1] if os.geteuid() == 0 else []  # a TAP and a namespace need root
+    p = vm_env.spawn({"fc": vlans}, textwrap.dedent(SIGKILL_DRIVER), kinds=FC)
+    wait_for_line(p, "NETNS", timeout=300)
+    running = "\n".join(procs.marked(marker(vm_env.root)).values())
+    assert "qemu-system-x86_64" in running, running
+    assert "standins/firecracker" in running, running
+    if vlans:
+        assert "vde_plug2tap" in running and "sleep infinity" in running, running
+    os.kill(p.pid, signal.SIGKILL)  # the driver only, not its process group
+    p.wait(10)
+    assert not leftovers(vm_env.root, wait=20)
