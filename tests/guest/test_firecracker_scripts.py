@@ -84,6 +84,8 @@ def test_systemd_firecracker_boots_a_private_copy_of_the_image(sd_guest: Path, t
     assert config["initrd"] == str(sd / "initrd.img")
     assert config["memory_mib"] == 512
     assert f"systemd.machine_id={machine_id('sd')}" in config["cmdline"].split()
+    # Firecracker has no virtio console, so no backdoor (its device would never come)
+    assert "systemd.mask=backdoor.service" in config["cmdline"].split()
     disk = state / config["root_disk"]  # relative to the state directory
     assert disk.read_bytes() == (sd / "rootfs.ext4").read_bytes()
     # kept across runs (keep-state) ...
