@@ -309,3 +309,31 @@ def test_sigkill_of_the_driver_leaves_no_firecracker_qemu_tap_or_namespace(vm_en
     os.kill(p.pid, signal.SIGKILL)  # the driver only, not its process group
     p.wait(10)
     assert not leftovers(vm_env.root, wait=20)
+
+
+SYSTEMD_API = """
+    sd.wait_for_unit("multi-user.target")
+    t.assertEqual(sd.succeed("systemctl is-system-running --wait").strip(), "running")
+    # the root disk is the guest's image, as Firecracker attaches it
+    t.assertEqual(sd.succeed("findmnt -no SOURCE /").strip(), "/dev/vda")
+    t.assertEqual(sd.succeed("hostname").strip(), "sd")
+    sd.systemctl("start systemd-hostnamed")
+    sd.wait_for_unit("systemd-hostnamed")
+    t.assertEqual(sd.get_unit_info("systemd-hostnamed")["ActiveState"], "active")
+    sd.succeed("systemd-run --unit=ntng-web -- nc -lk -p 8080")  # -k: the probe connects
+    sd.wait_for_open_port(8080)
+    sd.systemctl("stop ntng-web")
+    sd.wait_for_closed_port(8080)
+    # no backdoor on Firecracker (no virtio console): masked, not waited for
+    t.assertEqual(sd.get_unit_info("backdoor.service")["LoadState"], "masked")
+    print("SYSTEMD-OK", flush=True)
+"""
+
+
+def test_firecracker_systemd_guest_on_its_root_disk(vm_env, systemd_guest, leftovers):
+    r = vm_env.run(
+        {"sd": []}, textwrap.dedent(SYSTEMD_API), kinds={"sd": "systemd-firecracker"}, timeout=240
+    )
+    assert r.returncode == 0, show(r)
+    assert "SYSTEMD-OK" in r.stdout, show(r)
+    assert not leftovers(vm_env.root)
