@@ -337,3 +337,26 @@ def test_firecracker_systemd_guest_on_its_root_disk(vm_env, systemd_guest, lefto
     assert r.returncode == 0, show(r)
     assert "SYSTEMD-OK" in r.stdout, show(r)
     assert not leftovers(vm_env.root)
+
+
+VLAN = """
+    start_all()
+    # fc is node 1 and vm node 2 (sorted names): 192.168.1.1 and 192.168.1.2
+    fc.wait_until_succeeds("ping -c 1 -W 2 192.168.1.2", timeout=120)
+    vm.wait_until_succeeds("ping -c 1 -W 2 fc", timeout=120)
+    fc.block()
+    vm.fail("ping -c 1 -W 2 192.168.1.1")
+    fc.fail("ping -c 1 -W 2 192.168.1.2")
+    fc.unblock()
+    vm.wait_until_succeeds("ping -c 1 -W 2 192.168.1.1", timeout=120)
+    fc.succeed("ping -c 1 -W 5 192.168.1.2")
+    print("VLAN-OK", flush=True)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a Firecracker VLAN NIC is a TAP: needs root")
+def test_firecracker_and_a_qemu_vm_share_a_vlan_and_block_cuts_it(vm_env, leftovers):
+    r = vm_env.run({"fc": [1], "vm": [1]}, textwrap.dedent(VLAN), kinds=FC, timeout=400)
+    assert r.returncode == 0, show(r)
+    assert "VLAN-OK" in r.stdout, show(r)
+    assert not leftovers(vm_env.root)
