@@ -24,6 +24,19 @@ def test_driver_arguments_split_vms_and_containers_and_sort_the_vlans():
     assert procs.driver_arguments({}) == []
 
 
+def test_driver_arguments_pass_firecracker_scripts_with_start_scripts():
+    scripts = {"fc": "/s/run-fc-firecracker", "sd": "/s/run-sd-firecracker", "a": "/s/run-a-vm"}
+    kinds = {"fc": "busybox-firecracker", "sd": "systemd-firecracker"}
+    assert procs.driver_arguments(scripts, kinds) == [
+        "--vm-start-scripts", "/s/run-a-vm",
+        "--start-scripts", "/s/run-fc-firecracker", "/s/run-sd-firecracker",
+    ]  # fmt: skip
+    every = (None, "systemd-vm", "systemd-nspawn", *kinds.values())
+    assert [procs.script_suffix(k) for k in every] == [
+        "vm", "vm", "nspawn", "firecracker", "firecracker",
+    ]  # fmt: skip
+
+
 def test_read_sees_this_process_and_a_zombie():
     me = procs.read(os.getpid())
     assert me is not None and me.alive

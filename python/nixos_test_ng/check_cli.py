@@ -20,7 +20,7 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
         default=[],
         metavar="NAME[:VLAN,...][@KIND]",
         help="machines as `nixos-test-ng run -m` takes them; NAME@container (or NAME:nspawn) "
-        "is a container",
+        "is a container, NAME@firecracker a Firecracker machine",
     )
     p.add_argument("--vlans", nargs="+", type=int, default=[], metavar="N")
     p.add_argument("--vm-start-scripts", nargs="+", default=[], metavar="S")
@@ -34,7 +34,9 @@ def _machines(args: argparse.Namespace) -> tuple[dict[str, str], list[int]]:
     vlans = list(args.vlans)
     for text in args.machines:
         spec = machine_spec.parse(text)
-        machines[spec.name] = "nspawn" if spec.is_container else "vm"
+        machines[spec.name] = (
+            "nspawn" if spec.is_container else "firecracker" if spec.is_firecracker else "vm"
+        )
         vlans += spec.vlans or ()
     for s in args.vm_start_scripts:
         machines[machine_name_from_script(s)] = "vm"

@@ -5,8 +5,10 @@
   Without `:`, the command's default: none for `run`, VLAN 1 (NixOS's default) for
   `guest scripts`; `check` takes its VLANs from `--vlans`, and from the specs that name some.
 - `@KIND` one of `KIND_ALIASES`: the busybox VM (`vm`, the default), the Debian systemd VM
-  (`systemd`) or the systemd-nspawn container (`container`, `nspawn`), each also under its
-  guest name (`KINDS`). `NAME:KIND` is the same as `NAME@KIND` (check's `NAME:nspawn`).
+  (`systemd`), the systemd-nspawn container (`container`, `nspawn`), or a Firecracker microVM
+  on the busybox guest (`firecracker`) or on the systemd guest's disk (`firecracker-systemd`),
+  each also under its guest name (`KINDS`). `NAME:KIND` is the same as `NAME@KIND` (check's
+  `NAME:nspawn`).
 
 A leaf module (no guest, no native import), so that `check` stays fast.
 """
@@ -15,16 +17,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["KINDS", "KIND_ALIASES", "MAX_VLAN", "MachineSpec", "MachineSpecError", "parse"]
+__all__ = [
+    "FIRECRACKER_KINDS",
+    "KINDS",
+    "KIND_ALIASES",
+    "MAX_VLAN",
+    "MachineSpec",
+    "MachineSpecError",
+    "parse",
+]
 
-#: The built-in guests' kinds of machine: the busybox VM, the systemd VM, the systemd container.
-KINDS = ("busybox", "systemd-vm", "systemd-nspawn")
+#: The built-in guests' kinds of machine: the busybox VM, the systemd VM, the systemd container,
+#: and the busybox and systemd guests as Firecracker microVMs.
+KINDS = (
+    "busybox",
+    "systemd-vm",
+    "systemd-nspawn",
+    "busybox-firecracker",
+    "systemd-firecracker",
+)
+#: The kinds that are Firecracker microVMs (`run-<name>-firecracker`).
+FIRECRACKER_KINDS = ("busybox-firecracker", "systemd-firecracker")
 #: Every spelling of a kind, the short ones first.
 KIND_ALIASES = {
     "vm": "busybox",
     "systemd": "systemd-vm",
     "container": "systemd-nspawn",
     "nspawn": "systemd-nspawn",
+    "firecracker": "busybox-firecracker",
+    "firecracker-systemd": "systemd-firecracker",
     **{k: k for k in KINDS},
 }
 #: VLAN numbers are 1..MAX_VLAN (a VLAN is the 192.168.<vlan>.0/24 network).
@@ -48,6 +69,10 @@ class MachineSpec:
     @property
     def is_container(self) -> bool:
         return self.kind == "systemd-nspawn"
+
+    @property
+    def is_firecracker(self) -> bool:
+        return self.kind in FIRECRACKER_KINDS
 
 
 def _kind(word: str, spec: str) -> str:

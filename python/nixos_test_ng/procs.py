@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nixos_test_ng import machine_spec
+
 T = TypeVar("T")
 
 
@@ -196,8 +198,15 @@ def end_run(marker: Marker, grace: float = 0.0) -> dict[int, str]:
 
 # -- the driver's command line ----------------------------------------------------------------
 
-#: The start-script kind that is a container; every other kind is a VM.
+#: The start-script kind that is a container.
 CONTAINER_KIND = "systemd-nspawn"
+
+
+def script_suffix(kind: str | None) -> str:
+    """The suffix of the start script of a machine of `kind`: `run-<name>-<suffix>`."""
+    if kind == CONTAINER_KIND:
+        return "nspawn"
+    return "firecracker" if kind in machine_spec.FIRECRACKER_KINDS else "vm"
 
 
 def driver_arguments(
@@ -205,16 +214,22 @@ def driver_arguments(
     kinds: Mapping[str, str] | None = None,
     vlans: Iterable[int] = (),
 ) -> list[str]:
-    """`--vm-start-scripts`, `--container-start-scripts` and `--vlans` for start scripts by
-    machine name (`kinds[name]` is `systemd-nspawn` for a container), as Nix passes them."""
+    """`--vm-start-scripts`, `--container-start-scripts`, `--start-scripts` and `--vlans` for
+    start scripts by machine name (`kinds[name]` is `systemd-nspawn` for a container, one of
+    `machine_spec.FIRECRACKER_KINDS` for a Firecracker machine), as Nix passes them."""
     kinds = kinds or {}
-    vms = [str(p) for n, p in scripts.items() if kinds.get(n) != CONTAINER_KIND]
-    containers = [str(p) for n, p in scripts.items() if kinds.get(n) == CONTAINER_KIND]
+    by_suffix: dict[str, list[str]] = {"vm": [], "nspawn": [], "firecracker": []}
+    for name, path in scripts.items():
+        by_suffix[script_suffix(kinds.get(name))].append(str(path))
     args: list[str] = []
-    if vms:
-        args += ["--vm-start-scripts", *vms]
-    if containers:
-        args += ["--container-start-scripts", *containers]
+    for flag, suffix in (
+        ("--vm-start-scripts", "vm"),
+        ("--container-start-scripts", "nspawn"),
+        # the driver tells a Firecracker script by its name (`run-<name>-firecracker`)
+        ("--start-scripts", "firecracker"),
+    ):
+        if by_suffix[suffix]:
+            args += [flag, *by_suffix[suffix]]
     wanted = sorted(set(vlans))
     if wanted:
         args += ["--vlans", *map(str, wanted)]

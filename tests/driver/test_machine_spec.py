@@ -33,6 +33,10 @@ SPELLINGS = [
     # check --machines
     ("client:nspawn", MachineSpec("client", None, C)),
     ("client:vm", MachineSpec("client", None, "busybox")),
+    # Firecracker machines
+    ("fc:1@firecracker", MachineSpec("fc", (1,), "busybox-firecracker")),
+    ("fc@firecracker-systemd", MachineSpec("fc", None, "systemd-firecracker")),
+    ("fc:firecracker", MachineSpec("fc", None, "busybox-firecracker")),
 ]
 
 
@@ -46,7 +50,10 @@ def test_every_spelling_parses(text, spec):
     [
         ("a:x", "VLAN `x` is not a number"),
         ("a:1,x@vm", "VLAN `x` is not a number"),
-        ("a@vmm", "unknown kind `vmm` (expected one of vm, systemd, container, nspawn, busybox"),
+        (
+            "a@vmm",
+            "unknown kind `vmm` (expected one of vm, systemd, container, nspawn, firecracker",
+        ),
         ("a:0", "VLAN `0` is outside 1..255"),
         ("a:256", "VLAN `256` is outside 1..255"),
         (":1", "machine `:1` has no name"),
@@ -90,9 +97,10 @@ def test_run_check_and_guest_scripts_read_a_spec_alike(text, spec, monkeypatch, 
     kind = spec.kind or "busybox"
     # run: no VLAN unless named
     assert _run(text) == (spec.name, spec.vlans or (), kind)
-    # check: a VM or a container; the spec's VLANs are the script's too
+    # check: a VM, a container or a Firecracker machine; the spec's VLANs are the script's too
     machines, vlans = _check(text)
-    assert machines == {spec.name: "nspawn" if kind == C else "vm"}
+    word = "nspawn" if kind == C else "firecracker" if "firecracker" in kind else "vm"
+    assert machines == {spec.name: word}
     assert vlans == list(spec.vlans or ())
     # guest scripts: VLAN 1 unless named (NixOS's default)
     assert _guest(text, monkeypatch, tmp_path) == (

@@ -51,7 +51,7 @@ def systemd_guest(guest_dir):
 
 def script_name(name: str, kind: str | None) -> str:
     """The start script `write_start_scripts` writes for a machine of `kind`."""
-    return f"run-{name}-{'nspawn' if kind == procs.CONTAINER_KIND else 'vm'}"
+    return f"run-{name}-{procs.script_suffix(kind)}"
 
 
 @pytest.fixture

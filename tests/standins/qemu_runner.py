@@ -218,7 +218,30 @@ def _isatty(fd: int) -> bool:
         return False
 
 
+def _loopback_up() -> None:
+    """Brings the network namespace's loopback up when it is down. The hybrid vsock emulation
+    goes through 127.0.0.1, and the namespace an engine makes for VLAN NICs is fresh (its `lo`
+    down; 127.0.0.1 can be bound there but not reached). Real Firecracker needs no loopback, so
+    this is the stand-in's own business, not the engine's."""
+    shown = subprocess.run(
+        ["ip", "-o", "link", "show", "lo"], capture_output=True, text=True, check=False
+    )
+    if shown.returncode != 0 or "<" not in shown.stdout:
+        return  # no `ip`: the bind below says what is wrong if it is
+    if "UP" in shown.stdout.split("<", 1)[1].split(">", 1)[0].split(","):
+        return
+    up = subprocess.run(
+        ["ip", "link", "set", "lo", "up"], capture_output=True, text=True, check=False
+    )
+    if up.returncode != 0:
+        raise RunnerError(
+            "the hybrid vsock forward needs 127.0.0.1, and this network namespace's loopback "
+            f"is down: `ip link set lo up` failed: {up.stderr.strip()}"
+        )
+
+
 def _free_port() -> int:
+    _loopback_up()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
             s.bind(("127.0.0.1", 0))
