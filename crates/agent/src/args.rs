@@ -1,5 +1,5 @@
 //! `nixos-test-ng-agent [--vsock-port N] [--listen unix:PATH | --listen tcp:ADDR:PORT]...
-//! [--log PATH]`
+//! [--log PATH] [--no-warm-shell]`
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use agent_protocol::AGENT_PORT;
 
 pub const USAGE: &str = "usage: nixos-test-ng-agent [--vsock-port N] \
-     [--listen unix:PATH | --listen tcp:ADDR:PORT]... [--log PATH]";
+     [--listen unix:PATH | --listen tcp:ADDR:PORT]... [--log PATH] [--no-warm-shell]";
 
 /// A `--listen` endpoint besides vsock.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +35,8 @@ pub struct Args {
     pub vsock_port: Option<u32>,
     pub listen: Vec<Endpoint>,
     pub log: Option<PathBuf>,
+    /// Every command runs its own `bash -c` instead of a warm shell's subshell.
+    pub no_warm_shell: bool,
 }
 
 fn endpoint(value: &str) -> Result<Endpoint, String> {
@@ -57,6 +59,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut vsock_port = None;
     let mut listen = Vec::new();
     let mut log = None;
+    let mut no_warm_shell = false;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -79,6 +82,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             }
             "--listen" => listen.push(endpoint(&value()?)?),
             "--log" => log = Some(PathBuf::from(value()?)),
+            "--no-warm-shell" if inline.is_none() => no_warm_shell = true,
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -90,6 +94,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         vsock_port,
         listen,
         log,
+        no_warm_shell,
     })
 }
 
@@ -108,7 +113,8 @@ mod tests {
             Args {
                 vsock_port: Some(AGENT_PORT),
                 listen: vec![],
-                log: None
+                log: None,
+                no_warm_shell: false,
             }
         );
     }

@@ -10,7 +10,8 @@ use agent_protocol::{
     AGENT_NAME, PROTOCOL_VERSION,
 };
 
-use crate::{exec, log, sys, tree};
+use crate::warm::WarmShell;
+use crate::{exec, log, sys, tree, warm};
 
 /// Why a connection ends.
 #[derive(Debug)]
@@ -43,6 +44,15 @@ pub struct Conn {
     /// Set once the host closed its side: no more frames will come.
     eof: bool,
     buf: Vec<u8>,
+    warm: Warm,
+}
+
+/// The connection's warm shell (see `warm`), started at the first command.
+enum Warm {
+    NotStarted,
+    Idle(WarmShell),
+    /// Switched off (`--no-warm-shell`), or it cannot start here: commands use `bash -c`.
+    Off,
 }
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -54,7 +64,43 @@ impl Conn {
             decoder: FrameDecoder::new(),
             eof: false,
             buf: vec![0u8; READ_CHUNK],
+            warm: if warm::enabled() {
+                Warm::NotStarted
+            } else {
+                Warm::Off
+            },
         }
+    }
+
+    /// The warm shell for one command (started if need be); `put_warm_shell` gives it back.
+    /// None when it is off: the command runs with its own `bash -c`.
+    pub fn take_warm_shell(&mut self) -> Option<WarmShell> {
+        match std::mem::replace(&mut self.warm, Warm::NotStarted) {
+            Warm::Idle(shell) => Some(shell),
+            Warm::Off => {
+                self.warm = Warm::Off;
+                None
+            }
+            Warm::NotStarted => match WarmShell::start() {
+                Ok(shell) => Some(shell),
+                Err(why) => {
+                    self.warm_shell_failed(&why.0);
+                    None
+                }
+            },
+        }
+    }
+
+    pub fn put_warm_shell(&mut self, shell: WarmShell) {
+        self.warm = Warm::Idle(shell);
+    }
+
+    /// The warm shell could not take a command: this connection's commands use `bash -c`.
+    pub fn warm_shell_failed(&mut self, why: &str) {
+        log::line(format_args!(
+            "the warm shell cannot run commands ({why}): each command runs its own bash -c"
+        ));
+        self.warm = Warm::Off;
     }
 
     pub fn fd(&self) -> RawFd {

@@ -1,5 +1,7 @@
-//! EXEC: `bash -c` in a new session, stdout and stderr streamed apart, stdin from STDIN
-//! frames, SIGNAL to the process group, the timeout, and the exit status.
+//! EXEC: a command run by the connection's warm shell (see `warm`), or, when it reads stdin
+//! or the warm shell cannot take it, by its own `bash -c` in a new session; stdout and stderr
+//! streamed apart, stdin from STDIN frames, SIGNAL to the process group, the timeout, and the
+//! exit status.
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -11,6 +13,7 @@ use agent_protocol::{encode_json, Exec, Exit, Kind, Signal, DATA_CHUNK};
 
 use crate::conn::{Conn, End};
 use crate::sys;
+use crate::warm::{Broken, WarmShell};
 
 /// After the command exited, output still arriving (a background child holding the pipes)
 /// is forwarded until the pipes stay quiet this long...
@@ -26,6 +29,27 @@ const STDIN_BACKLOG: usize = 1 << 20;
 const TIMEOUT_STATUS: i32 = 124;
 
 pub fn run(conn: &mut Conn, req: Exec) -> Result<(), End> {
+    let timeout = req.timeout_ms.map(Duration::from_millis);
+    if !req.stdin {
+        if let Some(mut warm) = conn.take_warm_shell() {
+            match warm.begin(&req.command) {
+                Ok(worker) => {
+                    let mut run = Running::new(worker.pid, Proc::Warm, timeout);
+                    run.set_outputs(Some(worker.stdout), Some(worker.stderr));
+                    let result = run.pump(conn, Some(&mut warm));
+                    if result.is_err() {
+                        run.kill_and_reap();
+                        return result.map(drop);
+                    }
+                    if run.status.as_ref().is_some_and(Ended::is_known) {
+                        conn.put_warm_shell(warm);
+                    }
+                    return run.reply(conn);
+                }
+                Err(Broken(why)) => conn.warm_shell_failed(&why),
+            }
+        }
+    }
     let mut cmd = Command::new("bash");
     cmd.arg("-c")
         .arg(&req.command)
@@ -40,17 +64,53 @@ pub fn run(conn: &mut Conn, req: Exec) -> Result<(), End> {
     unsafe {
         cmd.pre_exec(|| sys::cvt(libc::setsid()).map(drop));
     }
-    let child = match cmd.spawn() {
+    let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => return conn.send_error(format!("cannot run bash: {e}")),
     };
-    let mut run = Running::new(child, req.timeout_ms.map(Duration::from_millis));
-    let result = run.pump(conn);
+    let pid = child.id() as libc::pid_t;
+    let stdout = child.stdout.take().map(OwnedFd::from);
+    let stderr = child.stderr.take().map(OwnedFd::from);
+    let stdin = child.stdin.take();
+    let proc = Proc::Child {
+        pidfd: sys::pidfd_open(pid),
+        child,
+    };
+    let mut run = Running::new(pid, proc, timeout);
+    run.set_outputs(stdout, stderr);
+    run.set_stdin(stdin);
+    let result = run.pump(conn, None);
     if result.is_err() {
         run.kill_and_reap();
         return result.map(drop);
     }
-    conn.send_encoded(encode_json(Kind::Exit, &run.exit()))
+    run.reply(conn)
+}
+
+/// Who started the command, which says how its end is learnt.
+enum Proc {
+    /// Our own child: waitpid, and its pidfd (Linux 5.3+) to poll.
+    Child {
+        child: Child,
+        pidfd: Option<OwnedFd>,
+    },
+    /// The warm shell's subshell: the shell reports its status.
+    Warm,
+}
+
+/// How the command ended.
+enum Ended {
+    Status(ExitStatus),
+    /// As the warm shell reports it: 128+n for a signal, like `$?`.
+    ShellStatus(i32),
+    /// The warm shell died while the command ran (e.g. `kill -9 $$`).
+    Unknown(String),
+}
+
+impl Ended {
+    fn is_known(&self) -> bool {
+        !matches!(self, Ended::Unknown(_))
+    }
 }
 
 /// A pipe from the command, read until EOF.
@@ -60,54 +120,36 @@ struct Output {
 }
 
 struct Running {
-    child: Child,
+    proc: Proc,
     pid: libc::pid_t,
-    pidfd: Option<OwnedFd>,
     outputs: [Output; 2],
     stdin: Option<ChildStdin>,
     stdin_pending: Vec<u8>,
     stdin_close: bool,
     deadline: Option<Instant>,
     timed_out: bool,
-    status: Option<ExitStatus>,
+    status: Option<Ended>,
     /// Once exited: when to stop waiting for the pipes, and the latest that may become.
     quiet_until: Option<Instant>,
     drain_until: Option<Instant>,
 }
 
 impl Running {
-    fn new(mut child: Child, timeout: Option<Duration>) -> Running {
-        let pid = child.id() as libc::pid_t;
-        let pipe = |p: Option<OwnedFd>| {
-            if let Some(fd) = &p {
-                // A larger pipe means fewer, larger frames for big outputs; best effort.
-                // SAFETY: fcntl on an open fd.
-                unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
-            }
-            p
-        };
-        let stdout = pipe(child.stdout.take().map(OwnedFd::from));
-        let stderr = pipe(child.stderr.take().map(OwnedFd::from));
-        let stdin = child.stdin.take();
-        if let Some(s) = &stdin {
-            // Writes must never block the loop that also forwards output.
-            let _ = sys::set_nonblocking(s);
-        }
+    fn new(pid: libc::pid_t, proc: Proc, timeout: Option<Duration>) -> Running {
         Running {
-            pidfd: sys::pidfd_open(pid),
+            proc,
             pid,
-            child,
             outputs: [
                 Output {
                     kind: Kind::Stdout,
-                    pipe: stdout,
+                    pipe: None,
                 },
                 Output {
                     kind: Kind::Stderr,
-                    pipe: stderr,
+                    pipe: None,
                 },
             ],
-            stdin,
+            stdin: None,
             stdin_pending: Vec::new(),
             stdin_close: false,
             deadline: timeout.map(|t| Instant::now() + t),
@@ -118,8 +160,27 @@ impl Running {
         }
     }
 
+    fn set_outputs(&mut self, stdout: Option<OwnedFd>, stderr: Option<OwnedFd>) {
+        for (out, pipe) in self.outputs.iter_mut().zip([stdout, stderr]) {
+            if let Some(fd) = &pipe {
+                // A larger pipe means fewer, larger frames for big outputs; best effort.
+                // SAFETY: fcntl on an open fd.
+                unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+            }
+            out.pipe = pipe;
+        }
+    }
+
+    fn set_stdin(&mut self, stdin: Option<ChildStdin>) {
+        if let Some(s) = &stdin {
+            // Writes must never block the loop that also forwards output.
+            let _ = sys::set_nonblocking(s);
+        }
+        self.stdin = stdin;
+    }
+
     /// Forwards output and input until the command is over (see the module's rules).
-    fn pump(&mut self, conn: &mut Conn) -> Result<(), End> {
+    fn pump(&mut self, conn: &mut Conn, mut warm: Option<&mut WarmShell>) -> Result<(), End> {
         let mut buf = vec![0u8; DATA_CHUNK];
         loop {
             while let Some(frame) = conn.buffered_frame()? {
@@ -132,7 +193,7 @@ impl Running {
                 }
             }
             self.write_stdin();
-            self.check_exit()?;
+            self.check_exit(warm.as_deref_mut())?;
             let now = Instant::now();
             if self.status.is_some() {
                 let pipes_done = self.outputs.iter().all(|o| o.pipe.is_none());
@@ -159,8 +220,14 @@ impl Running {
             if let (Some(s), false) = (&self.stdin, self.stdin_pending.is_empty()) {
                 fds.push(pollfd(s.as_raw_fd(), libc::POLLOUT));
             }
-            if let (Some(p), None) = (&self.pidfd, self.status) {
-                fds.push(pollfd(p.as_raw_fd(), libc::POLLIN));
+            if self.status.is_none() {
+                match (&self.proc, &warm) {
+                    (Proc::Child { pidfd: Some(p), .. }, _) => {
+                        fds.push(pollfd(p.as_raw_fd(), libc::POLLIN))
+                    }
+                    (Proc::Warm, Some(w)) => fds.push(pollfd(w.report_fd(), libc::POLLIN)),
+                    _ => {}
+                }
             }
             sys::poll(&mut fds, self.poll_timeout(now))?;
 
@@ -187,7 +254,7 @@ impl Running {
             if let (Some(d), false) = (self.deadline, self.timed_out) {
                 at(d);
             }
-            if self.pidfd.is_none() {
+            if let Proc::Child { pidfd: None, .. } = self.proc {
                 at(now + EXIT_TICK);
             }
         } else if let Some(q) = self.quiet_until {
@@ -263,13 +330,29 @@ impl Running {
         }
     }
 
-    fn check_exit(&mut self) -> Result<(), End> {
+    fn check_exit(&mut self, warm: Option<&mut WarmShell>) -> Result<(), End> {
         if self.status.is_some() {
             return Ok(());
         }
-        if let Some(status) = self.child.try_wait()? {
+        let ended = match (&mut self.proc, warm) {
+            (Proc::Child { child, .. }, _) => child.try_wait()?.map(Ended::Status),
+            (Proc::Warm, Some(warm)) => match warm.exit_of(self.pid) {
+                Ok(Some(status)) => {
+                    // Fork the next command's subshell while this one's output drains.
+                    let _ = warm.ask();
+                    Some(Ended::ShellStatus(status))
+                }
+                Ok(None) => None,
+                Err(Broken(why)) => {
+                    let _ = sys::kill(-self.pid, libc::SIGKILL);
+                    Some(Ended::Unknown(why))
+                }
+            },
+            (Proc::Warm, None) => unreachable!("a warm command is pumped with its shell"),
+        };
+        if let Some(ended) = ended {
             let now = Instant::now();
-            self.status = Some(status);
+            self.status = Some(ended);
             self.quiet_until = Some(now + QUIET);
             self.drain_until = Some(now + DRAIN_CAP);
             self.drop_stdin();
@@ -277,39 +360,62 @@ impl Running {
         Ok(())
     }
 
-    fn exit(&self) -> Exit {
-        let status = self.status.expect("pump returns Ok only after the exit");
-        if self.timed_out {
-            return Exit {
+    /// EXIT, or ERROR when the warm shell died under the command.
+    fn reply(&self, conn: &mut Conn) -> Result<(), End> {
+        let ended = self
+            .status
+            .as_ref()
+            .expect("pump returns Ok only after the end");
+        if let Ended::Unknown(why) = ended {
+            return conn.send_error(format!(
+                "the agent's shell ended while the command ran ({why}; killed by `kill -9 $$`?): \
+                 its exit status is unknown"
+            ));
+        }
+        let exit = if self.timed_out {
+            Exit {
                 status: TIMEOUT_STATUS,
                 signal: None,
                 timed_out: true,
-            };
-        }
-        match (status.code(), status.signal()) {
-            (Some(code), _) => Exit {
-                status: code,
-                signal: None,
-                timed_out: false,
-            },
-            (None, Some(sig)) => Exit {
-                status: 128 + sig,
-                signal: Some(sig),
-                timed_out: false,
-            },
-            (None, None) => Exit {
-                status: -1,
-                signal: None,
-                timed_out: false,
-            },
-        }
+            }
+        } else {
+            match ended {
+                Ended::Status(status) => match (status.code(), status.signal()) {
+                    (Some(code), _) => Exit {
+                        status: code,
+                        signal: None,
+                        timed_out: false,
+                    },
+                    (None, Some(sig)) => Exit {
+                        status: 128 + sig,
+                        signal: Some(sig),
+                        timed_out: false,
+                    },
+                    (None, None) => Exit {
+                        status: -1,
+                        signal: None,
+                        timed_out: false,
+                    },
+                },
+                Ended::ShellStatus(status) => Exit {
+                    status: *status,
+                    signal: None,
+                    timed_out: false,
+                },
+                Ended::Unknown(_) => unreachable!("answered above"),
+            }
+        };
+        conn.send_encoded(encode_json(Kind::Exit, &exit))
     }
 
     /// The host went away or broke the protocol mid-command: nothing is left running.
     fn kill_and_reap(&mut self) {
         if self.status.is_none() {
             let _ = sys::kill(-self.pid, libc::SIGKILL);
-            let _ = self.child.wait();
+            // The warm shell reaps its subshell itself.
+            if let Proc::Child { child, .. } = &mut self.proc {
+                let _ = child.wait();
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ mod listen;
 mod log;
 mod sys;
 mod tree;
+mod warm;
 
 use std::fs::OpenOptions;
 use std::process::ExitCode;
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    warm::set_enabled(!args.no_warm_shell);
     if let Some(path) = &args.log {
         match OpenOptions::new().create(true).append(true).open(path) {
             Ok(file) => log::init(Box::new(file)),

@@ -29,6 +29,19 @@ fn exit_status_and_the_two_streams_are_kept_apart() {
 fn a_command_killed_by_a_signal_has_128_plus_the_signal() {
     let agent = Agent::start();
     let mut c = agent.connect();
+    // The warm shell reports `$?`: the status only.
+    let out = c.run("kill -9 $BASHPID");
+    assert_eq!(
+        out.exit(),
+        Exit {
+            status: 137,
+            signal: None,
+            timed_out: false
+        }
+    );
+    // Its own bash -c: the agent reaps it and also names the signal.
+    let agent = Agent::start_cold();
+    let mut c = agent.connect();
     let out = c.run("kill -9 $$");
     assert_eq!(
         out.exit(),
@@ -94,26 +107,27 @@ fn a_timeout_kills_the_group_and_exits_124() {
 
 #[test]
 fn signal_2_interrupts_a_sleep() {
-    let agent = Agent::start();
-    let mut c = agent.connect();
-    c.start("echo ready; exec sleep 100", None, false);
-    let mut out = Outcome::default();
-    c.pump(&mut out, |o| o.stdout.ends_with(b"ready\n"));
-    c.send_json(
-        Kind::Signal,
-        &Signal {
-            signal: libc::SIGINT,
-        },
-    );
-    c.pump(&mut out, |_| false);
-    assert_eq!(
-        out.exit(),
-        Exit {
-            status: 130,
-            signal: Some(2),
-            timed_out: false
-        }
-    );
+    for (agent, signal) in [(Agent::start(), None), (Agent::start_cold(), Some(2))] {
+        let mut c = agent.connect();
+        c.start("echo ready; exec sleep 100", None, false);
+        let mut out = Outcome::default();
+        c.pump(&mut out, |o| o.stdout.ends_with(b"ready\n"));
+        c.send_json(
+            Kind::Signal,
+            &Signal {
+                signal: libc::SIGINT,
+            },
+        );
+        c.pump(&mut out, |_| false);
+        assert_eq!(
+            out.exit(),
+            Exit {
+                status: 130,
+                signal,
+                timed_out: false
+            }
+        );
+    }
 }
 
 #[test]

@@ -60,16 +60,21 @@ pub struct Agent {
 
 impl Agent {
     pub fn start() -> Agent {
-        Agent::spawn(None)
+        Agent::spawn(None, &[])
+    }
+
+    /// Every command runs its own `bash -c` (no warm shell).
+    pub fn start_cold() -> Agent {
+        Agent::spawn(None, &["--no-warm-shell"])
     }
 
     /// Listens on the unix socket and on `tcp:<addr>` (port 0: the agent picks one, its log
     /// line says which).
     pub fn start_tcp(addr: &str) -> Agent {
-        Agent::spawn(Some(addr))
+        Agent::spawn(Some(addr), &[])
     }
 
-    fn spawn(tcp: Option<&str>) -> Agent {
+    fn spawn(tcp: Option<&str>, extra: &[&str]) -> Agent {
         let dir = TempDir::new("sock");
         let socket = dir.path().join("agent.sock");
         let mut command = Command::new(env!("CARGO_BIN_EXE_nixos-test-ng-agent"));
@@ -79,6 +84,7 @@ impl Agent {
         if let Some(addr) = tcp {
             command.arg(format!("--listen=tcp:{addr}"));
         }
+        command.args(extra);
         let mut child = command
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
