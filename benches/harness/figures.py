@@ -100,6 +100,8 @@ def per_run_figures(suite: str, raw: dict[str, Any]) -> dict[str, float]:
         f[f"{key}_true_median_s"] = statistics.median(t)
         f[f"{key}_true_mean_s"] = statistics.fmean(t)
         f[f"{key}_mb_stdout_s"] = statistics.median(raw["mb_stdout_s"])
+        if "mb_cat_s" in raw:
+            f[f"{key}_mb_cat_s"] = statistics.median(raw["mb_cat_s"])
         if raw["big_stdout_s"] is not None:
             f[f"{key}_mb100_stdout_s"] = raw["big_stdout_s"]
         f[f"{key}_copy_to_s"] = statistics.median(raw["copy_to_machine_s"])

@@ -17,7 +17,7 @@ Runs = dict[str, list[dict[str, Any]]]
 
 #: agent / backdoor of the same round, by the figure compared (`ag_<figure>` / `bd_<figure>`)
 TRANSPORT_COMPARED = (
-    "connecting_s", "true_median_s", "mb_stdout_s", "mb100_stdout_s", "copy_to_s",
+    "connecting_s", "true_median_s", "mb_stdout_s", "mb_cat_s", "mb100_stdout_s", "copy_to_s",
     "copy_from_s",
 )  # fmt: skip
 

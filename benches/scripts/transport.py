@@ -1,7 +1,8 @@
 # ruff: noqa: F821  (`machine` comes from the driver's namespace)
 """Agent vs backdoor (issue 17), run once per transport (NIXOS_TEST_NG_TRANSPORT, set by
 benches/run.py): `succeed("true")` round trips, 1 MB and NTNG_BENCH_BIG_MB MB of stdout,
-`copy_from_host` and `copy_from_machine` of NTNG_BENCH_COPY_MB MB, each checked. The
+1 MB of stdout from a file (`cat`: the cheapest producer, so that the transport's share
+shows; `head | tr` alone costs about 75 ms under TCG), `copy_from_host` and `copy_from_machine` of NTNG_BENCH_COPY_MB MB, each checked. The
 handshake time is the driver's own `connecting took` line (the harness reads it).
 
 Environment: NTNG_BENCH_CALLS timed calls after NTNG_BENCH_WARMUP untimed ones,
@@ -46,6 +47,15 @@ for _ in range(calls):
     true_s.append(time.perf_counter() - tic)
 
 mb_s = [stdout_of(MB) for _ in range(iters)]
+
+machine.succeed(f"head -c {MB} /dev/zero | tr '\\0' a > /tmp/bench-1mb")
+mb_cat_s = []
+for _ in range(iters):
+    tic = time.perf_counter()
+    out = machine.succeed("cat /tmp/bench-1mb")
+    mb_cat_s.append(time.perf_counter() - tic)
+    if len(out) != MB or out.strip("a"):
+        raise AssertionError(f"`cat` of the 1 MB file returned {len(out)} characters")
 big_s = stdout_of(big) if big else None
 
 # A file of random bytes (not compressible, not all one byte), written in the run's directory.
@@ -86,6 +96,7 @@ with open(os.environ["NTNG_BENCH_RESULT"], "w") as f:
             "start_to_first_command_s": first_command,
             "true_s": true_s,
             "mb_stdout_s": mb_s,
+            "mb_cat_s": mb_cat_s,
             "big_stdout_s": big_s,
             "big_bytes": big,
             "copy_bytes": copy_size,

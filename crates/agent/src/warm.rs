@@ -80,9 +80,19 @@ impl WarmShell {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        // SAFETY: setsid is async-signal-safe; the closure touches nothing else.
+        let agent = std::process::id() as libc::pid_t;
+        // SAFETY: setsid, prctl and getppid are async-signal-safe; nothing else is touched.
+        // The shell is in its own session, out of reach of signals to the agent's group: it
+        // is killed with its connection's thread (or the agent) instead.
         unsafe {
-            cmd.pre_exec(|| sys::cvt(libc::setsid()).map(drop));
+            cmd.pre_exec(move || {
+                sys::cvt(libc::setsid())?;
+                sys::cvt(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
+                if libc::getppid() != agent {
+                    return Err(io::Error::other("the agent ended"));
+                }
+                Ok(())
+            });
         }
         let mut shell = cmd
             .spawn()

@@ -143,3 +143,15 @@ fn a_stopped_command_is_still_running_until_continued() {
     assert_eq!(out.stdout, b"stopping\nresumed\n");
     assert_eq!(out.exit().status, 5);
 }
+
+#[test]
+fn the_shell_dies_with_a_killed_agent() {
+    let agent = Agent::start();
+    let mut c = agent.connect();
+    let shell: i32 = text(c.run("echo $$").stdout).trim().parse().unwrap();
+    drop(agent); // SIGKILL, with the connection still open
+    assert!(
+        support::wait_gone(shell),
+        "the warm shell {shell} outlived a killed agent"
+    );
+}
