@@ -2,11 +2,12 @@
 """Agent vs backdoor (issue 17), run once per transport (NIXOS_TEST_NG_TRANSPORT, set by
 benches/run.py): `succeed("true")` round trips, 1 MB and NTNG_BENCH_BIG_MB MB of stdout,
 1 MB of stdout from a file (`cat`: the cheapest producer, so that the transport's share
-shows; `head | tr` alone costs about 75 ms under TCG), `copy_from_host` and `copy_from_machine` of NTNG_BENCH_COPY_MB MB, each checked. The
-handshake time is the driver's own `connecting took` line (the harness reads it).
+shows; `head | tr` alone costs about 75 ms under TCG), `copy_from_host` and
+`copy_from_machine` of NTNG_BENCH_COPY_MB MB, each checked. The handshake time is the
+driver's own `connecting took` line (the harness reads it).
 
 Environment: NTNG_BENCH_CALLS timed calls after NTNG_BENCH_WARMUP untimed ones,
-NTNG_BENCH_MB_ITERS repetitions of the 1 MB command and of each copy, NTNG_BENCH_RESULT the
+NTNG_BENCH_MB_ITERS repetitions of the 1 MB commands and of each copy, NTNG_BENCH_RESULT the
 JSON file to write.
 """
 
