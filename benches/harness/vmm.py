@@ -211,9 +211,9 @@ def launch(raw: dict[str, Any], lo: float, hi: float, calls: dict[str, Any]) -> 
     the old VMM first), the stand-in's start-up to its socket bound, the driver's wait until
     its probe connected, and the API calls from there to the last answer."""
     vmm_exec = _one([t for t in raw["vmm_stamps"] if _in(t, lo, hi)], "VMM execs")
-    (pid,) = calls["pids"] if len(calls["pids"]) == 1 else (None,)
-    if pid is None:
+    if len(calls["pids"]) != 1:
         raise ValueError(f"API calls of {len(calls['pids'])} processes in one launch")
+    (pid,) = calls["pids"]
     events = [e for e in raw["api"] if e["pid"] == pid]
     bound = _one([e["t"] for e in events if e["event"] == "bound"], "sockets bound")
     accepts = [e["t"] for e in events if e["event"] == "accept" and e["t"] <= hi]

@@ -73,6 +73,7 @@ try:
                 "t_first": t_first,
             }
         )
+    # ended here, so that nothing at the driver's end could reach the "guest" (the host)
     machine.crash()
 finally:
     os.killpg(guest.pid, signal.SIGKILL)
