@@ -124,8 +124,8 @@ def command_line(driver: Driver, suite: Suite, wrappers: dict[str, Path], out: P
     script = str(SCRIPTS / suite.script)
     vlans = sorted({v for vs in suite.nodes.values() for v in vs})
     if suite.vmm:  # the driver tells the VMM by the script's name (`run-<name>-<vmm>`)
-        return [*driver.command, "--start-scripts", *map(str, wrappers.values()), "-o",
-                str(out), "--", script]  # fmt: skip
+        starts = [str(p) for p in wrappers.values()]
+        return [*driver.command, "--start-scripts", *starts, "-o", str(out), "--", script]
     if not driver.upstream:
         args = procs.driver_arguments(wrappers, suite.kinds, vlans)
         return [*driver.command, *args, "-o", str(out), "--", script]
@@ -168,7 +168,8 @@ def run_once(ctx: Context, suite: Suite, label: str) -> dict[str, Any]:
     if suite.vmm:
         if driver.upstream:
             raise RunFailed(f"{label}: upstream's driver has no {suite.vmm} machines")
-        wrappers["machine"], vmm_env = vmm.prepare(suite.vmm, tmp, bindir, stamps)
+        (node,) = suite.nodes
+        wrappers[node], vmm_env = vmm.prepare(suite.vmm, node, tmp, bindir, stamps)
     else:
         written = write_start_scripts(real, suite.nodes, guest_dir=ctx.guest_dir, kinds=suite.kinds)
     for name, path in written.items():

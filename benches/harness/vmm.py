@@ -124,8 +124,10 @@ exec {python} {standin} {binary} "$@"
 """
 
 
-def prepare(vmm_name: str, tmp: Path, bindir: Path, stamps: Path) -> tuple[Path, dict[str, str]]:
-    """Writes `run-machine-<vmm>` (its stamps: `stamps/script`) and the VMM wrapper (its
+def prepare(
+    vmm_name: str, node: str, tmp: Path, bindir: Path, stamps: Path
+) -> tuple[Path, dict[str, str]]:
+    """Writes `run-<node>-<vmm>` (its stamps: `stamps/script`) and the VMM wrapper (its
     stamps: `stamps/vmm`) into `bindir`, with dummy kernel, initrd and disks (the fake runner
     boots nothing); returns the start script and the run's variables."""
     vmm = VMMS[vmm_name]
@@ -142,7 +144,7 @@ def prepare(vmm_name: str, tmp: Path, bindir: Path, stamps: Path) -> tuple[Path,
         "vcpus": 2,
         "memory_mib": 256,
     }
-    script = bindir / f"run-machine-{vmm.binary}"
+    script = bindir / f"run-{node}-{vmm.binary}"
     script.write_text(
         START_SCRIPT.format(stamp=shlex.quote(str(stamps / "script")), config=json.dumps(config))
     )
