@@ -13,6 +13,8 @@ Measures (see benches/README.md for the method of each):
       multi-user.target, succeed("true"), 1 MB      (i) the systemd guest as a VM: boot
   (l) succeed("true") with spans exported over OTLP to a receiver in this process, against
       (c) in the same round: the cost of tracing
+  (n) a Firecracker and a Cloud Hypervisor machine through the API stand-ins (fake runner, no
+      guest): the driver's share of a boot, a snapshot and a restore, and their API calls
 and writes benches/results/NAME.json and NAME.md (NAME: `latest`, or `quick` with --quick).
 
 Every driver run gets its own temporary directory (XDG_RUNTIME_DIR, output directory, start

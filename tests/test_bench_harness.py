@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -393,3 +394,103 @@ def test_the_transport_suites_force_each_transport_and_are_compared_round_by_rou
         "- `transport-agent-4`: transport-agent-4: the driver exited with 1"
         " — `!!! MachineError: machine: no agent set up`" in table
     )
+
+
+# -- the VMM API stand-ins ---------------------------------------------------------------------
+
+#: The API calls of each operation: boot (Firecracker: machine config, boot source, two
+#: drives, vsock, InstanceStart; Cloud Hypervisor: vm.create, vm.boot), snapshot (pause,
+#: create, resume), restore (Firecracker: snapshot/load resumed; Cloud Hypervisor: vm.restore,
+#: vm.resume). Each call is a connection of its own, and a launch first probes the socket.
+VMM_CALLS = {
+    "firecracker": {"boot": 6, "snapshot": 3, "restore": 1},
+    "cloud-hypervisor": {"boot": 2, "snapshot": 3, "restore": 2},
+}
+
+
+@pytest.mark.parametrize("name", sorted(VMM_CALLS))
+def test_a_vmm_run_counts_the_api_calls_and_splits_each_operation(
+    tmp_path: Path, name: str, monkeypatch
+):
+    import shutil
+    import tempfile
+
+    from harness import vmm
+    from support.driver import driver_command
+    from support.leaks import MARKER_VAR
+
+    by_name = {s.name: s for s in suites(50, 2, 2)}
+    assert GROUPS["vmm"] == ["vmm-firecracker", "vmm-cloud-hypervisor"]
+    suite = by_name[f"vmm-{name}"]
+    # a short directory (the sockets' paths must fit in 107 bytes); the run's processes carry
+    # the test's marker, for the leak check
+    monkeypatch.setenv(MARKER_VAR, str(tmp_path))
+    root = Path(tempfile.mkdtemp(prefix="ntng-vb-"))
+    reaper = procs.Reaper()
+    try:
+        ctx = Context(Driver(tuple(driver_command())), tmp_path, root, reaper, keep_tmp=False)
+        raw = run_once(ctx, suite, f"{suite.name}-1")
+    finally:
+        reaper.reap_all()
+        shutil.rmtree(root, ignore_errors=True)
+    assert raw["exit_status"] == 0 and raw["leftover_processes"] == []
+    assert len(raw["boots"]) == len(raw["snapshots"]) == 2
+    assert len(raw["script_stamps"]) == 2  # the start script runs for a boot, not a restore
+    assert len(raw["vmm_stamps"]) == 4  # a new VMM for each boot and each restore
+    f = per_run_figures(suite.name, raw)
+    key = vmm.VMMS[name].key
+    assert {f"{key}_{row[0]}" for row in vmm.ROWS} == set(f)
+    calls = VMM_CALLS[name]
+    for op in ("boot", "snapshot", "restore"):
+        assert f[f"{key}_{op}_calls"] == calls[op], op
+    assert f[f"{key}_boot_connections"] == calls["boot"] + 1
+    assert f[f"{key}_restore_connections"] == calls["restore"] + 1
+    # per boot: the driver's share is the rest of `start()` after the stand-in's own parts
+    per_boot = [vmm.figures(key, {**raw, "boots": [b], "snapshots": []}) for b in raw["boots"]]
+    for b in per_boot:
+        parts = b[f"{key}_boot_standin_up_s"] + b[f"{key}_boot_api_standin_s"]
+        assert b[f"{key}_boot_driver_s"] == pytest.approx(b[f"{key}_boot_start_s"] - parts)
+        assert 0 <= b[f"{key}_boot_api_runner_s"] <= b[f"{key}_boot_api_standin_s"]
+    raw["figures"] = f
+    table = markdown(results.document(META, ENV, {suite.name: [raw]}, []))
+    assert f"| n | {vmm.VMMS[name].title} stand-in: `start()` (fake runner, no guest) |" in table
+    assert "real-VMM timings were not measured here" in table
+
+
+def test_the_recording_stand_in_records_each_call_before_its_answer(tmp_path: Path):
+    import subprocess
+
+    from standins.client import UnixHTTPConnection
+
+    log = tmp_path / "api.jsonl"
+    sock = tmp_path / "fc.sock"
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCHES / "vmm_standin.py"), "firecracker", "--api-sock", str(sock)],
+        env={**os.environ, "NTNG_BENCH_API_LOG": str(log), "NTNG_STANDIN_RUNNER": "fake"},
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not sock.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "no API socket"
+            time.sleep(0.01)
+        conn = UnixHTTPConnection(str(sock))
+        conn.request(
+            "PUT", "/machine-config", body=json.dumps({"vcpu_count": 1, "mem_size_mib": 64})
+        )
+        assert conn.getresponse().status == 204
+        # the record is written before the answer: it is there once the answer is
+        entries = [json.loads(line) for line in log.read_text().splitlines()]
+        conn.close()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [e["event"] for e in entries] == ["up", "bound", "accept", "request"]
+    request = entries[-1]
+    assert (request["method"], request["path"], request["status"]) == (
+        "PUT",
+        "/machine-config",
+        204,
+    )
+    assert request["t_request"] <= request["t_answered"]
+    assert request["runner_s"] == 0.0 and request["handle_s"] > 0

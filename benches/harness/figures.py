@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from harness import vmm
+
 #: The metric-key prefix of each `transport-*` suite.
 TRANSPORT_KEYS = {"backdoor": "bd", "agent": "ag"}
 
@@ -107,6 +109,8 @@ def per_run_figures(suite: str, raw: dict[str, Any]) -> dict[str, float]:
         f[f"{key}_copy_to_s"] = statistics.median(raw["copy_to_machine_s"])
         f[f"{key}_copy_from_s"] = statistics.median(raw["copy_from_machine_s"])
         f[f"rss_{key}_mb"] = raw["vm_hwm_kib"] / 1000
+    elif suite.startswith("vmm-"):
+        f.update(vmm.figures(vmm.VMMS[suite.removeprefix("vmm-")].key, raw))
     elif suite == "systemd-vm":
         f["sd_connecting_s"] = raw["connecting_s"]["machine"]
         f["sd_first_command_s"] = raw["first_command_s"]

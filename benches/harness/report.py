@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from harness import vmm
 from harness.targets import RATIO_TARGETS, STRICT_TARGETS, TARGETS
 
 # (id, metric key, what, unit): the rows of the markdown table, in order.
@@ -109,6 +110,7 @@ ROWS = [
             ("m", f"rss_{key}_mb", "… driver peak RSS", "MB"),
         )
     ),
+    *vmm.report_rows(),
     ("m", "ag_bd_connecting_s_ratio", "agent / backdoor, same round: handshake", "r"),
     ("m", "ag_bd_true_median_s_ratio", '… `succeed("true")` median', "r"),
     ("m", "ag_bd_mb_stdout_s_ratio", "… 1 MB stdout (`head -c \\| tr`)", "r"),
@@ -233,6 +235,8 @@ def markdown(doc: dict[str, Any]) -> str:
         " other in every round. Method: benches/README.md.",
         "",
     ]
+    if any(key.startswith(tuple(f"{v.key}_" for v in vmm.VMMS.values())) for key in metrics):
+        lines += [vmm.CLOSING_NOTE, ""]
     return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from nixos_test_ng import procs
 
-from harness import SCRIPTS
+from harness import SCRIPTS, vmm
 from harness.suites import Suite
 
 RUN_TIMEOUT_S = 600.0
@@ -123,6 +123,9 @@ def command_line(driver: Driver, suite: Suite, wrappers: dict[str, Path], out: P
     for containers on a host without the unified hierarchy): as upstream-baseline.md."""
     script = str(SCRIPTS / suite.script)
     vlans = sorted({v for vs in suite.nodes.values() for v in vs})
+    if suite.vmm:  # the driver tells the VMM by the script's name (`run-<name>-<vmm>`)
+        starts = [str(p) for p in wrappers.values()]
+        return [*driver.command, "--start-scripts", *starts, "-o", str(out), "--", script]
     if not driver.upstream:
         args = procs.driver_arguments(wrappers, suite.kinds, vlans)
         return [*driver.command, *args, "-o", str(out), "--", script]
@@ -159,8 +162,16 @@ def run_once(ctx: Context, suite: Suite, label: str) -> dict[str, Any]:
     xdg, out, real, bindir, stamps = (tmp / d for d in ("xdg", "out", "real", "bin", "stamps"))
     for d in (xdg, out, bindir, stamps):
         d.mkdir(mode=0o700)
-    written = write_start_scripts(real, suite.nodes, guest_dir=ctx.guest_dir, kinds=suite.kinds)
-    wrappers = {}
+    written: dict[str, Path] = {}
+    wrappers: dict[str, Path] = {}
+    vmm_env: dict[str, str] = {}
+    if suite.vmm:
+        if driver.upstream:
+            raise RunFailed(f"{label}: upstream's driver has no {suite.vmm} machines")
+        (node,) = suite.nodes
+        wrappers[node], vmm_env = vmm.prepare(suite.vmm, node, tmp, bindir, stamps)
+    else:
+        written = write_start_scripts(real, suite.nodes, guest_dir=ctx.guest_dir, kinds=suite.kinds)
     for name, path in written.items():
         w = bindir / path.name
         stamp = shlex.quote(str(stamps / name))
@@ -174,6 +185,7 @@ def run_once(ctx: Context, suite: Suite, label: str) -> dict[str, Any]:
 
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     env.update(suite.env)
+    env.update(vmm_env)
     env.update(
         XDG_RUNTIME_DIR=str(xdg),
         NTNG_BENCH_RESULT=str(result_file),
@@ -227,9 +239,12 @@ def run_once(ctx: Context, suite: Suite, label: str) -> dict[str, Any]:
         for name in written:
             text = (stamps / name).read_text().strip().replace(",", ".")
             raw["exec_stamps"][name] = float(text)
+        if suite.vmm:
+            raw["script_stamps"] = vmm.stamps_of(stamps / "script")
+            raw["vmm_stamps"] = vmm.stamps_of(stamps / "vmm")
         # upstream's driver logs no handshake for a container
         expected = {
-            n for n in written if not (driver.upstream and suite.kinds.get(n) == CONTAINER_KIND)
+            n for n in wrappers if not (driver.upstream and suite.kinds.get(n) == CONTAINER_KIND)
         }
         missing = expected - set(raw["connecting_s"])
         if missing:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from harness.vmm import VMMS
+
 #: The transport variable of our driver (issue 17): `backdoor` or `agent`.
 TRANSPORT_VAR = "NIXOS_TEST_NG_TRANSPORT"
 
@@ -17,6 +19,9 @@ class Suite:
     kinds: dict[str, str] = field(default_factory=dict)
     #: upstream's driver runs it too when `--upstream` is given (same guest, same script)
     upstream: bool = False
+    #: `firecracker` or `cloud-hypervisor`: the machine is that VMM's API stand-in with its
+    #: fake runner (harness/vmm.py), not the busybox guest
+    vmm: str | None = None
 
 
 def suites(calls: int, warmup: int, mb_iters: int) -> list[Suite]:
@@ -83,6 +88,17 @@ def suites(calls: int, warmup: int, mb_iters: int) -> list[Suite]:
             )
             for transport in TRANSPORTS
         ),
+        # the driver's API calls through the VMM stand-ins, no guest (harness/vmm.py)
+        *(
+            Suite(
+                f"vmm-{vmm}",
+                "vmm.py",
+                {"machine": []},
+                {"NTNG_BENCH_VMM_ITERS": str(mb_iters)},
+                vmm=vmm,
+            )
+            for vmm in VMMS
+        ),
     ]
 
 
@@ -96,4 +112,5 @@ SYSTEMD_SUITES = {"container", "systemd-vm", "restore-systemd"}
 GROUPS = {
     "transport": [f"transport-{t}" for t in TRANSPORTS],
     "upstream": ["minimal", "commands", "stdout100", "container"],
+    "vmm": [f"vmm-{vmm}" for vmm in VMMS],
 }

@@ -9,68 +9,25 @@ real guest, VLANs and `block`/`unblock` come with the stand-in's QEMU runner in 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
-from fakes import VSOCK_GUEST
-from nixos_test_ng import _native, procs
+from nixos_test_ng import procs
+from support import vmm
 from support.leaks import marker, wait_until_gone
-
-STANDIN = Path(__file__).resolve().parents[1] / "standins" / "firecracker"
+from support.vmm import calls, run
 
 
 @pytest.fixture
 def firecracker_env(driver_env):
     """The variables that run the stand-in with its fake runner recording into `fake/`."""
-    fake = driver_env.tmp / "fake"
-    fake.mkdir()
-    return fake, {
-        "NIXOS_TEST_NG_FIRECRACKER": str(STANDIN),
-        "NTNG_STANDIN_RUNNER": "fake",
-        "NTNG_FAKE_RUNNER_DIR": str(fake),
-    }
+    return vmm.standin_env(driver_env, vmm.FIRECRACKER)
 
 
-def firecracker_script(driver_env, name: str = "fc", **extra) -> Path:
-    """`run-<name>-firecracker` printing a configuration with a kernel, an initrd, a root disk
-    and a data disk in the work dir (the stand-in opens them as Firecracker would)."""
-    for f in ("vmlinux", "initrd", "root.img", "data.img"):
-        (driver_env.work / f).write_text(f)
-    config = {
-        "kernel": str(driver_env.work / "vmlinux"),
-        "initrd": str(driver_env.work / "initrd"),
-        "root_disk": str(driver_env.work / "root.img"),
-        "disks": [{"path": str(driver_env.work / "data.img"), "read_only": True}],
-        "cmdline": "console=ttyS0 reboot=k panic=1",
-        "vcpus": 2,
-        "memory_mib": 256,
-        **extra,
-    }
-    body = f"""\
-        #!/bin/sh
-        echo "state dir: $NIXOS_TEST_NG_STATE_DIR" >&2
-        cat <<'EOF'
-        {json.dumps(config)}
-        EOF
-        """
-    return driver_env.write_script(f"run-{name}-firecracker", body, executable=True)
-
-
-def run(driver_env, run_driver, env, script: Path, body: str):
-    test = driver_env.write_script("t.py", textwrap.dedent(body))
-    return run_driver(["--start-scripts", script, "--", test], env=env)
-
-
-def calls(fake: Path) -> list[dict]:
-    path = fake / "calls.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+def firecracker_script(driver_env, name: str = "fc", **extra):
+    return vmm.start_script(driver_env, vmm.FIRECRACKER, name, **extra)
 
 
 def test_firecracker_start_configures_the_microvm_through_the_api(
@@ -216,20 +173,8 @@ def test_firecracker_machines_have_no_backdoor_and_no_display(
 @pytest.fixture
 def vsock_guest(driver_env):
     """A fake guest serving machine `fc`'s hybrid vsock socket with the real agent."""
-    agent = driver_env.tmp / "nixos-test-ng-agent"
-    agent.write_bytes(_native.agent_binary())
-    agent.chmod(0o755)
-    guest_dir = driver_env.tmp / "guest"
-    guest_dir.mkdir()
-    vsock = driver_env.state_dir("fc") / "vsock.sock"
-    proc = subprocess.Popen(
-        [sys.executable, str(VSOCK_GUEST), str(vsock), str(agent), str(guest_dir)],
-        start_new_session=True,
-        stdin=subprocess.DEVNULL,
-    )
-    yield guest_dir
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    with vmm.vsock_guest(driver_env, "fc") as guest_dir:
+        yield guest_dir
 
 
 def test_firecracker_commands_snapshot_and_restore_over_the_agent(
