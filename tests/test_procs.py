@@ -37,6 +37,31 @@ def test_driver_arguments_pass_firecracker_scripts_with_start_scripts():
     ]  # fmt: skip
 
 
+def test_driver_arguments_pass_every_vmm_script_in_one_start_scripts_flag():
+    scripts = {
+        "fc": "/s/run-fc-firecracker",
+        "ch": "/s/run-ch-cloud-hypervisor",
+        "sd": "/s/run-sd-cloud-hypervisor",
+        "box": "/s/run-box-nspawn",
+    }
+    kinds = {
+        "fc": "busybox-firecracker",
+        "ch": "busybox-cloud-hypervisor",
+        "sd": "systemd-cloud-hypervisor",
+        "box": "systemd-nspawn",
+    }
+    # one --start-scripts for both VMMs (upstream's argparse keeps only a repeated flag's last)
+    assert procs.driver_arguments(scripts, kinds, [1]) == [
+        "--container-start-scripts", "/s/run-box-nspawn",
+        "--start-scripts", "/s/run-fc-firecracker", "/s/run-ch-cloud-hypervisor",
+        "/s/run-sd-cloud-hypervisor",
+        "--vlans", "1",
+    ]  # fmt: skip
+    assert [procs.script_suffix(k) for k in kinds.values()] == [
+        "firecracker", "cloud-hypervisor", "cloud-hypervisor", "nspawn",
+    ]  # fmt: skip
+
+
 def test_read_sees_this_process_and_a_zombie():
     me = procs.read(os.getpid())
     assert me is not None and me.alive

@@ -20,7 +20,8 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
         default=[],
         metavar="NAME[:VLAN,...][@KIND]",
         help="machines as `nixos-test-ng run -m` takes them; NAME@container (or NAME:nspawn) "
-        "is a container, NAME@firecracker a Firecracker machine",
+        "is a container, NAME@firecracker a Firecracker machine, NAME@cloud-hypervisor a Cloud "
+        "Hypervisor machine",
     )
     p.add_argument("--vlans", nargs="+", type=int, default=[], metavar="N")
     p.add_argument("--vm-start-scripts", nargs="+", default=[], metavar="S")
@@ -34,9 +35,7 @@ def _machines(args: argparse.Namespace) -> tuple[dict[str, str], list[int]]:
     vlans = list(args.vlans)
     for text in args.machines:
         spec = machine_spec.parse(text)
-        machines[spec.name] = (
-            "nspawn" if spec.is_container else "firecracker" if spec.is_firecracker else "vm"
-        )
+        machines[spec.name] = spec.word
         vlans += spec.vlans or ()
     for s in args.vm_start_scripts:
         machines[machine_name_from_script(s)] = "vm"

@@ -5,9 +5,10 @@
   Without `:`, the command's default: none for `run`, VLAN 1 (NixOS's default) for
   `guest scripts`; `check` takes its VLANs from `--vlans`, and from the specs that name some.
 - `@KIND` one of `KIND_ALIASES`: the busybox VM (`vm`, the default), the Debian systemd VM
-  (`systemd`), the systemd-nspawn container (`container`, `nspawn`), or a Firecracker microVM
+  (`systemd`), the systemd-nspawn container (`container`, `nspawn`), a Firecracker microVM
   on the busybox guest (`firecracker`) or on the systemd guest's disk (`firecracker-systemd`),
-  each also under its guest name (`KINDS`). `NAME:KIND` is the same as `NAME@KIND` (check's
+  or a Cloud Hypervisor VM likewise (`cloud-hypervisor`, `cloud-hypervisor-systemd`), each
+  also under its guest name (`KINDS`). `NAME:KIND` is the same as `NAME@KIND` (check's
   `NAME:nspawn`).
 
 A leaf module (no guest, no native import), so that `check` stays fast.
@@ -18,26 +19,42 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "BUSYBOX_KINDS",
+    "CLOUD_HYPERVISOR_KINDS",
     "FIRECRACKER_KINDS",
     "KINDS",
     "KIND_ALIASES",
     "MAX_VLAN",
     "MachineSpec",
     "MachineSpecError",
+    "VMM_KINDS",
     "parse",
+    "script_word",
 ]
 
 #: The built-in guests' kinds of machine: the busybox VM, the systemd VM, the systemd container,
-#: and the busybox and systemd guests as Firecracker microVMs.
+#: and the busybox and systemd guests as Firecracker microVMs and Cloud Hypervisor VMs.
 KINDS = (
     "busybox",
     "systemd-vm",
     "systemd-nspawn",
     "busybox-firecracker",
     "systemd-firecracker",
+    "busybox-cloud-hypervisor",
+    "systemd-cloud-hypervisor",
 )
-#: The kinds that are Firecracker microVMs (`run-<name>-firecracker`).
-FIRECRACKER_KINDS = ("busybox-firecracker", "systemd-firecracker")
+#: The kinds that boot the busybox guest (the others need the systemd guest).
+BUSYBOX_KINDS = ("busybox", "busybox-firecracker", "busybox-cloud-hypervisor")
+#: The kinds run by a REST-API VMM, and that VMM (the driver's kind word, the end of the start
+#: script's name: `run-<name>-firecracker`, `run-<name>-cloud-hypervisor`).
+VMM_KINDS = {
+    "busybox-firecracker": "firecracker",
+    "systemd-firecracker": "firecracker",
+    "busybox-cloud-hypervisor": "cloud-hypervisor",
+    "systemd-cloud-hypervisor": "cloud-hypervisor",
+}
+FIRECRACKER_KINDS = tuple(k for k, vmm in VMM_KINDS.items() if vmm == "firecracker")
+CLOUD_HYPERVISOR_KINDS = tuple(k for k, vmm in VMM_KINDS.items() if vmm == "cloud-hypervisor")
 #: Every spelling of a kind, the short ones first.
 KIND_ALIASES = {
     "vm": "busybox",
@@ -46,6 +63,8 @@ KIND_ALIASES = {
     "nspawn": "systemd-nspawn",
     "firecracker": "busybox-firecracker",
     "firecracker-systemd": "systemd-firecracker",
+    "cloud-hypervisor": "busybox-cloud-hypervisor",
+    "cloud-hypervisor-systemd": "systemd-cloud-hypervisor",
     **{k: k for k in KINDS},
 }
 #: VLAN numbers are 1..MAX_VLAN (a VLAN is the 192.168.<vlan>.0/24 network).
@@ -71,8 +90,18 @@ class MachineSpec:
         return self.kind == "systemd-nspawn"
 
     @property
-    def is_firecracker(self) -> bool:
-        return self.kind in FIRECRACKER_KINDS
+    def word(self) -> str:
+        """The driver's word for the machine's kind (`script_word`)."""
+        return script_word(self.kind)
+
+
+def script_word(kind: str | None) -> str:
+    """The driver's word for a machine of `kind` (one of `KINDS`, None for the default), which
+    ends its start script's name (`run-<name>-<word>`): `vm`, `nspawn`, `firecracker` or
+    `cloud-hypervisor`."""
+    if kind == "systemd-nspawn":
+        return "nspawn"
+    return VMM_KINDS.get(kind or "", "vm")
 
 
 def _kind(word: str, spec: str) -> str:

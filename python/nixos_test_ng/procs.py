@@ -200,13 +200,19 @@ def end_run(marker: Marker, grace: float = 0.0) -> dict[int, str]:
 
 #: The start-script kind that is a container.
 CONTAINER_KIND = "systemd-nspawn"
+#: The driver's flag for each start script's word (`machine_spec.script_word`): it tells a
+#: VMM's script by its name (`run-<name>-firecracker`, `run-<name>-cloud-hypervisor`).
+SCRIPT_FLAGS = {
+    "vm": "--vm-start-scripts",
+    "nspawn": "--container-start-scripts",
+    "firecracker": "--start-scripts",
+    "cloud-hypervisor": "--start-scripts",
+}
 
 
 def script_suffix(kind: str | None) -> str:
     """The suffix of the start script of a machine of `kind`: `run-<name>-<suffix>`."""
-    if kind == CONTAINER_KIND:
-        return "nspawn"
-    return "firecracker" if kind in machine_spec.FIRECRACKER_KINDS else "vm"
+    return machine_spec.script_word(kind)
 
 
 def driver_arguments(
@@ -216,20 +222,16 @@ def driver_arguments(
 ) -> list[str]:
     """`--vm-start-scripts`, `--container-start-scripts`, `--start-scripts` and `--vlans` for
     start scripts by machine name (`kinds[name]` is `systemd-nspawn` for a container, one of
-    `machine_spec.FIRECRACKER_KINDS` for a Firecracker machine), as Nix passes them."""
+    `machine_spec.VMM_KINDS` for a Firecracker or Cloud Hypervisor machine), as Nix passes
+    them."""
     kinds = kinds or {}
-    by_suffix: dict[str, list[str]] = {"vm": [], "nspawn": [], "firecracker": []}
+    by_flag: dict[str, list[str]] = {}
     for name, path in scripts.items():
-        by_suffix[script_suffix(kinds.get(name))].append(str(path))
+        by_flag.setdefault(SCRIPT_FLAGS[script_suffix(kinds.get(name))], []).append(str(path))
     args: list[str] = []
-    for flag, suffix in (
-        ("--vm-start-scripts", "vm"),
-        ("--container-start-scripts", "nspawn"),
-        # the driver tells a Firecracker script by its name (`run-<name>-firecracker`)
-        ("--start-scripts", "firecracker"),
-    ):
-        if by_suffix[suffix]:
-            args += [flag, *by_suffix[suffix]]
+    for flag in dict.fromkeys(SCRIPT_FLAGS.values()):  # each flag once, in this order
+        if flag in by_flag:
+            args += [flag, *by_flag[flag]]
     wanted = sorted(set(vlans))
     if wanted:
         args += ["--vlans", *map(str, wanted)]

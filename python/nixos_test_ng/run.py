@@ -1,7 +1,8 @@
 """`nixos-test-ng run`: run a test script on the built-in Debian guests, without Nix.
 
-It builds the default guest if needed, writes `run-<name>-vm` (or `-nspawn`, `-firecracker`)
-start scripts for the machines asked for, and calls the driver exactly as Nix would.
+It builds the default guest if needed, writes `run-<name>-vm` (or `-nspawn`, `-firecracker`,
+`-cloud-hypervisor`) start scripts for the machines asked for, and calls the driver exactly as
+Nix would.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def main(argv: list[str]) -> int:
         help="a machine, the VLANs it joins and its kind: vm (the busybox VM, the default), "
         "systemd (a Debian systemd VM), container (a Debian systemd-nspawn container), "
         "firecracker (the busybox guest as a Firecracker microVM) or firecracker-systemd "
-        "(the systemd guest's disk as a Firecracker microVM); "
+        "(the systemd guest's disk as a Firecracker microVM), cloud-hypervisor or "
+        "cloud-hypervisor-systemd (the same as Cloud Hypervisor VMs); "
         "repeatable; default: one busybox VM called `machine`",
     )
     parser.add_argument("--memory", type=int, default=None, help="MiB of RAM per VM")
@@ -79,7 +81,7 @@ def main(argv: list[str]) -> int:
         return ExitStatus.USAGE
 
     guest_dir = guest.ensure_built()
-    if any(k not in ("busybox", "busybox-firecracker") for k in kinds.values()):
+    if any(k not in machine_spec.BUSYBOX_KINDS for k in kinds.values()):
         guest.ensure_systemd_built(guest_dir)
     with tempfile.TemporaryDirectory(prefix="nixos-test-ng-") as tmp:
         out = Path(args.scripts_dir or tmp)

@@ -37,6 +37,11 @@ SPELLINGS = [
     ("fc:1@firecracker", MachineSpec("fc", (1,), "busybox-firecracker")),
     ("fc@firecracker-systemd", MachineSpec("fc", None, "systemd-firecracker")),
     ("fc:firecracker", MachineSpec("fc", None, "busybox-firecracker")),
+    # Cloud Hypervisor machines
+    ("ch:1,2@cloud-hypervisor", MachineSpec("ch", (1, 2), "busybox-cloud-hypervisor")),
+    ("ch@cloud-hypervisor-systemd", MachineSpec("ch", None, "systemd-cloud-hypervisor")),
+    ("ch@systemd-cloud-hypervisor", MachineSpec("ch", None, "systemd-cloud-hypervisor")),
+    ("ch:cloud-hypervisor", MachineSpec("ch", None, "busybox-cloud-hypervisor")),
 ]
 
 
@@ -97,9 +102,17 @@ def test_run_check_and_guest_scripts_read_a_spec_alike(text, spec, monkeypatch, 
     kind = spec.kind or "busybox"
     # run: no VLAN unless named
     assert _run(text) == (spec.name, spec.vlans or (), kind)
-    # check: a VM, a container or a Firecracker machine; the spec's VLANs are the script's too
+    # check: a VM, a container or a VMM's machine; the spec's VLANs are the script's too
     machines, vlans = _check(text)
-    word = "nspawn" if kind == C else "firecracker" if "firecracker" in kind else "vm"
+    word = (
+        "nspawn"
+        if kind == C
+        else "firecracker"
+        if "firecracker" in kind
+        else "cloud-hypervisor"
+        if "cloud-hypervisor" in kind
+        else "vm"
+    )
     assert machines == {spec.name: word}
     assert vlans == list(spec.vlans or ())
     # guest scripts: VLAN 1 unless named (NixOS's default)

@@ -11,56 +11,29 @@ Each TCG boot costs seconds: the checks are grouped per boot."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
-import subprocess
 import textwrap
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 from nixos_test_ng import procs
 from nixos_test_ng.exit_status import ExitStatus
 from support.driver import wait_for_line
-from support.leaks import MARKER_VAR, marker
+from support.leaks import marker
+from support.vmm_e2e import changed_script, run_ng, show, use_standin
 
 pytestmark = [pytest.mark.vm, pytest.mark.one_transport]
 
-STANDIN = Path(__file__).resolve().parents[1] / "standins" / "firecracker"
 FC = {"fc": "busybox-firecracker"}
 
 
 @pytest.fixture(autouse=True)
 def firecracker(monkeypatch) -> str:
     """The stand-in (unless NIXOS_TEST_NG_FIRECRACKER names a real Firecracker) booting guests
-    under QEMU; the transport is the driver's choice (the agent, the only one Firecracker has)."""
-    binary = os.environ.get("NIXOS_TEST_NG_FIRECRACKER") or str(STANDIN)
-    monkeypatch.setenv("NIXOS_TEST_NG_FIRECRACKER", binary)
-    monkeypatch.setenv("NTNG_STANDIN_RUNNER", "qemu")
-    monkeypatch.delenv("NIXOS_TEST_NG_TRANSPORT", raising=False)
-    return binary
-
-
-def run_ng(tmp_path: Path, script: str, *args: str, timeout: float = 600):
-    """`nixos-test-ng run SCRIPT ARGS` in tmp_path, the leak check's marker set."""
-    test = tmp_path / "test.py"
-    test.write_text(textwrap.dedent(script))
-    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
-    env[MARKER_VAR] = str(tmp_path)
-    return subprocess.run(
-        ["nixos-test-ng", "run", str(test), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=timeout,
-    )
-
-
-def show(r) -> str:
-    return f"rc={r.returncode}\n--- stdout\n{r.stdout[-4000:]}\n--- stderr\n{r.stderr[-8000:]}"
+    under QEMU."""
+    return use_standin(monkeypatch, "firecracker")
 
 
 SHELL_FILES_REBOOT = """
@@ -202,22 +175,6 @@ def test_firecracker_snapshot_restore_and_pytest_isolation(vm_env, leftovers):
     assert not leftovers(vm_env.root)
 
 
-def fc_script(vm_env, guest_dir: Path, **overrides) -> str:
-    """`run-fc-firecracker` printing the built-in guest's configuration with `overrides`."""
-    from nixos_test_ng.guest import write_start_scripts
-
-    written = write_start_scripts(vm_env.root / "gen", {"fc": []}, guest_dir, kinds=FC)
-    out = subprocess.run(
-        [str(written["fc"])], capture_output=True, text=True, check=True, cwd=vm_env.root
-    ).stdout
-    config = {**json.loads(out), **overrides}
-    script = vm_env.root / "scripts" / "run-fc-firecracker"
-    script.parent.mkdir(exist_ok=True)
-    script.write_text(f"#!/bin/sh\ncat <<'EOF'\n{json.dumps(config)}\nEOF\n")
-    script.chmod(0o755)
-    return str(script)
-
-
 START_FAILS = """
     from nixos_test_ng import MachineError
     try:
@@ -248,7 +205,7 @@ def test_firecracker_api_error_is_shown_naming_the_machine(vm_env, guest_dir, le
     stand-in's QEMU cannot load it), which the start's MachineError shows."""
     bogus = vm_env.root / "not-a-kernel"
     bogus.write_bytes(b"\0" * 4096)
-    script = fc_script(vm_env, guest_dir, kernel=str(bogus))
+    script = changed_script(vm_env, guest_dir, "fc", FC["fc"], kernel=str(bogus))
     r = vm_env.run({}, textwrap.dedent(START_FAILS), "--start-scripts", script, keep_scripts=True)
     assert r.returncode == 0, show(r)
     line = re.search(r"START-FAILED: (.*)", r.stdout)

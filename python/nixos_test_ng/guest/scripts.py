@@ -24,7 +24,8 @@ nixos-test-ng's driver that they take the guest agent's vsock device (the driver
 Each node has a kind (`kinds`): "busybox" (the default), "systemd-vm" (the same script plus the
 systemd guest's disk: a qcow2 overlay `$TMPDIR/<node>.qcow2` on its ext4 image, `root=/dev/vda`)
 or "systemd-nspawn" (a `run-<node>-nspawn` container script, see nspawn.py); "busybox-firecracker"
-and "systemd-firecracker" write `run-<node>-firecracker` (see firecracker.py).
+and "systemd-firecracker" write `run-<node>-firecracker`, "busybox-cloud-hypervisor" and
+"systemd-cloud-hypervisor" `run-<node>-cloud-hypervisor` (see vmm.py).
 """
 
 from __future__ import annotations
@@ -37,11 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nixos_test_ng import machine_spec
-from nixos_test_ng.machine_spec import FIRECRACKER_KINDS, KINDS, MAX_VLAN
+from nixos_test_ng.machine_spec import KINDS, MAX_VLAN, VMM_KINDS
 
 from .cache import INITRD_FILE, default_guest_dir, load_manifest
 from .common import GuestError
-from .firecracker import render_firecracker_script
 from .nspawn import render_nspawn_script
 from .systemd_guest import (
     IMAGE_FILE,
@@ -52,6 +52,7 @@ from .systemd_guest import (
     machine_id,
     systemd_dir,
 )
+from .vmm import VMMS, render_vmm_script
 
 __all__ = [
     "KINDS",
@@ -73,11 +74,14 @@ KIND_MEMORY = {
     "systemd-vm": 512,
     "busybox-firecracker": DEFAULT_MEMORY,
     "systemd-firecracker": 512,
+    "busybox-cloud-hypervisor": DEFAULT_MEMORY,
+    "systemd-cloud-hypervisor": 512,
 }
 #: The kinds that boot the systemd guest's disk image.
-SYSTEMD_DISK_KINDS = ("systemd-vm", "systemd-firecracker")
-#: The guest's own kernel parameters on a Firecracker machine, after Firecracker's.
-FIRECRACKER_GUEST_PARAMS = "loglevel=4"
+SYSTEMD_DISK_KINDS = ("systemd-vm", "systemd-firecracker", "systemd-cloud-hypervisor")
+#: The guest's own kernel parameters on a Firecracker or Cloud Hypervisor machine, after the
+#: VMM's.
+VMM_GUEST_PARAMS = "loglevel=4"
 #: Kernel parameters of every node (NixOS test VMs: consoles, panic=1, clocksource=acpi_pm).
 BASE_KERNEL_PARAMS = "console=tty0 console=ttyS0 panic=1 clocksource=acpi_pm loglevel=4"
 #: Above this many bytes of generated kernel command line, the host list moves from the command
@@ -328,11 +332,13 @@ def write_start_scripts(
 ) -> dict[str, Path]:
     """Write one executable start script per node and return them by node name:
     `out_dir/run-<node>-vm` for VMs, `out_dir/run-<node>-nspawn` for containers,
-    `out_dir/run-<node>-firecracker` for Firecracker machines.
+    `out_dir/run-<node>-firecracker` for Firecracker machines,
+    `out_dir/run-<node>-cloud-hypervisor` for Cloud Hypervisor machines.
 
     `nodes` maps node names to their VLAN numbers (in NIC order). `kinds` maps node names to
-    "busybox" (the default), "systemd-vm", "systemd-nspawn", "busybox-firecracker" or
-    "systemd-firecracker". `guest_dir` is a built guest
+    one of `KINDS`: "busybox" (the default), "systemd-vm", "systemd-nspawn",
+    "busybox-firecracker", "systemd-firecracker", "busybox-cloud-hypervisor" or
+    "systemd-cloud-hypervisor". `guest_dir` is a built guest
     (default: `default_guest_dir()`); its manifests decide the kernel file and whether KVM is
     used by default. `memory` (MiB) applies to every VM; by default 256 for busybox, 512 for
     systemd VMs. Containers join their VLANs as VMs do (same interface names, MACs and
@@ -381,28 +387,28 @@ def write_start_scripts(
                 hosts=[(n.address(n.vlans[0]), n.name) for n in network if n.vlans],
             )
             path = out / f"run-{node.name}-nspawn"
-        elif kind in FIRECRACKER_KINDS:
-            systemd = kind == "systemd-firecracker"
-            # no virtio console on Firecracker: the backdoor's dev-hvc0.device never comes,
-            # and its start job would hold multi-user.target back for good
+        elif kind in VMM_KINDS:
+            vmm = VMMS[VMM_KINDS[kind]]
+            systemd = kind in SYSTEMD_DISK_KINDS
+            # no virtio console (neither VMM gets one): the backdoor's dev-hvc0.device never
+            # comes, and its start job would hold multi-user.target back for good
             extra = (
                 f"systemd.machine_id={machine_id(node.name)} systemd.mask=backdoor.service"
                 if systemd
                 else ""
             )
-            text = render_firecracker_script(
+            text = render_vmm_script(
+                vmm,
                 node.name,
                 kernel=kernel,
                 initrd=sd / INITRD_FILE if systemd else initrd,
-                params=_kernel_params(
-                    node, _hosts(network), True, extra, base=FIRECRACKER_GUEST_PARAMS
-                ),
+                params=_kernel_params(node, _hosts(network), True, extra, base=VMM_GUEST_PARAMS),
                 memory=memory if memory is not None else KIND_MEMORY[kind],
                 vlans=node.vlans,
                 disk_image=sd / IMAGE_FILE if systemd else None,
                 disk_id=str(sd_manifest.get("image_id", "")) if systemd else "",
             )
-            path = out / f"run-{node.name}-firecracker"
+            path = out / f"run-{node.name}-{vmm.word}"
         else:
             systemd = kind == "systemd-vm"
             text = render_start_script(

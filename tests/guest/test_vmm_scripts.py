@@ -1,6 +1,6 @@
-"""`run-<name>-firecracker` for the built-in guests (guest/firecracker.py): the JSON it prints
-follows docs/firecracker.md's start-script contract; the systemd guest boots from a private
-copy of its image in the state directory."""
+"""`run-<name>-firecracker` and `run-<name>-cloud-hypervisor` for the built-in guests
+(guest/vmm.py): the JSON they print follows the start-script contract of docs/firecracker.md;
+the systemd guest boots from a private copy of its image in the state directory."""
 
 from __future__ import annotations
 
@@ -97,3 +97,54 @@ def test_systemd_firecracker_boots_a_private_copy_of_the_image(sd_guest: Path, t
     _, err = config_of(scripts["sd"], state)
     assert "belongs to another build of the guest" in err
     assert disk.read_bytes() == (sd / "rootfs.ext4").read_bytes()
+
+
+def test_busybox_cloud_hypervisor_script_prints_the_contract_json(fake_guest: Path, tmp_path):
+    scripts = write_start_scripts(
+        tmp_path / "bin",
+        {"ch": [1], "fc": [1]},
+        fake_guest,
+        kinds={"ch": "busybox-cloud-hypervisor", "fc": "busybox-firecracker"},
+    )
+    assert scripts["ch"].name == "run-ch-cloud-hypervisor"
+    assert scripts["fc"].name == "run-fc-firecracker"
+    config, _ = config_of(scripts["ch"], tmp_path / "state")
+    assert set(config) == KEYS
+    assert config["kernel"] == str(fake_guest / "vmlinux")
+    assert (config["vcpus"], config["memory_mib"], config["vlans"]) == (1, 256, [1])
+    # no reboot=k: a guest reset resets a Cloud Hypervisor VM in the same process
+    assert config["cmdline"].split() == [
+        "console=ttyS0",
+        "panic=1",
+        "loglevel=4",
+        "ntng.hostname=ch",
+        "ntng.if=eth1,52:54:00:12:01:01,192.168.1.1/24",
+        "ntng.hosts=192.168.1.1=ch,192.168.1.2=fc",
+    ]
+
+
+def test_systemd_cloud_hypervisor_names_its_root_disk_on_the_command_line(
+    sd_guest: Path, tmp_path: Path
+):
+    scripts = write_start_scripts(
+        tmp_path / "bin", {"sd": []}, sd_guest, kinds={"sd": "systemd-cloud-hypervisor"}
+    )
+    assert scripts["sd"].name == "run-sd-cloud-hypervisor"
+    state = tmp_path / "state"
+    config, _ = config_of(scripts["sd"], state)
+    assert set(config) == KEYS | {"root_disk"}
+    assert config["memory_mib"] == 512
+    words = config["cmdline"].split()
+    # Cloud Hypervisor adds no root= for its first disk (Firecracker does)
+    assert words[:4] == ["console=ttyS0", "panic=1", "root=/dev/vda", "rw"]
+    assert "systemd.mask=backdoor.service" in words
+    assert (state / config["root_disk"]).read_bytes() == (
+        systemd_dir(sd_guest) / "rootfs.ext4"
+    ).read_bytes()
+
+
+def test_a_command_line_too_long_names_the_vmm(fake_guest: Path, tmp_path: Path):
+    nodes = {f"node-with-a-long-name-{i:03}": [1] for i in range(80)}
+    kinds = {"node-with-a-long-name-000": "busybox-cloud-hypervisor"}
+    with pytest.raises(GuestError, match="more than Cloud Hypervisor's 2000"):
+        write_start_scripts(tmp_path / "bin", nodes, fake_guest, kinds=kinds)
