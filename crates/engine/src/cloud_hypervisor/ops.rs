@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 impl Power for CloudHypervisorBackend {
     /// Kills Cloud Hypervisor: the guest stops as at a power cut.
     fn crash(&self, info: &MachineInfo) -> Result<()> {
-        self.running(info)?.process.signal_group(libc::SIGKILL);
+        self.core.running(info)?.process.signal_group(libc::SIGKILL);
         Ok(())
     }
 
@@ -24,14 +24,15 @@ impl Power for CloudHypervisorBackend {
 
     /// `vm.reboot`: Cloud Hypervisor resets the guest in the same process.
     fn reboot(&self, host: &dyn Host) -> Result<()> {
-        self.running(host.info())?
+        self.core
+            .running(host.info())?
             .send(&api::put("vm.reboot"))
             .map(drop)
     }
 
     /// `vm.shutdown`, then `vmm.shutdown`, which ends the process.
     fn power_off_vmm(&self, info: &MachineInfo) -> Result<bool> {
-        let running = self.running(info)?;
+        let running = self.core.running(info)?;
         running.send(&api::put("vm.shutdown"))?;
         running.send(&api::put("vmm.shutdown"))?;
         Ok(true)
@@ -45,7 +46,7 @@ impl Snapshots for CloudHypervisorBackend {
     }
 
     fn pause(&self, info: &MachineInfo) -> Result<()> {
-        let running = self.running(info)?;
+        let running = self.core.running(info)?;
         running.send(&api::put("vm.pause"))?;
         running.paused.store(true, Ordering::SeqCst);
         Ok(())
@@ -53,7 +54,7 @@ impl Snapshots for CloudHypervisorBackend {
 
     /// Resumes a paused VM (a restored one runs already).
     fn resume(&self, info: &MachineInfo) -> Result<()> {
-        let running = self.running(info)?;
+        let running = self.core.running(info)?;
         if running.paused.load(Ordering::SeqCst) {
             running.send(&api::put("vm.resume"))?;
             running.paused.store(false, Ordering::SeqCst);
@@ -69,7 +70,10 @@ impl Snapshots for CloudHypervisorBackend {
             machine: info.name.clone(),
             message: format!("cannot make the snapshot directory {}: {e}", dir.display()),
         })?;
-        self.running(info)?.send(&api::snapshot(&dir)).map(drop)
+        self.core
+            .running(info)?
+            .send(&api::snapshot(&dir))
+            .map(drop)
     }
 
     /// Ends the running Cloud Hypervisor and has the machine adopt a new one that restored the
@@ -86,7 +90,7 @@ impl Snapshots for CloudHypervisorBackend {
                 ),
             });
         }
-        if let Some(old) = self.running.lock().unwrap().take() {
+        if let Some(old) = self.core.take_running() {
             old.process.kill();
         }
         let launched = self.start_vmm(host, Boot::Snapshot(&dir))?;
@@ -98,6 +102,6 @@ impl Snapshots for CloudHypervisorBackend {
 impl Links for CloudHypervisorBackend {
     /// The first VLAN NIC's TAP, down or up, in the run's network namespace.
     fn set_link(&self, info: &MachineInfo, up: bool) -> Result<()> {
-        self.nics.set_link(info, up)
+        self.core.nics.set_link(info, up)
     }
 }
