@@ -71,8 +71,12 @@ fn apply(path: &Path, value: &Value, cfg: &mut Config) -> Result<()> {
                 })? as u32;
             cfg.vlans.push(nr);
         }
-        super::dedup_vlans(&mut cfg.vlans);
     }
+    // An inline machine's VLANs need their switches even when `vlans` forgot them.
+    let inline_vlans = cfg.machines.iter().filter_map(|m| m.inline.as_ref());
+    cfg.vlans
+        .extend(inline_vlans.flat_map(|s| s.vlans.iter().copied()));
+    super::dedup_vlans(&mut cfg.vlans);
     if let Some(v) = obj.get("global_timeout") {
         let text = match v {
             Value::Number(n) => n.to_string(),
@@ -185,9 +189,13 @@ fn machine(
         return Err(bad(
             path,
             format!(
-                "machine `{name}` (`{section}.{key}`) has both `start_script` and `{}`: give \
+                "machine `{name}` (`{section}.{key}`) has both `start_script` and {}: give \
                  either the start script or the configuration inline",
-                inline_keys[0]
+                inline_keys
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ));
     }
@@ -336,6 +344,8 @@ mod tests {
         assert_eq!(spec.kernel, d.join("vmlinux"));
         let q = by_name("q");
         assert_eq!((q.kind, q.inline.is_none()), (MachineKind::Qemu, true));
+        // the file's `vlans` did not list fc's VLAN: its switch is started all the same
+        assert_eq!(cfg.vlans, vec![1]);
     }
 
     #[test]
@@ -394,7 +404,8 @@ mod tests {
             ),
             (
                 fc(json!({"start_script": "/x/run-fc-firecracker"})),
-                "machine `fc` (`vms.fc`) has both `start_script` and `kernel`",
+                "machine `fc` (`vms.fc`) has both `start_script` and `cmdline`, `kernel`: give \
+                 either",
             ),
             (
                 json!({"vms": {"q": {"start_script": "/x/run-q-vm", "kernel": "vmlinux"}}}),
