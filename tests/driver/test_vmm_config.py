@@ -143,3 +143,31 @@ def test_a_bad_vmm_entry_is_an_error_naming_the_machine_and_the_key(
     assert message.format(work=driver_env.work) in r.stderr, r
     assert "it ran" not in r.stderr + r.stdout
     assert boots(fake) == []
+
+
+def test_a_firecracker_and_a_cloud_hypervisor_machine_in_one_config_file(driver_env, run_driver):
+    fake, env = vmm_env(driver_env, "firecracker")
+    env[VARIABLE["cloud-hypervisor"]] = str(STANDINS / "cloud-hypervisor")
+    images(driver_env)
+    config = write_config(
+        driver_env,
+        {
+            "fc": {"backend": "firecracker", "kernel": "vmlinux", "cmdline": "console=ttyS0"},
+            "ch": {"backend": "cloud-hypervisor", "kernel": "vmlinux", "cmdline": "x"},
+        },
+        """
+        t.assertEqual(sorted(type(m).__name__ for m in machines),
+                      ["CloudHypervisorMachine", "FirecrackerMachine"])
+        start_all()
+        t.assertTrue(fc.booted and ch.booted)
+        print("BOTH")
+        """,
+    )
+    r = run_driver(["--config", config], env=env)
+    assert r.returncode == 0, r
+    assert "BOTH" in r.stdout, r
+    booted = {b["spec"]["vsock"]["uds_path"]: b["spec"]["cmdline"] for b in boots(fake)}
+    assert booted == {
+        f"{driver_env.state_dir('fc')}/vsock.sock": "console=ttyS0",
+        f"{driver_env.state_dir('ch')}/vsock.sock": "x",
+    }

@@ -3,8 +3,6 @@
 //! `vm.snapshot` into a directory, `vm.resume`; a restore is a new process that restores the
 //! directory and resumes), and links (the TAP's link state in the run's network namespace).
 
-use std::sync::atomic::Ordering;
-
 use super::api;
 use super::{Boot, CloudHypervisorBackend};
 use crate::backend::shares::Mount;
@@ -14,8 +12,7 @@ use crate::error::{Error, Result};
 impl Power for CloudHypervisorBackend {
     /// Kills Cloud Hypervisor: the guest stops as at a power cut.
     fn crash(&self, info: &MachineInfo) -> Result<()> {
-        self.core.running(info)?.process.signal_group(libc::SIGKILL);
-        Ok(())
+        self.core.crash(info)
     }
 
     fn has_reboot(&self) -> bool {
@@ -46,20 +43,12 @@ impl Snapshots for CloudHypervisorBackend {
     }
 
     fn pause(&self, info: &MachineInfo) -> Result<()> {
-        let running = self.core.running(info)?;
-        running.send(&api::put("vm.pause"))?;
-        running.paused.store(true, Ordering::SeqCst);
-        Ok(())
+        self.core.pause(info, &api::put("vm.pause"))
     }
 
     /// Resumes a paused VM (a restored one runs already).
     fn resume(&self, info: &MachineInfo) -> Result<()> {
-        let running = self.core.running(info)?;
-        if running.paused.load(Ordering::SeqCst) {
-            running.send(&api::put("vm.resume"))?;
-            running.paused.store(false, Ordering::SeqCst);
-        }
-        Ok(())
+        self.core.resume(info, &api::put("vm.resume"))
     }
 
     /// A snapshot into the directory `snapshot-<name>` of the state directory (made anew).
@@ -90,9 +79,7 @@ impl Snapshots for CloudHypervisorBackend {
                 ),
             });
         }
-        if let Some(old) = self.core.take_running() {
-            old.process.kill();
-        }
+        self.core.kill_running();
         let launched = self.start_vmm(host, Boot::Snapshot(&dir))?;
         host.adopt(launched);
         Ok(Rewind::InPlace)

@@ -3,8 +3,6 @@
 //! through the API (pause, `snapshot/create`, resume; a restore is a new Firecracker that
 //! loads the snapshot), and links (the TAP's link state in the run's network namespace).
 
-use std::sync::atomic::Ordering;
-
 use super::api::{self, SnapshotFiles};
 use super::{Boot, FirecrackerBackend, RESET_TIMEOUT};
 use crate::backend::shares::Mount;
@@ -15,8 +13,7 @@ use crate::interrupt::Deadline;
 impl Power for FirecrackerBackend {
     /// Kills Firecracker: the guest stops as at a power cut.
     fn crash(&self, info: &MachineInfo) -> Result<()> {
-        self.core.running(info)?.process.signal_group(libc::SIGKILL);
-        Ok(())
+        self.core.crash(info)
     }
 
     fn has_reboot(&self) -> bool {
@@ -57,20 +54,12 @@ impl Snapshots for FirecrackerBackend {
     }
 
     fn pause(&self, info: &MachineInfo) -> Result<()> {
-        let running = self.core.running(info)?;
-        running.send(&api::vm_state(true))?;
-        running.paused.store(true, Ordering::SeqCst);
-        Ok(())
+        self.core.pause(info, &api::vm_state(true))
     }
 
     /// Resumes a paused microVM (a loaded snapshot runs already).
     fn resume(&self, info: &MachineInfo) -> Result<()> {
-        let running = self.core.running(info)?;
-        if running.paused.load(Ordering::SeqCst) {
-            running.send(&api::vm_state(false))?;
-            running.paused.store(false, Ordering::SeqCst);
-        }
-        Ok(())
+        self.core.resume(info, &api::vm_state(false))
     }
 
     /// A full snapshot into the state directory (`snapshot-<name>.vmstate`, `.mem`).
@@ -102,9 +91,7 @@ impl Snapshots for FirecrackerBackend {
                 ),
             });
         }
-        if let Some(old) = self.core.take_running() {
-            old.process.kill();
-        }
+        self.core.kill_running();
         let launched = self.start_vmm(host, Boot::Snapshot(&files))?;
         host.adopt(launched);
         Ok(Rewind::InPlace)

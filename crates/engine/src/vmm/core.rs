@@ -6,12 +6,13 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::backend::{Host, Launched, MachineInfo};
 use crate::error::{Error, Result};
-use crate::vmm::api::{Api, FaultReader};
+use crate::vmm::api::{Api, Call, FaultReader};
 use crate::vmm::launch::{self, Binary, Running, VmmCommand, SOCKET_TIMEOUT};
 use crate::vmm::nics::VlanNics;
 use crate::vmm::{Vmm, VmmSpec};
@@ -84,6 +85,37 @@ impl VmmCore {
     /// Forgets the running VMM, handing it over (to be killed before a restore).
     pub fn take_running(&self) -> Option<Arc<Running>> {
         self.running.lock().unwrap().take()
+    }
+
+    /// Ends the running VMM, if any (before a restore starts a new one).
+    pub fn kill_running(&self) {
+        if let Some(old) = self.take_running() {
+            old.process.kill();
+        }
+    }
+
+    /// Kills the VMM: the guest stops as at a power cut.
+    pub fn crash(&self, info: &MachineInfo) -> Result<()> {
+        self.running(info)?.process.signal_group(libc::SIGKILL);
+        Ok(())
+    }
+
+    /// Pauses the guest with `call`.
+    pub fn pause(&self, info: &MachineInfo, call: &Call) -> Result<()> {
+        let running = self.running(info)?;
+        running.send(call)?;
+        running.paused.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Resumes a paused guest with `call` (a restored one runs already).
+    pub fn resume(&self, info: &MachineInfo, call: &Call) -> Result<()> {
+        let running = self.running(info)?;
+        if running.paused.load(Ordering::SeqCst) {
+            running.send(call)?;
+            running.paused.store(false, Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     /// Forgets the process; a released machine's TAPs go too.
