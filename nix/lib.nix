@@ -9,9 +9,23 @@
 #   {
 #     name = "vlan-echo";                      # optional, default "test"
 #     nodes.server = {
-#       kind = "qemu";                         # or "nspawn"; default "qemu"
+#       kind = "qemu";                         # "nspawn", "firecracker", "cloud-hypervisor";
+#                                              # default "qemu"
 #       startScript = "/nix/store/...-vm/bin/run-server-vm";
 #       vlans = [ 1 ];                         # default [ 1 ], as virtualisation.vlans
+#     };
+#     nodes.micro = {                          # a Firecracker / Cloud Hypervisor machine:
+#       kind = "firecracker";                  # its `startScript` (run-micro-firecracker),
+#       vmm = {                                # or its configuration inline, as here
+#         kernel = "/nix/store/...-linux-dev/vmlinux";   # uncompressed (Firecracker)
+#         initrd = null;                       # optional
+#         rootDisk = "/nix/store/...-root/root.img";     # optional, the guest's /dev/vda
+#         rootReadOnly = false;                # optional
+#         disks = [ { path = "/data.img"; readOnly = true; } ];  # optional
+#         cmdline = "console=ttyS0 reboot=k panic=1 root=/dev/vda";
+#         vcpus = 1;                           # optional
+#         memoryMib = 512;                     # optional
+#       };
 #     };
 #     testScript = ./test.py;                  # the script file (a path or a string)
 #     globalTimeout = 3600;                    # seconds; default 3600, as driver.nix
@@ -125,7 +139,73 @@ let
   kinds = [
     "qemu"
     "nspawn"
+  ]
+  ++ vmmKinds;
+
+  # The kinds of machine a VMM runs, configured by a start script or inline (`vmm`); in the
+  # generation-C configuration they are `vms` entries with a `backend`.
+  vmmKinds = [
+    "firecracker"
+    "cloud-hypervisor"
   ];
+
+  # A node's `vmm`, checked, as the `--config` entry's keys (the start-script JSON's,
+  # crates/engine/src/vmm/spec.rs); the engine checks the files when it reads them.
+  vmmKeys = [
+    "kernel"
+    "initrd"
+    "rootDisk"
+    "rootReadOnly"
+    "disks"
+    "cmdline"
+    "vcpus"
+    "memoryMib"
+  ];
+  checkVmm =
+    name: vmm:
+    let
+      what = "node `${name}`: `vmm";
+      unknown = filter (k: !elem k vmmKeys) (attrNames vmm);
+      optionalPath = key: if (vmm.${key} or null) == null then null else pathString "${what}.${key}`" vmm.${key};
+      count =
+        key: default:
+        let
+          v = vmm.${key} or default;
+        in
+        if isInt v && v >= 1 then v else fail "${what}.${key}` must be a positive integer";
+      disk =
+        i: d:
+        if !isAttrs d || !(d ? path) then
+          fail "${what}.disks` item ${toString i} must be { path; readOnly ? false; }"
+        else
+          {
+            path = pathString "${what}.disks` item ${toString i}" d.path;
+            read_only = d.readOnly or false;
+          };
+    in
+    if !isAttrs vmm then
+      fail "${what}` must be an attribute set"
+    else if unknown != [ ] then
+      fail "${what}.${head unknown}` is not one of ${concatStringsSep ", " vmmKeys}"
+    else if !(vmm ? kernel) then
+      fail "${what}.kernel` is missing (the guest's kernel; Firecracker needs an uncompressed vmlinux)"
+    else if !isString (vmm.cmdline or null) then
+      fail "${what}.cmdline` must be a string (the kernel's command line)"
+    else if !isBool (vmm.rootReadOnly or false) then
+      fail "${what}.rootReadOnly` must be true or false"
+    else if !isList (vmm.disks or [ ]) then
+      fail "${what}.disks` must be a list"
+    else
+      {
+        kernel = pathString "${what}.kernel`" vmm.kernel;
+        initrd = optionalPath "initrd";
+        root_disk = optionalPath "rootDisk";
+        root_read_only = vmm.rootReadOnly or false;
+        disks = imap1 disk (vmm.disks or [ ]);
+        inherit (vmm) cmdline;
+        vcpus = count "vcpus" 1;
+        memory_mib = count "memoryMib" 512;
+      };
 
   checkVlans =
     name: vlans:
@@ -158,8 +238,14 @@ let
       fail "node `${name}` must be an attribute set"
     else if !elem kind kinds then
       fail "node `${name}`: kind `${toString kind}` is not one of ${concatStringsSep ", " kinds}"
-    else if !(node ? startScript) then
-      fail "node `${name}` has no `startScript`"
+    else if node ? vmm && !elem kind vmmKinds then
+      fail "node `${name}`: only a ${concatStringsSep " or " vmmKinds} node has `vmm`; a ${kind} node needs `startScript`"
+    else if node ? vmm && node ? startScript then
+      fail "node `${name}` has both `startScript` and `vmm`: give one"
+    else if !(node ? startScript) && !(node ? vmm) then
+      fail "node `${name}` has no `startScript`${
+        if elem kind vmmKinds then " (or `vmm`, its configuration inline)" else ""
+      }"
     else
       {
         inherit
@@ -169,7 +255,9 @@ let
           number
           interfaces
           ;
-        startScript = pathString "node `${name}`: `startScript`" node.startScript;
+        startScript =
+          if node ? vmm then null else pathString "node `${name}`: `startScript`" node.startScript;
+        vmm = if node ? vmm then checkVmm name node.vmm else null;
         pythonName = pythonizeName name;
         primaryAddress = if vlans == [ ] then null else ipAddress (head vlans) number;
       };
@@ -216,6 +304,17 @@ let
 
   nodesOfKind = kind: t: filter (n: n.kind == kind) (map (name: t.nodes.${name}) (attrNames t.nodes));
 
+  # Generations A and B have no VMM machines (their flags name QEMU VMs and containers).
+  noVmmNodes =
+    generation: t:
+    let
+      vmm = filter (n: elem n.kind vmmKinds) (attrValues t.nodes);
+    in
+    if vmm != [ ] then
+      fail "node `${(head vmm).name}`: generation ${generation} has no ${(head vmm).kind} machines; use generation C (`--config`)"
+    else
+      t;
+
   # Every VLAN of every node, once, sorted.
   vlansOf = t: sort (a: b: a < b) (unique (concatMap (n: n.vlans) (attrValues t.nodes)));
 
@@ -227,20 +326,21 @@ let
     let
       t = normalize test;
       section =
-        kind:
+        kinds:
         listToAttrs (
           map (n: {
             inherit (n) name;
             value = {
               inherit (n) name;
-              start_script = n.startScript;
-            };
-          }) (nodesOfKind kind t)
+            }
+            // (if n.vmm == null then { start_script = n.startScript; } else n.vmm // { inherit (n) vlans; })
+            // (if elem n.kind vmmKinds then { backend = n.kind; } else { });
+          }) (concatMap (kind: nodesOfKind kind t) kinds)
         );
     in
     {
-      vms = section "qemu";
-      containers = section "nspawn";
+      vms = section ([ "qemu" ] ++ vmmKinds);
+      containers = section [ "nspawn" ];
       vlans = vlansOf t;
       global_timeout = t.globalTimeout;
       enable_ssh_backdoor = t.enableSshBackdoor;
@@ -253,7 +353,7 @@ let
   generationAEnvironment =
     test:
     let
-      t = normalize test;
+      t = noVmmNodes "A" (normalize test);
       vms = nodesOfKind "qemu" t;
       wrong = filter (n: vmNameOfScript n.startScript != n.name) vms;
     in
@@ -271,7 +371,7 @@ let
   generationBEnvironment =
     test:
     let
-      t = normalize test;
+      t = noVmmNodes "B" (normalize test);
       vms = nodesOfKind "qemu" t;
       containers = nodesOfKind "nspawn" t;
       words = what: nodes: concatStringsSep " " (map what nodes);
@@ -381,6 +481,8 @@ let
   # `config.containers`: NixOS configurations), as driver-configuration.nix reads them:
   # the start script is `bin/<mainProgram>` of `system.build.vm` (`system.build.nspawn`),
   # and a node's VLANs are `virtualisation.vlans` plus those of `virtualisation.interfaces`.
+  # A node with `nixos-test-ng.backend = "firecracker"` (or "cloud-hypervisor", nix/vmm.nix)
+  # is that VMM's machine, configured inline from its `nixos-test-ng.vmm`.
   fromNixosTest =
     {
       name ? "test",
@@ -412,6 +514,21 @@ let
           startScript = "${drv}/bin/${drv.meta.mainProgram or "run-${n.system.name or nodeName}-${build}"}";
           vlans = vlansOfNode n;
         };
+      # A node choosing a VMM (nix/vmm.nix: `nixos-test-ng.backend`) is described by its
+      # `nixos-test-ng.vmm`, the kernel, initrd and root image that module derives.
+      describeNode =
+        nodeName: n:
+        let
+          backend = n.nixos-test-ng.backend or "qemu";
+        in
+        if backend == "qemu" then
+          describe "qemu" "vm" nodeName n
+        else
+          {
+            kind = backend;
+            vmm = n.nixos-test-ng.vmm;
+            vlans = vlansOfNode n;
+          };
       clash = filter (n: nodes ? ${n}) (attrNames containers);
     in
     if clash != [ ] then
@@ -426,7 +543,7 @@ let
           pytestArgs
           enableSshBackdoor
           ;
-        nodes = mapAttrs (describe "qemu" "vm") nodes // mapAttrs (describe "nspawn" "nspawn") containers;
+        nodes = mapAttrs describeNode nodes // mapAttrs (describe "nspawn" "nspawn") containers;
       };
 
   # -- splitting a pytest-style test ----------------------------------------------------------

@@ -6,6 +6,9 @@
 # `nixos-test-driver` with `--config`, `--log-level` and `extraDriverArgs`, as driver.nix
 # does. `driverInteractive` follows, since the interactive re-evaluation imports this module
 # too. `nixos-test-ng.snapshots` makes the VMs snapshottable (nix/snapshots.nix on every node).
+# A node importing nix/vmm.nix with `nixos-test-ng.backend = "firecracker"` (or
+# "cloud-hypervisor") is written into the configuration inline, and the wrapper names the
+# VMM's binary from hostPkgs.
 #
 # Not evaluated against nixpkgs on the project's own machines: see README.md, section Nix.
 {
@@ -36,6 +39,23 @@ let
   };
 
   configFile = hostPkgs.writeText "driver-configuration.json" (ntng.driverConfigurationJSON test);
+
+  # The binary of each VMM a node runs on (nix/vmm.nix), in the variable the driver reads
+  # first (crates/engine/src/vmm/binary.rs).
+  vmmBinaries = {
+    firecracker = [
+      "NIXOS_TEST_NG_FIRECRACKER"
+      "${hostPkgs.firecracker}/bin/firecracker"
+    ];
+    cloud-hypervisor = [
+      "NIXOS_TEST_NG_CLOUD_HYPERVISOR"
+      "${hostPkgs.cloud-hypervisor}/bin/cloud-hypervisor"
+    ];
+  };
+  nodeKinds = map (n: n.kind) (builtins.attrValues (ntng.normalize test).nodes);
+  setVmmBinaries = lib.concatMap (
+    kind: lib.optionals (builtins.elem kind nodeKinds) ([ "--set" ] ++ vmmBinaries.${kind})
+  ) (builtins.attrNames vmmBinaries);
 
   # Inserted into the wrapper as they are, as driver.nix does with extraDriverArgs.
   addFlags = [
@@ -77,6 +97,7 @@ let
               flag
             ]) addFlags
           )} \
+          ${lib.escapeShellArgs setVmmBinaries} \
           ${lib.optionalString (appendFlags != [ ]) (
             "--append-flags " + lib.escapeShellArg (lib.escapeShellArgs appendFlags)
           )}

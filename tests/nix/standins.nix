@@ -149,6 +149,8 @@ let
         qemu = 1;
         qemu_test = 1;
         socat = 1;
+        firecracker = 1;
+        cloud-hypervisor = 1;
         systemd = 1;
         util-linux = 1;
         vde2 = 1;

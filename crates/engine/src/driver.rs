@@ -21,6 +21,7 @@ use crate::log::Logger;
 use crate::machine::snapshot::Support;
 use crate::machine::{ExecOptions, Machine};
 use crate::vlan::Vlan;
+use crate::vmm::core::Source;
 
 /// The driver of one run.
 pub struct Driver {
@@ -150,14 +151,18 @@ impl Driver {
                 .count() as u32,
         };
         let script = spec.start_script.display().to_string();
+        let vmm_source = || match &spec.inline {
+            Some(inline) => Source::Inline(inline.clone()),
+            None => Source::Script(script.clone()),
+        };
         let backend: Box<dyn Backend> = match spec.kind {
             MachineKind::Qemu => Box::new(crate::qemu::QemuBackend::new(script)),
             MachineKind::Nspawn => Box::new(crate::nspawn::NspawnBackend::new(script)),
-            MachineKind::Firecracker => {
-                Box::new(crate::firecracker::FirecrackerBackend::new(script))
-            }
+            MachineKind::Firecracker => Box::new(
+                crate::firecracker::FirecrackerBackend::from_source(vmm_source()),
+            ),
             MachineKind::CloudHypervisor => {
-                Box::new(crate::cloud_hypervisor::CloudHypervisorBackend::new(script))
+                Box::new(crate::cloud_hypervisor::CloudHypervisorBackend::from_source(vmm_source()))
             }
             #[cfg(test)]
             MachineKind::Fake => Box::new(crate::fake::FakeBackend::new(script)),
@@ -215,6 +220,7 @@ impl Driver {
             name,
             start_script: PathBuf::from(start_command),
             kind: MachineKind::Qemu,
+            inline: None,
         };
         self.build_machine(&spec, keep_state)
     }
@@ -570,6 +576,7 @@ mod tests {
             name: "a".into(),
             start_script: "run-a-vm".into(),
             kind: MachineKind::Qemu,
+            inline: None,
         };
         let container = MachineConfig {
             kind: MachineKind::Nspawn,

@@ -94,7 +94,8 @@ impl From<engine::Config> for Config {
 #[pymethods]
 impl Config {
     /// `(name, start_script, kind)` for each machine; kind is "qemu", "nspawn",
-    /// "firecracker" or "cloud-hypervisor".
+    /// "firecracker" or "cloud-hypervisor"; start_script is "" for a machine `--config`
+    /// configured inline.
     #[getter]
     fn machines(&self) -> Vec<(String, String, &'static str)> {
         self.inner

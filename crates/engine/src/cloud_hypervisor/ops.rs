@@ -3,8 +3,6 @@
 //! `vm.snapshot` into a directory, `vm.resume`; a restore is a new process that restores the
 //! directory and resumes), and links (the TAP's link state in the run's network namespace).
 
-use std::sync::atomic::Ordering;
-
 use super::api;
 use super::{Boot, CloudHypervisorBackend};
 use crate::backend::shares::Mount;
@@ -14,8 +12,7 @@ use crate::error::{Error, Result};
 impl Power for CloudHypervisorBackend {
     /// Kills Cloud Hypervisor: the guest stops as at a power cut.
     fn crash(&self, info: &MachineInfo) -> Result<()> {
-        self.running(info)?.process.signal_group(libc::SIGKILL);
-        Ok(())
+        self.core.crash(info)
     }
 
     fn has_reboot(&self) -> bool {
@@ -24,14 +21,15 @@ impl Power for CloudHypervisorBackend {
 
     /// `vm.reboot`: Cloud Hypervisor resets the guest in the same process.
     fn reboot(&self, host: &dyn Host) -> Result<()> {
-        self.running(host.info())?
+        self.core
+            .running(host.info())?
             .send(&api::put("vm.reboot"))
             .map(drop)
     }
 
     /// `vm.shutdown`, then `vmm.shutdown`, which ends the process.
     fn power_off_vmm(&self, info: &MachineInfo) -> Result<bool> {
-        let running = self.running(info)?;
+        let running = self.core.running(info)?;
         running.send(&api::put("vm.shutdown"))?;
         running.send(&api::put("vmm.shutdown"))?;
         Ok(true)
@@ -45,20 +43,12 @@ impl Snapshots for CloudHypervisorBackend {
     }
 
     fn pause(&self, info: &MachineInfo) -> Result<()> {
-        let running = self.running(info)?;
-        running.send(&api::put("vm.pause"))?;
-        running.paused.store(true, Ordering::SeqCst);
-        Ok(())
+        self.core.pause(info, &api::put("vm.pause"))
     }
 
     /// Resumes a paused VM (a restored one runs already).
     fn resume(&self, info: &MachineInfo) -> Result<()> {
-        let running = self.running(info)?;
-        if running.paused.load(Ordering::SeqCst) {
-            running.send(&api::put("vm.resume"))?;
-            running.paused.store(false, Ordering::SeqCst);
-        }
-        Ok(())
+        self.core.resume(info, &api::put("vm.resume"))
     }
 
     /// A snapshot into the directory `snapshot-<name>` of the state directory (made anew).
@@ -69,7 +59,10 @@ impl Snapshots for CloudHypervisorBackend {
             machine: info.name.clone(),
             message: format!("cannot make the snapshot directory {}: {e}", dir.display()),
         })?;
-        self.running(info)?.send(&api::snapshot(&dir)).map(drop)
+        self.core
+            .running(info)?
+            .send(&api::snapshot(&dir))
+            .map(drop)
     }
 
     /// Ends the running Cloud Hypervisor and has the machine adopt a new one that restored the
@@ -86,9 +79,7 @@ impl Snapshots for CloudHypervisorBackend {
                 ),
             });
         }
-        if let Some(old) = self.running.lock().unwrap().take() {
-            old.process.kill();
-        }
+        self.core.kill_running();
         let launched = self.start_vmm(host, Boot::Snapshot(&dir))?;
         host.adopt(launched);
         Ok(Rewind::InPlace)
@@ -98,6 +89,6 @@ impl Snapshots for CloudHypervisorBackend {
 impl Links for CloudHypervisorBackend {
     /// The first VLAN NIC's TAP, down or up, in the run's network namespace.
     fn set_link(&self, info: &MachineInfo, up: bool) -> Result<()> {
-        self.nics.set_link(info, up)
+        self.core.nics.set_link(info, up)
     }
 }

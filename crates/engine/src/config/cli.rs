@@ -305,6 +305,7 @@ fn machine(script: &str, name: Option<&str>, kind: MachineKind) -> MachineConfig
             .unwrap_or_else(|| names::from_start_script_of(script, kind)),
         start_script: PathBuf::from(script),
         kind,
+        inline: None,
     }
 }
 
@@ -410,7 +411,7 @@ fn writable_dir(p: &Path) -> Result<PathBuf> {
 
 fn validate_machines(cfg: &mut Config) -> Result<()> {
     let mut seen: HashMap<String, String> = HashMap::new();
-    for m in cfg.machines.iter_mut() {
+    for m in cfg.machines.iter_mut().filter(|m| m.inline.is_none()) {
         // Machines run with their state dir as cwd, so relative paths must be resolved now.
         if let Ok(abs) = std::path::absolute(&m.start_script) {
             m.start_script = abs;
@@ -433,21 +434,25 @@ fn validate_machines(cfg: &mut Config) -> Result<()> {
     cfg.warnings.extend(odd_names);
     for m in &cfg.machines {
         let script = &m.start_script;
-        let shown = script.display();
-        if !script.exists() {
+        let shown = match m.inline {
+            Some(_) => format!("the inline configuration of `{}`", m.name),
+            None => script.display().to_string(),
+        };
+        // An inline configuration was checked as `--config` was read.
+        if m.inline.is_none() && !script.exists() {
             return Err(Error::Config(format!(
                 "start script `{shown}` of machine `{}` does not exist",
                 m.name
             )));
         }
-        if !is_executable(script) {
+        if m.inline.is_none() && !is_executable(script) {
             return Err(Error::Config(format!(
                 "start script `{shown}` of machine `{}` is not an executable file",
                 m.name
             )));
         }
         let py = names::pythonize(&m.name);
-        if let Some(other) = seen.insert(py.clone(), shown.to_string()) {
+        if let Some(other) = seen.insert(py.clone(), shown.clone()) {
             let hint = if m.name == "machine" {
                 " (a start script not named `run-<name>-vm` is called `machine`; rename it or pass --vm-names)"
             } else {

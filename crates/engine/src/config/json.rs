@@ -1,4 +1,6 @@
-//! Generation C's `--config FILE`: a JSON `DriverConfiguration`.
+//! Generation C's `--config FILE`: a JSON `DriverConfiguration`, plus this driver's own
+//! `backend` field on a `vms` entry: `"qemu"` (the default), `"firecracker"` or
+//! `"cloud-hypervisor"`, whose machine takes its VMM configuration inline (`vmm/spec.rs`).
 
 use std::path::{Path, PathBuf};
 
@@ -69,8 +71,12 @@ fn apply(path: &Path, value: &Value, cfg: &mut Config) -> Result<()> {
                 })? as u32;
             cfg.vlans.push(nr);
         }
-        super::dedup_vlans(&mut cfg.vlans);
     }
+    // An inline machine's VLANs need their switches even when `vlans` forgot them.
+    let inline_vlans = cfg.machines.iter().filter_map(|m| m.inline.as_ref());
+    cfg.vlans
+        .extend(inline_vlans.flat_map(|s| s.vlans.iter().copied()));
+    super::dedup_vlans(&mut cfg.vlans);
     if let Some(v) = obj.get("global_timeout") {
         let text = match v {
             Value::Number(n) => n.to_string(),
@@ -95,6 +101,20 @@ fn apply(path: &Path, value: &Value, cfg: &mut Config) -> Result<()> {
     Ok(())
 }
 
+/// The keys of a machine entry the entry itself reads (the VMM configuration's are
+/// `vmm::spec::KEYS`).
+const MACHINE_KEYS: &[&str] = &["name", "start_script", "backend"];
+
+/// The `backend` values of a `vms` entry.
+const BACKENDS: &[MachineKind] = &[
+    MachineKind::Qemu,
+    MachineKind::Firecracker,
+    MachineKind::CloudHypervisor,
+];
+
+/// The machine of entry `section.key`: a start script (the `containers`, and QEMU VMs), or for
+/// a `vms` entry with `"backend": "firecracker"` or `"cloud-hypervisor"` either a start script
+/// or the VMM configuration inline (the start-script JSON's keys, read by the same code).
 fn machine(
     path: &Path,
     section: &str,
@@ -105,15 +125,6 @@ fn machine(
     let obj: &Map<String, Value> = m
         .as_object()
         .ok_or_else(|| bad(path, format!("`{section}.{key}` must be an object")))?;
-    let script = obj
-        .get("start_script")
-        .and_then(Value::as_str)
-        .ok_or_else(|| {
-            bad(
-                path,
-                format!("`{section}.{key}.start_script` is missing or not a string"),
-            )
-        })?;
     let name = match obj.get("name") {
         None => key.to_string(),
         Some(Value::String(s)) => s.clone(),
@@ -124,11 +135,104 @@ fn machine(
             ))
         }
     };
+    let kind = match obj.get("backend") {
+        None => kind,
+        Some(v) if section == "vms" => backend(path, key, v)?,
+        Some(_) => {
+            return Err(bad(
+                path,
+                format!(
+                    "`{section}.{key}.backend`: only `vms` entries choose a backend \
+                     (a container is a systemd-nspawn machine)"
+                ),
+            ))
+        }
+    };
+    let inline_keys: Vec<&str> = obj
+        .keys()
+        .map(String::as_str)
+        .filter(|k| crate::vmm::spec::KEYS.contains(k))
+        .collect();
+    let script = obj.get("start_script");
+    let takes_inline = matches!(
+        kind,
+        MachineKind::Firecracker | MachineKind::CloudHypervisor
+    );
+    if !takes_inline {
+        if let Some(k) = inline_keys.first() {
+            return Err(bad(
+                path,
+                format!(
+                    "`{section}.{key}.{k}`: only a `firecracker` or `cloud-hypervisor` machine \
+                     is configured inline; a {} machine needs `start_script`",
+                    kind.backend_name()
+                ),
+            ));
+        }
+    }
+    if takes_inline && script.is_none() {
+        let base = std::path::absolute(path)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        let origin = format!("machine `{name}` (`{section}.{key}`)");
+        let spec = crate::vmm::VmmSpec::from_object(&origin, obj, &base, MACHINE_KEYS)
+            .map_err(|e| bad(path, e))?;
+        return Ok(MachineConfig {
+            name,
+            start_script: PathBuf::new(),
+            kind,
+            inline: Some(spec),
+        });
+    }
+    if takes_inline && !inline_keys.is_empty() {
+        return Err(bad(
+            path,
+            format!(
+                "machine `{name}` (`{section}.{key}`) has both `start_script` and {}: give \
+                 either the start script or the configuration inline",
+                inline_keys
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    let script = script.and_then(Value::as_str).ok_or_else(|| {
+        bad(
+            path,
+            format!("`{section}.{key}.start_script` is missing or not a string"),
+        )
+    })?;
     Ok(MachineConfig {
         name,
         start_script: PathBuf::from(script),
         kind,
+        inline: None,
     })
+}
+
+/// The kind a `backend` value names.
+fn backend(path: &Path, key: &str, v: &Value) -> Result<MachineKind> {
+    let names = || {
+        BACKENDS
+            .iter()
+            .map(|k| format!("\"{}\"", k.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    v.as_str()
+        .and_then(|s| BACKENDS.iter().find(|k| k.name() == s).copied())
+        .ok_or_else(|| {
+            bad(
+                path,
+                format!(
+                    "`vms.{key}.backend`: unknown backend {v} (expected one of {})",
+                    names()
+                ),
+            )
+        })
 }
 
 #[cfg(test)]
@@ -179,5 +283,144 @@ mod tests {
         assert_eq!(cfg.vlans, vec![3]);
         let e = crate::config::from_json_file(&path).unwrap_err();
         assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+    }
+    /// `c.json` in a directory that also holds a kernel, an initrd and two disk images.
+    fn vmm_files() -> crate::vmm::test_dir::TestDir {
+        let dir = crate::vmm::test_dir::TestDir::new();
+        for f in ["vmlinux", "initrd", "root.img", "data.img"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        dir
+    }
+
+    fn apply_in(dir: &Path, v: Value) -> Result<Config> {
+        let mut cfg = Config::default();
+        apply(&dir.join("c.json"), &v, &mut cfg)?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn a_vmm_machine_is_configured_inline() {
+        let dir = vmm_files();
+        let d = dir.path();
+        let cfg = apply_in(
+            d,
+            json!({"vms": {
+                "fc": {"backend": "firecracker", "kernel": "vmlinux", "initrd": "initrd",
+                       "root_disk": "root.img", "root_read_only": true,
+                       "disks": [{"path": "data.img", "read_only": false}],
+                       "cmdline": "console=ttyS0", "vcpus": 2, "memory_mib": 256, "vlans": [1]},
+                "ch": {"name": "hyper", "backend": "cloud-hypervisor",
+                       "kernel": format!("{}/vmlinux", d.display()), "cmdline": ""},
+                "q": {"backend": "qemu", "start_script": "/x/run-q-vm"},
+            }}),
+        )
+        .unwrap();
+        let by_name = |n: &str| cfg.machines.iter().find(|m| m.name == n).unwrap();
+        let fc = by_name("fc");
+        assert_eq!(fc.kind, MachineKind::Firecracker);
+        assert_eq!(fc.start_script, PathBuf::new());
+        assert_eq!(
+            fc.inline,
+            Some(crate::vmm::VmmSpec {
+                kernel: d.join("vmlinux"),
+                initrd: Some(d.join("initrd")),
+                root_disk: Some(d.join("root.img")),
+                root_read_only: true,
+                disks: vec![crate::vmm::spec::Disk {
+                    path: d.join("data.img"),
+                    read_only: false,
+                }],
+                cmdline: "console=ttyS0".into(),
+                vcpus: 2,
+                memory_mib: 256,
+                vlans: vec![1],
+            })
+        );
+        let ch = by_name("hyper");
+        assert_eq!(ch.kind, MachineKind::CloudHypervisor);
+        let spec = ch.inline.as_ref().unwrap();
+        assert_eq!((spec.vcpus, spec.memory_mib), (1, 512));
+        assert_eq!(spec.kernel, d.join("vmlinux"));
+        let q = by_name("q");
+        assert_eq!((q.kind, q.inline.is_none()), (MachineKind::Qemu, true));
+        // the file's `vlans` did not list fc's VLAN: its switch is started all the same
+        assert_eq!(cfg.vlans, vec![1]);
+    }
+
+    #[test]
+    fn a_vmm_machine_may_have_a_start_script_instead() {
+        let dir = vmm_files();
+        let cfg = apply_in(
+            dir.path(),
+            json!({"vms": {"fc": {"backend": "firecracker",
+                                  "start_script": "/x/run-fc-firecracker"}}}),
+        )
+        .unwrap();
+        let m = &cfg.machines[0];
+        assert_eq!(m.kind, MachineKind::Firecracker);
+        assert_eq!(m.start_script, PathBuf::from("/x/run-fc-firecracker"));
+        assert_eq!(m.inline, None);
+    }
+
+    #[test]
+    fn bad_vmm_entries_name_the_machine_and_the_key() {
+        let dir = vmm_files();
+        let d = dir.path();
+        let fc = |extra: Value| {
+            let mut m = json!({"backend": "firecracker", "kernel": "vmlinux", "cmdline": ""});
+            for (k, v) in extra.as_object().unwrap() {
+                m[k] = v.clone();
+            }
+            json!({"vms": {"fc": m}})
+        };
+        let cases = [
+            (
+                json!({"vms": {"fc": {"backend": "xen", "kernel": "vmlinux"}}}),
+                "`vms.fc.backend`: unknown backend \"xen\" (expected one of \"qemu\", \"firecracker\", \"cloud-hypervisor\")",
+            ),
+            (
+                json!({"vms": {"fc": {"backend": 3}}}),
+                "`vms.fc.backend`: unknown backend 3",
+            ),
+            (
+                fc(json!({"memory": 3})),
+                "machine `fc` (`vms.fc`): unknown key `memory` (expected `name`, `start_script`, `backend`, `kernel`",
+            ),
+            (
+                json!({"vms": {"fc": {"backend": "cloud-hypervisor", "cmdline": ""}}}),
+                "machine `fc` (`vms.fc`): `kernel` is missing",
+            ),
+            (
+                fc(json!({"vcpus": "two"})),
+                "machine `fc` (`vms.fc`): `vcpus`: expected an integer 1-32, got \"two\"",
+            ),
+            (
+                fc(json!({"root_disk": "gone.img"})),
+                &format!(
+                    "machine `fc` (`vms.fc`): `root_disk`: {} does not exist or is not a file",
+                    d.join("gone.img").display()
+                ),
+            ),
+            (
+                fc(json!({"start_script": "/x/run-fc-firecracker"})),
+                "machine `fc` (`vms.fc`) has both `start_script` and `cmdline`, `kernel`: give \
+                 either",
+            ),
+            (
+                json!({"vms": {"q": {"start_script": "/x/run-q-vm", "kernel": "vmlinux"}}}),
+                "`vms.q.kernel`: only a `firecracker` or `cloud-hypervisor` machine is configured inline; a QEMU machine needs `start_script`",
+            ),
+            (
+                json!({"containers": {"c": {"backend": "firecracker", "start_script": "/x"}}}),
+                "`containers.c.backend`: only `vms` entries choose a backend",
+            ),
+        ];
+        for (v, want) in cases {
+            let e = apply_in(d, v.clone()).unwrap_err().to_string();
+            let prefix = format!("invalid --config file `{}`: ", d.join("c.json").display());
+            assert!(e.starts_with(&prefix), "{e}");
+            assert!(e.contains(want), "{v}:\n{e}\nwants: {want}");
+        }
     }
 }

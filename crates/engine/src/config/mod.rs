@@ -22,8 +22,11 @@ pub struct MachineConfig {
     pub name: String,
     /// The start script.
     pub start_script: PathBuf,
-    /// VM or container.
+    /// VM, container or microVM.
     pub kind: MachineKind,
+    /// The VMM configuration `--config` gave inline: a Firecracker or Cloud Hypervisor
+    /// machine without a start script (`start_script` is then empty).
+    pub inline: Option<crate::vmm::VmmSpec>,
 }
 
 /// The whole run.

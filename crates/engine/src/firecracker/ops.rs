@@ -3,8 +3,6 @@
 //! through the API (pause, `snapshot/create`, resume; a restore is a new Firecracker that
 //! loads the snapshot), and links (the TAP's link state in the run's network namespace).
 
-use std::sync::atomic::Ordering;
-
 use super::api::{self, SnapshotFiles};
 use super::{Boot, FirecrackerBackend, RESET_TIMEOUT};
 use crate::backend::shares::Mount;
@@ -15,8 +13,7 @@ use crate::interrupt::Deadline;
 impl Power for FirecrackerBackend {
     /// Kills Firecracker: the guest stops as at a power cut.
     fn crash(&self, info: &MachineInfo) -> Result<()> {
-        self.running(info)?.process.signal_group(libc::SIGKILL);
-        Ok(())
+        self.core.crash(info)
     }
 
     fn has_reboot(&self) -> bool {
@@ -27,7 +24,7 @@ impl Power for FirecrackerBackend {
     /// the machine then adopts a new launch from the start script.
     fn reboot(&self, host: &dyn Host) -> Result<()> {
         let info = host.info();
-        let running = self.running(info)?;
+        let running = self.core.running(info)?;
         running.send(&api::action("SendCtrlAltDel"))?;
         match running
             .process
@@ -43,7 +40,7 @@ impl Power for FirecrackerBackend {
             }
         }
         info.log("the guest reset, which ends Firecracker: starting it again");
-        let spec = self.run_script(info)?;
+        let spec = self.core.spec(info)?;
         let launched = self.start_vmm(host, Boot::Fresh(&spec))?;
         host.adopt(launched);
         Ok(())
@@ -57,20 +54,12 @@ impl Snapshots for FirecrackerBackend {
     }
 
     fn pause(&self, info: &MachineInfo) -> Result<()> {
-        let running = self.running(info)?;
-        running.send(&api::vm_state(true))?;
-        running.paused.store(true, Ordering::SeqCst);
-        Ok(())
+        self.core.pause(info, &api::vm_state(true))
     }
 
     /// Resumes a paused microVM (a loaded snapshot runs already).
     fn resume(&self, info: &MachineInfo) -> Result<()> {
-        let running = self.running(info)?;
-        if running.paused.load(Ordering::SeqCst) {
-            running.send(&api::vm_state(false))?;
-            running.paused.store(false, Ordering::SeqCst);
-        }
-        Ok(())
+        self.core.resume(info, &api::vm_state(false))
     }
 
     /// A full snapshot into the state directory (`snapshot-<name>.vmstate`, `.mem`).
@@ -79,7 +68,8 @@ impl Snapshots for FirecrackerBackend {
         for f in [&files.state, &files.memory] {
             let _ = std::fs::remove_file(f);
         }
-        self.running(info)?
+        self.core
+            .running(info)?
             .send(&api::snapshot_create(&files))
             .map(drop)
     }
@@ -101,9 +91,7 @@ impl Snapshots for FirecrackerBackend {
                 ),
             });
         }
-        if let Some(old) = self.running.lock().unwrap().take() {
-            old.process.kill();
-        }
+        self.core.kill_running();
         let launched = self.start_vmm(host, Boot::Snapshot(&files))?;
         host.adopt(launched);
         Ok(Rewind::InPlace)
@@ -113,6 +101,6 @@ impl Snapshots for FirecrackerBackend {
 impl Links for FirecrackerBackend {
     /// The first VLAN NIC's TAP, down or up, in the run's network namespace.
     fn set_link(&self, info: &MachineInfo, up: bool) -> Result<()> {
-        self.nics.set_link(info, up)
+        self.core.nics.set_link(info, up)
     }
 }

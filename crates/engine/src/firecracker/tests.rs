@@ -11,6 +11,7 @@ use crate::error::Error;
 use crate::kind::MachineKind;
 use crate::machine::{ExecOptions, Machine};
 use crate::vmm::api::fake_server::FakeApi;
+use crate::vmm::core::VmmBackend;
 use crate::vmm::launch::no_backdoor;
 use crate::vmm::test_dir::TestDir;
 use crate::vmm::test_support::{self, executable, fake_binary};

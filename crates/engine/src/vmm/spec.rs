@@ -12,6 +12,9 @@
 //! 512 MiB and no VLANs. Relative paths are relative to the directory the script ran in (the
 //! machine's state directory). Unknown keys, values of the wrong type and files that do not
 //! exist are errors naming the script and the key.
+//!
+//! `--config` gives the same object inline in a machine's entry (`VmmSpec::from_object`, the
+//! same parser; relative paths are then relative to the file's directory).
 
 use std::path::{Path, PathBuf};
 
@@ -50,7 +53,7 @@ pub struct Disk {
 }
 
 /// The keys of the object, for the unknown-key error.
-const KEYS: &[&str] = &[
+pub const KEYS: &[&str] = &[
     "kernel",
     "initrd",
     "root_disk",
@@ -67,23 +70,26 @@ pub const DEFAULT_VCPUS: u32 = 1;
 /// Default memory.
 pub const DEFAULT_MEMORY_MIB: u32 = 512;
 
-/// A bad configuration: the message names the script and the key.
+/// A bad configuration: where it came from (the script, or the `--config` entry), then what
+/// is wrong, naming the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("start script `{script}` printed a bad VMM configuration: {message}")]
+#[error("{origin}: {message}")]
 pub struct SpecError {
-    pub script: String,
+    pub origin: String,
     pub message: String,
 }
 
 struct Parser<'a> {
-    script: &'a str,
+    source: &'a str,
     base: &'a Path,
+    /// Keys the caller reads itself, allowed beside [`KEYS`].
+    also: &'a [&'a str],
 }
 
 impl Parser<'_> {
     fn err(&self, message: impl Into<String>) -> SpecError {
         SpecError {
-            script: self.script.to_string(),
+            origin: self.source.to_string(),
             message: message.into(),
         }
     }
@@ -188,10 +194,13 @@ impl Parser<'_> {
     }
 
     fn spec(&self, obj: &Map<String, Value>) -> Result<VmmSpec, SpecError> {
-        if let Some(k) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        let known = |k: &str| KEYS.contains(&k) || self.also.contains(&k);
+        if let Some(k) = obj.keys().find(|k| !known(k)) {
             return Err(self.err(format!(
                 "unknown key `{k}` (expected {})",
-                KEYS.iter()
+                self.also
+                    .iter()
+                    .chain(KEYS)
                     .map(|k| format!("`{k}`"))
                     .collect::<Vec<_>>()
                     .join(", ")
@@ -227,7 +236,12 @@ impl Parser<'_> {
 impl VmmSpec {
     /// Parses what start script `script` printed; relative paths are taken from `base`.
     pub fn parse(script: &str, output: &str, base: &Path) -> Result<VmmSpec, SpecError> {
-        let p = Parser { script, base };
+        let source = format!("start script `{script}` printed a bad VMM configuration");
+        let p = Parser {
+            source: &source,
+            base,
+            also: &[],
+        };
         let value: Value = serde_json::from_str(output.trim()).map_err(|e| {
             p.err(format!(
                 "its output is not one JSON object ({e}); it printed {:?}",
@@ -238,6 +252,17 @@ impl VmmSpec {
             .as_object()
             .ok_or_else(|| p.err(format!("expected one JSON object, got {value}")))?;
         p.spec(obj)
+    }
+
+    /// Reads the configuration object `obj`, which may also hold the keys `also` (the
+    /// caller's own); errors start with `source`. Relative paths are taken from `base`.
+    pub fn from_object(
+        source: &str,
+        obj: &Map<String, Value>,
+        base: &Path,
+        also: &[&str],
+    ) -> Result<VmmSpec, SpecError> {
+        Parser { source, base, also }.spec(obj)
     }
 }
 
