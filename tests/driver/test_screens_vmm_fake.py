@@ -1,6 +1,6 @@
-"""Screens on a Firecracker machine without a guest: the whole host path of the guest X
-display capture (docs/firecracker.md, "Screens") through the Firecracker stand-in with its fake
-runner and a fake guest (the real agent behind the hybrid vsock socket, tests/fakes), whose
+"""Screens on Firecracker and Cloud Hypervisor machines without a guest: the whole host path of
+the guest X display capture (docs/firecracker.md, "Screens") through each VMM's stand-in with
+its fake runner and a fake guest (the real agent behind the hybrid vsock socket, tests/fakes), whose
 "X display" is made of parts: a socket at /tmp/.X11-unix/X0 (in a mount namespace of the fake
 guest's own, so the host's /tmp/.X11-unix is untouched), a fake `xwd` printing an XWD file, a
 process named `Xvfb` with `:0 -fbdir DIR` and an XWD file in DIR."""
@@ -23,7 +23,18 @@ from fakes import VSOCK_GUEST
 from nixos_test_ng import _native
 from support.png import read_rgb_png
 
-STANDIN = Path(__file__).resolve().parents[1] / "standins" / "firecracker"
+STANDINS = Path(__file__).resolve().parents[1] / "standins"
+
+
+class Vmm:
+    def __init__(self, kind: str, machine: str, backend: str, variable: str) -> None:
+        self.kind, self.machine, self.backend, self.variable = kind, machine, backend, variable
+
+
+VMMS = [
+    Vmm("firecracker", "fc", "Firecracker", "NIXOS_TEST_NG_FIRECRACKER"),
+    Vmm("cloud-hypervisor", "ch", "Cloud Hypervisor", "NIXOS_TEST_NG_CLOUD_HYPERVISOR"),
+]
 
 pytestmark = [
     pytest.mark.skipif(
@@ -56,8 +67,13 @@ def checker(x: int, y: int) -> tuple[int, int, int]:
     return (0, 0, 0) if (x // 4 + y // 4) % 2 else (200, 200, 200)
 
 
+@pytest.fixture(params=VMMS, ids=["firecracker", "cloud_hypervisor"])
+def vmm(request) -> Vmm:
+    return request.param
+
+
 @pytest.fixture
-def x_guest(driver_env):
+def x_guest(driver_env, vmm):
     """The fake guest in a mount namespace with a private, empty /tmp/.X11-unix, `bin/` first
     on its PATH (where a test puts a fake `xwd`)."""
     os.makedirs("/tmp/.X11-unix", mode=0o1777, exist_ok=True)
@@ -66,7 +82,7 @@ def x_guest(driver_env):
     agent.chmod(0o755)
     guest = driver_env.tmp / "guest"
     (guest / "bin").mkdir(parents=True)
-    vsock = driver_env.state_dir("fc") / "vsock.sock"
+    vsock = driver_env.state_dir(vmm.machine) / "vsock.sock"
     env = dict(os.environ, PATH=f"{guest / 'bin'}:{os.environ['PATH']}")
     proc = subprocess.Popen(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c",
@@ -79,7 +95,7 @@ def x_guest(driver_env):
     proc.wait()
 
 
-def firecracker_script(driver_env) -> Path:
+def start_script(driver_env, vmm: Vmm) -> Path:
     for f in ("vmlinux", "initrd", "root.img"):
         (driver_env.work / f).write_text(f)
     config = {
@@ -89,14 +105,14 @@ def firecracker_script(driver_env) -> Path:
         "cmdline": "console=ttyS0",
     }
     body = f"#!/bin/sh\ncat <<'EOF'\n{json.dumps(config)}\nEOF\n"
-    return driver_env.write_script("run-fc-firecracker", body, executable=True)
+    return driver_env.write_script(f"run-{vmm.machine}-{vmm.kind}", body, executable=True)
 
 
 SCRIPT = """
     import glob, os, subprocess, sys
     from nixos_test_ng import MachineError, Unsupported
 
-    GUEST, OUT = {guest!r}, {out!r}
+    GUEST, OUT, M = {guest!r}, {out!r}, {machine}
 
     def raised(kind, call):
         try:
@@ -110,19 +126,19 @@ SCRIPT = """
             f.write(text)
         os.chmod(path, 0o755)
 
-    fc.start()
-    print("NO-X:", raised(Unsupported, lambda: fc.screenshot(OUT + "/none.png")))
-    fc.succeed(
+    M.start()
+    print("NO-X:", raised(Unsupported, lambda: M.screenshot(OUT + "/none.png")))
+    M.succeed(
         "python3 -c 'import socket; socket.socket(socket.AF_UNIX).bind(\\"/tmp/.X11-unix/X0\\")'"
     )
-    print("NO-TOOL:", raised(Unsupported, lambda: fc.get_screen_text()))
+    print("NO-TOOL:", raised(Unsupported, lambda: M.get_screen_text()))
 
     put(GUEST + "/bin/xwd", "#!/bin/sh\\necho 'xwd: unable to open display' >&2\\nexit 1\\n")
-    print("XWD-FAILS:", raised(MachineError, lambda: fc.screenshot(OUT + "/x.png")))
+    print("XWD-FAILS:", raised(MachineError, lambda: M.screenshot(OUT + "/x.png")))
 
     put(GUEST + "/bin/xwd", '#!/bin/sh\\n[ "$*" = "-root -silent -display :0" ] || exit 2\\n'
         'cat "$XWD_FILE"\\n'.replace("$XWD_FILE", GUEST + "/stripes.xwd"))
-    fc.screenshot(OUT + "/xwd.png")
+    M.screenshot(OUT + "/xwd.png")
     t.assertEqual(glob.glob("/tmp/ntng-screen.*"), [])  # xwd's temporary file is gone
 
     # an Xvfb keeping its framebuffer file comes first (no xwd run)
@@ -133,13 +149,13 @@ SCRIPT = """
         executable=sys.executable,
     )
     try:
-        fc.screenshot(OUT + "/fbdir.png")
-        texts = fc.get_screen_text_variants()  # the same OCR as a QEMU VM's screen
+        M.screenshot(OUT + "/fbdir.png")
+        texts = M.get_screen_text_variants()  # the same OCR as a QEMU VM's screen
         t.assertEqual(len(texts), 3)
         with open(fbdir + "/Xvfb_screen0", "wb") as f:
             f.write(b"garbage" * 5)
-        print("GARBAGE:", raised(MachineError, lambda: fc.screenshot(OUT + "/bad.png")))
-        print("WAIT-GARBAGE:", raised(MachineError, lambda: fc.wait_for_text("x", timeout=30)))
+        print("GARBAGE:", raised(MachineError, lambda: M.screenshot(OUT + "/bad.png")))
+        print("WAIT-GARBAGE:", raised(MachineError, lambda: M.wait_for_text("x", timeout=30)))
     finally:
         xvfb.kill()
         xvfb.wait()
@@ -147,22 +163,25 @@ SCRIPT = """
 """
 
 
-def test_firecracker_screens_from_a_fake_guest_x_display(driver_env, run_driver, x_guest):
+def test_screens_from_a_fake_guest_x_display(driver_env, run_driver, vmm, x_guest):
     (x_guest / "stripes.xwd").write_bytes(xwd(20, 10, stripes))
     (x_guest / "fb").mkdir()
     (x_guest / "fb" / "Xvfb_screen0").write_bytes(xwd(16, 12, checker))
     test = driver_env.write_script(
-        "t.py", textwrap.dedent(SCRIPT.format(guest=str(x_guest), out=str(driver_env.out)))
+        "t.py",
+        textwrap.dedent(
+            SCRIPT.format(guest=str(x_guest), out=str(driver_env.out), machine=vmm.machine)
+        ),
     )
-    env = {"NIXOS_TEST_NG_FIRECRACKER": str(STANDIN), "NTNG_STANDIN_RUNNER": "fake",
+    env = {vmm.variable: str(STANDINS / vmm.kind), "NTNG_STANDIN_RUNNER": "fake",
            "NTNG_FAKE_RUNNER_DIR": str(driver_env.tmp)}  # fmt: skip
     r = run_driver(
-        ["--start-scripts", firecracker_script(driver_env), "--", test], env=env, timeout=180
+        ["--start-scripts", start_script(driver_env, vmm), "--", test], env=env, timeout=180
     )
     assert r.returncode == 0, r
     assert "SCREENS-DONE" in r.stdout, r
     said = dict(re.findall(r"^([A-Z-]+): (.*)$", r.stdout, re.M))
-    backend = "fc: {}: not supported by the Firecracker backend ({})"
+    backend = f"{vmm.machine}: {{}}: not supported by the {vmm.backend} backend ({{}})"
     assert said["NO-X"] == backend.format(
         "screenshot",
         "no X display found in the guest: DISPLAY :0 is not running, no /tmp/.X11-unix/X0",
@@ -173,10 +192,12 @@ def test_firecracker_screens_from_a_fake_guest_x_display(driver_env, run_driver,
         "(x11-apps) to capture it",
     )
     assert said["XWD-FAILS"] == (
-        "fc: capturing the guest's X display :0: xwd -root -display :0 failed: "
+        f"{vmm.machine}: capturing the guest's X display :0: xwd -root -display :0 failed: "
         "xwd: unable to open display"
     )
-    assert said["GARBAGE"] == ("fc: not a usable XWD screen capture: truncated header (35 bytes)")
+    assert said["GARBAGE"] == (
+        f"{vmm.machine}: not a usable XWD screen capture: truncated header (35 bytes)"
+    )
     assert said["WAIT-GARBAGE"] == said["GARBAGE"]
     # the captures, converted into the PNGs a QEMU VM's screenshot is
     width, height, rgb = read_rgb_png(driver_env.out / "xwd.png")
