@@ -109,7 +109,7 @@ def start_script(driver_env, vmm: Vmm) -> Path:
 
 
 SCRIPT = """
-    import glob, os, subprocess, sys
+    import glob, os, subprocess, sys, time
     from nixos_test_ng import MachineError, Unsupported
 
     GUEST, OUT, M = {guest!r}, {out!r}, {machine}
@@ -144,11 +144,17 @@ SCRIPT = """
     # an Xvfb keeping its framebuffer file comes first (no xwd run)
     os.remove(GUEST + "/bin/xwd")
     fbdir = GUEST + "/fb"
-    xvfb = subprocess.Popen(
-        ["Xvfb", "-c", "import time; time.sleep(600)", ":0", "-fbdir", fbdir],
-        executable=sys.executable,
-    )
+    # a process named Xvfb (its comm, as the capture looks for) with Xvfb's arguments
+    code = "import ctypes, time; ctypes.CDLL(None).prctl(15, b'Xvfb', 0, 0, 0); time.sleep(600)"
+    xvfb = subprocess.Popen([sys.executable, "-c", code, ":0", "-fbdir", fbdir])
     try:
+        comm = f"/proc/{{xvfb.pid}}/comm"
+        for _ in range(3000):
+            if open(comm).read().strip() == "Xvfb":
+                break
+            time.sleep(0.01)
+        else:
+            raise SystemExit("the fake Xvfb did not rename itself")
         M.screenshot(OUT + "/fbdir.png")
         texts = M.get_screen_text_variants()  # the same OCR as a QEMU VM's screen
         t.assertEqual(len(texts), 3)

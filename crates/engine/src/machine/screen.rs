@@ -74,7 +74,13 @@ impl Machine {
     /// The guest's X display (`screen/guest.rs`): found and captured in the guest, the XWD
     /// file copied into the state directory through the agent, read, and removed.
     fn guest_capture(&self, operation: &str) -> Result<screen::Image> {
-        let (status, out) = self.run_command(guest::CAPTURE, ExecOptions::default())?;
+        if !self.via_agent()? {
+            return Err(self.screen_error(Error::Config(
+                "capturing the guest's X display needs the guest agent, which this machine has not connected"
+                    .to_string(),
+            )));
+        }
+        let (status, out) = self.execute_unhooked(guest::CAPTURE, ExecOptions::default())?;
         let answer = guest::parse(&out).filter(|_| status == 0);
         let (path, temporary) = match answer {
             Some(Capture::File(p)) => (p, false),
@@ -99,12 +105,6 @@ impl Machine {
                 ))))
             }
         };
-        if !self.shell.has_agent() {
-            return Err(self.screen_error(Error::Config(
-                "capturing the guest's X display needs the guest agent, which this machine has not connected"
-                    .to_string(),
-            )));
-        }
         let n = DUMPS.fetch_add(1, Ordering::Relaxed);
         let name = format!("screen-{n}.xwd");
         let copied = self.shell.get_tree(

@@ -20,21 +20,23 @@ pub const DISPLAY: &str = ":0";
 const TAG: &str = "ntng-screen:";
 
 /// The guest side: one line, `ntng-screen: <kind> <rest>` (see [`parse`]). POSIX sh, `tr` and
-/// `/proc`; `xwd` only when there is no Xvfb framebuffer file.
+/// `/proc` (a process whose `comm` is `Xvfb`: the shell's own `read`, no process per entry);
+/// `xwd` only when there is no Xvfb framebuffer file.
 pub const CAPTURE: &str = r#"d=0
 if [ ! -S /tmp/.X11-unix/X$d ] && [ ! -e /tmp/.X$d-lock ]; then
   echo "ntng-screen: missing no X display found in the guest: DISPLAY :$d is not running, no /tmp/.X11-unix/X$d"; exit 0
 fi
-for c in /proc/[0-9]*/cmdline; do
-  p=${c%/cmdline}
-  f=$(tr '\0' '\n' <"$c" 2>/dev/null | {
-    n=0; x=; disp=:0; dir=; want=
+for p in /proc/[0-9]*; do
+  comm=
+  read -r comm 2>/dev/null <"$p/comm" || continue
+  [ "$comm" = Xvfb ] || continue
+  f=$(tr '\0' '\n' <"$p/cmdline" 2>/dev/null | {
+    disp=:0; dir=; want=
     while IFS= read -r a; do
-      n=$((n+1))
       if [ -n "$want" ]; then dir=$a; want=; continue; fi
-      case $n:$a in 1:Xvfb|1:*/Xvfb) x=1 ;; *:-fbdir) want=1 ;; *::[0-9]*) disp=$a ;; esac
+      case $a in -fbdir) want=1 ;; :[0-9]*) disp=$a ;; esac
     done
-    if [ -n "$x" ] && [ -n "$dir" ] && [ "$disp" = ":$d" ]; then echo "$dir"; fi
+    if [ -n "$dir" ] && [ "$disp" = ":$d" ]; then echo "$dir"; fi
   }) || f=
   if [ -n "$f" ]; then
     case $f in /*) ;; *) f=$p/cwd/$f ;; esac
