@@ -5,6 +5,7 @@ otherwise)."""
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 import subprocess
@@ -202,6 +203,31 @@ def test_input_hash_covers_configuration_packages_and_busybox(
     monkeypatch.undo()
     monkeypatch.setattr(sg, "PACKAGES", (*sg.PACKAGES, "vim"))
     assert hash_inputs(sg.inputs(sg.base_inputs(base["mirror"]), busybox)) != digest
+
+
+def test_the_x11_variant_is_opt_in_and_kept_once_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mirror = "http://deb.debian.org/debian"
+    assert not set(sg.X11_PACKAGES) & set(sg.packages())  # `make demo` builds no X server
+    assert set(sg.packages(x11=True)) == set(sg.PACKAGES) | set(sg.X11_PACKAGES)
+    assert sg.base_inputs(mirror, x11=True) != sg.base_inputs(mirror)
+    # the variant a directory holds is the one a build without `x11` keeps
+    guest = tmp_path / "guest"
+    assert not sg.built_with_x11(guest)
+    for x11 in (True, False):
+        manifest = {"format": sg.MANIFEST_FORMAT, "inputs": {"base": sg.base_inputs(mirror, x11)}}
+        sd = systemd_dir(guest)
+        sd.mkdir(parents=True, exist_ok=True)
+        (sd / "manifest.json").write_text(json.dumps(manifest))
+        assert sg.built_with_x11(guest) is x11
+
+
+def test_x11_without_systemd_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from nixos_test_ng.guest.cli import main
+
+    assert main(["build", "--x11"]) == 2
+    assert "--x11 needs --systemd" in capsys.readouterr().err
 
 
 def test_image_has_a_fixed_uuid_and_label(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -64,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
         "mirror) into DIR-systemd: the tree for containers, its ext4 image for VMs",
     )
     b.add_argument(
+        "--x11",
+        action=argparse.BooleanOptionalAction,
+        help="with --systemd: the variant with an X server (Xvfb, xwd, xmessage, core fonts), "
+        "for screenshots and OCR on Firecracker and Cloud Hypervisor; build it into its own "
+        "--out DIR (default: the variant already built there, else the one without)",
+    )
+    b.add_argument(
         "--mirror",
         metavar="URL",
         help=f"Debian mirror for --systemd (default: ${MIRROR_ENV}, else {DEFAULT_MIRROR})",
@@ -140,9 +147,15 @@ def main(argv: list[str]) -> int:
         return int(e.code) if isinstance(e.code, int) else ExitStatus.USAGE
     try:
         if args.command == "build":
+            if args.x11 is not None and not args.systemd:
+                raise LayoutError("--x11 needs --systemd (it is a variant of the systemd guest)")
             if args.systemd:
                 guest_dir = build_systemd(
-                    args.out, flavour=args.kernel, force=args.force, mirror=args.mirror
+                    args.out,
+                    flavour=args.kernel,
+                    force=args.force,
+                    mirror=args.mirror,
+                    x11=args.x11,
                 ).guest_dir
             else:
                 guest_dir = build(args.out, flavour=args.kernel, force=args.force).guest_dir

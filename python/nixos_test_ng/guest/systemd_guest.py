@@ -111,6 +111,11 @@ PACKAGES = (
     "less",
     "kmod",
 )
+#: What `build --systemd --x11` adds (opt-in: an X server is large and most tests need
+#: none): Xvfb for a display without a display device (Firecracker, Cloud Hypervisor: the
+#: driver captures it from inside the guest, docs/firecracker.md "Screens"), xwd (x11-apps),
+#: xmessage and xwininfo (x11-utils) and the core fonts they draw with.
+X11_PACKAGES = ("xvfb", "x11-apps", "x11-utils", "xfonts-base")
 #: Kernel modules the VM needs on top of the busybox guest's: the root file system's (ext4
 #: asks the crypto API for "crc32c", which the generic kernel has as a module).
 EXTRA_MODULES = ("ext4", "crc32c_generic")
@@ -246,14 +251,19 @@ def rootfs_symlinks() -> dict[str, str]:
     return links
 
 
-def base_inputs(mirror: str) -> dict[str, Any]:
+def packages(x11: bool = False) -> tuple[str, ...]:
+    """What debootstrap adds to minbase: PACKAGES, plus X11_PACKAGES with `x11`."""
+    return PACKAGES + X11_PACKAGES if x11 else PACKAGES
+
+
+def base_inputs(mirror: str, x11: bool = False) -> dict[str, Any]:
     """What the debootstrap step's output depends on (kept across configuration changes)."""
     return {
         "base_version": BASE_VERSION,
         "suite": SUITE,
         "variant": VARIANT,
         "mirror": mirror,
-        "packages": sorted(PACKAGES),
+        "packages": sorted(packages(x11)),
     }
 
 
@@ -281,6 +291,13 @@ def inputs(base: dict[str, Any], busybox: dict[str, Any]) -> dict[str, Any]:
 def load_systemd_manifest(guest_dir: Path | str | None = None) -> dict[str, Any] | None:
     """The systemd guest's manifest in `<guest_dir>-systemd`, or None if there is none."""
     return read_manifest(systemd_dir(guest_dir) / MANIFEST_FILE, MANIFEST_FORMAT)
+
+
+def built_with_x11(guest_dir: Path | str | None = None) -> bool:
+    """True when the systemd guest built for `guest_dir` is the variant with an X server."""
+    manifest = load_systemd_manifest(guest_dir) or {}
+    base = (manifest.get("inputs") or {}).get("base") or {}
+    return set(X11_PACKAGES) <= set(base.get("packages") or ())
 
 
 def _intact(sd: Path, manifest: dict[str, Any]) -> bool:
@@ -339,7 +356,7 @@ def check_mirror(mirror: str, timeout: float = MIRROR_TIMEOUT) -> None:
         ) from e
 
 
-def _debootstrap(target: Path, sd: Path, mirror: str, log: Log) -> float:
+def _debootstrap(target: Path, sd: Path, mirror: str, included: tuple[str, ...], log: Log) -> float:
     if shutil.which("debootstrap") is None:
         raise BuildError("`debootstrap` not found\n(run scripts/setup-system.sh or install it)")
     check_mirror(mirror)
@@ -348,13 +365,13 @@ def _debootstrap(target: Path, sd: Path, mirror: str, log: Log) -> float:
     cmd = [
         "debootstrap",
         f"--variant={VARIANT}",
-        f"--include={','.join(PACKAGES)}",
+        f"--include={','.join(included)}",
         f"--cache-dir={cache}",
         SUITE,
         str(target),
         mirror,
     ]
-    log(f"debootstrap {SUITE} ({VARIANT} + {len(PACKAGES)} packages) from {mirror}")
+    log(f"debootstrap {SUITE} ({VARIANT} + {len(included)} packages) from {mirror}")
     start = time.monotonic()
     with open(sd / DEBOOTSTRAP_LOG, "w") as out:
         out.write("$ " + " ".join(cmd) + "\n")
@@ -563,6 +580,7 @@ def build_systemd(
     force: bool = False,
     mirror: str | None = None,
     flavour: str | None = None,
+    x11: bool | None = None,
     log: Log = stderr_log,
 ) -> SystemdBuildResult:
     """Build the systemd guest into `<out>-systemd` (default: `default_guest_dir()`), after the
@@ -570,24 +588,34 @@ def build_systemd(
     with kernel `flavour`: by default the one already built there, else the default one),
     unless the manifest shows the same inputs were already built. `force` rebuilds the
     systemd guest, debootstrap included. `mirror`: the Debian mirror (default:
-    $NIXOS_TEST_NG_DEBIAN_MIRROR, else deb.debian.org). Raises `BuildError` (no root, no
+    $NIXOS_TEST_NG_DEBIAN_MIRROR, else deb.debian.org). `x11`: the variant with an X server
+    (X11_PACKAGES; its own inputs, so build it into a guest directory of its own); by default
+    the variant already built there, else the one without. Raises `BuildError` (no root, no
     debootstrap, the mirror unreachable and nothing cached, ...)."""
     guest_dir = Path(out).absolute() if out is not None else default_guest_dir()
     if flavour is None:
         flavour = str(((load_manifest(guest_dir) or {}).get("inputs") or {}).get("flavour", ""))
     busybox = build(guest_dir, flavour=flavour or DEFAULT_FLAVOUR, log=log).manifest
+    if x11 is None:
+        x11 = built_with_x11(guest_dir)
     sd = systemd_dir(guest_dir)
     with locked(sd):
-        return _build_locked(guest_dir, sd, busybox, _mirror(mirror), force, log)
+        return _build_locked(guest_dir, sd, busybox, _mirror(mirror), force, x11, log)
 
 
 def _build_locked(
-    guest_dir: Path, sd: Path, busybox: dict[str, Any], mirror: str, force: bool, log: Log
+    guest_dir: Path,
+    sd: Path,
+    busybox: dict[str, Any],
+    mirror: str,
+    force: bool,
+    x11: bool,
+    log: Log,
 ) -> SystemdBuildResult:
     start = time.monotonic()
     previous = load_systemd_manifest(guest_dir)
     usable_cache = previous is not None and _intact(sd, previous)
-    base_in = base_inputs(mirror)
+    base_in = base_inputs(mirror, x11)
     build_inputs = inputs(base_in, busybox)
     digest = hash_inputs(build_inputs)
     if not force and usable_cache and previous is not None and previous.get("input_hash") == digest:
@@ -613,7 +641,7 @@ def _build_locked(
         with tempfile.TemporaryDirectory(dir=sd, prefix=".work-") as tmp:
             target = Path(tmp) / BASE_DIR
             try:
-                seconds = _debootstrap(target, sd, mirror, log)
+                seconds = _debootstrap(target, sd, mirror, packages(x11), log)
             except BuildError as err:
                 if usable_cache and previous is not None:
                     log(f"warning: {err}")

@@ -203,6 +203,12 @@ pub trait Backend: Send + Sync {
     fn screen(&self) -> Option<&dyn Screen> {
         None
     }
+    /// No display device, but a shell: the machine captures the guest's X display from inside
+    /// the guest, through its agent (`screen/guest.rs`), for screenshots and OCR. Only
+    /// asked when [`Backend::screen`] is `None`.
+    fn captures_guest_display(&self) -> bool {
+        false
+    }
     /// A keyboard to press keys on.
     fn keyboard(&self) -> Option<&dyn Keyboard> {
         None

@@ -113,6 +113,11 @@ impl Backend for CloudHypervisorBackend {
         self.core.stopped(released);
     }
 
+    /// No display device: the guest's X display, captured through the agent.
+    fn captures_guest_display(&self) -> bool {
+        true
+    }
+
     fn snapshots(&self) -> Option<&dyn Snapshots> {
         Some(self)
     }

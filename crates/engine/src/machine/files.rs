@@ -90,7 +90,7 @@ fn base_name(path: &str, what: &str) -> Result<String> {
 
 impl Machine {
     /// True when the machine's commands (and copies) go through its agent; connects first.
-    fn via_agent(&self) -> Result<bool> {
+    pub(super) fn via_agent(&self) -> Result<bool> {
         self.run_hook()?;
         self.connect()?;
         Ok(self.shell.has_agent())

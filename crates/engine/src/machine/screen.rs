@@ -1,20 +1,36 @@
 //! Screens: screenshots and OCR (upstream's `screenshot`, `get_screen_text`,
-//! `get_screen_text_variants`, `wait_for_text`), over a backend's [`crate::backend::Screen`].
+//! `get_screen_text_variants`, `wait_for_text`), over a backend's [`crate::backend::Screen`]
+//! or, on a backend without a display device that offers it, over the guest's own X display
+//! captured from inside the guest (`screen/guest.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::Machine;
-use crate::backend::Capability;
+use super::{ExecOptions, Machine};
+use crate::backend::{Capability, Screen};
+use crate::config::Transport;
 use crate::error::{Error, Result};
 use crate::interrupt::Deadline;
-use crate::screen::{self, ocr};
+use crate::screen::guest::{self, Capture};
+use crate::screen::{self, ocr, xwd};
+use crate::transport::shell::shell_quote;
 
 /// One OCR pass of three images must not take longer than this.
 const OCR_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Copying a guest's capture to the host must not take longer than this.
+const CAPTURE_COPY_TIMEOUT: Duration = Duration::from_secs(120);
+
 static DUMPS: AtomicU64 = AtomicU64::new(0);
+
+/// Where a machine's screen comes from.
+enum Source<'a> {
+    /// The backend's display device.
+    Device(&'a dyn Screen),
+    /// The guest's X display, captured inside the guest and copied out through its agent.
+    Guest,
+}
 
 /// Upstream's file name rules: `.png` appended when the name has no `.`, and relative to the
 /// output directory when it has no `/`.
@@ -43,17 +59,89 @@ impl Machine {
         }
     }
 
-    /// A dump of the primary display into `path` (`ppm` or `png`).
-    fn screen_dump(&self, operation: &str, path: &Path, format: &str) -> Result<()> {
-        let screen = self.require(operation, Capability::Screen, self.backend.screen())?;
-        screen.screen_dump(&self.info, path, format)
+    /// The machine's screen, or `Unsupported` for `operation`. The guest capture needs the
+    /// agent (its copy): not with `NIXOS_TEST_NG_TRANSPORT=backdoor`.
+    fn source(&self, operation: &str) -> Result<Source<'_>> {
+        if let Some(screen) = self.backend.screen() {
+            return Ok(Source::Device(screen));
+        }
+        if self.backend.captures_guest_display() && self.info.transport != Transport::Backdoor {
+            return Ok(Source::Guest);
+        }
+        Err(self.unsupported(operation, Capability::Screen))
+    }
+
+    /// The guest's X display (`screen/guest.rs`): found and captured in the guest, the XWD
+    /// file copied into the state directory through the agent, read, and removed.
+    fn guest_capture(&self, operation: &str) -> Result<screen::Image> {
+        if !self.via_agent()? {
+            return Err(self.screen_error(Error::Config(
+                "capturing the guest's X display needs the guest agent, which this machine has not connected"
+                    .to_string(),
+            )));
+        }
+        let (status, out) = self.execute_unhooked(guest::CAPTURE, ExecOptions::default())?;
+        let answer = guest::parse(&out).filter(|_| status == 0);
+        let (path, temporary) = match answer {
+            Some(Capture::File(p)) => (p, false),
+            Some(Capture::Temporary(p)) => (p, true),
+            Some(Capture::Missing(reason)) => {
+                return Err(Error::Unsupported {
+                    machine: self.name().to_string(),
+                    operation: operation.to_string(),
+                    backend: self.kind().backend_name().to_string(),
+                    reason,
+                })
+            }
+            Some(Capture::Failed(why)) => {
+                return Err(self.screen_error(Error::Config(format!(
+                    "capturing the guest's X display {}: {why}",
+                    guest::DISPLAY
+                ))))
+            }
+            None => {
+                return Err(self.screen_error(Error::Config(format!(
+                    "capturing the guest's X display: no answer from the guest (exit status {status}): {out}"
+                ))))
+            }
+        };
+        let n = DUMPS.fetch_add(1, Ordering::Relaxed);
+        let name = format!("screen-{n}.xwd");
+        let copied = self.shell.get_tree(
+            &self.info,
+            &self.console,
+            &path,
+            &self.info().state_dir,
+            &name,
+            Deadline::after(Some(CAPTURE_COPY_TIMEOUT)),
+        );
+        if temporary {
+            let _ = self.execute_unhooked(
+                &format!("rm -f -- {}", shell_quote(&path)),
+                ExecOptions::default(),
+            );
+        }
+        copied?;
+        let host = self.info().state_dir.join(&name);
+        let data = std::fs::read(&host);
+        let _ = std::fs::remove_file(&host);
+        let data = data
+            .map_err(|e| Error::io(format!("reading the screen capture {}", host.display()), e))?;
+        xwd::parse_xwd(&data).map_err(|e| self.screen_error(e))
     }
 
     /// A fresh PPM screen dump in the state directory, parsed.
     fn screen_image(&self, operation: &str) -> Result<(PathBuf, screen::Image)> {
         let n = DUMPS.fetch_add(1, Ordering::Relaxed);
         let path = self.info().state_dir.join(format!("screen-{n}.ppm"));
-        self.screen_dump(operation, &path, "ppm")?;
+        match self.source(operation)? {
+            Source::Device(screen) => screen.screen_dump(&self.info, &path, "ppm")?,
+            Source::Guest => {
+                let image = self.guest_capture(operation)?;
+                image.write_ppm(&path)?;
+                return Ok((path, image));
+            }
+        }
         let data = std::fs::read(&path)
             .map_err(|e| Error::io(format!("reading the screen dump {}", path.display()), e))?;
         let image = screen::parse_ppm(&data).map_err(|e| self.screen_error(e))?;
@@ -62,22 +150,36 @@ impl Machine {
 
     /// Saves the screen as PNG (see [`screenshot_path`]); returns the file written.
     pub fn screenshot(&self, filename: &str) -> Result<PathBuf> {
-        self.require("screenshot", Capability::Screen, self.backend.screen())?;
+        let source = self.source("screenshot")?;
         let path = screenshot_path(&self.info().out_dir, filename);
         let block = self.op(
             "screenshot",
             &format!("making screenshot {}", path.display()),
         );
-        // QEMU 7.1 and later write PNG themselves; older ones only PPM.
-        if self.screen_dump("screenshot", &path, "png").is_err() {
-            let (ppm, image) = self.screen_image("screenshot")?;
-            let written = image.write_png(&path);
-            let _ = std::fs::remove_file(&ppm);
-            written.map_err(|e| self.screen_error(e))?;
+        let written = match source {
+            Source::Guest => self
+                .guest_capture("screenshot")
+                .and_then(|image| image.write_png(&path).map_err(|e| self.screen_error(e))),
+            Source::Device(screen) => self.device_screenshot(screen, &path),
+        };
+        if let Err(e) = written {
+            return Err(block.fail_with(e));
         }
         self.info().logger.screenshot(self.name(), &path);
         block.finish();
         Ok(path)
+    }
+
+    /// A display device's screen as PNG at `path`.
+    fn device_screenshot(&self, screen: &dyn Screen, path: &Path) -> Result<()> {
+        // QEMU 7.1 and later write PNG themselves; older ones only PPM.
+        if screen.screen_dump(&self.info, path, "png").is_err() {
+            let (ppm, image) = self.screen_image("screenshot")?;
+            let written = image.write_png(path);
+            let _ = std::fs::remove_file(&ppm);
+            written.map_err(|e| self.screen_error(e))?;
+        }
+        Ok(())
     }
 
     /// OCR over the screen's variants; `on_text` as in [`ocr::read_texts`].
@@ -126,7 +228,7 @@ impl Machine {
         timeout: Option<Duration>,
         accept: &mut dyn FnMut(&str) -> Result<bool>,
     ) -> Result<()> {
-        self.require("wait_for_text", Capability::Screen, self.backend.screen())?;
+        self.source("wait_for_text")?;
         let what = format!("waiting for {what} to appear on screen");
         self.wait_until("wait_for_text", &what, timeout, |last_try| {
             let mut matched = false;

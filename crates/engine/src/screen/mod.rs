@@ -1,7 +1,10 @@
-//! Screens: QEMU's screen dumps (PPM) as images, PNG output, and the preprocessed variants
+//! Screens: QEMU's screen dumps (PPM) and X window dumps ([`xwd`], captured in a guest
+//! without a display device: [`guest`]) as images, PNG output, and the preprocessed variants
 //! that OCR reads ([`ocr`]).
 
+pub mod guest;
 pub mod ocr;
+pub mod xwd;
 
 use std::path::Path;
 
@@ -85,6 +88,13 @@ impl Image {
         enc.write_header()
             .and_then(|mut w| w.write_image_data(&self.rgb))
             .map_err(|e| Error::Config(format!("writing {}: {e}", path.display())))
+    }
+
+    /// Writes the image as a binary PPM (`P6`), as QEMU's `screendump` does.
+    pub fn write_ppm(&self, path: &Path) -> Result<()> {
+        let mut data = format!("P6\n{} {}\n255\n", self.width, self.height).into_bytes();
+        data.extend_from_slice(&self.rgb);
+        std::fs::write(path, data).map_err(|e| Error::io(format!("writing {}", path.display()), e))
     }
 
     /// Luma (ITU-R BT.601).
@@ -205,6 +215,12 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("x.png");
         parse_ppm(&sample()).unwrap().write_png(&path).unwrap();
+        let ppm = dir.join("x.ppm");
+        parse_ppm(&sample()).unwrap().write_ppm(&ppm).unwrap();
+        assert_eq!(
+            std::fs::read(&ppm).unwrap(),
+            b"P6\n2 1\n255\n\0\0\0\xff\xff\xff"
+        );
         let decoder = png::Decoder::new(std::fs::File::open(&path).unwrap());
         let reader = decoder.read_info().unwrap();
         assert_eq!((reader.info().width, reader.info().height), (2, 1));
