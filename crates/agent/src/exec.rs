@@ -225,7 +225,9 @@ impl Running {
                     (Proc::Child { pidfd: Some(p), .. }, _) => {
                         fds.push(pollfd(p.as_raw_fd(), libc::POLLIN))
                     }
-                    (Proc::Warm, Some(w)) => fds.push(pollfd(w.report_fd(), libc::POLLIN)),
+                    (Proc::Warm, Some(w)) => {
+                        fds.extend(w.poll_fds().map(|fd| pollfd(fd, libc::POLLIN)))
+                    }
                     _ => {}
                 }
             }

@@ -7,7 +7,10 @@
 //! The protocol with the shell (`warm.sh`): the agent writes "OUT ERR GO\n", three of its own
 //! fd numbers; the shell forks a subshell that opens them through `/proc/<agent>/fd/`, says
 //! "O <pid>" (the subshell is its own process group), reads its command from GO until EOF and
-//! evals it; when it ends the shell says "X <pid> <status>". One subshell at a time.
+//! evals it. Its EXIT trap closes the command's output and says "E <pid> <status>" before the
+//! subshell is torn down (under TCG that saves a millisecond); when it has ended the shell
+//! says "X <pid> <status>" (the only line when the command replaced the EXIT trap or was
+//! killed). One subshell at a time.
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -63,6 +66,8 @@ pub struct Worker {
 
 pub struct WarmShell {
     shell: Child,
+    /// To poll for the shell's end: a command's own processes may hold the report pipe open.
+    shell_pidfd: Option<OwnedFd>,
     control: ChildStdin,
     report: OwnedFd,
     lines: Vec<u8>,
@@ -101,6 +106,7 @@ impl WarmShell {
         let report = OwnedFd::from(shell.stdout.take().expect("piped"));
         sys::set_nonblocking(&report)?;
         let mut warm = WarmShell {
+            shell_pidfd: sys::pidfd_open(shell.id() as libc::pid_t),
             shell,
             control,
             report,
@@ -144,8 +150,8 @@ impl WarmShell {
         let pid = loop {
             match self.wait_line(until)? {
                 Line::Opened(pid) => break pid,
-                Line::Exited(pid, _) if Some(pid) == self.last => {}
-                Line::Exited(_, status) => {
+                Line::Ending(pid, _) | Line::Exited(pid, _) if Some(pid) == self.last => {}
+                Line::Ending(_, status) | Line::Exited(_, status) => {
                     return Err(Broken(format!(
                         "its subshell ended before running anything (status {status})"
                     )))
@@ -165,17 +171,23 @@ impl WarmShell {
         })
     }
 
-    /// The fd to poll for the shell's lines.
-    pub fn report_fd(&self) -> RawFd {
-        self.report.as_raw_fd()
+    /// The fds to poll for the shell's lines and its end.
+    pub fn poll_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        std::iter::once(self.report.as_raw_fd())
+            .chain(self.shell_pidfd.as_ref().map(|p| p.as_raw_fd()))
     }
 
     /// The exit status of subshell `pid` once the shell reported it (never blocks).
     pub fn exit_of(&mut self, pid: libc::pid_t) -> Result<Option<i32>, Broken> {
         loop {
             match self.next_line()? {
-                Some(Line::Exited(p, status)) if p == pid => return Ok(Some(status)),
+                Some(Line::Ending(p, status) | Line::Exited(p, status)) if p == pid => {
+                    return Ok(Some(status))
+                }
                 Some(_) => {}
+                None if self.shell.try_wait()?.is_some() => {
+                    return Err(Broken("the shell ended".into()))
+                }
                 None => return Ok(None),
             }
         }
@@ -228,6 +240,8 @@ impl Drop for WarmShell {
 
 enum Line {
     Opened(libc::pid_t),
+    /// From the subshell's EXIT trap: its output is closed, its status known.
+    Ending(libc::pid_t, i32),
     Exited(libc::pid_t, i32),
 }
 
@@ -238,6 +252,7 @@ impl Line {
         let number = |w: Option<&str>| w.and_then(|w| w.parse().ok());
         match (words.next(), number(words.next()), number(words.next())) {
             (Some("O"), Some(pid), None) => Ok(Line::Opened(pid)),
+            (Some("E"), Some(pid), Some(status)) => Ok(Line::Ending(pid, status)),
             (Some("X"), Some(pid), Some(status)) => Ok(Line::Exited(pid, status)),
             _ => Err(Broken(format!("unexpected line from the shell: {text:?}"))),
         }

@@ -127,12 +127,26 @@ fn a_stopped_command_is_still_running_until_continued() {
     let agent = Agent::start();
     let mut c = agent.connect();
     c.start(
-        "echo stopping; kill -STOP $BASHPID; echo resumed; exit 5",
+        "echo $BASHPID; kill -STOP $BASHPID; echo resumed; exit 5",
         None,
         false,
     );
     let mut out = support::Outcome::default();
-    c.pump(&mut out, |o| o.stdout == b"stopping\n");
+    c.pump(&mut out, |o| o.stdout.ends_with(b"\n"));
+    let pid: i32 = text(out.stdout.clone()).trim().parse().unwrap();
+    // The event: the subshell is stopped (state T), then it gets SIGCONT.
+    let stopped = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('T')))
+    };
+    let start = std::time::Instant::now();
+    while !stopped() {
+        assert!(
+            start.elapsed() < support::HANG,
+            "the subshell never stopped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     c.send_json(
         agent_protocol::Kind::Signal,
         &agent_protocol::Signal {
@@ -140,8 +154,8 @@ fn a_stopped_command_is_still_running_until_continued() {
         },
     );
     c.pump(&mut out, |_| false);
-    assert_eq!(out.stdout, b"stopping\nresumed\n");
-    assert_eq!(out.exit().status, 5);
+    assert_eq!(out.exit().status, 5, "{out:?}");
+    assert_eq!(text(out.stdout), format!("{pid}\nresumed\n"));
 }
 
 #[test]
