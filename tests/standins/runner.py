@@ -12,6 +12,8 @@ FakeRunner is steered by variables, for tests of the API side:
 - `NTNG_FAKE_RUNNER_EXIT_ON`: `call=status[;...]`: after that call the VM has exited with the
   status (e.g. `ctrl_alt_del=0`: the guest powers off on Ctrl-Alt-Del, as Firecracker guests
   do with `reboot=k`).
+- `NTNG_FAKE_RUNNER_DIE_ON`: `call=status[;...]`: the whole VMM process dies in that call,
+  before it answers or writes anything (e.g. `snapshot=137`: killed mid-snapshot).
 """
 
 from __future__ import annotations
@@ -141,10 +143,12 @@ class FakeRunner:
         record_dir: str | None = None,
         fail: dict[str, str] | None = None,
         exit_on: dict[str, int] | None = None,
+        die_on: dict[str, int] | None = None,
     ) -> None:
         self.record_dir = Path(record_dir) if record_dir else None
         self.fail = dict(fail or {})
         self.exit_on = dict(exit_on or {})
+        self.die_on = dict(die_on or {})
         self.calls: list[dict] = []
         self._status: int | None = None
         self._lock = threading.Lock()
@@ -157,10 +161,18 @@ class FakeRunner:
             statuses = {name: int(value) for name, value in exit_on.items()}
         except ValueError as err:
             raise RunnerSelectionError(f"NTNG_FAKE_RUNNER_EXIT_ON: {err}") from None
+        try:
+            die_on = {
+                name: int(value)
+                for name, value in _pairs(env.get("NTNG_FAKE_RUNNER_DIE_ON", "")).items()
+            }
+        except ValueError as err:
+            raise RunnerSelectionError(f"NTNG_FAKE_RUNNER_DIE_ON: {err}") from None
         return cls(
             record_dir=env.get("NTNG_FAKE_RUNNER_DIR") or None,
             fail=_pairs(env.get("NTNG_FAKE_RUNNER_FAIL", "")),
             exit_on=statuses,
+            die_on=die_on,
         )
 
     def _call(self, name: str, **args) -> None:
@@ -170,6 +182,8 @@ class FakeRunner:
             if self.record_dir is not None:
                 with open(self.record_dir / "calls.jsonl", "a") as out:
                     out.write(json.dumps(entry) + "\n")
+        if name in self.die_on:
+            os._exit(self.die_on[name])
         if name in self.fail:
             raise RunnerError(self.fail[name])
         if name in self.exit_on:
