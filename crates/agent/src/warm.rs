@@ -7,10 +7,7 @@
 //! The protocol with the shell (`warm.sh`): the agent writes "OUT ERR GO\n", three of its own
 //! fd numbers; the shell forks a subshell that opens them through `/proc/<agent>/fd/`, says
 //! "O <pid>" (the subshell is its own process group), reads its command from GO until EOF and
-//! evals it. Its EXIT trap closes the command's output and says "E <pid> <status>" before the
-//! subshell is torn down (under TCG that saves a millisecond); when it has ended the shell
-//! says "X <pid> <status>" (the only line when the command replaced the EXIT trap or was
-//! killed). One subshell at a time.
+//! evals it; when it has ended the shell says "X <pid> <status>". One subshell at a time.
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -66,7 +63,7 @@ pub struct Worker {
 
 pub struct WarmShell {
     shell: Child,
-    /// To poll for the shell's end: a command's own processes may hold the report pipe open.
+    /// To poll for the shell's end besides EOF on its pipe.
     shell_pidfd: Option<OwnedFd>,
     control: ChildStdin,
     report: OwnedFd,
@@ -150,8 +147,8 @@ impl WarmShell {
         let pid = loop {
             match self.wait_line(until)? {
                 Line::Opened(pid) => break pid,
-                Line::Ending(pid, _) | Line::Exited(pid, _) if Some(pid) == self.last => {}
-                Line::Ending(_, status) | Line::Exited(_, status) => {
+                Line::Exited(pid, _) if Some(pid) == self.last => {}
+                Line::Exited(_, status) => {
                     return Err(Broken(format!(
                         "its subshell ended before running anything (status {status})"
                     )))
@@ -181,9 +178,7 @@ impl WarmShell {
     pub fn exit_of(&mut self, pid: libc::pid_t) -> Result<Option<i32>, Broken> {
         loop {
             match self.next_line()? {
-                Some(Line::Ending(p, status) | Line::Exited(p, status)) if p == pid => {
-                    return Ok(Some(status))
-                }
+                Some(Line::Exited(p, status)) if p == pid => return Ok(Some(status)),
                 Some(_) => {}
                 None if self.shell.try_wait()?.is_some() => {
                     return Err(Broken("the shell ended".into()))
@@ -240,8 +235,6 @@ impl Drop for WarmShell {
 
 enum Line {
     Opened(libc::pid_t),
-    /// From the subshell's EXIT trap: its output is closed, its status known.
-    Ending(libc::pid_t, i32),
     Exited(libc::pid_t, i32),
 }
 
@@ -252,7 +245,6 @@ impl Line {
         let number = |w: Option<&str>| w.and_then(|w| w.parse().ok());
         match (words.next(), number(words.next()), number(words.next())) {
             (Some("O"), Some(pid), None) => Ok(Line::Opened(pid)),
-            (Some("E"), Some(pid), Some(status)) => Ok(Line::Ending(pid, status)),
             (Some("X"), Some(pid), Some(status)) => Ok(Line::Exited(pid, status)),
             _ => Err(Broken(format!("unexpected line from the shell: {text:?}"))),
         }
