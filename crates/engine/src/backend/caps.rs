@@ -35,6 +35,8 @@ pub enum Capability {
     Container,
     /// `Backend::switches_root`.
     SwitchRoot,
+    /// [`VmmMetrics`].
+    VmmMetrics,
 }
 
 impl Capability {
@@ -51,6 +53,7 @@ impl Capability {
             Capability::SerialConsole => "no serial console input",
             Capability::Container => "not a container",
             Capability::SwitchRoot => "no initrd stage: switch_root needs a QEMU machine",
+            Capability::VmmMetrics => "no VMM metrics: only Firecracker writes them",
         }
     }
 }
@@ -158,6 +161,12 @@ pub trait Power: Send + Sync {
 pub trait SerialConsole: Send + Sync {
     /// Writes `data` to the serial console.
     fn send_console(&self, info: &MachineInfo, data: &[u8]) -> Result<()>;
+}
+
+/// The VMM's own metrics.
+pub trait VmmMetrics: Send + Sync {
+    /// Has the VMM write its metrics now and returns them (one JSON object).
+    fn vmm_metrics(&self, info: &MachineInfo) -> Result<Value>;
 }
 
 /// A container on the host's kernel.

@@ -24,7 +24,7 @@ use std::time::Duration;
 pub use crate::kind::MachineKind;
 pub use caps::{
     Capability, Container, Keyboard, Links, Monitor, PortForwards, Power, Rewind, Screen,
-    SerialConsole, Snapshots,
+    SerialConsole, Snapshots, VmmMetrics,
 };
 
 use crate::console::Console;
@@ -231,6 +231,10 @@ pub trait Backend: Send + Sync {
     }
     /// The guest is a container on the host's kernel.
     fn container(&self) -> Option<&dyn Container> {
+        None
+    }
+    /// The VMM's own metrics.
+    fn vmm_metrics(&self) -> Option<&dyn VmmMetrics> {
         None
     }
 }

@@ -1,5 +1,6 @@
 //! Firecracker's REST API as the backend uses it (`firecracker.yaml`): the calls that
-//! configure and start a microVM, pause and resume it, and create and load snapshots. An
+//! configure and start a microVM (with dirty-page tracking, for diff snapshots, and a metrics
+//! file), pause and resume it, create (full or diff) and load snapshots, and flush metrics. An
 //! error answer carries `{"fault_message": ...}`, which the error shows with the machine and
 //! the call.
 
@@ -11,13 +12,16 @@ use crate::vmm::api::{plain_fault, Call, GUEST_CID};
 use crate::vmm::nics::Nic;
 use crate::vmm::spec::VmmSpec;
 
-/// The calls that configure a microVM and start it, in order.
-pub fn boot_calls(spec: &VmmSpec, vsock: &Path, nics: &[Nic]) -> Vec<Call> {
+/// The calls that configure a microVM and start it, in order: its metrics go to `metrics`
+/// (which must exist: Firecracker does not create it).
+pub fn boot_calls(spec: &VmmSpec, vsock: &Path, nics: &[Nic], metrics: &Path) -> Vec<Call> {
     let mut calls = vec![
+        metrics_call(metrics),
         Call::new(
             "PUT",
             "/machine-config",
-            json!({"vcpu_count": spec.vcpus, "mem_size_mib": spec.memory_mib}),
+            json!({"vcpu_count": spec.vcpus, "mem_size_mib": spec.memory_mib,
+                   "track_dirty_pages": true}),
         ),
         {
             let mut boot = json!({
@@ -72,6 +76,16 @@ pub fn boot_calls(spec: &VmmSpec, vsock: &Path, nics: &[Nic]) -> Vec<Call> {
     calls
 }
 
+/// `PUT /metrics`: Firecracker writes its metrics to `path` (at each `FlushMetrics`, and
+/// every minute), one JSON object a line.
+pub fn metrics_call(path: &Path) -> Call {
+    Call::new(
+        "PUT",
+        "/metrics",
+        json!({"metrics_path": path.display().to_string()}),
+    )
+}
+
 /// `PUT /actions` with `action_type`.
 pub fn action(action_type: &str) -> Call {
     Call::new("PUT", "/actions", json!({"action_type": action_type}))
@@ -98,22 +112,46 @@ impl SnapshotFiles {
             memory: dir.join(format!("snapshot-{name}.mem")),
         }
     }
+
+    /// Where Firecracker writes a diff snapshot's sparse memory, before the backend builds
+    /// the complete memory file from it.
+    pub fn diff_memory(&self) -> PathBuf {
+        let mut path = self.memory.clone().into_os_string();
+        path.push(".diff");
+        path.into()
+    }
 }
 
-/// `PUT /snapshot/create`: a full snapshot into `files`.
-pub fn snapshot_create(files: &SnapshotFiles) -> Call {
+/// What `snapshot/create` writes to the memory file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotType {
+    /// All of the guest's memory.
+    Full,
+    /// Only the pages dirtied since the previous snapshot, at their offsets (a sparse file).
+    Diff,
+}
+
+/// `PUT /snapshot/create`: a snapshot of type `kind`, its state to `state`, its memory to
+/// `memory`.
+pub fn snapshot_create(state: &Path, memory: &Path, kind: SnapshotType) -> Call {
+    let kind = match kind {
+        SnapshotType::Full => "Full",
+        SnapshotType::Diff => "Diff",
+    };
     Call::new(
         "PUT",
         "/snapshot/create",
         json!({
-            "snapshot_type": "Full",
-            "snapshot_path": files.state.display().to_string(),
-            "mem_file_path": files.memory.display().to_string(),
+            "snapshot_type": kind,
+            "snapshot_path": state.display().to_string(),
+            "mem_file_path": memory.display().to_string(),
         }),
     )
 }
 
-/// `PUT /snapshot/load`: the microVM from `files`, resumed.
+/// `PUT /snapshot/load`: the microVM from `files`, resumed, tracking dirty pages again
+/// (`enable_diff_snapshots`: the name every Firecracker with snapshots accepts; 1.7 added
+/// `track_dirty_pages` as its new name).
 pub fn snapshot_load(files: &SnapshotFiles) -> Call {
     Call::new(
         "PUT",
@@ -124,6 +162,7 @@ pub fn snapshot_load(files: &SnapshotFiles) -> Call {
                 "backend_type": "File",
                 "backend_path": files.memory.display().to_string(),
             },
+            "enable_diff_snapshots": true,
             "resume_vm": true,
         }),
     )
@@ -182,11 +221,13 @@ mod tests {
             mac: "52:54:00:12:01:01".into(),
         }];
         let vsock = dir.path().join("vsock.sock");
-        let calls = boot_calls(&spec(dir.path()), &vsock, &nics);
+        let metrics = dir.path().join("firecracker-metrics.json");
+        let calls = boot_calls(&spec(dir.path()), &vsock, &nics, &metrics);
         api(&sock, "m").send_all(&calls).unwrap();
         assert_eq!(
             fake.calls(),
             [
+                "PUT /metrics",
                 "PUT /machine-config",
                 "PUT /boot-source",
                 "PUT /drives/rootfs",
@@ -196,9 +237,16 @@ mod tests {
                 "PUT /actions",
             ]
         );
-        let seen = fake.seen.lock().unwrap().clone();
+        let mut seen = fake.seen.lock().unwrap().clone();
         let d = dir.path().display();
-        assert_eq!(seen[0].body, json!({"vcpu_count": 2, "mem_size_mib": 256}));
+        assert_eq!(
+            seen.remove(0).body,
+            json!({"metrics_path": format!("{d}/firecracker-metrics.json")})
+        );
+        assert_eq!(
+            seen[0].body,
+            json!({"vcpu_count": 2, "mem_size_mib": 256, "track_dirty_pages": true})
+        );
         assert_eq!(
             seen[1].body,
             json!({"kernel_image_path": format!("{d}/vmlinux"), "initrd_path": format!("{d}/initrd"),
@@ -232,13 +280,19 @@ mod tests {
         s.initrd = None;
         s.root_disk = None;
         s.disks.clear();
-        let calls = boot_calls(&s, &dir.path().join("v.sock"), &[]);
+        let calls = boot_calls(&s, &dir.path().join("v.sock"), &[], &dir.path().join("m"));
         let paths: Vec<&str> = calls.iter().map(|c| c.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["/machine-config", "/boot-source", "/vsock", "/actions"]
+            [
+                "/metrics",
+                "/machine-config",
+                "/boot-source",
+                "/vsock",
+                "/actions"
+            ]
         );
-        assert!(calls[1].body.get("initrd_path").is_none());
+        assert!(calls[2].body.get("initrd_path").is_none());
     }
 
     #[test]
@@ -247,7 +301,12 @@ mod tests {
         let sock = dir.path().join("firecracker.sock");
         let fake = FakeApi::serve(&sock);
         let api = api(&sock, "server");
-        let calls = boot_calls(&spec(dir.path()), &dir.path().join("v.sock"), &[]);
+        let calls = boot_calls(
+            &spec(dir.path()),
+            &dir.path().join("v.sock"),
+            &[],
+            &dir.path().join("m"),
+        );
         for call in &calls {
             let key = format!("{} {}", call.method, call.path);
             fake.faults.lock().unwrap().clear();
@@ -270,7 +329,11 @@ mod tests {
         }
         for call in [
             vm_state(true),
-            snapshot_create(&SnapshotFiles::in_dir(dir.path(), "a")),
+            snapshot_create(
+                &dir.path().join("a.vmstate"),
+                &dir.path().join("a.mem"),
+                SnapshotType::Diff,
+            ),
         ] {
             let key = format!("{} {}", call.method, call.path);
             fake.fail(
@@ -315,15 +378,25 @@ mod tests {
     fn snapshot_calls() {
         let files = SnapshotFiles::in_dir(Path::new("/s"), "ready");
         assert_eq!(
-            snapshot_create(&files).body,
+            snapshot_create(&files.state, &files.memory, SnapshotType::Full).body,
             json!({"snapshot_type": "Full", "snapshot_path": "/s/snapshot-ready.vmstate",
                    "mem_file_path": "/s/snapshot-ready.mem"})
+        );
+        assert_eq!(files.diff_memory(), Path::new("/s/snapshot-ready.mem.diff"));
+        assert_eq!(
+            snapshot_create(&files.state, &files.diff_memory(), SnapshotType::Diff).body,
+            json!({"snapshot_type": "Diff", "snapshot_path": "/s/snapshot-ready.vmstate",
+                   "mem_file_path": "/s/snapshot-ready.mem.diff"})
         );
         assert_eq!(
             snapshot_load(&files).body,
             json!({"snapshot_path": "/s/snapshot-ready.vmstate",
                    "mem_backend": {"backend_type": "File", "backend_path": "/s/snapshot-ready.mem"},
-                   "resume_vm": true})
+                   "enable_diff_snapshots": true, "resume_vm": true})
+        );
+        assert_eq!(
+            metrics_call(Path::new("/s/firecracker-metrics.json")).body,
+            json!({"metrics_path": "/s/firecracker-metrics.json"})
         );
         assert_eq!(vm_state(true).body, json!({"state": "Paused"}));
         assert_eq!(vm_state(false).method, "PATCH");

@@ -1,7 +1,8 @@
 //! The Firecracker backend: a microVM configured through Firecracker's REST API on its unix
 //! socket (`api.rs`), its serial console on Firecracker's stdout, the guest agent over
 //! Firecracker's hybrid vsock socket as the shell (there is no virtio console, so no
-//! backdoor), and its capabilities (`ops.rs`: power, snapshots, links).
+//! backdoor), and its capabilities (`ops.rs`: power, snapshots full and diff, links,
+//! metrics; `rebase.rs` builds a diff snapshot's complete memory file).
 //!
 //! The start script `run-<name>-firecracker` prints the machine's configuration as one JSON
 //! object (`vmm/spec.rs`), or `--config` gives it inline; the launch runs the script, starts `firecracker --api-sock
@@ -10,13 +11,17 @@
 
 mod api;
 mod ops;
+mod rebase;
 
+use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::backend::{
     Backend, Host, LaunchOptions, Launched, Links, MachineKind, Power, PowerOff, Snapshots,
+    VmmMetrics,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::vmm::core::{Source, VmmBackend, VmmCore};
 use crate::vmm::launch;
 use crate::vmm::{Vmm, VmmSpec};
@@ -25,6 +30,8 @@ pub use api::SnapshotFiles;
 
 /// The API socket in the state directory.
 pub const API_SOCKET: &str = "firecracker.sock";
+/// The metrics file in the state directory (`PUT /metrics`).
+pub const METRICS_FILE: &str = "firecracker-metrics.json";
 /// How long a guest may take to reset after Ctrl-Alt-Delete (which ends Firecracker).
 const RESET_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -36,9 +43,20 @@ enum Boot<'a> {
     Snapshot(&'a SnapshotFiles),
 }
 
+/// Where the running launch's snapshots stand: the next one is a diff against `base` when
+/// there is one. Each launch (a fresh start, a reboot, a restore) starts over.
+#[derive(Debug, Default)]
+struct Chain {
+    /// The complete memory file of this launch's previous snapshot.
+    base: Option<PathBuf>,
+    /// Firecracker refused a diff snapshot: this launch takes full ones only.
+    diff_refused: bool,
+}
+
 /// A Firecracker microVM.
 pub struct FirecrackerBackend {
     core: VmmCore,
+    chain: Mutex<Chain>,
 }
 
 impl FirecrackerBackend {
@@ -51,6 +69,7 @@ impl FirecrackerBackend {
     pub fn from_source(source: Source) -> Self {
         FirecrackerBackend {
             core: VmmCore::new(Vmm::Firecracker, source),
+            chain: Mutex::new(Chain::default()),
         }
     }
 
@@ -63,9 +82,19 @@ impl FirecrackerBackend {
         };
         let socket = info.state_dir.join(API_SOCKET);
         let vsock = info.state_dir.join(launch::VSOCK_SOCKET);
+        let metrics = info.state_dir.join(METRICS_FILE);
+        // Firecracker opens the metrics file without creating it.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics)
+            .map_err(|e| Error::io(format!("cannot create {}", metrics.display()), e))?;
+        *self.chain.lock().unwrap() = Chain::default();
         let configure = |api: &crate::vmm::api::Api| match boot {
-            Boot::Fresh(spec) => api.send_all(&api::boot_calls(spec, &vsock, &nics)),
-            Boot::Snapshot(files) => api.send(&api::snapshot_load(files)).map(drop),
+            Boot::Fresh(spec) => api.send_all(&api::boot_calls(spec, &vsock, &nics, &metrics)),
+            Boot::Snapshot(files) => {
+                api.send_all(&[api::metrics_call(&metrics), api::snapshot_load(files)])
+            }
         };
         let args = vec![
             "--api-sock".into(),
@@ -143,6 +172,10 @@ impl Backend for FirecrackerBackend {
     }
 
     fn power(&self) -> Option<&dyn Power> {
+        Some(self)
+    }
+
+    fn vmm_metrics(&self) -> Option<&dyn VmmMetrics> {
         Some(self)
     }
 }

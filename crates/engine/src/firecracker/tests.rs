@@ -46,6 +46,7 @@ fn a_launch_configures_and_starts_the_microvm() {
     assert_eq!(
         fake.calls(),
         [
+            "PUT /metrics",
             "PUT /machine-config",
             "PUT /boot-source",
             "PUT /vsock",
@@ -53,12 +54,19 @@ fn a_launch_configures_and_starts_the_microvm() {
         ]
     );
     let seen = fake.seen.lock().unwrap().clone();
+    let metrics = state.join("firecracker-metrics.json");
     assert_eq!(
         seen[0].body,
-        serde_json::json!({"vcpu_count": 2, "mem_size_mib": 128})
+        serde_json::json!({"metrics_path": metrics.display().to_string()})
+    );
+    // Firecracker does not create it: the backend did
+    assert!(metrics.is_file());
+    assert_eq!(
+        seen[1].body,
+        serde_json::json!({"vcpu_count": 2, "mem_size_mib": 128, "track_dirty_pages": true})
     );
     assert_eq!(
-        seen[2].body,
+        seen[3].body,
         serde_json::json!({"guest_cid": 3, "uds_path": format!("{}/vsock.sock", state.display())})
     );
     assert!(m.booted() && m.pid().is_some());
@@ -112,7 +120,10 @@ fn an_api_error_at_start_names_the_machine_the_call_and_the_fault() {
         ),
         "{text}"
     );
-    assert_eq!(fake.calls(), ["PUT /machine-config", "PUT /boot-source"]);
+    assert_eq!(
+        fake.calls(),
+        ["PUT /metrics", "PUT /machine-config", "PUT /boot-source"]
+    );
     // The process was killed and nothing runs.
     assert!(!m.booted());
 }

@@ -1,7 +1,7 @@
 //! The operations that need a capability of the backend (a monitor, a keyboard, links,
-//! port forwards, power, a serial console, a container's init), written once: the machine
-//! logs, runs the polling-condition hook, and asks the capability; a backend without it
-//! gets `Unsupported`.
+//! port forwards, power, a serial console, a container's init, VMM metrics), written once:
+//! the machine logs, runs the polling-condition hook, and asks the capability; a backend
+//! without it gets `Unsupported`.
 
 use std::time::Duration;
 
@@ -94,6 +94,18 @@ impl Machine {
             self.backend.monitor(),
         )?;
         Ok(monitor.socket_paths(&self.info))
+    }
+
+    /// The VMM's own metrics, flushed now (Firecracker: `FlushMetrics`, then the last JSON
+    /// object of its metrics file).
+    pub fn vmm_metrics(&self) -> Result<Value> {
+        let metrics = self.require(
+            "vmm_metrics",
+            Capability::VmmMetrics,
+            self.backend.vmm_metrics(),
+        )?;
+        self.run_hook()?;
+        metrics.vmm_metrics(&self.info)
     }
 
     /// Ends the machine at once (QEMU: `quit` on the monitor) and waits for it.
