@@ -254,6 +254,11 @@ class FirecrackerMachine(BaseMachine):
     its kernel, disks, command line, vCPUs, memory and VLANs as JSON). Its shell is the guest
     agent over vsock; it has no display, keyboard, monitor or serial console input."""
 
+    def vmm_metrics(self) -> dict[str, Any]:
+        """Firecracker's own metrics, flushed now (`FlushMetrics`): the last JSON object of
+        its metrics file, `<state dir>/firecracker-metrics.json`, as a dict."""
+        return self._vmm_metrics()
+
 
 class CloudHypervisorMachine(BaseMachine):
     """A Cloud Hypervisor VM configured by a `run-<name>-cloud-hypervisor` script (the same

@@ -126,3 +126,13 @@ def test_config_is_read_as_the_driver_reads_it(tmp_path):
     message = "`vms.alpha.start_script` is missing or not a string"
     assert message in r.stderr and message in driver.stderr, (r.stderr, driver.stderr)
     assert r.stderr.startswith("nixos-test-ng check: error: invalid --config file")
+
+
+def test_vmm_metrics_is_a_firecracker_machine_method(tmp_path):
+    script = tmp_path / "t.py"
+    script.write_text("fc.vmm_metrics()['vcpu']\nserver.vmm_metrics()\n")
+    r = ng("check", str(script), "--machines", "fc:firecracker", "server")
+    assert r.returncode == 1, r
+    assert r.stdout.splitlines() == [
+        f"{script}:2:1: `server` (QemuMachine) has no attribute `vmm_metrics`",
+    ]

@@ -478,3 +478,162 @@ def test_a_dead_firecracker_fails_the_snapshot_naming_its_exit(
     assert "ERROR: fc: Firecracker API call PATCH /vm failed: " in r.stdout, r
     assert "(Firecracker exited: signal: 9 (SIGKILL))" in r.stdout, r
     assert [c["call"] for c in calls(fake)] == ["boot"]
+
+
+def test_firecracker_later_snapshots_are_diffs_merged_into_a_complete_memory_file(
+    driver_env, run_driver, firecracker_env, vsock_guest
+):
+    fake, env = firecracker_env
+    script = firecracker_script(driver_env)
+    r = run(
+        driver_env,
+        run_driver,
+        env,
+        script,
+        """
+        fc.start()
+        fc.succeed("true")
+        fc.snapshot("first")
+        fc.snapshot("second")
+        fc.restore("second")
+        fc.succeed("true")
+        fc.snapshot("third")  # the restored microVM is a new launch: full again
+        fc.snapshot("fourth")
+        print("DONE")
+        """,
+    )
+    assert r.returncode == 0, r
+    assert "DONE" in r.stdout, r
+    state = driver_env.state_dir("fc")
+    snapshots = [c for c in calls(fake) if c["call"] == "snapshot"]
+    assert [(c["diff"], c["mem_path"]) for c in snapshots] == [
+        (False, f"{state}/snapshot-first.mem"),
+        # Firecracker writes a diff beside the complete file the engine builds from it
+        (True, f"{state}/snapshot-second.mem.diff"),
+        (False, f"{state}/snapshot-third.mem"),
+        (True, f"{state}/snapshot-fourth.mem.diff"),
+    ]
+    (restore,) = [c for c in calls(fake) if c["call"] == "restore"]
+    assert restore["mem_path"] == f"{state}/snapshot-second.mem"
+    # the fake runner's full memory names its snapshot on each page, a diff's only on its
+    # last: the merged file is the first snapshot's memory with the diff's page over it
+    page = 65536
+    merged = (state / "snapshot-second.mem").read_bytes()
+    assert len(merged) == 2 * page
+    assert merged[:page].startswith(f"full {state}/snapshot-first.vmstate\n".encode())
+    assert merged[page:].startswith(f"diff {state}/snapshot-second.vmstate\n".encode())
+    fourth = (state / "snapshot-fourth.mem").read_bytes()
+    assert fourth[:page].startswith(f"full {state}/snapshot-third.vmstate\n".encode())
+    assert fourth[page:].startswith(f"diff {state}/snapshot-fourth.vmstate\n".encode())
+    assert sorted(p.name for p in state.glob("snapshot-*.mem*")) == [
+        f"snapshot-{n}.mem" for n in ("first", "fourth", "second", "third")
+    ]
+
+
+def test_a_refused_diff_snapshot_falls_back_to_full_for_the_launch(
+    driver_env, run_driver, firecracker_env, vsock_guest
+):
+    fake, env = firecracker_env
+    env = {**env, "NTNG_FAKE_RUNNER_FAIL": "snapshot_diff=diff snapshots are not supported"}
+    script = firecracker_script(driver_env)
+    r = run(
+        driver_env,
+        run_driver,
+        env,
+        script,
+        """
+        fc.start()
+        fc.succeed("true")
+        fc.snapshot("a")
+        fc.snapshot("b")
+        fc.snapshot("c")
+        fc.restore("b")
+        print("DONE")
+        """,
+    )
+    assert r.returncode == 0, r
+    assert "DONE" in r.stdout, r
+    state = driver_env.state_dir("fc")
+    snapshots = [c for c in calls(fake) if c["call"] == "snapshot"]
+    # b's diff was refused and taken in full; c is full too, without trying a diff again
+    assert [(c["diff"], c["mem_path"]) for c in snapshots] == [
+        (False, f"{state}/snapshot-a.mem"),
+        (True, f"{state}/snapshot-b.mem.diff"),
+        (False, f"{state}/snapshot-b.mem"),
+        (False, f"{state}/snapshot-c.mem"),
+    ]
+    assert r.stderr.count("Firecracker refused a diff snapshot") == 1, r
+    assert (
+        "fc: Firecracker refused a diff snapshot (fc: Firecracker API call PUT /snapshot/create "
+        "failed: Create snapshot error: diff snapshots are not supported (HTTP 400)): this "
+        "launch takes full snapshots"
+    ) in r.stderr, r
+    (restore,) = [c for c in calls(fake) if c["call"] == "restore"]
+    assert restore["mem_path"] == f"{state}/snapshot-b.mem"
+    assert not (state / "snapshot-b.mem.diff").exists()
+
+
+def test_firecracker_vmm_metrics_flushes_and_reads_the_metrics_file(
+    driver_env, run_driver, firecracker_env, vsock_guest
+):
+    fake, env = firecracker_env
+    script = firecracker_script(driver_env)
+    r = run(
+        driver_env,
+        run_driver,
+        env,
+        script,
+        """
+        fc.start()
+        fc.succeed("true")
+        print("METRICS:", fc.vmm_metrics())
+        fc.snapshot("s")
+        fc.restore("s")
+        # the restored Firecracker writes its metrics to the same file
+        print("AFTER-RESTORE:", fc.vmm_metrics())
+        """,
+    )
+    assert r.returncode == 0, r
+    # the stand-in's FlushMetrics appends {"standin": true, "state": <its state>}
+    assert "METRICS: {'standin': True, 'state': 'Running'}" in r.stdout, r
+    assert "AFTER-RESTORE: {'standin': True, 'state': 'Running'}" in r.stdout, r
+    lines = (driver_env.state_dir("fc") / "firecracker-metrics.json").read_text().splitlines()
+    assert len(lines) == 2, lines
+
+
+def test_firecracker_vmm_metrics_names_a_bad_metrics_line(
+    driver_env, run_driver, firecracker_env, vsock_guest
+):
+    fake, env = firecracker_env
+    script = firecracker_script(driver_env)
+    r = run(
+        driver_env,
+        run_driver,
+        env,
+        script,
+        """
+        from nixos_test_ng import MachineError
+        try:
+            fc.vmm_metrics()
+        except MachineError as e:
+            print("NOT-RUNNING:", e)
+        fc.start()
+        fc.succeed("true")
+        fc.vmm_metrics()
+        # a line cut off in the file: the next flush's object lands after it, on its line
+        with open(fc.state_dir / "firecracker-metrics.json", "a") as f:
+            f.write('{"cut": ')
+        try:
+            fc.vmm_metrics()
+        except MachineError as e:
+            print("BAD:", e)
+        else:
+            raise SystemExit("a bad metrics line was taken")
+        """,
+    )
+    assert r.returncode == 0, r
+    assert "NOT-RUNNING: fc: the machine is not running (call start() first)" in r.stdout, r
+    metrics = driver_env.state_dir("fc") / "firecracker-metrics.json"
+    assert f"BAD: fc: cannot read Firecracker's metrics {metrics}: its last line is not JSON (" in (
+        r.stdout
+    ), r

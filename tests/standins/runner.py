@@ -8,7 +8,8 @@ FakeRunner is steered by variables, for tests of the API side:
 - `NTNG_FAKE_RUNNER_DIR`: a directory; each call is appended to `calls.jsonl` there (one JSON
   object a line: {"call": name, ...arguments}), and writing a file `exit` holding a number
   there makes the VM exit with that status (the stand-in then exits with it too).
-- `NTNG_FAKE_RUNNER_FAIL`: `call=message[;call=message...]`: that call raises RunnerError.
+- `NTNG_FAKE_RUNNER_FAIL`: `call=message[;call=message...]`: that call raises RunnerError
+  (`snapshot_diff=message`: only a diff snapshot does, after it was recorded).
 - `NTNG_FAKE_RUNNER_EXIT_ON`: `call=status[;...]`: after that call the VM has exited with the
   status (e.g. `ctrl_alt_del=0`: the guest powers off on Ctrl-Alt-Del, as Firecracker guests
   do with `reboot=k`).
@@ -135,6 +136,12 @@ def _pairs(text: str) -> dict[str, str]:
     return out
 
 
+#: The fake runner's memory: pages of FAKE_PAGE bytes (a filesystem block, so that a diff's
+#: holes stay holes).
+FAKE_MEMORY_PAGES = 2
+FAKE_PAGE = 65536
+
+
 class FakeRunner:
     """Records calls; fails or exits when told to (see the module's text). No VM runs."""
 
@@ -206,9 +213,20 @@ class FakeRunner:
         self._call("resume")
 
     def snapshot(self, state_path: str, mem_path: str, diff: bool) -> None:
+        """A fake memory of FAKE_MEMORY_PAGES pages, each starting with a line naming how it
+        was written (`full <state file>`); a diff writes only its last page (the one the
+        guest "dirtied") into a sparse file, as Firecracker writes a diff's dirty pages."""
         self._call("snapshot", state_path=state_path, mem_path=mem_path, diff=diff)
+        if diff and "snapshot_diff" in self.fail:
+            raise RunnerError(self.fail["snapshot_diff"])
         Path(state_path).write_text(json.dumps({"fake_state": True, "diff": diff}))
-        Path(mem_path).write_bytes(b"fake memory")
+        kind = "diff" if diff else "full"
+        page = f"{kind} {state_path}\n".encode().ljust(FAKE_PAGE, b"\0")
+        with open(mem_path, "wb") as out:
+            out.truncate(FAKE_MEMORY_PAGES * FAKE_PAGE)
+            for i in [FAKE_MEMORY_PAGES - 1] if diff else range(FAKE_MEMORY_PAGES):
+                out.seek(i * FAKE_PAGE)
+                out.write(page)
 
     def restore(self, state_path: str, mem_path: str, spec: VmSpec, resume: bool) -> None:
         self._new_vm()

@@ -227,6 +227,12 @@ impl Machine {
         self.call(py, |m| m.systemd_process())
     }
 
+    /// The VMM's metrics, flushed now (Firecracker only), as a dict.
+    fn _vmm_metrics(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let v = self.call(py, |m| m.vmm_metrics())?;
+        from_json(py, &v)
+    }
+
     /// Logs a console line of the machine (`<name> # <msg>`).
     fn log_serial(&self, msg: &str) {
         self.inner.log_serial(msg);

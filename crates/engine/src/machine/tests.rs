@@ -266,6 +266,11 @@ fn a_missing_capability_is_unsupported() {
             m.systemd_process().unwrap_err(),
             "not a container",
         ),
+        (
+            "vmm_metrics",
+            m.vmm_metrics().unwrap_err(),
+            "no VMM metrics: only Firecracker writes them",
+        ),
     ];
     for (op, e, reason) in cases {
         assert_eq!(
