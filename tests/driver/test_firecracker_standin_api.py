@@ -637,3 +637,31 @@ def test_firecracker_vmm_metrics_names_a_bad_metrics_line(
     assert f"BAD: fc: cannot read Firecracker's metrics {metrics}: its last line is not JSON (" in (
         r.stdout
     ), r
+
+
+def test_a_firecracker_snapshot_whose_base_is_gone_is_full(
+    driver_env, run_driver, firecracker_env, vsock_guest
+):
+    fake, env = firecracker_env
+    script = firecracker_script(driver_env)
+    r = run(
+        driver_env,
+        run_driver,
+        env,
+        script,
+        """
+        fc.start()
+        fc.succeed("true")
+        fc.snapshot("a")
+        (fc.state_dir / "snapshot-a.mem").unlink()
+        fc.snapshot("b")
+        fc.snapshot("c")
+        print("DONE")
+        """,
+    )
+    assert r.returncode == 0, r
+    assert "DONE" in r.stdout, r
+    snapshots = [c for c in calls(fake) if c["call"] == "snapshot"]
+    # nothing to lay b's diff over: b is full, and c a diff over it
+    assert [c["diff"] for c in snapshots] == [False, False, True]
+    assert "refused" not in r.stderr, r

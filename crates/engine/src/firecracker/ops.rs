@@ -91,6 +91,12 @@ impl Snapshots for FirecrackerBackend {
                 Ok(_) => {
                     let merged = merge(info, base, &diff, &files.memory);
                     let _ = std::fs::remove_file(&diff);
+                    if merged.is_err() {
+                        // no state file beside an older memory file of the same name
+                        for f in [&files.state, &files.memory] {
+                            let _ = std::fs::remove_file(f);
+                        }
+                    }
                     merged?;
                     chain.base = Some(files.memory);
                     return Ok(());
