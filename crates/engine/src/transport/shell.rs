@@ -162,6 +162,9 @@ pub const RAW_ENCODER: &str = "shopt -s lastpipe; __ntng_out() { local LC_ALL=C 
 /// did not: under load a 1 MB and a 100 MB reply each lost bytes and hung (2 in one bench).
 pub const ACK_EVERY: usize = 32_768;
 
+/// What [`RAW_ENCODER`] sends before its paced chunks: up to 2048 bytes of the output's head.
+const PACED_HEAD: usize = 2048;
+
 /// What [`command_line`] sends for one command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandLine {
@@ -259,6 +262,8 @@ pub struct Shell {
     /// command's, or one not waited for), and the acknowledgements sent for it so far.
     owed_reply: Option<String>,
     acks_sent: usize,
+    /// The reply being read comes from a guest that does not pace: no acknowledgements.
+    unpaced: bool,
     /// The guest's shell has [`RAW_ENCODER`]'s function (sent with the first command).
     encoder_sent: bool,
     /// `TRACEPARENT` as the next commands should see it, and as the guest's persistent shell
@@ -293,6 +298,7 @@ impl Shell {
             owed_lines: 0,
             owed_reply: None,
             acks_sent: 0,
+            unpaced: false,
             encoder_sent: false,
         }
     }
@@ -394,6 +400,7 @@ impl Shell {
         self.send_raw(line.as_bytes())?;
         self.owed_lines = lines;
         self.acks_sent = 0;
+        self.unpaced = false;
         self.owed_reply = nonce.clone();
         if reply == Reply::Nothing {
             return Ok((-2, Vec::new()));
@@ -492,12 +499,25 @@ impl Shell {
         Ok((output, status))
     }
 
-    /// Sends the acknowledgements the buffered part of a [`Framing::Raw`] reply earned.
+    /// Sends the acknowledgements the buffered part of a [`Framing::Raw`] reply earned, while
+    /// the guest paces. A guest that does not pace (its stdin is no console) reads no
+    /// acknowledgement until the command ends: they pile up in its socket, one buffer each,
+    /// and a blocking write of the next would wait for a guest that waits for us to read its
+    /// reply (a hang, seen with 100 MB). So they are sent without blocking, and none are sent
+    /// once one did not fit, or once the reply ran further ahead than a pacing guest's one
+    /// chunk (after the head) beyond what was acknowledged.
     fn acknowledge(&mut self) -> Result<(), ShellError> {
+        if self.buf.len() > (self.acks_sent + 2) * (ACK_EVERY + 1) + PACED_HEAD {
+            self.unpaced = true;
+        }
         let due = self.buf.len() / ACK_EVERY;
-        if due > self.acks_sent {
-            self.send_raw(&b"\n".repeat(due - self.acks_sent))?;
-            self.acks_sent = due;
+        while !self.unpaced && due > self.acks_sent {
+            match self.stream.try_send(&b"\n".repeat(due - self.acks_sent)) {
+                Ok(n) => self.acks_sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.unpaced = true,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(map_write_err(e)),
+            }
         }
         Ok(())
     }
@@ -660,7 +680,13 @@ pub(crate) mod tests {
 
     /// A fake guest: a local bash serving the backdoor protocol on a socket pair.
     pub fn fake_guest() -> (Shell, crate::process::ChildProcess) {
+        fake_guest_on(|_| {})
+    }
+
+    /// [`fake_guest`], with `setup` applied to the host's end of the socket first.
+    fn fake_guest_on(setup: impl FnOnce(&UnixStream)) -> (Shell, crate::process::ChildProcess) {
         let (ours, theirs) = UnixStream::pair().unwrap();
+        setup(&ours);
         let stdout = theirs.try_clone().unwrap();
         let mut cmd = Command::new("bash");
         cmd.args([
@@ -676,6 +702,21 @@ pub(crate) mod tests {
         let deadline = Deadline::after(Some(Duration::from_secs(10)));
         shell.wait_for_handshake(deadline, &mut || true).unwrap();
         (shell, child)
+    }
+
+    fn set_send_buffer(stream: &UnixStream, bytes: libc::c_int) {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(stream);
+        // SAFETY: a valid fd and an int of the size given.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
     }
 
     fn both_framings(check: impl Fn(&mut Shell)) {
@@ -1107,6 +1148,25 @@ pub(crate) mod tests {
         }
         // the acknowledgements the guest did not wait for are empty lines to its shell
         assert_eq!(run(&mut shell, "echo after"), (0, b"after\n".to_vec()));
+    }
+
+    #[test]
+    fn a_guest_that_does_not_pace_gets_no_pile_of_acknowledgements() {
+        // Unpaced (no console), a 20 MB reply earned 610 acknowledgements; each one a buffer
+        // in the guest's socket that nobody reads until the command ends, they filled it and
+        // the host's write blocked while the guest blocked on its reply (a hang, seen 1 in 15
+        // with 100 MB).
+        // A small send buffer makes the pile-up block after a few acknowledgements.
+        let (mut shell, _child) = fake_guest_on(|s| set_send_buffer(s, 4096));
+        let (rc, out) = run(&mut shell, "head -c 20000000 /dev/zero");
+        assert_eq!((rc, out.len()), (0, 20_000_000));
+        assert!(shell.unpaced, "{} acknowledgements", shell.acks_sent);
+        assert_eq!(run(&mut shell, "echo after"), (0, b"after\n".to_vec()));
+        // a pacing guest is still acknowledged chunk by chunk
+        shell.send_raw(b"__ntng_pace=1\n").unwrap();
+        let (rc, out) = run(&mut shell, "head -c 2000000 /dev/zero");
+        assert_eq!((rc, out.len()), (0, 2_000_000));
+        assert_eq!(shell.acks_sent, 2_000_000 / ACK_EVERY);
     }
 
     #[test]

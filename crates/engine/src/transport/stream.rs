@@ -14,6 +14,25 @@ pub trait ByteStream: Read + Write + Send {
     fn shutdown(&self) -> io::Result<()>;
     /// A second handle on the same stream.
     fn try_clone_stream(&self) -> io::Result<Stream>;
+    /// Sends what fits without blocking: the bytes taken, or `WouldBlock` when none fit.
+    fn try_send(&mut self, data: &[u8]) -> io::Result<usize>;
+}
+
+/// send(2) with `MSG_DONTWAIT`: never blocks, whatever the fd's mode.
+fn send_dontwait(fd: std::os::fd::RawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: a valid fd and a buffer of the length given.
+    let n = unsafe {
+        libc::send(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 /// A boxed [`ByteStream`].
@@ -30,6 +49,10 @@ impl ByteStream for UnixStream {
 
     fn try_clone_stream(&self) -> io::Result<Stream> {
         Ok(Box::new(self.try_clone()?))
+    }
+
+    fn try_send(&mut self, data: &[u8]) -> io::Result<usize> {
+        send_dontwait(std::os::fd::AsRawFd::as_raw_fd(self), data)
     }
 }
 
@@ -140,6 +163,10 @@ impl ByteStream for SocketStream {
         Ok(Box::new(SocketStream::new(unsafe {
             OwnedFd::from_raw_fd(fd)
         })))
+    }
+
+    fn try_send(&mut self, data: &[u8]) -> io::Result<usize> {
+        send_dontwait(self.fd.as_raw_fd(), data)
     }
 }
 
