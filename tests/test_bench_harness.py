@@ -398,12 +398,13 @@ def test_the_transport_suites_force_each_transport_and_are_compared_round_by_rou
 
 # -- the VMM API stand-ins ---------------------------------------------------------------------
 
-#: The API calls of each operation: boot (Firecracker: machine config, boot source, two
-#: drives, vsock, InstanceStart; Cloud Hypervisor: vm.create, vm.boot), snapshot (pause,
-#: create, resume), restore (Firecracker: snapshot/load resumed; Cloud Hypervisor: vm.restore,
-#: vm.resume). Each call is a connection of its own, and a launch first probes the socket.
+#: The API calls of each operation: boot (Firecracker: metrics, machine config, boot source,
+#: two drives, vsock, InstanceStart; Cloud Hypervisor: vm.create, vm.boot), snapshot (pause,
+#: create, resume), restore (Firecracker: metrics, snapshot/load resumed; Cloud Hypervisor:
+#: vm.restore, vm.resume). Each call is a connection of its own, and a launch first probes
+#: the socket.
 VMM_CALLS = {
-    "firecracker": {"boot": 6, "snapshot": 3, "restore": 1},
+    "firecracker": {"boot": 7, "snapshot": 3, "restore": 2},
     "cloud-hypervisor": {"boot": 2, "snapshot": 3, "restore": 2},
 }
 
