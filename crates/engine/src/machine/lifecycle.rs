@@ -38,6 +38,14 @@ const EXIT_NOTE_WAIT: Duration = Duration::from_secs(2);
 const CONSOLE_CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// How long one try to reach the agent's port lasts before the machine's process is checked.
 const AGENT_CONNECT_SLICE: Duration = Duration::from_millis(250);
+/// How long a connection made through a connector that reconnects waits for the agent's
+/// HELLO before it is dropped and made again; doubled after each such try, up to
+/// [`HELLO_WAIT_MAX`]. The agent says HELLO as it accepts, but vhost-device-vsock 0.3.0 can
+/// answer `OK` on a connection whose guest side it has already reset (the agent logs
+/// "dropped: Broken pipe" writing its HELLO): that stream stays open and never carries a byte.
+const HELLO_WAIT_FIRST: Duration = Duration::from_secs(2);
+/// See [`HELLO_WAIT_FIRST`].
+const HELLO_WAIT_MAX: Duration = Duration::from_secs(16);
 /// Before connecting again when a fresh stream disconnected before its handshake.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
 /// How long the backdoor's stream must stay quiet for its old boot's output to be dropped
@@ -380,11 +388,18 @@ impl Machine {
             }
             !deadline.expired()
         };
+        let mut hello_wait = HELLO_WAIT_FIRST;
         loop {
             let stream = self.agent_stream(connector, deadline, &mut on_idle)?;
             self.shell
                 .set_agent(Agent::new(stream).with_preamble(setup.preamble));
-            match self.shell.agent_handshake(deadline, &mut on_idle) {
+            let this_try = if connector.reconnects() {
+                deadline.min(Deadline::after(Some(hello_wait)))
+            } else {
+                deadline
+            };
+            let mut on_idle_this_try = || on_idle() && !this_try.expired();
+            match self.shell.agent_handshake(this_try, &mut on_idle_this_try) {
                 Ok(hello) if self.shell.from_ended_boot(&hello) => {
                     // Asked to reboot, the guest still runs its old boot: again, later.
                     self.shell.drop_agent();
@@ -403,6 +418,12 @@ impl Machine {
                 Ok(hello) => {
                     self.shell.record_boot(&hello);
                     return Ok(hello);
+                }
+                Err(ShellError::TimedOut) if this_try.expired() && !deadline.expired() => {
+                    // connected, yet no HELLO: a lost connection (see HELLO_WAIT_FIRST)
+                    self.shell.drop_agent();
+                    connector.abandon();
+                    hello_wait = (hello_wait * 2).min(HELLO_WAIT_MAX);
                 }
                 Err(ShellError::Disconnected) if connector.reconnects() && !deadline.expired() => {
                     // The port answered before the agent was ready: again.

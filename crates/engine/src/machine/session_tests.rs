@@ -390,6 +390,49 @@ fn garbage_truncated_and_oversized_frames_are_clear_errors() {
 }
 
 #[test]
+fn a_connection_that_never_says_hello_is_made_again() {
+    // vhost-device-vsock can answer `OK` on a connection that then never carries a byte
+    use std::io::{Read, Write};
+    let dir = std::env::temp_dir().join(format!("ntng-mute-agent-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("agent.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mute, _) = listener.accept().unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        let hello = agent_protocol::encode_json(
+            agent_protocol::Kind::Hello,
+            &agent_protocol::Hello {
+                agent: agent_protocol::AGENT_NAME.into(),
+                version: "0.0.0-test".into(),
+                protocol: agent_protocol::PROTOCOL_VERSION,
+                pid: 1,
+                boot_id: None,
+            },
+        )
+        .unwrap();
+        conn.write_all(&hello).unwrap();
+        // the mute connection was given up: the driver closed it
+        let mut rest = Vec::new();
+        (&mute).read_to_end(&mut rest).unwrap();
+        rest
+    });
+    let f = machine_over(
+        FakeBackend::new("true").with_agent_at(path.clone()),
+        Some(Duration::from_secs(60)),
+        Transport::Auto,
+    );
+    f.m.connect().unwrap();
+    assert!(f.m.shell.has_agent());
+    // what the driver sent on the mute connection before it gave it up: at most its preamble
+    let sent_on_mute = server.join().unwrap();
+    assert!(sent_on_mute.len() < 4096, "{}", sent_on_mute.len());
+    f.m.release();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn an_agent_that_never_answers_runs_out_of_boot_time() {
     // built before the clock starts (a first build takes longer than the boot timeout)
     crate::fake::agent_bin();
