@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from nixos_test_ng import _native
@@ -30,9 +31,10 @@ def _usage_error(message: str) -> int:
     return ExitStatus.USAGE
 
 
-def run_driver(argv: list[str]) -> int:
+def run_driver(argv: list[str], session: Callable[[Any], int] | None = None) -> int:
     """`nixos-test-driver ARGS`; returns the exit status, or minus the signal the process
-    is to die of (`ending.exit_process`)."""
+    is to die of (`ending.exit_process`). `session(driver)`, when given, runs instead of the
+    script and returns the status (the watch loop: it reads and checks the script itself)."""
     try:
         parsed = _native.parse_args(argv, dict(os.environ))
     except ConfigError as e:
@@ -43,7 +45,7 @@ def run_driver(argv: list[str]) -> int:
     config = parsed
 
     script = ""
-    if config.test_script is not None:
+    if config.test_script is not None and session is None:
         try:
             with open(config.test_script, encoding="utf-8") as f:
                 script = f.read()
@@ -97,7 +99,9 @@ def run_driver(argv: list[str]) -> int:
         driver = run.driver
         if config.dump_vsocks is not None:
             driver.dump_machine_ssh(config.dump_vsocks)
-        if config.interactive:
+        if session is not None:
+            run.status = session(driver)
+        elif config.interactive:
             from nixos_test_ng.repl import interact
 
             interact(driver)

@@ -2,7 +2,7 @@
 
 It builds the default guest if needed, writes `run-<name>-vm` (or `-nspawn`, `-firecracker`,
 `-cloud-hypervisor`) start scripts for the machines asked for, and calls the driver exactly as
-Nix would.
+Nix would. With `--watch` the driver runs the watch loop (`watch.py`) instead of the script.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from nixos_test_ng import machine_spec
+from nixos_test_ng import machine_spec, watch
 from nixos_test_ng.cli import run_driver
 from nixos_test_ng.exit_status import ExitStatus
 from nixos_test_ng.procs import driver_arguments
@@ -62,7 +62,18 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="show each VM's display over VNC on 127.0.0.1 (the driver's --vnc)",
     )
+    parser.add_argument(
+        "--watch",
+        "-w",
+        action="store_true",
+        help="boot the machines once, run the script, and run it again each time it is saved,"
+        " the machines restored to their ready state first (docs/watch.md)",
+    )
     args = parser.parse_args(argv)
+    if args.watch and args.interactive:
+        parser.print_usage()
+        print("nixos-test-ng run: error: --watch and --interactive exclude each other")
+        return ExitStatus.USAGE
     driver_args = [
         *(["--interactive"] if args.interactive else []),
         *(["--vnc"] if args.vnc else []),
@@ -91,4 +102,8 @@ def main(argv: list[str]) -> int:
         )
         vlans = [v for vs in nodes.values() for v in vs]
         cmd = driver_arguments(scripts, kinds, vlans)
-        return run_driver([*cmd, *driver_args, "--", args.script])
+        if not args.watch:
+            return run_driver([*cmd, *driver_args, "--", args.script])
+        watch.watch_environment()
+        extra = watch.driver_arguments(driver_args)
+        return run_driver([*cmd, *extra, *driver_args, "--", args.script], watch.session)
