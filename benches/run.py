@@ -15,6 +15,8 @@ Measures (see benches/README.md for the method of each):
       (c) in the same round: the cost of tracing
   (n) a Firecracker and a Cloud Hypervisor machine through the API stand-ins (fake runner, no
       guest): the driver's share of a boot, a snapshot and a restore, and their API calls
+  (o) the watch loop (`nixos-test-ng run --watch`): a save of the script -> the new run's
+      first command returned
 and writes benches/results/NAME.json and NAME.md (NAME: `latest`, or `quick` with --quick).
 
 Every driver run gets its own temporary directory (XDG_RUNTIME_DIR, output directory, start

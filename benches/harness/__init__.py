@@ -8,6 +8,7 @@ benches/README.md).
 - `environment`: the machine, the driver and the guest a result was taken with.
 - `report`: the markdown table of a result.
 - `main`: the command line, the rounds of runs, the result files.
+- `watch`: the `watch` suite: the watch loop saved again and again; save → first command.
 - `vmm`: the `vmm-*` suites: a VMM machine through its API stand-in; their figures.
 """
 

@@ -111,6 +111,9 @@ def per_run_figures(suite: str, raw: dict[str, Any]) -> dict[str, float]:
         f[f"rss_{key}_mb"] = raw["vm_hwm_kib"] / 1000
     elif suite.startswith("vmm-"):
         f.update(vmm.figures(vmm.VMMS[suite.removeprefix("vmm-")].key, raw))
+    elif suite == "watch":
+        f["watch_save_to_first_s"] = statistics.median(raw["save_to_first_s"])
+        f["watch_save_to_first_max_s"] = max(raw["save_to_first_s"])
     elif suite == "systemd-vm":
         f["sd_connecting_s"] = raw["connecting_s"]["machine"]
         f["sd_first_command_s"] = raw["first_command_s"]

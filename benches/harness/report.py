@@ -88,6 +88,8 @@ ROWS = [
     ("k", "rs_sd_standby_rss_mb", "… cost: RSS of the standby QEMU (paused, warm)", "MB"),
     ("k", "rs_sd_live_rss_mb", "… (RSS of the live QEMU, for comparison)", "MB"),
     ("k", "rs_sd_golden_mb", "… cost: golden disk copy (the standby holds one more)", "MB"),
+    ("o", "watch_save_to_first_s", "watch loop: save → first command returned, run median", "s"),
+    ("o", "watch_save_to_first_max_s", "… slowest save of a run", "s"),
     ("j", "ocr_all_variants_s", "OCR: all 3 variants of a known screen (upstream's try)", "s"),
     ("j", "ocr_early_exit_s", "… `wait_for_text` on it (stops at the first match)", "s"),
     ("j", "ocr_raw_s", "… `get_screen_text` (the raw screen only)", "s"),

@@ -20,7 +20,7 @@ from typing import Any
 
 from nixos_test_ng import procs
 
-from harness import SCRIPTS, vmm
+from harness import SCRIPTS, vmm, watch
 from harness.suites import Suite
 
 RUN_TIMEOUT_S = 600.0
@@ -126,6 +126,9 @@ def command_line(driver: Driver, suite: Suite, wrappers: dict[str, Path], out: P
     if suite.vmm:  # the driver tells the VMM by the script's name (`run-<name>-<vmm>`)
         starts = [str(p) for p in wrappers.values()]
         return [*driver.command, "--start-scripts", *starts, "-o", str(out), "--", script]
+    if suite.watch_saves:  # the loop edits a copy of the script (harness/watch.py)
+        args = procs.driver_arguments(wrappers, suite.kinds, vlans)
+        return [*watch.command(), *args, "-o", str(out), "--", str(out.parent / suite.script)]
     if not driver.upstream:
         args = procs.driver_arguments(wrappers, suite.kinds, vlans)
         return [*driver.command, *args, "-o", str(out), "--", script]
@@ -182,6 +185,10 @@ def run_once(ctx: Context, suite: Suite, label: str) -> dict[str, Any]:
         wrappers[name] = w
     result_file = tmp / "result.json"
     cmd = command_line(driver, suite, wrappers, out)
+    if suite.watch_saves:
+        if driver.upstream:
+            raise RunFailed(f"{label}: upstream's driver has no watch loop")
+        shutil.copy(SCRIPTS / suite.script, tmp / suite.script)
 
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     env.update(suite.env)
@@ -193,6 +200,8 @@ def run_once(ctx: Context, suite: Suite, label: str) -> dict[str, Any]:
         NIXOS_TEST_NG_ACCEL="tcg",
         NO_COLOR="1",
     )
+    if suite.watch_saves:
+        env["NTNG_BENCH_WATCH_STAMPS"] = str(tmp / "watch-stamps")
     stdout_path, stderr_path = tmp / "stdout.log", tmp / "stderr.log"
     with open(stdout_path, "wb") as so, open(stderr_path, "wb") as se:
         t_launch = time.time()
@@ -210,7 +219,18 @@ def run_once(ctx: Context, suite: Suite, label: str) -> dict[str, Any]:
         timer = threading.Timer(RUN_TIMEOUT_S, kill_hung)
         timer.daemon = True
         timer.start()
+        watch_failed = None
         try:
+            if suite.watch_saves:
+                try:
+                    raw_watch = watch.drive(
+                        proc, tmp / suite.script, stderr_path, tmp / "watch-stamps",
+                        suite.watch_saves,
+                    )  # fmt: skip
+                    result_file.write_text(json.dumps(raw_watch))
+                except watch.WatchFailed as e:
+                    watch_failed = str(e)
+                    ctx.reaper.reap(proc)
             rc = proc.wait()
             t_exit = time.time()
         finally:
@@ -221,6 +241,9 @@ def run_once(ctx: Context, suite: Suite, label: str) -> dict[str, Any]:
 
     stderr = stderr_path.read_text(errors="replace")
     try:
+        if watch_failed is not None:
+            tail = "\n".join(stderr.splitlines()[-25:])
+            raise RunFailed(f"{label}: {watch_failed}\n{tail}")
         if rc != 0 or not result_file.exists():
             tail = "\n".join(stderr.splitlines()[-25:])
             if hung.is_set():

@@ -22,6 +22,8 @@ class Suite:
     #: `firecracker` or `cloud-hypervisor`: the machine is that VMM's API stand-in with its
     #: fake runner (harness/vmm.py), not the busybox guest
     vmm: str | None = None
+    #: run by the watch loop (harness/watch.py), saved this many times; not by the driver
+    watch_saves: int = 0
 
 
 def suites(calls: int, warmup: int, mb_iters: int) -> list[Suite]:
@@ -70,6 +72,7 @@ def suites(calls: int, warmup: int, mb_iters: int) -> list[Suite]:
             {"NTNG_BENCH_RESTORE_ITERS": "5"},
             {"machine": "systemd-vm"},
         ),
+        Suite("watch", "watch.py", {"machine": []}, watch_saves=max(mb_iters, 3)),
         # agent vs backdoor (issue 17): our driver twice, the transport forced, adjacent in
         # every round so that drifts in the machine's load hit both
         *(

@@ -239,3 +239,19 @@ class Watch:
 def session(driver: Any) -> int:
     """The watch loop on `driver`'s machines and script; the exit status."""
     return Watch(driver).run()
+
+
+def main(argv: list[str]) -> int:
+    """`python -m nixos_test_ng.watch DRIVER-ARGS... -- SCRIPT`: the loop on the driver's own
+    command line (start scripts from anywhere, e.g. Nix-built); `run --watch` is this on the
+    built-in guests."""
+    from nixos_test_ng.cli import run_driver
+
+    watch_environment()
+    return run_driver([*driver_arguments(argv), *argv], session)
+
+
+if __name__ == "__main__":
+    from nixos_test_ng.ending import exit_process
+
+    exit_process(main(sys.argv[1:]))
