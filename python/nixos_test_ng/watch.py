@@ -173,6 +173,12 @@ class Watch:
             self.show(Outcome(self.runs, ExitStatus.USAGE, 0.0, where, f"syntax error: {e.msg}"))
             return ExitStatus.USAGE
         del code  # compiled again by the driver, with its namespace
+        from nixos_test_ng.pytest_style import is_pytest_style
+
+        if is_pytest_style(source):
+            error = "a pytest-style script (test_* functions): --watch runs plain scripts only"
+            self.show(Outcome(self.runs, ExitStatus.USAGE, 0.0, error=error))
+            return ExitStatus.USAGE
         outcome = self.execute(source)
         self.show(outcome)
         self.restore()
@@ -185,6 +191,9 @@ class Watch:
         self._fired = False
         timer = threading.Timer(self.timeout, self._time_out)
         timer.daemon = True
+        # log.error() (or a subtest failing under --keep-going) fails a run; the logger
+        # remembers it for good, so only the first run that logs one can be told from it
+        errors_before = driver.logger.failed
         tic = time.monotonic()
         try:
             try:
@@ -196,6 +205,8 @@ class Watch:
             finally:
                 timer.cancel()
             status, where, error = ExitStatus.OK, "", ""
+            if driver.logger.failed and not errors_before:
+                status, error = ExitStatus.FAILED, "an error was logged (log.error)"
         except KeyboardInterrupt as e:
             if not self._fired:
                 raise

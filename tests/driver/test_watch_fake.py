@@ -50,7 +50,7 @@ class FakeDriver:
         self.config = SimpleNamespace(global_timeout=timeout)
         self.events: list = []
         self.machines = [FakeMachine(self.events)]
-        self.logger = SimpleNamespace(log_test_error=self.events.append)
+        self.logger = SimpleNamespace(log_test_error=self.events.append, failed=False)
         self.tests = ""
         self.guest: dict = {}
         self.saved: dict = {}
@@ -71,7 +71,7 @@ class FakeDriver:
         self.events.append(f"restore_all {name}")
 
     def test_script(self) -> None:
-        symbols = {"guest": self.guest, "machine": self.machines[0]}
+        symbols = {"guest": self.guest, "machine": self.machines[0], "log": self.logger}
         exec(compile(self.tests, self.script_path, "exec"), symbols, None)
 
     def report_failure(self, exc: BaseException) -> None:
@@ -201,6 +201,24 @@ def test_a_machine_the_run_stopped_boots_again_and_is_snapshotted(tmp_path, sigi
     assert "run 2 PASSED" in results[1]
     i = driver.events.index("watch: the run stopped this machine; booting it again")
     assert driver.events[i + 1 : i + 4] == ["start", "connect", "snapshot ntng-watch-ready"]
+
+
+def test_a_pytest_style_script_is_refused_with_no_run(tmp_path, sigint_raises):
+    path = tmp_path / "test.py"
+    path.write_text("def test_one():\n    guest['ran'] = 1\n")
+    driver = FakeDriver(path, timeout=60)
+    status, results = drive(Recorder(driver), path, [])
+    assert status == ExitStatus.USAGE
+    assert "--watch runs plain scripts only" in results[0]
+    assert "restore_all ntng-watch-ready" not in driver.events
+
+
+def test_the_first_logged_error_fails_its_run(tmp_path, sigint_raises):
+    path = tmp_path / "test.py"
+    path.write_text("log.failed = True\n")
+    status, results = drive(Recorder(FakeDriver(path, timeout=60)), path, [])
+    assert status == ExitStatus.FAILED
+    assert "run 1 FAILED" in results[0] and "an error was logged (log.error)" in results[0]
 
 
 def test_machines_that_cannot_be_snapshotted_end_it_with_usage(tmp_path):
