@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from nixos_test_ng import _native
-from nixos_test_ng.errors import MachineError
+from nixos_test_ng.errors import GlobalTimeout, MachineError, Terminated
 from nixos_test_ng.exit_status import ExitStatus
 
 #: The snapshot every machine is restored to after each run.
@@ -213,6 +213,8 @@ class Watch:
             driver.logger.log_test_error(f"the run timed out after {self.timeout:g}s")
             where = failing_line(e, driver.script_path, source)
             status, error = ExitStatus.FAILED, f"timed out after {self.timeout:g}s"
+        except (GlobalTimeout, Terminated):
+            raise  # SIGTERM ends the session, as it ends `run`
         except Exception as e:  # noqa: BLE001 - every failure of the script is shown
             driver.report_failure(e)
             where = failing_line(e, driver.script_path, source)

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 from nixos_test_ng import watch
-from nixos_test_ng.errors import MachineError
+from nixos_test_ng.errors import MachineError, Terminated
 from nixos_test_ng.exit_status import ExitStatus
 
 #: The hang detector of each step (the test fails when it passes).
@@ -219,6 +219,15 @@ def test_the_first_logged_error_fails_its_run(tmp_path, sigint_raises):
     status, results = drive(Recorder(FakeDriver(path, timeout=60)), path, [])
     assert status == ExitStatus.FAILED
     assert "run 1 FAILED" in results[0] and "an error was logged (log.error)" in results[0]
+
+
+def test_sigterm_during_a_run_ends_the_session(tmp_path):
+    path = tmp_path / "test.py"
+    path.write_text("from nixos_test_ng.errors import Terminated\nraise Terminated('SIGTERM')\n")
+    loop = Recorder(FakeDriver(path, timeout=60))
+    with pytest.raises(Terminated):
+        loop.run()
+    assert not any("==== watch: run" in s for s in loop.all)
 
 
 def test_machines_that_cannot_be_snapshotted_end_it_with_usage(tmp_path):
