@@ -130,8 +130,8 @@ class Watch:
         while True:
             last = stamp(self.path)
             status = self.one_round()
-            self.say(f"watch: waiting for {self.path} to be saved (Ctrl-C ends)")
             try:
+                self.say(f"watch: waiting for {self.path} to be saved (Ctrl-C ends)")
                 wait_for_save(self.path, last)
             except KeyboardInterrupt:
                 _native.clear_interrupt()
