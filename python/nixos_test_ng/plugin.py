@@ -25,6 +25,11 @@ unset, VMs then start without the guest agent's vhost-user vsock device (QEMU ca
 that has one) and use the backdoor; `NIXOS_TEST_NG_TRANSPORT=agent` keeps the device, and the
 machines are then isolated by restart.
 
+Parallel workers: plain `pytest -n N` (pytest-xdist) gives each worker a driver and machines
+of its own (its own tmp dir, output directory `<out>/<worker>` and report file names); the
+controller starts none and merges the workers' XML logs (`nixos_test_ng.workers`). A script
+the driver runs cannot be spread over workers (a usage error).
+
 Reports: every test is a span (`nixos_test_ng.trace` of the run: OTLP, the HTML report), and
 every subtest inside a test is reported to pytest as a result of its own, with node id
 `<test>::<subtest>`, so JUnit lists it with its own status and time.
@@ -40,6 +45,13 @@ import pytest
 
 from nixos_test_ng import _native
 from nixos_test_ng.errors import GlobalTimeout, MachineError, Terminated
+from nixos_test_ng.workers import (
+    SUBTEST_NODEID,
+    Controller,
+    is_controller,
+    report_xml_log,
+    worker_id,
+)
 
 CONSOLE_LINES = 30
 #: The snapshot taken when a machine is first ready, which isolated tests start from.
@@ -54,6 +66,11 @@ class DriverPlugin:
     def __init__(self, driver: Any, owns_driver: bool = False) -> None:
         self.driver = driver
         self.owns_driver = owns_driver
+        self.finished = False
+        #: The pytest-xdist worker this driver is (`gw0`, ...), or None.
+        self.worker: str | None = driver.config.worker
+        #: The XML log a pytest-xdist worker's log is merged into (`workers.py`).
+        self.xml_log_target: str | None = None
         self.isolate_all = False
         self.isolation_in_use = False
         self.ready: set[str] = set()
@@ -77,17 +94,40 @@ class DriverPlugin:
         """What to register with pytest: this object and the fixture module."""
         return [self, self.fixture_module()]
 
+    def pytest_configure(self, config: pytest.Config) -> None:
+        if not self.owns_driver and getattr(config.option, "dist", "no") != "no":
+            # the workers would be new processes without this driver's machines
+            raise pytest.UsageError(
+                "nixos-test-ng: pytest-xdist's -n/--dist cannot spread a test script the"
+                " driver runs; run plain pytest with the machines on its command line"
+                " (--nixos-vm-start-script, ...) instead: see docs/pytest.md"
+            )
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        # After the session fixtures' teardown, and in a pytest-xdist worker before it tells
+        # the controller it has finished (the controller then merges the XML logs).
+        self._finish(session.config)
+
     def pytest_unconfigure(self, config: pytest.Config) -> None:
-        if self.owns_driver:
+        self._finish(config)  # a run that ended before its session did
+
+    def _finish(self, config: pytest.Config) -> None:
+        if self.owns_driver and not self.finished:
+            self.finished = True
             self.driver.cleanup()
             self.driver.logger.finish_run(None)
+            parsed = self.driver.config
+            report_xml_log(config, self.xml_log_target, parsed.xml_log)
 
     def _report_subtest(self, name: str, seconds: float, error: BaseException | None) -> None:
         item = self.current_item
         if item is None:  # a subtest at module level: the log and spans have it
             return
+        nodeid = f"{item.nodeid}::{name.replace('::', ': ')}"
         report = pytest.TestReport(
-            nodeid=f"{item.nodeid}::{name.replace('::', ': ')}",
+            # a pytest-xdist worker sends only reports of its test (`workers.py`)
+            nodeid=item.nodeid if self.worker else nodeid,
             location=item.location,
             keywords={},
             outcome="failed" if error is not None else "passed",
@@ -96,6 +136,8 @@ class DriverPlugin:
             duration=seconds,
             user_properties=[("subtest", name)],
         )
+        if self.worker:
+            setattr(report, SUBTEST_NODEID, nodeid)
         item.ihook.pytest_runtest_logreport(report=report)
 
     def _subtest_failure(self, item: pytest.Item, error: BaseException) -> str:
@@ -337,11 +379,21 @@ def pytest_configure(config: pytest.Config) -> None:
         # the machines come from the options only; the XML log, spans and transport from
         # the environment
         parsed = parsed.with_reporting_from(dict(os.environ))
+        xml_log = parsed.xml_log
+        if (worker := worker_id(config)) is not None:
+            # a pytest-xdist worker: its own tmp dir, output directory and report files
+            parsed = parsed.for_worker(worker)
     except Exception as e:
         raise pytest.UsageError(f"nixos-test-ng: {e}") from None
+    if is_controller(config):
+        # pytest-xdist's controller runs no tests (each worker starts the machines), but it
+        # has checked the options above: a usage error once, not one per worker
+        config.pluginmanager.register(Controller(), "nixos-test-ng-controller")
+        return
     logger = _native.Logger(color=False)
-    logger.start_run(parsed, "run pytest")
+    logger.start_run(parsed, "run pytest" if worker is None else f"run pytest ({worker})")
     driver = Driver(parsed, logger)
     plugin = DriverPlugin(driver, owns_driver=True)
+    plugin.xml_log_target = xml_log
     for i, obj in enumerate(plugin.plugins()):
         config.pluginmanager.register(obj, f"nixos-test-ng-driver-{i}")

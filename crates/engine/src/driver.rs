@@ -83,7 +83,20 @@ impl Driver {
     pub fn new(config: Config, logger: Arc<Logger>) -> Result<Driver> {
         // SAFETY: plain getter.
         require_root_for_containers(unsafe { libc::geteuid() }, &config.machines)?;
-        let tmp_dir = tmp_dir()?;
+        let tmp_dir = match &config.worker {
+            Some(worker) => {
+                let dir = crate::config::worker_tmp_dir(&tmp_dir()?, worker);
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dir)
+                    .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+                std::fs::create_dir_all(&config.out_dir)
+                    .map_err(|e| Error::io(format!("creating {}", config.out_dir.display()), e))?;
+                dir
+            }
+            None => tmp_dir()?,
+        };
         let shared_dir = tmp_dir.join("shared-xchg");
         std::fs::DirBuilder::new()
             .recursive(true)
