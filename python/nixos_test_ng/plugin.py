@@ -6,7 +6,8 @@ Registered through the `pytest11` entry point. It does nothing until it is given
 - or on plain `pytest`'s command line, so that a suite can live in ordinary `tests/test_*.py`
   files: `--nixos-vm-start-script PATH`, `--nixos-container-start-script PATH` (each
   repeatable), `--nixos-vlan N` (repeatable), or `--nixos-config FILE` (the generation-C
-  JSON), and `--nixos-out DIR` for screenshots and copied files.
+  JSON), and `--nixos-out DIR` for screenshots, copied files and the HTML report
+  (`report.html`).
 
 Fixtures (session scope): each machine under its pythonized name (`my-box` -> `my_box`),
 started when first requested and returned once it is connected; `machines`, `driver`,
@@ -49,6 +50,7 @@ from nixos_test_ng.workers import (
     SUBTEST_NODEID,
     Controller,
     is_controller,
+    report_html,
     report_xml_log,
     worker_id,
 )
@@ -71,6 +73,8 @@ class DriverPlugin:
         self.worker: str | None = driver.config.worker
         #: The XML log a pytest-xdist worker's log is merged into (`workers.py`).
         self.xml_log_target: str | None = None
+        #: Where the HTML report goes (plain pytest with `--nixos-out`), or None.
+        self.html_report: str | None = None
         self.isolate_all = False
         self.isolation_in_use = False
         self.ready: set[str] = set()
@@ -119,6 +123,13 @@ class DriverPlugin:
             self.driver.logger.finish_run(None)
             parsed = self.driver.config
             report_xml_log(config, self.xml_log_target, parsed.xml_log)
+            if self.html_report:
+                try:
+                    self.driver._native.write_html_report(self.html_report)
+                    self.driver.logger.log(f"HTML report: {self.html_report}")
+                    report_html(config, self.html_report)
+                except OSError as e:
+                    self.driver.logger.warning(str(e))
 
     def _report_subtest(self, name: str, seconds: float, error: BaseException | None) -> None:
         item = self.current_item
@@ -395,5 +406,7 @@ def pytest_configure(config: pytest.Config) -> None:
     driver = Driver(parsed, logger)
     plugin = DriverPlugin(driver, owns_driver=True)
     plugin.xml_log_target = xml_log
+    if opt.nixos_out:  # as the driver writes one with an explicit -o
+        plugin.html_report = parsed.html_report
     for i, obj in enumerate(plugin.plugins()):
         config.pluginmanager.register(obj, f"nixos-test-ng-driver-{i}")

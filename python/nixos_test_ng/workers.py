@@ -10,6 +10,8 @@ reaches it; a subtest's comes under its test's node id (pytest-xdist accepts no 
 its own in an attribute, which the controller puts back before JUnit and the terminal see it.
 The XML log of `LOGFILE` is written by each worker to `<name>-<id>.<ext>` and merged by the
 controller into `LOGFILE` at the end, each worker's log in a block `pytest-xdist worker <id>`.
+The HTML report (with `--nixos-out`) stays one per worker, `report-<id>.html`, which the
+controller lists at the end: its timeline is one driver's.
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ __all__ = [
     "Controller",
     "is_controller",
     "merge_xml_logs",
+    "report_html",
     "report_xml_log",
     "worker_id",
 ]
 
+#: The key in a worker's `workeroutput`: its HTML report.
+HTML_REPORT_KEY = "nixos_test_ng_html_report"
 #: The attribute of a subtest's report from a worker: its node id `<test>::<subtest>` (the
 #: worker sends it under its test's node id, the only one pytest-xdist accepts).
 SUBTEST_NODEID = "ntng_subtest_nodeid"
@@ -57,6 +62,13 @@ def report_xml_log(config: pytest.Config, target: str | None, part: str | None) 
     output = getattr(config, "workeroutput", None)
     if output is not None and target and part and target != part:
         output[XML_LOG_KEY] = (target, part)
+
+
+def report_html(config: pytest.Config, path: str) -> None:
+    """A worker tells the controller where its HTML report is."""
+    output = getattr(config, "workeroutput", None)
+    if output is not None:
+        output[HTML_REPORT_KEY] = path
 
 
 def _worker_order(worker: str) -> tuple[int, str]:
@@ -96,6 +108,8 @@ class Controller:
     def __init__(self) -> None:
         #: LOGFILE -> worker id -> the worker's part.
         self.xml_logs: dict[str, dict[str, Path]] = {}
+        #: worker id -> its HTML report.
+        self.html_reports: dict[str, str] = {}
 
     def pytest_report_header(self, config: pytest.Config) -> str:
         return "nixos-test-ng: each pytest-xdist worker starts machines of its own"
@@ -109,10 +123,18 @@ class Controller:
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         output = getattr(node, "workeroutput", None) or {}
+        worker = str(node.workerinput["workerid"])
         if XML_LOG_KEY in output:
             target, part = output[XML_LOG_KEY]
-            worker = str(node.workerinput["workerid"])
             self.xml_logs.setdefault(target, {})[worker] = Path(part)
+        if HTML_REPORT_KEY in output:
+            self.html_reports[worker] = output[HTML_REPORT_KEY]
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.html_reports:
+            terminalreporter.write_sep("-", "nixos-test-ng HTML reports, one per worker")
+            for worker in sorted(self.html_reports, key=_worker_order):
+                terminalreporter.write_line(f"{worker}: {self.html_reports[worker]}")
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         for target, parts in self.xml_logs.items():

@@ -149,6 +149,17 @@ def test_two_workers_run_four_tests_each_with_machines_of_its_own(driver_env, fa
         isolated = props[f"test_{n}/test_{n}_isolated"]["isolation"]
         assert isolated.startswith("isolated: alpha"), isolated
 
+    # the HTML reports: one per worker beside each other, each with its worker's tests,
+    # listed by the controller
+    for worker, worker_runs in by_worker.items():
+        report = out / f"report-{worker}.html"
+        html = report.read_text()
+        for test in runs:
+            ran_here = any(runs[test] is run for run in worker_runs)
+            assert (test in html) == ran_here, (worker, test)
+        assert f"{worker}: {report}" in r.stdout
+    assert not (out / "report.html").exists()
+
     # the XML log: one file, each worker's log in a block of its own, no parts left
     root = ET.parse(log).getroot()
     assert root.tag == "logfile"
