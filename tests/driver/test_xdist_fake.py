@@ -235,3 +235,57 @@ def test_a_bad_option_is_one_usage_error_from_the_controller(driver_env, fake_vm
     assert r.returncode == 4, r.stdout + r.stderr  # pytest's usage error
     assert "nixos-test-ng: output directory" in r.stderr, r.stderr
     assert "crashed" not in r.stdout + r.stderr  # no worker was started
+
+
+FAILING = """
+def test_steps(alpha, subtest):
+    with subtest("works"):
+        alpha.succeed("true")
+    with subtest("breaks"):
+        alpha.succeed("echo about-to-break; exit 5")
+
+
+def test_other(alpha):
+    alpha.succeed("true")
+"""
+
+
+def test_a_failing_subtest_on_a_worker_is_a_failure_in_the_controllers_junit(
+    driver_env, fake_vm
+):
+    vm = fake_vm("alpha")
+    suite = driver_env.tmp / "suite"
+    suite.mkdir()
+    (suite / "test_steps.py").write_text(FAILING)
+    junit = driver_env.tmp / "junit.xml"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-n",
+            "2",
+            "-p",
+            "no:cacheprovider",
+            str(suite),
+            "--rootdir",
+            str(suite),
+            "--nixos-vm-start-script",
+            str(vm.script),
+            f"--junitxml={junit}",
+        ],
+        capture_output=True,
+        text=True,
+        env={**driver_env.env, "PATH": os.environ["PATH"]},
+        cwd=driver_env.out,
+        timeout=120,
+    )
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "2 failed, 2 passed" in r.stdout.splitlines()[-1], r.stdout  # test_steps, "breaks"
+    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    assert set(cases) == {"works", "breaks", "test_steps", "test_other"}, set(cases)
+    assert cases["works"].find("failure") is None
+    breaks = cases["breaks"].find("failure")
+    assert breaks is not None and "exit code 5" in breaks.get("message"), ET.tostring(breaks)
+    assert "last console lines of alpha" in breaks.text, breaks.text
+    assert cases["test_steps"].find("failure") is not None
