@@ -250,9 +250,7 @@ def test_other(alpha):
 """
 
 
-def test_a_failing_subtest_on_a_worker_is_a_failure_in_the_controllers_junit(
-    driver_env, fake_vm
-):
+def test_a_failing_subtest_on_a_worker_is_a_failure_in_the_controllers_junit(driver_env, fake_vm):
     vm = fake_vm("alpha")
     suite = driver_env.tmp / "suite"
     suite.mkdir()

@@ -1,7 +1,9 @@
 """`pytest -n 2` (pytest-xdist) on a suite that uses the plugin, with real machines: two
-systemd-nspawn containers on a VLAN per worker (and, as one VM case, the busybox VM). Each
-worker runs its tests on machines of its own; the inner run's JUnit has every test and
-subtest; isolation restores a worker's own container; no process outlives the run."""
+systemd-nspawn containers on a VLAN per worker, and the busybox VM on a VLAN per worker (on
+both transports). Each worker runs its tests on machines of its own; the inner run's JUnit has
+every test and subtest; an isolated test gets its worker's machine back (restored from its
+snapshot, or restarted on the agent transport); the merged XML log keeps each worker's block
+apart; no process outlives the run."""
 
 from __future__ import annotations
 
@@ -67,7 +69,9 @@ def test_clean(request, c1, subtest):
 }
 
 
-def run_inner_pytest(vm_env, suite: Path, machine_args: list[str], *extra: str):
+def run_inner_pytest(
+    vm_env, suite: Path, machine_args: list[str], *extra: str, env: dict[str, str] | None = None
+):
     records = vm_env.root / "records"
     records.mkdir()
     junit = vm_env.root / "junit.xml"
@@ -93,7 +97,7 @@ def run_inner_pytest(vm_env, suite: Path, machine_args: list[str], *extra: str):
         ],
         capture_output=True,
         text=True,
-        env={**vm_env.environ(), "XDIST_RECORDS": str(records)},
+        env={**vm_env.environ(), "XDIST_RECORDS": str(records), **(env or {})},
         cwd=suite,
         timeout=600,
     )
@@ -174,22 +178,24 @@ def test_b(request, server):
     record(request, server)
 """,
     "test_two.py": """
+import pytest
 from conftest import record
 
 
 def test_c(request, server):
-    server.succeed("true")
+    server.succeed("touch /tmp/marker")
     record(request, server)
 
 
+@pytest.mark.isolated
 def test_d(request, server):
-    server.succeed("true")
+    server.fail("test -e /tmp/marker")
     record(request, server)
 """,
 }
 
 
-def test_vm_workers(vm_env, leftovers):
+def test_vm_workers(vm_env, vm_transport, leftovers):
     scripts = vm_env.scripts({"server": [1]})
     suite = write_suite(vm_env.root, VM_SUITE)
     r, runs, cases = run_inner_pytest(
@@ -198,10 +204,26 @@ def test_vm_workers(vm_env, leftovers):
         ["--nixos-vm-start-script", scripts["server"], "--nixos-vlan", "1"],
         "--dist",
         "loadfile",
+        env={"LOGFILE": str(vm_env.root / "log.xml")},
     )
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-6000:]
     assert "5 passed" in r.stdout.splitlines()[-1], r.stdout
     assert {run["worker"] for run in runs.values()} == {"gw0", "gw1"}, runs
     assert len({run["state_dir"] for run in runs.values()}) == 2
     assert len(cases) == 5
+    # isolation on the worker that ran test_two.py: its own VM, back to its first-ready state
+    props = {p.get("name"): p.get("value") for p in cases["test_two/test_d"].iter("property")}
+    if vm_transport == "agent":  # QEMU cannot save the agent's vhost-user device
+        assert props["isolation"].startswith("isolated: server restarted"), props
+    else:
+        assert props["isolation"] == "isolated: server restored", props
+    # the merged XML log: each worker's block names its own switch and state directory
+    root = ET.parse(vm_env.root / "log.xml").getroot()
+    blocks = {n.findtext("head"): ET.tostring(n, encoding="unicode") for n in root.findall("nest")}
+    assert sorted(blocks) == ["pytest-xdist worker gw0", "pytest-xdist worker gw1"]
+    for worker in ("gw0", "gw1"):
+        text = blocks[f"pytest-xdist worker {worker}"]
+        assert f"ntng-{worker}/vde1.ctl" in text
+        other = "gw1" if worker == "gw0" else "gw0"
+        assert f"ntng-{other}" not in text
     assert not leftovers(vm_env.root, wait=5)
