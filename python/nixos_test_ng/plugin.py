@@ -85,13 +85,26 @@ class DriverPlugin:
         driver.subtest_listener = self._report_subtest
 
     def fixture_module(self) -> types.ModuleType:
-        """One fixture per machine and VLAN, in a module (pytest reads fixtures of plugin
-        objects from their type, so per-driver fixtures cannot live on this instance)."""
+        """One fixture per machine and VLAN, and `driver`, `machines`, `vlans`, `subtest`, `log`
+        and `t`, in a module (pytest reads fixtures of plugin objects from their type, so
+        per-driver fixtures cannot live on this instance; pytest 9 deprecates session fixtures
+        that are methods)."""
         module = types.ModuleType("nixos_test_ng_machine_fixtures")
         for pyname, machine in self.machine_names.items():
             setattr(module, f"_ntng_machine_{pyname}", _machine_fixture(self, pyname, machine))
         for vlan in self.driver.vlans:
             setattr(module, f"_ntng_vlan_{vlan.nr}", _value_fixture(f"vlan{vlan.nr}", vlan))
+        driver = self.driver
+        general = {
+            "driver": lambda: driver,
+            "machines": lambda: driver.machines,
+            "vlans": lambda: driver.vlans,
+            "subtest": lambda: driver.subtest,
+            "log": lambda: driver.logger,
+            "t": lambda: driver.test_symbols()["t"],
+        }
+        for name, value in general.items():
+            setattr(module, f"_ntng_{name}", _lazy_fixture(name, value))
         return module
 
     def plugins(self) -> list[object]:
@@ -157,32 +170,6 @@ class DriverPlugin:
             f"{'-' * 8} {title} {'-' * 8}\n{tail}" for title, tail in self._console_tails(item)
         ]
         return "\n\n".join(parts)
-
-    # -- fixtures -------------------------------------------------------------------------
-
-    @pytest.fixture(scope="session", name="driver")
-    def _driver(self) -> Any:
-        return self.driver
-
-    @pytest.fixture(scope="session", name="machines")
-    def _machines(self) -> list[Any]:
-        return self.driver.machines
-
-    @pytest.fixture(scope="session", name="vlans")
-    def _vlans(self) -> list[Any]:
-        return self.driver.vlans
-
-    @pytest.fixture(scope="session", name="subtest")
-    def _subtest(self) -> Any:
-        return self.driver.subtest
-
-    @pytest.fixture(scope="session", name="log")
-    def _log(self) -> Any:
-        return self.driver.logger
-
-    @pytest.fixture(scope="session", name="t")
-    def _t(self) -> Any:
-        return self.driver.test_symbols()["t"]
 
     # -- hooks ----------------------------------------------------------------------------
 
@@ -316,6 +303,16 @@ def _machine_fixture(plugin: DriverPlugin, pyname: str, machine: Any) -> Any:
             plugin.prepare_isolation(pyname, machine)
         plugin.ready.add(pyname)
         return machine
+
+    return fixture
+
+
+def _lazy_fixture(name: str, value: Any) -> Any:
+    """A session fixture `name` returning `value()`, computed when first requested."""
+
+    @pytest.fixture(scope="session", name=name)
+    def fixture() -> Any:
+        return value()
 
     return fixture
 
