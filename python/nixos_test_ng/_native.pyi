@@ -190,6 +190,18 @@ class Config:
         """This configuration with the XML log, OTLP exporter, trace parent and transport `env`
         asks for (`LOGFILE`, `OTEL_*`, `TRACEPARENT`, `NIXOS_TEST_NG_TRANSPORT`) instead of its
         own; a bad `NIXOS_TEST_NG_TRANSPORT` raises."""
+    def for_worker(self, worker: str) -> Config:
+        """This configuration as worker `worker` (e.g. pytest-xdist's `gw0`) of several
+        drivers running the same machines at once: its tmp dir is `<tmp>/ntng-<worker>`
+        (state directories, sockets, the shared directory), its output directory
+        `<out>/<worker>`, its report files `<name>-<worker>.<ext>`. A worker name that is not
+        one path component raises."""
+    @property
+    def xml_log(self) -> str | None:
+        """Upstream's XML log (`LOGFILE`), or None."""
+    @property
+    def worker(self) -> str | None:
+        """The worker this configuration is for (`for_worker`), or None."""
 
 @final
 class LogBlock:

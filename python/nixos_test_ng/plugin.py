@@ -6,7 +6,8 @@ Registered through the `pytest11` entry point. It does nothing until it is given
 - or on plain `pytest`'s command line, so that a suite can live in ordinary `tests/test_*.py`
   files: `--nixos-vm-start-script PATH`, `--nixos-container-start-script PATH` (each
   repeatable), `--nixos-vlan N` (repeatable), or `--nixos-config FILE` (the generation-C
-  JSON), and `--nixos-out DIR` for screenshots and copied files.
+  JSON), and `--nixos-out DIR` for screenshots, copied files and the HTML report
+  (`report.html`).
 
 Fixtures (session scope): each machine under its pythonized name (`my-box` -> `my_box`),
 started when first requested and returned once it is connected; `machines`, `driver`,
@@ -25,6 +26,11 @@ unset, VMs then start without the guest agent's vhost-user vsock device (QEMU ca
 that has one) and use the backdoor; `NIXOS_TEST_NG_TRANSPORT=agent` keeps the device, and the
 machines are then isolated by restart.
 
+Parallel workers: plain `pytest -n N` (pytest-xdist) gives each worker a driver and machines
+of its own (its own tmp dir, output directory `<out>/<worker>` and report file names); the
+controller starts none and merges the workers' XML logs (`nixos_test_ng.workers`). A script
+the driver runs cannot be spread over workers (a usage error).
+
 Reports: every test is a span (`nixos_test_ng.trace` of the run: OTLP, the HTML report), and
 every subtest inside a test is reported to pytest as a result of its own, with node id
 `<test>::<subtest>`, so JUnit lists it with its own status and time.
@@ -40,6 +46,14 @@ import pytest
 
 from nixos_test_ng import _native
 from nixos_test_ng.errors import GlobalTimeout, MachineError, Terminated
+from nixos_test_ng.workers import (
+    SUBTEST_NODEID,
+    Controller,
+    is_controller,
+    report_html,
+    report_xml_log,
+    worker_id,
+)
 
 CONSOLE_LINES = 30
 #: The snapshot taken when a machine is first ready, which isolated tests start from.
@@ -54,6 +68,13 @@ class DriverPlugin:
     def __init__(self, driver: Any, owns_driver: bool = False) -> None:
         self.driver = driver
         self.owns_driver = owns_driver
+        self.finished = False
+        #: The pytest-xdist worker this driver is (`gw0`, ...), or None.
+        self.worker: str | None = driver.config.worker
+        #: The XML log a pytest-xdist worker's log is merged into (`workers.py`).
+        self.xml_log_target: str | None = None
+        #: Where the HTML report goes (plain pytest with `--nixos-out`), or None.
+        self.html_report: str | None = None
         self.isolate_all = False
         self.isolation_in_use = False
         self.ready: set[str] = set()
@@ -64,30 +85,73 @@ class DriverPlugin:
         driver.subtest_listener = self._report_subtest
 
     def fixture_module(self) -> types.ModuleType:
-        """One fixture per machine and VLAN, in a module (pytest reads fixtures of plugin
-        objects from their type, so per-driver fixtures cannot live on this instance)."""
+        """One fixture per machine and VLAN, and `driver`, `machines`, `vlans`, `subtest`, `log`
+        and `t`, in a module (pytest reads fixtures of plugin objects from their type, so
+        per-driver fixtures cannot live on this instance; pytest 9 deprecates session fixtures
+        that are methods)."""
         module = types.ModuleType("nixos_test_ng_machine_fixtures")
         for pyname, machine in self.machine_names.items():
             setattr(module, f"_ntng_machine_{pyname}", _machine_fixture(self, pyname, machine))
         for vlan in self.driver.vlans:
             setattr(module, f"_ntng_vlan_{vlan.nr}", _value_fixture(f"vlan{vlan.nr}", vlan))
+        driver = self.driver
+        general = {
+            "driver": lambda: driver,
+            "machines": lambda: driver.machines,
+            "vlans": lambda: driver.vlans,
+            "subtest": lambda: driver.subtest,
+            "log": lambda: driver.logger,
+            "t": lambda: driver.test_symbols()["t"],
+        }
+        for name, value in general.items():
+            setattr(module, f"_ntng_{name}", _lazy_fixture(name, value))
         return module
 
     def plugins(self) -> list[object]:
         """What to register with pytest: this object and the fixture module."""
         return [self, self.fixture_module()]
 
+    def pytest_configure(self, config: pytest.Config) -> None:
+        if not self.owns_driver and getattr(config.option, "dist", "no") != "no":
+            # the workers would be new processes without this driver's machines
+            raise pytest.UsageError(
+                "nixos-test-ng: pytest-xdist's -n/--dist cannot spread a test script the"
+                " driver runs; run plain pytest with the machines on its command line"
+                " (--nixos-vm-start-script, ...) instead: see docs/pytest.md"
+            )
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        # After the session fixtures' teardown, and in a pytest-xdist worker before it tells
+        # the controller it has finished (the controller then merges the XML logs).
+        self._finish(session.config)
+
     def pytest_unconfigure(self, config: pytest.Config) -> None:
-        if self.owns_driver:
+        self._finish(config)  # a run that ended before its session did
+
+    def _finish(self, config: pytest.Config) -> None:
+        if self.owns_driver and not self.finished:
+            self.finished = True
             self.driver.cleanup()
             self.driver.logger.finish_run(None)
+            parsed = self.driver.config
+            report_xml_log(config, self.xml_log_target, parsed.xml_log)
+            if self.html_report:
+                try:
+                    self.driver._native.write_html_report(self.html_report)
+                    self.driver.logger.log(f"HTML report: {self.html_report}")
+                    report_html(config, self.html_report)
+                except OSError as e:
+                    self.driver.logger.warning(str(e))
 
     def _report_subtest(self, name: str, seconds: float, error: BaseException | None) -> None:
         item = self.current_item
         if item is None:  # a subtest at module level: the log and spans have it
             return
+        nodeid = f"{item.nodeid}::{name.replace('::', ': ')}"
         report = pytest.TestReport(
-            nodeid=f"{item.nodeid}::{name.replace('::', ': ')}",
+            # a pytest-xdist worker sends only reports of its test (`workers.py`)
+            nodeid=item.nodeid if self.worker else nodeid,
             location=item.location,
             keywords={},
             outcome="failed" if error is not None else "passed",
@@ -96,6 +160,8 @@ class DriverPlugin:
             duration=seconds,
             user_properties=[("subtest", name)],
         )
+        if self.worker:
+            setattr(report, SUBTEST_NODEID, nodeid)
         item.ihook.pytest_runtest_logreport(report=report)
 
     def _subtest_failure(self, item: pytest.Item, error: BaseException) -> str:
@@ -104,32 +170,6 @@ class DriverPlugin:
             f"{'-' * 8} {title} {'-' * 8}\n{tail}" for title, tail in self._console_tails(item)
         ]
         return "\n\n".join(parts)
-
-    # -- fixtures -------------------------------------------------------------------------
-
-    @pytest.fixture(scope="session", name="driver")
-    def _driver(self) -> Any:
-        return self.driver
-
-    @pytest.fixture(scope="session", name="machines")
-    def _machines(self) -> list[Any]:
-        return self.driver.machines
-
-    @pytest.fixture(scope="session", name="vlans")
-    def _vlans(self) -> list[Any]:
-        return self.driver.vlans
-
-    @pytest.fixture(scope="session", name="subtest")
-    def _subtest(self) -> Any:
-        return self.driver.subtest
-
-    @pytest.fixture(scope="session", name="log")
-    def _log(self) -> Any:
-        return self.driver.logger
-
-    @pytest.fixture(scope="session", name="t")
-    def _t(self) -> Any:
-        return self.driver.test_symbols()["t"]
 
     # -- hooks ----------------------------------------------------------------------------
 
@@ -267,6 +307,16 @@ def _machine_fixture(plugin: DriverPlugin, pyname: str, machine: Any) -> Any:
     return fixture
 
 
+def _lazy_fixture(name: str, value: Any) -> Any:
+    """A session fixture `name` returning `value()`, computed when first requested."""
+
+    @pytest.fixture(scope="session", name=name)
+    def fixture() -> Any:
+        return value()
+
+    return fixture
+
+
 def _value_fixture(name: str, value: Any) -> Any:
     @pytest.fixture(scope="session", name=name)
     def fixture() -> Any:
@@ -337,11 +387,23 @@ def pytest_configure(config: pytest.Config) -> None:
         # the machines come from the options only; the XML log, spans and transport from
         # the environment
         parsed = parsed.with_reporting_from(dict(os.environ))
+        xml_log = parsed.xml_log
+        if (worker := worker_id(config)) is not None:
+            # a pytest-xdist worker: its own tmp dir, output directory and report files
+            parsed = parsed.for_worker(worker)
     except Exception as e:
         raise pytest.UsageError(f"nixos-test-ng: {e}") from None
+    if is_controller(config):
+        # pytest-xdist's controller runs no tests (each worker starts the machines), but it
+        # has checked the options above: a usage error once, not one per worker
+        config.pluginmanager.register(Controller(), "nixos-test-ng-controller")
+        return
     logger = _native.Logger(color=False)
-    logger.start_run(parsed, "run pytest")
+    logger.start_run(parsed, "run pytest" if worker is None else f"run pytest ({worker})")
     driver = Driver(parsed, logger)
     plugin = DriverPlugin(driver, owns_driver=True)
+    plugin.xml_log_target = xml_log
+    if opt.nixos_out:  # as the driver writes one with an explicit -o
+        plugin.html_report = parsed.html_report
     for i, obj in enumerate(plugin.plugins()):
         config.pluginmanager.register(obj, f"nixos-test-ng-driver-{i}")

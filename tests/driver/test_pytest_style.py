@@ -164,6 +164,8 @@ def test_plain_pytest_on_a_tests_folder(driver_env, fake_vm):
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "2 passed" in r.stdout
+    # --nixos-out: the HTML report is there, as the driver's with -o
+    assert "test_uname" in (out / "report.html").read_text()
 
 
 SUBTESTS = """

@@ -83,7 +83,20 @@ impl Driver {
     pub fn new(config: Config, logger: Arc<Logger>) -> Result<Driver> {
         // SAFETY: plain getter.
         require_root_for_containers(unsafe { libc::geteuid() }, &config.machines)?;
-        let tmp_dir = tmp_dir()?;
+        let tmp_dir = match &config.worker {
+            Some(worker) => {
+                let dir = crate::config::worker_tmp_dir(&tmp_dir()?, worker);
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dir)
+                    .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+                std::fs::create_dir_all(&config.out_dir)
+                    .map_err(|e| Error::io(format!("creating {}", config.out_dir.display()), e))?;
+                dir
+            }
+            None => tmp_dir()?,
+        };
         let shared_dir = tmp_dir.join("shared-xchg");
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -589,5 +602,43 @@ mod tests {
             e.to_string(),
             "systemd-nspawn requires root to work. You are 1000"
         );
+    }
+
+    #[test]
+    fn each_worker_has_its_own_tmp_dir_state_dirs_and_output_directory() {
+        let base = std::env::temp_dir().join(format!("ntng-driver-workers-{}", std::process::id()));
+        let config = Config {
+            machines: vec![MachineConfig {
+                name: "m".into(),
+                start_script: "run-m-vm".into(),
+                kind: MachineKind::Fake,
+                inline: None,
+            }],
+            out_dir: base.join("out"),
+            ..Config::default()
+        };
+        // unique worker names: the tmp dir is the host's, shared with other test runs
+        let names = [0, 1].map(|i| format!("t{}-{i}", std::process::id()));
+        let drivers = names.clone().map(|w| {
+            let cfg = config.clone().for_worker(&w).unwrap();
+            Driver::new(cfg, Arc::new(Logger::default())).unwrap()
+        });
+        for (driver, worker) in drivers.iter().zip(&names) {
+            let tmp = driver.tmp_dir();
+            assert_eq!(
+                tmp,
+                crate::config::worker_tmp_dir(&tmp_dir().unwrap(), worker)
+            );
+            let info = driver.machines()[0].info();
+            assert_eq!(info.state_dir, tmp.join("vm-state-m"));
+            assert_eq!(info.shared_dir, tmp.join("shared-xchg"));
+            assert_eq!(info.out_dir, base.join("out").join(worker));
+            assert!(info.out_dir.is_dir() && info.shared_dir.is_dir());
+        }
+        assert_ne!(drivers[0].tmp_dir(), drivers[1].tmp_dir());
+        for driver in &drivers {
+            std::fs::remove_dir_all(driver.tmp_dir()).unwrap();
+        }
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

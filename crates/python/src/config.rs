@@ -188,4 +188,28 @@ impl Config {
         inner.apply_env(&env).map_err(crate::errors::to_pyerr)?;
         Ok(Config { inner })
     }
+    /// This configuration as worker `worker` of several drivers running the same machines at
+    /// once (pytest-xdist): a tmp dir, output directory and report file names of its own.
+    fn for_worker(&self, worker: &str) -> PyResult<Config> {
+        let inner = self
+            .inner
+            .clone()
+            .for_worker(worker)
+            .map_err(crate::errors::to_pyerr)?;
+        Ok(Config { inner })
+    }
+    /// Upstream's XML log (`LOGFILE`), or None.
+    #[getter]
+    fn xml_log(&self) -> Option<String> {
+        self.inner
+            .reporting
+            .xml_log
+            .as_ref()
+            .map(|p| p.display().to_string())
+    }
+    /// The worker this configuration is for (`for_worker`), or None.
+    #[getter]
+    fn worker(&self) -> Option<String> {
+        self.inner.worker.clone()
+    }
 }

@@ -5,6 +5,7 @@ mod cli;
 mod json;
 mod reporting;
 mod transport;
+mod worker;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use std::time::Duration;
 pub use cli::{parse_args, Parsed, USAGE_EXIT_CODE};
 pub use reporting::{OtlpSettings, Reporting};
 pub use transport::{Transport, TRANSPORT_VAR};
+pub use worker::{worker_file, worker_tmp_dir};
 
 pub use crate::kind::MachineKind;
 
@@ -75,6 +77,9 @@ pub struct Config {
     pub reporting: Reporting,
     /// Which transport commands take (`NIXOS_TEST_NG_TRANSPORT`).
     pub transport: Transport,
+    /// The worker this driver is, of several running the same machines at once
+    /// ([`Config::for_worker`]); `None` for a run of its own.
+    pub worker: Option<String>,
 }
 
 /// Generation C's log levels.
@@ -154,6 +159,7 @@ impl Default for Config {
             warnings: Vec::new(),
             reporting: Reporting::default(),
             transport: Transport::Auto,
+            worker: None,
         }
     }
 }
