@@ -139,6 +139,9 @@ EXIT_USAGE: int
 """Exit status 2: a bad command line, configuration or script."""
 DEFAULT_COMMAND_TIMEOUT: int
 """Upstream's default limit in seconds for a command, a wait or a retry (900)."""
+SNAPSHOTS_VAR: str
+"""The variable that tells the QEMU backend the run takes snapshots (VMs then start without
+the guest agent's vhost-user vsock device, which QEMU cannot save)."""
 GENERAL_SYMBOLS: tuple[str, ...]
 """The names every test script sees besides its machines and VLANs, in upstream's order."""
 

@@ -58,8 +58,8 @@ from nixos_test_ng.workers import (
 CONSOLE_LINES = 30
 #: The snapshot taken when a machine is first ready, which isolated tests start from.
 READY_SNAPSHOT = "ntng-ready"
-#: Tells the QEMU backend that the run takes snapshots (`qemu::SNAPSHOTS_VAR` in the engine).
-SNAPSHOTS_ENV = "NIXOS_TEST_NG_SNAPSHOTS"
+#: Tells the QEMU backend that the run takes snapshots.
+SNAPSHOTS_ENV = _native.SNAPSHOTS_VAR
 
 
 class DriverPlugin:

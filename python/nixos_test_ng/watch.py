@@ -36,8 +36,8 @@ POLL_SECONDS = 0.05
 SETTLE_SECONDS = 0.02
 #: The per-run timeout when neither `--global-timeout` nor `globalTimeout` sets one.
 DEFAULT_RUN_TIMEOUT = 300
-#: Tells the QEMU backend that the run takes snapshots (`qemu::SNAPSHOTS_VAR` in the engine).
-SNAPSHOTS_ENV = "NIXOS_TEST_NG_SNAPSHOTS"
+#: Tells the QEMU backend that the run takes snapshots.
+SNAPSHOTS_ENV = _native.SNAPSHOTS_VAR
 
 
 def driver_arguments(user_args: list[str]) -> list[str]:

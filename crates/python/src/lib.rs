@@ -158,6 +158,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("EXIT_USAGE", ntng_engine::exit_status::USAGE)?;
     let timeout = ntng_engine::config::DEFAULT_COMMAND_TIMEOUT.as_secs();
     m.add("DEFAULT_COMMAND_TIMEOUT", timeout)?;
+    m.add("SNAPSHOTS_VAR", ntng_engine::qemu::SNAPSHOTS_VAR)?;
     let symbols = pyo3::types::PyTuple::new(m.py(), ntng_engine::names::GENERAL_SYMBOLS)?;
     m.add("GENERAL_SYMBOLS", symbols)?;
     Ok(())
