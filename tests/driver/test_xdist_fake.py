@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 
 import pytest
+from support.xdist import pytest_n2
 
 pytest.importorskip("xdist")
 
@@ -61,17 +61,8 @@ def test_two_workers_run_four_tests_each_with_machines_of_its_own(driver_env, fa
     records.mkdir()
     out, junit, log = driver_env.out, driver_env.tmp / "junit.xml", driver_env.tmp / "log.xml"
     r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-n",
-            "2",
-            "-p",
-            "no:cacheprovider",
-            str(suite),
-            "--rootdir",
-            str(suite),
+        pytest_n2(
+            suite,
             "--nixos-vm-start-script",
             str(vm.script),
             "--nixos-vlan",
@@ -79,7 +70,7 @@ def test_two_workers_run_four_tests_each_with_machines_of_its_own(driver_env, fa
             "--nixos-out",
             str(out),
             f"--junitxml={junit}",
-        ],
+        ),
         capture_output=True,
         text=True,
         env={
@@ -212,20 +203,13 @@ def test_a_bad_option_is_one_usage_error_from_the_controller(driver_env, fake_vm
     suite.mkdir()
     (suite / "test_x.py").write_text("def test_x(alpha):\n    pass\n")
     r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-n",
-            "2",
-            "-p",
-            "no:cacheprovider",
-            str(suite),
+        pytest_n2(
+            suite,
             "--nixos-vm-start-script",
             str(vm.script),
             "--nixos-out",
             str(driver_env.tmp / "missing"),
-        ],
+        ),
         capture_output=True,
         text=True,
         env={**driver_env.env, "PATH": os.environ["PATH"]},
@@ -257,21 +241,12 @@ def test_a_failing_subtest_on_a_worker_is_a_failure_in_the_controllers_junit(dri
     (suite / "test_steps.py").write_text(FAILING)
     junit = driver_env.tmp / "junit.xml"
     r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-n",
-            "2",
-            "-p",
-            "no:cacheprovider",
-            str(suite),
-            "--rootdir",
-            str(suite),
+        pytest_n2(
+            suite,
             "--nixos-vm-start-script",
             str(vm.script),
             f"--junitxml={junit}",
-        ],
+        ),
         capture_output=True,
         text=True,
         env={**driver_env.env, "PATH": os.environ["PATH"]},

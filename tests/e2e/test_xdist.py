@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from support.xdist import pytest_n2
 
 pytestmark = pytest.mark.vm
 pytest.importorskip("xdist")
@@ -78,23 +78,14 @@ def run_inner_pytest(
     (vm_env.root / "xdg").mkdir(exist_ok=True)
     vm_env.out.mkdir(exist_ok=True)
     r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-n",
-            "2",
-            "-p",
-            "no:cacheprovider",
-            str(suite),
-            "--rootdir",
-            str(suite),
+        pytest_n2(
+            suite,
             *machine_args,
             "--nixos-out",
             str(vm_env.out),
             f"--junitxml={junit}",
             *extra,
-        ],
+        ),
         capture_output=True,
         text=True,
         env={**vm_env.environ(), "XDIST_RECORDS": str(records), **(env or {})},

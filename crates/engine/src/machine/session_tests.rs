@@ -321,23 +321,27 @@ fn the_agent_killed_mid_command_is_an_error_naming_machine_and_command() {
 
 /// A test-side agent on a unix socket: sends `hello`, then `then` after the first request
 /// arrives, and closes.
+/// The HELLO frame of an agent the tests play.
+fn test_hello() -> Vec<u8> {
+    agent_protocol::encode_json(
+        agent_protocol::Kind::Hello,
+        &agent_protocol::Hello {
+            agent: agent_protocol::AGENT_NAME.into(),
+            version: "0.0.0-test".into(),
+            protocol: agent_protocol::PROTOCOL_VERSION,
+            pid: 1,
+            boot_id: None,
+        },
+    )
+    .unwrap()
+}
+
 fn bad_agent(path: &Path, then: Vec<u8>) -> std::thread::JoinHandle<()> {
     use std::io::{Read, Write};
     let listener = UnixListener::bind(path).unwrap();
     std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().unwrap();
-        let hello = agent_protocol::encode_json(
-            agent_protocol::Kind::Hello,
-            &agent_protocol::Hello {
-                agent: agent_protocol::AGENT_NAME.into(),
-                version: "0.0.0-test".into(),
-                protocol: agent_protocol::PROTOCOL_VERSION,
-                pid: 1,
-                boot_id: None,
-            },
-        )
-        .unwrap();
-        conn.write_all(&hello).unwrap();
+        conn.write_all(&test_hello()).unwrap();
         // the whole request, so that closing is a clean end of the stream
         let mut head = [0u8; 5];
         conn.read_exact(&mut head).unwrap();
@@ -401,18 +405,7 @@ fn a_connection_that_never_says_hello_is_made_again() {
     let server = std::thread::spawn(move || {
         let (mute, _) = listener.accept().unwrap();
         let (mut conn, _) = listener.accept().unwrap();
-        let hello = agent_protocol::encode_json(
-            agent_protocol::Kind::Hello,
-            &agent_protocol::Hello {
-                agent: agent_protocol::AGENT_NAME.into(),
-                version: "0.0.0-test".into(),
-                protocol: agent_protocol::PROTOCOL_VERSION,
-                pid: 1,
-                boot_id: None,
-            },
-        )
-        .unwrap();
-        conn.write_all(&hello).unwrap();
+        conn.write_all(&test_hello()).unwrap();
         // the mute connection was given up: the driver closed it
         let mut rest = Vec::new();
         (&mute).read_to_end(&mut rest).unwrap();
