@@ -229,13 +229,13 @@ impl Driver {
 
     /// Partitions `vlan`: machines in different `groups` cannot exchange frames on it (see
     /// `netem::partition`); replaces an earlier partition of it.
-    pub fn partition(&self, groups: &[Vec<Arc<Machine>>], vlan: u32) -> Result<()> {
+    pub fn partition(&self, groups: &[Vec<Arc<Machine>>], vlan: i64) -> Result<()> {
         self.partitions
             .partition(&self.logger, groups, vlan, &self.machines)
     }
 
     /// Heals the partition of `vlan`, or of every VLAN (None), on the machines that are up.
-    pub fn heal(&self, vlan: Option<u32>) -> Result<()> {
+    pub fn heal(&self, vlan: Option<i64>) -> Result<()> {
         self.partitions.heal(&self.logger, vlan, &self.machines)
     }
 

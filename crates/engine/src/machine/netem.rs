@@ -16,7 +16,7 @@ impl Machine {
 
     /// Sets the conditions of what the machine sends on `vlan` (egress), replacing earlier
     /// ones there. Returns the checked conditions.
-    pub fn set_network_conditions(&self, vlan: u32, input: &ConditionsInput) -> Result<Conditions> {
+    pub fn set_network_conditions(&self, vlan: i64, input: &ConditionsInput) -> Result<Conditions> {
         let vlan = check_vlan(vlan)?;
         let conditions = input.check()?;
         let mac = self.vlan_mac(vlan);
@@ -39,7 +39,7 @@ impl Machine {
 
     /// Removes the conditions set on `vlan`, or on every VLAN (None). A VLAN without
     /// conditions is left as it is.
-    pub fn clear_network_conditions(&self, vlan: Option<u32>) -> Result<()> {
+    pub fn clear_network_conditions(&self, vlan: Option<i64>) -> Result<()> {
         let vlan = vlan.map(check_vlan).transpose()?;
         let mac = vlan.map(|v| self.vlan_mac(v));
         let what = match vlan {
@@ -72,7 +72,8 @@ impl Machine {
     /// Runs a script of `commands` (with its stderr in the output) and turns its failure
     /// into an error that says what is missing.
     fn run_network_script(&self, script: &str, vlan: Option<u32>) -> Result<()> {
-        let command = format!("sh -c {} 2>&1", shell_quote(script));
+        // bash, not sh: busybox's sh would run its own `tc` applet before the one on PATH
+        let command = format!("bash -c {} 2>&1", shell_quote(script));
         let (status, output) = self.run_command(
             &command,
             ExecOptions {

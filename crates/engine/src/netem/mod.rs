@@ -17,9 +17,9 @@ pub fn vlan_mac(vlan: u32, node: u32) -> String {
 }
 
 /// A VLAN number that fits the MAC address's byte (1..=255).
-pub fn check_vlan(vlan: u32) -> Result<u32, NetemError> {
+pub fn check_vlan(vlan: i64) -> Result<u32, NetemError> {
     if (1..=255).contains(&vlan) {
-        Ok(vlan)
+        Ok(vlan as u32)
     } else {
         Err(NetemError::new(
             "vlan",

@@ -70,7 +70,7 @@ impl Partitions {
         &self,
         logger: &Logger,
         groups: &[Vec<Arc<Machine>>],
-        vlan: u32,
+        vlan: i64,
         others: &[Arc<Machine>],
     ) -> Result<()> {
         let vlan = check_vlan(vlan)?;
@@ -112,7 +112,7 @@ impl Partitions {
     pub fn heal(
         &self,
         logger: &Logger,
-        vlan: Option<u32>,
+        vlan: Option<i64>,
         machines: &[Arc<Machine>],
     ) -> Result<()> {
         let vlan = vlan.map(check_vlan).transpose()?;
