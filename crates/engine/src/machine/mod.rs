@@ -9,6 +9,8 @@ mod control;
 mod files;
 mod lifecycle;
 mod netem;
+#[cfg(test)]
+mod netem_tests;
 mod restart;
 mod screen;
 mod screens;
