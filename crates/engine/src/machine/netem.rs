@@ -97,7 +97,10 @@ impl Machine {
             _ => {
                 let mut m = format!("tc failed (exit code {status}): {output}");
                 let lower = output.to_ascii_lowercase();
-                if lower.contains("unknown") || lower.contains("not supported") {
+                if ["unknown", "not supported", "not found"]
+                    .iter()
+                    .any(|w| lower.contains(w))
+                {
                     m.push_str(
                         "\nthe kernel lacks a module of sch_netem, sch_ingress (clsact), \
                          cls_flower, act_gact",

@@ -92,7 +92,13 @@ impl Partitions {
                 .flat_map(|(_, g)| g.iter().map(|m| m.vlan_mac(vlan)))
                 .collect();
             for m in group {
-                block.check(m.isolate_from(vlan, &foreign))?;
+                if let Err(e) = m.isolate_from(vlan, &foreign) {
+                    // no half-made partition: undo what the machines before got
+                    for done in groups.iter().flatten().filter(|m| m.is_up()) {
+                        let _ = done.heal_partition(Some(vlan));
+                    }
+                    return Err(block.fail_with(e));
+                }
             }
         }
         let id = logger.begin_detached(
