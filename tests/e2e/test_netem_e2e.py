@@ -217,3 +217,40 @@ def test_conditions_and_partitions_on_containers(vm_env, systemd_guest):
     assert r.returncode == 0, r.stderr[-6000:]
     assert "setting network conditions on VLAN 1 (52:54:00:12:01:01, egress)" in r.stderr
     assert "partitioning VLAN 1: {a, b} | {c}" in r.stderr
+
+
+PYTEST_STYLE = r"""
+start_all()
+a.wait_until_succeeds("ping -c 1 -W 1 b", timeout=60)
+
+
+def test_the_vlan_fixture_partitions_and_heals(a, b, vlan1):
+    vlan1.partition([[a], [b]])
+    try:
+        a.fail("ping -c 1 -W 2 b")
+        b.fail("ping -c 1 -W 2 a")
+    finally:
+        vlan1.heal()
+    a.wait_until_succeeds("ping -c 1 -W 1 b", timeout=30)
+
+
+def test_a_restore_clears_conditions_only_when_the_snapshot_predates_them(a, b, driver):
+    driver.snapshot_all("clean")
+    a.set_network_conditions(loss=1.0)
+    a.fail("ping -c 2 -W 1 b")
+    driver.snapshot_all("lossy")
+    driver.restore_all("clean")  # taken before the conditions: they are gone
+    assert "netem" not in a.succeed("tc qdisc show")
+    a.wait_until_succeeds("ping -c 1 -W 1 b", timeout=30)
+    driver.restore_all("lossy")  # taken while they were set: they are back
+    assert "netem" in a.succeed("tc qdisc show")
+    a.fail("ping -c 2 -W 1 b")
+    a.clear_network_conditions()
+    a.wait_until_succeeds("ping -c 1 -W 1 b", timeout=30)
+"""
+
+
+def test_pytest_style_vlan_fixture_and_snapshots(vm_env, takes_snapshots):
+    r = vm_env.run({"a": [1], "b": [1]}, PYTEST_STYLE, timeout=600)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-4000:]
+    assert "2 passed" in r.stdout, r.stdout[-4000:]
