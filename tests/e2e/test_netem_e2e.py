@@ -12,6 +12,7 @@ import subprocess
 import textwrap
 
 import pytest
+from test_report import Dom, render
 
 pytestmark = pytest.mark.vm
 
@@ -135,7 +136,7 @@ def _report_spans(out) -> list[dict]:
     return json.loads(m.group(1))["spans"]
 
 
-def test_conditions_and_partitions_on_vms(vm_env):
+def test_conditions_and_partitions_on_vms(vm_env, tmp_path):
     r = vm_env.run(THREE, VM_SCRIPT, timeout=600)
     assert r.returncode == 0, r.stderr[-6000:]
     assert "setting network conditions on VLAN 1 (52:54:00:12:01:01, egress): delay 200ms" in (
@@ -149,6 +150,11 @@ def test_conditions_and_partitions_on_vms(vm_env):
     assert ("b", "VLAN 1: rate 1mbit") in names, names
     assert (None, "VLAN 1 partitioned: {a, b} | {c}") in names, names
     assert all(s["status"] == "ok" and s["end"] > s["start"] for s in network), network
+    # the page's script draws them as bands of a lane of their own
+    dom = Dom(render(vm_env.out / "report.html", tmp_path)[0])
+    assert "network" in dom.lanes, dom.lanes
+    bands = {b["text"] for b in dom.bars if b["data-kind"] == "network"}
+    assert {"a: VLAN 1: delay 200ms", "VLAN 1 partitioned: {a, b} | {c}"} <= bands, bands
 
 
 def _host_kernel_has(*commands: str) -> bool:
