@@ -7,6 +7,7 @@ library behind it (machine classes, the script namespace, the exceptions).
 from nixos_test_ng.errors import (
     ConfigError,
     MachineError,
+    NetworkConditionError,
     PollingConditionError,
     QMPAPIError,
     RequestedAssertionFailed,
@@ -30,6 +31,7 @@ __all__ = [
     "FirecrackerMachine",
     "Machine",
     "MachineError",
+    "NetworkConditionError",
     "NspawnMachine",
     "PollingConditionError",
     "QMPAPIError",

@@ -49,6 +49,18 @@ class Unsupported(MachineError):
     operation: str
     backend: str
 
+class NetworkConditionError(ValueError):
+    """A network condition or partition given with an invalid value (nothing was sent to the
+    guest); `field` names the argument, `value` the value as given."""
+
+    field: str
+    value: str
+
+#: A network condition's value: a number in the field's unit (seconds for delay and jitter,
+#: a fraction from 0 to 1 for loss, duplicate, reorder and corrupt, bits per second for
+#: rate) or a string with its unit ("100ms", "5%", "1mbit").
+Condition = float | str | timedelta | None
+
 def parse_args(argv: list[str], env: dict[str, str]) -> Config | str:
     """Parse the `nixos-test-driver` command line; returns the help text for `--help`."""
 
@@ -262,6 +274,12 @@ class VLan:
     def pid(self) -> int: ...
     @property
     def socket_dir(self) -> str: ...
+    def partition(self, groups: list[list[Machine]]) -> None:
+        """Partition this VLAN: machines in different groups cannot exchange packets on it,
+        machines in one group still can (`[[a, b], [c]]`); machines in no group reach
+        everyone. Replaces an earlier partition of it."""
+    def heal(self) -> None:
+        """Heal this VLAN's partition."""
 
 @final
 class MachineHandle:
@@ -279,6 +297,8 @@ class Driver:
     def __init__(self, config: Config, logger: Logger) -> None: ...
     def machine_handles(self) -> list[MachineHandle]: ...
     def vlans(self) -> list[VLan]: ...
+    def partition(self, groups: list[list[Machine]], vlan: int = 1) -> None: ...
+    def heal(self, vlan: int | None = None) -> None: ...
     def vlan_env(self) -> list[tuple[str, str]]: ...
     @property
     def tmp_dir(self) -> str: ...
@@ -480,6 +500,25 @@ class Machine:
         """Cut the first VLAN NIC (`set_link virtio-net-pci.1 off`)."""
     def unblock(self) -> None: ...
     def forward_port(self, host_port: int = 8080, guest_port: int = 80) -> None: ...
+    def set_network_conditions(
+        self,
+        vlan: int = 1,
+        *,
+        delay: Condition = None,
+        jitter: Condition = None,
+        loss: Condition = None,
+        duplicate: Condition = None,
+        reorder: Condition = None,
+        corrupt: Condition = None,
+        rate: Condition = None,
+    ) -> None:
+        """Set the conditions of what the machine sends on VLAN `vlan` (egress), with `tc
+        qdisc netem` in the guest; replaces earlier ones there. A bare number is in seconds
+        (delay, jitter), a fraction from 0 to 1 (loss, duplicate, reorder, corrupt) or bits
+        per second (rate); strings carry their unit ("100ms", "5%", "1mbit"). An invalid
+        value raises `NetworkConditionError` before anything is sent."""
+    def clear_network_conditions(self, vlan: int | None = None) -> None:
+        """Remove the network conditions on VLAN `vlan`, or on every VLAN (None)."""
     def send_key(self, key: str, delay: float | None = 0.01, log: bool = True) -> None: ...
     def send_chars(self, chars: str, delay: float | None = 0.01) -> None: ...
     def send_console(self, chars: str) -> None: ...

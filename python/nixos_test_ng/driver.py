@@ -7,7 +7,7 @@ import contextlib
 import os
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,16 @@ class Driver:
     def join_all(self) -> None:
         """Wait until every machine has shut down."""
         self._native.join_all()
+
+    def partition(self, groups: Sequence[Sequence[BaseMachine]], vlan: int = 1) -> None:
+        """Partition VLAN `vlan`: machines in different `groups` cannot exchange packets on
+        it, machines in one group still can; machines in no group reach everyone. Done in
+        the guests (drops by MAC address); replaces an earlier partition of that VLAN."""
+        self._native.partition(groups, vlan)
+
+    def heal(self, vlan: int | None = None) -> None:
+        """Heal the partition of VLAN `vlan`, or of every VLAN (None)."""
+        self._native.heal(vlan)
 
     def create_machine(
         self,

@@ -136,3 +136,31 @@ def test_vmm_metrics_is_a_firecracker_machine_method(tmp_path):
     assert r.stdout.splitlines() == [
         f"{script}:2:1: `server` (QemuMachine) has no attribute `vmm_metrics`",
     ]
+
+
+def test_network_conditions_and_partitions_are_known_names(tmp_path):
+    script = tmp_path / "t.py"
+    script.write_text(
+        'a.set_network_conditions(vlan=1, delay="200ms", jitter=0.01, loss="5%", rate="1mbit")\n'
+        "a.clear_network_conditions()\n"
+        "driver.partition([[a], [b]], vlan=1)\n"
+        "driver.heal()\n"
+        "vlan1.partition([[a], [b]])\n"
+        "vlan1.heal()\n"
+    )
+    r = ng("check", str(script), "--machines", "a", "b:nspawn", "--vlans", "1")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    script.write_text(
+        "a.set_network_condition(delay=0.1)\n"
+        "b.set_network_conditions(latency=0.1)\n"
+        'b.clear_network_conditions(vlan="1")\n'
+    )
+    r = ng("check", str(script), "--machines", "a", "b:nspawn", "--vlans", "1")
+    assert r.returncode == 1, r
+    assert r.stdout.splitlines() == [
+        f"{script}:1:1: `a` (QemuMachine) has no attribute `set_network_condition`;"
+        " did you mean `set_network_conditions`?",
+        f"{script}:2:1: `b.set_network_conditions()`: got an unexpected keyword argument 'latency'",
+        f"{script}:3:33: `b.clear_network_conditions()`: argument `vlan` expects int | None,"
+        " got str '1'",
+    ], r.stdout

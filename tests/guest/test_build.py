@@ -69,6 +69,13 @@ def test_built_guest_artifacts(built_guest: Path) -> None:
         "libbsd0",
         "libmd0",
         "libc6",
+        "iproute2",
+        "libbpf1",
+        "libelf1",
+        "libmnl0",
+        "libxtables12",
+        "libcap2",
+        "zlib1g",
     ]
     assert isinstance(m["kvm"]["usable"], bool) and m["kvm"]["detail"]
     listing = subprocess.run(
@@ -99,19 +106,30 @@ def test_built_guest_artifacts(built_guest: Path) -> None:
         f"lib/modules/{kv}/kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko",
         f"lib/modules/{kv}/kernel/net/vmw_vsock/vsock.ko",
         "bin/nc",
+        "sbin/tc",
         "lib64/ld-linux-x86-64.so.2",
         "etc/nsswitch.conf",
     ):
         assert path in listing, path
     assert listing == sorted(listing)
     assert len([p for p in listing if p.endswith(".ko")]) == len(m["modules_included"])
-    # OpenBSD netcat's loader and library closure, and nothing else of libc6
+    # network conditions and partitions: tc's qdiscs, classifier and action
+    for mod in ("sch_netem", "sch_ingress", "cls_flower", "act_gact"):
+        assert mod in m["modules_included"], mod
+    # the loader and library closure of OpenBSD netcat and iproute2's tc, and nothing else
     assert m["libraries_included"] == [
         "ld-linux-x86-64.so.2",
+        "libbpf.so.1",
         "libbsd.so.0",
         "libc.so.6",
+        "libcap.so.2",
+        "libelf.so.1",
+        "libm.so.6",
         "libmd.so.0",
+        "libmnl.so.0",
         "libresolv.so.2",
+        "libxtables.so.12",
+        "libz.so.1",
     ]
     assert [p for p in listing if p.startswith(("lib/x86_64-linux-gnu/", "lib64/"))] == [
         *(f"lib/x86_64-linux-gnu/{lib}" for lib in m["libraries_included"]),
@@ -120,12 +138,12 @@ def test_built_guest_artifacts(built_guest: Path) -> None:
     assert "usr/bin/nc" not in listing  # busybox's nc applet is not linked (`busybox nc` is)
 
 
-def test_initramfs_netcat_runs_with_only_its_own_libraries(
+def test_initramfs_netcat_and_tc_run_with_only_their_own_libraries(
     built_guest: Path, tmp_path: Path
 ) -> None:
     """The loader of the unpacked initramfs, run on the host with the initramfs as its root (a
-    chroot, so root only), resolves every library of /bin/nc inside it; and the closure read by
-    elf.py matches `objdump -p` where binutils is installed."""
+    chroot, so root only), resolves every library of /bin/nc and /sbin/tc inside it; and the
+    closure read by elf.py matches `objdump -p` where binutils is installed."""
     root = tmp_path / "root"
     root.mkdir()
     subprocess.run(
@@ -138,15 +156,19 @@ def test_initramfs_netcat_runs_with_only_its_own_libraries(
     assert os.readlink(link) == "../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
     libdir = root / "lib/x86_64-linux-gnu"
     if shutil.which("objdump"):
-        for f in [root / "bin/nc", *sorted(libdir.iterdir())]:
+        for f in [root / "bin/nc", root / "sbin/tc", *sorted(libdir.iterdir())]:
             dump = subprocess.run(
                 ["objdump", "-p", str(f)], capture_output=True, text=True, check=True
             ).stdout
             want = [line.split()[1] for line in dump.splitlines() if "NEEDED" in line]
             assert list(elf.dynamic_info(f.read_bytes()).needed) == want, f.name
     closure = elf.library_closure(root, root / "bin/nc")
+    tc = elf.library_closure(root, root / "sbin/tc")
     assert closure.interpreter == ("/lib64/ld-linux-x86-64.so.2", libdir / "ld-linux-x86-64.so.2")
-    assert sorted(closure.libraries) == sorted(p.name for p in libdir.iterdir())
+    assert tc.interpreter == closure.interpreter
+    assert sorted({*closure.libraries, *tc.libraries, "ld-linux-x86-64.so.2"}) == sorted(
+        p.name for p in libdir.iterdir()
+    )
     if os.geteuid() != 0:
         pytest.skip("chroot needs root")
     res = subprocess.run(
@@ -160,6 +182,15 @@ def test_initramfs_netcat_runs_with_only_its_own_libraries(
         assert f"{lib} => /lib/x86_64-linux-gnu/{lib}" in res.stdout
     res = subprocess.run(["chroot", str(root), "/bin/nc", "-h"], capture_output=True, text=True)
     assert "OpenBSD netcat" in res.stderr
+    res = subprocess.run(
+        ["chroot", str(root), "/lib64/ld-linux-x86-64.so.2", "--list", "/sbin/tc"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "not found" not in res.stdout, res.stdout
+    res = subprocess.run(["chroot", str(root), "/sbin/tc", "-V"], capture_output=True, text=True)
+    assert res.returncode == 0 and "iproute2" in res.stdout, res
 
 
 def test_second_build_is_cached(guest_copy: Path) -> None:

@@ -33,6 +33,7 @@ pub struct Driver {
     vlan_env: Vec<(String, String)>,
     machines: Vec<Arc<Machine>>,
     timer: Mutex<Option<Timer>>,
+    partitions: crate::netem::Partitions,
 }
 
 /// Upstream's tmp dir: `$XDG_RUNTIME_DIR`, else Python's `tempfile.gettempdir()` order.
@@ -134,6 +135,7 @@ impl Driver {
             vlan_env,
             machines: Vec::new(),
             timer: Mutex::new(None),
+            partitions: Default::default(),
         };
         let specs = driver.config.machines.clone();
         for spec in &specs {
@@ -236,6 +238,18 @@ impl Driver {
             inline: None,
         };
         self.build_machine(&spec, keep_state)
+    }
+
+    /// Partitions `vlan`: machines in different `groups` cannot exchange frames on it (see
+    /// `netem::partition`); replaces an earlier partition of it.
+    pub fn partition(&self, groups: &[Vec<Arc<Machine>>], vlan: i64) -> Result<()> {
+        self.partitions
+            .partition(&self.logger, groups, vlan, &self.machines)
+    }
+
+    /// Heals the partition of `vlan`, or of every VLAN (None), on the machines that are up.
+    pub fn heal(&self, vlan: Option<i64>) -> Result<()> {
+        self.partitions.heal(&self.logger, vlan, &self.machines)
     }
 
     /// Starts every machine, in parallel; reports every machine that failed.

@@ -81,6 +81,12 @@ pub enum Error {
     /// The run was interrupted (SIGINT, SIGTERM or the global timeout).
     #[error("interrupted")]
     Interrupted,
+    /// A network condition or partition given with an invalid value (nothing was sent).
+    #[error(transparent)]
+    NetworkCondition(#[from] crate::netem::NetemError),
+    /// Changing network conditions or a partition in the guest failed.
+    #[error("{machine}: {message}")]
+    Network { machine: String, message: String },
     /// A callback supplied by the caller failed (a polling condition, a predicate).
     #[error("{0}")]
     Callback(Box<dyn std::error::Error + Send + Sync>),

@@ -29,6 +29,7 @@ pub mod kind;
 pub mod log;
 pub mod machine;
 pub mod names;
+pub mod netem;
 pub mod nspawn;
 pub mod process;
 pub mod qemu;

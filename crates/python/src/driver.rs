@@ -30,12 +30,29 @@ pub struct VLan {
     /// The switch's socket directory.
     #[pyo3(get)]
     socket_dir: String,
+    /// For `partition`/`heal`.
+    driver: Arc<engine::Driver>,
 }
 
 #[pymethods]
 impl VLan {
     fn __repr__(&self) -> String {
         format!("<VLan {}>", self.nr)
+    }
+
+    /// Partitions this VLAN: machines in different `groups` cannot exchange packets on it
+    /// (`driver.partition(groups, vlan=nr)`).
+    fn partition(&self, py: Python<'_>, groups: &Bound<'_, PyAny>) -> PyResult<()> {
+        let groups = crate::netem::groups(groups)?;
+        let (d, nr) = (self.driver.clone(), i64::from(self.nr));
+        py.detach(move || d.partition(&groups, nr))
+            .map_err(to_pyerr)
+    }
+
+    /// Heals this VLAN's partition.
+    fn heal(&self, py: Python<'_>) -> PyResult<()> {
+        let (d, nr) = (self.driver.clone(), i64::from(self.nr));
+        py.detach(move || d.heal(Some(nr))).map_err(to_pyerr)
     }
 }
 
@@ -73,8 +90,25 @@ impl Driver {
                 nr,
                 pid,
                 socket_dir: dir.display().to_string(),
+                driver: self.inner.clone(),
             })
             .collect()
+    }
+
+    /// Partitions VLAN `vlan`: machines in different `groups` cannot exchange packets on it.
+    #[pyo3(signature = (groups, vlan=1))]
+    fn partition(&self, py: Python<'_>, groups: &Bound<'_, PyAny>, vlan: i64) -> PyResult<()> {
+        let groups = crate::netem::groups(groups)?;
+        let d = self.inner.clone();
+        py.detach(move || d.partition(&groups, vlan))
+            .map_err(to_pyerr)
+    }
+
+    /// Heals the partition of VLAN `vlan`, or of every VLAN (None).
+    #[pyo3(signature = (vlan=None))]
+    fn heal(&self, py: Python<'_>, vlan: Option<i64>) -> PyResult<()> {
+        let d = self.inner.clone();
+        py.detach(move || d.heal(vlan)).map_err(to_pyerr)
     }
 
     /// `QEMU_VDE_SOCKET_<n>` variables, for `os.environ`.

@@ -68,6 +68,14 @@ create_exception!(
      `operation` names what was asked, `backend` the backend that lacks it."
 );
 
+create_exception!(
+    nixos_test_ng,
+    NetworkConditionError,
+    PyValueError,
+    "A network condition or partition given with an invalid value (nothing was sent to the \
+     guest); `field` names the argument, `value` the value as given."
+);
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("MachineError", py.get_type::<MachineError>())?;
@@ -94,6 +102,10 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     unsupported.setattr("operation", "")?;
     unsupported.setattr("backend", "")?;
     m.add("Unsupported", unsupported)?;
+    let netem = py.get_type::<NetworkConditionError>();
+    netem.setattr("field", "")?;
+    netem.setattr("value", "")?;
+    m.add("NetworkConditionError", netem)?;
     Ok(())
 }
 
@@ -166,6 +178,17 @@ pub fn to_pyerr(e: Error) -> PyErr {
                 }
             })
         }
+        Error::NetworkCondition(e) => Python::attach(|py| {
+            let err = NetworkConditionError::new_err(e.to_string());
+            let value = err.value(py);
+            match value
+                .setattr("field", e.field)
+                .and_then(|()| value.setattr("value", e.value))
+            {
+                Ok(()) => err,
+                Err(failed) => failed,
+            }
+        }),
         e @ Error::Io { .. } => PyOSError::new_err(e.to_string()),
         e => MachineError::new_err(e.to_string()),
     }

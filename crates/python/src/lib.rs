@@ -6,6 +6,7 @@ mod driver;
 mod errors;
 mod logger;
 mod machine;
+mod netem;
 mod process;
 
 use std::collections::HashMap;

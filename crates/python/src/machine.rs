@@ -70,6 +70,11 @@ impl Machine {
         let m = self.inner.clone();
         py.detach(move || f(&m)).map_err(to_pyerr)
     }
+
+    /// The engine's machine (a partition's groups).
+    pub(crate) fn engine(&self) -> Arc<EngineMachine> {
+        self.inner.clone()
+    }
 }
 
 #[pymethods]
@@ -652,6 +657,37 @@ impl Machine {
     /// Restores the first VLAN NIC.
     fn unblock(&self, py: Python<'_>) -> PyResult<()> {
         self.call(py, |m| m.unblock())
+    }
+
+    /// Sets the conditions of what the machine sends on VLAN `vlan` (egress), with `tc
+    /// qdisc netem` in the guest; replaces earlier ones there. A bare number is in seconds
+    /// (delay, jitter), a fraction from 0 to 1 (loss, duplicate, reorder, corrupt) or bits
+    /// per second (rate); strings carry their unit ("100ms", "5%", "1mbit").
+    #[pyo3(signature = (vlan=1, *, delay=None, jitter=None, loss=None, duplicate=None, reorder=None, corrupt=None, rate=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn set_network_conditions(
+        &self,
+        py: Python<'_>,
+        vlan: i64,
+        delay: Option<&Bound<'_, PyAny>>,
+        jitter: Option<&Bound<'_, PyAny>>,
+        loss: Option<&Bound<'_, PyAny>>,
+        duplicate: Option<&Bound<'_, PyAny>>,
+        reorder: Option<&Bound<'_, PyAny>>,
+        corrupt: Option<&Bound<'_, PyAny>>,
+        rate: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let input =
+            crate::netem::conditions(delay, jitter, loss, duplicate, reorder, corrupt, rate)?;
+        self.call(py, move |m| {
+            m.set_network_conditions(vlan, &input).map(drop)
+        })
+    }
+
+    /// Removes the network conditions on VLAN `vlan`, or on every VLAN (None).
+    #[pyo3(signature = (vlan=None))]
+    fn clear_network_conditions(&self, py: Python<'_>, vlan: Option<i64>) -> PyResult<()> {
+        self.call(py, move |m| m.clear_network_conditions(vlan))
     }
 
     /// Forwards host TCP `host_port` to guest `guest_port`.

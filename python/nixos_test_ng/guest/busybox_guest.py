@@ -66,7 +66,7 @@ __all__ = [
 
 #: Bumped whenever the builder's output changes for the same inputs (the files below written
 #: from Python constants, /etc/passwd and the like, are covered by this, not by a content hash).
-BUILDER_VERSION = 3
+BUILDER_VERSION = 4
 
 #: Debian meta-package whose dependency is the kernel image, per kernel flavour.
 KERNEL_META = {"generic": "linux-image-amd64", "cloud": "linux-image-cloud-amd64"}
@@ -75,12 +75,16 @@ DEFAULT_FLAVOUR = "generic"
 #: `nc -z`, `nc -z -U`, which busybox's nc lacks) and the packages of its shared libraries; which
 #: files of theirs go into the initramfs is read from the binary (see elf.py).
 NETCAT_PACKAGES = ("netcat-openbsd", "libbsd0", "libmd0", "libc6")
-USERLAND_PACKAGES = ("busybox-static", "bash-static", *NETCAT_PACKAGES)
+#: Debian's `tc` (network conditions and partitions: `tc qdisc netem`, `tc filter flower`) and
+#: the packages of its shared libraries beyond netcat's.
+TC_PACKAGES = ("iproute2", "libbpf1", "libelf1", "libmnl0", "libxtables12", "libcap2", "zlib1g")
+DYNAMIC_PACKAGES = (*NETCAT_PACKAGES, *TC_PACKAGES)
+USERLAND_PACKAGES = ("busybox-static", "bash-static", *DYNAMIC_PACKAGES)
 #: Dynamically linked programs: guest path -> path in the unpacked packages. Their loader and
 #: library closure are copied in too.
-DYNAMIC_PROGRAMS = {"bin/nc": "bin/nc.openbsd"}
+DYNAMIC_PROGRAMS = {"bin/nc": "bin/nc.openbsd", "sbin/tc": "sbin/tc"}
 #: busybox applets not linked because a real program replaces them (`busybox nc` still works).
-REPLACED_APPLETS = frozenset({"nc"})
+REPLACED_APPLETS = frozenset({"nc", "tc"})
 #: Where the libraries go: the first directory of the loader's default search path.
 LIBRARY_DIR = "lib/x86_64-linux-gnu"
 
@@ -101,6 +105,12 @@ MODULES = (
     "vmw_vsock_virtio_transport",
     "qemu_fw_cfg",  # the host list, when it is too long for the kernel command line
     "bochs",  # -vga std's DRM driver: the console on the screen (screenshots, OCR)
+    # network conditions (`tc qdisc netem`) and partitions (a clsact qdisc whose ingress
+    # `flower` filters drop by source MAC); the kernel loads them on first use
+    "sch_netem",
+    "sch_ingress",
+    "cls_flower",
+    "act_gact",
 )
 #: Modules a flavour's kernel does not have (Debian's cloud kernel has no 9p).
 MISSING_MODULES: dict[str, tuple[str, ...]] = {
@@ -163,7 +173,7 @@ def _install_dynamic(unpacked: Path, root: Path) -> list[str]:
     for dest, src in DYNAMIC_PROGRAMS.items():
         program = unpacked / src
         if not program.is_file():
-            names = ", ".join(NETCAT_PACKAGES)
+            names = ", ".join(DYNAMIC_PACKAGES)
             raise BuildError(f"{src} is not in the unpacked packages ({names})")
         try:
             closure = library_closure(unpacked, program)

@@ -8,6 +8,9 @@ mod api;
 mod control;
 mod files;
 mod lifecycle;
+mod netem;
+#[cfg(test)]
+mod netem_tests;
 mod restart;
 mod screen;
 mod screens;
@@ -76,6 +79,8 @@ pub struct Machine {
     boot_span: Mutex<Option<SpanId>>,
     /// `--keep-machine-state`: the state directory outlives a restart too.
     keep_state: bool,
+    /// The report's band of each VLAN whose network conditions are set (see `netem.rs`).
+    network_bands: Mutex<std::collections::BTreeMap<u32, SpanId>>,
 }
 
 impl Machine {
@@ -96,6 +101,7 @@ impl Machine {
             snapshots: Default::default(),
             boot_span: Default::default(),
             keep_state,
+            network_bands: Default::default(),
         })
     }
 

@@ -109,6 +109,8 @@ pub enum SpanKind {
     Operation,
     /// Any other nested log block.
     Block,
+    /// A time while network conditions or a partition are in force (the report's bands).
+    Network,
 }
 
 impl SpanKind {
@@ -121,6 +123,7 @@ impl SpanKind {
             SpanKind::Boot => "boot",
             SpanKind::Operation => "operation",
             SpanKind::Block => "block",
+            SpanKind::Network => "network",
         }
     }
 }
