@@ -39,6 +39,11 @@ struct Args {
     /// when it starts); with or without --interactive. New.
     #[arg(long = "vnc")]
     vnc: bool,
+    /// Start VMs from the boot cache when an earlier run saved them with the same inputs, and
+    /// save them there when they first become ready (dir: NIXOS_TEST_NG_BOOT_CACHE, else
+    /// $XDG_CACHE_HOME/nixos-test-ng/boots). New.
+    #[arg(long = "reuse-boots")]
+    reuse_boots: bool,
     /// Do not check the script's names before booting (`nixos-test-ng check`'s name check).
     #[arg(long = "skip-check")]
     skip_check: bool,
@@ -171,6 +176,7 @@ pub fn parse_args(argv: &[String], env: &HashMap<String, String>) -> Result<Pars
     cfg.keep_machine_state = args.keep_machine_state || args.keep_vm_state;
     cfg.interactive = args.interactive && !args.no_interactive;
     cfg.vnc = args.vnc;
+    cfg.reuse_boots = args.reuse_boots;
     cfg.keep_going = args.keep_going;
     cfg.skip_check = args.skip_check;
     cfg.pytest_args = args.pytest_args.clone();

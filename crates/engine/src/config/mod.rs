@@ -75,6 +75,10 @@ pub struct Config {
     pub reporting: Reporting,
     /// Which transport commands take (`NIXOS_TEST_NG_TRANSPORT`).
     pub transport: Transport,
+    /// `--reuse-boots` (new).
+    pub reuse_boots: bool,
+    /// The boot cache, when it is on (`--reuse-boots` or `NIXOS_TEST_NG_BOOT_CACHE`).
+    pub boot_cache: Option<crate::qemu::boot_cache::Store>,
 }
 
 /// Generation C's log levels.
@@ -118,6 +122,7 @@ impl Config {
     ) -> crate::error::Result<()> {
         self.reporting = Reporting::from_env(env);
         self.transport = Transport::from_env(env)?;
+        self.boot_cache = crate::qemu::boot_cache::settings(self.reuse_boots, env)?;
         Ok(())
     }
 }
@@ -154,6 +159,8 @@ impl Default for Config {
             warnings: Vec::new(),
             reporting: Reporting::default(),
             transport: Transport::Auto,
+            reuse_boots: false,
+            boot_cache: None,
         }
     }
 }

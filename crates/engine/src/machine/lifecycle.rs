@@ -285,7 +285,7 @@ impl Machine {
             tic.elapsed().as_secs_f64()
         ));
         block.finish();
-        Ok(())
+        self.save_boot()
     }
 
     /// Gets a stream when there is none (or each time, for a connector that reconnects) and

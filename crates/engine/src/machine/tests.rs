@@ -56,6 +56,7 @@ pub(super) fn machine_over(
         vnc: false,
         transport,
         node: 1,
+        boot_cache: None,
     };
     let record = backend.record.clone();
     let m = Machine::new(info, Box::new(backend), false).unwrap();

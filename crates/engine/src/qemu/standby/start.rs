@@ -183,6 +183,11 @@ pub(super) struct Job {
     pub(super) golden: Arc<Golden>,
     pub(super) mounts: Vec<Mount>,
     pub(super) abort: Arc<Abort>,
+    /// The disks are in the launch's directory already (a start from the boot cache).
+    pub(super) in_place: bool,
+    /// After the warm-up, the guest's clock and random pool are refreshed (a start from the
+    /// boot cache, whose guest state is from another time).
+    pub(super) refresh: bool,
 }
 
 impl Job {
@@ -193,11 +198,16 @@ impl Job {
     /// Starts the standby and warms it up; the reason when that fails.
     pub(super) fn run(&self) -> std::result::Result<Standby, String> {
         let dir = &self.launch.dir;
-        fresh_dir(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        if !self.in_place {
+            fresh_dir(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        }
         // The start script makes `$TMPDIR/xchg` and shares it; it stays the machine's one.
+        let _ = std::fs::create_dir_all(self.state_dir.join("xchg"));
         let _ = std::os::unix::fs::symlink(self.state_dir.join("xchg"), dir.join("xchg"));
-        copy_files(&self.golden.dir, dir, &self.golden.files)
-            .map_err(|e| format!("copying the golden disks: {e}"))?;
+        if !self.in_place {
+            copy_files(&self.golden.dir, dir, &self.golden.files)
+                .map_err(|e| format!("copying the golden disks: {e}"))?;
+        }
         self.abort.check()?;
         let listen = |name: &str| {
             listen_at(dir, name).map_err(|e| format!("binding {}/{name}: {e}", dir.display()))
@@ -291,6 +301,18 @@ impl Job {
             if status != 0 {
                 return Err(format!(
                     "mounting the shared directories failed: {}",
+                    String::from_utf8_lossy(&out).trim()
+                ));
+            }
+        }
+        if self.refresh {
+            let cmd = crate::qemu::boot_cache::refresh_command();
+            let (status, out) = shell
+                .execute(&cmd, None, Reply::Full, deadline)
+                .map_err(|err| format!("setting the clock: {err}"))?;
+            if status != 0 {
+                return Err(format!(
+                    "setting the guest's clock and random pool failed: {}",
                     String::from_utf8_lossy(&out).trim()
                 ));
             }
