@@ -99,6 +99,8 @@ pub fn file_id(path: &Path) -> Option<String> {
 pub fn named_files(text: &str) -> Vec<String> {
     let mut found: Vec<String> = text
         .split(|c: char| c.is_whitespace() || "\"'=,:;(){}<>|&`$".contains(c))
+        // `${VAR:-/default}`
+        .map(|t| t.trim_start_matches(['-', '+', '?']))
         .filter(|t| t.starts_with('/') && t.len() > 1)
         .filter_map(|t| file_id(Path::new(t)))
         .collect();
@@ -185,8 +187,7 @@ mod tests {
         let kernel = dir.join("vmlinux");
         std::fs::write(&kernel, b"kernel").unwrap();
         let text = format!(
-            "kernel=${{K:-{}}}\n-drive file={},x\n-virtfs path={}\n",
-            kernel.display(),
+            "kernel=${{K:-{}}}\n-virtfs path={}\n",
             kernel.display(),
             dir.display()
         );

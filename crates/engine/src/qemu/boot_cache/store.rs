@@ -96,6 +96,16 @@ pub struct Entry {
     pub last_used: SystemTime,
 }
 
+impl Entry {
+    /// When it was last used, in seconds since the epoch.
+    pub fn last_used_secs(&self) -> u64 {
+        self.last_used
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs()
+    }
+}
+
 /// A cache directory and its size limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Store {
