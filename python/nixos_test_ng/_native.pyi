@@ -127,6 +127,15 @@ def read_config_file(path: Path | str) -> Config:
     """The run that generation C's `--config FILE` alone describes (its machines and VLANs),
     read by the driver's own parser. Raises ConfigError naming the file and the field."""
 
+def boot_cache_entries(env: dict[str, str]) -> tuple[str, int, list[dict[str, Any]]]:
+    """The boot cache the environment names (NIXOS_TEST_NG_BOOT_CACHE, else the default): its
+    directory, size limit, and entries (most recently used first) as dicts with `key`,
+    `machine`, `size`, `saved`, `last_used` (seconds since the epoch) and `inputs` (lines).
+    Raises ConfigError for a bad NIXOS_TEST_NG_BOOT_CACHE_SIZE."""
+
+def boot_cache_clear(env: dict[str, str]) -> tuple[str, int]:
+    """Deletes every entry of that cache: its directory and the number deleted (OSError)."""
+
 def agent_binary() -> bytes:
     """The guest agent (`nixos-test-ng-agent`, a static x86_64 Linux executable), built from the
     same source as this module, for the guest builder to install in a guest."""

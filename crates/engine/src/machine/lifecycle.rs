@@ -254,6 +254,11 @@ impl Machine {
         let noun = self.kind().noun();
         let block = self.nested(&format!("waiting for the {noun} to finish booting"));
         self.launch(false)?;
+        if self.connected() {
+            // a launch that hands over a shell already in step (a start from the boot cache)
+            block.finish();
+            return Ok(());
+        }
         let (connector, agent, setup) = match &*self.run.lock().unwrap() {
             Some(r) => (r.connector.clone(), r.agent.clone(), r.setup.clone()),
             None => {
