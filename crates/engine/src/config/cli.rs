@@ -595,6 +595,27 @@ mod tests {
     }
 
     #[test]
+    fn reuse_boots_flag_and_variable() {
+        let f = Fixture::new("reuse");
+        let t = f.p("t.py");
+        assert_eq!(f.parse(&[&t], &[("HOME", "/h")]).unwrap().boot_cache, None);
+        let c = f.parse(&["--reuse-boots", &t], &[("HOME", "/h")]).unwrap();
+        let store = c.boot_cache.unwrap();
+        assert_eq!(store.dir, PathBuf::from("/h/.cache/nixos-test-ng/boots"));
+        let c = f
+            .parse(&[&t], &[("NIXOS_TEST_NG_BOOT_CACHE", "/c")])
+            .unwrap();
+        assert_eq!(c.boot_cache.unwrap().dir, PathBuf::from("/c"));
+        let e = f
+            .parse(
+                &["--reuse-boots", &t],
+                &[("NIXOS_TEST_NG_BOOT_CACHE_SIZE", "lots")],
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("is not a size"), "{e}");
+    }
+
+    #[test]
     fn env_defaults_and_flag_precedence() {
         let f = Fixture::new("env");
         let scripts = format!("{} {}", f.p("run-a-vm"), f.p("run-b-vm"));

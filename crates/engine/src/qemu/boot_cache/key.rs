@@ -149,29 +149,20 @@ mod tests {
         let key = base().key();
         assert_eq!(key.len(), 32);
         assert_eq!(key, base().key(), "the key is stable");
-        let changes: Vec<(&str, Box<dyn Fn(&mut KeyInputs)>)> = vec![
-            ("start script", Box::new(|k| k.start_script.push(' '))),
-            (
-                "file mtime",
-                Box::new(|k| k.files[0] = "/guest/vmlinux 10 21".into()),
-            ),
-            (
-                "file added",
-                Box::new(|k| k.files.push("/guest/initrd 1 1".into())),
-            ),
-            (
-                "qemu",
-                Box::new(|k| k.qemu = Some("/usr/bin/qemu-system-x86_64 5 7".into())),
-            ),
-            (
-                "appended",
-                Box::new(|k| k.appended.push("-no-reboot".into())),
-            ),
-            ("env set", Box::new(|k| k.env[0].1 = Some("-smp 2".into()))),
-            ("env empty", Box::new(|k| k.env[0].1 = Some(String::new()))),
-            ("vlans", Box::new(|k| k.vlans.push(2))),
-            ("node", Box::new(|k| k.node = 2)),
-            ("version", Box::new(|k| k.version = "0.2.0".into())),
+        type Change = fn(&mut KeyInputs);
+        let changes: Vec<(&str, Change)> = vec![
+            ("start script", |k| k.start_script.push(' ')),
+            ("file mtime", |k| k.files[0] = "/guest/vmlinux 10 21".into()),
+            ("file added", |k| k.files.push("/guest/initrd 1 1".into())),
+            ("qemu", |k| {
+                k.qemu = Some("/usr/bin/qemu-system-x86_64 5 7".into())
+            }),
+            ("appended", |k| k.appended.push("-no-reboot".into())),
+            ("env set", |k| k.env[0].1 = Some("-smp 2".into())),
+            ("env empty", |k| k.env[0].1 = Some(String::new())),
+            ("vlans", |k| k.vlans.push(2)),
+            ("node", |k| k.node = 2),
+            ("version", |k| k.version = "0.2.0".into()),
         ];
         for (what, change) in changes {
             let mut k = base();

@@ -267,7 +267,7 @@ impl Store {
                 }
             }
         }
-        out.sort_by(|a, b| b.last_used.cmp(&a.last_used));
+        out.sort_by_key(|e| std::cmp::Reverse(e.last_used));
         out
     }
 
@@ -449,7 +449,7 @@ pub fn parse_size(text: &str) -> Option<u64> {
         "T" => 1 << 40,
         _ => return None,
     };
-    (n >= 0.0).then(|| (n * mult as f64) as u64)
+    (n >= 0.0).then_some((n * mult as f64) as u64)
 }
 
 /// Seconds since the epoch, now.
