@@ -30,6 +30,8 @@ for m in machines:
     print(f"CLOCK {m.name} {before} {guest} {after}", flush=True)
     m.succeed("grep -q ' /tmp/shared 9p ' /proc/mounts && grep -q ' /tmp/xchg 9p ' /proc/mounts")
     print(f"UUID {m.name} {m.succeed('cat /proc/sys/kernel/random/uuid').strip()}", flush=True)
+    forks = m.succeed("dmesg | grep -c 'crng reseeded due to virtual machine fork' || true")
+    print(f"RESEEDED {m.name} {forks.strip()}", flush=True)
     # written after the state was saved: never in a later run
     m.fail("test -e /etc/ntng-written-after-boot")
     m.succeed("echo x > /etc/ntng-written-after-boot")
@@ -77,11 +79,14 @@ def test_a_second_run_starts_from_the_cache(vm_env, cache, leftovers):
     second = ok(vm_env.run({"machine": []}, PROBE))
     assert "machine: " + HIT + entry.name[:12] in second, second[-4000:]
     assert SAVED not in second
+    assert lines(first, "RESEEDED")["machine"] == ["0"]
+    assert lines(second, "RESEEDED")["machine"] == ["1"], second[-3000:]
     before, guest, after = map(float, lines(second, "CLOCK")["machine"])
     assert before - 1 <= guest <= after + 1, (before, guest, after)
     third = ok(vm_env.run({"machine": []}, PROBE))
     assert HIT in third
-    # the random pool was reseeded: the two starts from one state draw different numbers
+    # the kernel reseeded its generator (the VM generation ID changed): the two starts from one
+    # state draw different numbers
     assert lines(second, "UUID")["machine"] != lines(third, "UUID")["machine"]
     no_leftovers(cache)
     assert not leftovers(vm_env.root)

@@ -133,6 +133,8 @@ struct QemuCommand {
     allow_reboot: bool,
     /// `--vnc`: the display number from which QEMU looks for a free one.
     vnc_from: Option<u16>,
+    /// The run uses the boot cache: [`boot_cache::DEVICE_ARGS`] are appended.
+    boot_cache: bool,
     extra: Vec<String>,
 }
 
@@ -142,6 +144,9 @@ impl QemuCommand {
             QemuBackend::appended_args(&self.dir, self.allow_reboot, display_available());
         if let Some(first) = self.vnc_from {
             args.extend(vnc::args(first));
+        }
+        if self.boot_cache {
+            args.extend(boot_cache::DEVICE_ARGS.iter().map(|a| a.to_string()));
         }
         args.extend(self.extra.iter().cloned());
         let mut cmd = if Path::new(&self.start_command).is_file() {
@@ -280,6 +285,7 @@ impl QemuBackend {
             vnc_from: info
                 .vnc
                 .then(|| self.vnc_address().map_or(0, |a| a.display())),
+            boot_cache: info.boot_cache.is_some(),
             extra: Vec::new(),
         }
     }

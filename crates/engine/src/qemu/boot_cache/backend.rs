@@ -68,6 +68,7 @@ impl QemuBackend {
         if info.vnc {
             appended.push("-vnc".into());
         }
+        appended.extend(super::DEVICE_ARGS.iter().map(|a| a.to_string()));
         let inputs = gather(&self.start_command, info, appended);
         let key = inputs.key();
         let found = store.lookup(&key);

@@ -34,6 +34,12 @@ pub const SIZE_VAR: &str = "NIXOS_TEST_NG_BOOT_CACHE_SIZE";
 pub const DEFAULT_SIZE: u64 = 8 << 30;
 /// The QEMU snapshot an entry's disks hold.
 pub const SNAPSHOT: &str = "ntng-boot-cache";
+/// Appended to every QEMU of a run with the cache on (so that a saved VM and the QEMU that
+/// loads it have the same devices): a VM generation ID device whose ID is new in every QEMU
+/// process, so that a guest started from a saved state is told so and its kernel reseeds its
+/// random number generator at once (Linux's vmgenid driver); writing to /dev/urandom only
+/// mixes bytes into the pool for the next scheduled reseed.
+pub const DEVICE_ARGS: [&str; 2] = ["-device", "vmgenid,guid=auto"];
 /// The TMPDIR of a QEMU started from the cache, in the machine's state directory.
 pub const HIT_DIR: &str = "boot-cache";
 
