@@ -574,6 +574,11 @@ impl QemuBackend {
             .unwrap()
             .on_disk
             .insert(dir.to_path_buf(), snapshots);
+        if info.vnc {
+            if let Ok(control) = self.running(info).and_then(|r| r.control(info)) {
+                self.take_over_display(info, control.qmp());
+            }
+        }
         Ok(Launched {
             process,
             console_reader: relay_thread,
