@@ -196,9 +196,10 @@ class Config:
     @property
     def warnings(self) -> list[str]: ...
     def with_reporting_from(self, env: dict[str, str]) -> Config:
-        """This configuration with the XML log, OTLP exporter, trace parent and transport `env`
-        asks for (`LOGFILE`, `OTEL_*`, `TRACEPARENT`, `NIXOS_TEST_NG_TRANSPORT`) instead of its
-        own; a bad `NIXOS_TEST_NG_TRANSPORT` raises."""
+        """This configuration with the XML log, OTLP exporter, trace parent, transport and boot
+        cache `env` asks for (`LOGFILE`, `OTEL_*`, `TRACEPARENT`, `NIXOS_TEST_NG_TRANSPORT`,
+        `NIXOS_TEST_NG_BOOT_CACHE*`) instead of its own; a bad `NIXOS_TEST_NG_TRANSPORT` or
+        `NIXOS_TEST_NG_BOOT_CACHE_SIZE` raises."""
 
 @final
 class LogBlock:

@@ -115,7 +115,9 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(900);
 
 impl Config {
     /// Applies what the environment decides whatever the command line says: the reporting
-    /// (`LOGFILE`, `OTEL_*`, `TRACEPARENT`) and the transport (`NIXOS_TEST_NG_TRANSPORT`).
+    /// (`LOGFILE`, `OTEL_*`, `TRACEPARENT`), the transport (`NIXOS_TEST_NG_TRANSPORT`) and the
+    /// boot cache (`NIXOS_TEST_NG_BOOT_CACHE`, `NIXOS_TEST_NG_BOOT_CACHE_SIZE`, with
+    /// `--reuse-boots`).
     pub fn apply_env(
         &mut self,
         env: &std::collections::HashMap<String, String>,
