@@ -139,6 +139,15 @@ def read_config_file(path: Path | str) -> Config:
     """The run that generation C's `--config FILE` alone describes (its machines and VLANs),
     read by the driver's own parser. Raises ConfigError naming the file and the field."""
 
+def boot_cache_entries(env: dict[str, str]) -> tuple[str, int, list[dict[str, Any]]]:
+    """The boot cache the environment names (NIXOS_TEST_NG_BOOT_CACHE, else the default): its
+    directory, size limit, and entries (most recently used first) as dicts with `key`,
+    `machine`, `size`, `saved`, `last_used` (seconds since the epoch) and `inputs` (lines).
+    Raises ConfigError for a bad NIXOS_TEST_NG_BOOT_CACHE_SIZE."""
+
+def boot_cache_clear(env: dict[str, str]) -> tuple[str, int]:
+    """Deletes every entry of that cache: its directory and the number deleted (OSError)."""
+
 def agent_binary() -> bytes:
     """The guest agent (`nixos-test-ng-agent`, a static x86_64 Linux executable), built from the
     same source as this module, for the guest builder to install in a guest."""
@@ -202,9 +211,10 @@ class Config:
     @property
     def warnings(self) -> list[str]: ...
     def with_reporting_from(self, env: dict[str, str]) -> Config:
-        """This configuration with the XML log, OTLP exporter, trace parent and transport `env`
-        asks for (`LOGFILE`, `OTEL_*`, `TRACEPARENT`, `NIXOS_TEST_NG_TRANSPORT`) instead of its
-        own; a bad `NIXOS_TEST_NG_TRANSPORT` raises."""
+        """This configuration with the XML log, OTLP exporter, trace parent, transport and boot
+        cache `env` asks for (`LOGFILE`, `OTEL_*`, `TRACEPARENT`, `NIXOS_TEST_NG_TRANSPORT`,
+        `NIXOS_TEST_NG_BOOT_CACHE*`) instead of its own; a bad `NIXOS_TEST_NG_TRANSPORT` or
+        `NIXOS_TEST_NG_BOOT_CACHE_SIZE` raises."""
     def for_worker(self, worker: str) -> Config:
         """This configuration as worker `worker` (e.g. pytest-xdist's `gw0`) of several
         drivers running the same machines at once: its tmp dir is `<tmp>/ntng-<worker>`

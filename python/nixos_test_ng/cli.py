@@ -229,6 +229,7 @@ commands:
   new TEMPLATE [-o FILE.py] [--stubs] [--nix] [--force] | new --list
                       write a working test from a template (minimal, network, systemd,
                       pytest, graphical, traced), with editor stubs and a Nix expression
+  cache list|clear     the boot cache of VMs (--reuse-boots): its entries, or delete them
   driver ARGS...       the same as nixos-test-driver ARGS...
   version              print the version
 """
@@ -250,6 +251,10 @@ def run_ng(argv: list[str]) -> int:
         return run_main(rest)
     if command == "driver":
         return run_driver(rest)
+    if command == "cache":
+        from nixos_test_ng.cache_cli import main as cache_main
+
+        return cache_main(rest)
     if command == "doctor":
         from nixos_test_ng.doctor import main as doctor_main
 

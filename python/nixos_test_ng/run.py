@@ -69,6 +69,14 @@ def main(argv: list[str]) -> int:
         help="boot the machines once, run the script, and run it again each time it is saved,"
         " the machines restored to their ready state first (docs/watch.md)",
     )
+    parser.add_argument(
+        "--reuse-boots",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="start each VM from the boot cache when an unchanged one was saved there, and save"
+        " it when it first becomes ready (the driver's --reuse-boots, docs/boot-cache.md);"
+        " default: on with --watch, off otherwise",
+    )
     args = parser.parse_args(argv)
     if args.watch and args.interactive:
         parser.print_usage()
@@ -77,6 +85,7 @@ def main(argv: list[str]) -> int:
     driver_args = [
         *(["--interactive"] if args.interactive else []),
         *(["--vnc"] if args.vnc else []),
+        *(["--reuse-boots"] if args.reuse_boots and not args.watch else []),
         *driver_args,
     ]
     from nixos_test_ng import guest
@@ -105,5 +114,5 @@ def main(argv: list[str]) -> int:
         if not args.watch:
             return run_driver([*cmd, *driver_args, "--", args.script])
         watch.watch_environment()
-        extra = watch.driver_arguments(driver_args)
+        extra = watch.driver_arguments(driver_args, reuse_boots=args.reuse_boots is not False)
         return run_driver([*cmd, *extra, *driver_args, "--", args.script], watch.session)

@@ -40,13 +40,15 @@ DEFAULT_RUN_TIMEOUT = 300
 SNAPSHOTS_ENV = _native.SNAPSHOTS_VAR
 
 
-def driver_arguments(user_args: list[str]) -> list[str]:
-    """The driver arguments the watch loop adds to the user's (the one place for them; the
-    boot cache's flag belongs here once it exists): a per-run timeout unless one is given."""
+def driver_arguments(user_args: list[str], reuse_boots: bool = True) -> list[str]:
+    """The driver arguments the watch loop adds to the user's (the one place for them): the
+    boot cache (docs/boot-cache.md) unless `reuse_boots` is false, and a per-run timeout
+    unless one is given."""
+    extra = ["--reuse-boots"] if reuse_boots and "--reuse-boots" not in user_args else []
     given = any(a == "--global-timeout" or a.startswith("--global-timeout=") for a in user_args)
     if given or "globalTimeout" in os.environ:
-        return []
-    return ["--global-timeout", str(DEFAULT_RUN_TIMEOUT)]
+        return extra
+    return [*extra, "--global-timeout", str(DEFAULT_RUN_TIMEOUT)]
 
 
 def watch_environment() -> None:

@@ -252,8 +252,16 @@ def test_a_save_is_seen_by_rename_and_in_place(tmp_path):
 
 def test_the_watch_loop_sets_a_per_run_timeout_unless_one_is_given(monkeypatch):
     monkeypatch.delenv("globalTimeout", raising=False)
-    assert watch.driver_arguments([]) == ["--global-timeout", str(watch.DEFAULT_RUN_TIMEOUT)]
-    assert watch.driver_arguments(["--global-timeout", "9"]) == []
-    assert watch.driver_arguments(["--global-timeout=9"]) == []
+    timeout = ["--global-timeout", str(watch.DEFAULT_RUN_TIMEOUT)]
+    assert watch.driver_arguments([], reuse_boots=False) == timeout
+    assert watch.driver_arguments(["--global-timeout", "9"], reuse_boots=False) == []
+    assert watch.driver_arguments(["--global-timeout=9"], reuse_boots=False) == []
     monkeypatch.setenv("globalTimeout", "9")
-    assert watch.driver_arguments([]) == []
+    assert watch.driver_arguments([], reuse_boots=False) == []
+
+
+def test_the_watch_loop_uses_the_boot_cache_by_default(monkeypatch):
+    monkeypatch.setenv("globalTimeout", "9")
+    assert watch.driver_arguments([]) == ["--reuse-boots"]
+    assert watch.driver_arguments(["--reuse-boots"]) == []
+    assert watch.driver_arguments([], reuse_boots=False) == []

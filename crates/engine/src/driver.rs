@@ -158,6 +158,7 @@ impl Driver {
             env: self.vlan_env.clone(),
             vnc: self.config.vnc,
             transport: self.config.transport,
+            boot_cache: self.config.boot_cache.clone(),
             node: 1 + self
                 .config
                 .machines

@@ -180,9 +180,9 @@ impl Config {
     fn warnings(&self) -> Vec<String> {
         self.inner.warnings.clone()
     }
-    /// This configuration with the XML log, OTLP exporter, trace parent and transport `env`
-    /// asks for (`LOGFILE`, `OTEL_*`, `TRACEPARENT`, `NIXOS_TEST_NG_TRANSPORT`) instead of its
-    /// own.
+    /// This configuration with the XML log, OTLP exporter, trace parent, transport and boot
+    /// cache `env` asks for (`LOGFILE`, `OTEL_*`, `TRACEPARENT`, `NIXOS_TEST_NG_TRANSPORT`,
+    /// `NIXOS_TEST_NG_BOOT_CACHE*`) instead of its own.
     fn with_reporting_from(&self, env: HashMap<String, String>) -> PyResult<Config> {
         let mut inner = self.inner.clone();
         inner.apply_env(&env).map_err(crate::errors::to_pyerr)?;

@@ -1,5 +1,6 @@
 //! Python bindings of the nixos-test-ng engine: conversions and GIL handling only.
 
+mod boot_cache;
 mod config;
 mod convert;
 mod driver;
@@ -154,6 +155,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add_function(wrap_pyfunction!(read_config_file, m)?)?;
     m.add_function(wrap_pyfunction!(agent_binary, m)?)?;
+    m.add_function(wrap_pyfunction!(boot_cache::boot_cache_entries, m)?)?;
+    m.add_function(wrap_pyfunction!(boot_cache::boot_cache_clear, m)?)?;
     m.add("EXIT_OK", ntng_engine::exit_status::OK)?;
     m.add("EXIT_FAILED", ntng_engine::exit_status::FAILED)?;
     m.add("EXIT_USAGE", ntng_engine::exit_status::USAGE)?;

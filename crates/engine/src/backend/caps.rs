@@ -94,6 +94,15 @@ pub trait Snapshots: Send + Sync {
     fn wait_ready(&self, _timeout: Option<Duration>) -> Result<bool> {
         Ok(false)
     }
+    /// The boot cache wants this launch saved, now that it first became ready.
+    fn boot_save_wanted(&self) -> bool {
+        false
+    }
+    /// Saves the paused guest for the boot cache (`mounts`: the shares unmounted for it);
+    /// `Error::SnapshotRefused` when it cannot be saved.
+    fn save_boot(&self, _info: &MachineInfo, _mounts: &[Mount]) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// QEMU's monitor (HMP) and QMP.

@@ -57,6 +57,8 @@ pub struct MachineInfo {
     /// The machine's number in the run, from 1 by sorted name (nixpkgs' network.nix): the
     /// last byte of its VLAN NICs' MAC addresses, `52:54:00:12:<vlan>:<node>`.
     pub node: u32,
+    /// The boot cache, when the run uses it (QEMU VMs).
+    pub boot_cache: Option<crate::qemu::boot_cache::Store>,
 }
 
 impl MachineInfo {

@@ -4,7 +4,7 @@
 use crate::transport::shell::shell_quote as q;
 
 /// A shared-directory mount of the guest, as `/proc/mounts` lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Mount {
     pub device: String,
     pub point: String,

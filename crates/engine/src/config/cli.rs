@@ -39,6 +39,11 @@ struct Args {
     /// when it starts); with or without --interactive. New.
     #[arg(long = "vnc")]
     vnc: bool,
+    /// Start VMs from the boot cache when an earlier run saved them with the same inputs, and
+    /// save them there when they first become ready (dir: NIXOS_TEST_NG_BOOT_CACHE, else
+    /// $XDG_CACHE_HOME/nixos-test-ng/boots). New.
+    #[arg(long = "reuse-boots")]
+    reuse_boots: bool,
     /// Do not check the script's names before booting (`nixos-test-ng check`'s name check).
     #[arg(long = "skip-check")]
     skip_check: bool,
@@ -171,6 +176,7 @@ pub fn parse_args(argv: &[String], env: &HashMap<String, String>) -> Result<Pars
     cfg.keep_machine_state = args.keep_machine_state || args.keep_vm_state;
     cfg.interactive = args.interactive && !args.no_interactive;
     cfg.vnc = args.vnc;
+    cfg.reuse_boots = args.reuse_boots;
     cfg.keep_going = args.keep_going;
     cfg.skip_check = args.skip_check;
     cfg.pytest_args = args.pytest_args.clone();
@@ -586,6 +592,27 @@ mod tests {
         assert!(c.vnc && c.interactive);
         let e = f.parse(&["--vnc=1", &t], &[]).unwrap_err();
         assert!(e.to_string().contains("--vnc"), "{e}");
+    }
+
+    #[test]
+    fn reuse_boots_flag_and_variable() {
+        let f = Fixture::new("reuse");
+        let t = f.p("t.py");
+        assert_eq!(f.parse(&[&t], &[("HOME", "/h")]).unwrap().boot_cache, None);
+        let c = f.parse(&["--reuse-boots", &t], &[("HOME", "/h")]).unwrap();
+        let store = c.boot_cache.unwrap();
+        assert_eq!(store.dir, PathBuf::from("/h/.cache/nixos-test-ng/boots"));
+        let c = f
+            .parse(&[&t], &[("NIXOS_TEST_NG_BOOT_CACHE", "/c")])
+            .unwrap();
+        assert_eq!(c.boot_cache.unwrap().dir, PathBuf::from("/c"));
+        let e = f
+            .parse(
+                &["--reuse-boots", &t],
+                &[("NIXOS_TEST_NG_BOOT_CACHE_SIZE", "lots")],
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("is not a size"), "{e}");
     }
 
     #[test]

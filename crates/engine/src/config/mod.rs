@@ -80,6 +80,10 @@ pub struct Config {
     /// The worker this driver is, of several running the same machines at once
     /// ([`Config::for_worker`]); `None` for a run of its own.
     pub worker: Option<String>,
+    /// `--reuse-boots` (new).
+    pub reuse_boots: bool,
+    /// The boot cache, when it is on (`--reuse-boots` or `NIXOS_TEST_NG_BOOT_CACHE`).
+    pub boot_cache: Option<crate::qemu::boot_cache::Store>,
 }
 
 /// Generation C's log levels.
@@ -116,13 +120,16 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(900);
 
 impl Config {
     /// Applies what the environment decides whatever the command line says: the reporting
-    /// (`LOGFILE`, `OTEL_*`, `TRACEPARENT`) and the transport (`NIXOS_TEST_NG_TRANSPORT`).
+    /// (`LOGFILE`, `OTEL_*`, `TRACEPARENT`), the transport (`NIXOS_TEST_NG_TRANSPORT`) and the
+    /// boot cache (`NIXOS_TEST_NG_BOOT_CACHE`, `NIXOS_TEST_NG_BOOT_CACHE_SIZE`, with
+    /// `--reuse-boots`).
     pub fn apply_env(
         &mut self,
         env: &std::collections::HashMap<String, String>,
     ) -> crate::error::Result<()> {
         self.reporting = Reporting::from_env(env);
         self.transport = Transport::from_env(env)?;
+        self.boot_cache = crate::qemu::boot_cache::settings(self.reuse_boots, env)?;
         Ok(())
     }
 }
@@ -160,6 +167,8 @@ impl Default for Config {
             reporting: Reporting::default(),
             transport: Transport::Auto,
             worker: None,
+            reuse_boots: false,
+            boot_cache: None,
         }
     }
 }

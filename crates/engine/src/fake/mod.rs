@@ -75,6 +75,8 @@ pub struct Record {
     pub connects: AtomicUsize,
     /// Streams it was told did not reach their handshake.
     pub abandoned: AtomicUsize,
+    /// Saves for the boot cache (`FakeBackend::with_boot_cache`).
+    pub boot_saves: AtomicUsize,
 }
 
 /// A machine whose guest is a local bash.
@@ -89,6 +91,13 @@ pub struct FakeBackend {
     agent: bool,
     /// The launch sets up an agent connector to this socket, served by the test itself.
     agent_at: Option<std::path::PathBuf>,
+    /// Every launch wants a save for the boot cache at its first handshake (the backend
+    /// then has snapshots that save nothing).
+    boot_cache: bool,
+    /// The launch hands over a shell already in step (as a start from the boot cache does).
+    in_step: bool,
+    /// The launch wants one still (see `boot_cache`).
+    boot_save_wanted: std::sync::atomic::AtomicBool,
     /// What happened to it.
     pub record: Arc<Record>,
 }
@@ -136,6 +145,18 @@ impl FakeBackend {
         self
     }
 
+    /// A launch that resynchronises the shell itself and hands it over in step.
+    pub fn in_step(mut self) -> Self {
+        self.in_step = true;
+        self
+    }
+
+    /// A guest that the boot cache wants saved at the first handshake of each launch.
+    pub fn with_boot_cache(mut self) -> Self {
+        self.boot_cache = true;
+        self
+    }
+
     /// A guest whose restart is its reset (as a container's): its snapshots are restarts.
     pub fn restart_resets(mut self) -> Self {
         self.restart_resets = true;
@@ -153,6 +174,8 @@ impl Backend for FakeBackend {
     }
 
     fn launch(&self, host: &dyn Host, _options: LaunchOptions) -> Result<Launched> {
+        self.boot_save_wanted
+            .store(self.boot_cache, Ordering::SeqCst);
         if self.reconnecting {
             return self.launch_reconnecting(host);
         }
@@ -182,12 +205,25 @@ impl Backend for FakeBackend {
             .stdout(Stdio::from(OwnedFd::from(stdout)))
             .stderr(Stdio::piped());
         let (process, console_reader) = self.spawn_guest(host, cmd)?;
+        let shell_in_step = if self.in_step {
+            let stream = ours.try_clone().map_err(|e| Error::io("socket pair", e))?;
+            let mut shell = crate::transport::shell::Shell::new(stream);
+            shell
+                .resync(Deadline::after(Some(std::time::Duration::from_secs(30))))
+                .map_err(|e| Error::InvalidState {
+                    machine: host.info().name.clone(),
+                    message: format!("resync: {e}"),
+                })?;
+            Some(shell)
+        } else {
+            None
+        };
         Ok(Launched {
             process: Arc::new(process),
             console_reader,
             connector: Box::new(Ready::new(ours)),
             shell: ShellSetup::backdoor(),
-            shell_in_step: None,
+            shell_in_step,
             agent: match (&self.agent_at, self.agent) {
                 (Some(path), _) => Some(Box::new(ConnectUnix::new(path)) as Box<dyn Connector>),
                 (None, true) => Some(Box::new(ConnectUnix::new(agent_socket(host))) as _),
@@ -213,6 +249,46 @@ impl Backend for FakeBackend {
 
     fn restart_resets(&self) -> bool {
         self.restart_resets
+    }
+
+    fn snapshots(&self) -> Option<&dyn crate::backend::Snapshots> {
+        self.boot_cache.then_some(self as _)
+    }
+}
+
+/// Snapshots that save nothing: only for the boot cache's order of operations.
+impl crate::backend::Snapshots for FakeBackend {
+    fn unmounts_shares(&self) -> bool {
+        false
+    }
+    fn pause(&self, _info: &crate::backend::MachineInfo) -> Result<()> {
+        Ok(())
+    }
+    fn resume(&self, _info: &crate::backend::MachineInfo) -> Result<()> {
+        Ok(())
+    }
+    fn save(&self, _info: &crate::backend::MachineInfo, _name: &str) -> Result<()> {
+        Ok(())
+    }
+    fn rewind(
+        &self,
+        _host: &dyn Host,
+        _name: &str,
+        _mounts: &[crate::backend::shares::Mount],
+    ) -> Result<crate::backend::Rewind> {
+        Ok(crate::backend::Rewind::InPlace)
+    }
+    fn boot_save_wanted(&self) -> bool {
+        self.boot_save_wanted.load(Ordering::SeqCst)
+    }
+    fn save_boot(
+        &self,
+        _info: &crate::backend::MachineInfo,
+        _mounts: &[crate::backend::shares::Mount],
+    ) -> Result<()> {
+        self.boot_save_wanted.store(false, Ordering::SeqCst);
+        self.record.boot_saves.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 }
 

@@ -254,6 +254,11 @@ impl Machine {
         let noun = self.kind().noun();
         let block = self.nested(&format!("waiting for the {noun} to finish booting"));
         self.launch(false)?;
+        if self.connected() {
+            // a launch that hands over a shell already in step (a start from the boot cache)
+            block.finish();
+            return Ok(());
+        }
         let (connector, agent, setup) = match &*self.run.lock().unwrap() {
             Some(r) => (r.connector.clone(), r.agent.clone(), r.setup.clone()),
             None => {
@@ -285,7 +290,7 @@ impl Machine {
             tic.elapsed().as_secs_f64()
         ));
         block.finish();
-        Ok(())
+        self.save_boot()
     }
 
     /// Gets a stream when there is none (or each time, for a connector that reconnects) and

@@ -250,6 +250,44 @@ impl Machine {
         }
     }
 
+    /// At the first handshake of a launch the boot cache wants saved: the shares unmounted,
+    /// the guest paused and saved, resumed, the shares mounted again. A VM that cannot be
+    /// saved only gets a log line saying why and what would make it cacheable.
+    pub(crate) fn save_boot(&self) -> Result<()> {
+        let Some(s) = self.backend.snapshots() else {
+            return Ok(());
+        };
+        if !s.boot_save_wanted() {
+            return Ok(());
+        }
+        let not_saved = |e: Error| match e {
+            Error::SnapshotRefused { reason, fix, .. } if fix.is_empty() => {
+                self.log(&format!("not saved in the boot cache: {reason}"))
+            }
+            Error::SnapshotRefused { reason, fix, .. } => self.log(&format!(
+                "not saved in the boot cache: {reason}; to make it cacheable: {fix}"
+            )),
+            e => self.log(&format!("not saved in the boot cache: {e}")),
+        };
+        let mounts = match self.unmount_for(s, crate::qemu::boot_cache::SNAPSHOT) {
+            Ok(m) => m,
+            Err(e) => {
+                not_saved(e);
+                return Ok(());
+            }
+        };
+        let saved = s
+            .pause(&self.info)
+            .and_then(|()| s.save_boot(&self.info, &mounts));
+        let resumed = s.resume(&self.info);
+        let mounted = self.mount_shares(&mounts);
+        if let Err(e) = saved {
+            not_saved(e);
+        }
+        resumed?;
+        mounted
+    }
+
     /// Saves the machine's state as `name` (replacing an older snapshot of that name).
     pub fn snapshot(&self, name: &str) -> Result<()> {
         self.check_name(name)?;

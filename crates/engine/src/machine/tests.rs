@@ -56,6 +56,7 @@ pub(super) fn machine_over(
         vnc: false,
         transport,
         node: 1,
+        boot_cache: None,
     };
     let record = backend.record.clone();
     let m = Machine::new(info, Box::new(backend), false).unwrap();
@@ -124,6 +125,42 @@ fn a_new_handshake_after_mark_disconnected_comes_on_the_same_stream() {
     assert_eq!(m.state(), State::Up);
     assert_eq!(run(&m, "echo again"), (0, "again\n".to_string()));
     assert_eq!(record.launches.load(Ordering::SeqCst), 1);
+    m.release();
+}
+
+#[test]
+fn the_boot_cache_saves_a_launch_at_its_first_handshake_only() {
+    let Fixture { m, record, _tmp } =
+        machine_with(FakeBackend::new("true").with_boot_cache(), None);
+    let saves = || record.boot_saves.load(Ordering::SeqCst);
+    m.connect().unwrap();
+    assert_eq!(saves(), 1);
+    assert_eq!(run(&m, "echo up"), (0, "up\n".to_string()));
+    // a new handshake of the same launch (as after a reboot) is not its first
+    m.mark_disconnected();
+    m.send_to_shell(b"echo 'Spawning backdoor root shell...'\n")
+        .unwrap();
+    m.connect().unwrap();
+    assert_eq!(saves(), 1);
+    // the next launch is saved again (the cache decides at each launch)
+    m.release();
+    m.start(false).unwrap();
+    m.connect().unwrap();
+    assert_eq!(saves(), 2);
+    m.release();
+}
+
+#[test]
+fn a_launch_that_hands_over_a_shell_in_step_needs_no_handshake() {
+    // as a VM started from the boot cache: connect() launches it and is done (with a
+    // handshake to wait for, it would run out of boot time: the guest says hello only once)
+    let backend = FakeBackend::new("true").in_step().with_boot_cache();
+    let Fixture { m, record, _tmp } = machine_with(backend, Some(Duration::from_secs(20)));
+    m.connect().unwrap();
+    assert_eq!(m.state(), State::Up);
+    assert_eq!(run(&m, "echo up"), (0, "up\n".to_string()));
+    // no first handshake: nothing to save
+    assert_eq!(record.boot_saves.load(Ordering::SeqCst), 0);
     m.release();
 }
 

@@ -1,6 +1,7 @@
 //! The QEMU backend: a start script following the upstream `run-<name>-vm` contract,
 //! the shell backdoor on a virtconsole, the HMP monitor and QMP.
 
+pub mod boot_cache;
 mod monitor;
 mod ops;
 mod qmp;
@@ -132,6 +133,8 @@ struct QemuCommand {
     allow_reboot: bool,
     /// `--vnc`: the display number from which QEMU looks for a free one.
     vnc_from: Option<u16>,
+    /// The run uses the boot cache: [`boot_cache::DEVICE_ARGS`] are appended.
+    boot_cache: bool,
     extra: Vec<String>,
 }
 
@@ -141,6 +144,9 @@ impl QemuCommand {
             QemuBackend::appended_args(&self.dir, self.allow_reboot, display_available());
         if let Some(first) = self.vnc_from {
             args.extend(vnc::args(first));
+        }
+        if self.boot_cache {
+            args.extend(boot_cache::DEVICE_ARGS.iter().map(|a| a.to_string()));
         }
         args.extend(self.extra.iter().cloned());
         let mut cmd = if Path::new(&self.start_command).is_file() {
@@ -185,6 +191,8 @@ pub struct QemuBackend {
     vnc: Arc<Mutex<Option<VncAddress>>>,
     /// The machine's number among the run's QEMU machines (its guest CID is 3 + this).
     index: u32,
+    /// Its side of the boot cache.
+    boot_cache: boot_cache::CacheState,
 }
 
 impl QemuBackend {
@@ -203,6 +211,7 @@ impl QemuBackend {
             standbys: Standbys::default(),
             vnc: Arc::default(),
             index: vsock::next_index(),
+            boot_cache: Default::default(),
         }
     }
 
@@ -276,6 +285,7 @@ impl QemuBackend {
             vnc_from: info
                 .vnc
                 .then(|| self.vnc_address().map_or(0, |a| a.display())),
+            boot_cache: info.boot_cache.is_some(),
             extra: Vec::new(),
         }
     }
@@ -365,6 +375,11 @@ impl Backend for QemuBackend {
         // A previous QEMU's vsock daemon goes first: the new one's sockets have the same paths.
         drop(self.running.lock().unwrap().take());
         let plan = vsock::Plan::for_launch(info, &self.start_command, self.index);
+        let with_vsock = !matches!(plan, vsock::Plan::None);
+        if let Some(launched) = self.launch_from_cache(host, options.allow_reboot, with_vsock) {
+            info.log(&format!("QEMU running (pid {})", launched.process.pid()));
+            return Ok(launched);
+        }
         let vsock = vsock::Attached::set_up(info, plan)?;
         let mut qemu = self.command_for(info, &info.state_dir, options.allow_reboot);
         qemu.env.extend(vsock.as_ref().map(|v| v.env.clone()));
@@ -445,6 +460,9 @@ impl Backend for QemuBackend {
     /// golden copies.
     fn stopped(&self, released: bool) {
         self.discard_standbys(released);
+        if released {
+            self.boot_cache.finish();
+        }
         self.running.lock().unwrap().take();
     }
 

@@ -7,7 +7,7 @@ use crate::backend::{Host, MachineInfo, Rewind, Snapshots};
 use crate::error::{Error, Result};
 
 /// Why QEMU refused a `savevm` (its `Error: ...` text, without `Error: `) and what fixes it.
-fn savevm_refusal(text: &str) -> (String, String) {
+pub(super) fn savevm_refusal(text: &str) -> (String, String) {
     let reason = format!("QEMU refused: {text}");
     let fix = if let Some(tag) = text
         .contains("VirtFS")
@@ -43,7 +43,7 @@ fn savevm_refusal(text: &str) -> (String, String) {
 }
 
 /// The `Error: ...` line of an HMP answer, without `Error: `.
-fn hmp_error(answer: &str) -> Option<&str> {
+pub(super) fn hmp_error(answer: &str) -> Option<&str> {
     let i = answer.find("Error")?;
     let line = answer[i..].lines().next().unwrap_or_default().trim();
     Some(line.strip_prefix("Error:").map_or(line, str::trim))
@@ -70,7 +70,7 @@ impl QemuBackend {
     /// The running QEMU has a vhost-user vsock device: it cannot be saved, so a snapshot is
     /// refused without touching the VM (no unmounting, no `stop`/`cont`: after those the
     /// guest agent's traffic through vhost-device-vsock 0.3.0 stalled, seen here).
-    fn unsaveable(&self) -> bool {
+    pub(super) fn unsaveable(&self) -> bool {
         self.running
             .lock()
             .unwrap()
@@ -140,6 +140,14 @@ impl Snapshots for QemuBackend {
 
     fn wait_ready(&self, timeout: Option<std::time::Duration>) -> Result<bool> {
         self.wait_for_standby(timeout)
+    }
+
+    fn boot_save_wanted(&self) -> bool {
+        self.cache_wants_save()
+    }
+
+    fn save_boot(&self, info: &MachineInfo, mounts: &[Mount]) -> Result<()> {
+        self.save_to_cache(info, mounts)
     }
 }
 

@@ -125,7 +125,9 @@ impl Plan {
 
     /// For a launch of `info`'s machine, started by `start_command`, numbered `index`.
     pub fn for_launch(info: &MachineInfo, start_command: &str, index: u32) -> Plan {
-        let snapshots = std::env::var(SNAPSHOTS_VAR).is_ok_and(|v| !matches!(v.trim(), "" | "0"));
+        // The boot cache saves VMs: a run with it on takes snapshots.
+        let snapshots = std::env::var(SNAPSHOTS_VAR).is_ok_and(|v| !matches!(v.trim(), "" | "0"))
+            || info.boot_cache.is_some();
         Plan::choose(
             info.transport,
             Announcement::of(start_command),
@@ -460,6 +462,7 @@ mod tests {
             vnc: false,
             transport: Transport::Auto,
             node: 1,
+            boot_cache: None,
         };
         (info, program.display().to_string())
     }

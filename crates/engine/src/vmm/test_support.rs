@@ -51,6 +51,7 @@ pub fn machine(dir: &Path, backend: Box<dyn Backend>, transport: Transport) -> M
         vnc: false,
         transport,
         node: 1,
+        boot_cache: None,
     };
     Machine::new(info, backend, false).unwrap()
 }

@@ -19,7 +19,7 @@ pub(super) struct Golden {
 
 /// The writable disk files of a QEMU (from `query-block`), relative to its TMPDIR `dir`; an
 /// error saying which disk cannot be copied for a standby.
-pub(super) fn writable_disks(
+pub(crate) fn writable_disks(
     blocks: &Value,
     dir: &Path,
 ) -> std::result::Result<Vec<PathBuf>, String> {
@@ -77,7 +77,7 @@ pub(super) fn copy_files(from: &Path, to: &Path, files: &[PathBuf]) -> std::io::
     Ok(bytes)
 }
 
-pub(super) fn fresh_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn fresh_dir(dir: &Path) -> std::io::Result<()> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -86,7 +86,7 @@ pub(super) fn fresh_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new().mode(0o700).create(dir)
 }
 
-pub(super) fn fmt_bytes(n: u64) -> String {
+pub(crate) fn fmt_bytes(n: u64) -> String {
     format!("{:.1} MB", n as f64 / 1e6)
 }
 

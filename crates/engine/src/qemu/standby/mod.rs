@@ -38,7 +38,8 @@ use crate::backend::{Host, Launched, MachineInfo, ShellSetup};
 use crate::error::{Error, Result};
 use crate::interrupt::{self, Deadline};
 use crate::transport::connector::Ready;
-use disks::{copy_files, fmt_bytes, fresh_dir, writable_disks, Golden};
+use disks::{copy_files, Golden};
+pub(crate) use disks::{fmt_bytes, fresh_dir, writable_disks};
 use start::{Abort, Job, Standby};
 
 /// The environment variable that turns standbys off (`0`).
@@ -252,6 +253,8 @@ impl QemuBackend {
             golden,
             mounts: mounts.to_vec(),
             abort,
+            in_place: false,
+            refresh: false,
         };
         let shared = self.standbys.shared.clone();
         std::thread::Builder::new()
@@ -484,6 +487,106 @@ impl QemuBackend {
             self.take_over_display(info, control.qmp());
         }
         Ok(())
+    }
+
+    /// Starts the machine from disks already in `dir` that hold snapshot `snapshot` (a boot
+    /// cache entry's): a standby started on the spot, its clock and random pool refreshed,
+    /// taken over as the machine's launch and resumed. The reason when that fails (its QEMU
+    /// is gone then).
+    pub(crate) fn start_from(
+        &self,
+        host: &dyn Host,
+        dir: &Path,
+        files: Vec<PathBuf>,
+        snapshot: &str,
+        mounts: &[Mount],
+        allow_reboot: bool,
+    ) -> std::result::Result<Launched, String> {
+        let info = host.info();
+        let mut launch = self.command_for(info, dir, allow_reboot);
+        launch.extra = vec!["-S".into(), "-loadvm".into(), snapshot.to_string()];
+        let snapshots = BTreeSet::from([snapshot.to_string()]);
+        let job = Job {
+            launch,
+            machine: info.name.clone(),
+            state_dir: info.state_dir.clone(),
+            logger: info.logger.clone(),
+            name: snapshot.to_string(),
+            golden: Arc::new(Golden {
+                dir: dir.to_path_buf(),
+                files,
+                snapshots: snapshots.clone(),
+            }),
+            mounts: mounts.to_vec(),
+            abort: Arc::default(),
+            in_place: true,
+            refresh: true,
+        };
+        let Standby {
+            process,
+            shell,
+            socket,
+            monitor,
+            qmp,
+            relay,
+            relay_thread,
+            filters,
+            ..
+        } = job.run()?;
+        let deadline = Deadline::after(Some(CONTROL_TIMEOUT));
+        let resumed = filters
+            .iter()
+            .try_for_each(|id| {
+                qmp.execute("object-del", Some(json!({ "id": id })), deadline)
+                    .map(drop)
+            })
+            .map_err(|e| format!("lifting its network filters: {e}"))
+            .and_then(|()| {
+                qmp.discard_events(); // those of the warm-up
+                relay.attach(
+                    host.console().clone(),
+                    info.logger.clone(),
+                    info.name.clone(),
+                );
+                qmp.execute("cont", None, deadline)
+                    .map(drop)
+                    .map_err(|e| format!("cont: {e}"))
+            });
+        if let Err(reason) = resumed {
+            process.kill();
+            let _ = relay_thread.join();
+            return Err(reason);
+        }
+        let process = Arc::new(process);
+        *self.running.lock().unwrap() = Some(Arc::new(Running {
+            process: process.clone(),
+            control: Mutex::new(ControlState::Ready(Arc::new(Control {
+                monitor: Mutex::new(monitor),
+                qmp,
+            }))),
+            dir: dir.to_path_buf(),
+            vsock_daemon: None,
+        }));
+        self.standbys
+            .shared
+            .state
+            .lock()
+            .unwrap()
+            .on_disk
+            .insert(dir.to_path_buf(), snapshots);
+        if info.vnc {
+            if let Ok(control) = self.running(info).and_then(|r| r.control(info)) {
+                self.take_over_display(info, control.qmp());
+            }
+        }
+        Ok(Launched {
+            process,
+            console_reader: relay_thread,
+            connector: Box::new(Ready::new(socket)),
+            shell: ShellSetup::backdoor(),
+            shell_in_step: Some(shell),
+            agent: None,
+        })
     }
 
     /// Waits until the standby being prepared is ready or failed, at most `timeout`; true when

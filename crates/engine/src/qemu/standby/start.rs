@@ -183,6 +183,11 @@ pub(super) struct Job {
     pub(super) golden: Arc<Golden>,
     pub(super) mounts: Vec<Mount>,
     pub(super) abort: Arc<Abort>,
+    /// The disks are in the launch's directory already (a start from the boot cache).
+    pub(super) in_place: bool,
+    /// After the warm-up, the guest's clock and random pool are refreshed (a start from the
+    /// boot cache, whose guest state is from another time).
+    pub(super) refresh: bool,
 }
 
 impl Job {
@@ -193,11 +198,16 @@ impl Job {
     /// Starts the standby and warms it up; the reason when that fails.
     pub(super) fn run(&self) -> std::result::Result<Standby, String> {
         let dir = &self.launch.dir;
-        fresh_dir(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        if !self.in_place {
+            fresh_dir(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        }
         // The start script makes `$TMPDIR/xchg` and shares it; it stays the machine's one.
+        let _ = std::fs::create_dir_all(self.state_dir.join("xchg"));
         let _ = std::os::unix::fs::symlink(self.state_dir.join("xchg"), dir.join("xchg"));
-        copy_files(&self.golden.dir, dir, &self.golden.files)
-            .map_err(|e| format!("copying the golden disks: {e}"))?;
+        if !self.in_place {
+            copy_files(&self.golden.dir, dir, &self.golden.files)
+                .map_err(|e| format!("copying the golden disks: {e}"))?;
+        }
         self.abort.check()?;
         let listen = |name: &str| {
             listen_at(dir, name).map_err(|e| format!("binding {}/{name}: {e}", dir.display()))
@@ -273,7 +283,12 @@ impl Job {
         writable_disks(&blocks, &self.launch.dir).map_err(|reason| {
             format!("the start script does not keep its disks in $TMPDIR: {reason}")
         })?;
-        let filters = hold_network(&qmp, deadline)?;
+        // A start from the boot cache is the machine's only QEMU: nothing to hold its network from.
+        let filters = if self.in_place {
+            Vec::new()
+        } else {
+            hold_network(&qmp, deadline)?
+        };
         // Warm up: what a restore by loadvm does after it, done ahead of time.
         qmp.execute("cont", None, deadline).map_err(e("cont"))?;
         let mut shell = Shell::new(
@@ -284,20 +299,40 @@ impl Job {
         shell
             .resync(deadline)
             .map_err(|err| format!("the shell did not answer: {err}"))?;
-        if let Some(cmd) = mount_command(&self.mounts) {
+        let mount = mount_command(&self.mounts);
+        if self.refresh {
+            // A start from the boot cache: the guest's clock and random pool, and the shares,
+            // in one command (one round trip less; no `true` after it).
+            let refresh = crate::qemu::boot_cache::refresh_command();
+            let cmd = match mount {
+                Some(m) => format!("{refresh} && {m}"),
+                None => refresh,
+            };
             let (status, out) = shell
                 .execute(&cmd, None, Reply::Full, deadline)
-                .map_err(|err| format!("mounting the shared directories: {err}"))?;
+                .map_err(|err| format!("setting the clock, mounting the shares: {err}"))?;
             if status != 0 {
                 return Err(format!(
-                    "mounting the shared directories failed: {}",
+                    "setting the guest's clock and random pool, or mounting the shared directories, failed: {}",
                     String::from_utf8_lossy(&out).trim()
                 ));
             }
+        } else {
+            if let Some(cmd) = mount {
+                let (status, out) = shell
+                    .execute(&cmd, None, Reply::Full, deadline)
+                    .map_err(|err| format!("mounting the shared directories: {err}"))?;
+                if status != 0 {
+                    return Err(format!(
+                        "mounting the shared directories failed: {}",
+                        String::from_utf8_lossy(&out).trim()
+                    ));
+                }
+            }
+            shell
+                .execute("true", None, Reply::Full, deadline)
+                .map_err(|err| format!("running `true`: {err}"))?;
         }
-        shell
-            .execute("true", None, Reply::Full, deadline)
-            .map_err(|err| format!("running `true`: {err}"))?;
         qmp.execute("stop", None, deadline).map_err(e("stop"))?;
         Ok((monitor, qmp, socket, shell, filters))
     }

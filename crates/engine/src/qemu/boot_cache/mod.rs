@@ -1,0 +1,214 @@
+//! The boot cache: a VM's state right after its first handshake, saved across runs, so that a
+//! later run with the same key starts the VM from it instead of booting it.
+//!
+//! ```text
+//! launch, cache on:  key (key.rs) → entry? ── yes → its disks copied (and checked) into
+//!                      <state>/boot-cache/ → a QEMU started there as a warm standby is,
+//!                      `-S -loadvm ntng-boot-cache`, warmed up (clock, random pool, shares)
+//!                      and taken over as the launch   (a damaged entry: discarded, boot)
+//!                    └─ no → normal boot; at its first handshake (machine/snapshot.rs):
+//!                      shares unmounted → stop → savevm → disks copied into a temp dir of the
+//!                      cache → cont → in the background: checksums, manifest, fsync, rename
+//! ```
+//!
+//! On with `--reuse-boots` or [`DIR_VAR`]; the layout of the directory is `store.rs`'s.
+
+mod backend;
+pub mod key;
+pub mod store;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::backend::MachineInfo;
+use crate::error::{Error, Result};
+pub(crate) use backend::CacheState;
+pub use key::KeyInputs;
+pub use store::{Committed, Entry, Manifest, Store};
+
+/// Turns the cache on and names its directory.
+pub const DIR_VAR: &str = "NIXOS_TEST_NG_BOOT_CACHE";
+/// The cache's size limit (`8G`, `500M`, bytes).
+pub const SIZE_VAR: &str = "NIXOS_TEST_NG_BOOT_CACHE_SIZE";
+/// The default size limit.
+pub const DEFAULT_SIZE: u64 = 8 << 30;
+/// The QEMU snapshot an entry's disks hold.
+pub const SNAPSHOT: &str = "ntng-boot-cache";
+/// Appended to every QEMU of a run with the cache on (so that a saved VM and the QEMU that
+/// loads it have the same devices): a VM generation ID device whose ID is new in every QEMU
+/// process, so that a guest started from a saved state is told so and its kernel reseeds its
+/// random number generator at once (Linux's vmgenid driver); writing to /dev/urandom only
+/// mixes bytes into the pool for the next scheduled reseed.
+pub const DEVICE_ARGS: [&str; 2] = ["-device", "vmgenid,guid=auto"];
+/// The TMPDIR of a QEMU started from the cache, in the machine's state directory.
+pub const HIT_DIR: &str = "boot-cache";
+
+/// `$XDG_CACHE_HOME/nixos-test-ng/boots`, else `~/.cache/nixos-test-ng/boots`.
+pub fn default_dir(env: &HashMap<String, String>) -> PathBuf {
+    let base = env
+        .get("XDG_CACHE_HOME")
+        .filter(|v| Path::new(v).is_absolute())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env.get("HOME").map_or("/root", String::as_str)).join(".cache")
+        });
+    base.join("nixos-test-ng").join("boots")
+}
+
+/// The cache directory and limit from the environment, whether or not the cache is on.
+pub fn store_from_env(env: &HashMap<String, String>) -> Result<Store> {
+    let dir = match env.get(DIR_VAR).map(|v| v.trim()) {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => default_dir(env),
+    };
+    let limit = match env.get(SIZE_VAR).map(|v| v.trim()) {
+        Some(v) if !v.is_empty() => store::parse_size(v).ok_or_else(|| {
+            Error::Config(format!(
+                "{SIZE_VAR}={v:?} is not a size: use bytes or a number with K, M, G or T (e.g. 8G)"
+            ))
+        })?,
+        _ => DEFAULT_SIZE,
+    };
+    Ok(Store { dir, limit })
+}
+
+/// The run's cache: on with `flag` (`--reuse-boots`) or a non-empty [`DIR_VAR`].
+pub fn settings(flag: bool, env: &HashMap<String, String>) -> Result<Option<Store>> {
+    let by_env = env.get(DIR_VAR).is_some_and(|v| !v.trim().is_empty());
+    if !flag && !by_env {
+        return Ok(None);
+    }
+    store_from_env(env).map(Some)
+}
+
+/// The key's inputs for a launch of `info`'s machine by `start_command`, with `appended`
+/// the arguments the driver appends (for the state directory `$STATE`).
+pub fn gather(start_command: &str, info: &MachineInfo, appended: Vec<String>) -> KeyInputs {
+    let script = if Path::new(start_command).is_file() {
+        std::fs::read_to_string(start_command).unwrap_or_else(|_| start_command.to_string())
+    } else {
+        start_command.to_string()
+    };
+    let lookup = |k: &str| {
+        info.env
+            .iter()
+            .find(|(name, _)| name == k)
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var(k).ok())
+    };
+    let mut names: Vec<String> = key::KEY_ENV.iter().map(|s| s.to_string()).collect();
+    names.push(format!("NIXPKGS_QEMU_KERNEL_{}", info.name));
+    let mut vlans: Vec<u32> = info
+        .env
+        .iter()
+        .filter_map(|(k, _)| k.strip_prefix("QEMU_VDE_SOCKET_")?.parse().ok())
+        .collect();
+    vlans.sort_unstable();
+    KeyInputs {
+        files: key::named_files(&script),
+        qemu: key::qemu_binary(&script),
+        start_script: script,
+        appended,
+        env: names
+            .into_iter()
+            .map(|n| {
+                let v = lookup(&n);
+                (n, v)
+            })
+            .collect(),
+        vlans,
+        node: info.node,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// The command a guest started from the cache runs first: the host's time (to the
+/// microsecond where `date` takes fractions, as GNU's does; else rounded to the second, as
+/// busybox's), and host random bytes mixed into its pool.
+pub fn refresh_command() -> String {
+    use base64::Engine;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let rounded = (now.as_secs_f64()).round() as u64;
+    let mut seed = [0u8; 64];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut seed);
+    }
+    let seed = base64::engine::general_purpose::STANDARD.encode(seed);
+    format!(
+        "{{ date -s @{}.{:06} || date -s @{rounded}; }} >/dev/null 2>&1 && echo {seed} | base64 -d > /dev/urandom",
+        now.as_secs(),
+        now.subsec_micros()
+    )
+}
+
+/// The first 12 digits of a key.
+pub fn short(key: &str) -> &str {
+    &key[..key.len().min(12)]
+}
+
+/// A time (seconds since the epoch) as local `YYYY-MM-DD HH:MM:SS`.
+pub fn fmt_time(secs: u64) -> String {
+    let t = secs as libc::time_t;
+    // SAFETY: localtime_r writes into the tm we own.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+        return format!("@{secs}");
+    }
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn on_by_flag_or_variable() {
+        let home = env(&[("HOME", "/home/u")]);
+        assert_eq!(settings(false, &home).unwrap(), None);
+        let s = settings(true, &home).unwrap().unwrap();
+        assert_eq!(s.dir, PathBuf::from("/home/u/.cache/nixos-test-ng/boots"));
+        assert_eq!(s.limit, DEFAULT_SIZE);
+        let xdg = env(&[("HOME", "/home/u"), ("XDG_CACHE_HOME", "/c")]);
+        assert_eq!(
+            settings(true, &xdg).unwrap().unwrap().dir,
+            PathBuf::from("/c/nixos-test-ng/boots")
+        );
+        let var = env(&[(DIR_VAR, "/d"), (SIZE_VAR, "1G")]);
+        let s = settings(false, &var).unwrap().unwrap();
+        assert_eq!((s.dir, s.limit), (PathBuf::from("/d"), 1 << 30));
+        let bad = env(&[(DIR_VAR, "/d"), (SIZE_VAR, "big")]);
+        let e = settings(false, &bad).unwrap_err().to_string();
+        assert!(
+            e.contains("NIXOS_TEST_NG_BOOT_CACHE_SIZE=\"big\" is not a size"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_refresh_command() {
+        let c = refresh_command();
+        assert!(c.starts_with("{ date -s @"), "{c}");
+        assert!(c.contains("| base64 -d > /dev/urandom"), "{c}");
+        assert_ne!(c, refresh_command(), "fresh random bytes each time");
+        assert_eq!(short("0123456789abcdef"), "0123456789ab");
+        assert_eq!(fmt_time(0).len(), 19);
+    }
+}
