@@ -4,6 +4,7 @@ archive's sha256). Nothing is installed on the host."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -56,13 +57,60 @@ def _stanzas(text: str) -> list[dict[str, str]]:
     return out
 
 
-def _show(names: list[str]) -> dict[str, dict[str, str]]:
+#: What apt-cache's answers depend on: its package lists and its configuration.
+APT_STATE = (Path("/var/lib/apt/lists"), Path("/etc/apt"))
+
+
+def _apt_state(names: list[str]) -> str:
+    """A digest of `names` and of every file under `APT_STATE` by path, size and mtime: while
+    it stays the same, apt-cache gives the same answer."""
+    h = hashlib.sha256("\0".join(names).encode())
+    for root in APT_STATE:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for f in sorted(filenames):
+                path = os.path.join(dirpath, f)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                h.update(f"\n{path}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def _answers_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "nixos-test-ng" / "apt-cache-show"
+
+
+def _apt_cache_show(names: list[str]) -> tuple[int, str, str]:
+    """`apt-cache show` of `names`: (status, stdout, stderr). Its answer is kept (it costs
+    about 0.6 s a call here, on every run's check that the guest is up to date) and reused
+    while apt's lists and configuration are unchanged."""
+    kept = _answers_dir() / _apt_state(names)
+    try:
+        return 0, kept.read_text(), ""
+    except OSError:
+        pass
     cmd = ["apt-cache", "show", "--no-all-versions", *(f"{n}:{ARCH}" for n in names)]
     res = run(cmd)
-    stanzas = {s.get("Package", ""): s for s in _stanzas(res.stdout)}
+    if res.returncode == 0:
+        try:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=kept.parent, delete=False) as f:
+                f.write(res.stdout)
+            os.replace(f.name, kept)
+        except OSError:
+            pass  # not kept: the next run asks apt-cache again
+    return res.returncode, res.stdout, res.stderr
+
+
+def _show(names: list[str]) -> dict[str, dict[str, str]]:
+    returncode, stdout, stderr = _apt_cache_show(names)
+    stanzas = {s.get("Package", ""): s for s in _stanzas(stdout)}
     missing = [n for n in names if n not in stanzas]
-    if res.returncode != 0 or missing:
-        detail = res.stderr.strip().splitlines()[-1:] or ["no output"]
+    if returncode != 0 or missing:
+        detail = stderr.strip().splitlines()[-1:] or ["no output"]
         raise AptError(
             f"apt-cache knows no candidate for `{'`, `'.join(missing or names)}`: {detail[0]}\n"
             "(run `apt-get update` first, or check /etc/apt/sources.list)"
@@ -93,7 +141,8 @@ def resolve(kernel_meta: str, names: Sequence[str], known: Sequence[Package] = (
     """The kernel image behind the meta-package `kernel_meta`, plus the packages `names`, in the
     versions apt would download now (kernel first).
 
-    apt-cache is slow here (about 0.4 s a call, no binary cache), so when the meta-package pins
+    apt-cache is slow here (about 0.4 s a call, no binary cache; its answers are kept, see
+    `_apt_cache_show`), so when the meta-package pins
     the same kernel name and version as one in `known`, that one is reused (a Debian package
     version's content never changes) and only one apt-cache call is made."""
     shown = _show([kernel_meta, *names])
