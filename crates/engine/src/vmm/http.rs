@@ -301,6 +301,9 @@ fn dechunk(mut rest: &[u8]) -> Result<Option<Vec<u8>>, String> {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::vmm::test_dir::TestDir;
