@@ -163,3 +163,6 @@ impl Default for Config {
         }
     }
 }
+
+#[cfg(test)]
+mod properties;
