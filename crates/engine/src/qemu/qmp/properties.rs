@@ -26,7 +26,8 @@ fn line() -> impl Strategy<Value = Vec<u8>> + Clone {
         Just(b"[1, 2]".to_vec()),
         "[ -~]{0,40}".prop_map(String::into_bytes),
         proptest::collection::vec(
-            any::<u8>().prop_filter("not a newline", |&b| b != b'\n'),
+            // no newline (a map, not a filter: rejections add up over millions of cases)
+            any::<u8>().prop_map(|b| if b == b'\n' { b' ' } else { b }),
             0..64
         ),
     ]
