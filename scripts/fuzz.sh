@@ -31,7 +31,7 @@ run() {
         exit 1
     fi
     end=$(date +%s.%N)
-    printf '%-78s %12s cases %9.1f s\n' "$name" "$PROPTEST_CASES" "$(awk "BEGIN { print $end - $start }")"
+    printf '%-86s %12s cases %9.1f s\n' "$name" "$PROPTEST_CASES" "$(awk "BEGIN { print $end - $start }")"
 }
 
 for t in $(list "${engine[@]}" | grep -E '::properties::|^transport::agent::tests::arbitrary_bytes'); do

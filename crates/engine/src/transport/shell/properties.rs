@@ -10,7 +10,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use proptest::prelude::*;
 
-use super::{Framing, Reply, Shell, ShellError};
+use super::{Framing, Reply, Shell, ShellError, CONTAINER_PREAMBLE, VM_PREAMBLE};
 use crate::fuzz;
 use crate::interrupt::Deadline;
 use crate::transport::stream::{ByteStream, Stream};
@@ -124,8 +124,20 @@ fn run(
     script: Vec<Piece>,
     chunks: Vec<usize>,
 ) -> (Scripted, Result<(i32, Vec<u8>), ShellError>) {
+    run_with(framing, reply, script, chunks, VM_PREAMBLE)
+}
+
+/// [`run`], with a container's preamble or a VM's.
+fn run_with(
+    framing: Framing,
+    reply: Reply,
+    script: Vec<Piece>,
+    chunks: Vec<usize>,
+    preamble: &'static str,
+) -> (Scripted, Result<(i32, Vec<u8>), ShellError>) {
     let guest = Scripted::new(script, chunks);
-    let mut shell = Shell::with_framing(Box::new(guest.clone()) as Stream, framing);
+    let mut shell =
+        Shell::with_framing(Box::new(guest.clone()) as Stream, framing).with_preamble(preamble);
     let deadline = Deadline::after(Some(Duration::from_secs(60)));
     let result = shell.execute("true", None, reply, deadline);
     (guest, result)
@@ -164,14 +176,16 @@ fn status_text() -> impl Strategy<Value = String> {
 
 #[test]
 fn raw_replies_round_trip() {
-    proptest!(fuzz::config(128), |(output in bytes(4096), status in any::<i32>(), chunks in chunks(), trailer in bytes(32))| {
+    proptest!(fuzz::config(128), |(output in bytes(4096), status in any::<i32>(), chunks in chunks(), trailer in bytes(32), container in any::<bool>())| {
         let script = vec![
             Piece::Bytes(output.clone()),
             Piece::Marker,
             Piece::Bytes(format!("E{status}\n").into_bytes()),
             Piece::Bytes(trailer),
         ];
-        let (_, result) = run(Framing::Raw, Reply::Full, script, chunks);
+        // a container's shell reads its segments with the same framing, its own preamble
+        let preamble = if container { CONTAINER_PREAMBLE } else { VM_PREAMBLE };
+        let (_, result) = run_with(Framing::Raw, Reply::Full, script, chunks, preamble);
         prop_assert_eq!(result.unwrap(), (status, output));
     });
 }
