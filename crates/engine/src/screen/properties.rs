@@ -145,3 +145,34 @@ fn ppm_round_trips() {
         prop_assert_eq!(parse_ppm(&std::fs::read(&path).unwrap()).unwrap(), image);
     });
 }
+
+/// The guest's capture script's answer among any other output: its last tagged line.
+#[test]
+fn capture_answers_are_found_among_any_output() {
+    use super::guest::{parse, Capture};
+    let kind = prop::sample::select(vec!["file", "temp", "missing", "failed"]);
+    // a map, not a filter: rejections add up over millions of cases
+    let untagged = proptest::collection::vec(
+        "[^\n]{0,30}".prop_map(|l| {
+            if l.starts_with("ntng-screen:") {
+                format!("x{l}")
+            } else {
+                l
+            }
+        }),
+        0..4,
+    );
+    proptest!(fuzz::config(512), |(kind in kind, rest in "[!-~][ -~]{0,30}", before in untagged.clone(), after in untagged, any_text in any::<String>())| {
+        let text = [before, vec![format!("ntng-screen: {kind} {rest}")], after].concat().join("\n");
+        let expected = match kind {
+            "file" => Capture::File(rest),
+            "temp" => Capture::Temporary(rest),
+            "missing" => Capture::Missing(rest),
+            _ => Capture::Failed(rest),
+        };
+        prop_assert_eq!(parse(&text), Some(expected));
+        if parse(&any_text).is_some() {
+            prop_assert!(any_text.lines().any(|l| l.starts_with("ntng-screen:")));
+        }
+    });
+}
