@@ -1,7 +1,10 @@
 //! Property tests of the host-side parser: arbitrary bytes never panic it, and what the
 //! encoder writes comes back whole however the stream is cut.
 
-use agent_protocol::{read_frame, Frame, FrameDecoder, FrameError, Kind, MAX_BODY};
+use agent_protocol::{
+    encode_json, read_frame, validate_relative_path, Entry, EntryKind, Exec, Exit, Failure, Frame,
+    FrameDecoder, FrameError, Hello, Kind, MAX_BODY,
+};
 use proptest::prelude::*;
 
 fn kind() -> impl Strategy<Value = Kind> {
@@ -123,5 +126,117 @@ proptest! {
         let is_oversized = matches!(read_frame(&mut r), Err(FrameError::Oversized { .. }));
         prop_assert!(is_oversized);
         prop_assert_eq!(r.len(), tail.len(), "nothing past the header was read");
+    }
+}
+
+/// Path-like text: components that are names, empty, `.`, `..`, with NULs and slashes.
+fn path_like() -> impl Strategy<Value = String> {
+    let part = prop_oneof![
+        "[a-z]{1,4}",
+        Just(String::new()),
+        Just(".".to_string()),
+        Just("..".to_string()),
+        Just("...".to_string()),
+        Just("a\0b".to_string()),
+        any::<String>(),
+    ];
+    (any::<bool>(), proptest::collection::vec(part, 0..5)).prop_map(|(absolute, parts)| {
+        format!("{}{}", if absolute { "/" } else { "" }, parts.join("/"))
+    })
+}
+
+fn entry() -> impl Strategy<Value = Entry> {
+    (
+        path_like(),
+        proptest::sample::select(vec![EntryKind::File, EntryKind::Dir, EntryKind::Symlink]),
+        any::<(u32, u32, u32, u64)>(),
+        proptest::option::of(any::<String>()),
+    )
+        .prop_map(|(path, kind, (mode, uid, gid, size), target)| Entry {
+            path,
+            kind,
+            mode,
+            uid,
+            gid,
+            size,
+            target,
+        })
+}
+
+/// Text that is often an ENTRY or EXIT body, sometimes with fields of the wrong type.
+fn json_like() -> impl Strategy<Value = Vec<u8>> {
+    let value = prop_oneof![
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+        Just("1e400".to_string()),
+        Just("-1".to_string()),
+        Just("null".to_string()),
+        "\"[a-z./]{0,6}\"",
+        Just("\"file\"".to_string()),
+        Just("\"symlink\"".to_string()),
+        Just("[]".to_string()),
+    ];
+    let key = proptest::sample::select(vec![
+        "path", "kind", "mode", "uid", "gid", "size", "target", "status", "signal", "x",
+    ]);
+    prop_oneof![
+        proptest::collection::vec((key, value), 0..8).prop_map(|kv| {
+            let fields: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            format!("{{{}}}", fields.join(",")).into_bytes()
+        }),
+        proptest::collection::vec(any::<u8>(), 0..64),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn entry_paths_are_accepted_only_as_plain_relative_components(path in path_like()) {
+        match validate_relative_path(&path) {
+            Ok(parts) => {
+                prop_assert_eq!(parts.join("/"), path.clone());
+                for p in &parts {
+                    prop_assert!(!p.is_empty() && *p != "." && *p != ".." && !p.contains(['/', '\0']));
+                }
+                prop_assert!(!path.starts_with('/'));
+            }
+            Err(e) => {
+                let quoted = format!("{:?}", path);
+                prop_assert!(e.to_string().contains(&quoted));
+            }
+        }
+    }
+
+    #[test]
+    fn message_bodies_decode_or_fail_as_frame_errors(body in json_like(), kind in kind()) {
+        let frame = Frame::new(kind, body);
+        // any body: a message that re-encodes to itself, or a BadBody error naming the kind
+        fn check<T>(frame: &Frame) -> Result<(), TestCaseError>
+        where
+            T: serde::de::DeserializeOwned + serde::Serialize + PartialEq + std::fmt::Debug,
+        {
+            match frame.json::<T>() {
+                Ok(m) => {
+                    let again = Frame::new(frame.kind, serde_json::to_vec(&m).unwrap());
+                    prop_assert_eq!(again.json::<T>().unwrap(), m);
+                }
+                Err(e) => {
+                    let named = matches!(&e, FrameError::BadBody { kind, .. } if *kind == frame.kind);
+                    prop_assert!(named, "{e:?}");
+                }
+            }
+            Ok(())
+        }
+        check::<Entry>(&frame)?;
+        check::<Exit>(&frame)?;
+        check::<Hello>(&frame)?;
+        check::<Exec>(&frame)?;
+        check::<Failure>(&frame)?;
+    }
+
+    #[test]
+    fn encoded_entries_round_trip(e in entry()) {
+        let wire = encode_json(Kind::Entry, &e).unwrap();
+        let frame = read_frame(&mut &wire[..]).unwrap();
+        prop_assert_eq!(frame.json::<Entry>().unwrap(), e);
     }
 }

@@ -222,6 +222,9 @@ pub fn require_match(
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;

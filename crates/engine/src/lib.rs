@@ -23,6 +23,8 @@ pub mod exit_status;
 #[cfg(test)]
 pub mod fake;
 pub mod firecracker;
+#[cfg(test)]
+pub(crate) mod fuzz;
 pub mod interrupt;
 pub mod junit;
 pub mod kind;

@@ -391,7 +391,12 @@ pub(crate) fn parse_seconds(text: &str, what: &str) -> Result<Option<Duration>> 
             "{what}: `{text}` is not a number of seconds"
         )));
     }
-    Ok((secs > 0.0).then(|| Duration::from_secs_f64(secs)))
+    if secs == 0.0 {
+        return Ok(None);
+    }
+    Duration::try_from_secs_f64(secs)
+        .map(Some)
+        .map_err(|_| Error::Config(format!("{what}: `{text}` seconds is too long")))
 }
 
 fn writable_dir(p: &Path) -> Result<PathBuf> {

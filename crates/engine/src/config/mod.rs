@@ -172,3 +172,6 @@ impl Default for Config {
         }
     }
 }
+
+#[cfg(test)]
+mod properties;

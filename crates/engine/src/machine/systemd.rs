@@ -185,6 +185,9 @@ impl Machine {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::parse_show;
 

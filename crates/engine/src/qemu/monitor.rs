@@ -65,3 +65,6 @@ impl Monitor {
         self.wait_for_prompt(deadline)
     }
 }
+
+#[cfg(test)]
+mod properties;

@@ -194,3 +194,6 @@ impl Qmp {
         }
     }
 }
+
+#[cfg(test)]
+mod properties;

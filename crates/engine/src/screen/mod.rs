@@ -61,8 +61,12 @@ pub fn parse_ppm(data: &[u8]) -> Result<Image> {
     if maxval != 255 {
         return Err(bad("maxval is not 255"));
     }
-    let body = &data[pos + 1..];
-    let len = width * height * 3;
+    // one whitespace byte ends the header
+    let body = data.get(pos + 1..).unwrap_or_default();
+    let len = width
+        .checked_mul(height)
+        .and_then(|n| n.checked_mul(3))
+        .ok_or_else(|| bad("image size"))?;
     if body.len() < len {
         return Err(bad("truncated pixel data"));
     }
@@ -227,3 +231,6 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+#[cfg(test)]
+mod properties;

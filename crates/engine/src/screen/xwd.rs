@@ -182,7 +182,7 @@ pub fn parse_xwd(data: &[u8]) -> Result<Image> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// An XWD file as Xvfb writes it for depth 24: 32 bits per pixel, LSB first, TrueColor,

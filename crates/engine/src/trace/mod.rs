@@ -253,6 +253,9 @@ pub fn unix_nanos(t: SystemTime) -> u64 {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

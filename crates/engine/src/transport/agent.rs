@@ -808,7 +808,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #![proptest_config(crate::fuzz::config(64))]
 
         /// Whatever follows the HELLO, the client answers or fails cleanly: no panic, no
         /// hang, and a GET's tree is written only inside its target.

@@ -289,13 +289,19 @@ fn dechunk(mut rest: &[u8]) -> Result<Option<Vec<u8>>, String> {
         if size == 0 {
             return Ok(Some(body));
         }
-        if rest.len() < size + 2 {
+        let with_crlf = size
+            .checked_add(2)
+            .ok_or_else(|| format!("chunk size {size_text:?}"))?;
+        if rest.len() < with_crlf {
             return Ok(None);
         }
         body.extend_from_slice(&rest[..size]);
         rest = &rest[size + 2..];
     }
 }
+
+#[cfg(test)]
+mod properties;
 
 #[cfg(test)]
 mod tests {

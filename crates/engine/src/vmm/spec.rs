@@ -274,6 +274,9 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::vmm::test_dir::TestDir;

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The long mode of the parsers' property tests (`make fuzz`; docs/fuzzing.md): every property
+# runs alone, optimised, for $PROPTEST_CASES cases (default 10 million); prints per property
+# the cases run and the time. A failure prints proptest's minimal input and stops.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PROPTEST_CASES="${PROPTEST_CASES:-10000000}"
+export RUST_BACKTRACE=0
+# optimised, but an overflow still panics as in the debug builds of `cargo test`
+export CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true
+export CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true
+
+engine=(-p nixos-test-ng-engine --lib)
+protocol=(-p nixos-test-ng-agent-protocol --test properties)
+
+cargo test --release -q "${engine[@]}" --no-run
+cargo test --release -q "${protocol[@]}" --no-run
+
+list() {
+    cargo test --release -q "$@" -- --list 2>/dev/null | sed -n 's/: test$//p'
+}
+
+run() {
+    local name=$1
+    shift
+    local start end
+    start=$(date +%s.%N)
+    if ! out=$(cargo test --release -q "$@" -- --exact "$name" --test-threads=1 2>&1); then
+        printf '%s\n' "$out" >&2
+        printf 'FAILED %s\n' "$name" >&2
+        exit 1
+    fi
+    end=$(date +%s.%N)
+    printf '%-86s %12s cases %9.1f s\n' "$name" "$PROPTEST_CASES" "$(awk "BEGIN { print $end - $start }")"
+}
+
+for t in $(list "${engine[@]}" | grep -E '::properties::|^transport::agent::tests::arbitrary_bytes'); do
+    run "$t" "${engine[@]}"
+done
+for t in $(list "${protocol[@]}"); do
+    run "$t" "${protocol[@]}"
+done
