@@ -188,15 +188,14 @@ fn duration(field: &str, v: &Value) -> Result<Duration, NetemError> {
             finite_non_negative(field, v, n * scale)?
         }
     };
-    let d = Duration::from_secs_f64(secs);
-    if d > MAX_DELAY {
-        return Err(NetemError::new(
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if d <= MAX_DELAY => Ok(d),
+        _ => Err(NetemError::new(
             field,
             v.to_string(),
             "at most one hour (3600 s)",
-        ));
+        )),
     }
-    Ok(d)
 }
 
 fn fraction(field: &str, v: &Value) -> Result<f64, NetemError> {
@@ -445,6 +444,22 @@ mod tests {
     #[test]
     fn bad_values_name_the_field_and_the_value() {
         let cases = [
+            (
+                ConditionsInput {
+                    delay: text("1e300s"),
+                    ..Default::default()
+                },
+                "delay",
+                "\"1e300s\"",
+            ),
+            (
+                ConditionsInput {
+                    delay: num(1e20), // beyond a Duration
+                    ..Default::default()
+                },
+                "delay",
+                "100000000000000000000",
+            ),
             (
                 ConditionsInput {
                     delay: num(-1.0),
