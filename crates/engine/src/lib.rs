@@ -31,6 +31,7 @@ pub mod machine;
 pub mod names;
 pub mod netem;
 pub mod nspawn;
+pub mod private;
 pub mod process;
 pub mod qemu;
 pub mod report;

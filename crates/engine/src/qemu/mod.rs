@@ -357,7 +357,7 @@ impl Backend for QemuBackend {
         let (shell_l, _) = Self::listen(info, SHELL_SOCKET)?;
         let qmp_path = info.state_dir.join(QMP_SOCKET);
         let _ = std::fs::remove_file(&qmp_path);
-        std::fs::create_dir_all(&info.shared_dir)
+        crate::private::dir(&info.shared_dir)
             .map_err(|e| Error::io(format!("creating {}", info.shared_dir.display()), e))?;
 
         self.allow_reboot
