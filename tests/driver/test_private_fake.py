@@ -10,50 +10,32 @@ switch users and are skipped otherwise (CI runs as root).
 
 from __future__ import annotations
 
-import os
-import shutil
 import stat
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from nixos_test_ng import procs
-
-NOBODY = 65534
-IS_ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(not IS_ROOT, reason="switching to another user needs root")
+from support.private import (
+    IS_ROOT,
+    NOBODY,
+    as_nobody,
+    assert_private_tree,
+    check_nobody_is_locked_out,
+    shared_tmp_dir,
+)
 
 
 @pytest.fixture
 def shared_tmp() -> Iterator[Path]:
-    """A fresh `/tmp`-like directory: world-writable and sticky, reachable by anyone."""
-    path = Path(tempfile.mkdtemp(prefix="ntng-shared-tmp-", dir="/tmp"))
-    path.chmod(0o1777)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with shared_tmp_dir() as path:
+        yield path
 
 
-def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="switching to another user needs root")
 
 
-def created_entries(tmp: Path) -> list[tuple[Path, os.stat_result]]:
-    """Everything below `tmp` (not following symlinks), with its lstat."""
-    out = []
-    for root, dirs, files in os.walk(tmp):
-        for name in dirs + files:
-            p = Path(root) / name
-            out.append((p, p.lstat()))
-    return out
-
+SOCKETS = ["vm-state-alpha/qmp", "vm-state-alpha/monitor", "vm-state-alpha/shell", "vde1.ctl/ctl"]
 
 PAUSED_SCRIPT = """
     import os, time
@@ -75,60 +57,21 @@ def test_every_dir_and_socket_is_private_in_a_shared_tmp(driver_env, shared_tmp,
     p = driver_env.start_driver([*args, "--", script], env={"XDG_RUNTIME_DIR": str(shared_tmp)})
     p.wait_for_file(driver_env.work / "ready", timeout=60)
     try:
-        entries = created_entries(shared_tmp)
-        names = {e.relative_to(shared_tmp).as_posix() for e, _ in entries}
-        # what the run made: state dir with its sockets, shared dir, the VLAN's switch dir
-        for expected in (
-            "vm-state-alpha/qmp",
-            "vm-state-alpha/shell",
-            "shared-xchg",
-            "vde1.ctl/ctl",
-        ):
-            assert expected in names, sorted(names)
-        me = os.geteuid()
-        for path, st in entries:
-            rel = path.relative_to(shared_tmp)
-            assert st.st_uid == me, f"{rel} belongs to uid {st.st_uid}"
-            if stat.S_ISDIR(st.st_mode) and len(rel.parts) == 1:
-                # the directories in the shared tmp dir: exactly 0700
-                assert stat.S_IMODE(st.st_mode) == 0o700, f"{rel}: {oct(st.st_mode)}"
-            elif len(rel.parts) == 1:
-                pytest.fail(f"{rel} lies directly in the shared tmp dir, outside a private dir")
-            # deeper entries (sockets, disks, exchange dirs) sit inside a 0700 dir
-            top = shared_tmp / rel.parts[0]
-            assert stat.S_IMODE(top.lstat().st_mode) == 0o700, rel
+        # the state dir with its sockets, the shared dir, the VLAN's switch dir
+        assert_private_tree(
+            shared_tmp,
+            ["vm-state-alpha/qmp", "vm-state-alpha/shell", "shared-xchg", "vde1.ctl/ctl"],
+        )
         if IS_ROOT:
-            check_nobody_is_locked_out(shared_tmp)
+            check_nobody_is_locked_out(
+                shared_tmp,
+                ["vm-state-alpha", "shared-xchg", "vde1.ctl"],
+                SOCKETS,
+            )
     finally:
         (driver_env.work / "go").touch()
     r = p.wait(60)
     assert r.returncode == 0, r
-
-
-def check_nobody_is_locked_out(tmp: Path) -> None:
-    state = tmp / "vm-state-alpha"
-    # nobody sees the directory (the shared tmp dir is listable) but not into it
-    seen = as_nobody("stat", "-c", "%a %u", str(state))
-    assert seen.returncode == 0 and seen.stdout.split() == ["700", str(os.geteuid())], seen
-    for argv in (
-        ("ls", str(state)),
-        ("stat", str(state / "qmp")),
-        ("ls", str(tmp / "shared-xchg")),
-        ("stat", str(tmp / "vde1.ctl" / "ctl")),
-        ("touch", str(tmp / "shared-xchg" / "planted")),
-    ):
-        r = as_nobody(*argv)
-        assert r.returncode != 0 and "Permission denied" in r.stderr, (argv, r)
-    for sock in (state / "qmp", state / "monitor", state / "shell", tmp / "vde1.ctl" / "ctl"):
-        r = as_nobody(
-            sys.executable,
-            "-c",
-            "import socket, sys\n"
-            "s = socket.socket(socket.AF_UNIX)\n"
-            "try:\n    s.connect(sys.argv[1])\nexcept PermissionError:\n    sys.exit(13)\n",
-            str(sock),
-        )
-        assert r.returncode == 13, (sock, r)
 
 
 @needs_root
