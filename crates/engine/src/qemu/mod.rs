@@ -183,6 +183,8 @@ pub struct QemuBackend {
     standbys: Standbys,
     /// Where the machine's display was last served (`--vnc`).
     vnc: Arc<Mutex<Option<VncAddress>>>,
+    /// The password of the machine's display (`--vnc`), the same for every QEMU it runs.
+    vnc_password: Arc<str>,
     /// The machine's number among the run's QEMU machines (its guest CID is 3 + this).
     index: u32,
 }
@@ -202,6 +204,7 @@ impl QemuBackend {
             allow_reboot: AtomicBool::new(false),
             standbys: Standbys::default(),
             vnc: Arc::default(),
+            vnc_password: vnc::new_password().into(),
             index: vsock::next_index(),
         }
     }
@@ -396,10 +399,13 @@ impl Backend for QemuBackend {
         let pid = process.pid();
         let announce = info.vnc.then(|| {
             let (logger, name, slot) = (info.logger.clone(), info.name.clone(), self.vnc.clone());
-            move |qmp: &Qmp| match vnc::query(qmp) {
+            let password = self.vnc_password.clone();
+            move |qmp: &Qmp| match vnc::set_password(qmp, &password).and_then(|()| vnc::query(qmp))
+            {
                 Ok(address) => {
                     *slot.lock().unwrap() = Some(address);
                     logger.log(&address.announcement(), Some(&name));
+                    logger.log(&vnc::password_line(&password), Some(&name));
                 }
                 Err(e) => logger.log(&format!("no display over VNC: {e}"), Some(&name)),
             }
