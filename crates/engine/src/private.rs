@@ -1,4 +1,4 @@
-//! Directories and files only the driver's user can reach: the one place for that rule.
+//! Directories only the driver's user can reach: the one place for that rule.
 //!
 //! The driver's tmp dir is often a shared `/tmp`, where upstream's names (`vm-state-<name>`,
 //! `shared-xchg`, `vde<n>.ctl`) are predictable: another user could create one first and
@@ -12,13 +12,11 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 /// The mode of every directory the driver creates.
 pub const DIR_MODE: u32 = 0o700;
-/// The mode of every file the driver creates in its tmp dir.
-pub const FILE_MODE: u32 = 0o600;
 
 /// Creates `path` as a directory only this user can enter, or takes over an existing one
 /// this user owns (tightening its mode to 0700). Missing parents are created with 0700.
@@ -39,31 +37,6 @@ pub fn dir(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => take_over(path),
         Err(e) => Err(e),
     }
-}
-
-/// Opens `path` for writing (created with mode 0600, truncated), refusing a symlink and a
-/// file owned by another user.
-pub fn file(path: &Path) -> io::Result<File> {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(FILE_MODE)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| refine_nofollow(path, e))?;
-    let meta = f.metadata()?;
-    check_owner(path, &meta)?;
-    if meta.mode() & 0o077 != 0 {
-        f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
-    }
-    Ok(f)
-}
-
-/// True when only the owner has any permission on `path` (not following a symlink).
-pub fn is_private(path: &Path) -> io::Result<bool> {
-    let meta = std::fs::symlink_metadata(path)?;
-    Ok(meta.mode() & 0o077 == 0 && meta.uid() == euid())
 }
 
 fn take_over(path: &Path) -> io::Result<()> {
@@ -147,7 +120,6 @@ mod tests {
         dir(&p).unwrap();
         assert_eq!(mode(&p), 0o700);
         assert_eq!(mode(&d.join("a/b")), 0o700);
-        assert!(is_private(&p).unwrap());
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -176,8 +148,6 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
         assert!(e.to_string().contains("symlink"), "{e}");
         assert_eq!(mode(&target), 0o755);
-        let e = file(&p).unwrap_err();
-        assert!(e.to_string().contains("symlink"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -211,27 +181,6 @@ mod tests {
             "{e}"
         );
         assert_eq!(mode(&p), before, "the other user's directory is left alone");
-        if euid() == 0 {
-            let f = p.join("f");
-            std::fs::write(&f, b"").unwrap();
-            std::os::unix::fs::chown(&f, Some(65534), Some(65534)).unwrap();
-            assert_eq!(
-                file(&f).unwrap_err().kind(),
-                io::ErrorKind::PermissionDenied
-            );
-        }
-        std::fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn a_file_is_0600_and_an_own_loose_one_is_tightened() {
-        let d = scratch("files");
-        let p = d.join("f");
-        file(&p).unwrap();
-        assert_eq!(mode(&p), 0o600);
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        file(&p).unwrap();
-        assert_eq!(mode(&p), 0o600);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
