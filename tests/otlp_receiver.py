@@ -38,6 +38,8 @@ class OtlpReceiver:
     spans: list[ReceivedSpan] = field(default_factory=list)
     requests: int = 0
     errors: list[str] = field(default_factory=list)
+    #: each request's HTTP headers (names lowercased)
+    headers: list[dict[str, str]] = field(default_factory=list)
 
     def __enter__(self) -> OtlpReceiver:
         receiver = self
@@ -46,6 +48,8 @@ class OtlpReceiver:
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 kind = self.headers.get("Content-Type", "")
+                with receiver._lock:
+                    receiver.headers.append({k.lower(): v for k, v in self.headers.items()})
                 try:
                     if self.path != "/v1/traces":
                         raise ValueError(f"unexpected path {self.path}")

@@ -4,16 +4,21 @@ socket).
 
 A breakpoint logs `!!! Breakpoint reached, run 'sudo <attach command> <pattern>'`, runs
 `sleep <pattern>` (nixpkgs' breakpointHook attach script finds the build's sandbox by that
-process), and waits for one connection on 127.0.0.1:4444 (`telnet 127.0.0.1 4444` or
-`nc 127.0.0.1 4444` inside the sandbox), which gets a pdb prompt. `c` (continue) or `q` ends
-the session.
+process), and waits on 127.0.0.1:4444 (`telnet 127.0.0.1 4444` or `nc 127.0.0.1 4444` inside
+the sandbox). Unlike upstream, the port is not open to every local user: the log line
+`pdb is waiting for a connection on 127.0.0.1:4444; send the secret <secret> as the first
+line` names a fresh random secret, and a client whose first line is not that secret is
+logged and disconnected (the driver keeps waiting for the right one). The right client gets
+a pdb prompt; `c` (continue) or `q` ends the session.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 import pdb
 import random
+import secrets
 import shutil
 import socket
 import subprocess
@@ -25,6 +30,9 @@ __all__ = ["Debug", "DebugNop"]
 
 HOST = "127.0.0.1"
 PORT = 4444
+# How long a client has to send the secret line, and how long that line may be.
+SECRET_TIMEOUT = 10.0
+SECRET_MAX = 256
 
 
 class DebugNop:
@@ -101,15 +109,33 @@ class Debug:
         )
         os.environ["bashInteractive"] = shutil.which("bash") or "/bin/bash"
         sleeper = subprocess.Popen(["sleep", pattern], stdin=subprocess.DEVNULL)
+        secret = secrets.token_urlsafe(24)
         with socket.create_server((host, port)) as server:
-            self.logger.log(f"pdb is waiting for a connection on {host}:{port}")
-            conn, _ = server.accept()
+            self.logger.log(
+                f"pdb is waiting for a connection on {host}:{port}; "
+                f"send the secret {secret} as the first line"
+            )
+            conn = self._accept_with_secret(server, secret)
 
         def stop_sleeper() -> None:
             sleeper.kill()
             sleeper.wait()
 
         return conn, stop_sleeper
+
+    def _accept_with_secret(self, server: socket.socket, secret: str) -> socket.socket:
+        """The first connection whose first line is `secret`; others are logged and closed."""
+        while True:
+            conn, peer = server.accept()
+            line = _first_line(conn)
+            if line is not None and hmac.compare_digest(line, secret.encode()):
+                conn.settimeout(None)
+                return conn
+            self.logger.log(
+                f"pdb: refused a connection from {peer[0]}:{peer[1]}: "
+                "its first line was not the secret"
+            )
+            conn.close()
 
     def breakpoint(self, host: str = HOST, port: int = PORT) -> None:
         """Stop here and wait for a debugger connection."""
@@ -127,3 +153,22 @@ class Debug:
         finally:
             if not debugger.closed:
                 debugger.close()
+
+
+def _first_line(conn: socket.socket) -> bytes | None:
+    """The first line `conn` sends (without its line ending), or None when it sends none in
+    time or too long a one."""
+    conn.settimeout(SECRET_TIMEOUT)
+    line = b""
+    try:
+        # A byte at a time: what follows the line (pdb commands) stays in the socket.
+        while len(line) <= SECRET_MAX:
+            byte = conn.recv(1)
+            if not byte:
+                return None
+            if byte == b"\n":
+                return line.rstrip(b"\r")
+            line += byte
+    except OSError:
+        return None
+    return None

@@ -95,6 +95,54 @@ def read_until(conn: socket.socket, marker: bytes) -> bytes:
     return data
 
 
+SECRET_LINE = r"pdb is waiting for a connection on 127\.0\.0\.1:4444; send the secret (\S+) as"
+
+
+def closed_without_a_word(conn: socket.socket) -> bool:
+    try:
+        return conn.recv(4096) == b""
+    except ConnectionResetError:  # closed with our unread bytes in its buffer
+        return True
+
+
+def wait_for_secret(p, nth: int) -> bytes:
+    """The secret of the `nth` breakpoint, from its log line."""
+    text = p.wait_for_output(f"(?s)({SECRET_LINE}.*){{{nth}}}")
+    return re.findall(SECRET_LINE, text)[nth - 1].encode()
+
+
+def test_debug_hook_refuses_a_client_without_the_secret(
+    driver_env, fake_vm, start_driver, write_script
+):
+    vm = fake_vm("alpha")
+    test = write_script("t.py", 'debug.breakpoint()\nalpha.succeed("true")\n')
+    p = start_driver(
+        ["--vm-start-scripts", vm.script, "--debug-hook-attach", "attach-me", "--", test]
+    )
+    secret = wait_for_secret(p, 1)
+    # a wrong first line, then a client that closes without a line: both logged and closed
+    for attempt in (b"not-the-secret\np 1+1\n", b""):
+        conn = connect(4444)
+        if attempt:
+            conn.sendall(attempt)
+        else:
+            conn.shutdown(socket.SHUT_WR)
+        assert closed_without_a_word(conn), "a refused client gets no prompt, only the close"
+        conn.close()
+    p.wait_for_output(
+        r"(?s)(refused a connection from 127\.0\.0\.1:\d+: its first line was not the secret.*){2}"
+    )
+    # the driver still waits for the right client
+    conn = connect(4444)
+    conn.sendall(secret + b"\n")
+    read_until(conn, b"(Pdb) ")
+    conn.sendall(b"c\n")
+    conn.close()
+    r = p.wait(60)
+    assert r.returncode == 0, r
+    assert secret.decode() in r.stderr
+
+
 def test_debug_hook_breakpoint_and_post_mortem(driver_env, fake_vm, start_driver, write_script):
     vm = fake_vm("alpha")
     test = write_script(
@@ -104,17 +152,21 @@ def test_debug_hook_breakpoint_and_post_mortem(driver_env, fake_vm, start_driver
     p = start_driver(
         ["--vm-start-scripts", vm.script, "--debug-hook-attach", "attach-me", "--", test]
     )
-    # the breakpoint: a pdb prompt in the script's frame
+    # the breakpoint: a pdb prompt in the script's frame, for the client that sends the secret
+    secret = wait_for_secret(p, 1)
     conn = connect(4444)
+    conn.sendall(secret + b"\n")
     assert b"(Pdb) " in read_until(conn, b"(Pdb) ")
     conn.sendall(b"p answer\n")
     assert b"42" in read_until(conn, b"(Pdb) ")
     conn.sendall(b"c\n")
     conn.close()
-    # the failed assertion: a post-mortem session in the failing frame
+    # the failed assertion: a post-mortem session in the failing frame, with a new secret
+    second = wait_for_secret(p, 2)
+    assert second != secret
     conn = connect(4444)
+    conn.sendall(second + b"\np answer + 1\n")  # pdb reads what follows the secret's line
     read_until(conn, b"(Pdb) ")
-    conn.sendall(b"p answer + 1\n")
     assert b"43" in read_until(conn, b"(Pdb) ")
     conn.sendall(b"c\n")
     conn.close()

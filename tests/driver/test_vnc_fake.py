@@ -3,13 +3,14 @@ display, and the flag's parsing. The real display (RFB on 127.0.0.1) is tests/e2
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
 from nixos_test_ng import _native
 from support.driver import driver_command
 
-VNC_ARGS = ["-vnc", "127.0.0.1:0,to=99"]
+VNC_ARGS = ["-vnc", "127.0.0.1:0,to=99,password=on"]
 
 # The address is printed once QMP answers; a monitor command waits for that.
 BOTH = """
@@ -39,6 +40,15 @@ def test_each_vm_gets_a_loopback_display_and_its_address_is_printed(
         assert vm.records("start")[-1]["argv"] == [*without[vm.name], *VNC_ARGS]
         line = f"{vm.name}: display on VNC 127.0.0.1:5900 (vncviewer 127.0.0.1::5900)"
         assert line in r.stderr.splitlines(), r
+    # each display has its own password, set over QMP and said in the log
+    passwords = {}
+    for vm in (alpha, beta):
+        shown = re.findall(rf"^{vm.name}: VNC password: (\w{{8}})$", r.stderr, re.M)
+        assert len(shown) == 1, r.stderr
+        sets = [q for q in vm.records("qmp") if q["execute"] == "change-vnc-password"]
+        assert [q["arguments"] for q in sets[-1:]] == [{"password": shown[0]}], sets
+        passwords[vm.name] = shown[0]
+    assert passwords["alpha"] != passwords["beta"]
 
 
 def test_interactive_session_prints_the_address(driver_env, fake_vm):

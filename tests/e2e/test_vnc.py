@@ -86,6 +86,16 @@ def rfb_banner(port: int) -> bytes:
         return banner
 
 
+def rfb_security_types(port: int) -> list[int]:
+    """The security types the server offers an RFB 3.8 client (1: none, 2: VNC password)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        f = s.makefile("rb")
+        assert f.readline() == b"RFB 003.008\n"
+        s.sendall(b"RFB 003.008\n")
+        count = f.read(1)[0]
+        return list(f.read(count))
+
+
 def listeners(port: int) -> list[str]:
     """The local addresses of every socket listening on `port` (IPv4 and IPv6), in hex."""
     found = []
@@ -105,12 +115,19 @@ def test_vnc_shows_each_vm_on_loopback_and_survives_a_restore(vm_env, leftovers)
     )
     out = Output(p)
     ports = {}
-    for _ in range(2):
-        m = out.expect(DISPLAY_LINE)
-        ports[m.group(1)] = int(m.group(2))
+    passwords = {}
+    while len(ports) + len(passwords) < 4:  # the machines' lines may interleave
+        m = out.expect(rf"{DISPLAY_LINE.pattern}|^(\w+): VNC password: (\w{{8}})$")
+        if m.group(1):
+            ports[m.group(1)] = int(m.group(2))
+        else:
+            passwords[m.group(3)] = m.group(4)
+    assert set(passwords) == {"server", "client"}, passwords
     assert set(ports) == {"server", "client"} and len(set(ports.values())) == 2, ports
     for name, port in ports.items():
         assert rfb_banner(port) == b"RFB 003.008\n", name
+        # a password is asked: any local user reaches a loopback port
+        assert rfb_security_types(port) == [2], name
         # 127.0.0.1 only: one IPv4 listener on the loopback address, none on IPv6
         assert listeners(port) == ["0100007F"], (name, listeners(port))
 
@@ -122,6 +139,7 @@ def test_vnc_shows_each_vm_on_loopback_and_survives_a_restore(vm_env, leftovers)
     assert (m.group(1), int(m.group(2))) == ("server", ports["server"])
     out.expect("^RESTORED$")
     assert rfb_banner(ports["server"]) == b"RFB 003.008\n"
+    assert rfb_security_types(ports["server"]) == [2]
     assert listeners(ports["server"]) == ["0100007F"]
     done.touch()
 

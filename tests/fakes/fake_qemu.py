@@ -7,13 +7,13 @@ A start script runs it as QEMU, with the arguments the driver appends
     -qmp unix:<state>/qmp,server=on,wait=off -monitor unix:<state>/monitor
     -chardev socket,id=shell,path=<state>/shell -device virtio-serial
     -device virtconsole,chardev=shell -device virtio-rng-pci -serial stdio
-    [-no-reboot] [-nographic] [-vnc 127.0.0.1:N,to=99]
+    [-no-reboot] [-nographic] [-vnc 127.0.0.1:N,to=99,password=on]
 
 and it plays QEMU's part of the contract:
 
 - QMP: listens on `<state>/qmp`, greets with a line containing "QMP", answers
   `qmp_capabilities`, `query-status`, `stop`, `cont`, `human-monitor-command`, `quit`,
-  `query-vnc` (display N of its `-vnc` argument, not listened on)
+  `query-vnc` (display N of its `-vnc` argument, not listened on), `change-vnc-password`
   (echoing each request's `id`) and sends events (`STOP`, `RESUME`, `SHUTDOWN`, ...).
 - HMP monitor: connects to `<state>/monitor`, prints a banner ending in `(qemu) `, answers
   each line with its echo, some text and a new prompt. `quit` exits; `stop`/`cont` emit QMP
@@ -218,6 +218,8 @@ class Fake:
                 reply = {"return": {}}
             elif cmd == "query-vnc":
                 reply = {"return": self.vnc_info()}
+            elif cmd == "change-vnc-password":
+                reply = {"return": {}}
             elif cmd == "human-monitor-command":
                 text, after = self.hmp(str(args.get("command-line", "")))
                 reply = {"return": text}
@@ -249,7 +251,7 @@ class Fake:
             "host": host,
             "service": str(5900 + int(display)),
             "family": "ipv4",
-            "auth": "none",
+            "auth": "vnc" if "password=on" in value.split(",") else "none",
             "clients": [],
         }
 

@@ -87,10 +87,7 @@ impl Driver {
         let tmp_dir = match &config.worker {
             Some(worker) => {
                 let dir = crate::config::worker_tmp_dir(&tmp_dir()?, worker);
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&dir)
+                crate::private::dir(&dir)
                     .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
                 std::fs::create_dir_all(&config.out_dir)
                     .map_err(|e| Error::io(format!("creating {}", config.out_dir.display()), e))?;
@@ -99,10 +96,7 @@ impl Driver {
             None => tmp_dir()?,
         };
         let shared_dir = tmp_dir.join("shared-xchg");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&shared_dir)
+        crate::private::dir(&shared_dir)
             .map_err(|e| Error::io(format!("creating {}", shared_dir.display()), e))?;
 
         let block = logger.nested("start all VLans", None);

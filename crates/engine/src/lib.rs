@@ -33,6 +33,7 @@ pub mod machine;
 pub mod names;
 pub mod netem;
 pub mod nspawn;
+pub mod private;
 pub mod process;
 pub mod qemu;
 pub mod report;

@@ -24,6 +24,9 @@ impl Vlan {
     pub fn start(nr: u32, tmp_dir: &Path, logger: &Arc<Logger>) -> Result<Vlan> {
         let socket_dir = tmp_dir.join(format!("vde{nr}.ctl"));
         let _ = std::fs::remove_dir_all(&socket_dir);
+        // Ours before vde_switch uses it: it would put its ctl socket in anyone's directory.
+        crate::private::dir(&socket_dir)
+            .map_err(|e| Error::io(format!("vlan {nr}: creating {}", socket_dir.display()), e))?;
         let mut cmd = Command::new("vde_switch");
         cmd.arg("--sock")
             .arg(&socket_dir)

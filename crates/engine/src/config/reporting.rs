@@ -49,8 +49,9 @@ impl Reporting {
     }
 }
 
-/// Where and how spans are exported.
-#[derive(Debug, Clone, PartialEq)]
+/// Where and how spans are exported. Its `Debug` shows the headers' names, never their
+/// values (credentials).
+#[derive(Clone, PartialEq)]
 pub struct OtlpSettings {
     /// `host:port` of the collector.
     pub authority: String,
@@ -59,6 +60,26 @@ pub struct OtlpSettings {
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
     pub resource: Vec<(String, AttrValue)>,
+}
+
+/// What stands for a header's value wherever the settings are shown.
+pub const REDACTED: &str = "<redacted>";
+
+impl std::fmt::Debug for OtlpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, _)| (k.as_str(), REDACTED))
+            .collect();
+        f.debug_struct("OtlpSettings")
+            .field("authority", &self.authority)
+            .field("path", &self.path)
+            .field("headers", &headers)
+            .field("timeout", &self.timeout)
+            .field("resource", &self.resource)
+            .finish()
+    }
 }
 
 /// Reading the settings: `Ok(None)` when exporting is off, `Err` for settings that cannot
@@ -98,7 +119,7 @@ pub fn otlp_settings(
         "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
         "OTEL_EXPORTER_OTLP_HEADERS",
     )
-    .map(parse_pairs)
+    .map(|h| parse_pairs(h, Reveal::No))
     .transpose()
     .map_err(|e| format!("OTEL_EXPORTER_OTLP_HEADERS: {e}"))?
     .unwrap_or_default();
@@ -113,7 +134,7 @@ pub fn otlp_settings(
         None => Duration::from_secs(10),
     };
     let mut resource: Vec<(String, AttrValue)> = get("OTEL_RESOURCE_ATTRIBUTES")
-        .map(parse_pairs)
+        .map(|r| parse_pairs(r, Reveal::Yes))
         .transpose()
         .map_err(|e| format!("OTEL_RESOURCE_ATTRIBUTES: {e}"))?
         .unwrap_or_default()
@@ -152,20 +173,29 @@ pub fn otlp_settings(
 }
 
 fn split_http_url(url: &str) -> Result<(String, String), String> {
+    // Messages show the URL without its user, password and query (credentials).
+    let shown = redact_url(url);
     let rest = if let Some(rest) = url.strip_prefix("http://") {
         rest
     } else if url.starts_with("https://") {
         return Err(format!(
-            "OTLP endpoint {url}: https is not supported; export to an http:// collector \
+            "OTLP endpoint {shown}: https is not supported; export to an http:// collector \
              (e.g. a local OpenTelemetry Collector that forwards over TLS)"
         ));
     } else {
-        return Err(format!("OTLP endpoint {url:?} is not an http:// URL"));
+        return Err(format!("OTLP endpoint {shown:?} is not an http:// URL"));
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
+    if authority.contains('@') {
+        return Err(format!(
+            "OTLP endpoint {shown}: credentials in the URL are not supported; \
+             put them in OTEL_EXPORTER_OTLP_HEADERS"
+        ));
+    }
+    let url = &shown;
     if authority.is_empty() {
         return Err(format!("OTLP endpoint {url:?} names no host"));
     }
@@ -180,14 +210,42 @@ fn split_http_url(url: &str) -> Result<(String, String), String> {
     Ok((authority, path.to_string()))
 }
 
+/// Whether a malformed entry may be quoted in an error (never for headers: credentials).
+#[derive(Clone, Copy, PartialEq)]
+enum Reveal {
+    Yes,
+    No,
+}
+
+/// `url` as it may be shown: without a user and password, nor a query (both may hold
+/// credentials).
+fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => (&url[..i + 3], &url[i + 3..]),
+        None => ("", url),
+    };
+    let end = rest.find('/').unwrap_or(rest.len());
+    let rest = match rest[..end].rfind('@') {
+        Some(at) => format!("{REDACTED}@{}", &rest[at + 1..]),
+        None => rest.to_string(),
+    };
+    let rest = match rest.split_once('?') {
+        Some((before, _)) => format!("{before}?{REDACTED}"),
+        None => rest,
+    };
+    format!("{scheme}{rest}")
+}
+
 /// `k=v,k2=v2` with percent-encoded values (the W3C baggage format the variables use).
-fn parse_pairs(s: &str) -> Result<Vec<(String, String)>, String> {
+fn parse_pairs(s: &str, reveal: Reveal) -> Result<Vec<(String, String)>, String> {
     s.split(',')
         .filter(|p| !p.trim().is_empty())
-        .map(|pair| {
-            let (k, v) = pair
-                .split_once('=')
-                .ok_or_else(|| format!("{pair:?} is not key=value"))?;
+        .enumerate()
+        .map(|(i, pair)| {
+            let (k, v) = pair.split_once('=').ok_or_else(|| match reveal {
+                Reveal::Yes => format!("{pair:?} is not key=value"),
+                Reveal::No => format!("entry {} is not key=value (its text is not shown)", i + 1),
+            })?;
             Ok((percent_decode(k.trim()), percent_decode(v.trim())))
         })
         .collect()
@@ -293,6 +351,54 @@ mod tests {
             settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://api.example.com")]).unwrap_err();
         assert!(e.contains("https is not supported"), "{e}");
         assert!(settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "grpc://x")]).is_err());
+    }
+
+    #[test]
+    fn credentials_never_show_in_debug_warnings_or_errors() {
+        const SECRET: &str = "hunter2-s3cret";
+        let r = Reporting::from_env(&env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                &format!("authorization=Bearer%20{SECRET},x-k={SECRET}"),
+            ),
+        ]));
+        let s = r.otlp.as_ref().unwrap();
+        assert_eq!(s.headers[1], ("x-k".into(), SECRET.into()), "still sent");
+        for shown in [format!("{r:?}"), format!("{s:?}"), format!("{r:#?}")] {
+            assert!(!shown.contains(SECRET), "{shown}");
+            assert!(shown.contains("authorization") && shown.contains(REDACTED));
+        }
+        let bad_entry = format!("x-k={SECRET},Authorization: Bearer {SECRET}");
+        let bad_url_user = format!("http://me:{SECRET}@c:4318");
+        let bad_url_query = format!("ftp://c:4318/v1?key={SECRET}");
+        let bad_https = format!("https://me:{SECRET}@c/?token={SECRET}");
+        for vars in [
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", bad_entry.as_str()),
+            ],
+            vec![("OTEL_EXPORTER_OTLP_ENDPOINT", bad_url_user.as_str())],
+            vec![("OTEL_EXPORTER_OTLP_ENDPOINT", bad_url_query.as_str())],
+            vec![("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", bad_https.as_str())],
+        ] {
+            let e = settings(&vars).unwrap_err();
+            assert!(!e.contains(SECRET), "{e}");
+            let r = Reporting::from_env(&env(&vars));
+            assert!(!format!("{r:?}").contains(SECRET), "{r:?}");
+            assert_eq!(r.warnings.len(), 1, "{r:?}");
+        }
+        let e = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", &bad_entry),
+        ])
+        .unwrap_err();
+        assert!(e.contains("entry 2 is not key=value"), "{e}");
+        let e = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &bad_url_user)]).unwrap_err();
+        assert!(
+            e.contains("credentials in the URL are not supported"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -49,7 +49,7 @@ struct Exchange {
 
 impl Exchange {
     fn new(shared_dir: &Path) -> Result<Exchange> {
-        std::fs::create_dir_all(shared_dir)
+        crate::private::dir(shared_dir)
             .map_err(|e| Error::io(format!("creating {}", shared_dir.display()), e))?;
         for attempt in 0..100u32 {
             let name = format!("xchg-{}-{}-{attempt}", std::process::id(), nanos());

@@ -287,11 +287,7 @@ fn remove_state_dir(dir: &Path) -> Result<()> {
 }
 
 fn create_state_dir(info: &MachineInfo) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
     let dir: &Path = &info.state_dir;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
+    crate::private::dir(dir)
         .map_err(|e| crate::error::Error::io(format!("creating {}", dir.display()), e))
 }

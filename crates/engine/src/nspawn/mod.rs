@@ -275,7 +275,7 @@ impl Backend for NspawnBackend {
                 info.name
             )));
         }
-        std::fs::create_dir_all(&info.shared_dir)
+        crate::private::dir(&info.shared_dir)
             .map_err(|e| Error::io(format!("creating {}", info.shared_dir.display()), e))?;
         let mut cmd = Command::new(&self.start_script);
         // Upstream's two variables, plus the VLAN switches (`QEMU_VDE_SOCKET_<n>`), which our

@@ -189,6 +189,8 @@ pub struct QemuBackend {
     standbys: Standbys,
     /// Where the machine's display was last served (`--vnc`).
     vnc: Arc<Mutex<Option<VncAddress>>>,
+    /// The password of the machine's display (`--vnc`), the same for every QEMU it runs.
+    vnc_password: Arc<str>,
     /// The machine's number among the run's QEMU machines (its guest CID is 3 + this).
     index: u32,
     /// Its side of the boot cache.
@@ -210,6 +212,7 @@ impl QemuBackend {
             allow_reboot: AtomicBool::new(false),
             standbys: Standbys::default(),
             vnc: Arc::default(),
+            vnc_password: vnc::new_password().into(),
             index: vsock::next_index(),
             boot_cache: Default::default(),
         }
@@ -367,7 +370,7 @@ impl Backend for QemuBackend {
         let (shell_l, _) = Self::listen(info, SHELL_SOCKET)?;
         let qmp_path = info.state_dir.join(QMP_SOCKET);
         let _ = std::fs::remove_file(&qmp_path);
-        std::fs::create_dir_all(&info.shared_dir)
+        crate::private::dir(&info.shared_dir)
             .map_err(|e| Error::io(format!("creating {}", info.shared_dir.display()), e))?;
 
         self.allow_reboot
@@ -411,10 +414,13 @@ impl Backend for QemuBackend {
         let pid = process.pid();
         let announce = info.vnc.then(|| {
             let (logger, name, slot) = (info.logger.clone(), info.name.clone(), self.vnc.clone());
-            move |qmp: &Qmp| match vnc::query(qmp) {
+            let password = self.vnc_password.clone();
+            move |qmp: &Qmp| match vnc::set_password(qmp, &password).and_then(|()| vnc::query(qmp))
+            {
                 Ok(address) => {
                     *slot.lock().unwrap() = Some(address);
                     logger.log(&address.announcement(), Some(&name));
+                    logger.log(&vnc::password_line(&password), Some(&name));
                 }
                 Err(e) => logger.log(&format!("no display over VNC: {e}"), Some(&name)),
             }

@@ -1,4 +1,7 @@
-//! `--vnc`: a VM's display over VNC on the loopback address only.
+//! `--vnc`: a VM's display over VNC on the loopback address only, behind a password (any
+//! local user can reach a loopback port): a random one per machine, set over QMP
+//! (`change-vnc-password`) on every QEMU the machine runs and said in the log. Until it is
+//! set, `password=on` lets nobody in.
 //!
 //! QEMU picks the port itself (`-vnc 127.0.0.1:<first>,to=99`: the first free display from
 //! `first`, i.e. port 5900+N), and QMP's `query-vnc` says which it got, so two QEMUs never
@@ -52,7 +55,39 @@ impl fmt::Display for VncAddress {
 /// The QEMU arguments for a display on the first free display number from `first`.
 pub fn args(first: u16) -> [String; 2] {
     let first = first.min(LAST_DISPLAY);
-    ["-vnc".into(), format!("{HOST}:{first},to={LAST_DISPLAY}")]
+    [
+        "-vnc".into(),
+        format!("{HOST}:{first},to={LAST_DISPLAY},password=on"),
+    ]
+}
+
+/// A fresh display password: VNC authentication uses at most 8 characters.
+pub fn new_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut bytes = [0u8; 8];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("cannot read /dev/urandom");
+    bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// The log line that gives the display's password.
+pub fn password_line(password: &str) -> String {
+    format!("VNC password: {password}")
+}
+
+/// Sets the password of QEMU's VNC display.
+pub fn set_password(qmp: &Qmp, password: &str) -> std::result::Result<(), VncError> {
+    qmp.execute(
+        "change-vnc-password",
+        Some(json!({ "password": password })),
+        Deadline::after(Some(TIMEOUT)),
+    )?;
+    Ok(())
 }
 
 /// Asks QEMU where its VNC server listens.
@@ -99,6 +134,9 @@ impl super::QemuBackend {
         if !info.vnc {
             return;
         }
+        if let Err(e) = set_password(qmp, &self.vnc_password) {
+            return info.log(&format!("no display over VNC: {e}"));
+        }
         if let Some(old) = self.vnc_address() {
             match move_to(qmp, old) {
                 Ok(()) => return info.log(&old.announcement()),
@@ -137,9 +175,13 @@ mod tests {
 
     #[test]
     fn arguments_and_announcement() {
-        assert_eq!(args(0), ["-vnc", "127.0.0.1:0,to=99"]);
-        assert_eq!(args(3), ["-vnc", "127.0.0.1:3,to=99"]);
-        assert_eq!(args(500)[1], "127.0.0.1:99,to=99");
+        assert_eq!(args(0), ["-vnc", "127.0.0.1:0,to=99,password=on"]);
+        assert_eq!(args(3), ["-vnc", "127.0.0.1:3,to=99,password=on"]);
+        assert_eq!(args(500)[1], "127.0.0.1:99,to=99,password=on");
+        let (p, q) = (new_password(), new_password());
+        assert_eq!(p.len(), 8);
+        assert!(p.chars().all(|c| c.is_ascii_alphanumeric()), "{p}");
+        assert_ne!(p, q);
         let a = VncAddress { port: 5901 };
         assert_eq!(a.display(), 1);
         assert_eq!(
