@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -60,3 +61,16 @@ def test_a_failed_answer_is_not_kept(fake_apt):
     answer["status"] = 0
     assert apt._show(["foo"])["foo"]["Version"] == "1.0"
     assert len(calls) == 3
+
+
+def test_another_apt_cache_program_is_asked_again(fake_apt, tmp_path, monkeypatch):
+    _, calls, _ = fake_apt
+    apt._show(["foo"])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    other = bin_dir / "apt-cache"
+    other.write_text("#!/bin/sh\nexit 100\n")
+    other.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    apt._show(["foo"])
+    assert len(calls) == 2

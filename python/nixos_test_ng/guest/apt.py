@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,9 +63,14 @@ APT_STATE = (Path("/var/lib/apt/lists"), Path("/etc/apt"))
 
 
 def _apt_state(names: list[str]) -> str:
-    """A digest of `names` and of every file under `APT_STATE` by path, size and mtime: while
-    it stays the same, apt-cache gives the same answer."""
+    """A digest of `names`, of the `apt-cache` program found on PATH, and of every file under
+    `APT_STATE` by path, size and mtime: while it stays the same, apt-cache gives the same
+    answer."""
     h = hashlib.sha256("\0".join(names).encode())
+    program = shutil.which("apt-cache")
+    if program is not None:
+        st = os.stat(program)
+        h.update(f"\n{program}\0{st.st_size}\0{st.st_mtime_ns}".encode())
     for root in APT_STATE:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
