@@ -533,25 +533,19 @@ impl QemuBackend {
             filters,
             ..
         } = job.run()?;
+        // An in-place job holds no network (it is the machine's only QEMU): no filters to lift.
+        debug_assert!(filters.is_empty());
         let deadline = Deadline::after(Some(CONTROL_TIMEOUT));
-        let resumed = filters
-            .iter()
-            .try_for_each(|id| {
-                qmp.execute("object-del", Some(json!({ "id": id })), deadline)
-                    .map(drop)
-            })
-            .map_err(|e| format!("lifting its network filters: {e}"))
-            .and_then(|()| {
-                qmp.discard_events(); // those of the warm-up
-                relay.attach(
-                    host.console().clone(),
-                    info.logger.clone(),
-                    info.name.clone(),
-                );
-                qmp.execute("cont", None, deadline)
-                    .map(drop)
-                    .map_err(|e| format!("cont: {e}"))
-            });
+        qmp.discard_events(); // those of the warm-up
+        relay.attach(
+            host.console().clone(),
+            info.logger.clone(),
+            info.name.clone(),
+        );
+        let resumed = qmp
+            .execute("cont", None, deadline)
+            .map(drop)
+            .map_err(|e| format!("cont: {e}"));
         if let Err(reason) = resumed {
             process.kill();
             let _ = relay_thread.join();
