@@ -105,6 +105,35 @@ def test_the_daemon_killed_mid_run_fails_the_next_commands_naming_the_machine(vm
     assert "vsock daemon `vhost-device-vsock`" in errors[1] and "exited" in errors[1], errors
 
 
+ABANDONED_CONNECTS = """
+import socket, time
+from nixos_test_ng import procs
+
+box.succeed("true")
+state_dir = str(box.monitor_path.parent)
+(line,) = [procs.cmdline(p) for p in procs.pids() if "vhost-device-vsock" in procs.cmdline(p)
+           and state_dir in procs.cmdline(p)]
+uds = line.split("--uds-path")[1].split()[0]
+# connections given up before the guest accepts them, as a connect attempt that timed out
+for _ in range(30):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(uds)
+    s.sendall(b"CONNECT 7001\\n")
+    s.close()
+    time.sleep(0.05)
+print("AFTER:", box.succeed("echo still here").strip(), flush=True)
+"""
+
+
+def test_connections_given_up_before_the_guest_accepts_leave_the_device_working(vm_env):
+    # stock vhost-device-vsock 0.3.0 (and 0.3.0+ntng.1) panicked writing its `OK` to such a
+    # connection: the device moved nothing ever after and the next command hung
+    r = vm_env.run({"box": []}, ABANDONED_CONNECTS, timeout=300)
+    assert r.returncode == 0, r.stderr[-6000:]
+    assert "AFTER: still here" in r.stdout, r.stdout + r.stderr[-4000:]
+    assert "vsock daemon:" not in r.stderr, r.stderr[-4000:]
+
+
 def test_an_agent_that_never_answers_is_a_boot_timeout_with_the_console(vm_env, monkeypatch):
     # the start script announces the device, the guest's /init does not start the agent
     monkeypatch.setenv("QEMU_KERNEL_PARAMS", "ntng.agent=0")

@@ -175,8 +175,14 @@ impl Output {
 
     /// True once the daemon reported a fatal error (0.3.0 then retries forever, logging).
     fn fatal(&self) -> bool {
-        self.0.lock().unwrap().iter().any(|l| l.contains("ERROR"))
+        self.0.lock().unwrap().iter().any(|l| is_failure(l))
     }
+}
+
+/// A line of the daemon's output that says it failed: logged as it comes, since a failed
+/// daemon leaves the machine's agent silent (a panic ends its worker thread, not the process).
+fn is_failure(line: &str) -> bool {
+    line.contains("ERROR") || line.contains("panicked")
 }
 
 /// A running `vhost-device-vsock` of one VM.
@@ -265,11 +271,15 @@ impl Daemon {
         .flatten()
         {
             let output = output.clone();
+            let (logger, name) = (info.logger.clone(), info.name.clone());
             std::thread::Builder::new()
                 .name(format!("ntng-vsockd-{}", info.name))
                 .spawn(move || {
                     for line in BufReader::new(pipe).lines() {
                         let Ok(line) = line else { break };
+                        if is_failure(&line) {
+                            logger.log(&format!("vsock daemon: {line}"), Some(&name));
+                        }
                         output.push(line);
                     }
                 })
