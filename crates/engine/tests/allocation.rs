@@ -3,44 +3,16 @@
 //! (an XWD or PPM screen dump, a VMM's HTTP answer). The agent protocol's frames have the
 //! same test in `crates/agent-protocol/tests/allocation.rs`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ntng_engine::screen::{parse_ppm, xwd::parse_xwd};
 use ntng_engine::vmm::http::{Client, HttpError};
 
-struct Largest;
-
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Largest {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::SeqCst);
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LARGEST.fetch_max(new_size, Ordering::SeqCst);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Largest = Largest;
-
-/// The largest single allocation while `f` runs.
-fn largest_during(f: impl FnOnce()) -> usize {
-    LARGEST.store(0, Ordering::SeqCst);
-    f();
-    LARGEST.load(Ordering::SeqCst)
-}
+#[path = "../../agent-protocol/tests/support/largest_allocation.rs"]
+mod largest_allocation;
+use largest_allocation::largest_during;
 
 /// An XWD header (25 big-endian fields) for a `width`x`height` TrueColor image of 32 bits
 /// per pixel with `ncolors` colormap entries, and no pixels after it.
