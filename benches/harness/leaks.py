@@ -10,6 +10,7 @@ counted too, for information only: they are not ours to judge.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,11 @@ WATCHED = (
     "nixos-test-driver",
     "systemd-nspawn",
 )
+
+#: What the driver keeps in its tmp dir by design, reused by name from run to run (upstream's
+#: layout: a machine's state dir, kept for `--keep-machine-state`, and the shared dir). Not
+#: leaks themselves; a file that appears in one that was already there is.
+KEPT = ("vm-state-*", "shared-xchg")
 
 #: Host-wide leftovers in /tmp of a driver that ignores TMPDIR (upstream's `vm-state-*`).
 HOST_TMP_PATTERNS = ("vm-state-*", "nixos-test-ng-*", "ntng-*")
@@ -53,6 +59,9 @@ class Account:
     processes: dict[int, str]
     host_processes: int
     temp_entries: tuple[str, ...]
+    kept_entries: tuple[str, ...]
+    kept_files: tuple[str, ...]
+    kept_bytes: int
     host_tmp_entries: tuple[str, ...]
     mounts: int
     our_mounts: tuple[str, ...]
@@ -63,6 +72,9 @@ class Account:
             "processes": len(self.processes),
             "host_processes": self.host_processes,
             "temp_entries": len(self.temp_entries),
+            "kept_entries": len(self.kept_entries),
+            "kept_files": len(self.kept_files),
+            "kept_bytes": self.kept_bytes,
             "host_tmp_entries": len(self.host_tmp_entries),
             "mounts": self.mounts,
             "our_mounts": len(self.our_mounts),
@@ -76,6 +88,10 @@ class Leaks:
     fds: int = 0
     processes: list[str] = field(default_factory=list)
     temp_entries: list[str] = field(default_factory=list)
+    #: files new in a kept directory that was already there
+    kept_growth: list[str] = field(default_factory=list)
+    #: informational: the kept directories' size, after less before
+    kept_bytes_growth: int = 0
     mounts: list[str] = field(default_factory=list)
     #: informational: other users of the host may have made these
     host_processes: int = 0
@@ -87,6 +103,8 @@ class Leaks:
             "fds": self.fds,
             "processes": self.processes,
             "temp_entries": self.temp_entries,
+            "kept_growth": self.kept_growth,
+            "kept_bytes_growth": self.kept_bytes_growth,
             "mounts": self.mounts,
             "host_processes": self.host_processes,
             "host_tmp_entries": self.host_tmp_entries,
@@ -120,6 +138,26 @@ def _entries(d: Path) -> list[str]:
         return []
 
 
+def kept(entry: str) -> bool:
+    """Whether a tmp dir entry is one the driver keeps by design (`KEPT`)."""
+    name = os.path.basename(entry)
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in KEPT)
+
+
+def _files(top: str) -> tuple[list[str], int]:
+    """Every path under `top` (not following links) and their total size."""
+    found, size = [], 0
+    for d, dirs, files in os.walk(top):
+        for name in dirs + files:
+            path = os.path.join(d, name)
+            found.append(path)
+            try:
+                size += os.lstat(path).st_size
+            except OSError:
+                pass
+    return found, size
+
+
 def account(scope: Scope, exclude: frozenset[int] = frozenset()) -> Account:
     """What is open and alive now; `exclude`: pids not to count (the harness, runs in
     flight)."""
@@ -132,7 +170,14 @@ def account(scope: Scope, exclude: frozenset[int] = frozenset()) -> Account:
         host += 1
         if _ours(p.pid, scope):
             ours[p.pid] = procs.cmdline(p.pid)[:200]
-    temp = [e for d in scope.temp_dirs for e in _entries(d)]
+    entries = [e for d in scope.temp_dirs for e in _entries(d)]
+    kept_entries = [e for e in entries if kept(e)]
+    kept_files: list[str] = []
+    kept_bytes = 0
+    for e in kept_entries:
+        files, size = _files(e)
+        kept_files += files
+        kept_bytes += size
     host_tmp = sorted(str(p) for pat in HOST_TMP_PATTERNS for p in scope.host_tmp.glob(pat))
     lines = scope.mountinfo.read_text().splitlines()
     our_mounts = [ln for ln in lines if str(scope.root) in ln]
@@ -140,7 +185,10 @@ def account(scope: Scope, exclude: frozenset[int] = frozenset()) -> Account:
         fds=len(os.listdir(scope.fd_dir)),
         processes=ours,
         host_processes=host,
-        temp_entries=tuple(temp),
+        temp_entries=tuple(e for e in entries if not kept(e)),
+        kept_entries=tuple(kept_entries),
+        kept_files=tuple(sorted(kept_files)),
+        kept_bytes=kept_bytes,
         host_tmp_entries=tuple(e for e in host_tmp if not e.startswith(str(scope.root))),
         mounts=len(lines),
         our_mounts=tuple(our_mounts),
@@ -156,8 +204,18 @@ def compare(before: Account, after: Account) -> Leaks:
             f"{pid}: {cmd}" for pid, cmd in after.processes.items() if pid not in before.processes
         ],  # fmt: skip
         temp_entries=[e for e in after.temp_entries if e not in before.temp_entries],
+        kept_growth=[
+            f
+            for f in after.kept_files
+            if f not in before.kept_files and _top(f, before.kept_entries)
+        ],  # fmt: skip
+        kept_bytes_growth=after.kept_bytes - before.kept_bytes,
         mounts=[m for m in after.our_mounts if m not in before.our_mounts],
         host_mounts=after.mounts - before.mounts,
         host_processes=max(0, after.host_processes - before.host_processes),
         host_tmp_entries=[e for e in after.host_tmp_entries if e not in before.host_tmp_entries],
     )
+
+
+def _top(path: str, tops: tuple[str, ...]) -> bool:
+    return any(path.startswith(t + os.sep) for t in tops)

@@ -225,8 +225,11 @@ def _progress(msg: str) -> None:
 def stage_runs(soak: Soak, o: Options) -> dict[str, Any]:
     calls = 5
     walls: list[float] = []
+    firsts: list[float] = []
     latencies: list[float] = []
     rss: list[float] = []
+    baseline = None
+    first_run_wall = None
     failed: list[dict[str, str]] = []
     killed: list[str] = []
     step = max(1, o.runs // 20)
@@ -238,12 +241,20 @@ def stage_runs(soak: Soak, o: Options) -> dict[str, Any]:
             {"NTNG_SOAK_CALLS": str(calls)},
             reuse_boots=True,
         )
-        walls.append(out.wall_s)
+        if i == 1 and o.runs > 1:  # it boots and saves the boot cache: shown apart
+            first_run_wall = out.wall_s
+        else:
+            walls.append(out.wall_s)
         killed += [f"run {i}: {pid}: {cmd[:160]}" for pid, cmd in out.killed.items()]
         if out.error:
             failed.append({"run": f"run {i}", "error": out.error})
+        if i == min(2, o.runs):  # what the kept directories hold: docs/soak.md
+            baseline = leaks.account(soak.scope)
         if out.result:
-            latencies += out.result["latencies_s"]
+            first, *rest = out.result["latencies_s"]
+            if not (i == 1 and o.runs > 1):
+                firsts.append(first)
+            latencies += rest
             rss.append(out.result["vm_rss_kib"] / 1000)
         if i % step == 0 or i == o.runs:
             _progress(f"runs: {i}/{o.runs} ({len(failed)} failed, {len(killed)} killed)")
@@ -253,7 +264,10 @@ def stage_runs(soak: Soak, o: Options) -> dict[str, Any]:
         "failed": failed,
         "killed_after_runs": killed,
         "latency_s": percentiles(latencies),
+        "first_command_s": percentiles(firsts),
         "run_wall_s": percentiles(walls),
+        "first_run_wall_s": first_run_wall,
+        "_baseline": baseline,
         "rss_mb": percentiles(rss),
     }
 
@@ -320,7 +334,12 @@ def run_stage(soak: Soak, name: str, o: Options) -> dict[str, Any]:
     s["duration_s"] = time.monotonic() - tic
     after = leaks.account(soak.scope)
     s["before"], s["after"] = before.summary(), after.summary()
-    s["leaks"] = leaks.compare(before, after).as_dict()
+    found = leaks.compare(before, after)
+    baseline = s.pop("_baseline", None)
+    if baseline is not None:  # runs back to back: what the kept directories gained since run 2
+        found.kept_growth = leaks.compare(baseline, after).kept_growth
+        found.kept_bytes_growth = after.kept_bytes - baseline.kept_bytes
+    s["leaks"] = found.as_dict()
     return s
 
 
