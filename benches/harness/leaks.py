@@ -145,10 +145,11 @@ def kept(entry: str) -> bool:
 
 
 def _files(top: str) -> tuple[list[str], int]:
-    """Every path under `top` (not following links) and their total size."""
+    """Every path under `top` (not following links) and the total size of its files."""
     found, size = [], 0
     for d, dirs, files in os.walk(top):
-        for name in dirs + files:
+        found += (os.path.join(d, name) for name in dirs)
+        for name in files:
             path = os.path.join(d, name)
             found.append(path)
             try:
@@ -189,7 +190,7 @@ def account(scope: Scope, exclude: frozenset[int] = frozenset()) -> Account:
         kept_entries=tuple(kept_entries),
         kept_files=tuple(sorted(kept_files)),
         kept_bytes=kept_bytes,
-        host_tmp_entries=tuple(e for e in host_tmp if not e.startswith(str(scope.root))),
+        host_tmp_entries=tuple(e for e in host_tmp if e != str(scope.root)),
         mounts=len(lines),
         our_mounts=tuple(our_mounts),
     )
