@@ -8,7 +8,7 @@ Stages: (runs) N runs back to back of a small test, a fresh `nixos-test-ng run` 
 with `--reuse-boots`; (commands) N `succeed("true")` in one run, the driver's RSS sampled;
 (start) N busybox VMs started together. Per stage: the harness's open fds, our processes,
 temporary entries and mounts before and after (what leaked), the driver's RSS, latency
-percentiles. Writes benches/results/soak/NAME.json and .md; exits 1 when a target is not met.
+percentiles. Writes benches/results/soak-NAME.json and .md; exits 1 when a target is not met.
 """
 
 from __future__ import annotations

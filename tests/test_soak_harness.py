@@ -274,7 +274,7 @@ def test_stages_through_a_fake_driver_that_leaks_nothing(fake_soak: soak.Soak, t
     }
     md = soak.write(doc, "t", into=tmp_path / "results")
     assert "Every target met." in md and "clean tree" in md
-    assert (tmp_path / "results" / "t.json").exists()
+    assert (tmp_path / "results" / "soak-t.json").exists()
     assert "| commands | driver RSS growth | 0.03 MB | < 5 MB | yes |" in md
     assert "Each VM: node1 1.0 s, node2 1.0 s" in md
 

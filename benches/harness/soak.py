@@ -38,7 +38,6 @@ QUICK = {"runs": 20, "commands": 500, "vms": 3}
 GRACE_S = 3.0
 #: a driver run that takes longer than this is killed (and its stage fails)
 RUN_TIMEOUT_S = {"runs": 600.0, "commands": 7200.0, "start": 1800.0}
-RESULTS_DIR = RESULTS / "soak"
 MARKER_VAR = "NTNG_SOAK_ROOT"
 
 
@@ -84,7 +83,11 @@ def parse(argv: list[str] | None) -> Options:
         default="vm",
         help="stage 1's machine: the busybox VM or a systemd-nspawn container",
     )
-    p.add_argument("--name", help="results file stem (default: latest, or quick with --quick)")
+    p.add_argument(
+        "--name",
+        help="results: benches/results/soak-NAME.json and .md (default: latest, or quick"
+        " with --quick)",
+    )
     p.add_argument("--driver", default="nixos-test-ng", help="the `nixos-test-ng` command")
     p.add_argument("--note", help="a note recorded in the results")
     p.add_argument("--keep-tmp", action="store_true", help="keep the soak's root directory")
@@ -146,7 +149,9 @@ class Soak:
         )
 
     def env(self, extra: dict[str, str]) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+        # the driver's defaults (the boot timeout among them), whatever this shell has set
+        dropped = ("DISPLAY", "WAYLAND_DISPLAY", "NIXOS_TEST_NG_BOOT_TIMEOUT")
+        env = {k: v for k, v in os.environ.items() if k not in dropped}
         env.update(
             TMPDIR=str(self.root / "tmp"),
             XDG_RUNTIME_DIR=str(self.root / "xdg"),
@@ -400,10 +405,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if unmet else 0
 
 
-def write(doc: dict[str, Any], name: str, into: Path = RESULTS_DIR) -> str:
-    """Writes `NAME.json` and `NAME.md` into `into`; returns the markdown."""
+def write(doc: dict[str, Any], name: str, into: Path = RESULTS) -> str:
+    """Writes `soak-NAME.json` and `soak-NAME.md` into `into`; returns the markdown."""
     into.mkdir(parents=True, exist_ok=True)
-    (into / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (into / f"soak-{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
     md = markdown(doc)
-    (into / f"{name}.md").write_text(md)
+    (into / f"soak-{name}.md").write_text(md)
     return md

@@ -169,7 +169,7 @@ def _stage_md(name: str, s: dict[str, Any]) -> list[str]:
             " the figures below are of the others, each started from the cache. Paths inside the"
             " kept directories count from the second run on (docs/soak.md)."
         )
-    out += ["", "| account | before | after | leaked |", "|---|---|---|---|"]
+    out += ["", "| account | before | after | leaked (host rows: new) |", "|---|---|---|---|"]
     b, a, leaks = s["before"], s["after"], s["leaks"]
     for key, what, leak_key in ACCOUNT_ROWS:
         leaked = leaks[leak_key] if leak_key else ""
@@ -227,9 +227,11 @@ def markdown(doc: dict[str, Any]) -> str:
     out = [
         f"# Soak: {meta['name']}{' (--quick)' if meta['quick'] else ''}",
         "",
-        f"Commit {env['git_commit']} ({clean}); {env['cpu_model']}, {env['nproc']} cores,"
-        f" TCG; load average before {load_b}, after {load_a}.",
-        f"Started {meta['started']}, took {meta['duration_s']:.0f} s: `{meta['command']}`.",
+        f"- taken: {meta['started']} → {meta.get('finished', '?')} ({meta['duration_s']:.0f} s)",
+        f"- command: `{meta['command']}`",
+        f"- machine: {env['cpu_model']}, {env['nproc']} CPUs, TCG",
+        f"- load average before / after: {load_b} / {load_a}",
+        f"- git {env['git_commit']} ({clean}); driver {env.get('driver', '?')}",
         "",
         "| stage | target | value | bound | met |",
         "|---|---|---|---|---|",
