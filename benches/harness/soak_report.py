@@ -164,10 +164,10 @@ def _stage_md(name: str, s: dict[str, Any]) -> list[str]:
         out.append(f"`start_all()` of {p['vms']} busybox VMs, then each one's first command.")
     out.append(f"Took {s['duration_s']:.0f} s; {len(s['failed'])} failed run(s).")
     if s.get("first_run_wall_s") is not None:
+        why = "boots the VM and saves the boot cache" if p["kind"] == "vm" else "warms up"
         out.append(
-            f"The first run boots and saves the boot cache ({s['first_run_wall_s']:.1f} s);"
-            " the figures below are of the others, each started from the cache. Paths inside the"
-            " kept directories count from the second run on (docs/soak.md)."
+            f"The first run {why} ({s['first_run_wall_s']:.1f} s): the figures below are of the"
+            " others. Paths inside the kept directories count from the second run on."
         )
     out += ["", "| account | before | after | leaked (host rows: new) |", "|---|---|---|---|"]
     b, a, leaks = s["before"], s["after"], s["leaks"]
@@ -191,7 +191,8 @@ def _stage_md(name: str, s: dict[str, Any]) -> list[str]:
         )
     if s.get("first_command_s"):
         out.append(
-            f"| first command, a start from the boot cache (ms) | {_ms(s['first_command_s'])} |"
+            "| first command of a run (ms; a VM: started from the boot cache) |"
+            f" {_ms(s['first_command_s'])} |"
         )
     rss = s.get("rss_mb")
     if rss:
