@@ -272,7 +272,7 @@ def test_stages_through_a_fake_driver_that_leaks_nothing(fake_soak: soak.Soak, t
         "stages": stages,
         "checks": [c.__dict__ for c in evaluate(stages)],
     }
-    md = soak.write(doc, "t", into=tmp_path / "results")
+    md = soak.write(doc, "t", tmp_path / "results")
     assert "Every target met." in md and "clean tree" in md
     assert (tmp_path / "results" / "soak-t.json").exists()
     assert "| commands | driver RSS growth | 0.03 MB | < 5 MB | yes |" in md
@@ -316,3 +316,33 @@ def test_a_leaking_driver_fails_the_targets_and_says_what(
     assert "Targets not met: 2." in md and "uncommitted changes" in md
     assert "| runs | leaked processes | 2 | 0 | **no** |" in md
     assert "qemu-system-fake 1000" in md
+
+
+def test_main_exits_1_naming_each_unmet_target(tmp_path: Path, monkeypatch, capsys):
+    import nixos_test_ng.guest
+
+    qemu = fake_qemu(tmp_path / "bin")
+    driver = tmp_path / "nixos-test-ng"
+    driver.write_text(FAKE_DRIVER.format(python=sys.executable, qemu=str(qemu)))
+    driver.chmod(0o755)
+    monkeypatch.setattr(nixos_test_ng.guest, "ensure_built", lambda: tmp_path / "guest")
+    monkeypatch.setattr(soak, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(soak, "GRACE_S", 0.2)
+    # the reaper's signal handlers and exit hook are not for pytest's own process
+    monkeypatch.setattr(procs.Reaper, "guard", lambda self: self)
+    monkeypatch.setenv("FAKE_LEAK", "1")
+    argv = ["--driver", str(driver), "--only", "runs", "--runs", "1", "--name", "t"]
+    assert soak.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "soak: target not met: runs: leaked processes: 1 (bound 0)" in err
+    assert "soak: target not met: runs: leaked temp entries: 1 (bound 0)" in err
+    assert "Targets not met: 2." in (tmp_path / "results" / "soak-t.md").read_text()
+
+    monkeypatch.delenv("FAKE_LEAK")
+    assert soak.main([*argv, "--name", "u"]) == 0
+    assert "Every target met." in (tmp_path / "results" / "soak-u.md").read_text()
+
+
+def test_main_refuses_a_driver_that_is_not_there(tmp_path: Path, capsys):
+    assert soak.main(["--driver", str(tmp_path / "nothing"), "--quick"]) == 2
+    assert f"soak: driver `{tmp_path / 'nothing'}` not found" in capsys.readouterr().err

@@ -39,6 +39,8 @@ GRACE_S = 3.0
 #: a driver run that takes longer than this is killed (and its stage fails)
 RUN_TIMEOUT_S = {"runs": 600.0, "commands": 7200.0, "start": 1800.0}
 MARKER_VAR = "NTNG_SOAK_ROOT"
+#: where the result files go
+RESULTS_DIR = RESULTS
 
 
 @dataclass(frozen=True)
@@ -394,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         "stages": stages,
         "checks": [c.__dict__ for c in checks],
     }
-    md = write(doc, o.name)
+    md = write(doc, o.name, RESULTS_DIR)
     print(md)
     unmet = [c for c in checks if not c.met]
     for c in unmet:
@@ -405,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if unmet else 0
 
 
-def write(doc: dict[str, Any], name: str, into: Path = RESULTS) -> str:
+def write(doc: dict[str, Any], name: str, into: Path) -> str:
     """Writes `soak-NAME.json` and `soak-NAME.md` into `into`; returns the markdown."""
     into.mkdir(parents=True, exist_ok=True)
     (into / f"soak-{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
