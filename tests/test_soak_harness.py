@@ -130,11 +130,11 @@ def test_targets():
     lat = {"n": 100, "p50": 0.010, "p90": 0.012, "p99": 0.020, "max": 0.05}
     good = {
         "runs": stage(),
-        "commands": stage(runs=1, rss_growth_mb=4.9, latency_s=lat),
+        "commands": stage(runs=1, rss_growth_mb=4.9, driver_fds_growth=0, latency_s=lat),
         "start": stage(runs=1, boot_s={f"node{i}": 20.0 for i in range(1, 9)}),
     }
     assert unmet(good) == []
-    assert len(evaluate(good)) == 3 * 5 + 2 + 1
+    assert len(evaluate(good)) == 3 * 5 + 3 + 1
 
     bad_leaks = {**clean_leaks(), "fds": 1, "temp_entries": ["/x"], "mounts": ["m"]}
     assert unmet({"runs": stage(leaks=bad_leaks, killed_after_runs=["1: qemu"])}) == [
@@ -149,15 +149,15 @@ def test_targets():
         ("runs", "runs passed")
     ]
     slow = {**lat, "p99": 0.0201}
-    assert unmet({"commands": stage(runs=1, rss_growth_mb=5.0, latency_s=slow)}) == [
+    grew = stage(runs=1, rss_growth_mb=5.0, driver_fds_growth=1, latency_s=slow)
+    three = [
         ("commands", "driver RSS growth"),
+        ("commands", "driver's open fds growth"),
         ("commands", "command p99 / median"),
     ]
-    # a run without figures meets neither
-    assert unmet({"commands": stage(runs=1)}) == [
-        ("commands", "driver RSS growth"),
-        ("commands", "command p99 / median"),
-    ]
+    assert unmet({"commands": grew}) == three
+    # a run without figures meets none
+    assert unmet({"commands": stage(runs=1)}) == three
     seven = {f"node{i}": 20.0 for i in range(1, 8)}
     assert unmet({"start": stage(runs=1, boot_s=seven)}) == [
         ("start", "VMs booted within the default timeout")

@@ -235,6 +235,7 @@ def stage_runs(soak: Soak, o: Options) -> dict[str, Any]:
     firsts: list[float] = []
     latencies: list[float] = []
     rss: list[float] = []
+    fds: list[float] = []
     baseline = None
     first_run_wall = None
     failed: list[dict[str, str]] = []
@@ -263,6 +264,7 @@ def stage_runs(soak: Soak, o: Options) -> dict[str, Any]:
                 firsts.append(first)
             latencies += rest
             rss.append(out.result["vm_rss_kib"] / 1000)
+            fds.append(out.result["driver_fds"])
         if i % step == 0 or i == o.runs:
             _progress(f"runs: {i}/{o.runs} ({len(failed)} failed, {len(killed)} killed)")
     return {
@@ -276,6 +278,7 @@ def stage_runs(soak: Soak, o: Options) -> dict[str, Any]:
         "first_run_wall_s": first_run_wall,
         "_baseline": baseline,
         "rss_mb": percentiles(rss),
+        "driver_fds": percentiles(fds),
     }
 
 
@@ -305,6 +308,7 @@ def stage_commands(soak: Soak, o: Options) -> dict[str, Any]:
         s["samples"] = samples
         s["latency_s"] = percentiles(out.result["latencies_s"])
         s["rss_growth_mb"] = (samples[-1]["vm_rss_kib"] - samples[0]["vm_rss_kib"]) / 1000
+        s["driver_fds_growth"] = samples[-1]["driver_fds"] - samples[0]["driver_fds"]
         s["vm_hwm_kib"] = out.result["vm_hwm_kib"]
         s["rss_mb"] = percentiles([x["vm_rss_kib"] / 1000 for x in samples])
     return s

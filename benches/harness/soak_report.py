@@ -83,6 +83,11 @@ def evaluate(stages: dict[str, dict[str, Any]]) -> list[Check]:
                     growth is not None and growth < RSS_GROWTH_MB,
                 )
             )
+            fds = s.get("driver_fds_growth")
+            checks.append(
+                Check(name, "driver's open fds growth", "-" if fds is None else str(fds), "0",
+                      fds is not None and fds <= 0)
+            )  # fmt: skip
             lat = s.get("latency_s")
             ratio = lat["p99"] / lat["p50"] if lat and lat["p50"] > 0 else None
             checks.append(
@@ -197,6 +202,8 @@ def _stage_md(name: str, s: dict[str, Any]) -> list[str]:
     rss = s.get("rss_mb")
     if rss:
         out.append(f"| driver RSS at the end of a run (MB) | {_s(rss)} |")
+    if s.get("driver_fds"):
+        out.append(f"| driver's open fds at the end of a run | {_s(s['driver_fds'])} |")
     out.append("")
     if s.get("samples"):
         cells = " | ".join(
