@@ -203,7 +203,8 @@ def _stage_md(name: str, s: dict[str, Any]) -> list[str]:
     if rss:
         out.append(f"| driver RSS at the end of a run (MB) | {_s(rss)} |")
     if s.get("driver_fds"):
-        out.append(f"| driver's open fds at the end of a run | {_s(s['driver_fds'])} |")
+        counts = " | ".join(f"{s['driver_fds'][k]:.0f}" for k in ("p50", "p90", "p99", "max"))
+        out.append(f"| driver's open fds at the end of a run | {counts} |")
     out.append("")
     if s.get("samples"):
         cells = " | ".join(
