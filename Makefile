@@ -4,7 +4,7 @@ PIP := $(PYTHON) -m pip --disable-pip-version-check -q
 export NIXOS_TEST_NG_GUEST_DIR ?= $(CURDIR)/build/guest
 PYTEST_ARGS ?=
 
-.PHONY: all setup install doctor guest demo test lint test-rust test-python bench fuzz clean
+.PHONY: all setup install doctor guest demo test lint test-rust test-python bench soak fuzz clean
 
 all: install
 
@@ -47,6 +47,10 @@ test: guest lint test-rust test-python
 
 bench: guest
 	$(PYTHON) benches/run.py
+
+## Long runs without leaks: 1,000 runs, 10,000 commands, 8 VMs at once (docs/soak.md; not CI).
+soak: guest
+	$(PYTHON) benches/soak.py
 
 ## The parsers' property tests in long mode: PROPTEST_CASES cases each (default 10 million).
 fuzz:
