@@ -272,8 +272,9 @@ impl Job {
         fn e(what: &'static str) -> impl Fn(Error) -> String {
             move |err| format!("{what}: {err}")
         }
-        let qmp = Qmp::connect(&self.launch.dir.join("qmp"), deadline).map_err(e("QMP"))?;
-        let mut monitor = Monitor::new(monitor);
+        let qmp = Qmp::connect(&self.launch.dir.join("qmp"), &self.machine, deadline)
+            .map_err(e("QMP"))?;
+        let mut monitor = Monitor::new(monitor, &self.machine);
         monitor.wait_for_prompt(deadline).map_err(e("monitor"))?;
         self.abort.check()?;
         // Two QEMUs on one disk would wreck it: the standby must run on its own copies.
