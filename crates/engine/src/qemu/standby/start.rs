@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::disks::{copy_files, fresh_dir, writable_disks, Golden};
 use crate::backend::shares::{mount_command, Mount};
-use crate::console::{for_each_line, Console};
+use crate::console::{clean, for_each_piece, Console};
 use crate::error::Error;
 use crate::interrupt::Deadline;
 use crate::log::Logger;
@@ -121,22 +121,33 @@ impl Relay {
         let handle = std::thread::Builder::new()
             .name(format!("ntng-standby-console-{machine}"))
             .spawn(move || {
-                for_each_line(stream, |line| match &mut *r.sink.lock().unwrap() {
-                    Sink::Held(lines) => {
-                        if lines.len() >= HELD_LINES {
-                            lines.pop_front();
+                for_each_piece(
+                    stream,
+                    |raw| {
+                        let line = clean(raw);
+                        match &mut *r.sink.lock().unwrap() {
+                            Sink::Held(lines) => {
+                                if lines.len() >= HELD_LINES {
+                                    lines.pop_front();
+                                }
+                                lines.push_back(line);
+                            }
+                            Sink::Machine {
+                                console,
+                                logger,
+                                machine,
+                            } => {
+                                logger.serial(machine, &line);
+                                console.push_raw(raw, line);
+                            }
                         }
-                        lines.push_back(line);
-                    }
-                    Sink::Machine {
-                        console,
-                        logger,
-                        machine,
-                    } => {
-                        logger.serial(machine, &line);
-                        console.push(line);
-                    }
-                });
+                    },
+                    || {
+                        if let Sink::Machine { console, .. } = &*r.sink.lock().unwrap() {
+                            console.flush();
+                        }
+                    },
+                );
                 if let Sink::Machine { console, .. } = &*r.sink.lock().unwrap() {
                     console.close();
                 }
