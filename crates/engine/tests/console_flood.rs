@@ -61,7 +61,7 @@ impl Reporter for Shown {
 }
 
 #[test]
-fn a_flooding_guest_keeps_the_driver_memory_bounded() {
+fn a_console_flood_keeps_the_driver_memory_bounded() {
     let mb: usize = std::env::var("NTNG_FLOOD_MB")
         .ok()
         .and_then(|v| v.parse().ok())
