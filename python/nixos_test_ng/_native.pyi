@@ -460,7 +460,8 @@ class Machine:
         self, what: str, matcher: Callable[[str], bool], timeout: Timeout = None
     ) -> None: ...
     def get_console_log(self) -> str:
-        """The console output since the last start."""
+        """The console output since the last start, read back from `console.log` in the
+        state directory: it costs memory about twice the log's size while held."""
     def screenshot(self, filename: str) -> None:
         """Save the screen as PNG (`.png` appended without a `.`; in the output directory
         without a `/`)."""

@@ -121,12 +121,13 @@ impl Logger {
         inner.emit(&Event::TestError { msg });
     }
 
-    /// Logs a console line of `machine`.
+    /// Logs a console line of `machine`, its control characters (ANSI escapes, NUL) escaped
+    /// so the log stays readable (see [`crate::console::printable`]).
     pub fn serial(&self, machine: &str, line: &str) {
         let shown = self.print_serial();
         self.emit(Event::Serial {
             machine,
-            line,
+            line: &crate::console::printable(line),
             shown,
         });
     }

@@ -160,7 +160,8 @@ impl Machine {
         self.inner.start_command().to_string()
     }
 
-    /// Every console line since the last start.
+    /// Every console line since the last start (read back from `console.log`, as
+    /// `get_console_log`).
     #[getter]
     fn full_console_log(&self) -> Vec<String> {
         self.inner
@@ -644,7 +645,8 @@ impl Machine {
         self.inner.snapshot_names()
     }
 
-    /// The console output since the last start.
+    /// The console output since the last start, read back from `console.log` in the state
+    /// directory: it costs memory about twice the log's size while the caller holds it.
     fn get_console_log(&self) -> String {
         self.inner.console_log()
     }

@@ -54,3 +54,63 @@ fn console_bytes_become_one_clean_line_per_newline() {
         }
     });
 }
+
+/// Console bytes with lines longer than the cut.
+fn long_console_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        console_bytes(),
+        (any::<u8>(), 1..3 * super::MAX_LINE).prop_map(|(b, n)| vec![b; n]),
+    ];
+    proptest::collection::vec(piece, 0..4).prop_map(|p| p.concat())
+}
+
+/// [`Chunked`] owning its bytes (a reader thread needs `'static`).
+struct OwnedChunked {
+    data: Vec<u8>,
+    at: usize,
+    chunks: Vec<usize>,
+    reads: usize,
+}
+
+impl std::io::Read for OwnedChunked {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut c = Chunked {
+            data: &self.data[self.at..],
+            chunks: self.chunks.clone(),
+            reads: self.reads,
+        };
+        let n = c.read(buf)?;
+        self.at += n;
+        self.reads += 1;
+        Ok(n)
+    }
+}
+
+#[test]
+fn the_console_file_keeps_every_byte_and_reads_back_as_the_lines() {
+    use std::sync::Arc;
+    let dir = crate::vmm::test_dir::TestDir::new();
+    let path = dir.path().join(super::FILE_NAME);
+    let logger = Arc::new(crate::log::Logger::new(crate::event::Fanout::new(vec![])));
+    proptest!(fuzz::config(32), |(data in long_console_bytes(), chunks in proptest::collection::vec(1usize..70_000, 1..5))| {
+        let console = Arc::new(super::Console::with_file(path.clone()));
+        console.reset();
+        let stream = OwnedChunked { data: data.clone(), at: 0, chunks, reads: 0 };
+        console.spawn_reader(stream, "m".into(), logger.clone()).join().unwrap();
+        let file = std::fs::read(&path).unwrap();
+        let mut pieces: Vec<Vec<u8>> = Vec::new();
+        let mut s = super::Splitter::default();
+        s.feed(&data, &mut |p| pieces.push(p.to_vec()));
+        prop_assert!(s.held() < super::MAX_LINE);
+        s.finish(&mut |p| pieces.push(p.to_vec()));
+        prop_assert!(pieces.iter().all(|p| p.len() <= super::MAX_LINE));
+        prop_assert_eq!(pieces.concat(), data.clone());
+        // every byte, and a newline ending an unfinished tail
+        prop_assert!(file.starts_with(&data));
+        let tail = &file[data.len()..];
+        prop_assert!(tail.is_empty() || tail == b"\n");
+        let lines: Vec<String> = pieces.iter().map(|p| super::clean(p)).collect();
+        prop_assert_eq!(console.text(), lines.join("\n"));
+        prop_assert_eq!(console.tail(1), lines.last().cloned().into_iter().collect::<Vec<_>>());
+    });
+}

@@ -87,10 +87,11 @@ impl Machine {
     /// Builds a machine; prepares its state directory (deleted first unless `keep_state`).
     pub fn new(info: MachineInfo, backend: Box<dyn Backend>, keep_state: bool) -> Result<Self> {
         prepare_state_dir(&info, keep_state)?;
+        let console = Console::with_file(info.state_dir.join(crate::console::FILE_NAME));
         Ok(Machine {
             info,
             backend,
-            console: Arc::default(),
+            console: Arc::new(console),
             shell: ShellSlot::default(),
             run: Mutex::new(None),
             last_process: Mutex::new(None),

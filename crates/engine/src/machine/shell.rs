@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::backend::{MachineInfo, MachineKind};
-use crate::console::Console;
+use crate::console::{clean, Console, Splitter};
 use crate::error::{Error, Result};
 use crate::interrupt::Deadline;
 use crate::transport::agent::{Agent, TreeError};
@@ -59,7 +59,7 @@ impl Via {
 struct ConsoleLines<'a> {
     info: &'a MachineInfo,
     console: &'a Console,
-    partial: Vec<u8>,
+    splitter: Splitter,
 }
 
 impl<'a> ConsoleLines<'a> {
@@ -67,32 +67,28 @@ impl<'a> ConsoleLines<'a> {
         ConsoleLines {
             info,
             console,
-            partial: Vec::new(),
+            splitter: Splitter::default(),
         }
     }
 
     fn push(&mut self, bytes: &[u8]) {
-        self.partial.extend_from_slice(bytes);
-        while let Some(i) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=i).collect();
-            self.show(&line);
-        }
+        let (info, console) = (self.info, self.console);
+        self.splitter
+            .feed(bytes, &mut |raw| Self::show(info, console, raw));
     }
 
-    fn show(&self, raw: &[u8]) {
-        let raw: Vec<u8> = raw.iter().copied().filter(|&b| b != b'\r').collect();
-        let line = String::from_utf8_lossy(&raw).trim_end().to_string();
-        self.info.logger.serial(&self.info.name, &line);
-        self.console.push(line);
+    fn show(info: &MachineInfo, console: &Console, raw: &[u8]) {
+        let line = clean(raw);
+        info.logger.serial(&info.name, &line);
+        console.push_raw(raw, line);
     }
 }
 
 impl Drop for ConsoleLines<'_> {
     fn drop(&mut self) {
-        if !self.partial.is_empty() {
-            let rest = std::mem::take(&mut self.partial);
-            self.show(&rest);
-        }
+        let (info, console) = (self.info, self.console);
+        self.splitter
+            .finish(&mut |raw| Self::show(info, console, raw));
     }
 }
 

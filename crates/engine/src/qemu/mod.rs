@@ -425,14 +425,19 @@ impl Backend for QemuBackend {
                 Err(e) => logger.log(&format!("no display over VNC: {e}"), Some(&name)),
             }
         });
+        let machine = info.name.clone();
         let control = std::thread::Builder::new()
             .name(format!("ntng-control-{}", info.name))
             .spawn(move || {
-                let qmp = Qmp::connect(&qmp_path, Deadline::after(Some(Duration::from_secs(60))))?;
+                let qmp = Qmp::connect(
+                    &qmp_path,
+                    &machine,
+                    Deadline::after(Some(Duration::from_secs(60))),
+                )?;
                 if let Some(announce) = announce {
                     announce(&qmp);
                 }
-                let mut monitor = Monitor::new(monitor);
+                let mut monitor = Monitor::new(monitor, &machine);
                 monitor.wait_for_prompt(Deadline::after(Some(Duration::from_secs(120))))?;
                 Ok(Control {
                     monitor: Mutex::new(monitor),

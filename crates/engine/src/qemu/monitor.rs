@@ -9,15 +9,28 @@ use crate::interrupt::{self, Deadline};
 /// The monitor's prompt.
 pub const PROMPT: &[u8] = b"(qemu) ";
 
+/// The longest answer read up to a prompt, in bytes; a longer one fails with an error naming
+/// the machine instead of growing without bound.
+pub const MAX_ANSWER: usize = 16 * 1024 * 1024;
+
 /// A connected HMP monitor.
 pub struct Monitor {
     stream: UnixStream,
+    /// The machine, for errors.
+    machine: String,
 }
 
 impl Monitor {
-    /// Wraps an accepted connection.
-    pub fn new(stream: UnixStream) -> Self {
-        Monitor { stream }
+    /// Wraps an accepted connection to `machine`'s monitor.
+    pub fn new(stream: UnixStream, machine: &str) -> Self {
+        Monitor {
+            stream,
+            machine: machine.to_string(),
+        }
+    }
+
+    fn error(&self, e: std::io::Error) -> Error {
+        Error::io(format!("{}: monitor", self.machine), e)
     }
 
     /// Reads until the prompt (or end of file); returns everything read.
@@ -30,17 +43,20 @@ impl Monitor {
                 break;
             }
             if deadline.expired() {
-                return Err(Error::io(
-                    "monitor",
-                    std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "no prompt from the QEMU monitor",
-                    ),
-                ));
+                return Err(self.error(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no prompt from the QEMU monitor",
+                )));
+            }
+            if buf.len() > MAX_ANSWER {
+                return Err(self.error(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("the QEMU monitor sent more than {MAX_ANSWER} bytes without a prompt"),
+                )));
             }
             self.stream
                 .set_read_timeout(Some(deadline.slice()))
-                .map_err(|e| Error::io("monitor", e))?;
+                .map_err(|e| self.error(e))?;
             match self.stream.read(&mut chunk) {
                 Ok(0) => break,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -51,7 +67,7 @@ impl Monitor {
                             | std::io::ErrorKind::TimedOut
                             | std::io::ErrorKind::Interrupted
                     ) => {}
-                Err(e) => return Err(Error::io("monitor", e)),
+                Err(e) => return Err(self.error(e)),
             }
         }
         Ok(String::from_utf8_lossy(&buf).into_owned())
@@ -61,7 +77,7 @@ impl Monitor {
     pub fn send(&mut self, command: &str, deadline: Deadline) -> Result<String> {
         self.stream
             .write_all(format!("{command}\n").as_bytes())
-            .map_err(|e| Error::io("monitor", e))?;
+            .map_err(|e| self.error(e))?;
         self.wait_for_prompt(deadline)
     }
 }

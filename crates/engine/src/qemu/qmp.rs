@@ -2,7 +2,7 @@
 //! events are queued for `wait_for_qmp_event`.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +16,31 @@ use crate::error::{Error, Result};
 use crate::interrupt::{self, Deadline};
 
 const MAX_QUEUED_EVENTS: usize = 4096;
+
+/// The longest line (a greeting, reply or event) read from QMP, in bytes. QEMU's longest
+/// answers (`query-qmp-schema`, a human command's text) are far below it; a longer line
+/// ends the connection with an error naming the machine instead of growing without bound.
+pub const MAX_LINE: usize = 16 * 1024 * 1024;
+
+/// Reads one line of at most [`MAX_LINE`] bytes; `None` at the end of the stream.
+fn read_line(reader: &mut impl BufRead) -> std::io::Result<Option<String>> {
+    let mut raw = Vec::new();
+    reader
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut raw)?;
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    if raw.len() > MAX_LINE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a QMP line passed {MAX_LINE} bytes without a newline"),
+        ));
+    }
+    String::from_utf8(raw)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
 
 #[derive(Default)]
 struct Events {
@@ -31,6 +56,10 @@ pub struct Qmp {
     next_id: AtomicU64,
     /// Serialises requests so replies are read in order.
     request: Mutex<()>,
+    /// The machine, for errors.
+    machine: String,
+    /// Why the reader stopped, when QEMU sent something it could not read.
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -39,7 +68,7 @@ fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
 
 impl Qmp {
     /// Connects to QEMU's QMP server socket, reads the greeting and negotiates capabilities.
-    pub fn connect(path: &Path, deadline: Deadline) -> Result<Qmp> {
+    pub fn connect(path: &Path, machine: &str, deadline: Deadline) -> Result<Qmp> {
         let stream = loop {
             match UnixStream::connect(path) {
                 Ok(s) => break s,
@@ -51,30 +80,33 @@ impl Qmp {
             .set_read_timeout(Some(Duration::from_secs(30)))
             .map_err(io_err("connect"))?;
         let mut reader = BufReader::new(stream.try_clone().map_err(io_err("connect"))?);
-        let mut greeting = String::new();
-        reader
-            .read_line(&mut greeting)
-            .map_err(io_err("greeting"))?;
+        let greeting = read_line(&mut reader)
+            .map_err(|e| Error::io(format!("{machine}: QMP greeting"), e))?
+            .unwrap_or_default();
         if !greeting.contains("QMP") {
             return Err(Error::Qmp {
                 class: "ProtocolError".into(),
-                desc: format!("unexpected greeting {greeting:?}"),
+                desc: format!("{machine}: unexpected greeting {greeting:?}"),
             });
         }
         stream.set_read_timeout(None).map_err(io_err("connect"))?;
         let (tx, rx) = unbounded();
         let events = Arc::new(Events::default());
         let ev = events.clone();
+        let failure = Arc::new(Mutex::new(None));
+        let failed = failure.clone();
         std::thread::Builder::new()
-            .name("ntng-qmp".into())
+            .name(format!("ntng-qmp-{machine}"))
             .spawn(move || {
-                let mut line = String::new();
                 loop {
-                    line.clear();
-                    match reader.read_line(&mut line) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
-                    }
+                    let line = match read_line(&mut reader) {
+                        Ok(Some(line)) => line,
+                        Ok(None) => break,
+                        Err(e) => {
+                            *failed.lock().unwrap() = Some(e.to_string());
+                            break;
+                        }
+                    };
                     let Ok(v) = serde_json::from_str::<Value>(&line) else {
                         continue;
                     };
@@ -98,6 +130,8 @@ impl Qmp {
             events,
             next_id: AtomicU64::new(1),
             request: Mutex::new(()),
+            machine: machine.to_string(),
+            failure,
         };
         qmp.execute(
             "qmp_capabilities",
@@ -150,10 +184,17 @@ impl Qmp {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
+                    let machine = &self.machine;
+                    let desc = match &*self.failure.lock().unwrap() {
+                        Some(why) => format!(
+                            "{machine}: QMP stopped being read before `{command}` was answered: {why}"
+                        ),
+                        None => format!("{machine}: QEMU closed QMP during `{command}`"),
+                    };
                     return Err(Error::Qmp {
                         class: "Disconnected".into(),
-                        desc: format!("QEMU closed QMP during `{command}`"),
-                    })
+                        desc,
+                    });
                 }
             }
         }

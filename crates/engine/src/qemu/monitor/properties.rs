@@ -26,7 +26,7 @@ fn monitor_output_is_read_up_to_the_prompt_or_the_end() {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         theirs.write_all(&wire).unwrap();
         theirs.shutdown(std::net::Shutdown::Write).unwrap();
-        let got = Monitor::new(ours)
+        let got = Monitor::new(ours, "m")
             .wait_for_prompt(Deadline::after(Some(Duration::from_secs(60))))
             .unwrap();
         // a prefix of what was sent, ending at a prompt unless it is all of it
@@ -36,4 +36,22 @@ fn monitor_output_is_read_up_to_the_prompt_or_the_end() {
         }
         prop_assert!(got == expected_all || got.as_bytes().ends_with(PROMPT), "{got:?}");
     });
+}
+
+#[test]
+fn an_answer_without_a_prompt_is_refused_at_the_bound_naming_the_machine() {
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    let peer = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 1 << 20];
+        while theirs.write_all(&chunk).is_ok() {}
+    });
+    let err = Monitor::new(ours, "hostile")
+        .wait_for_prompt(Deadline::NEVER)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("hostile") && err.contains("without a prompt"),
+        "{err}"
+    );
+    peer.join().unwrap();
 }

@@ -59,7 +59,7 @@ fn qmp_lines_are_replies_events_or_ignored() {
             wire.push(b'\n');
         }
         let peer = serve(listener, wire);
-        let result = Qmp::connect(&path, Deadline::after(Some(Duration::from_secs(60))));
+        let result = Qmp::connect(&path, "m", Deadline::after(Some(Duration::from_secs(60))));
         let clean = |l: &Vec<u8>| std::str::from_utf8(l).is_ok();
         match result {
             Ok(qmp) => {
@@ -93,4 +93,60 @@ fn qmp_lines_are_replies_events_or_ignored() {
         }
         peer.join().unwrap();
     });
+}
+
+#[test]
+fn a_line_without_end_fails_the_next_command_naming_the_machine() {
+    let dir = TestDir::new();
+    let path = dir.path().join("qmp");
+    let listener = UnixListener::bind(&path).unwrap();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(format!("{GREETING}\n{REPLY}\n").as_bytes())
+            .unwrap();
+        // endless garbage: the reader must give up at the bound, not buffer it all
+        let chunk = vec![b'{'; 1 << 20];
+        while s.write_all(&chunk).is_ok() {}
+    });
+    let qmp = Qmp::connect(
+        &path,
+        "hostile",
+        Deadline::after(Some(Duration::from_secs(60))),
+    )
+    .unwrap();
+    let err = qmp
+        .execute("query-status", None, Deadline::NEVER)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("hostile") && err.contains("without a newline"),
+        "{err}"
+    );
+    drop(qmp);
+    peer.join().unwrap();
+}
+
+#[test]
+fn a_greeting_without_end_is_refused_naming_the_machine() {
+    let dir = TestDir::new();
+    let path = dir.path().join("qmp");
+    let listener = UnixListener::bind(&path).unwrap();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let chunk = vec![b'Q'; 1 << 20];
+        while s.write_all(&chunk).is_ok() {}
+    });
+    let err = Qmp::connect(
+        &path,
+        "hostile",
+        Deadline::after(Some(Duration::from_secs(60))),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("hostile") && err.contains("without a newline"),
+        "{err}"
+    );
+    peer.join().unwrap();
 }

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::disks::{copy_files, fresh_dir, writable_disks, Golden};
 use crate::backend::shares::{mount_command, Mount};
-use crate::console::{for_each_line, Console};
+use crate::console::{clean, for_each_piece, Console};
 use crate::error::Error;
 use crate::interrupt::Deadline;
 use crate::log::Logger;
@@ -121,22 +121,33 @@ impl Relay {
         let handle = std::thread::Builder::new()
             .name(format!("ntng-standby-console-{machine}"))
             .spawn(move || {
-                for_each_line(stream, |line| match &mut *r.sink.lock().unwrap() {
-                    Sink::Held(lines) => {
-                        if lines.len() >= HELD_LINES {
-                            lines.pop_front();
+                for_each_piece(
+                    stream,
+                    |raw| {
+                        let line = clean(raw);
+                        match &mut *r.sink.lock().unwrap() {
+                            Sink::Held(lines) => {
+                                if lines.len() >= HELD_LINES {
+                                    lines.pop_front();
+                                }
+                                lines.push_back(line);
+                            }
+                            Sink::Machine {
+                                console,
+                                logger,
+                                machine,
+                            } => {
+                                logger.serial(machine, &line);
+                                console.push_raw(raw, line);
+                            }
                         }
-                        lines.push_back(line);
-                    }
-                    Sink::Machine {
-                        console,
-                        logger,
-                        machine,
-                    } => {
-                        logger.serial(machine, &line);
-                        console.push(line);
-                    }
-                });
+                    },
+                    || {
+                        if let Sink::Machine { console, .. } = &*r.sink.lock().unwrap() {
+                            console.flush();
+                        }
+                    },
+                );
                 if let Sink::Machine { console, .. } = &*r.sink.lock().unwrap() {
                     console.close();
                 }
@@ -272,8 +283,9 @@ impl Job {
         fn e(what: &'static str) -> impl Fn(Error) -> String {
             move |err| format!("{what}: {err}")
         }
-        let qmp = Qmp::connect(&self.launch.dir.join("qmp"), deadline).map_err(e("QMP"))?;
-        let mut monitor = Monitor::new(monitor);
+        let qmp = Qmp::connect(&self.launch.dir.join("qmp"), &self.machine, deadline)
+            .map_err(e("QMP"))?;
+        let mut monitor = Monitor::new(monitor, &self.machine);
         monitor.wait_for_prompt(deadline).map_err(e("monitor"))?;
         self.abort.check()?;
         // Two QEMUs on one disk would wreck it: the standby must run on its own copies.
