@@ -223,6 +223,35 @@ impl Console {
         lines.join("\n")
     }
 
+    /// The end of the log since the last start: its last lines of at most `max_bytes` in
+    /// all, and how many lines went before them. Memory stays about `max_bytes` whatever the
+    /// log's size (for reports that embed the log).
+    pub fn text_tail(&self, max_bytes: usize) -> (String, u64) {
+        let mut kept: std::collections::VecDeque<String> = Default::default();
+        let (mut bytes, mut omitted) = (0usize, 0u64);
+        let mut keep = |line: String| {
+            bytes += line.len() + 1;
+            kept.push_back(line);
+            while bytes > max_bytes {
+                let Some(first) = kept.pop_front() else { break };
+                bytes -= first.len() + 1;
+                omitted += 1;
+            }
+        };
+        let mut s = self.state.lock().unwrap();
+        let read = s.file.as_mut().map(|f| f.read_lines(&mut keep));
+        match read {
+            Some(Ok(())) => {}
+            Some(Err(e)) => keep(format!(
+                "[nixos-test-ng: the console log file could not be read: {e}]"
+            )),
+            None => s.window.lines.iter().cloned().for_each(&mut keep),
+        }
+        drop(s);
+        let text = kept.into_iter().collect::<Vec<_>>().join("\n");
+        (text, omitted)
+    }
+
     /// The last `n` lines (at most those of the window, [`WINDOW_BYTES`]).
     pub fn tail(&self, n: usize) -> Vec<String> {
         let s = self.state.lock().unwrap();
@@ -573,6 +602,25 @@ mod tests {
         assert_eq!(c.text(), expected.join("\n"));
         let mode = std::os::unix::fs::PermissionsExt::mode(&raw_meta(&c).permissions());
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn the_tail_of_the_text_is_bounded_and_ends_the_log() {
+        let (_dir, c) = filed();
+        for i in 0..1000 {
+            c.push(format!("line {i:04}"));
+        }
+        // "line 0999" is 9 bytes and a newline: 25 lines fit in 250 bytes
+        let (tail, omitted) = c.text_tail(250);
+        assert_eq!(omitted, 975);
+        assert!(
+            tail.starts_with("line 0975\n") && tail.ends_with("line 0999"),
+            "{tail}"
+        );
+        assert_eq!(c.text_tail(1 << 20), (c.text(), 0));
+        let memory_only = Console::default();
+        memory_only.push("only".into());
+        assert_eq!(memory_only.text_tail(100), ("only".to_string(), 0));
     }
 
     fn raw_meta(c: &Console) -> std::fs::Metadata {

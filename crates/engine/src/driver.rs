@@ -386,7 +386,18 @@ impl Driver {
         let consoles: Vec<(String, String)> = self
             .machines
             .iter()
-            .map(|m| (m.name().to_string(), m.console_log()))
+            .map(|m| {
+                let (tail, omitted) = m.console().text_tail(REPORT_CONSOLE_BYTES);
+                let text = if omitted == 0 {
+                    tail
+                } else {
+                    format!(
+                        "[{omitted} earlier lines left out; the whole log is console.log in \
+                         the machine's state directory]\n{tail}"
+                    )
+                };
+                (m.name().to_string(), text)
+            })
             .collect();
         let title = match &self.config.test_script {
             Some(s) => format!("nixos-test-ng: {}", s.display()),
@@ -421,6 +432,10 @@ fn fmt_secs(d: Duration) -> String {
         format!("{s}")
     }
 }
+
+/// The most of each machine's console log the HTML report embeds (its end): a flooded
+/// console must not make a report of gigabytes.
+const REPORT_CONSOLE_BYTES: usize = 4 << 20;
 
 /// How long after the global timeout the timer waits for the driver to end by itself
 /// (the script's exception unwinds, reports are written) before it kills the process.

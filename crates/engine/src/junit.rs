@@ -11,9 +11,47 @@ use crate::event::{Event, Reporter};
 /// Where the collector reads the time (the real clock, or a fixed sequence in tests).
 pub type Clock = Box<dyn Fn() -> Instant + Send>;
 
+/// The most of a case's captured output kept (its end): a guest flooding its console must
+/// not grow the collector without bound.
+pub const OUTPUT_KEPT: usize = 4 << 20;
+
+/// A case's captured output: its last [`OUTPUT_KEPT`] bytes or so, and how many went before.
+#[derive(Default)]
+struct Output {
+    text: String,
+    omitted: u64,
+}
+
+impl Output {
+    fn push_line(&mut self, line: &str) {
+        self.text.push_str(line);
+        self.text.push('\n');
+        if self.text.len() > 2 * OUTPUT_KEPT {
+            let mut cut = self.text.len() - OUTPUT_KEPT;
+            while !self.text.is_char_boundary(cut) {
+                cut += 1;
+            }
+            // whole lines only
+            cut = self.text[cut..].find('\n').map_or(cut, |i| cut + i + 1);
+            self.omitted += cut as u64;
+            self.text.drain(..cut);
+        }
+    }
+
+    fn render(&self) -> String {
+        if self.omitted == 0 {
+            return self.text.clone();
+        }
+        format!(
+            "[nixos-test-ng: {} bytes of earlier output left out; the console log file has them]\n{}",
+            self.omitted, self.text
+        )
+    }
+}
+
 struct Case {
     name: String,
-    output: String,
+    output: Output,
     failure: Option<String>,
     started: Instant,
     nested: Duration,
@@ -24,7 +62,7 @@ impl Case {
     fn new(name: &str, started: Instant) -> Self {
         Case {
             name: name.to_string(),
-            output: String::new(),
+            output: Output::default(),
             failure: None,
             started,
             nested: Duration::ZERO,
@@ -131,8 +169,7 @@ impl JunitCollector {
             }
         };
         let case = self.current();
-        case.output.push_str(&text);
-        case.output.push('\n');
+        case.output.push_line(&text);
     }
 
     /// Renders the report as upstream names it: suite "NixOS integration test".
@@ -163,7 +200,7 @@ impl JunitCollector {
                 case.time
             };
             tc.set_time(time);
-            tc.set_system_out(case.output.clone());
+            tc.set_system_out(case.output.render());
             suite.add_test_case(tc);
         }
         let mut report = Report::new("nixos-test-ng");
@@ -211,6 +248,29 @@ mod tests {
         assert!(!xml.contains("name=\"main\""), "{xml}");
         assert!(xml.contains("m: hello"), "{xml}");
         assert_eq!(xml.matches("<failure").count(), 1, "{xml}");
+    }
+
+    #[test]
+    fn a_flood_keeps_the_output_bounded_with_its_end() {
+        let mut j = JunitCollector::new();
+        let line = "x".repeat(1000);
+        for i in 0..20_000 {
+            j.event(&Event::Line {
+                machine: Some("m"),
+                msg: &format!("{i} {line}"),
+            });
+        }
+        j.event(&Event::Line {
+            machine: Some("m"),
+            msg: "the last line",
+        });
+        assert!(j.main.output.text.len() <= 2 * OUTPUT_KEPT + 2000);
+        let xml = j.render();
+        assert!(xml.contains("m: the last line"), "the end is kept");
+        assert!(xml.contains("m: 19999 x"), "whole lines before it");
+        assert!(!xml.contains("m: 0 x"), "the start is left out");
+        assert!(xml.contains("bytes of earlier output left out"));
+        assert!(xml.len() < 3 * OUTPUT_KEPT, "{}", xml.len());
     }
 
     #[test]
