@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from support.tmpfs import small_tmpfs
 
 pytestmark = pytest.mark.vm
 
@@ -105,3 +106,47 @@ def test_vde_switch_killed(vm_env):
         assert f"\n{what}: " in "\n" + r.stdout, r.stdout
     errors = error_lines(r.stderr)
     assert "a: cannot run `echo last`: the machine's VLAN has no switch any more" in errors, errors
+
+
+# -- a full tmp dir (ENOSPC) ------------------------------------------------------------------
+
+SNAPSHOT_ON_A_FULL_DISK = """
+import os
+machine.succeed("true")
+# fill the tmp dir (a tmpfs) up to its last byte
+with open(os.environ["XDG_RUNTIME_DIR"] + "/filler", "wb") as f:
+    for chunk in (65536, 1):
+        try:
+            while True:
+                f.write(b"x" * chunk)
+                f.flush()
+        except OSError:
+            pass
+machine.snapshot("full")
+print("SNAPSHOT-TAKEN", flush=True)
+"""
+
+
+@pytest.mark.one_transport
+def test_a_snapshot_into_a_full_tmp_dir(vm_env, tmp_path, takes_snapshots):
+    with small_tmpfs(tmp_path / "xdg", "48m") as xdg:
+        r = vm_env.run({"machine": []}, SNAPSHOT_ON_A_FULL_DISK, timeout=240)
+    assert r.returncode == 1, r.stderr[-6000:]
+    assert "SNAPSHOT-TAKEN" not in r.stdout
+    errors = error_lines(r.stderr)
+    state = xdg / "vm-state-machine"
+    assert (
+        f'machine: cannot take snapshot "full": no space left on device: QEMU could not '
+        f"write the snapshot into {state}" in errors
+    ), errors
+
+
+def test_a_tmp_dir_too_full_for_the_state_dir(vm_env, tmp_path):
+    with small_tmpfs(tmp_path / "xdg", "64k") as xdg:
+        r = vm_env.run({"machine": []}, 'machine.succeed("true")\n', timeout=240)
+    assert r.returncode == 1, r.stderr[-6000:]
+    # the start script's disk image: its tool names the file and the cause
+    disk = xdg / "vm-state-machine" / "machine-snapshots.qcow2"
+    assert f"{disk}: " in r.stderr and "No space left on device" in r.stderr, r.stderr
+    errors = error_lines(r.stderr)
+    assert "machine: start script " in errors and "exited" in errors, errors
