@@ -114,12 +114,11 @@ SNAPSHOT_ON_A_FULL_DISK = """
 import os
 machine.succeed("true")
 # fill the tmp dir (a tmpfs) up to its last byte
-with open(os.environ["XDG_RUNTIME_DIR"] + "/filler", "wb") as f:
+with open(os.environ["XDG_RUNTIME_DIR"] + "/filler", "wb", buffering=0) as f:
     for chunk in (65536, 1):
         try:
             while True:
                 f.write(b"x" * chunk)
-                f.flush()
         except OSError:
             pass
 machine.snapshot("full")
