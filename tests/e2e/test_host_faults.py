@@ -149,3 +149,50 @@ def test_a_tmp_dir_too_full_for_the_state_dir(vm_env, tmp_path):
     assert f"{disk}: " in r.stderr and "No space left on device" in r.stderr, r.stderr
     errors = error_lines(r.stderr)
     assert "machine: start script " in errors and "exited" in errors, errors
+
+
+GOLDEN_ON_A_FULL_DISK = """
+import glob, os, time
+state = os.environ["XDG_RUNTIME_DIR"] + "/vm-state-machine"
+qcow2 = state + "/machine-snapshots.qcow2"
+machine.succeed("true")
+before = os.path.getsize(qcow2)
+machine.snapshot("first")
+vmstate = os.path.getsize(qcow2) - before
+# the warm standby of "first" copies the golden disks in the background: wait for that copy
+golden = os.path.getsize(state + "/golden-first/machine-snapshots.qcow2")
+for _ in range(600):
+    copies = glob.glob(state + "/standby-*/machine-snapshots.qcow2")
+    if copies and os.path.getsize(copies[0]) == golden:
+        break
+    time.sleep(0.1)
+else:
+    raise AssertionError("the standby of snapshot first never finished its copy")
+# leave room for the second snapshot's VM state, not for a copy of the disk beside it
+st = os.statvfs(state)
+left = st.f_bavail * st.f_frsize - 2 * vmstate
+with open(os.environ["XDG_RUNTIME_DIR"] + "/filler", "wb", buffering=0) as f:
+    while left > 0:
+        left -= f.write(b"x" * min(left, 1 << 20))
+machine.succeed("touch /tmp/after-first")
+machine.snapshot("second")
+print("GOLDEN-LEFT", os.path.exists(state + "/golden-second"), flush=True)
+machine.succeed("rm /tmp/after-first")
+machine.restore("second")
+machine.succeed("test -e /tmp/after-first")
+print("RESTORED", flush=True)
+"""
+
+
+@pytest.mark.one_transport
+def test_a_golden_copy_into_a_full_tmp_dir(vm_env, tmp_path, takes_snapshots):
+    with small_tmpfs(tmp_path / "xdg", "512m") as xdg:
+        r = vm_env.run({"machine": []}, GOLDEN_ON_A_FULL_DISK, timeout=300)
+    assert r.returncode == 0, r.stderr[-6000:]
+    golden = xdg / "vm-state-machine" / "golden-second"
+    assert (
+        f"machine: warm standby off for snapshot second: copying its disks into {golden} "
+        "failed: No space left on device (os error 28) (the half-written copy was removed)"
+    ) in r.stderr, r.stderr[-6000:]
+    assert "GOLDEN-LEFT False" in r.stdout, r.stdout  # nothing half-written stays
+    assert "RESTORED" in r.stdout  # by loadvm instead
