@@ -291,3 +291,93 @@ impl Drop for Vlan {
         self.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, Reporter};
+
+    struct Lines(Arc<Mutex<Vec<String>>>);
+
+    impl Reporter for Lines {
+        fn event(&mut self, event: &Event<'_>) {
+            if let Event::Line { msg, .. } = event {
+                self.0.lock().unwrap().push(msg.to_string());
+            }
+        }
+    }
+
+    #[test]
+    fn a_killed_switch_is_logged_and_fails_the_machines_plugged_into_it() {
+        let tmp = std::env::temp_dir().join(format!("ntng-vlan-test-{}", std::process::id()));
+        crate::private::dir(&tmp).unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let logger = Arc::new(Logger::default());
+        logger.add_reporter(Box::new(Lines(lines.clone())));
+        let vlan = Vlan::start(7, &tmp, &logger).unwrap();
+        let env = vec![(
+            "QEMU_VDE_SOCKET_7".to_string(),
+            vlan.socket_dir().display().to_string(),
+        )];
+        // a stand-in for a machine whose command line names the switch's socket directory,
+        // and one that does not
+        let plugged = process::spawn({
+            let mut c = Command::new("sh");
+            c.args(["-c", "sleep 30"]).arg(vlan.socket_dir());
+            c
+        })
+        .unwrap();
+        let other = process::spawn({
+            let mut c = Command::new("sh");
+            c.args(["-c", "sleep 30"]);
+            c
+        })
+        .unwrap();
+        assert!(dead_switch_error("m", &env, Some(plugged.pid()), "x").is_none());
+
+        let pid = vlan.pid();
+        vlan.switch.signal_group(libc::SIGKILL);
+        let expected = format!(
+            "vlan7: vde_switch (pid {pid}) died: killed by signal 9 (SIGKILL), e.g. the OOM killer"
+        );
+        let deadline = Deadline::after(Some(Duration::from_secs(10)));
+        while !lines.lock().unwrap().contains(&expected) {
+            assert!(
+                !deadline.expired(),
+                "not logged: {:?}",
+                lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let e = dead_switch_error("m", &env, Some(plugged.pid()), "run `true`").unwrap();
+        assert_eq!(
+            e.to_string(),
+            format!("m: cannot run `true`: the machine's VLAN has no switch any more ({expected})")
+        );
+        assert!(dead_switch_error("m", &env, Some(other.pid()), "x").is_none());
+        assert!(dead_switch_error("m", &[], Some(plugged.pid()), "x").is_none());
+
+        // stopping the VLAN forgets its death; a stop is no death
+        drop(vlan);
+        assert!(dead_switch_error("m", &env, Some(plugged.pid()), "x").is_none());
+        plugged.kill();
+        other.kill();
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn a_stopped_switch_is_no_death() {
+        let tmp = std::env::temp_dir().join(format!("ntng-vlan-stop-{}", std::process::id()));
+        crate::private::dir(&tmp).unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let logger = Arc::new(Logger::default());
+        logger.add_reporter(Box::new(Lines(lines.clone())));
+        let vlan = Vlan::start(8, &tmp, &logger).unwrap();
+        let switch = vlan.switch.clone();
+        vlan.stop();
+        switch.wait(Deadline::after(Some(Duration::from_secs(10))));
+        drop(vlan);
+        assert!(!lines.lock().unwrap().iter().any(|l| l.contains("died")));
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+}
