@@ -1,7 +1,8 @@
 """Host faults on the busybox VM (issue 21, item 4): QEMU killed as the OOM killer does it
-(SIGKILL) and the VLAN's `vde_switch` killed mid-run. Each fault must end in a clear error
-naming the machine (and the VLAN), the failed test's exit status, and no hang (`vm_env.run`'s
-timeout fails the test when the driver hangs). Every test runs on both transports."""
+(SIGKILL), the VLAN's `vde_switch` killed mid-run (both on both transports), and a full tmp
+dir (a small tmpfs, `support.tmpfs`) under the state dir, a snapshot and a golden copy. Each
+fault must end in a clear error naming the machine (the VLAN, the file), the failed test's exit
+status, and no hang (`vm_env.run`'s timeout fails the test when the driver hangs)."""
 
 from __future__ import annotations
 
