@@ -84,3 +84,26 @@ def test_plain_pytest_takes_the_logfile_from_the_environment(driver_env, fake_vm
     root = ET.parse(log).getroot()
     commands = [h.text for h in root.iter("head") if h.get("machine") == "alpha"]
     assert "must succeed: echo up" in commands, commands
+
+
+def test_a_full_disk_under_the_xml_log_fails_the_run(driver_env, fake_vm, run_driver, write_script):
+    from support.tmpfs import small_tmpfs
+
+    vm = fake_vm("alpha")
+    body = (
+        "alpha.succeed('true')\n"
+        "for i in range(400):\n"
+        "    alpha.log('x' * 200)\n"
+        "print('SCRIPT-END')\n"
+    )
+    test = write_script("t.py", body)
+    with small_tmpfs(driver_env.work / "small", "16k") as small:
+        log = small / "log.xml"
+        r = run_driver(["--vm-start-scripts", vm.script, "--", test], env={"LOGFILE": str(log)})
+    assert "SCRIPT-END" in r.stdout, r  # the script itself ran to its end
+    assert r.returncode == 1, r
+    assert f"!!! cannot write the XML log {log}: No space left on device (os error 28)" in (
+        r.stderr
+    ), r
+    assert r.stderr.count("cannot write the XML log") == 1, r  # once, not per line
+    assert "Traceback" not in r.stderr, r

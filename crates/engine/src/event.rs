@@ -60,6 +60,12 @@ pub trait Reporter: Send {
 
     /// The run is over: write what is left.
     fn finish(&mut self) {}
+
+    /// A failure to report once (a file the reporter could not write): the logger logs it
+    /// as a test error and fails the run.
+    fn take_failure(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// A reporter shared with whoever reads it at the end of the run (the JUnit file, the HTML
@@ -71,6 +77,10 @@ impl<R: Reporter> Reporter for Arc<Mutex<R>> {
 
     fn finish(&mut self) {
         self.lock().unwrap().finish();
+    }
+
+    fn take_failure(&mut self) -> Option<String> {
+        self.lock().unwrap().take_failure()
     }
 }
 
@@ -89,6 +99,14 @@ impl Fanout {
     /// Adds a reporter; it sees the events from now on.
     pub fn push(&mut self, reporter: Box<dyn Reporter>) {
         self.reporters.push(reporter);
+    }
+
+    /// The failures the reporters have to report (see [`Reporter::take_failure`]).
+    pub fn take_failures(&mut self) -> Vec<String> {
+        self.reporters
+            .iter_mut()
+            .filter_map(|r| r.take_failure())
+            .collect()
     }
 }
 

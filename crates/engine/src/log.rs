@@ -26,6 +26,16 @@ struct Inner {
 impl Inner {
     fn emit(&mut self, event: &Event<'_>) {
         self.reporters.event(event);
+        self.report_failures();
+    }
+
+    /// A reporter that could not write its file (a full disk) fails the run, with a test
+    /// error naming the file; that reporter writes nothing more, so this does not recurse.
+    fn report_failures(&mut self) {
+        for msg in self.reporters.take_failures() {
+            self.failed = true;
+            self.reporters.event(&Event::TestError { msg: &msg });
+        }
     }
 
     fn begin(
@@ -224,6 +234,7 @@ impl Logger {
             inner.emit(&Event::SpanEnd(&record));
         }
         inner.reporters.finish();
+        inner.report_failures();
         inner.exporting = false;
     }
 

@@ -160,6 +160,18 @@ impl ChildProcess {
         }
     }
 
+    /// Blocks until the process has exited, whatever else happens (an interrupt of the run
+    /// does not end this wait): for watchers that only report the end.
+    pub fn wait_exit(&self) -> ExitStatus {
+        let mut status = self.exit.status.lock().unwrap();
+        loop {
+            if let Some(s) = *status {
+                return s;
+            }
+            status = self.exit.changed.wait(status).unwrap();
+        }
+    }
+
     /// The exit status as one number once exited: the exit code, or minus the signal that
     /// killed it (the convention of Python's `Popen.returncode`).
     pub fn returncode(&self) -> Option<i32> {
@@ -225,6 +237,44 @@ impl Drop for ChildProcess {
     }
 }
 
+/// How a process ended, for errors and the log: `exited with status 3`, `killed by signal 15
+/// (SIGTERM)`; a SIGKILL nobody in the driver sent is most often the kernel's OOM killer, so
+/// that one says so.
+pub fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(libc::SIGKILL)) => {
+            "killed by signal 9 (SIGKILL), e.g. the OOM killer".to_string()
+        }
+        (None, Some(sig)) => match signal_name(sig) {
+            Some(name) => format!("killed by signal {sig} ({name})"),
+            None => format!("killed by signal {sig}"),
+        },
+        (None, None) => format!("ended ({status})"),
+    }
+}
+
+fn signal_name(sig: i32) -> Option<&'static str> {
+    Some(match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +291,27 @@ mod tests {
                 .starts_with('Z'),
             Err(_) => false,
         }
+    }
+
+    #[test]
+    fn describe_exit_names_the_code_or_the_signal() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(3 << 8)),
+            "exited with status 3"
+        );
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(libc::SIGKILL)),
+            "killed by signal 9 (SIGKILL), e.g. the OOM killer"
+        );
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(libc::SIGTERM)),
+            "killed by signal 15 (SIGTERM)"
+        );
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(60)),
+            "killed by signal 60"
+        );
     }
 
     #[test]

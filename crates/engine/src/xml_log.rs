@@ -14,6 +14,11 @@ pub struct XmlLogReporter {
     out: BufWriter<Box<dyn Write + Send>>,
     open_nests: usize,
     closed: bool,
+    /// What the log is, for an error: `the XML log <path>`.
+    target: String,
+    /// A write failed: nothing more is written; the failure is reported once.
+    failure: Option<String>,
+    broken: bool,
 }
 
 fn escape(text: &str, out: &mut String) {
@@ -46,7 +51,9 @@ fn element(tag: &str, attrs: &[(&str, &str)], text: &str) -> String {
 impl XmlLogReporter {
     /// Creates (truncates) the file at `path` and writes the document's start.
     pub fn create(path: &Path) -> std::io::Result<Self> {
-        Self::new(Box::new(File::create(path)?))
+        let mut log = Self::new(Box::new(File::create(path)?))?;
+        log.target = format!("the XML log {}", path.display());
+        Ok(log)
     }
 
     /// Writes the document's start to `out`.
@@ -57,12 +64,28 @@ impl XmlLogReporter {
             out,
             open_nests: 0,
             closed: false,
+            target: "the XML log".to_string(),
+            failure: None,
+            broken: false,
         })
     }
 
-    fn write(&mut self, text: &str) {
-        if !self.closed {
-            let _ = self.out.write_all(text.as_bytes());
+    /// Writes `text`; `flush` pushes it to the file now (so that a full disk is noticed
+    /// while the run can still fail, not only at its end).
+    fn write(&mut self, text: &str, flush: bool) {
+        if self.closed || self.broken {
+            return;
+        }
+        let written = self.out.write_all(text.as_bytes()).and_then(|()| {
+            if flush {
+                self.out.flush()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = written {
+            self.broken = true;
+            self.failure = Some(format!("cannot write {}: {e}", self.target));
         }
     }
 }
@@ -101,22 +124,67 @@ impl Reporter for XmlLogReporter {
             Event::TestError { msg } | Event::Warning { msg } => element("line", &[], msg),
             _ => return,
         };
-        self.write(&text);
+        // console lines can come by the thousand: they are flushed with the next log line
+        let flush = !matches!(event, Event::Serial { .. });
+        self.write(&text, flush);
     }
 
     fn finish(&mut self) {
         let mut tail = "</nest>\n".repeat(self.open_nests);
         tail.push_str("</logfile>\n");
-        self.write(&tail);
+        self.write(&tail, true);
         self.open_nests = 0;
         self.closed = true;
-        let _ = self.out.flush();
+    }
+
+    fn take_failure(&mut self) -> Option<String> {
+        self.failure.take()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A disk that is full.
+    struct Full;
+
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_disk_fails_the_run_once_with_a_test_error() {
+        let log = crate::log::Logger::default();
+        log.add_reporter(Box::new(XmlLogReporter::new(Box::new(Full)).unwrap()));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        log.add_reporter(Box::new(Errors(errors.clone())));
+        assert!(!log.failed());
+        log.log("one", None);
+        log.log("two", None);
+        log.finish_run(None);
+        assert!(log.failed());
+        assert_eq!(
+            *errors.lock().unwrap(),
+            vec!["cannot write the XML log: No space left on device (os error 28)".to_string()]
+        );
+    }
+
+    struct Errors(Arc<Mutex<Vec<String>>>);
+
+    impl Reporter for Errors {
+        fn event(&mut self, event: &Event<'_>) {
+            if let Event::TestError { msg } = event {
+                self.0.lock().unwrap().push(msg.to_string());
+            }
+        }
+    }
 
     #[test]
     fn lines_nests_and_serial_lines() {

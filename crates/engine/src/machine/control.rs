@@ -225,6 +225,7 @@ impl Machine {
     fn set_link(&self, operation: &str, up: bool) -> Result<()> {
         let links = self.require(operation, Capability::Links, self.backend.links())?;
         self.run_hook()?;
+        self.check_vlans(operation)?;
         links.set_link(&self.info, up)
     }
 

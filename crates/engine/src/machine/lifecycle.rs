@@ -533,7 +533,11 @@ impl Machine {
                 let _ = self
                     .console
                     .wait_closed(Deadline::after(Some(CONSOLE_CLOSE_WAIT)));
-                format!(" ({} {status})", self.kind().backend_name())
+                format!(
+                    " ({} {})",
+                    self.kind().backend_name(),
+                    crate::process::describe_exit(status)
+                )
             }
             None => String::new(),
         }
@@ -559,6 +563,7 @@ impl Machine {
                 ),
             ));
         }
+        self.check_vlans(&format!("run `{command}`"))?;
         self.shell.execute(
             &self.info,
             &self.console,
@@ -568,6 +573,16 @@ impl Machine {
             deadline,
             &|| self.exit_note(),
         )
+    }
+
+    /// Fails when a VLAN switch the machine is plugged into died (see `crate::vlan`): its
+    /// commands and network operations would otherwise wait for frames nobody carries.
+    pub(crate) fn check_vlans(&self, what: &str) -> Result<()> {
+        let pid = self.process().map(|p| p.pid());
+        match crate::vlan::dead_switch_error(self.name(), &self.info.env, pid, what) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Asks the guest to power off and waits for it.

@@ -559,7 +559,7 @@ fn a_guest_that_dies_before_its_agent_answers() {
     let (message, console_tail) = guest_failure(&e);
     assert_eq!(
         message,
-        "the machine stopped before the agent handshake (fake exit status: 3)"
+        "the machine stopped before the agent handshake (fake exited with status 3)"
     );
     assert!(
         console_tail.iter().any(|l| l == "the guest is dying"),

@@ -179,7 +179,7 @@ fn an_ended_process_is_exited_until_waited_for() {
     let e = m.execute("true", ExecOptions::default()).unwrap_err();
     assert!(
         matches!(&e, Error::Guest { message, .. }
-            if message.contains("stopped while running `true` (fake exit status: 5)")),
+            if message.contains("stopped while running `true` (fake exited with status 5)")),
         "{e}"
     );
     m.wait_for_shutdown().unwrap();
@@ -245,7 +245,7 @@ fn a_guest_that_dies_while_booting() {
     let (message, console_tail) = guest_failure(&e);
     assert_eq!(
         message,
-        "the machine stopped before the backdoor handshake (fake exit status: 3)"
+        "the machine stopped before the backdoor handshake (fake exited with status 3)"
     );
     assert!(
         console_tail.iter().any(|l| l == "the guest is dying"),

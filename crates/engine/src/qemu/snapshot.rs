@@ -42,6 +42,35 @@ pub(super) fn savevm_refusal(text: &str) -> (String, String) {
     (reason, fix)
 }
 
+/// Below this much free space, a failed `savevm` is taken for a full disk: QEMU reports
+/// the `ENOSPC` of its VM-state writes only as `Input/output error`.
+const LOW_SPACE: u64 = 1 << 20;
+
+/// True when the filesystem holding `dir` has (almost) no space left for this user.
+pub(super) fn out_of_space(dir: &std::path::Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statvfs(3) on a NUL-terminated path into a zeroed struct it fills.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    (st.f_bavail as u64).saturating_mul(st.f_frsize as u64) < LOW_SPACE
+}
+
+/// A `savevm` that failed for want of space: the reason names the directory the disks and
+/// the VM state are in, and QEMU's own words.
+pub(super) fn full_disk_refusal(dir: &std::path::Path, text: &str) -> (String, String) {
+    (
+        format!(
+            "no space left on device: QEMU could not write the snapshot into {} (QEMU: {text})",
+            dir.display()
+        ),
+        "free space there, or point TMPDIR (XDG_RUNTIME_DIR) at a larger directory".to_string(),
+    )
+}
+
 /// The `Error: ...` line of an HMP answer, without `Error: `.
 pub(super) fn hmp_error(answer: &str) -> Option<&str> {
     let i = answer.find("Error")?;
@@ -110,7 +139,11 @@ impl Snapshots for QemuBackend {
             });
         }
         if let Some(text) = hmp_error(&self.hmp(info, &format!("savevm {name}"))?) {
-            let (reason, fix) = savevm_refusal(text);
+            let (reason, fix) = if out_of_space(&info.state_dir) {
+                full_disk_refusal(&info.state_dir, text)
+            } else {
+                savevm_refusal(text)
+            };
             return Err(Error::SnapshotRefused {
                 machine: info.name.clone(),
                 name: name.to_string(),
@@ -154,6 +187,21 @@ impl Snapshots for QemuBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_named_as_such() {
+        let dir = std::path::Path::new("/tmp/ntng/vm-state-a");
+        let (reason, fix) =
+            full_disk_refusal(dir, "Error while writing VM state: Input/output error");
+        assert_eq!(
+            reason,
+            "no space left on device: QEMU could not write the snapshot into \
+             /tmp/ntng/vm-state-a (QEMU: Error while writing VM state: Input/output error)"
+        );
+        assert!(fix.contains("TMPDIR"), "{fix}");
+        // a directory that cannot be looked at is not taken for a full disk
+        assert!(!out_of_space(std::path::Path::new("/nonexistent/ntng")));
+    }
 
     #[test]
     fn qemu_refusals_name_their_fix() {

@@ -208,7 +208,9 @@ impl QemuBackend {
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
                 info.log(&format!(
-                    "warm standby off for snapshot {name}: copying its disks failed: {e}"
+                    "warm standby off for snapshot {name}: copying its disks into {} failed: {e} \
+                     (the half-written copy was removed)",
+                    dir.display()
                 ));
             }
         }

@@ -217,7 +217,7 @@ impl Job {
         let _ = std::os::unix::fs::symlink(self.state_dir.join("xchg"), dir.join("xchg"));
         if !self.in_place {
             copy_files(&self.golden.dir, dir, &self.golden.files)
-                .map_err(|e| format!("copying the golden disks: {e}"))?;
+                .map_err(|e| format!("copying the golden disks into {}: {e}", dir.display()))?;
         }
         self.abort.check()?;
         let listen = |name: &str| {
