@@ -188,6 +188,8 @@ class _Run:
         if self.status != ExitStatus.OK and self.failure is None:
             self.failure = "the test failed"
         _finish_reports(self.config, self.logger, self.driver, self.failure)
+        if self.status == ExitStatus.OK and self.logger.failed:
+            self.status = ExitStatus.FAILED  # the XML log's last write failed (a full disk)
 
 
 def _finish_reports(
