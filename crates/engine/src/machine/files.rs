@@ -93,6 +93,18 @@ fn base_name(path: &str, what: &str) -> Result<String> {
 }
 
 impl Machine {
+    /// `<out_dir>/<target_dir>`, made without following a link an earlier copy brought.
+    fn target_dir(&self, target_dir: &str) -> Result<PathBuf> {
+        let out_dir = &self.info().out_dir;
+        tree::make_dirs_beneath(out_dir, Path::new(target_dir)).map_err(|e| {
+            tree_fault(
+                self.name(),
+                &format!("creating {}", out_dir.join(target_dir).display()),
+                e,
+            )
+        })
+    }
+
     /// Logs what a copy through the shared directory left out (FIFOs, sockets, devices).
     fn log_skipped(&self, op: &str, skipped: &[PathBuf]) {
         for path in skipped {
@@ -229,9 +241,7 @@ impl Machine {
         let name = base_name(source, "source")?;
         if self.via_agent()? {
             let from = self.guest_source(source.trim_end_matches('/'))?;
-            let dest_dir = self.info().out_dir.join(target_dir);
-            std::fs::create_dir_all(&dest_dir)
-                .map_err(|e| Error::io(format!("creating {}", dest_dir.display()), e))?;
+            let dest_dir = self.target_dir(target_dir)?;
             self.shell.get_tree(
                 &self.info,
                 &self.console,
@@ -246,9 +256,7 @@ impl Machine {
         self.succeed(&[quoted(&["mkdir", "-p", &xchg.guest])], None)?;
         let to = format!("{}/{name}", xchg.guest);
         self.succeed(&[quoted(&["cp", "-r", source, &to])], None)?;
-        let dest_dir = self.info().out_dir.join(target_dir);
-        std::fs::create_dir_all(&dest_dir)
-            .map_err(|e| Error::io(format!("creating {}", dest_dir.display()), e))?;
+        let dest_dir = self.target_dir(target_dir)?;
         let dest = dest_dir.join(&name);
         let what = format!("copying {source} to {}", dest.display());
         let fault = |e| tree_fault(self.name(), &what, e);

@@ -350,6 +350,46 @@ pub fn open_beneath(base: &Path, parts: &[&str]) -> Result<OwnedFd, TreeFault> {
     Ok(dir)
 }
 
+/// Makes the directory `rel` beneath `base` (`mkdir -p`), never following a link on the
+/// way: a link an earlier copy brought from a guest into `base` cannot redirect a later copy
+/// out of it. `rel` must be relative without `..` (else it is the caller's own path, made
+/// with [`std::fs::create_dir_all`]). Returns the directory's path.
+pub fn make_dirs_beneath(base: &Path, rel: &Path) -> Result<PathBuf, TreeFault> {
+    use std::path::Component;
+    let target = base.join(rel);
+    let parts: Option<Vec<&OsStr>> = rel
+        .components()
+        .filter(|c| *c != Component::CurDir)
+        .map(|c| match c {
+            Component::Normal(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let Some(parts) = parts else {
+        std::fs::create_dir_all(&target)
+            .map_err(io_fault(format!("creating {}", target.display())))?;
+        return Ok(target);
+    };
+    std::fs::create_dir_all(base).map_err(io_fault(format!("creating {}", base.display())))?;
+    let mut dir = open_beneath(base, &[])?;
+    let mut shown = base.to_path_buf();
+    for part in parts {
+        shown.push(part);
+        let name = CString::new(part.as_bytes())
+            .map_err(|_| TreeFault::BadPath(format!("{shown:?} contains a NUL byte")))?;
+        // SAFETY: a valid dir fd and a NUL-terminated name.
+        let made = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) };
+        if made < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(io_fault(format!("creating {}", shown.display()))(e));
+            }
+        }
+        dir = open_dir_at(&dir, &name).map_err(|e| not_a_dir(&shown, e))?;
+    }
+    Ok(target)
+}
+
 fn not_a_dir(at: &Path, e: io::Error) -> TreeFault {
     if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) {
         TreeFault::Io {
@@ -828,6 +868,28 @@ mod tests {
             fault.to_string().contains("deeper than 128 levels"),
             "{fault}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_target_directory_is_made_without_following_links() {
+        let dir = scratch("beneath");
+        let outside = dir.join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let out = dir.join("out");
+        let made = make_dirs_beneath(&out, Path::new("a/./b")).unwrap();
+        assert_eq!(made, out.join("a/./b"));
+        assert!(out.join("a/b").is_dir());
+        // an earlier copy left a link in the output directory
+        std::os::unix::fs::symlink(&outside, out.join("a/l")).unwrap();
+        let fault = make_dirs_beneath(&out, Path::new("a/l/c")).unwrap_err();
+        assert!(
+            fault
+                .to_string()
+                .contains("a/l is not a directory (a symlink is never followed)"),
+            "{fault}"
+        );
+        assert!(!outside.join("c").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
