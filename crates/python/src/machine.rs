@@ -8,12 +8,13 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use pyo3::types::PyDict;
+use pyo3::types::PyString;
 
 use ntng_engine::interrupt::Deadline;
 use ntng_engine::machine::{ExecOptions, Machine as EngineMachine};
 use ntng_engine::Result as EngineResult;
 
-use crate::convert::duration;
+use crate::convert::{duration, output_str, status_and_output};
 use crate::errors::{from_pyerr, to_pyerr};
 use crate::logger::LogBlock;
 use crate::process::MachineProcess;
@@ -293,72 +294,78 @@ impl Machine {
 
     /// Runs a command; returns `(status, stdout)`.
     #[pyo3(signature = (command, check_return=true, check_output=true, timeout=None))]
-    fn execute(
+    fn execute<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         command: String,
         check_return: bool,
         check_output: bool,
         timeout: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<(i32, String)> {
+    ) -> PyResult<(i32, Bound<'py, PyString>)> {
         let opts = ExecOptions {
             check_return,
             check_output,
             timeout: timeout_or(timeout, Some(DEFAULT_TIMEOUT))?,
         };
-        self.call(py, move |m| m.execute(&command, opts))
+        status_and_output(py, self.call(py, move |m| m.execute(&command, opts))?)
     }
 
     /// Runs each command; raises when one fails. Returns the joined output.
     #[pyo3(signature = (*commands, timeout=None))]
-    fn succeed(
+    fn succeed<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         commands: Vec<String>,
         timeout: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<String> {
+    ) -> PyResult<Bound<'py, PyString>> {
         let t = duration(timeout)?;
-        self.call(py, move |m| m.succeed(&commands, t))
+        output_str(py, self.call(py, move |m| m.succeed(&commands, t))?)
     }
 
     /// Runs each command; raises when one succeeds.
     #[pyo3(signature = (*commands, timeout=None))]
-    fn fail(
+    fn fail<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         commands: Vec<String>,
         timeout: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<String> {
+    ) -> PyResult<Bound<'py, PyString>> {
         let t = duration(timeout)?;
-        self.call(py, move |m| m.fail(&commands, t))
+        output_str(py, self.call(py, move |m| m.fail(&commands, t))?)
     }
 
     /// Retries `command` until it succeeds.
     #[pyo3(signature = (command, timeout=None, attempt_timeout=None))]
-    fn wait_until_succeeds(
+    fn wait_until_succeeds<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         command: String,
         timeout: Option<&Bound<'_, PyAny>>,
         attempt_timeout: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<String> {
+    ) -> PyResult<Bound<'py, PyString>> {
         let t = timeout_or(timeout, Some(DEFAULT_TIMEOUT))?;
         let a = duration(attempt_timeout)?;
-        self.call(py, move |m| m.wait_until_succeeds(&command, t, a))
+        output_str(
+            py,
+            self.call(py, move |m| m.wait_until_succeeds(&command, t, a))?,
+        )
     }
 
     /// Retries `command` until it fails.
     #[pyo3(signature = (command, timeout=None, attempt_timeout=None))]
-    fn wait_until_fails(
+    fn wait_until_fails<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         command: String,
         timeout: Option<&Bound<'_, PyAny>>,
         attempt_timeout: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<String> {
+    ) -> PyResult<Bound<'py, PyString>> {
         let t = timeout_or(timeout, Some(DEFAULT_TIMEOUT))?;
         let a = duration(attempt_timeout)?;
-        self.call(py, move |m| m.wait_until_fails(&command, t, a))
+        output_str(
+            py,
+            self.call(py, move |m| m.wait_until_fails(&command, t, a))?,
+        )
     }
 
     /// Waits until a file exists in the guest.

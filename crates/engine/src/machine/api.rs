@@ -40,6 +40,21 @@ impl ExecOptions {
     }
 }
 
+/// A command's output as text: the bytes themselves when they are UTF-8 (no copy: a large
+/// output must not cost twice its size here), else a lossy copy.
+fn output_text(out: Vec<u8>) -> String {
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Appends one command's output to the joined outputs; the first is moved, not copied.
+fn append(joined: &mut String, out: String) {
+    if joined.is_empty() {
+        *joined = out;
+    } else {
+        joined.push_str(&out);
+    }
+}
+
 /// How long the host waits beyond the guest-side timeout before it gives up on an answer.
 const HOST_GRACE: Duration = Duration::from_secs(60);
 
@@ -83,7 +98,7 @@ impl Machine {
         };
         let deadline = Deadline::after(opts.timeout.map(|t| t + HOST_GRACE));
         let (status, out) = self.shell_execute(command, opts.timeout, reply, deadline)?;
-        Ok((status, String::from_utf8_lossy(&out).into_owned()))
+        Ok((status, output_text(out)))
     }
 
     /// Runs each command; fails on the first non-zero exit. Returns the joined outputs.
@@ -105,7 +120,7 @@ impl Machine {
                 }));
             }
             block.finish();
-            output.push_str(&out);
+            append(&mut output, out);
         }
         Ok(output)
     }
@@ -126,7 +141,7 @@ impl Machine {
                 }));
             }
             block.finish();
-            output.push_str(&out);
+            append(&mut output, out);
         }
         Ok(output)
     }

@@ -10,6 +10,8 @@ use super::{ExecOptions, Machine};
 use crate::error::{Error, Result};
 use crate::interrupt::Deadline;
 use crate::transport::shell::shell_quote;
+use crate::transport::tree::{self, TreeFault, TreeWriter};
+use std::os::fd::OwnedFd;
 
 /// How long a copy through the agent may take (upstream's command timeout plus the grace).
 const AGENT_COPY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(960);
@@ -24,27 +26,20 @@ fn quoted(args: &[&str]) -> String {
         .join(" ")
 }
 
-/// Copies a file or a directory tree, keeping modes.
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    let meta = std::fs::symlink_metadata(from)?;
-    if meta.is_dir() {
-        std::fs::create_dir_all(to)?;
-        for entry in std::fs::read_dir(from)? {
-            let entry = entry?;
-            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
-        }
-        std::fs::set_permissions(to, meta.permissions())
-    } else if meta.file_type().is_symlink() {
-        std::os::unix::fs::symlink(std::fs::read_link(from)?, to)
-    } else {
-        std::fs::copy(from, to).map(drop)
-    }
+/// A tree fault of a copy through the shared directory, as the machine's error.
+fn tree_fault(machine: &str, what: &str, fault: TreeFault) -> Error {
+    Error::io(
+        format!("{machine}: {what}"),
+        std::io::Error::other(fault.to_string()),
+    )
 }
 
 /// A fresh directory inside the shared directory, removed when dropped.
 struct Exchange {
     host: PathBuf,
     guest: String,
+    /// Its name in the shared directory.
+    name: String,
 }
 
 impl Exchange {
@@ -58,6 +53,7 @@ impl Exchange {
                 return Ok(Exchange {
                     host,
                     guest: format!("{GUEST_SHARED_DIR}/{name}"),
+                    name,
                 });
             }
         }
@@ -65,6 +61,14 @@ impl Exchange {
             "creating an exchange directory",
             std::io::Error::other(format!("in {}", shared_dir.display())),
         ))
+    }
+}
+
+impl Exchange {
+    /// The exchange directory, opened without following a link: the guest can change what
+    /// is in the shared directory, this name included.
+    fn open(&self, shared_dir: &Path) -> std::result::Result<OwnedFd, TreeFault> {
+        tree::open_beneath(shared_dir, &[&self.name])
     }
 }
 
@@ -89,6 +93,28 @@ fn base_name(path: &str, what: &str) -> Result<String> {
 }
 
 impl Machine {
+    /// `<out_dir>/<target_dir>`, made without following a link an earlier copy brought.
+    fn target_dir(&self, target_dir: &str) -> Result<PathBuf> {
+        let out_dir = &self.info().out_dir;
+        tree::make_dirs_beneath(out_dir, Path::new(target_dir)).map_err(|e| {
+            tree_fault(
+                self.name(),
+                &format!("creating {}", out_dir.join(target_dir).display()),
+                e,
+            )
+        })
+    }
+
+    /// Logs what a copy through the shared directory left out (FIFOs, sockets, devices).
+    fn log_skipped(&self, op: &str, skipped: &[PathBuf]) {
+        for path in skipped {
+            self.log(&format!(
+                "{op}: left out {} (not a file, a directory or a symlink)",
+                path.display()
+            ));
+        }
+    }
+
     /// True when the machine's commands (and copies) go through its agent; connects first.
     pub(super) fn via_agent(&self) -> Result<bool> {
         self.run_hook()?;
@@ -149,10 +175,22 @@ impl Machine {
                 Deadline::after(Some(AGENT_COPY_TIMEOUT)),
             );
         }
-        let xchg = Exchange::new(&self.info().shared_dir)?;
+        let shared_dir = &self.info().shared_dir;
+        let xchg = Exchange::new(shared_dir)?;
         self.succeed(&[quoted(&["mkdir", "-p", &xchg.guest])], None)?;
-        copy_tree(source, &xchg.host.join(&name))
-            .map_err(|e| Error::io(format!("copying {}", source.display()), e))?;
+        let what = format!("copying {} to the shared directory", source.display());
+        let parent = source
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let fault = |e| tree_fault(self.name(), &what, e);
+        let from = tree::open_beneath(parent, &[]).map_err(fault)?;
+        let mut writer =
+            TreeWriter::in_dir(xchg.open(shared_dir).map_err(fault)?, &xchg.host, &name)
+                .map_err(fault)?;
+        let skipped = tree::copy_tree(&from, parent, &name, &mut writer).map_err(fault)?;
+        writer.finish().map_err(fault)?;
+        self.log_skipped("copy_from_host", &skipped);
         let parent = Path::new(target)
             .parent()
             .map(|p| p.display().to_string())
@@ -203,9 +241,7 @@ impl Machine {
         let name = base_name(source, "source")?;
         if self.via_agent()? {
             let from = self.guest_source(source.trim_end_matches('/'))?;
-            let dest_dir = self.info().out_dir.join(target_dir);
-            std::fs::create_dir_all(&dest_dir)
-                .map_err(|e| Error::io(format!("creating {}", dest_dir.display()), e))?;
+            let dest_dir = self.target_dir(target_dir)?;
             self.shell.get_tree(
                 &self.info,
                 &self.console,
@@ -220,12 +256,15 @@ impl Machine {
         self.succeed(&[quoted(&["mkdir", "-p", &xchg.guest])], None)?;
         let to = format!("{}/{name}", xchg.guest);
         self.succeed(&[quoted(&["cp", "-r", source, &to])], None)?;
-        let dest_dir = self.info().out_dir.join(target_dir);
-        std::fs::create_dir_all(&dest_dir)
-            .map_err(|e| Error::io(format!("creating {}", dest_dir.display()), e))?;
+        let dest_dir = self.target_dir(target_dir)?;
         let dest = dest_dir.join(&name);
-        copy_tree(&xchg.host.join(&name), &dest)
-            .map_err(|e| Error::io(format!("copying to {}", dest.display()), e))?;
+        let what = format!("copying {source} to {}", dest.display());
+        let fault = |e| tree_fault(self.name(), &what, e);
+        let from = xchg.open(&self.info().shared_dir).map_err(fault)?;
+        let mut writer = TreeWriter::new(&dest_dir, &name).map_err(fault)?;
+        let skipped = tree::copy_tree(&from, &xchg.host, &name, &mut writer).map_err(fault)?;
+        writer.finish().map_err(fault)?;
+        self.log_skipped("copy_from_machine", &skipped);
         Ok(dest)
     }
 }

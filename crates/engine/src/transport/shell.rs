@@ -162,6 +162,10 @@ pub const RAW_ENCODER: &str = "shopt -s lastpipe; __ntng_out() { local LC_ALL=C 
 /// did not: under load a 1 MB and a 100 MB reply each lost bytes and hung (2 in one bench).
 pub const ACK_EVERY: usize = 32_768;
 
+/// The longest line the host reads whole from the guest's shell: an exit status, or what
+/// follows a base64 output (outputs are decoded as they arrive, never held as a line).
+pub const MAX_LINE: usize = 4096;
+
 /// What [`RAW_ENCODER`] sends before its paced chunks: up to 2048 bytes of the output's head.
 const PACED_HEAD: usize = 2048;
 
@@ -338,6 +342,9 @@ impl Shell {
                 self.encoder_sent = false;
                 return Ok(());
             }
+            // what the guest prints before the handshake is noise: only a partial handshake
+            // at the end is kept, however much comes
+            self.keep_tail(HANDSHAKE.len() - 1);
             if !self.fill(deadline)? && !on_idle() {
                 return Err(ShellError::TimedOut);
             }
@@ -410,28 +417,33 @@ impl Shell {
             self.owed_reply = None;
             return Ok((status.unwrap_or(-1), output));
         }
-        let first = self.read_line(deadline)?;
+        let (output, tail) = self.read_base64_line(deadline)?;
         self.owed_lines -= 1;
-        let (encoded, status_text) = match (reply, self.framing) {
-            (Reply::OutputOnly, _) => (first, None),
+        let status_text = match (reply, self.framing) {
+            (Reply::OutputOnly, _) => None,
             (_, Framing::Upstream) => {
                 self.send_raw(UPSTREAM_STATUS_QUERY.as_bytes())?;
                 self.owed_lines += 1;
                 let status = self.read_line(deadline)?;
                 self.owed_lines -= 1;
-                (first, Some(status))
+                Some(status)
             }
-            _ => match first.iter().rposition(|&b| b == b' ') {
-                Some(i) => (first[..i].to_vec(), Some(first[i + 1..].to_vec())),
+            _ => match tail.strip_prefix(b" ") {
+                Some(status) => Some(status.to_vec()),
                 None => {
                     return Err(ShellError::Protocol(format!(
-                        "expected `<base64> <status>`, got {:?}",
-                        String::from_utf8_lossy(&first[..first.len().min(200)])
+                        "expected `<base64> <status>`, got {:?} after the output",
+                        String::from_utf8_lossy(&tail)
                     )))
                 }
             },
         };
-        let output = decode(&encoded)?;
+        if status_text.is_none() && !tail.trim_ascii().is_empty() {
+            return Err(ShellError::Protocol(format!(
+                "output is not base64: {:?} after it",
+                String::from_utf8_lossy(&tail)
+            )));
+        }
         let Some(status_line) = status_text else {
             return Ok((-1, output));
         };
@@ -447,7 +459,7 @@ impl Shell {
             self.owed_reply = None;
         }
         while self.owed_lines > 0 {
-            self.read_line(deadline)?;
+            self.skip_line(deadline)?;
             self.owed_lines -= 1;
         }
         Ok(())
@@ -530,18 +542,69 @@ impl Shell {
         Ok(())
     }
 
-    /// Reads one `\n`-terminated line (without the newline).
+    /// Reads one `\n`-terminated line (without the newline) of at most [`MAX_LINE`] bytes:
+    /// an exit status, or what follows a base64 output on its line.
     fn read_line(&mut self, deadline: Deadline) -> Result<Vec<u8>, ShellError> {
         let mut scanned = 0;
         loop {
             if let Some(i) = memchr(b'\n', &self.buf[scanned..]) {
                 let end = scanned + i;
+                if end > MAX_LINE {
+                    return Err(line_too_long(&self.buf));
+                }
                 let rest = self.buf.split_off(end + 1);
                 let mut line = std::mem::replace(&mut self.buf, rest);
                 line.truncate(end);
                 return Ok(line);
             }
+            if self.buf.len() > MAX_LINE {
+                return Err(line_too_long(&self.buf));
+            }
             scanned = self.buf.len();
+            self.fill_or_time_out(deadline)?;
+        }
+    }
+
+    /// Reads one line of base64 ([`Framing::Base64`], [`Framing::Upstream`]), decoding it as
+    /// it arrives: the base64 text held at once is at most what one read brings, and the
+    /// output is the only copy. Returns the output and what follows the base64 on its line
+    /// (the exit status, or nothing), without the newline. A read cut short (timed out,
+    /// interrupted) leaves the rest of the line to [`Shell::settle`].
+    fn read_base64_line(&mut self, deadline: Deadline) -> Result<(Vec<u8>, Vec<u8>), ShellError> {
+        let mut output = Vec::new();
+        let mut decoded = 0usize;
+        loop {
+            let end = self.buf.iter().position(|&b| !is_base64(b));
+            let whole = match end {
+                Some(i) => i,
+                None => self.buf.len() / 4 * 4,
+            };
+            base64::engine::general_purpose::STANDARD
+                .decode_vec(&self.buf[..whole], &mut output)
+                .map_err(|e| {
+                    let shown = &self.buf[..whole.min(200)];
+                    ShellError::Protocol(format!(
+                        "output is not base64 ({e} after {decoded} bytes of text): {:?}",
+                        String::from_utf8_lossy(shown)
+                    ))
+                })?;
+            decoded += whole;
+            self.buf.drain(..whole);
+            if end.is_some() {
+                return Ok((output, self.read_line(deadline)?));
+            }
+            self.fill_or_time_out(deadline)?;
+        }
+    }
+
+    /// Drops the rest of a line an abandoned command owes, holding none of it.
+    fn skip_line(&mut self, deadline: Deadline) -> Result<(), ShellError> {
+        loop {
+            if let Some(i) = memchr(b'\n', &self.buf) {
+                self.buf.drain(..=i);
+                return Ok(());
+            }
+            self.buf.clear();
             self.fill_or_time_out(deadline)?;
         }
     }
@@ -605,10 +668,17 @@ impl Shell {
                 self.buf.drain(..i + line.len());
                 return Ok(());
             }
+            self.keep_tail(line.len() - 1);
             if !self.fill(deadline)? && deadline.expired() {
                 return Err(ShellError::TimedOut);
             }
         }
+    }
+
+    /// Drops all but the last `n` bytes of the buffer.
+    fn keep_tail(&mut self, n: usize) {
+        let extra = self.buf.len().saturating_sub(n);
+        self.buf.drain(..extra);
     }
 
     /// What has been read and not consumed yet.
@@ -635,14 +705,16 @@ fn map_write_err(e: io::Error) -> ShellError {
     }
 }
 
-fn decode(encoded: &[u8]) -> Result<Vec<u8>, ShellError> {
-    let trimmed = encoded.trim_ascii();
-    base64::engine::general_purpose::STANDARD
-        .decode(trimmed)
-        .map_err(|e| {
-            let shown = String::from_utf8_lossy(&trimmed[..trimmed.len().min(200)]).into_owned();
-            ShellError::Protocol(format!("output is not base64 ({e}): {shown:?}"))
-        })
+/// A byte of base64 text (the standard alphabet and its padding).
+fn is_base64(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')
+}
+
+fn line_too_long(buf: &[u8]) -> ShellError {
+    ShellError::Protocol(format!(
+        "a line from the guest's shell is longer than {MAX_LINE} bytes: {:?}...",
+        String::from_utf8_lossy(&buf[..buf.len().min(80)])
+    ))
 }
 
 /// An exit status as the guest printed it.
@@ -1035,6 +1107,84 @@ pub(crate) mod tests {
         assert_eq!(rc, 0);
         assert_eq!(out.len(), 20_000_000);
         assert!(out.iter().all(|&b| b == b'a'));
+    }
+
+    #[test]
+    fn base64_output_is_decoded_as_it_arrives() {
+        for framing in [Framing::Base64, Framing::Upstream] {
+            let (mut shell, _child) = fake_guest();
+            shell.framing = framing;
+            let (rc, out) = run(&mut shell, "head -c 20000000 /dev/zero | tr '\\0' a");
+            assert_eq!((rc, out.len()), (0, 20_000_000), "{framing:?}");
+            assert!(out.iter().all(|&b| b == b'a'), "{framing:?}");
+            // the 27 MB of base64 text were never held: the buffer held one read at most
+            assert!(
+                shell.buf.capacity() <= 2 * shell.scratch.len(),
+                "{framing:?}: a buffer of {} bytes",
+                shell.buf.capacity()
+            );
+            // an abandoned base64 reply is skipped without being held either
+            let r = shell.execute(
+                "sleep 0.3; head -c 5000000 /dev/zero",
+                None,
+                Reply::Full,
+                Deadline::after(Some(Duration::from_millis(100))),
+            );
+            assert!(matches!(r, Err(ShellError::TimedOut)), "{r:?}");
+            assert_eq!(run(&mut shell, "echo next"), (0, b"next\n".to_vec()));
+            assert!(shell.buf.capacity() <= 2 * shell.scratch.len());
+        }
+    }
+
+    #[test]
+    fn a_line_past_the_bound_is_a_protocol_error() {
+        let mut long = "aGk= ".to_string();
+        long.push_str(&"7".repeat(MAX_LINE + 1));
+        long.push('\n');
+        let long: &'static str = Box::leak(long.into_boxed_str());
+        let line = |cmd: &str| {
+            format!(
+                "( eval 'set -euo pipefail; {cmd}' ) | base64 -w 0; echo \" ${{PIPESTATUS[0]}}\"\n"
+            )
+        };
+        let (mut shell, _release, guest) = scripted_guest(vec![(line("true"), long, false)]);
+        shell.framing = Framing::Base64;
+        let r = shell.execute(
+            "true",
+            None,
+            Reply::Full,
+            Deadline::after(Some(Duration::from_secs(30))),
+        );
+        assert!(
+            matches!(&r, Err(ShellError::Protocol(m)) if m.contains("longer than 4096 bytes")),
+            "{r:?}"
+        );
+        drop(shell);
+        let _ = guest.join();
+    }
+
+    #[test]
+    fn noise_before_the_handshake_is_not_kept() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let mut shell = Shell::with_framing(ours, Framing::Raw);
+        let guest = std::thread::spawn(move || {
+            let noise = vec![b'x'; 1 << 20];
+            for _ in 0..20 {
+                theirs.write_all(&noise).unwrap();
+            }
+            theirs.write_all(HANDSHAKE).unwrap();
+            theirs.write_all(b"\n").unwrap();
+            theirs
+        });
+        shell
+            .wait_for_handshake(Deadline::after(Some(Duration::from_secs(30))), &mut || true)
+            .unwrap();
+        assert!(
+            shell.buf.capacity() <= 2 * shell.scratch.len(),
+            "{}",
+            shell.buf.capacity()
+        );
+        drop(guest.join().unwrap());
     }
 
     #[test]

@@ -311,6 +311,279 @@ impl TreeWriter {
     }
 }
 
+impl TreeWriter {
+    /// A writer for `<dir>/<name>`, `dir` an open directory (reached without following links,
+    /// see [`open_beneath`]); `shown` is its path in messages.
+    pub fn in_dir(dir: OwnedFd, shown: &Path, name: &str) -> Result<TreeWriter, TreeFault> {
+        validate_relative_path(name).map_err(|e| TreeFault::BadPath(e.to_string()))?;
+        Ok(TreeWriter {
+            parent: dir,
+            name: name.to_string(),
+            shown: shown.join(name),
+            file: None,
+            dirs: Vec::new(),
+        })
+    }
+}
+
+/// Opens the directory `base` (the host's own choice, links followed), then each of `parts`
+/// in it as a directory without ever following a link: a directory the guest can change
+/// (the shared directory's exchange) is reached only as itself.
+pub fn open_beneath(base: &Path, parts: &[&str]) -> Result<OwnedFd, TreeFault> {
+    let c = CString::new(base.as_os_str().as_bytes())
+        .map_err(|_| TreeFault::BadPath(format!("{base:?} contains a NUL byte")))?;
+    // SAFETY: a NUL-terminated path.
+    let fd = check(unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })
+    .map_err(io_fault(format!("opening {}", base.display())))?;
+    // SAFETY: just opened, owned by nothing else.
+    let mut dir = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut shown = base.to_path_buf();
+    for part in parts {
+        shown.push(part);
+        dir = open_dir_at(&dir, &cstring(part)?).map_err(|e| not_a_dir(&shown, e))?;
+    }
+    Ok(dir)
+}
+
+/// Makes the directory `rel` beneath `base` (`mkdir -p`), never following a link on the
+/// way: a link an earlier copy brought from a guest into `base` cannot redirect a later copy
+/// out of it. `rel` must be relative without `..` (else it is the caller's own path, made
+/// with [`std::fs::create_dir_all`]). Returns the directory's path.
+pub fn make_dirs_beneath(base: &Path, rel: &Path) -> Result<PathBuf, TreeFault> {
+    use std::path::Component;
+    let target = base.join(rel);
+    let parts: Option<Vec<&OsStr>> = rel
+        .components()
+        .filter(|c| *c != Component::CurDir)
+        .map(|c| match c {
+            Component::Normal(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let Some(parts) = parts else {
+        std::fs::create_dir_all(&target)
+            .map_err(io_fault(format!("creating {}", target.display())))?;
+        return Ok(target);
+    };
+    std::fs::create_dir_all(base).map_err(io_fault(format!("creating {}", base.display())))?;
+    let mut dir = open_beneath(base, &[])?;
+    let mut shown = base.to_path_buf();
+    for part in parts {
+        shown.push(part);
+        let name = CString::new(part.as_bytes())
+            .map_err(|_| TreeFault::BadPath(format!("{shown:?} contains a NUL byte")))?;
+        // SAFETY: a valid dir fd and a NUL-terminated name.
+        let made = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) };
+        if made < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(io_fault(format!("creating {}", shown.display()))(e));
+            }
+        }
+        dir = open_dir_at(&dir, &name).map_err(|e| not_a_dir(&shown, e))?;
+    }
+    Ok(target)
+}
+
+fn not_a_dir(at: &Path, e: io::Error) -> TreeFault {
+    if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) {
+        TreeFault::Io {
+            context: format!(
+                "{} is not a directory (a symlink is never followed)",
+                at.display()
+            ),
+            source: e,
+        }
+    } else {
+        TreeFault::Io {
+            context: format!("opening {}", at.display()),
+            source: e,
+        }
+    }
+}
+
+/// How deep a copied tree may go (each level holds a descriptor while it is copied).
+pub const MAX_DEPTH: usize = 128;
+
+/// Copies the tree at `<dir>/<name>` (`shown` is `dir`'s path in messages) into `writer`,
+/// reading it as [`TreeWriter`] writes: each directory opened from its parent's descriptor
+/// with `O_NOFOLLOW`, symlinks copied as links (never followed), a file opened with
+/// `O_NOFOLLOW | O_NONBLOCK` (a FIFO swapped in cannot block the open) and read only when
+/// the opened descriptor is a regular file, exactly the size it had then. FIFOs, sockets
+/// and devices are never opened: they are left out, and their paths returned (the root
+/// itself must be a file, a directory or a link). The tree may be changing under the copy
+/// (the guest writes the shared directory): nothing outside it is read or written.
+pub fn copy_tree(
+    dir: &OwnedFd,
+    shown: &Path,
+    name: &str,
+    writer: &mut TreeWriter,
+) -> Result<Vec<PathBuf>, TreeFault> {
+    let mut skipped = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let leaf = cstring(name)?;
+    copy_walk(
+        dir,
+        &leaf,
+        String::new(),
+        &shown.join(name),
+        0,
+        writer,
+        &mut skipped,
+        &mut buf,
+    )?;
+    Ok(skipped)
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
+fn lstat_at(dir: &OwnedFd, name: &CString) -> io::Result<libc::stat> {
+    // SAFETY: stat is plain data.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid dir fd, a NUL-terminated name and a stat buffer.
+    check(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(st)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn copy_walk(
+    dir: &OwnedFd,
+    leaf: &CString,
+    rel: String,
+    shown: &Path,
+    depth: usize,
+    writer: &mut TreeWriter,
+    skipped: &mut Vec<PathBuf>,
+    buf: &mut [u8],
+) -> Result<(), TreeFault> {
+    if depth > MAX_DEPTH {
+        return Err(TreeFault::BadPath(format!(
+            "{} is deeper than {MAX_DEPTH} levels",
+            shown.display()
+        )));
+    }
+    let st = lstat_at(dir, leaf).map_err(io_fault(format!("reading {}", shown.display())))?;
+    let entry = |kind, size, target| Entry {
+        path: rel.clone(),
+        kind,
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        size,
+        target,
+    };
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => {
+            let sub = open_dir_at(dir, leaf).map_err(|e| not_a_dir(shown, e))?;
+            writer.entry(&entry(EntryKind::Dir, 0, None))?;
+            let listing = format!("/proc/self/fd/{}", sub.as_raw_fd());
+            let mut names = Vec::new();
+            for item in std::fs::read_dir(&listing)
+                .map_err(io_fault(format!("listing {}", shown.display())))?
+            {
+                let item = item.map_err(io_fault(format!("listing {}", shown.display())))?;
+                names.push(item.file_name());
+            }
+            names.sort();
+            for name in names {
+                let child_shown = shown.join(&name);
+                let name = utf8(&name, &child_shown)?;
+                let child_rel = if rel.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{rel}/{name}")
+                };
+                copy_walk(
+                    &sub,
+                    &cstring(&name)?,
+                    child_rel,
+                    &child_shown,
+                    depth + 1,
+                    writer,
+                    skipped,
+                    buf,
+                )?;
+            }
+        }
+        libc::S_IFREG => {
+            let flags = libc::O_RDONLY
+                | libc::O_NOFOLLOW
+                | libc::O_NONBLOCK
+                | libc::O_NOCTTY
+                | libc::O_CLOEXEC;
+            // SAFETY: a valid dir fd and a NUL-terminated name.
+            let fd = check(unsafe { libc::openat(dir.as_raw_fd(), leaf.as_ptr(), flags) })
+                .map_err(io_fault(format!("opening {}", shown.display())))?;
+            // SAFETY: just opened, owned by nothing else.
+            let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            let meta = file
+                .metadata()
+                .map_err(io_fault(format!("reading {}", shown.display())))?;
+            if !meta.file_type().is_file() {
+                return Err(TreeFault::Io {
+                    context: format!("{} changed while being copied", shown.display()),
+                    source: io::Error::from_raw_os_error(libc::EAGAIN),
+                });
+            }
+            let size = meta.len();
+            writer.entry(&entry(EntryKind::File, size, None))?;
+            let mut left = size;
+            while left > 0 {
+                let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let n = match io::Read::read(&mut file, &mut buf[..want]) {
+                    Ok(0) => {
+                        return Err(TreeFault::Io {
+                            context: format!(
+                                "{} shrank while being copied ({left} bytes missing)",
+                                shown.display()
+                            ),
+                            source: io::Error::from(io::ErrorKind::UnexpectedEof),
+                        })
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(io_fault(format!("reading {}", shown.display()))(e)),
+                };
+                writer.data(&buf[..n])?;
+                left -= n as u64;
+            }
+        }
+        libc::S_IFLNK => {
+            // SAFETY: a valid dir fd, a NUL-terminated name and a buffer of its length.
+            let n = check(unsafe {
+                libc::readlinkat(
+                    dir.as_raw_fd(),
+                    leaf.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                ) as libc::c_int
+            })
+            .map_err(io_fault(format!("reading the link {}", shown.display())))?;
+            let target = utf8(OsStr::from_bytes(&buf[..n as usize]), shown)?;
+            writer.entry(&entry(EntryKind::Symlink, 0, Some(target)))?;
+        }
+        _ if rel.is_empty() => {
+            return Err(TreeFault::BadPath(format!(
+                "{} is not a file, a directory or a symlink",
+                shown.display()
+            )))
+        }
+        _ => skipped.push(shown.to_path_buf()),
+    }
+    Ok(())
+}
+
 /// One member of a host tree to send: its entry, and for a file the host path to read.
 pub struct HostEntry {
     pub entry: Entry,
@@ -480,6 +753,143 @@ mod tests {
             assert!(matches!(fault, TreeFault::BadPath(_)), "{bad}: {fault}");
         }
         assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"safe");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A hostile tree as a guest leaves it in the shared directory: links out of the tree
+    /// (to /etc/shadow, to a host directory, to `..`), a FIFO, a socket, a setuid file.
+    fn hostile_tree(dir: &Path, outside: &Path) {
+        let t = dir.join("xchg").join("t");
+        std::fs::create_dir_all(t.join("sub")).unwrap();
+        std::fs::write(t.join("plain"), b"data").unwrap();
+        std::fs::write(t.join("suid"), b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(t.join("suid"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", t.join("shadow")).unwrap();
+        std::os::unix::fs::symlink(outside, t.join("out")).unwrap();
+        std::os::unix::fs::symlink("..", t.join("sub/up")).unwrap();
+        let fifo = CString::new(t.join("sub/fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        std::os::unix::net::UnixListener::bind(t.join("sock")).unwrap();
+    }
+
+    fn copy(dir: &Path, dest: &str) -> Result<Vec<PathBuf>, TreeFault> {
+        let from = open_beneath(dir, &["xchg"])?;
+        let mut w = TreeWriter::new(dir, dest)?;
+        let skipped = copy_tree(&from, &dir.join("xchg"), "t", &mut w)?;
+        w.finish()?;
+        Ok(skipped)
+    }
+
+    #[test]
+    fn a_hostile_shared_tree_is_copied_without_leaving_it() {
+        let dir = scratch("hostile");
+        let outside = dir.join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("victim"), b"safe").unwrap();
+        hostile_tree(&dir, &outside);
+        // the copy returns without blocking on the FIFO
+        let skipped = copy(&dir, "dest").unwrap();
+        let t = dir.join("xchg/t");
+        assert_eq!(skipped, [t.join("sock"), t.join("sub/fifo")]);
+        let d = dir.join("dest");
+        assert_eq!(std::fs::read(d.join("plain")).unwrap(), b"data");
+        // links are links, with their targets verbatim; nothing was read through them
+        assert_eq!(
+            std::fs::read_link(d.join("shadow")).unwrap(),
+            Path::new("/etc/shadow")
+        );
+        assert_eq!(std::fs::read_link(d.join("out")).unwrap(), outside);
+        assert_eq!(
+            std::fs::read_link(d.join("sub/up")).unwrap(),
+            Path::new("..")
+        );
+        assert!(!d.join("sub/fifo").exists() && !d.join("sock").exists());
+        // no setuid bit on the host
+        let mode = std::fs::metadata(d.join("suid")).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o755);
+
+        // the guest turns the link into a directory with a file and copies again: the links
+        // the first copy left in the target are replaced, never written through
+        std::fs::remove_file(t.join("out")).unwrap();
+        std::fs::create_dir(t.join("out")).unwrap();
+        std::fs::write(t.join("out/victim"), b"evil").unwrap();
+        std::fs::remove_file(t.join("shadow")).unwrap();
+        std::fs::write(t.join("shadow"), b"evil").unwrap();
+        copy(&dir, "dest").unwrap();
+        assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"safe");
+        assert_eq!(std::fs::read(d.join("out/victim")).unwrap(), b"evil");
+        assert!(!std::fs::symlink_metadata(d.join("out"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read(d.join("shadow")).unwrap(), b"evil");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_shared_tree_that_is_not_a_tree_is_refused_by_name() {
+        let dir = scratch("refused");
+        let outside = dir.join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("t"), b"secret").unwrap();
+        // the exchange directory itself replaced by a link out of the shared directory
+        std::os::unix::fs::symlink(&outside, dir.join("xchg")).unwrap();
+        let fault = copy(&dir, "dest").unwrap_err();
+        assert!(
+            fault
+                .to_string()
+                .contains("xchg is not a directory (a symlink is never followed)"),
+            "{fault}"
+        );
+        assert!(!dir.join("dest").exists());
+        // the root of the copy a FIFO: refused, naming it, without blocking
+        std::fs::remove_file(dir.join("xchg")).unwrap();
+        std::fs::create_dir(dir.join("xchg")).unwrap();
+        let fifo = CString::new(dir.join("xchg/t").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let fault = copy(&dir, "dest").unwrap_err();
+        assert!(
+            fault
+                .to_string()
+                .contains("xchg/t is not a file, a directory or a symlink"),
+            "{fault}"
+        );
+        // a tree deeper than the bound
+        std::fs::remove_file(dir.join("xchg/t")).unwrap();
+        let mut deep = dir.join("xchg/t");
+        for _ in 0..=MAX_DEPTH {
+            deep.push("d");
+        }
+        std::fs::create_dir_all(&deep).unwrap();
+        let fault = copy(&dir, "dest").unwrap_err();
+        assert!(
+            fault.to_string().contains("deeper than 128 levels"),
+            "{fault}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_target_directory_is_made_without_following_links() {
+        let dir = scratch("beneath");
+        let outside = dir.join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let out = dir.join("out");
+        let made = make_dirs_beneath(&out, Path::new("a/./b")).unwrap();
+        assert_eq!(made, out.join("a/./b"));
+        assert!(out.join("a/b").is_dir());
+        // an earlier copy left a link in the output directory
+        std::os::unix::fs::symlink(&outside, out.join("a/l")).unwrap();
+        let fault = make_dirs_beneath(&out, Path::new("a/l/c")).unwrap_err();
+        assert!(
+            fault
+                .to_string()
+                .contains("a/l is not a directory (a symlink is never followed)"),
+            "{fault}"
+        );
+        assert!(!outside.join("c").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
