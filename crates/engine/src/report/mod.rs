@@ -11,9 +11,10 @@ use std::time::SystemTime;
 use crate::event::{Event, Reporter};
 use crate::trace::{SpanKind, SpanRecord};
 
-/// Operation spans kept at most (a run of millions of commands keeps its first ones and
-/// every test, subtest, boot and block).
-const MAX_OPERATIONS: usize = 50_000;
+/// Operation spans kept at most (about 3 MB): a run of more commands keeps its first ones,
+/// those later ones that are among the slowest (the timing summary lists them), and every
+/// test, subtest, boot and block.
+pub(crate) const MAX_OPERATIONS: usize = 4_000;
 
 /// The record of a run.
 pub struct Timeline {
@@ -26,6 +27,8 @@ pub struct Timeline {
     /// Screenshots: when, which machine, where.
     pub screenshots: Vec<(SystemTime, String, PathBuf)>,
     operations: usize,
+    /// The longest operation times seen, longest first (at most [`summary::SLOWEST`]).
+    slowest: Vec<f64>,
 }
 
 impl Default for Timeline {
@@ -37,6 +40,7 @@ impl Default for Timeline {
             errors: Vec::new(),
             screenshots: Vec::new(),
             operations: 0,
+            slowest: Vec::new(),
         }
     }
 }
@@ -46,7 +50,8 @@ impl Reporter for Timeline {
         match event {
             Event::SpanEnd(record) => {
                 if record.kind == SpanKind::Operation {
-                    if self.operations >= MAX_OPERATIONS {
+                    let among_slowest = self.note_time(record.seconds());
+                    if self.operations >= MAX_OPERATIONS && !among_slowest {
                         self.dropped += 1;
                         return;
                     }
@@ -65,6 +70,17 @@ impl Reporter for Timeline {
 }
 
 impl Timeline {
+    /// Records an operation's time; true when it is among the slowest so far.
+    fn note_time(&mut self, seconds: f64) -> bool {
+        let at = self.slowest.partition_point(|&t| t >= seconds);
+        if at >= summary::SLOWEST {
+            return false;
+        }
+        self.slowest.insert(at, seconds);
+        self.slowest.truncate(summary::SLOWEST);
+        true
+    }
+
     /// The run's span, once finished.
     pub fn run(&self) -> Option<&SpanRecord> {
         self.spans.iter().find(|s| s.kind == SpanKind::Run)

@@ -5,7 +5,7 @@ use super::Timeline;
 use crate::trace::{attr, SpanKind, SpanRecord};
 
 /// How many of the slowest operations are listed.
-const SLOWEST: usize = 5;
+pub(crate) const SLOWEST: usize = 5;
 
 fn label(s: &SpanRecord) -> String {
     let what = match (s.attr(attr::MESSAGE), s.attr(attr::COMMAND)) {
@@ -135,6 +135,28 @@ mod tests {
         assert!(lines[4].ends_with("a: must succeed: cmd1"), "{lines:?}");
         assert!(lines[5].ends_with("a: must succeed: cmd2"), "{lines:?}");
         assert!(lines[6].ends_with("a: must succeed: cmd0"), "{lines:?}");
+    }
+
+    #[test]
+    fn a_long_run_keeps_its_first_operations_and_the_slowest_later_ones() {
+        let mut table = SpanTable::new(TraceId::random(), None);
+        let mut t = Timeline::default();
+        let n = 3 * super::super::MAX_OPERATIONS;
+        for i in 0..n {
+            let mut r = table.begin(SpanKind::Operation, "succeed", Some("a"), false);
+            r.set_attr(attr::MESSAGE, format!("must succeed: cmd{i}").into());
+            table.end(r.id, SpanStatus::Ok);
+            // every operation takes 1 ms, but one late one 900 ms
+            let ms = if i == n - 10 { 900 } else { 1 };
+            r.end = Some(r.start + std::time::Duration::from_millis(ms));
+            t.event(&Event::SpanEnd(&r));
+        }
+        let kept = t.spans.len();
+        assert!(kept <= super::super::MAX_OPERATIONS + SLOWEST + 1, "{kept}");
+        assert_eq!(kept + t.dropped, n);
+        let lines = lines(&t);
+        let slow = format!("a: must succeed: cmd{}", n - 10);
+        assert!(lines[3].ends_with(&slow), "{lines:?}");
     }
 
     #[test]
