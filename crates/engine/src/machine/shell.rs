@@ -485,7 +485,11 @@ impl ShellSlot {
             ShellError::TimedOut => guest_error(
                 info,
                 console,
-                format!("no answer from the guest to `{command}` in time (the command's timeout plus 60 s)"),
+                format!(
+                    "no answer from the guest to `{command}` in time (the command's timeout \
+                     plus {} s)",
+                    super::api::HOST_GRACE.as_secs()
+                ),
             ),
             e => guest_error(info, console, format!("running `{command}`: {e}")),
         }
