@@ -143,23 +143,8 @@ impl TreeWriter {
             .try_clone()
             .map_err(io_fault("duplicating a directory descriptor"))?;
         for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
-            dir = open_dir_at(&dir, &cstring(part)?).map_err(|e| {
-                let at = self.host_path(&parts[..=i]);
-                if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) {
-                    TreeFault::Io {
-                        context: format!(
-                            "{} is not a directory (a symlink is never followed)",
-                            at.display()
-                        ),
-                        source: e,
-                    }
-                } else {
-                    TreeFault::Io {
-                        context: format!("opening {}", at.display()),
-                        source: e,
-                    }
-                }
-            })?;
+            dir = open_dir_at(&dir, &cstring(part)?)
+                .map_err(|e| not_a_dir(&self.host_path(&parts[..=i]), e))?;
         }
         Ok(dir)
     }
