@@ -34,26 +34,29 @@ pub const WAIT_TEXT_BYTES: usize = 16 * 1024 * 1024;
 /// What a queued line costs besides its text (the `String` and the queue's slot).
 const LINE_COST: usize = 32;
 
-/// Lines in memory, dropped from the front beyond a budget in bytes.
+/// Lines in memory, dropped from the front beyond a budget in bytes (each line counting its
+/// text and `line_cost`).
 struct Bounded {
     lines: VecDeque<String>,
     bytes: usize,
     budget: usize,
+    line_cost: usize,
     dropped: u64,
 }
 
 impl Bounded {
-    fn new(budget: usize) -> Self {
+    fn new(budget: usize, line_cost: usize) -> Self {
         Bounded {
             lines: VecDeque::new(),
             bytes: 0,
             budget,
+            line_cost,
             dropped: 0,
         }
     }
 
     fn push(&mut self, line: String) {
-        self.bytes += line.len() + LINE_COST;
+        self.bytes += line.len() + self.line_cost;
         self.lines.push_back(line);
         while self.bytes > self.budget && self.lines.len() > 1 {
             self.pop();
@@ -63,7 +66,7 @@ impl Bounded {
 
     fn pop(&mut self) -> Option<String> {
         let line = self.lines.pop_front()?;
-        self.bytes -= line.len() + LINE_COST;
+        self.bytes -= line.len() + self.line_cost;
         Some(line)
     }
 }
@@ -84,8 +87,8 @@ struct State {
 impl Default for State {
     fn default() -> Self {
         State {
-            window: Bounded::new(WINDOW_BYTES),
-            unread: Bounded::new(UNREAD_BYTES),
+            window: Bounded::new(WINDOW_BYTES, LINE_COST),
+            unread: Bounded::new(UNREAD_BYTES, LINE_COST),
             closed: false,
             file: None,
             file_error: None,
@@ -227,17 +230,9 @@ impl Console {
     /// all, and how many lines went before them. Memory stays about `max_bytes` whatever the
     /// log's size (for reports that embed the log).
     pub fn text_tail(&self, max_bytes: usize) -> (String, u64) {
-        let mut kept: std::collections::VecDeque<String> = Default::default();
-        let (mut bytes, mut omitted) = (0usize, 0u64);
-        let mut keep = |line: String| {
-            bytes += line.len() + 1;
-            kept.push_back(line);
-            while bytes > max_bytes {
-                let Some(first) = kept.pop_front() else { break };
-                bytes -= first.len() + 1;
-                omitted += 1;
-            }
-        };
+        // a line costs its text and the newline that joins it
+        let mut kept = Bounded::new(max_bytes, 1);
+        let mut keep = |line: String| kept.push(line);
         let mut s = self.state.lock().unwrap();
         let read = s.file.as_mut().map(|f| f.read_lines(&mut keep));
         match read {
@@ -248,8 +243,8 @@ impl Console {
             None => s.window.lines.iter().cloned().for_each(&mut keep),
         }
         drop(s);
-        let text = kept.into_iter().collect::<Vec<_>>().join("\n");
-        (text, omitted)
+        let text = Vec::from(kept.lines).join("\n");
+        (text, kept.dropped)
     }
 
     /// The last `n` lines (at most those of the window, [`WINDOW_BYTES`]).
@@ -560,7 +555,7 @@ mod tests {
         assert_eq!(c.tail(2)[1], format!("{} {line}", n - 1));
         assert_eq!(c.unread_dropped() as usize, n - c.unread_count());
         // a single line larger than a budget is still kept
-        let b = Bounded::new(10);
+        let b = Bounded::new(10, LINE_COST);
         let mut b = b;
         b.push("a long line".repeat(3));
         assert_eq!(b.lines.len(), 1);

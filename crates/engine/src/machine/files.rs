@@ -62,9 +62,7 @@ impl Exchange {
             std::io::Error::other(format!("in {}", shared_dir.display())),
         ))
     }
-}
 
-impl Exchange {
     /// The exchange directory, opened without following a link: the guest can change what
     /// is in the shared directory, this name included.
     fn open(&self, shared_dir: &Path) -> std::result::Result<OwnedFd, TreeFault> {
@@ -105,14 +103,27 @@ impl Machine {
         })
     }
 
-    /// Logs what a copy through the shared directory left out (FIFOs, sockets, devices).
-    fn log_skipped(&self, op: &str, skipped: &[PathBuf]) {
+    /// Copies the tree `name` of the directory `from` (shown as `shown`) through `writer`,
+    /// and logs what the copy left out (FIFOs, sockets, devices); a fault is the machine's
+    /// error about `what`.
+    fn copy_through(
+        &self,
+        op: &str,
+        what: &str,
+        (from, shown): (&OwnedFd, &Path),
+        name: &str,
+        mut writer: TreeWriter,
+    ) -> Result<()> {
+        let fault = |e| tree_fault(self.name(), what, e);
+        let skipped = tree::copy_tree(from, shown, name, &mut writer).map_err(fault)?;
+        writer.finish().map_err(fault)?;
         for path in skipped {
             self.log(&format!(
                 "{op}: left out {} (not a file, a directory or a symlink)",
                 path.display()
             ));
         }
+        Ok(())
     }
 
     /// True when the machine's commands (and copies) go through its agent; connects first.
@@ -185,12 +196,9 @@ impl Machine {
             .unwrap_or(Path::new("."));
         let fault = |e| tree_fault(self.name(), &what, e);
         let from = tree::open_beneath(parent, &[]).map_err(fault)?;
-        let mut writer =
-            TreeWriter::in_dir(xchg.open(shared_dir).map_err(fault)?, &xchg.host, &name)
-                .map_err(fault)?;
-        let skipped = tree::copy_tree(&from, parent, &name, &mut writer).map_err(fault)?;
-        writer.finish().map_err(fault)?;
-        self.log_skipped("copy_from_host", &skipped);
+        let writer = TreeWriter::in_dir(xchg.open(shared_dir).map_err(fault)?, &xchg.host, &name)
+            .map_err(fault)?;
+        self.copy_through("copy_from_host", &what, (&from, parent), &name, writer)?;
         let parent = Path::new(target)
             .parent()
             .map(|p| p.display().to_string())
@@ -261,10 +269,14 @@ impl Machine {
         let what = format!("copying {source} to {}", dest.display());
         let fault = |e| tree_fault(self.name(), &what, e);
         let from = xchg.open(&self.info().shared_dir).map_err(fault)?;
-        let mut writer = TreeWriter::new(&dest_dir, &name).map_err(fault)?;
-        let skipped = tree::copy_tree(&from, &xchg.host, &name, &mut writer).map_err(fault)?;
-        writer.finish().map_err(fault)?;
-        self.log_skipped("copy_from_machine", &skipped);
+        let writer = TreeWriter::new(&dest_dir, &name).map_err(fault)?;
+        self.copy_through(
+            "copy_from_machine",
+            &what,
+            (&from, &xchg.host),
+            &name,
+            writer,
+        )?;
         Ok(dest)
     }
 }
