@@ -52,9 +52,11 @@ bench: guest
 soak: guest
 	$(PYTHON) benches/soak.py
 
-## The parsers' property tests in long mode: PROPTEST_CASES cases each (default 10 million).
+## The parsers' property tests in long mode: PROPTEST_CASES cases each (default 10 million);
+## FUZZ_ONLY=REGEX runs only the properties whose names match.
+FUZZ_ONLY ?=
 fuzz:
-	./scripts/fuzz.sh
+	./scripts/fuzz.sh '$(FUZZ_ONLY)'
 
 clean:
 	rm -rf build target dist

@@ -2,13 +2,18 @@
 # The long mode of the parsers' property tests (`make fuzz`; docs/fuzzing.md): every property
 # runs alone, optimised, for $PROPTEST_CASES cases (default 10 million); prints per property
 # the cases run and the time. A failure prints proptest's minimal input and stops.
+# An argument, an extended regular expression, runs only the properties whose names match it.
 set -euo pipefail
+only="${1:-}"
+
 cd "$(dirname "$0")/.."
 export PROPTEST_CASES="${PROPTEST_CASES:-10000000}"
 export RUST_BACKTRACE=0
 # optimised, but an overflow still panics as in the debug builds of `cargo test`
 export CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true
 export CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true
+# its own build directory: these settings differ from the package's release build
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/fuzz}"
 
 engine=(-p nixos-test-ng-engine --lib)
 protocol=(-p nixos-test-ng-agent-protocol --test properties)
@@ -34,9 +39,13 @@ run() {
     printf '%-86s %12s cases %9.1f s\n' "$name" "$PROPTEST_CASES" "$(awk "BEGIN { print $end - $start }")"
 }
 
-for t in $(list "${engine[@]}" | grep -E '::properties::|^transport::agent::tests::arbitrary_bytes'); do
+selected() {
+    grep -E -- "${only:-.}" || true
+}
+
+for t in $(list "${engine[@]}" | grep -E '::properties::|^transport::agent::tests::arbitrary_bytes' | selected); do
     run "$t" "${engine[@]}"
 done
-for t in $(list "${protocol[@]}"); do
+for t in $(list "${protocol[@]}" | selected); do
     run "$t" "${protocol[@]}"
 done
