@@ -104,6 +104,8 @@ pub struct ShellSetup {
     pub idle_hint: Option<&'static str>,
     /// Logged once the handshake passed.
     pub connected_line: &'static str,
+    /// The bytes of a console's paced reply per acknowledgement (see `transport::shell`).
+    pub pace_chunk: usize,
 }
 
 impl ShellSetup {
@@ -118,7 +120,14 @@ impl ShellSetup {
                 "  To debug, enter the VM and run 'systemctl status backdoor.service'.",
             ),
             connected_line: "connected to guest root shell",
+            pace_chunk: crate::transport::shell::ACK_EVERY,
         }
+    }
+
+    /// Paces a console's replies by `bytes` per acknowledgement.
+    pub fn paced_by(mut self, bytes: usize) -> Self {
+        self.pace_chunk = bytes;
+        self
     }
 }
 

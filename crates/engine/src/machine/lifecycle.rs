@@ -667,7 +667,9 @@ impl Machine {
 
 /// A shell on `stream`, driven as `setup` says.
 fn new_shell(stream: crate::transport::stream::Stream, setup: &ShellSetup) -> Shell {
-    let shell = Shell::new(stream).with_preamble(setup.preamble);
+    let shell = Shell::new(stream)
+        .with_preamble(setup.preamble)
+        .with_pace_chunk(setup.pace_chunk);
     if setup.raw_output {
         shell.with_raw_output()
     } else {

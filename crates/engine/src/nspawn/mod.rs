@@ -346,6 +346,7 @@ impl Backend for NspawnBackend {
                 )),
                 idle_hint: None,
                 connected_line: "connected to the container's root shell",
+                pace_chunk: crate::transport::shell::ACK_EVERY,
             },
             shell_in_step: None,
             agent: None,

@@ -2,6 +2,7 @@
 //! the shell backdoor on a virtconsole, the HMP monitor and QMP.
 
 pub mod boot_cache;
+mod console_socket;
 mod monitor;
 mod ops;
 mod qmp;
@@ -456,8 +457,8 @@ impl Backend for QemuBackend {
         Ok(Launched {
             process,
             console_reader: reader,
+            shell: ShellSetup::backdoor().paced_by(console_socket::enlarge(&shell)),
             connector: Box::new(Ready::new(shell)),
-            shell: ShellSetup::backdoor(),
             shell_in_step: None,
             agent: vsock.map(|v| v.connector),
         })

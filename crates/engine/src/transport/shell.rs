@@ -9,7 +9,8 @@
 //! NixOS's backdoor puts hvc0 in raw mode (`stty raw -echo`), and a container's socket pair is.
 //!
 //! QEMU drops what a virtio *console* writes while the host's socket is full, so on a console
-//! (the shell's stdin is a tty) the bulk goes in chunks of [`ACK_EVERY`] bytes, each after the
+//! (the shell's stdin is a tty) the bulk goes in chunks (of [`ACK_EVERY`] bytes, or more where
+//! the driver could enlarge QEMU's socket: `qemu::console_socket`), each after the
 //! host acknowledged the one before it with an empty line: never more than one chunk in
 //! flight. The host acknowledges on every stream (an empty line is nothing to bash).
 //!
@@ -141,25 +142,32 @@ pub const CONTAINER_SETUP: &str = concat!(
 /// ''` stops at a NUL, which bash strings cannot hold: it is printed back. Bytes are counted
 /// in the C locale. `__ntng_bulk` is `cat`,
 /// or on a console (fd 3, the shell's stdin, is a tty; `__ntng_pace` set: for tests) `dd`
-/// chunks of [`ACK_EVERY`] bytes, each but the first after one byte more was found (not the
+/// chunks of the shell's pacing chunk ([`raw_encoder`] puts it in place of `@CHUNK@`; by
+/// default [`ACK_EVERY`] bytes), each but the first after one byte more was found (not the
 /// end) and the host's acknowledgement (an empty line on fd 3) came; a `dd` without
 /// `iflag=fullblock` (whose short reads would leave the host's count behind) fails at once,
 /// and `cat` copies instead. `lastpipe` runs the last
 /// command of a pipeline in the shell itself (no process for it); commands run without it.
-pub const RAW_ENCODER: &str = "shopt -s lastpipe; __ntng_out() { local LC_ALL=C c; \
+const RAW_ENCODER: &str = "shopt -s lastpipe; __ntng_out() { local LC_ALL=C c; \
      if IFS= read -r -d '' -n 2048 c; then \
      if [ ${#c} -lt 2048 ]; then printf '%s\\0' \"$c\"; else printf %s \"$c\"; fi; \
      __ntng_bulk; else printf %s \"$c\"; fi; }; \
      __ntng_bulk() { [ -t 3 ] || [ -n \"${__ntng_pace-}\" ] || { cat; return; }; local c a; \
-     while dd bs=32768 count=1 iflag=fullblock 2>/dev/null || { cat; return; }; \
+     while dd bs=@CHUNK@ count=1 iflag=fullblock 2>/dev/null || { cat; return; }; \
      IFS= read -r -d '' -n 1 c || { printf %s \"$c\"; return; }; do \
      IFS= read -r -u 3 a; if [ -n \"$c\" ]; then printf %s \"$c\"; else printf '\\0'; fi; done; }; ";
 
-/// The chunk of [`RAW_ENCODER`]'s paced bulk: the host sends an empty line each time it has
-/// received this many more bytes of a reply. One chunk in flight (and at most 2 KiB before
+/// [`RAW_ENCODER`] for a pacing chunk of `chunk` bytes.
+pub fn raw_encoder(chunk: usize) -> String {
+    RAW_ENCODER.replace("@CHUNK@", &chunk.to_string())
+}
+
+/// The default chunk of [`RAW_ENCODER`]'s paced bulk: the host sends an empty line each time it
+/// has received this many more bytes of a reply. One chunk in flight (and at most 2 KiB before
 /// it) must fit QEMU's socket with room to spare: 212992 bytes of send buffer by default,
 /// against which the kernel charges each write's buffers, more than its data. 128 KiB chunks
 /// did not: under load a 1 MB and a 100 MB reply each lost bytes and hung (2 in one bench).
+/// A QEMU whose socket the driver enlarged gets a bigger chunk ([`Shell::with_pace_chunk`]).
 pub const ACK_EVERY: usize = 32_768;
 
 /// The longest line the host reads whole from the guest's shell: an exit status, or what
@@ -266,6 +274,8 @@ pub struct Shell {
     /// command's, or one not waited for), and the acknowledgements sent for it so far.
     owed_reply: Option<String>,
     acks_sent: usize,
+    /// The bytes of a paced reply per acknowledgement ([`ACK_EVERY`] unless told otherwise).
+    pace_chunk: usize,
     /// The reply being read comes from a guest that does not pace: no acknowledgements.
     unpaced: bool,
     /// The guest's shell has [`RAW_ENCODER`]'s function (sent with the first command).
@@ -302,9 +312,18 @@ impl Shell {
             owed_lines: 0,
             owed_reply: None,
             acks_sent: 0,
+            pace_chunk: ACK_EVERY,
             unpaced: false,
             encoder_sent: false,
         }
+    }
+
+    /// Paces a console's replies by `bytes` per acknowledgement: what the other end's socket
+    /// holds with room to spare (see `qemu::console_socket`).
+    pub fn with_pace_chunk(mut self, bytes: usize) -> Self {
+        self.pace_chunk = bytes.max(1);
+        self.encoder_sent = false;
+        self
     }
 
     /// Uses `preamble` before every command instead of the VM's.
@@ -319,6 +338,11 @@ impl Shell {
             self.framing = Framing::Raw;
         }
         self
+    }
+
+    /// The bytes of a paced reply per acknowledgement.
+    pub fn pace_chunk(&self) -> usize {
+        self.pace_chunk
     }
 
     /// The framing in use.
@@ -393,7 +417,7 @@ impl Shell {
             nonce,
         } = command_line(self.preamble, command, timeout, reply, self.framing);
         if self.framing == Framing::Raw && !self.encoder_sent {
-            line.insert_str(0, RAW_ENCODER);
+            line.insert_str(0, &raw_encoder(self.pace_chunk));
             self.encoder_sent = true;
         }
         if self.framing != Framing::Upstream && self.traceparent_wanted != self.traceparent_sent {
@@ -467,7 +491,7 @@ impl Shell {
 
     /// Reads one [`Framing::Raw`] reply, which starts at the start of the buffer: the output
     /// up to `<nonce>E`, and the status up to the newline (none when the line is empty),
-    /// acknowledging every [`ACK_EVERY`] bytes. Nothing is consumed until the reply is
+    /// acknowledging every pacing chunk. Nothing is consumed until the reply is
     /// complete, so an interrupted read leaves it whole for the next try.
     fn read_raw(
         &mut self,
@@ -519,10 +543,10 @@ impl Shell {
     /// once one did not fit, or once the reply ran further ahead than a pacing guest's one
     /// chunk (after the head) beyond what was acknowledged.
     fn acknowledge(&mut self) -> Result<(), ShellError> {
-        if self.buf.len() > (self.acks_sent + 2) * (ACK_EVERY + 1) + PACED_HEAD {
+        if self.buf.len() > (self.acks_sent + 2) * (self.pace_chunk + 1) + PACED_HEAD {
             self.unpaced = true;
         }
-        let due = self.buf.len() / ACK_EVERY;
+        let due = self.buf.len() / self.pace_chunk;
         while !self.unpaced && due > self.acks_sent {
             match self.stream.try_send(&b"\n".repeat(due - self.acks_sent)) {
                 Ok(n) => self.acks_sent += n,
@@ -832,7 +856,9 @@ pub(crate) mod tests {
 
     #[test]
     fn the_encoder_chunks_as_the_host_acknowledges() {
-        assert!(RAW_ENCODER.contains(&format!(" dd bs={ACK_EVERY} count=1 ")));
+        assert!(raw_encoder(ACK_EVERY).contains(&format!(" dd bs={ACK_EVERY} count=1 ")));
+        assert!(raw_encoder(1 << 20).contains(" dd bs=1048576 count=1 "));
+        assert!(!raw_encoder(1 << 20).contains('@'));
     }
 
     #[test]
@@ -1300,6 +1326,19 @@ pub(crate) mod tests {
             assert!(out[..n].iter().all(|&b| b == 0) && out.ends_with(b"end\n"));
         }
         // the acknowledgements the guest did not wait for are empty lines to its shell
+        assert_eq!(run(&mut shell, "echo after"), (0, b"after\n".to_vec()));
+    }
+
+    #[test]
+    fn paced_raw_output_round_trips_with_a_larger_chunk() {
+        let (shell, _child) = paced_guest();
+        let mut shell = shell.with_pace_chunk(1 << 20);
+        for n in [2049, (1 << 20) + 1, 2048 + (1 << 20), 3 << 20] {
+            let (rc, out) = run(&mut shell, &format!("head -c {n} /dev/zero; echo end"));
+            assert_eq!((rc, out.len()), (0, n + 4), "{n} NULs");
+        }
+        // 3 MiB and its 2 KiB head: two acknowledgements, not a hundred
+        assert_eq!(shell.acks_sent, 3);
         assert_eq!(run(&mut shell, "echo after"), (0, b"after\n".to_vec()));
     }
 

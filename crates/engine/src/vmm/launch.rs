@@ -337,6 +337,7 @@ pub fn start(host: &dyn Host, command: VmmCommand<'_>) -> Result<(Launched, Arc<
             greeting: None,
             idle_hint: None,
             connected_line: "connected to the guest agent",
+            pace_chunk: crate::transport::shell::ACK_EVERY,
         },
         shell_in_step: None,
         agent: Some(Box::new(HybridVsock::new(

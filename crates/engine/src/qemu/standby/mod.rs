@@ -419,6 +419,7 @@ impl QemuBackend {
             process,
             shell,
             socket,
+            pace_chunk,
             monitor,
             qmp,
             relay,
@@ -433,7 +434,7 @@ impl QemuBackend {
             process: process.clone(),
             console_reader: relay_thread,
             connector: Box::new(Ready::new(socket)),
-            shell: ShellSetup::backdoor(),
+            shell: ShellSetup::backdoor().paced_by(pace_chunk),
             shell_in_step: Some(shell),
             agent: None,
         });
@@ -528,6 +529,7 @@ impl QemuBackend {
             process,
             shell,
             socket,
+            pace_chunk,
             monitor,
             qmp,
             relay,
@@ -579,7 +581,7 @@ impl QemuBackend {
             process,
             console_reader: relay_thread,
             connector: Box::new(Ready::new(socket)),
-            shell: ShellSetup::backdoor(),
+            shell: ShellSetup::backdoor().paced_by(pace_chunk),
             shell_in_step: Some(shell),
             agent: None,
         })

@@ -36,6 +36,8 @@ pub(super) struct Standby {
     pub(super) process: ChildProcess,
     pub(super) shell: Shell,
     pub(super) socket: UnixStream,
+    /// The shell's pacing chunk (`qemu::console_socket`).
+    pub(super) pace_chunk: usize,
     pub(super) monitor: Monitor,
     pub(super) qmp: Qmp,
     pub(super) relay: Arc<Relay>,
@@ -248,6 +250,7 @@ impl Job {
             name: self.name.clone(),
             dir: dir.clone(),
             process,
+            pace_chunk: shell.pace_chunk(),
             shell,
             socket,
             monitor,
@@ -303,11 +306,13 @@ impl Job {
         };
         // Warm up: what a restore by loadvm does after it, done ahead of time.
         qmp.execute("cont", None, deadline).map_err(e("cont"))?;
+        let pace_chunk = crate::qemu::console_socket::enlarge(&socket);
         let mut shell = Shell::new(
             socket
                 .try_clone()
                 .map_err(|e| format!("shell socket: {e}"))?,
-        );
+        )
+        .with_pace_chunk(pace_chunk);
         shell
             .resync(deadline)
             .map_err(|err| format!("the shell did not answer: {err}"))?;
