@@ -40,7 +40,7 @@ test-rust:
 	cargo test --workspace
 
 test-python: guest
-	$(PYTHON) -m pytest -ra $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -ra --durations=30 $(PYTEST_ARGS)
 
 ## Everything CI runs.
 test: guest lint test-rust test-python
