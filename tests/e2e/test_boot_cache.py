@@ -18,6 +18,8 @@ pytestmark = [pytest.mark.vm, pytest.mark.one_transport]
 
 HIT = "started from the boot cache (key "
 SAVED = "saved in the boot cache (key "
+IMAGE_MADE = "memory image of the boot cache entry made"
+MAPPED = "; memory mapped from its image)"
 
 # The guest's clock against the host's, the shares, and a random number.
 PROBE = r"""
@@ -83,11 +85,28 @@ def test_a_second_run_starts_from_the_cache(vm_env, cache, leftovers):
     assert lines(second, "RESEEDED")["machine"] == ["1"], second[-3000:]
     before, guest, after = map(float, lines(second, "CLOCK")["machine"])
     assert before - 1 <= guest <= after + 1, (before, guest, after)
+    # the first start from the entry loaded its snapshot and made its memory image
+    assert "machine: " + IMAGE_MADE in second and MAPPED not in second, second[-4000:]
+    assert sorted(p.name for p in (entry / "memory").iterdir()) == ["ram", "stamp.json", "state"]
     third = ok(vm_env.run({"machine": []}, PROBE))
-    assert HIT in third
+    # the next ones map it
+    assert HIT in third and MAPPED in third and IMAGE_MADE not in third, third[-4000:]
+    assert lines(third, "RESEEDED")["machine"] == ["1"], third[-3000:]
+    before, guest, after = map(float, lines(third, "CLOCK")["machine"])
+    assert before - 1 <= guest <= after + 1, (before, guest, after)
     # the kernel reseeded its generator (the VM generation ID changed): the two starts from one
     # state draw different numbers
     assert lines(second, "UUID")["machine"] != lines(third, "UUID")["machine"]
+    # a memory image cut short is not mapped: the snapshot is loaded and the image made again
+    ram = entry / "memory" / "ram"
+    with open(ram, "r+b") as f:
+        f.truncate(ram.stat().st_size // 2)
+    fourth = ok(vm_env.run({"machine": []}, PROBE))
+    assert "its memory image changed since it was made" in fourth, fourth[-4000:]
+    assert HIT in fourth and MAPPED not in fourth and IMAGE_MADE in fourth
+    assert lines(second, "UUID")["machine"] != lines(fourth, "UUID")["machine"]
+    fifth = ok(vm_env.run({"machine": []}, PROBE))
+    assert MAPPED in fifth, fifth[-4000:]
     no_leftovers(cache)
     assert not leftovers(vm_env.root)
 
@@ -290,5 +309,10 @@ def test_the_systemd_vm_through_nixos_test_ng_run(vm_env, cache, systemd_guest, 
     second = ok(run())
     assert "x: " + HIT in second, second[-4000:]
     before, guest, after = map(float, lines(second, "CLOCK")["x"])
+    assert before - 1 <= guest <= after + 1, (before, guest, after)
+    assert "x: " + IMAGE_MADE in second, second[-4000:]
+    third = ok(run())
+    assert "x: " + HIT in third and MAPPED in third, third[-4000:]
+    before, guest, after = map(float, lines(third, "CLOCK")["x"])
     assert before - 1 <= guest <= after + 1, (before, guest, after)
     assert os.listdir(cache)

@@ -23,7 +23,7 @@ pub fn boot_cache_entries(
         let d = PyDict::new(py);
         d.set_item("key", &e.manifest.key)?;
         d.set_item("machine", &e.manifest.machine)?;
-        d.set_item("size", e.manifest.size())?;
+        d.set_item("size", e.size())?;
         d.set_item("saved", e.manifest.saved)?;
         d.set_item("last_used", e.last_used_secs())?;
         d.set_item("inputs", &e.manifest.inputs)?;

@@ -6,13 +6,13 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use super::{fmt_time, gather, short, store, Manifest, Store, HIT_DIR, SNAPSHOT};
+use super::{fmt_time, gather, memory, short, store, Manifest, Store, HIT_DIR, SNAPSHOT};
 use crate::backend::shares::Mount;
 use crate::backend::{Host, Launched, MachineInfo};
 use crate::error::{Error, Result};
 use crate::interrupt::Deadline;
 use crate::qemu::snapshot::{hmp_error, savevm_refusal};
-use crate::qemu::standby::{fmt_bytes, fresh_dir, writable_disks};
+use crate::qemu::standby::{fmt_bytes, fresh_dir, writable_disks, CachedState};
 use crate::qemu::{display_available, QemuBackend};
 
 /// A save the cache wants: the key of the launch that booted normally.
@@ -110,14 +110,23 @@ impl QemuBackend {
         let copy_time = tic.elapsed().as_secs_f64();
         let m = &entry.manifest;
         let files: Vec<PathBuf> = m.files.iter().map(|f| f.path.clone()).collect();
-        match self.start_from(host, &dir, files, &m.snapshot, &m.mounts, allow_reboot) {
+        let memory = memory_start(info, entry, &dir);
+        let mapped = matches!(memory, memory::Start::Mapped { .. });
+        let from = CachedState {
+            files,
+            snapshot: m.snapshot.clone(),
+            mounts: m.mounts.clone(),
+            memory,
+        };
+        match self.start_from(host, &dir, from, allow_reboot) {
             Ok(launched) => {
                 info.log(&format!(
-                    "started from the boot cache (key {}, saved {}) in {:.2} s ({} copied in {copy_time:.2} s)",
+                    "started from the boot cache (key {}, saved {}) in {:.2} s ({} copied in {copy_time:.2} s{})",
                     short(&m.key),
                     fmt_time(m.saved),
                     tic.elapsed().as_secs_f64(),
                     fmt_bytes(copied),
+                    if mapped { "; memory mapped from its image" } else { "" },
                 ));
                 Ok(launched)
             }
@@ -158,19 +167,17 @@ impl QemuBackend {
             .unwrap()
             .as_ref()
             .map_or_else(|| info.state_dir.clone(), |r| r.dir.clone());
-        let files = {
+        let (files, ram) = {
             let control = self.running(info)?.control(info)?;
-            let blocks = control.qmp().execute(
-                "query-block",
-                None,
-                Deadline::after(Some(std::time::Duration::from_secs(60))),
-            )?;
-            writable_disks(&blocks, &live_dir).map_err(|reason| {
+            let deadline = Deadline::after(Some(std::time::Duration::from_secs(60)));
+            let blocks = control.qmp().execute("query-block", None, deadline)?;
+            let files = writable_disks(&blocks, &live_dir).map_err(|reason| {
                 refused(
                     reason,
                     "the start script must keep the VM's writable disks in $TMPDIR".to_string(),
                 )
-            })?
+            })?;
+            (files, memory::default_backend(control.qmp(), deadline))
         };
         if let Some(text) = hmp_error(&self.hmp(info, &format!("savevm {SNAPSHOT}"))?) {
             let (reason, fix) = savevm_refusal(text);
@@ -208,6 +215,7 @@ impl QemuBackend {
             snapshot: SNAPSHOT.to_string(),
             mounts: mounts.to_vec(),
             files: Vec::new(),
+            ram,
         };
         let (logger, name, key) = (info.logger.clone(), info.name.clone(), wanted.key);
         let handle = std::thread::Builder::new()
@@ -236,5 +244,31 @@ impl QemuBackend {
             let _ = old.join();
         }
         Ok(())
+    }
+}
+
+/// How a start from `entry` (its disks copied into `dir`) gets the guest's memory: mapped from
+/// the entry's memory image when it has a usable one, else loaded from the snapshot, making
+/// the image on the way when the entry says how. A damaged image is deleted (with a log line)
+/// and made again.
+fn memory_start(info: &MachineInfo, entry: &store::Entry, dir: &std::path::Path) -> memory::Start {
+    let Some(ram) = entry.manifest.ram.clone() else {
+        return memory::Start::Loadvm;
+    };
+    match memory::find(&entry.dir, &ram) {
+        Ok(Some(image)) => return memory::Start::Mapped { ram, image },
+        Ok(None) => {}
+        Err(reason) => {
+            info.log(&format!(
+                "boot cache entry {}: {reason}; loading its snapshot and making the image again",
+                short(&entry.manifest.key)
+            ));
+            let _ = std::fs::remove_dir_all(entry.dir.join(memory::DIR));
+        }
+    }
+    memory::Start::Make {
+        ram,
+        live_ram: dir.join("memory-ram"),
+        entry_dir: entry.dir.clone(),
     }
 }

@@ -15,6 +15,7 @@
 
 mod backend;
 pub mod key;
+pub mod memory;
 pub mod store;
 
 use std::collections::HashMap;

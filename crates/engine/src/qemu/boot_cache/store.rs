@@ -6,6 +6,7 @@
 //!                             evict, discard and clear
 //! <dir>/<key>/manifest.json   what the entry is (Manifest), written last
 //! <dir>/<key>/disk/...        the QEMU's writable disks, relative to its TMPDIR
+//! <dir>/<key>/memory/         its memory image, once a start made it (memory.rs)
 //! <dir>/<key>/used            its modification time: the entry's last use
 //! <dir>/.tmp-<pid>-<n>/       an entry being written (removed if the run dies meanwhile)
 //! ```
@@ -53,6 +54,9 @@ pub struct Manifest {
     /// The shared directories to mount again after a start from the entry.
     pub mounts: Vec<crate::backend::shares::Mount>,
     pub files: Vec<FileRecord>,
+    /// The machine's RAM backend when a memory image can be made of it (memory.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram: Option<super::memory::Ram>,
 }
 
 impl Manifest {
@@ -97,6 +101,19 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Its bytes on disk: the disks, and the memory image if there is one.
+    pub fn size(&self) -> u64 {
+        let image: u64 = std::fs::read_dir(self.dir.join(super::memory::DIR))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        self.manifest.size() + image
+    }
+
     /// When it was last used, in seconds since the epoch.
     pub fn last_used_secs(&self) -> u64 {
         self.last_used
@@ -294,15 +311,16 @@ impl Store {
     /// `keep`; the keys deleted. The caller holds the exclusive lock.
     fn evict(&self, keep: &str) -> Vec<String> {
         let mut entries = self.entries();
-        let mut total: u64 = entries.iter().map(|e| e.manifest.size()).sum();
+        let mut total: u64 = entries.iter().map(Entry::size).sum();
         let mut gone = Vec::new();
         while total > self.limit {
             let Some(pos) = entries.iter().rposition(|e| e.manifest.key != keep) else {
                 break;
             };
             let e = entries.remove(pos);
+            let size = e.size();
             if std::fs::remove_dir_all(&e.dir).is_ok() {
-                total -= e.manifest.size();
+                total -= size;
                 gone.push(e.manifest.key);
             }
         }
@@ -481,6 +499,7 @@ mod tests {
             snapshot: "s".into(),
             mounts: Vec::new(),
             files: Vec::new(),
+            ram: None,
         }
     }
 

@@ -97,6 +97,18 @@ impl Drop for Standbys {
     }
 }
 
+/// A saved state to start a machine from (a boot cache entry's).
+pub(crate) struct CachedState {
+    /// Its disk files, relative to the directory they are in.
+    pub(crate) files: Vec<PathBuf>,
+    /// The QEMU snapshot they hold.
+    pub(crate) snapshot: String,
+    /// The shares to mount again.
+    pub(crate) mounts: Vec<Mount>,
+    /// How the guest's memory comes back.
+    pub(crate) memory: crate::qemu::boot_cache::memory::Start,
+}
+
 /// The writable disk files to copy for standbys (relative to `live_dir`), or why standbys
 /// cannot serve this machine, judged from its live QEMU.
 fn eligible(qmp: &Qmp, live_dir: &Path) -> Result<std::result::Result<Vec<PathBuf>, String>> {
@@ -257,6 +269,7 @@ impl QemuBackend {
             abort,
             in_place: false,
             refresh: false,
+            memory: crate::qemu::boot_cache::memory::Start::Loadvm,
         };
         let shared = self.standbys.shared.clone();
         std::thread::Builder::new()
@@ -492,22 +505,26 @@ impl QemuBackend {
         Ok(())
     }
 
-    /// Starts the machine from disks already in `dir` that hold snapshot `snapshot` (a boot
-    /// cache entry's): a standby started on the spot, its clock and random pool refreshed,
-    /// taken over as the machine's launch and resumed. The reason when that fails (its QEMU
-    /// is gone then).
+    /// Starts the machine from disks already in `dir` (a boot cache entry's, as `from` says):
+    /// a standby started on the spot, its clock and random pool refreshed, taken over as the
+    /// machine's launch and resumed. The reason when that fails (its QEMU is gone then).
     pub(crate) fn start_from(
         &self,
         host: &dyn Host,
         dir: &Path,
-        files: Vec<PathBuf>,
-        snapshot: &str,
-        mounts: &[Mount],
+        from: CachedState,
         allow_reboot: bool,
     ) -> std::result::Result<Launched, String> {
+        let CachedState {
+            files,
+            snapshot,
+            mounts,
+            memory,
+        } = from;
+        let snapshot = snapshot.as_str();
         let info = host.info();
         let mut launch = self.command_for(info, dir, allow_reboot);
-        launch.extra = vec!["-S".into(), "-loadvm".into(), snapshot.to_string()];
+        launch.extra = memory.args(snapshot);
         let snapshots = BTreeSet::from([snapshot.to_string()]);
         let job = Job {
             launch,
@@ -520,10 +537,11 @@ impl QemuBackend {
                 files,
                 snapshots: snapshots.clone(),
             }),
-            mounts: mounts.to_vec(),
+            mounts,
             abort: Arc::default(),
             in_place: true,
             refresh: true,
+            memory,
         };
         let Standby {
             process,

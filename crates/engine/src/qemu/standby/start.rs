@@ -201,11 +201,40 @@ pub(super) struct Job {
     /// After the warm-up, the guest's clock and random pool are refreshed (a start from the
     /// boot cache, whose guest state is from another time).
     pub(super) refresh: bool,
+    /// How the guest's memory comes back (a start from the boot cache).
+    pub(super) memory: crate::qemu::boot_cache::memory::Start,
 }
 
 impl Job {
     pub(super) fn log(&self, msg: &str) {
         self.logger.log(msg, Some(&self.machine));
+    }
+
+    /// Loads the device state of a start with mapped memory; makes the memory image of a
+    /// start that loaded the snapshot into a shared file (a failure there only logged).
+    fn restore_memory(&self, qmp: &Qmp, deadline: Deadline) -> std::result::Result<(), String> {
+        use crate::qemu::boot_cache::memory;
+        match &self.memory {
+            memory::Start::Loadvm => Ok(()),
+            memory::Start::Mapped { image, .. } => memory::load(qmp, image, deadline),
+            memory::Start::Make {
+                live_ram,
+                entry_dir,
+                ..
+            } => {
+                let tic = std::time::Instant::now();
+                match memory::make(qmp, live_ram, entry_dir, deadline) {
+                    Ok(()) => self.log(&format!(
+                        "memory image of the boot cache entry made in {:.2} s",
+                        tic.elapsed().as_secs_f64()
+                    )),
+                    Err(e) => self.log(&format!(
+                        "no memory image made for the boot cache entry: {e}"
+                    )),
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Starts the standby and warms it up; the reason when that fails.
@@ -291,6 +320,7 @@ impl Job {
         let mut monitor = Monitor::new(monitor, &self.machine);
         monitor.wait_for_prompt(deadline).map_err(e("monitor"))?;
         self.abort.check()?;
+        self.restore_memory(&qmp, deadline)?;
         // Two QEMUs on one disk would wreck it: the standby must run on its own copies.
         let blocks = qmp
             .execute("query-block", None, deadline)
