@@ -1,12 +1,14 @@
 //! nixos-test-ng-agent: the guest side of nixos-test-ng's vsock transport. It serves the
 //! protocol of the `agent_protocol` crate on every connection (vsock, TCP or unix), one thread
-//! per connection.
+//! per connection. `nixos-test-ng-agent refresh …` is the first command of a guest started from
+//! a saved state (`refresh.rs`).
 
 mod args;
 mod conn;
 mod exec;
 mod listen;
 mod log;
+mod refresh;
 mod sys;
 mod tree;
 mod warm;
@@ -18,6 +20,9 @@ use std::thread;
 use listen::Listener;
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("refresh") {
+        return refresh::main(std::env::args().skip(2));
+    }
     let args = match args::parse(std::env::args().skip(1)) {
         Ok(args) => args,
         Err(message) => {

@@ -123,11 +123,22 @@ pub fn gather(start_command: &str, info: &MachineInfo, appended: Vec<String>) ->
     }
 }
 
-/// The command a guest started from the cache runs first: the host's time (to the
-/// microsecond where `date` takes fractions, as GNU's does; else rounded to the second, as
-/// busybox's), and host random bytes mixed into its pool.
-pub fn refresh_command() -> String {
-    use base64::Engine;
+/// Where the built-in guests (systemd, busybox) keep the guest agent, whose `refresh`
+/// command does in one static process what [`refresh_command`]'s shell fallback does.
+pub const AGENT_PATHS: [&str; 2] = [
+    "/usr/local/lib/nixos-test-ng/nixos-test-ng-agent",
+    "/lib/nixos-test-ng/nixos-test-ng-agent",
+];
+
+/// The command a guest started from the cache runs first: the host's time, host random bytes
+/// mixed into its pool, and `mounts` mounted again. With the guest agent (the built-in
+/// guests), its `refresh` does it all in one static process: in a guest whose code TCG has
+/// not translated yet, every dynamic program costs a tenth of a second or more. Otherwise (or
+/// when the agent is too old to know `refresh`: it exits 2) `date` (to the microsecond where
+/// it takes fractions, as GNU's does; else rounded to the second, as busybox's), `printf` into
+/// /dev/urandom, and `mount`s.
+pub fn refresh_command(mounts: &[crate::backend::shares::Mount]) -> String {
+    use crate::transport::shell::shell_quote as q;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -137,12 +148,42 @@ pub fn refresh_command() -> String {
         use std::io::Read;
         let _ = f.read_exact(&mut seed);
     }
-    let seed = base64::engine::general_purpose::STANDARD.encode(seed);
-    format!(
-        "{{ date -s @{}.{:06} || date -s @{rounded}; }} >/dev/null 2>&1 && echo {seed} | base64 -d > /dev/urandom",
+    let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+    let mut shell_way = format!(
+        "{{ date -s @{}.{:06} || date -s @{rounded}; }} >/dev/null 2>&1 && {} > /dev/urandom",
         now.as_secs(),
-        now.subsec_micros()
+        now.subsec_micros(),
+        printf_bytes(&seed)
+    );
+    if let Some(m) = crate::backend::shares::mount_command(mounts) {
+        shell_way = format!("{shell_way} && {m}");
+    }
+    let mut agent_args = format!(
+        "--time {}.{:09} --seed {hex}",
+        now.as_secs(),
+        now.subsec_nanos()
+    );
+    for m in mounts {
+        agent_args.push_str(&format!(
+            " --mount {} {} {} {}",
+            q(&m.device),
+            q(&m.point),
+            q(&m.fstype),
+            q(&m.options)
+        ));
+    }
+    let [first, second] = AGENT_PATHS;
+    format!(
+        "ntng_a={first}; [ -x $ntng_a ] || ntng_a={second}; ntng_r=2; \
+         if [ -x $ntng_a ]; then ntng_r=0; $ntng_a refresh {agent_args} 2>&1 || ntng_r=$?; fi; \
+         if [ $ntng_r = 2 ]; then {shell_way}; else [ $ntng_r = 0 ]; fi"
     )
+}
+
+/// A bash `printf` (a builtin: no process) that writes `bytes`.
+fn printf_bytes(bytes: &[u8]) -> String {
+    let escaped: String = bytes.iter().map(|b| format!("\\x{b:02x}")).collect();
+    format!("printf '{escaped}'")
 }
 
 /// The first 12 digits of a key.
@@ -205,10 +246,35 @@ mod tests {
 
     #[test]
     fn the_refresh_command() {
-        let c = refresh_command();
-        assert!(c.starts_with("{ date -s @"), "{c}");
-        assert!(c.contains("| base64 -d > /dev/urandom"), "{c}");
-        assert_ne!(c, refresh_command(), "fresh random bytes each time");
+        let mounts = [crate::backend::shares::Mount {
+            device: "shared".into(),
+            point: "/tmp/shared".into(),
+            fstype: "9p".into(),
+            options: "rw,trans=virtio".into(),
+        }];
+        let c = refresh_command(&mounts);
+        assert!(c.contains(" refresh --time "), "{c}");
+        assert!(
+            c.contains(" --mount shared /tmp/shared 9p rw,trans=virtio 2>&1"),
+            "{c}"
+        );
+        assert!(c.contains("{ date -s @"), "{c}");
+        assert!(
+            c.contains("' > /dev/urandom && { ntng_s=0; mkdir -p /tmp/shared"),
+            "{c}"
+        );
+        assert_ne!(c, refresh_command(&mounts), "fresh random bytes each time");
+        let every_byte: Vec<u8> = (0..=255).collect();
+        let out = std::process::Command::new("bash")
+            .args(["-c", &printf_bytes(&every_byte)])
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, every_byte);
+        let sh = std::process::Command::new("bash")
+            .args(["-n", "-c", &c])
+            .status()
+            .unwrap();
+        assert!(sh.success(), "{c}");
         assert_eq!(short("0123456789abcdef"), "0123456789ab");
         assert_eq!(fmt_time(0).len(), 19);
     }

@@ -350,11 +350,7 @@ impl Job {
         if self.refresh {
             // A start from the boot cache: the guest's clock and random pool, and the shares,
             // in one command (one round trip less; no `true` after it).
-            let refresh = crate::qemu::boot_cache::refresh_command();
-            let cmd = match mount {
-                Some(m) => format!("{refresh} && {m}"),
-                None => refresh,
-            };
+            let cmd = crate::qemu::boot_cache::refresh_command(&self.mounts);
             let (status, out) = shell
                 .execute(&cmd, None, Reply::Full, deadline)
                 .map_err(|err| format!("setting the clock, mounting the shares: {err}"))?;
