@@ -119,6 +119,8 @@ class Fake:
         self.qmp_clients: list[socket.socket] = []
         self.qmp_lock = threading.Lock()
         self.guest: subprocess.Popen[bytes] | None = None
+        self.relay_lock = threading.Lock()
+        self.finishing = False
         self.shells = 0  # guest shells started so far (switch_root starts another)
         self.running = True
 
@@ -559,10 +561,13 @@ class Fake:
                     except OSError:
                         pass
                 return
-            try:
-                self.shell.sendall(data)
-            except OSError:
-                return
+            with self.relay_lock:
+                if self.finishing:
+                    return
+                try:
+                    self.shell.sendall(data)
+                except OSError:
+                    return
 
     def watch_guest(self) -> None:
         guest = self.guest
@@ -580,6 +585,9 @@ class Fake:
         status, reason = self.exit_request or (0, "unknown")
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
+        # A QEMU that ends relays nothing more: not what its guest prints while it is killed.
+        with self.relay_lock:
+            self.finishing = True
         self.kill_guest()
         self.record("exit", status=status, reason=reason)
         return status

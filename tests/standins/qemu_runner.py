@@ -605,8 +605,14 @@ class QemuRunner:
                 raise self._failed(command, err) from None
 
     def _failed(self, what: str, err: Exception) -> RunnerError:
-        """The error for a failed operation, naming QEMU's end when it ended meanwhile."""
+        """The error for a failed operation, naming QEMU's end when it ended meanwhile. A QMP
+        connection that broke is QEMU exiting, whose end may come a moment after: it gets a
+        few seconds to show."""
         vm = self._vm
+        if vm is not None and "connection broke" in str(err):
+            deadline = time.monotonic() + 5
+            while not vm.ended() and time.monotonic() < deadline:
+                time.sleep(0.01)
         if vm is not None and vm.ended():
             status = vm.kill()
             said = self._qemu_log().strip()
