@@ -31,8 +31,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -341,6 +339,11 @@ class SystemdBuildResult:
 def check_mirror(mirror: str, timeout: float = MIRROR_TIMEOUT) -> None:
     """Raise `BuildError` unless `<mirror>/dists/<suite>/Release` can be fetched (debootstrap
     itself would retry for minutes)."""
+    # imported here: urllib.request (with ssl, http and email) costs a run that builds
+    # nothing about 25 ms of its start
+    import urllib.error
+    import urllib.request
+
     url = f"{mirror}/dists/{SUITE}/Release"
     if not url.startswith(("http://", "https://")):
         return  # file:// and the like: debootstrap reports problems itself
