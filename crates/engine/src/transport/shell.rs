@@ -699,6 +699,46 @@ impl Shell {
         }
     }
 
+    /// Runs `command` in the guest's shell itself, not in a subshell, and returns its exit
+    /// status and what it printed up to the marker line that ends it. For the driver's own
+    /// first command after a restore, when TCG has translated none of the guest's code and a
+    /// fork is dear. Its variables stay in the shell: `command` unsets what it sets. The
+    /// stream must be in step ([`Shell::resync`]).
+    pub fn execute_in_shell(
+        &mut self,
+        command: &str,
+        deadline: Deadline,
+    ) -> Result<(i32, Vec<u8>), ShellError> {
+        let token = new_nonce();
+        let (a, b) = token.split_at(token.len() / 2);
+        self.send_raw(format!("{command}\necho {a}''{b}S$?\n").as_bytes())?;
+        let marker = format!("{token}S");
+        let mut scanned = 0;
+        let at = loop {
+            if let Some(i) = find(&self.buf[scanned..], marker.as_bytes()) {
+                break scanned + i;
+            }
+            scanned = self.buf.len().saturating_sub(marker.len() - 1);
+            self.fill_or_time_out(deadline)?;
+        };
+        let newline = loop {
+            if let Some(i) = memchr(b'\n', &self.buf[at..]) {
+                break at + i;
+            }
+            if self.buf.len() - at > marker.len() + 16 {
+                return Err(ShellError::Protocol(
+                    "expected an exit status after the marker".into(),
+                ));
+            }
+            self.fill_or_time_out(deadline)?;
+        };
+        let status = parse_status(&self.buf[at + marker.len()..newline])?;
+        let rest = self.buf.split_off(newline + 1);
+        let mut output = std::mem::replace(&mut self.buf, rest);
+        output.truncate(at);
+        Ok((status, output))
+    }
+
     /// Drops all but the last `n` bytes of the buffer.
     fn keep_tail(&mut self, n: usize) {
         let extra = self.buf.len().saturating_sub(n);
@@ -1326,6 +1366,27 @@ pub(crate) mod tests {
             assert!(out[..n].iter().all(|&b| b == 0) && out.ends_with(b"end\n"));
         }
         // the acknowledgements the guest did not wait for are empty lines to its shell
+        assert_eq!(run(&mut shell, "echo after"), (0, b"after\n".to_vec()));
+    }
+
+    #[test]
+    fn a_command_in_the_shell_itself_gives_its_status_and_output() {
+        let (mut shell, _child) = fake_guest();
+        let (rc, out) = shell
+            .execute_in_shell(
+                "ntng_x=1; echo hello; false",
+                Deadline::after(Some(Duration::from_secs(30))),
+            )
+            .unwrap();
+        assert_eq!((rc, out), (1, b"hello\n".to_vec()));
+        // it ran in the shell itself: its variable is there for the next command
+        let (rc, out) = shell
+            .execute_in_shell(
+                "echo $ntng_x; unset ntng_x",
+                Deadline::after(Some(Duration::from_secs(30))),
+            )
+            .unwrap();
+        assert_eq!((rc, out), (0, b"1\n".to_vec()));
         assert_eq!(run(&mut shell, "echo after"), (0, b"after\n".to_vec()));
     }
 

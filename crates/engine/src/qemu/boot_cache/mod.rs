@@ -130,7 +130,8 @@ pub const AGENT_PATHS: [&str; 2] = [
     "/lib/nixos-test-ng/nixos-test-ng-agent",
 ];
 
-/// The command a guest started from the cache runs first: the host's time, host random bytes
+/// The command a guest started from the cache runs first (in its shell itself: it unsets the
+/// variables it sets): the host's time, host random bytes
 /// mixed into its pool, and `mounts` mounted again. With the guest agent (the built-in
 /// guests), its `refresh` does it all in one static process: in a guest whose code TCG has
 /// not translated yet, every dynamic program costs a tenth of a second or more. Otherwise (or
@@ -176,7 +177,8 @@ pub fn refresh_command(mounts: &[crate::backend::shares::Mount]) -> String {
     format!(
         "ntng_a={first}; [ -x $ntng_a ] || ntng_a={second}; ntng_r=2; \
          if [ -x $ntng_a ]; then ntng_r=0; $ntng_a refresh {agent_args} 2>&1 || ntng_r=$?; fi; \
-         if [ $ntng_r = 2 ]; then {shell_way}; else [ $ntng_r = 0 ]; fi"
+         if [ $ntng_r = 2 ]; then {shell_way}; else [ $ntng_r = 0 ]; fi; \\
+         ntng_q=$?; unset ntng_a ntng_r ntng_s; [ $ntng_q = 0 ] && unset ntng_q"
     )
 }
 

@@ -352,7 +352,7 @@ impl Job {
             // in one command (one round trip less; no `true` after it).
             let cmd = crate::qemu::boot_cache::refresh_command(&self.mounts);
             let (status, out) = shell
-                .execute(&cmd, None, Reply::Full, deadline)
+                .execute_in_shell(&cmd, deadline)
                 .map_err(|err| format!("setting the clock, mounting the shares: {err}"))?;
             if status != 0 {
                 return Err(format!(
