@@ -34,8 +34,9 @@ STANDALONE = {"check", "boot-cache"}
 
 
 def standalone(path: Path) -> bool:
-    """The soak harness's results (benches/soak.py) are `soak-NAME`."""
-    return path.stem in STANDALONE or path.stem.startswith("soak-")
+    """The soak harness's results (benches/soak.py) are `soak-NAME`; boot_cache.py's, under a
+    name of their own, `boot-cache-NAME`."""
+    return path.stem in STANDALONE or path.stem.startswith(("soak-", "boot-cache-"))
 
 
 @pytest.mark.parametrize("path", [p for p in RECORDED if not standalone(p)], ids=lambda p: p.stem)
