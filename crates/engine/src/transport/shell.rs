@@ -709,34 +709,17 @@ impl Shell {
         command: &str,
         deadline: Deadline,
     ) -> Result<(i32, Vec<u8>), ShellError> {
-        let token = new_nonce();
-        let (a, b) = token.split_at(token.len() / 2);
-        self.send_raw(format!("{command}\necho {a}''{b}S$?\n").as_bytes())?;
-        let marker = format!("{token}S");
-        let mut scanned = 0;
-        let at = loop {
-            if let Some(i) = find(&self.buf[scanned..], marker.as_bytes()) {
-                break scanned + i;
-            }
-            scanned = self.buf.len().saturating_sub(marker.len() - 1);
-            self.fill_or_time_out(deadline)?;
-        };
-        let newline = loop {
-            if let Some(i) = memchr(b'\n', &self.buf[at..]) {
-                break at + i;
-            }
-            if self.buf.len() - at > marker.len() + 16 {
-                return Err(ShellError::Protocol(
-                    "expected an exit status after the marker".into(),
-                ));
-            }
-            self.fill_or_time_out(deadline)?;
-        };
-        let status = parse_status(&self.buf[at + marker.len()..newline])?;
-        let rest = self.buf.split_off(newline + 1);
-        let mut output = std::mem::replace(&mut self.buf, rest);
-        output.truncate(at);
-        Ok((status, output))
+        self.settle(deadline)?;
+        // the marker line of a raw reply, `<nonce>E<status>`, split so that no echo matches
+        let nonce = new_nonce();
+        let (a, b) = nonce.split_at(nonce.len() / 2);
+        self.send_raw(format!("{command}\necho {a}''{b}E$?\n").as_bytes())?;
+        self.acks_sent = 0;
+        self.unpaced = false;
+        self.owed_reply = Some(nonce.clone());
+        let (output, status) = self.read_raw(&nonce, deadline)?;
+        self.owed_reply = None;
+        Ok((status.unwrap_or(-1), output))
     }
 
     /// Drops all but the last `n` bytes of the buffer.

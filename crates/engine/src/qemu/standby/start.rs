@@ -346,7 +346,6 @@ impl Job {
         shell
             .resync(deadline)
             .map_err(|err| format!("the shell did not answer: {err}"))?;
-        let mount = mount_command(&self.mounts);
         if self.refresh {
             // A start from the boot cache: the guest's clock and random pool, and the shares,
             // in one command (one round trip less; no `true` after it).
@@ -361,7 +360,7 @@ impl Job {
                 ));
             }
         } else {
-            if let Some(cmd) = mount {
+            if let Some(cmd) = mount_command(&self.mounts) {
                 let (status, out) = shell
                     .execute(&cmd, None, Reply::Full, deadline)
                     .map_err(|err| format!("mounting the shared directories: {err}"))?;
