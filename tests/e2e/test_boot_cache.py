@@ -34,6 +34,8 @@ for m in machines:
     print(f"UUID {m.name} {m.succeed('cat /proc/sys/kernel/random/uuid').strip()}", flush=True)
     forks = m.succeed("dmesg | grep -c 'crng reseeded due to virtual machine fork' || true")
     print(f"RESEEDED {m.name} {forks.strip()}", flush=True)
+    # the refresh after a cached start went through the guest's refresh server
+    print(f"SERVED {m.name} {m.succeed('cat /run/nixos-test-ng/refresh/served').strip()}", flush=True)
     # written after the state was saved: never in a later run
     m.fail("test -e /etc/ntng-written-after-boot")
     m.succeed("echo x > /etc/ntng-written-after-boot")
@@ -83,6 +85,8 @@ def test_a_second_run_starts_from_the_cache(vm_env, cache, leftovers):
     assert SAVED not in second
     assert lines(first, "RESEEDED")["machine"] == ["0"]
     assert lines(second, "RESEEDED")["machine"] == ["1"], second[-3000:]
+    assert lines(first, "SERVED")["machine"] == ["0"]
+    assert lines(second, "SERVED")["machine"] == ["1"], second[-3000:]
     before, guest, after = map(float, lines(second, "CLOCK")["machine"])
     assert before - 1 <= guest <= after + 1, (before, guest, after)
     # the first start from the entry loaded its snapshot and made its memory image
@@ -92,6 +96,7 @@ def test_a_second_run_starts_from_the_cache(vm_env, cache, leftovers):
     # the next ones map it
     assert HIT in third and MAPPED in third and IMAGE_MADE not in third, third[-4000:]
     assert lines(third, "RESEEDED")["machine"] == ["1"], third[-3000:]
+    assert lines(third, "SERVED")["machine"] == ["1"], third[-3000:]
     before, guest, after = map(float, lines(third, "CLOCK")["machine"])
     assert before - 1 <= guest <= after + 1, (before, guest, after)
     # the kernel reseeded its generator (the VM generation ID changed): the two starts from one
@@ -289,6 +294,11 @@ def test_the_systemd_vm_through_nixos_test_ng_run(vm_env, cache, systemd_guest, 
         "before = time.time()\n"
         "guest = float(x.succeed('date +%s.%N'))\n"
         "print('CLOCK x', before, guest, time.time(), flush=True)\n"
+        "print('SERVED x', x.succeed('cat /run/nixos-test-ng/refresh/served').strip(), flush=True)\n"
+        # no vsock device (a VM the cache may save has none): the agent stays down, no restarts
+        "state = x.execute('systemctl is-active nixos-test-ng-agent')[1].strip()\n"
+        "restarts = x.succeed('systemctl show -p NRestarts --value nixos-test-ng-agent').strip()\n"
+        "print('AGENT x', state, restarts, flush=True)\n"
     )
     env = vm_env.environ()
     (tmp_path / "xdg").mkdir(exist_ok=True)
@@ -305,14 +315,18 @@ def test_the_systemd_vm_through_nixos_test_ng_run(vm_env, cache, systemd_guest, 
 
     first = ok(run())
     assert "x: " + SAVED in first, first[-4000:]
+    assert lines(first, "AGENT")["x"] == ["inactive", "0"], first[-4000:]
+    assert "no virtio vsock device and no ntng.agent=tcp: not started" in first
     time.sleep(3)
     second = ok(run())
     assert "x: " + HIT in second, second[-4000:]
     before, guest, after = map(float, lines(second, "CLOCK")["x"])
     assert before - 1 <= guest <= after + 1, (before, guest, after)
     assert "x: " + IMAGE_MADE in second, second[-4000:]
+    assert lines(second, "SERVED")["x"] == ["1"], second[-3000:]
     third = ok(run())
     assert "x: " + HIT in third and MAPPED in third, third[-4000:]
+    assert lines(third, "SERVED")["x"] == ["1"], third[-3000:]
     before, guest, after = map(float, lines(third, "CLOCK")["x"])
     assert before - 1 <= guest <= after + 1, (before, guest, after)
     assert os.listdir(cache)

@@ -56,7 +56,7 @@ def test_the_agent_starts_with_the_backdoors_environment() -> None:
     for line in (
         "ConditionVirtualization=!container",
         "ConditionKernelCommandLine=!ntng.agent=0",
-        "Restart=always",
+        "Restart=on-failure",
         "ExecStart=/bin/bash /usr/local/lib/nixos-test-ng/agent.sh",
     ):
         assert line in unit, line
@@ -141,7 +141,7 @@ def test_configure_a_tree(tmp_path: Path) -> None:
     assert agent.read_bytes() == agent_binary() and agent.stat().st_mode & 0o777 == 0o755
     assert (root / sg.GUEST_LIB / "agent.sh").read_bytes() == data_file("agent.sh")
     unit = (root / "etc/systemd/system/nixos-test-ng-agent.service").read_text()
-    assert f"ExecStart=/bin/bash /{sg.GUEST_LIB}/agent.sh" in unit and "Restart=always" in unit
+    assert f"ExecStart=/bin/bash /{sg.GUEST_LIB}/agent.sh" in unit and "Restart=on-failure" in unit
     assert (root / "etc/machine-id").read_text() == ""
     assert os.readlink(root / "var/lib/dbus/machine-id") == "/etc/machine-id"
     assert not (root / "etc/hostname").exists()

@@ -1,7 +1,8 @@
 //! nixos-test-ng-agent: the guest side of nixos-test-ng's vsock transport. It serves the
 //! protocol of the `agent_protocol` crate on every connection (vsock, TCP or unix), one thread
 //! per connection. `nixos-test-ng-agent refresh …` is the first command of a guest started from
-//! a saved state (`refresh.rs`).
+//! a saved state (`refresh.rs`); `refresh-server DIR` does the same for requests on a FIFO, from
+//! a process that was running before the state was saved (`refresh_server.rs`).
 
 mod args;
 mod conn;
@@ -9,6 +10,7 @@ mod exec;
 mod listen;
 mod log;
 mod refresh;
+mod refresh_server;
 mod sys;
 mod tree;
 mod warm;
@@ -20,8 +22,10 @@ use std::thread;
 use listen::Listener;
 
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("refresh") {
-        return refresh::main(std::env::args().skip(2));
+    match std::env::args().nth(1).as_deref() {
+        Some("refresh") => return refresh::main(std::env::args().skip(2)),
+        Some("refresh-server") => return refresh_server::main(std::env::args().skip(2)),
+        _ => {}
     }
     let args = match args::parse(std::env::args().skip(1)) {
         Ok(args) => args,

@@ -52,7 +52,7 @@ fn parse_time(value: &str) -> Option<(i64, u32)> {
     Some((secs, nanos))
 }
 
-fn parse_hex(value: &str) -> Option<Vec<u8>> {
+pub(crate) fn parse_hex(value: &str) -> Option<Vec<u8>> {
     if !value.len().is_multiple_of(2) {
         return None;
     }
@@ -179,8 +179,8 @@ fn mix_seed(seed: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("writing to /dev/urandom: {e}"))
 }
 
-/// Does everything asked, reporting each failure on stderr.
-pub fn run(refresh: &Refresh) -> ExitCode {
+/// Does everything asked; what failed, one message each (the rest is still done).
+pub fn apply(refresh: &Refresh) -> Vec<String> {
     let mut failures = Vec::new();
     if let Some(time) = refresh.time {
         failures.extend(set_time(time).err());
@@ -191,6 +191,12 @@ pub fn run(refresh: &Refresh) -> ExitCode {
     for m in &refresh.mounts {
         failures.extend(mount(m).err());
     }
+    failures
+}
+
+/// Does everything asked, reporting each failure on stderr.
+pub fn run(refresh: &Refresh) -> ExitCode {
+    let failures = apply(refresh);
     for f in &failures {
         eprintln!("nixos-test-ng-agent refresh: {f}");
     }

@@ -1,8 +1,9 @@
 #!/bin/bash
 # The root-shell backdoor of the nixos-test-ng busybox guest. It takes the same steps, in the same
 # order, as the script of NixOS's backdoor.service (nixos/modules/testing/test-instrumentation.nix),
-# which the test driver's connect() and execute() rely on. /init runs it with an empty
-# environment (apart from PATH), as systemd would, and restarts it when it exits.
+# which the test driver's connect() and execute() rely on, plus the refresh server below. /init
+# runs it with an empty environment (apart from PATH), as systemd would, and restarts it when it
+# exits.
 set -e
 
 export USER=root
@@ -15,6 +16,16 @@ fi
 
 # no pager: commands run on a tty and would otherwise think they are interactive
 export PAGER=
+
+# The boot cache's refresh server (the guest agent beside this script, `refresh-server`): after a
+# start from a saved state, the driver sets the clock, mixes in a seed and mounts the shares
+# through it with shell builtins, no fork or exec in a guest whose code TCG has not translated
+# yet. Ready when the command returns; one per guest, however often this script starts.
+agent=${BASH_SOURCE[0]%/*}/nixos-test-ng-agent
+if [[ -x $agent ]]; then
+	"$agent" refresh-server /run/nixos-test-ng/refresh || true
+fi
+unset agent
 
 cd /tmp
 exec </dev/hvc0 >/dev/hvc0

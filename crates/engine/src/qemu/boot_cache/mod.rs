@@ -130,55 +130,90 @@ pub const AGENT_PATHS: [&str; 2] = [
     "/lib/nixos-test-ng/nixos-test-ng-agent",
 ];
 
+/// Where the built-in guests' refresh server (`nixos-test-ng-agent refresh-server`, started by
+/// their backdoor script) keeps its FIFOs.
+pub const REFRESH_SERVER_DIR: &str = "/run/nixos-test-ng/refresh";
+
+/// How long the guest's shell waits for the refresh server's answer before it runs the agent
+/// itself. The server is running (its pid was checked): only a guest far slower than any seen
+/// waits this long.
+const REFRESH_SERVER_WAIT_SECS: u32 = 60;
+
 /// The command a guest started from the cache runs first (in its shell itself: it unsets the
-/// variables it sets): the host's time, host random bytes
-/// mixed into its pool, and `mounts` mounted again. With the guest agent (the built-in
-/// guests), its `refresh` does it all in one static process: in a guest whose code TCG has
-/// not translated yet, every dynamic program costs a tenth of a second or more. Otherwise (or
-/// when the agent is too old to know `refresh`: it exits 2) `date` (to the microsecond where
-/// it takes fractions, as GNU's does; else rounded to the second, as busybox's), `printf` into
-/// /dev/urandom, and `mount`s.
+/// variables it sets): the host's time, host random bytes mixed into its pool, and `mounts`
+/// mounted again. Three ways, the first that the guest has:
+/// 1. the built-in guests' refresh server: a process that was running when the state was
+///    saved does it all, asked through FIFOs with shell builtins (no fork, no exec: in a guest
+///    whose code TCG has not translated yet those cost about 0.2 s);
+/// 2. the guest agent's `refresh`: one static process;
+/// 3. (no agent, or one too old to know `refresh`: it exits 2) `date` (to the microsecond
+///    where it takes fractions, as GNU's does; else rounded to the second, as busybox's),
+///    `printf` into /dev/urandom, and `mount`s.
 pub fn refresh_command(mounts: &[crate::backend::shares::Mount]) -> String {
+    refresh_command_with(mounts, REFRESH_SERVER_DIR)
+}
+
+fn refresh_command_with(mounts: &[crate::backend::shares::Mount], server_dir: &str) -> String {
     use crate::transport::shell::shell_quote as q;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let rounded = (now.as_secs_f64()).round() as u64;
-    let mut seed = [0u8; 64];
+    let mut random = [0u8; 72];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         use std::io::Read;
-        let _ = f.read_exact(&mut seed);
+        let _ = f.read_exact(&mut random);
     }
-    let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+    let (seed, nonce) = random.split_at(64);
+    let hex = |bytes: &[u8]| -> String { bytes.iter().map(|b| format!("{b:02x}")).collect() };
     let mut shell_way = format!(
         "{{ date -s @{}.{:06} || date -s @{rounded}; }} >/dev/null 2>&1 && {} > /dev/urandom",
         now.as_secs(),
         now.subsec_micros(),
-        printf_bytes(&seed)
+        printf_bytes(seed)
     );
     if let Some(m) = crate::backend::shares::mount_command(mounts) {
         shell_way = format!("{shell_way} && {m}");
     }
-    let mut agent_args = format!(
-        "--time {}.{:09} --seed {hex}",
-        now.as_secs(),
-        now.subsec_nanos()
-    );
+    let mut args = vec![
+        "--time".to_string(),
+        format!("{}.{:09}", now.as_secs(), now.subsec_nanos()),
+        "--seed".into(),
+        hex(seed),
+    ];
     for m in mounts {
-        agent_args.push_str(&format!(
-            " --mount {} {} {} {}",
-            q(&m.device),
-            q(&m.point),
-            q(&m.fstype),
-            q(&m.options)
-        ));
+        args.extend([
+            "--mount".to_string(),
+            m.device.clone(),
+            m.point.clone(),
+            m.fstype.clone(),
+            m.options.clone(),
+        ]);
     }
+    let agent_args: Vec<String> = args.iter().map(|a| q(a)).collect();
+    let agent_args = agent_args.join(" ");
+    let request: Vec<String> = args.iter().map(|a| hex(a.as_bytes())).collect();
+    let request = request.join(" ");
+    let nonce = hex(nonce);
+    let d = server_dir;
+    let wait = REFRESH_SERVER_WAIT_SECS;
+    let server_way = format!(
+        "ntng_r=2; \
+         if [ -p {d}/request ] && {{ read -r ntng_p <{d}/pid; }} 2>/dev/null && [ -d \"/proc/$ntng_p\" ]; then \
+         echo {nonce} {request} 1<>{d}/request; \
+         while read -t {wait} -r ntng_n ntng_v ntng_m <>{d}/reply; do \
+         if [ \"$ntng_n\" = {nonce} ]; then ntng_r=$ntng_v; break; fi; done; \
+         if [ \"$ntng_r\" = 1 ]; then echo \"$ntng_m\"; fi; fi"
+    );
     let [first, second] = AGENT_PATHS;
-    format!(
+    let exec_way = format!(
         "ntng_a={first}; [ -x $ntng_a ] || ntng_a={second}; ntng_r=2; \
          if [ -x $ntng_a ]; then ntng_r=0; $ntng_a refresh {agent_args} 2>&1 || ntng_r=$?; fi; \
-         if [ $ntng_r = 2 ]; then {shell_way}; else [ $ntng_r = 0 ]; fi; \\
-         ntng_q=$?; unset ntng_a ntng_r ntng_s; [ $ntng_q = 0 ] && unset ntng_q"
+         if [ $ntng_r = 2 ]; then {shell_way}; else [ $ntng_r = 0 ]; fi"
+    );
+    format!(
+        "{server_way}; if [ \"$ntng_r\" = 2 ]; then {exec_way}; else [ \"$ntng_r\" = 0 ]; fi; \
+         ntng_q=$?; unset ntng_a ntng_r ntng_s ntng_p ntng_n ntng_v ntng_m; [ $ntng_q = 0 ] && unset ntng_q"
     )
 }
 
@@ -255,6 +290,10 @@ mod tests {
             options: "rw,trans=virtio".into(),
         }];
         let c = refresh_command(&mounts);
+        assert!(
+            c.contains(&format!("[ -p {REFRESH_SERVER_DIR}/request ]")),
+            "{c}"
+        );
         assert!(c.contains(" refresh --time "), "{c}");
         assert!(
             c.contains(" --mount shared /tmp/shared 9p rw,trans=virtio 2>&1"),
@@ -279,5 +318,211 @@ mod tests {
         assert!(sh.success(), "{c}");
         assert_eq!(short("0123456789abcdef"), "0123456789ab");
         assert_eq!(fmt_time(0).len(), 19);
+    }
+
+    #[test]
+    fn the_backdoor_starts_the_refresh_server_where_the_driver_asks_it() {
+        let backdoor = include_str!("../../../../../python/nixos_test_ng/guest/backdoor.sh");
+        assert!(
+            backdoor.contains(&format!(" refresh-server {REFRESH_SERVER_DIR} ")),
+            "{backdoor}"
+        );
+    }
+
+    /// What the shell way ran, from fake `date` and `mount` on PATH (never the host's).
+    struct Sandbox {
+        dir: std::path::PathBuf,
+    }
+
+    impl Sandbox {
+        fn new(name: &str) -> Sandbox {
+            let dir =
+                std::env::temp_dir().join(format!("ntng-refresh-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(dir.join("bin")).unwrap();
+            std::fs::create_dir_all(dir.join("server")).unwrap();
+            for tool in ["date", "mount"] {
+                let path = dir.join("bin").join(tool);
+                std::fs::write(
+                    &path,
+                    format!("#!/bin/sh\necho {tool} \"$@\" >> {}/ran\n", dir.display()),
+                )
+                .unwrap();
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            Sandbox { dir }
+        }
+
+        fn server(&self) -> std::path::PathBuf {
+            self.dir.join("server")
+        }
+
+        fn mounts(&self) -> Vec<crate::backend::shares::Mount> {
+            vec![crate::backend::shares::Mount {
+                device: "shared".into(),
+                point: self.dir.join("mnt").display().to_string(),
+                fstype: "9p".into(),
+                options: "rw,trans=virtio".into(),
+            }]
+        }
+
+        fn fifos(&self, pid: u32) {
+            for name in ["request", "reply"] {
+                let c =
+                    std::ffi::CString::new(self.server().join(name).display().to_string()).unwrap();
+                // SAFETY: a NUL-terminated path.
+                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+            }
+            std::fs::write(self.server().join("pid"), format!("{pid}\n")).unwrap();
+        }
+
+        /// Runs the command in a bash with the fake tools first on PATH: its status, output,
+        /// and the `ntng_` variables left behind.
+        fn run(&self, command: &str) -> (i32, String, String) {
+            let script = format!("{command}\necho \"STATUS=$?\"\nset | grep '^ntng_' || true");
+            let out = std::process::Command::new("bash")
+                .args(["--norc", "-c", &script])
+                .env(
+                    "PATH",
+                    format!("{}:/usr/bin:/bin", self.dir.join("bin").display()),
+                )
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let (before, after) = text.split_once("STATUS=").unwrap();
+            let (status, vars) = after.split_once('\n').unwrap();
+            (
+                status.parse().unwrap(),
+                before.to_string(),
+                vars.to_string(),
+            )
+        }
+
+        fn ran(&self) -> String {
+            std::fs::read_to_string(self.dir.join("ran")).unwrap_or_default()
+        }
+    }
+
+    impl Drop for Sandbox {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// A refresh server on the sandbox's FIFOs that answers one request with `answers` (each a
+    /// reply line with `NONCE` replaced by the request's nonce); the request's decoded
+    /// arguments, and the FIFOs it holds open (as the real server does: a FIFO that nobody
+    /// holds loses what it buffered).
+    #[allow(clippy::type_complexity)]
+    fn fake_server(
+        server: std::path::PathBuf,
+        answers: &'static [&'static str],
+    ) -> std::thread::JoinHandle<(Vec<String>, [std::fs::File; 2])> {
+        std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            let open = |name: &str| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(server.join(name))
+                    .unwrap()
+            };
+            let mut request = std::io::BufReader::new(open("request"));
+            let mut reply = open("reply");
+            let held = [open("request"), open("reply")];
+            let mut line = String::new();
+            request.read_line(&mut line).unwrap();
+            let mut words = line.split_whitespace();
+            let nonce = words.next().unwrap().to_string();
+            let args = words
+                .map(|w| {
+                    let bytes: Vec<u8> = (0..w.len())
+                        .step_by(2)
+                        .map(|i| u8::from_str_radix(&w[i..i + 2], 16).unwrap())
+                        .collect();
+                    String::from_utf8(bytes).unwrap()
+                })
+                .collect();
+            for a in answers {
+                reply
+                    .write_all(format!("{}\n", a.replace("NONCE", &nonce)).as_bytes())
+                    .unwrap();
+            }
+            (args, held)
+        })
+    }
+
+    #[test]
+    fn the_refresh_server_answers_and_nothing_else_runs() {
+        let sb = Sandbox::new("served");
+        sb.fifos(std::process::id());
+        let server = fake_server(sb.server(), &["stale 0 ", "NONCE 0 "]);
+        let c = refresh_command_with(&sb.mounts(), &sb.server().display().to_string());
+        let (status, out, vars) = sb.run(&c);
+        assert_eq!((status, out.as_str(), vars.as_str()), (0, "", ""));
+        let (args, _) = server.join().unwrap();
+        assert_eq!(args[0], "--time");
+        assert_eq!(args[2], "--seed");
+        assert_eq!(args[3].len(), 128);
+        assert_eq!(
+            args[4..],
+            [
+                "--mount",
+                "shared",
+                &sb.mounts()[0].point,
+                "9p",
+                "rw,trans=virtio"
+            ]
+        );
+        assert_eq!(sb.ran(), "", "no fallback");
+    }
+
+    #[test]
+    fn a_failure_the_server_reports_fails_the_command_with_its_message() {
+        let sb = Sandbox::new("failed");
+        sb.fifos(std::process::id());
+        let server = fake_server(sb.server(), &["NONCE 1 mounting shared: busy"]);
+        let c = refresh_command_with(&sb.mounts(), &sb.server().display().to_string());
+        let (status, out, vars) = sb.run(&c);
+        server.join().unwrap();
+        assert_eq!(status, 1);
+        assert_eq!(out, "mounting shared: busy\n");
+        assert_eq!(vars, "ntng_q=1\n");
+        assert_eq!(sb.ran(), "", "no fallback");
+    }
+
+    #[test]
+    fn without_a_live_server_the_shell_way_runs() {
+        // a server that cannot read the request: the fallback
+        let sb = Sandbox::new("refused");
+        sb.fifos(std::process::id());
+        let server = fake_server(sb.server(), &["NONCE 2 unknown argument"]);
+        let c = refresh_command_with(&sb.mounts(), &sb.server().display().to_string());
+        let (status, out, vars) = sb.run(&c);
+        server.join().unwrap();
+        assert_eq!((status, out.as_str(), vars.as_str()), (0, "", ""));
+        let ran = sb.ran();
+        assert!(ran.starts_with("date -s @"), "{ran}");
+        assert!(
+            ran.contains("\nmount -t 9p -o rw,trans=virtio shared "),
+            "{ran}"
+        );
+
+        // no server directory at all, and a pid that is not running: no wait, the fallback
+        for dead in [false, true] {
+            let sb = Sandbox::new(if dead { "dead" } else { "none" });
+            if dead {
+                let child = std::process::Command::new("true").spawn().unwrap();
+                let pid = child.id();
+                let mut child = child;
+                child.wait().unwrap();
+                sb.fifos(pid);
+            }
+            let c = refresh_command_with(&sb.mounts(), &sb.server().display().to_string());
+            let (status, out, vars) = sb.run(&c);
+            assert_eq!((status, out.as_str(), vars.as_str()), (0, "", ""));
+            assert!(sb.ran().starts_with("date -s @"), "{}", sb.ran());
+        }
     }
 }
