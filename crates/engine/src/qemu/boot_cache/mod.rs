@@ -134,11 +134,6 @@ pub const AGENT_PATHS: [&str; 2] = [
 /// their backdoor script) keeps its FIFOs.
 pub const REFRESH_SERVER_DIR: &str = "/run/nixos-test-ng/refresh";
 
-/// How long the guest's shell waits for the refresh server's answer before it runs the agent
-/// itself. The server is running (its pid was checked): only a guest far slower than any seen
-/// waits this long.
-const REFRESH_SERVER_WAIT_SECS: u32 = 60;
-
 /// The command a guest started from the cache runs first (in its shell itself: it unsets the
 /// variables it sets): the host's time, host random bytes mixed into its pool, and `mounts`
 /// mounted again. Three ways, the first that the guest has:
@@ -196,12 +191,15 @@ fn refresh_command_with(mounts: &[crate::backend::shares::Mount], server_dir: &s
     let request = request.join(" ");
     let nonce = hex(nonce);
     let d = server_dir;
-    let wait = REFRESH_SERVER_WAIT_SECS;
+    // The shell waits for the answer without `read -t`: bash times that by the wall clock,
+    // which the refresh moves (often by far more than any timeout), so a read that started
+    // before the server set the clock would time out at once. The server's pid was checked;
+    // a server that never answers runs into the driver's deadline for the start.
     let server_way = format!(
         "ntng_r=2; \
          if [ -p {d}/request ] && {{ read -r ntng_p <{d}/pid; }} 2>/dev/null && [ -d \"/proc/$ntng_p\" ]; then \
          echo {nonce} {request} 1<>{d}/request; \
-         while read -t {wait} -r ntng_n ntng_v ntng_m <>{d}/reply; do \
+         while read -r ntng_n ntng_v ntng_m <>{d}/reply; do \
          if [ \"$ntng_n\" = {nonce} ]; then ntng_r=$ntng_v; break; fi; done; \
          if [ \"$ntng_r\" = 1 ]; then echo \"$ntng_m\"; fi; fi"
     );
@@ -419,18 +417,19 @@ mod tests {
         server: std::path::PathBuf,
         answers: &'static [&'static str],
     ) -> std::thread::JoinHandle<(Vec<String>, [std::fs::File; 2])> {
+        use std::io::{BufRead, Write};
+        // opened before the shell can write: a FIFO that nobody holds drops what it is given
+        let open = |name: &str| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(server.join(name))
+                .unwrap()
+        };
+        let held = [open("request"), open("reply")];
+        let mut request = std::io::BufReader::new(held[0].try_clone().unwrap());
+        let mut reply = held[1].try_clone().unwrap();
         std::thread::spawn(move || {
-            use std::io::{BufRead, Write};
-            let open = |name: &str| {
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(server.join(name))
-                    .unwrap()
-            };
-            let mut request = std::io::BufReader::new(open("request"));
-            let mut reply = open("reply");
-            let held = [open("request"), open("reply")];
             let mut line = String::new();
             request.read_line(&mut line).unwrap();
             let mut words = line.split_whitespace();
