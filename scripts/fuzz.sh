@@ -17,9 +17,11 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/fuzz}"
 
 engine=(-p nixos-test-ng-engine --lib)
 protocol=(-p nixos-test-ng-agent-protocol --test properties)
+agent=(-p nixos-test-ng-agent --bin nixos-test-ng-agent)
 
 cargo test --release -q "${engine[@]}" --no-run
 cargo test --release -q "${protocol[@]}" --no-run
+cargo test --release -q "${agent[@]}" --no-run
 
 list() {
     cargo test --release -q "$@" -- --list 2>/dev/null | sed -n 's/: test$//p'
@@ -48,4 +50,7 @@ for t in $(list "${engine[@]}" | grep -E '::properties::|^transport::agent::test
 done
 for t in $(list "${protocol[@]}" | selected); do
     run "$t" "${protocol[@]}"
+done
+for t in $(list "${agent[@]}" | grep -E '::properties::' | selected); do
+    run "$t" "${agent[@]}"
 done

@@ -350,3 +350,75 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn chunked(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut lines = Lines::default();
+        let mut at = 0;
+        for &cut in cuts {
+            let end = (at + cut).min(bytes.len());
+            out.extend(lines.push(&bytes[at..end]));
+            at = end;
+        }
+        out.extend(lines.push(&bytes[at..]));
+        out
+    }
+
+    proptest! {
+        /// Any bytes, cut anywhere: the same lines, none over the limit, none with a newline;
+        /// every reply is one line that starts with the request's nonce, and nothing panics.
+        #[test]
+        fn request_lines_split_the_same_at_any_cuts_and_answers_are_one_line(
+            bytes in proptest::collection::vec(
+                proptest::sample::select(&b"\n \n  0123456789abcdefx-\xff\x00\t"[..]),
+                0..1024,
+            ),
+            cuts in proptest::collection::vec(0usize..64, 0..32),
+        ) {
+            let whole = chunked(&bytes, &[]);
+            prop_assert_eq!(&chunked(&bytes, &cuts), &whole);
+            let expected: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+            prop_assert_eq!(whole.len(), expected.len() - 1);
+            for line in &whole {
+                prop_assert!(line.len() <= MAX_LINE && !line.contains(&b'\n'));
+                let mut applied = 0;
+                let mut apply = |_: &Refresh| {
+                    applied += 1;
+                    vec!["failed\nfully".to_string()]
+                };
+                if let Some(reply) = answer(line, &mut apply) {
+                    let nonce = reply.split(' ').next().unwrap();
+                    prop_assert!(valid_nonce(nonce.as_bytes()));
+                    let first = line.split(|&b| b == b' ').find(|w| !w.is_empty());
+                    prop_assert_eq!(first, Some(nonce.as_bytes()));
+                    prop_assert!(reply.ends_with('\n'));
+                    prop_assert_eq!(reply.matches('\n').count(), 1);
+                    prop_assert!(applied <= 1);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        // 64 cases of 64 KiB each in the short mode; `PROPTEST_CASES` (the long mode) wins
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64),
+            ..ProptestConfig::default()
+        })]
+        /// Lines longer than the limit are dropped whole, however they arrive.
+        #[test]
+        fn overlong_lines_are_dropped_whole(
+            extra in 1usize..4096,
+            cuts in proptest::collection::vec(1usize..(MAX_LINE / 4), 0..8),
+        ) {
+            let mut bytes = vec![b'x'; MAX_LINE + extra];
+            bytes.extend_from_slice(b"\nok\n");
+            prop_assert_eq!(chunked(&bytes, &cuts), vec![b"ok".to_vec()]);
+        }
+    }
+}
