@@ -105,13 +105,31 @@ fn a_timeout_kills_the_group_and_exits_124() {
     assert_eq!(c.run("echo still here").stdout, b"still here\n");
 }
 
+/// Waits until a process runs with exactly this command line (NUL-separated).
+fn wait_for_cmdline(cmdline: &[u8]) {
+    loop {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            if std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| c == cmdline) {
+                return;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn signal_2_interrupts_a_sleep() {
-    for (agent, signal) in [(Agent::start(), None), (Agent::start_cold(), Some(2))] {
+    for (n, (agent, signal)) in [(Agent::start(), None), (Agent::start_cold(), Some(2))]
+        .into_iter()
+        .enumerate()
+    {
         let mut c = agent.connect();
-        c.start("echo ready; exec sleep 100", None, false);
+        // a duration no other test uses: the signal is sent once this very sleep runs (sent
+        // before the exec, it reaches the shell, which then exits with the last status, 0)
+        let duration = format!("100.{}{n}", std::process::id());
+        c.start(&format!("exec sleep {duration}"), None, false);
+        wait_for_cmdline(format!("sleep\0{duration}\0").as_bytes());
         let mut out = Outcome::default();
-        c.pump(&mut out, |o| o.stdout.ends_with(b"ready\n"));
         c.send_json(
             Kind::Signal,
             &Signal {
