@@ -60,9 +60,12 @@ pub fn run(conn: &mut Conn, req: Exec) -> Result<(), End> {
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: setsid is async-signal-safe; the closure touches nothing else.
+    // SAFETY: setsid and reset_signals are async-signal-safe; nothing else is touched.
     unsafe {
-        cmd.pre_exec(|| sys::cvt(libc::setsid()).map(drop));
+        cmd.pre_exec(|| {
+            sys::reset_signals();
+            sys::cvt(libc::setsid()).map(drop)
+        });
     }
     let mut child = match cmd.spawn() {
         Ok(child) => child,

@@ -198,6 +198,25 @@ pub fn set_int_option(
     .map(drop)
 }
 
+/// In a child between fork and exec: every signal back to its default action and none
+/// blocked. Commands must not inherit what the agent's own starter ignored: a shell's
+/// background job ignores SIGINT and SIGQUIT, and bash cannot undo a signal ignored at its
+/// start, so a command's Ctrl-C would do nothing. Only async-signal-safe calls.
+pub fn reset_signals() {
+    // SAFETY: sigaction and sigprocmask on local, initialised values; SIGKILL, SIGSTOP and
+    // numbers the kernel does not know simply fail.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = libc::SIG_DFL;
+        for signal in 1..65 {
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
+}
+
 pub fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
     let fd = fd.as_raw_fd();
     // SAFETY: fcntl on an open fd.

@@ -83,11 +83,12 @@ impl WarmShell {
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         let agent = std::process::id() as libc::pid_t;
-        // SAFETY: setsid, prctl and getppid are async-signal-safe; nothing else is touched.
-        // The shell is in its own session, out of reach of signals to the agent's group: it
-        // is killed with its connection's thread (or the agent) instead.
+        // SAFETY: reset_signals, setsid, prctl and getppid are async-signal-safe; nothing
+        // else is touched. The shell is in its own session, out of reach of signals to the
+        // agent's group: it is killed with its connection's thread (or the agent) instead.
         unsafe {
             cmd.pre_exec(move || {
+                sys::reset_signals();
                 sys::cvt(libc::setsid())?;
                 sys::cvt(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
                 if libc::getppid() != agent {

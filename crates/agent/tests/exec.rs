@@ -124,8 +124,16 @@ fn signal_2_interrupts_a_sleep() {
         .enumerate()
     {
         let mut c = agent.connect();
-        // a duration no other test uses: the signal is sent once this very sleep runs (sent
-        // before the exec, it reaches the shell, which then exits with the last status, 0)
+        // the agent was started with SIGINT ignored (see support): its commands are not
+        let status = c.run("grep '^SigIgn:' /proc/self/status").stdout;
+        let ignored = u64::from_str_radix(String::from_utf8_lossy(&status)[7..].trim(), 16);
+        assert_eq!(
+            ignored.unwrap() & (1 << (libc::SIGINT - 1)),
+            0,
+            "{status:?}"
+        );
+        // a duration no other test uses: the signal goes to this very sleep, not to the
+        // shell before its exec
         let duration = format!("100.{}{n}", std::process::id());
         c.start(&format!("exec sleep {duration}"), None, false);
         wait_for_cmdline(format!("sleep\0{duration}\0").as_bytes());

@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -85,6 +86,16 @@ impl Agent {
             command.arg(format!("--listen=tcp:{addr}"));
         }
         command.args(extra);
+        // Started as a shell's background job would be (SIGINT and SIGQUIT ignored, which
+        // bash cannot undo): the agent must give its commands the default actions back.
+        // SAFETY: signal(2) is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+                Ok(())
+            });
+        }
         let mut child = command
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
