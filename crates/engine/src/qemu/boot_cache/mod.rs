@@ -160,7 +160,7 @@ fn refresh_command_with(mounts: &[crate::backend::shares::Mount], server_dir: &s
         let _ = f.read_exact(&mut random);
     }
     let (seed, nonce) = random.split_at(64);
-    let hex = |bytes: &[u8]| -> String { bytes.iter().map(|b| format!("{b:02x}")).collect() };
+    use crate::trace::hex;
     let mut shell_way = format!(
         "{{ date -s @{}.{:06} || date -s @{rounded}; }} >/dev/null 2>&1 && {} > /dev/urandom",
         now.as_secs(),
