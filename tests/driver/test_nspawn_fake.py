@@ -3,6 +3,7 @@ of tests/conftest.py). Real containers are tested in tests/e2e."""
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 
@@ -115,3 +116,36 @@ def test_containers_and_machine_names(driver_env, run_driver, fake_container):
         """,
     )
     assert r.returncode == 0, r
+
+
+def test_a_helper_child_running_nspawns_own_program_is_never_taken_for_the_init(
+    driver_env, run_driver
+):
+    """Real nspawn's outer child runs alone for a while (longer under load), in the host's
+    namespaces and as nspawn's own binary: commands entered through it ran on the host. Here
+    the fake's helper is a bash subshell (the fake's own program) that stays the single child
+    for a second before the "init" starts."""
+    script = driver_env.write_script(
+        "run-box-nspawn",
+        """#!/bin/bash
+echo "systemd-nspawn's PID is $$"
+( sleep 1; : )
+sleep 600 &
+echo "fake init is $!"
+wait
+""",
+        True,
+    )
+    r = run(
+        driver_env,
+        run_driver,
+        [str(script)],
+        """
+        box.succeed("true")
+        box.wait_for_console_text("fake init is")
+        print(f"entered {box.get_systemd_process}")
+        """,
+    )
+    assert r.returncode == 0, r.stderr
+    init = re.search(r"fake init is (\d+)", r.stderr).group(1)
+    assert f"entered {init}\n" in r.stdout, r

@@ -136,7 +136,8 @@ struct Nsenter {
 impl Nsenter {
     /// The container's PID 1: the child of systemd-nspawn in another PID namespace, once it has
     /// exec'd the container's init (nspawn's short-lived helper children share nspawn's), or,
-    /// as upstream assumes, its single child once that has stayed the same for a moment.
+    /// as upstream assumes, its single child once that has stayed the same for a moment and
+    /// runs a program other than nspawn's.
     fn container_init(&self, deadline: Deadline) -> Result<u32, ConnectError> {
         let run = &self.run;
         let nspawn = run.nspawn_pid().map_err(ConnectError::Guest)?;
@@ -151,20 +152,25 @@ impl Nsenter {
                 .split_whitespace()
                 .filter_map(|p| p.parse().ok())
                 .collect();
+            // A child still running nspawn's own binary is nspawn setting up the container
+            // (its outer child in the host's namespaces, or the inner one before it execs
+            // the init): entering its namespaces would run commands on the host.
+            let runs_its_own_program = |p: &u32| {
+                let exe = std::fs::read_link(format!("/proc/{p}/exe")).ok();
+                exe.is_some() && exe != own_exe
+            };
             let in_container = pids.iter().find(|p| {
                 let ns = std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
                 ns.is_some() && own_ns.is_some() && ns != own_ns
             });
-            if let Some(&init) = in_container {
-                // Until it execs the container's init, it is nspawn still setting up the
-                // container's mounts and root: entering its namespaces then is too early.
-                let exe = std::fs::read_link(format!("/proc/{init}/exe")).ok();
-                if exe.is_some() && exe != own_exe {
-                    return Ok(init);
+            if let Some(init) = in_container {
+                if runs_its_own_program(init) {
+                    return Ok(*init);
                 }
             }
             single = match (pids[..].first(), pids.len(), single) {
                 _ if in_container.is_some() => None,
+                (Some(p), 1, _) if !runs_its_own_program(p) => None,
                 (Some(&p), 1, Some((q, since))) if p == q => {
                     if since.elapsed() >= Duration::from_millis(200) {
                         return Ok(p);
