@@ -372,7 +372,8 @@ def test_the_transport_suites_force_each_transport_and_are_compared_round_by_rou
         return {
             "round": r, "connecting_s": {"machine": 4.0}, "start_to_first_command_s": 4.1,
             "true_s": [t] * 3, "mb_stdout_s": [t * 10], "big_stdout_s": t * 1000,
-            "copy_to_machine_s": [0.2], "copy_from_machine_s": [0.4], "vm_hwm_kib": 1000,
+            "subshell_floor_s": t / 4, "copy_to_machine_s": [0.2], "copy_from_machine_s": [0.4],
+            "vm_hwm_kib": 1000,
         }  # fmt: skip
 
     runs: dict = {"transport-backdoor": [], "transport-agent": []}
@@ -389,6 +390,7 @@ def test_the_transport_suites_force_each_transport_and_are_compared_round_by_rou
     assert m["bd_true_median_s"]["median"] == 0.008 and m["ag_true_median_s"]["n"] == 3
     assert m["ag_bd_true_median_s_ratio"]["values"] == [0.25, 0.25]
     assert m["ag_bd_copy_from_s_ratio"]["median"] == 1.0
+    assert m["ag_subshell_floor_s"]["median"] == 0.0005 and m["bd_subshell_floor_s"]["n"] == 2
     failed = {
         "run": "transport-agent-4",
         "error": "transport-agent-4: the driver exited with 1\n"

@@ -101,6 +101,8 @@ def per_run_figures(suite: str, raw: dict[str, Any]) -> dict[str, float]:
         f[f"{key}_first_command_s"] = raw["start_to_first_command_s"]
         f[f"{key}_true_median_s"] = statistics.median(t)
         f[f"{key}_true_mean_s"] = statistics.fmean(t)
+        if "subshell_floor_s" in raw:
+            f[f"{key}_subshell_floor_s"] = raw["subshell_floor_s"]
         f[f"{key}_mb_stdout_s"] = statistics.median(raw["mb_stdout_s"])
         if "mb_cat_s" in raw:
             f[f"{key}_mb_cat_s"] = statistics.median(raw["mb_cat_s"])

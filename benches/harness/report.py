@@ -104,6 +104,12 @@ ROWS = [
             ("m", f"{key}_first_command_s", '… `start()` → first `succeed("true")`', "s"),
             ("m", f"{key}_true_median_s", '… `succeed("true")`, median of per-run medians', "ms"),
             ("m", f"{key}_true_mean_s", "… … per-run mean", "ms"),
+            (
+                "m",
+                f"{key}_subshell_floor_s",
+                "… … the guest alone: `(true) & wait` in a loop, per subshell",
+                "ms",
+            ),
             ("m", f"{key}_mb_stdout_s", "… 1 MB stdout (`head -c \\| tr`)", "s"),
             ("m", f"{key}_mb_cat_s", "… 1 MB stdout (`cat` of a file)", "s"),
             ("m", f"{key}_mb100_stdout_s", "… 100 MB stdout", "s"),

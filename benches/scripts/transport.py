@@ -1,10 +1,11 @@
 # ruff: noqa: F821  (`machine` comes from the driver's namespace)
 """Agent vs backdoor (issue 17), run once per transport (NIXOS_TEST_NG_TRANSPORT, set by
-benches/run.py): `succeed("true")` round trips, 1 MB and NTNG_BENCH_BIG_MB MB of stdout,
-1 MB of stdout from a file (`cat`: the cheapest producer, so that the transport's share
-shows; `head | tr` alone costs about 75 ms under TCG), `copy_from_host` and
-`copy_from_machine` of NTNG_BENCH_COPY_MB MB, each checked. The handshake time is the
-driver's own `connecting took` line (the harness reads it).
+benches/run.py): `succeed("true")` round trips, the guest's own cost of one subshell (fork,
+exit, wait: timed inside the guest, the floor of any fresh-subshell command), 1 MB and
+NTNG_BENCH_BIG_MB MB of stdout, 1 MB of stdout from a file (`cat`: the cheapest producer,
+so that the transport's share shows; `head | tr` alone costs about 75 ms under TCG),
+`copy_from_host` and `copy_from_machine` of NTNG_BENCH_COPY_MB MB, each checked. The
+handshake time is the driver's own `connecting took` line (the harness reads it).
 
 Environment: NTNG_BENCH_CALLS timed calls after NTNG_BENCH_WARMUP untimed ones,
 NTNG_BENCH_MB_ITERS repetitions of the 1 MB commands and of each copy, NTNG_BENCH_RESULT the
@@ -46,6 +47,15 @@ for _ in range(calls):
     tic = time.perf_counter()
     machine.succeed("true")
     true_s.append(time.perf_counter() - tic)
+
+# The guest's own cost of what every command needs with fresh-subshell semantics: a fork of
+# bash, the subshell's exit and its parent's wait, timed inside the guest (no transport).
+SUBSHELLS = 200
+floor_us = machine.succeed(
+    f"s=${{EPOCHREALTIME/./}}; for i in $(seq {SUBSHELLS}); do (true) & wait $!; done; "
+    f"e=${{EPOCHREALTIME/./}}; echo $(( (e - s) / {SUBSHELLS} ))"
+)
+subshell_floor = int(floor_us) / 1e6
 
 mb_s = [stdout_of(MB) for _ in range(iters)]
 
@@ -96,6 +106,7 @@ with open(os.environ["NTNG_BENCH_RESULT"], "w") as f:
             "transport_used": used,
             "start_to_first_command_s": first_command,
             "true_s": true_s,
+            "subshell_floor_s": subshell_floor,
             "mb_stdout_s": mb_s,
             "mb_cat_s": mb_cat_s,
             "big_stdout_s": big_s,
