@@ -155,7 +155,7 @@ impl Nsenter {
             // A child still running nspawn's own binary is nspawn setting up the container
             // (its outer child in the host's namespaces, or the inner one before it execs
             // the init): entering its namespaces would run commands on the host.
-            let runs_its_own_program = |p: &u32| {
+            let runs_another_program = |p: &u32| {
                 let exe = std::fs::read_link(format!("/proc/{p}/exe")).ok();
                 exe.is_some() && exe != own_exe
             };
@@ -164,13 +164,13 @@ impl Nsenter {
                 ns.is_some() && own_ns.is_some() && ns != own_ns
             });
             if let Some(init) = in_container {
-                if runs_its_own_program(init) {
+                if runs_another_program(init) {
                     return Ok(*init);
                 }
             }
             single = match (pids[..].first(), pids.len(), single) {
                 _ if in_container.is_some() => None,
-                (Some(p), 1, _) if !runs_its_own_program(p) => None,
+                (Some(p), 1, _) if !runs_another_program(p) => None,
                 (Some(&p), 1, Some((q, since))) if p == q => {
                     if since.elapsed() >= Duration::from_millis(200) {
                         return Ok(p);
